@@ -1,0 +1,74 @@
+"""The one Celery app, and the task messages our clients write straight into Redis.
+
+Configuration choices, and why:
+- JSON only (``accept_content=["json"]``): pickle on the wire is code execution for anyone
+  who can write to Redis. A pickled message is refused by the worker.
+- Late ack + prefetch multiplier 1: a message leaves Redis only when its job ended, and a
+  worker holds no more messages than it runs. Duplicate deliveries (kombu redelivers after
+  the visibility timeout, even to a live worker) are made harmless by our atomic claim.
+- ``task_reject_on_worker_lost=False``: when a child process dies we decide (``tasks``
+  requeues from our own job record, with a bounded attempt count), not kombu.
+- Events on and ``task_track_started``: Flower needs them. Our primitive tasks keep their
+  results in the job record, written once, so they set ``ignore_result`` and Celery's result
+  backend (configured, with an expiry) holds nothing for them.
+- Connection retries forever: workers ride out Redis restarts.
+
+Producers do not call ``apply_async``: ``messages.task_message`` builds the exact kombu
+message, and the submit script pushes it in the same atomic step that records the job.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from session_broker.config import Settings, get_settings
+from session_broker.state import split_tls_options
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    url, tls = split_tls_options(settings.url)
+    app = Celery("session_broker", broker=url, backend=url, set_as_current=True)
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "health_check_interval": 5,
+        "socket_keepalive": True,
+        "socket_connect_timeout": 5,
+        "socket_timeout": 30,
+    }
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        result_expires=settings.result_ttl,
+        result_extended=False,
+        task_acks_late=True,
+        task_acks_on_failure_or_timeout=True,
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        task_track_started=True,
+        task_create_missing_queues=True,
+        task_default_queue=f"{settings.key_prefix}.default",
+        broker_connection_retry=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_channel_error_retry=True,
+        broker_transport_options=transport,
+        result_backend_transport_options={"retry_policy": {"max_retries": 20}},
+        redis_backend_health_check_interval=5,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_enable_remote_control=True,
+        imports=["tasks.primitives", "tasks.worker"],
+        timezone="UTC",
+    )
+    if tls:
+        app.conf.broker_use_ssl = dict(tls)
+        app.conf.redis_backend_use_ssl = dict(tls)
+    return app
+
+
+app = make_app()

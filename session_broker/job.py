@@ -1,0 +1,136 @@
+"""``RuntimeJobV2``: a handle on one job, from any process that knows its id.
+
+Everything is read from the job record in Redis, so ``service.job(job_id)`` in another
+process is the same object as the one ``run()`` returned. ``result()`` blocks on the job's
+latch (one BLPOP, woken the moment the worker stores the result) and decodes the result
+once; a failed or cancelled job raises the typed error rebuilt from its record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from qiskit.primitives import BasePrimitiveJob, PrimitiveResult
+
+from session_broker import codec
+from session_broker.errors import JobNotFoundError, JobTimeoutError, error_for_code
+from session_broker.state import FINAL_JOB_STATUSES, Store, iso
+
+
+class RuntimeJobV2(BasePrimitiveJob):
+    """A primitive job. Status strings: INITIALIZING, QUEUED, RUNNING, DONE, ERROR, CANCELLED."""
+
+    def __init__(self, job_id: str, store: Store, *, service=None, backend: str | None = None,
+                 session_id: str | None = None, primitive: str | None = None,
+                 transform: Callable[[PrimitiveResult], Any] | None = None):
+        super().__init__(job_id)
+        self._store = store
+        self._service = service
+        self._backend = backend
+        self.session_id = session_id
+        self.primitive_id = primitive
+        self._transform = transform
+        self._result: Any = None
+
+    @classmethod
+    def attach(cls, job_id: str, store: Store, service=None) -> "RuntimeJobV2":
+        rec = store.job(job_id, "backend", "session", "primitive", "summary")
+        if not rec:
+            raise JobNotFoundError(f"job {job_id!r} does not exist (or its record expired)")
+        transform = None
+        summary = json.loads(rec.get("summary") or "{}")
+        if summary.get("api") == "v1":
+            from session_broker.primitives import v1_transform
+
+            transform = v1_transform(rec.get("primitive", ""))
+        return cls(job_id, store, service=service, backend=rec.get("backend"),
+                   session_id=rec.get("session") or None, primitive=rec.get("primitive"),
+                   transform=transform)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> str:
+        status = self._store.job(self._job_id, "status").get("status")
+        if status is None:
+            raise JobNotFoundError(f"job {self._job_id!r} does not exist (or its record expired)")
+        return status
+
+    def done(self) -> bool:
+        return self.status() == "DONE"
+
+    def running(self) -> bool:
+        return self.status() == "RUNNING"
+
+    def cancelled(self) -> bool:
+        return self.status() == "CANCELLED"
+
+    def in_final_state(self) -> bool:
+        return self.status() in FINAL_JOB_STATUSES
+
+    def errored(self) -> bool:
+        return self.status() == "ERROR"
+
+    # ------------------------------------------------------------------ result
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job and return its result; raise its typed error if it failed."""
+        if self._result is not None:
+            return self._result
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            rec = self._store.job(self._job_id, "status", "result", "error_code", "error")
+            status = rec.get("status")
+            if status is None:
+                raise JobNotFoundError(f"job {self._job_id!r} does not exist (or its record expired)")
+            if status == "DONE":
+                result = codec.decode_result(rec["result"])
+                self._result = self._transform(result) if self._transform else result
+                return self._result
+            if status in FINAL_JOB_STATUSES:
+                raise error_for_code(rec.get("error_code"), rec.get("error") or status, self._job_id)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise JobTimeoutError(f"job {self._job_id} is still {status} after {timeout} s")
+            # wake on the latch; re-check at least every 5 s (e.g. if the latch expired)
+            self._store.wait_job(self._job_id, 5.0 if left is None else min(left, 5.0))
+
+    def cancel(self) -> bool:
+        """Cancel a queued job (it never runs). A running job finishes: returns False."""
+        outcome = self._store.cancel_job(self._job_id)
+        if outcome == "not_found":
+            raise JobNotFoundError(f"job {self._job_id!r} does not exist (or its record expired)")
+        return outcome in ("cancelled", "CANCELLED")
+
+    # ------------------------------------------------------------------ details
+    def backend(self):
+        if self._service is not None and self._backend:
+            return self._service.backend(self._backend)
+        return self._backend
+
+    def error_message(self) -> str | None:
+        rec = self._store.job(self._job_id, "status", "error")
+        return rec.get("error") or None if rec.get("status") in ("ERROR", "CANCELLED") else None
+
+    def metrics(self) -> dict:
+        """Timestamps (ISO-8601 UTC) and the seconds the job ran on a worker."""
+        rec = self._store.job(self._job_id, "created", "running", "finished", "usage", "attempts",
+                              "worker")
+        usage = float(rec["usage"]) if rec.get("usage") else None
+        return {
+            "timestamps": {"created": iso(rec.get("created")), "running": iso(rec.get("running")),
+                           "finished": iso(rec.get("finished"))},
+            "usage": {"seconds": usage, "quantum_seconds": usage},
+            "attempts": int(rec.get("attempts") or 0),
+            "worker": rec.get("worker") or None,
+        }
+
+    def creation_date(self) -> datetime | None:
+        created = self._store.job(self._job_id, "created").get("created")
+        return datetime.fromtimestamp(float(created), tz=timezone.utc) if created else None
+
+    def __repr__(self) -> str:
+        return f"<RuntimeJobV2('{self._job_id}', '{self.primitive_id}')>"
+
+
+RuntimeJob = RuntimeJobV2

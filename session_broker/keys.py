@@ -1,0 +1,626 @@
+"""Every Redis key session-broker owns, and every Lua script that changes them.
+
+Why one module: a newcomer can see the whole data model on one screen, an operator can
+write ACL rules from it, and a clean-up test can check that nothing else is left behind.
+
+Key schema (``P`` is ``SESSION_BROKER_KEY_PREFIX``, default ``sb``)::
+
+    P:s:<sid>            hash   session: state, backend, mode, timers' lengths, counts, pin
+    P:s:<sid>:jobs       list   job ids of the session, in submission order
+    P:s:<sid>:max        string max-time timer; its EXPIRE *is* the timer (set when the first job starts)
+    P:s:<sid>:idle       string interactive timer (set when the session goes idle)
+    P:s:<sid>:open       string open-session timer (set at creation, gone at the first job)
+    P.session.<sid>      list   the session's Celery queue (kombu's list; plus priority sub-lists)
+    P.backend.<name>     list   a backend's shared Celery queue (non-session and batch jobs)
+    P:j:<jid>            hash   job record: status, payload, result, timestamps, worker, error
+    P:j:<jid>:done       list   a latch: a token is pushed when the job ends; waiters BLPOP it
+    P:jobs               zset   job ids by creation time (listing)
+    P:sessions           zset   session ids by creation time (listing)
+    P:deadlines          zset   session id -> earliest moment one of its timers can expire
+    P:wait:<backend>     list   sessions waiting for a worker of the backend (FIFO)
+    P:w:<node>           hash   worker registry entry; PEXPIREd by every heartbeat
+    P:w:<node>:pin       string the session pinned to the worker (no expiry: survives restarts)
+    P:w:<node>:run       set    job ids the worker is running
+    P:workers            hash   node -> backend, for every registered worker (the reaper's list)
+    P:epoch              string pin epoch counter (fencing)
+    P:config             hash   the operator's system settings, published by workers at start
+
+All timestamps are Redis server time (``TIME``), seconds as floats, so hosts with skewed
+clocks agree. Every state change is one script: atomic, and one round trip.
+"""
+
+from __future__ import annotations
+
+KOMBU_PRIORITY_SEP = "\x06\x16"
+KOMBU_PRIORITY_STEPS = (3, 6, 9)  # sub-lists kombu adds for priorities other than 0
+
+
+class Keys:
+    """Key names for one prefix (one tenant)."""
+
+    def __init__(self, prefix: str = "sb"):
+        self.prefix = prefix
+
+    # sessions
+    def session(self, sid: str) -> str:
+        return f"{self.prefix}:s:{sid}"
+
+    def session_jobs(self, sid: str) -> str:
+        return f"{self.prefix}:s:{sid}:jobs"
+
+    def timer(self, sid: str, which: str) -> str:  # which in {"max", "idle", "open"}
+        return f"{self.prefix}:s:{sid}:{which}"
+
+    def session_queue(self, sid: str) -> str:
+        return f"{self.prefix}.session.{sid}"
+
+    def backend_queue(self, backend: str) -> str:
+        return f"{self.prefix}.backend.{backend}"
+
+    # jobs
+    def job(self, jid: str) -> str:
+        return f"{self.prefix}:j:{jid}"
+
+    def job_done(self, jid: str) -> str:
+        return f"{self.prefix}:j:{jid}:done"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def sessions(self) -> str:
+        return f"{self.prefix}:sessions"
+
+    @property
+    def deadlines(self) -> str:
+        return f"{self.prefix}:deadlines"
+
+    def waiting(self, backend: str) -> str:
+        return f"{self.prefix}:wait:{backend}"
+
+    # workers
+    def worker(self, node: str) -> str:
+        return f"{self.prefix}:w:{node}"
+
+    def worker_pin(self, node: str) -> str:
+        return f"{self.prefix}:w:{node}:pin"
+
+    def worker_running(self, node: str) -> str:
+        return f"{self.prefix}:w:{node}:run"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
+
+    @property
+    def config(self) -> str:
+        return f"{self.prefix}:config"
+
+    def queue_keys(self, queue: str) -> list[str]:
+        """The Redis keys kombu uses for one queue: the list, its priority sub-lists, its binding."""
+        return [queue, *(f"{queue}{KOMBU_PRIORITY_SEP}{p}" for p in KOMBU_PRIORITY_STEPS),
+                f"_kombu.binding.{queue}"]
+
+
+# ------------------------------------------------------------------------------------------
+# Lua. Each script is PRELUDE + body; ARGV[1] is always the key prefix. Scripts build key
+# names from it (a single Redis, not a cluster: we need cross-key atomicity).
+# ------------------------------------------------------------------------------------------
+
+PRELUDE = r"""
+local P = ARGV[1]
+local function now() local t = redis.call('TIME'); return tonumber(t[1]) + tonumber(t[2]) / 1000000 end
+local NOW = now()
+local function sk(sid) return P .. ':s:' .. sid end
+local function jk(jid) return P .. ':j:' .. jid end
+local function tk(sid, which) return P .. ':s:' .. sid .. ':' .. which end
+local function squeue(sid) return P .. '.session.' .. sid end
+local function bqueue(backend) return P .. '.backend.' .. backend end
+local function get(key, field) local v = redis.call('HGET', key, field); if v then return v end; return '' end
+local function num(key, field) return tonumber(get(key, field)) or 0 end
+
+local function drop_queue(q)
+  redis.call('DEL', q, q .. '\6\0223', q .. '\6\0226', q .. '\6\0229', '_kombu.binding.' .. q)
+end
+
+-- Wake everyone waiting on a job: the latch keeps its token until it expires.
+local function notify(jid, ttl)
+  local d = jk(jid) .. ':done'
+  redis.call('DEL', d)
+  redis.call('RPUSH', d, '1')
+  redis.call('EXPIRE', d, ttl)
+end
+
+-- Put the session's earliest timer into the deadline index (or take it out).
+local function schedule(sid)
+  local best = nil
+  for _, which in ipairs({'max', 'idle', 'open'}) do
+    local ms = redis.call('PTTL', tk(sid, which))
+    if ms >= 0 and (best == nil or ms < best) then best = ms end
+  end
+  if best == nil or get(sk(sid), 'state') == 'closed' then
+    redis.call('ZREM', P .. ':deadlines', sid)
+  else
+    redis.call('ZADD', P .. ':deadlines', NOW + best / 1000, sid)
+  end
+end
+
+-- Give the session's worker back (only once nothing of the session is running on it).
+local function release_pin(sid)
+  local s = sk(sid)
+  local w = get(s, 'worker')
+  if w ~= '' and num(s, 'running') == 0 then
+    if redis.call('GET', P .. ':w:' .. w .. ':pin') == sid then
+      redis.call('DEL', P .. ':w:' .. w .. ':pin')
+    end
+    if redis.call('EXISTS', P .. ':w:' .. w) == 1 then redis.call('HSET', P .. ':w:' .. w, 'pin', '') end
+    redis.call('HSET', s, 'worker', '', 'released_at', NOW)
+  end
+  if get(s, 'waiting') == '1' then
+    redis.call('LREM', P .. ':wait:' .. get(s, 'backend'), 0, sid)
+    redis.call('HSET', s, 'waiting', '0')
+  end
+end
+
+local function finish_job_record(jid, status, code, message, ttl)
+  local j = jk(jid)
+  redis.call('HSET', j, 'status', status, 'finished', NOW, 'error_code', code, 'error', message)
+  redis.call('HDEL', j, 'payload', 'message')
+  redis.call('EXPIRE', j, ttl)
+  notify(jid, ttl)
+end
+
+-- Every still-queued job of the session ends with status/code/message.
+local function fail_queued(sid, status, code, message)
+  local s = sk(sid)
+  local ttl = num(s, 'ttl')
+  for _, jid in ipairs(redis.call('LRANGE', s .. ':jobs', 0, -1)) do
+    if get(jk(jid), 'status') == 'QUEUED' then
+      finish_job_record(jid, status, code, message, ttl)
+      redis.call('HINCRBY', s, 'queued', -1)
+      redis.call('HINCRBY', s, status == 'CANCELLED' and 'cancelled' or 'failed', 1)
+    end
+  end
+end
+
+local function close_now(sid, reason)
+  local s = sk(sid)
+  local ttl = num(s, 'ttl')
+  redis.call('HSET', s, 'state', 'closed', 'accepting', '0', 'closed_at', NOW, 'closed_reason', reason)
+  redis.call('DEL', tk(sid, 'max'), tk(sid, 'idle'), tk(sid, 'open'))
+  release_pin(sid)
+  if get(s, 'mode') == 'session' then drop_queue(squeue(sid)) end
+  redis.call('ZREM', P .. ':deadlines', sid)
+  redis.call('EXPIRE', s, ttl)
+  redis.call('EXPIRE', s .. ':jobs', ttl)
+end
+
+-- Apply every timer that has run out. The timer keys' existence is the truth.
+local function tick(sid)
+  local s = sk(sid)
+  local state = get(s, 'state')
+  if state == '' or state == 'closed' then return state end
+  if state == 'open' and get(s, 'first_job') == '' and redis.call('EXISTS', tk(sid, 'open')) == 0 then
+    close_now(sid, 'open_session_timeout')
+    return 'closed'
+  end
+  if get(s, 'started_at') ~= '' and redis.call('EXISTS', tk(sid, 'max')) == 0 then
+    fail_queued(sid, 'ERROR', 'session_max_time',
+      'session ' .. sid .. ' reached its max_time of ' .. get(s, 'max_time') ..
+      ' s before this job started; submit it to a new session')
+    close_now(sid, 'max_time')
+    return 'closed'
+  end
+  if state == 'active' and num(s, 'queued') == 0 and num(s, 'running') == 0
+     and redis.call('EXISTS', tk(sid, 'idle')) == 0 then
+    redis.call('HSET', s, 'state', 'inactive', 'deactivated_at', NOW)
+    release_pin(sid)
+    if get(s, 'mode') == 'session' then drop_queue(squeue(sid)) end
+    schedule(sid)
+    return 'inactive'
+  end
+  return state
+end
+
+-- The session has nothing queued or running: close it if closing, else start the idle timer.
+local function on_idle(sid)
+  local s = sk(sid)
+  if num(s, 'queued') > 0 or num(s, 'running') > 0 then return end
+  local state = get(s, 'state')
+  if state == 'pending_closed' then
+    close_now(sid, 'closed')
+  elseif state == 'closed' then
+    release_pin(sid)
+  elseif state == 'active' then
+    redis.call('SET', tk(sid, 'idle'), '1', 'EX', num(s, 'interactive_timeout'))
+    schedule(sid)
+  end
+end
+
+-- A session with work and no worker joins its backend's line (at the back, or the front
+-- when it lost its worker and should not wait behind newcomers).
+local function want_worker(sid, front)
+  local s = sk(sid)
+  if get(s, 'mode') ~= 'session' or get(s, 'worker') ~= '' or get(s, 'waiting') == '1' then return end
+  if get(s, 'state') == 'closed' then return end
+  if num(s, 'queued') + num(s, 'running') == 0 then return end
+  local line = P .. ':wait:' .. get(s, 'backend')
+  if front then redis.call('LPUSH', line, sid) else redis.call('RPUSH', line, sid) end
+  redis.call('HSET', s, 'waiting', '1')
+end
+
+-- A running job lost its process (child killed, worker dead, hard time limit): queue it
+-- again at the head of its queue, or end it when it has used all its attempts.
+local function job_lost(jid, node, max_attempts, code, message)
+  local j = jk(jid)
+  redis.call('SREM', P .. ':w:' .. node .. ':run', jid)
+  if get(j, 'status') ~= 'RUNNING' or get(j, 'worker') ~= node then return 'stale' end
+  local sid = get(j, 'session')
+  local ttl = num(j, 'ttl')
+  local retry = code == 'worker_lost' and num(j, 'attempts') < max_attempts
+  if retry then
+    redis.call('HSET', j, 'status', 'QUEUED', 'claim', '', 'worker', '', 'requeued_at', NOW)
+    redis.call('RPUSH', get(j, 'queue'), get(j, 'message'))
+  else
+    if code == 'worker_lost' then
+      message = 'job ' .. jid .. ' killed the worker process running it ' .. get(j, 'attempts') ..
+        ' times (limit SESSION_BROKER_MAX_ATTEMPTS=' .. max_attempts .. '); it is not retried: ' .. message
+    end
+    finish_job_record(jid, 'ERROR', code, message, ttl)
+  end
+  if sid ~= '' then
+    local s = sk(sid)
+    redis.call('HINCRBY', s, 'running', -1)
+    if retry then
+      redis.call('HINCRBY', s, 'queued', 1)
+      if get(s, 'state') == 'closed' then
+        -- the session was cancelled or expired while this job ran: it may not run again
+        local reason = get(s, 'closed_reason')
+        local st, cd = 'CANCELLED', 'cancelled'
+        if reason == 'max_time' then st, cd = 'ERROR', 'session_max_time' end
+        finish_job_record(jid, st, cd, 'job ' .. jid .. ' lost its worker after session ' .. sid .. ' ended (' .. reason .. ')', ttl)
+        redis.call('HINCRBY', s, 'queued', -1)
+      end
+    else
+      redis.call('HINCRBY', s, 'failed', 1)
+      redis.call('HSET', s, 'last_job_completed', NOW)
+    end
+    on_idle(sid)
+  end
+  return retry and 'requeued' or 'failed'
+end
+"""
+
+# ARGV: P, sid, backend, mode, max_time, interactive_timeout, open_session_timeout, ttl
+# The system settings published by the workers (P:config) win over the client's defaults.
+OPEN_SESSION = PRELUDE + r"""
+local sid = ARGV[2]
+local s = sk(sid)
+if redis.call('EXISTS', s) == 1 then return redis.error_reply('session id already exists: ' .. sid) end
+local cfg = P .. ':config'
+local itl = redis.call('HGET', cfg, 'interactive_timeout') or ARGV[6]
+local open_timeout = redis.call('HGET', cfg, 'open_session_timeout') or ARGV[7]
+local ttl = redis.call('HGET', cfg, 'result_ttl') or ARGV[8]
+ARGV[7], ARGV[8] = open_timeout, ttl
+redis.call('HSET', s, 'id', sid, 'backend', ARGV[3], 'mode', ARGV[4], 'state', 'open',
+  'accepting', '1', 'max_time', ARGV[5], 'interactive_timeout', itl, 'ttl', ttl,
+  'created_at', NOW, 'started_at', '', 'closed_at', '', 'last_job_started', '',
+  'last_job_completed', '', 'worker', '', 'epoch', '0', 'waiting', '0', 'first_job', '',
+  'first_job_cancelled', '', 'queued', 0, 'running', 0, 'done', 0, 'failed', 0, 'cancelled', 0,
+  'usage', 0, 'context', '', 'closed_reason', '')
+redis.call('SET', tk(sid, 'open'), '1', 'EX', ARGV[7])
+redis.call('ZADD', P .. ':sessions', NOW, sid)
+redis.call('ZREMRANGEBYSCORE', P .. ':sessions', '-inf', NOW - tonumber(ARGV[8]))
+schedule(sid)
+return 'ok'
+"""
+
+# ARGV: P, jid, sid, backend, primitive, payload, message, queue, ttl, summary(json)
+# Returns {'ok', status} or {'error', kind, detail}
+SUBMIT = PRELUDE + r"""
+local jid, sid, backend = ARGV[2], ARGV[3], ARGV[4]
+local j = jk(jid)
+local ttl = tonumber(ARGV[9])
+if redis.call('EXISTS', j) == 1 then return {'error', 'duplicate', jid} end
+local status, code, message = 'QUEUED', '', ''
+local mode = ''
+if sid ~= '' then
+  local s = sk(sid)
+  if redis.call('EXISTS', s) == 0 then return {'error', 'not_found', sid} end
+  local state = tick(sid)
+  if get(s, 'backend') ~= backend then return {'error', 'backend_mismatch', get(s, 'backend')} end
+  if state == 'pending_closed' or state == 'closed' then
+    return {'error', 'closed', state .. ':' .. get(s, 'closed_reason')}
+  end
+  mode = get(s, 'mode')
+  ttl = num(s, 'ttl')
+  local first = get(s, 'first_job_cancelled')
+  if first ~= '' then
+    status, code = 'ERROR', 'first_job_cancelled'
+    message = 'the first job of session ' .. sid .. ' (' .. first ..
+      ') was cancelled, so every later job of the session fails; open a new session'
+  end
+end
+redis.call('HSET', j, 'id', jid, 'session', sid, 'mode', mode, 'backend', backend,
+  'primitive', ARGV[5], 'status', status, 'created', NOW, 'running', '', 'finished', '',
+  'worker', '', 'pid', '', 'attempts', 0, 'claim', '', 'error_code', code, 'error', message,
+  'queue', ARGV[8], 'ttl', ttl, 'summary', ARGV[10], 'usage', '')
+redis.call('ZADD', P .. ':jobs', NOW, jid)
+redis.call('ZREMRANGEBYSCORE', P .. ':jobs', '-inf', NOW - ttl)
+if sid ~= '' then
+  local s = sk(sid)
+  redis.call('RPUSH', s .. ':jobs', jid)
+  if get(s, 'first_job') == '' then redis.call('HSET', s, 'first_job', jid) end
+  redis.call('DEL', tk(sid, 'idle'), tk(sid, 'open'))
+end
+if status ~= 'QUEUED' then
+  finish_job_record(jid, status, code, message, ttl)
+  if sid ~= '' then redis.call('HINCRBY', sk(sid), 'failed', 1); schedule(sid) end
+  return {'ok', status}
+end
+redis.call('HSET', j, 'payload', ARGV[6], 'message', ARGV[7])
+redis.call('LPUSH', ARGV[8], ARGV[7])
+if sid ~= '' then
+  redis.call('HINCRBY', sk(sid), 'queued', 1)
+  want_worker(sid, false)
+  schedule(sid)
+end
+return {'ok', status}
+"""
+
+# ARGV: P, jid, node, pid, context
+# Returns {'run', payload, claim, session, epoch} or {'skip', reason}
+CLAIM = PRELUDE + r"""
+local jid, node = ARGV[2], ARGV[3]
+local j = jk(jid)
+if redis.call('EXISTS', j) == 0 then return {'skip', 'unknown job'} end
+local status = get(j, 'status')
+if status ~= 'QUEUED' then return {'skip', 'job is ' .. status} end
+local sid, mode = get(j, 'session'), get(j, 'mode')
+local pin = redis.call('GET', P .. ':w:' .. node .. ':pin') or ''
+local epoch = ''
+if sid ~= '' then
+  tick(sid)
+  if get(j, 'status') ~= 'QUEUED' then return {'skip', 'job is ' .. get(j, 'status')} end
+end
+if mode == 'session' then
+  local s = sk(sid)
+  if get(s, 'worker') ~= node then
+    -- fetched by a worker that is not (or no longer) the session's: back to the head of its queue
+    redis.call('RPUSH', get(j, 'queue'), get(j, 'message'))
+    want_worker(sid, true)
+    return {'skip', 'session pinned elsewhere'}
+  end
+  epoch = get(s, 'epoch')
+elseif pin ~= '' then
+  -- a pinned worker runs its session's jobs and nothing else
+  redis.call('RPUSH', get(j, 'queue'), get(j, 'message'))
+  return {'skip', 'worker pinned to session ' .. pin}
+end
+if sid ~= '' then
+  local s = sk(sid)
+  local first = get(s, 'first_job_cancelled')
+  if first ~= '' then
+    finish_job_record(jid, 'ERROR', 'first_job_cancelled', 'the first job of session ' .. sid ..
+      ' (' .. first .. ') was cancelled, so every later job of the session fails; open a new session', num(j, 'ttl'))
+    redis.call('HINCRBY', s, 'queued', -1)
+    redis.call('HINCRBY', s, 'failed', 1)
+    on_idle(sid)
+    return {'skip', 'first job cancelled'}
+  end
+  local ctx = get(s, 'context')
+  if ctx == '' then
+    redis.call('HSET', s, 'context', ARGV[5])
+  elseif ctx ~= ARGV[5] then
+    finish_job_record(jid, 'ERROR', 'failed', 'worker ' .. node .. ' simulates a different device (' ..
+      ARGV[5] .. ') than the one the session\'s first job fixed (' .. ctx .. ')', num(j, 'ttl'))
+    redis.call('HINCRBY', s, 'queued', -1)
+    redis.call('HINCRBY', s, 'failed', 1)
+    on_idle(sid)
+    return {'skip', 'context mismatch'}
+  end
+end
+local attempts = redis.call('HINCRBY', j, 'attempts', 1)
+local claim = node .. '/' .. attempts
+redis.call('HSET', j, 'status', 'RUNNING', 'worker', node, 'pid', ARGV[4], 'running', NOW, 'claim', claim)
+redis.call('SADD', P .. ':w:' .. node .. ':run', jid)
+if sid ~= '' then
+  local s = sk(sid)
+  redis.call('HINCRBY', s, 'queued', -1)
+  redis.call('HINCRBY', s, 'running', 1)
+  redis.call('HSET', s, 'last_job_started', NOW)
+  redis.call('DEL', tk(sid, 'idle'))
+  local state = get(s, 'state')
+  if get(s, 'started_at') == '' then
+    redis.call('HSET', s, 'started_at', NOW)
+    redis.call('SET', tk(sid, 'max'), '1', 'EX', num(s, 'max_time'))
+  end
+  if state == 'open' or state == 'inactive' then redis.call('HSET', s, 'state', 'active') end
+  schedule(sid)
+end
+return {'run', redis.call('HGET', j, 'payload') or '', claim, sid, epoch}
+"""
+
+# ARGV: P, jid, claim, status, result, error_code, error, usage
+FINISH = PRELUDE + r"""
+local jid, claim = ARGV[2], ARGV[3]
+local j = jk(jid)
+if get(j, 'claim') ~= claim or get(j, 'status') ~= 'RUNNING' then return 'stale' end
+local node = get(j, 'worker')
+redis.call('SREM', P .. ':w:' .. node .. ':run', jid)
+redis.call('HSET', j, 'result', ARGV[5], 'usage', ARGV[8])
+finish_job_record(jid, ARGV[4], ARGV[6], ARGV[7], num(j, 'ttl'))
+local sid = get(j, 'session')
+if sid ~= '' then
+  local s = sk(sid)
+  redis.call('HINCRBY', s, 'running', -1)
+  redis.call('HINCRBY', s, ARGV[4] == 'DONE' and 'done' or 'failed', 1)
+  redis.call('HINCRBYFLOAT', s, 'usage', tonumber(ARGV[8]) or 0)
+  redis.call('HSET', s, 'last_job_completed', NOW)
+  on_idle(sid)
+end
+return 'ok'
+"""
+
+# ARGV: P, jid, node, max_attempts, code, message
+JOB_LOST = PRELUDE + r"""
+return job_lost(ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6])
+"""
+
+# ARGV: P, jid  -> 'cancelled' | 'running' | 'not_found' | <final status>
+CANCEL_JOB = PRELUDE + r"""
+local jid = ARGV[2]
+local j = jk(jid)
+if redis.call('EXISTS', j) == 0 then return 'not_found' end
+local status = get(j, 'status')
+if status == 'RUNNING' then return 'running' end
+if status ~= 'QUEUED' then return status end
+redis.call('LREM', get(j, 'queue'), 1, get(j, 'message'))
+finish_job_record(jid, 'CANCELLED', 'cancelled', 'job ' .. jid .. ' was cancelled before it ran', num(j, 'ttl'))
+local sid = get(j, 'session')
+if sid ~= '' then
+  local s = sk(sid)
+  redis.call('HINCRBY', s, 'queued', -1)
+  redis.call('HINCRBY', s, 'cancelled', 1)
+  if get(s, 'first_job') == jid then redis.call('HSET', s, 'first_job_cancelled', jid) end
+  on_idle(sid)
+end
+return 'cancelled'
+"""
+
+# ARGV: P, sid -> new state, or '' when unknown
+CLOSE_SESSION = PRELUDE + r"""
+local sid = ARGV[2]
+local s = sk(sid)
+if redis.call('EXISTS', s) == 0 then return '' end
+local state = tick(sid)
+if state == 'closed' then return state end
+redis.call('HSET', s, 'accepting', '0')
+if num(s, 'queued') == 0 and num(s, 'running') == 0 then
+  close_now(sid, 'closed')
+  return 'closed'
+end
+redis.call('HSET', s, 'state', 'pending_closed', 'closing_at', NOW)
+redis.call('DEL', tk(sid, 'idle'), tk(sid, 'open'))
+want_worker(sid, false)
+schedule(sid)
+return 'pending_closed'
+"""
+
+# ARGV: P, sid -> 'closed', or '' when unknown
+CANCEL_SESSION = PRELUDE + r"""
+local sid = ARGV[2]
+local s = sk(sid)
+if redis.call('EXISTS', s) == 0 then return '' end
+local state = tick(sid)
+if state == 'closed' then return state end
+local first = get(s, 'first_job')
+if first ~= '' and get(jk(first), 'status') == 'QUEUED' then redis.call('HSET', s, 'first_job_cancelled', first) end
+fail_queued(sid, 'CANCELLED', 'cancelled', 'session ' .. sid .. ' was cancelled before this job ran')
+close_now(sid, 'cancelled')
+return 'closed'
+"""
+
+# ARGV: P, sid -> state after applying due timers ('' when unknown)
+TICK_SESSION = PRELUDE + r"""
+return tick(ARGV[2])
+"""
+
+# ARGV: P, limit -> number of sessions ticked. Any process may run it: workers do, often.
+SWEEP_DEADLINES = PRELUDE + r"""
+local due = redis.call('ZRANGEBYSCORE', P .. ':deadlines', '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, sid in ipairs(due) do
+  if redis.call('EXISTS', sk(sid)) == 0 then redis.call('ZREM', P .. ':deadlines', sid)
+  else tick(sid); if get(sk(sid), 'state') ~= 'closed' then schedule(sid) end end
+end
+return #due
+"""
+
+# One heartbeat of a worker's agent: refresh the registry entry, follow or drop the pin,
+# and take the next waiting session when free.
+# ARGV: P, node, backend, ttl_ms, host, pid, started, concurrency, device
+# Returns {pin_sid_or_empty, epoch}
+WORKER_TICK = PRELUDE + r"""
+local node, backend = ARGV[2], ARGV[3]
+local w = P .. ':w:' .. node
+redis.call('HSET', w, 'node', node, 'backend', backend, 'host', ARGV[5], 'pid', ARGV[6],
+  'started', ARGV[7], 'concurrency', ARGV[8], 'device', ARGV[9], 'heartbeat', NOW)
+redis.call('PEXPIRE', w, tonumber(ARGV[4]))
+redis.call('HSET', P .. ':workers', node, backend)
+local pin_key = w .. ':pin'
+local pin = redis.call('GET', pin_key) or ''
+if pin ~= '' then
+  tick(pin)
+  if get(sk(pin), 'worker') ~= node then
+    if redis.call('GET', pin_key) == pin then redis.call('DEL', pin_key) end
+    pin = ''
+  end
+end
+if pin == '' and redis.call('SCARD', w .. ':run') == 0 then
+  local line = P .. ':wait:' .. backend
+  while true do
+    local sid = redis.call('LPOP', line)
+    if not sid then break end
+    local s = sk(sid)
+    redis.call('HSET', s, 'waiting', '0')
+    local state = tick(sid)
+    if state ~= '' and state ~= 'closed' and get(s, 'worker') == ''
+       and num(s, 'queued') + num(s, 'running') > 0 then
+      local epoch = redis.call('INCR', P .. ':epoch')
+      redis.call('HSET', s, 'worker', node, 'epoch', epoch, 'pinned_at', NOW)
+      redis.call('SET', pin_key, sid)
+      if state == 'inactive' then redis.call('HSET', s, 'state', 'active') end
+      pin = sid
+      break
+    end
+  end
+end
+redis.call('HSET', w, 'pin', pin)
+local epoch = ''
+if pin ~= '' then epoch = get(sk(pin), 'epoch') end
+return {pin, epoch}
+"""
+
+# A worker whose registry entry expired is dead: requeue what it ran, free its session.
+# ARGV: P, node, max_attempts, keep_pin ('1' when a worker recovers its own previous life)
+REAP_WORKER = PRELUDE + r"""
+local node = ARGV[2]
+local w = P .. ':w:' .. node
+local requeued = 0
+for _, jid in ipairs(redis.call('SMEMBERS', w .. ':run')) do
+  if job_lost(jid, node, tonumber(ARGV[3]), 'worker_lost', 'worker ' .. node .. ' died while running it') == 'requeued' then
+    requeued = requeued + 1
+  end
+end
+redis.call('DEL', w .. ':run')
+if ARGV[4] ~= '1' then
+  local pin = redis.call('GET', w .. ':pin')
+  if pin then
+    local s = sk(pin)
+    if get(s, 'worker') == node then
+      redis.call('HSET', s, 'worker', '', 'lost_worker', node)
+      redis.call('HINCRBY', s, 'epoch', 0)
+      if get(s, 'state') == 'closed' then release_pin(pin) else want_worker(pin, true) end
+    end
+    redis.call('DEL', w .. ':pin')
+  end
+  redis.call('HDEL', P .. ':workers', node)
+  redis.call('DEL', w)
+end
+return requeued
+"""
+
+# ARGV: P -> list of registered nodes whose registry entry has expired
+DEAD_WORKERS = PRELUDE + r"""
+local dead = {}
+for node, _ in pairs((function() local t = {}; local f = redis.call('HGETALL', P .. ':workers');
+    for i = 1, #f, 2 do t[f[i]] = f[i + 1] end; return t end)()) do
+  if redis.call('EXISTS', P .. ':w:' .. node) == 0 then table.insert(dead, node) end
+end
+return dead
+"""

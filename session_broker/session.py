@@ -1,0 +1,197 @@
+"""``Session`` and ``Batch``: thin client objects over the state machine in ``state.py``.
+
+A ``Session`` gets exclusive, consecutive use of one worker of its backend (its jobs go to
+its own queue, which only its pinned worker consumes). A ``Batch`` has the same lifecycle
+but its jobs go to the backend's shared queue and run in parallel on any workers.
+
+Primitives created inside ``with Session(...)`` without a mode use that session. The
+"current session" is a context variable (right for threads that open their own sessions
+and for asyncio); a thread started inside the ``with`` block does not inherit context
+variables, so when it has none we fall back to the one session that is open in a ``with``
+block anywhere in the process (with two or more, the choice would be a guess: we ask for
+``mode=`` instead).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from contextvars import ContextVar
+
+from session_broker import backends as catalog
+from session_broker.backends import BrokerBackend
+from session_broker.errors import InvalidInputError, InvalidMaxTimeError, SessionNotFoundError
+from session_broker.service import QiskitRuntimeService, default_service
+from session_broker.state import SESSION_STATUS, iso, new_id
+
+_current: ContextVar["Session | None"] = ContextVar("session_broker_session", default=None)
+_entered: list["Session"] = []
+_entered_lock = threading.Lock()
+
+_MAX_TIME = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
+
+
+def parse_max_time(value, system_max: int) -> int:
+    """``max_time`` as seconds: an int, or a string of d/h/m/s parts such as "2h 30m 40s"."""
+    allowed = (f"an int of seconds or a string of d/h/m/s parts such as '2h 30m 40s' or '1d', "
+               f"greater than 0 and at most the system max_time ({system_max} s)")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidMaxTimeError(f"max_time={value!r} is not valid: expected {allowed}")
+    if isinstance(value, str):
+        match = _MAX_TIME.match(value)
+        if not value.strip() or not match or not any(match.groups()):
+            raise InvalidMaxTimeError(f"max_time={value!r} is not valid: expected {allowed}")
+        d, h, m, s = (int(g or 0) for g in match.groups())
+        seconds = d * 86400 + h * 3600 + m * 60 + s
+    else:
+        seconds = value
+    if seconds <= 0 or seconds > system_max:
+        raise InvalidMaxTimeError(f"max_time={value!r} ({seconds} s) is out of bounds: expected {allowed}")
+    return seconds
+
+
+def current_session() -> "Session | None":
+    session = _current.get()
+    if session is not None:
+        return session
+    with _entered_lock:
+        live = list(dict.fromkeys(_entered))
+    if len(live) == 1:
+        return live[0]
+    if len(live) > 1:
+        raise InvalidInputError(
+            f"{len(live)} sessions are open in `with` blocks of other threads; this thread has none "
+            "of its own, so pass the session explicitly: SamplerV2(mode=session) / Estimator(session=session)")
+    return None
+
+
+class Session:
+    """A Qiskit Runtime-style session on one backend (see the README and the guide)."""
+
+    mode = "session"
+
+    def __init__(self, service: QiskitRuntimeService | None = None,
+                 backend: str | BrokerBackend | None = None, max_time: int | str | None = None,
+                 *, _session_id: str | None = None):
+        if isinstance(backend, BrokerBackend):
+            service = service or backend.service
+            name = backend.name
+        elif isinstance(backend, str):
+            name = backend
+        elif backend is None:
+            raise InvalidInputError(
+                f"{type(self).__name__} needs a backend: a name such as 'ibmq_qasm_simulator' or "
+                "service.backend(name); known backends: " + ", ".join(catalog.known_backends()))
+        else:
+            raise InvalidInputError(f"backend must be a name or a backend object, not {type(backend).__name__}")
+        catalog.get_spec(name)
+        if service is not None and not isinstance(service, QiskitRuntimeService):
+            raise InvalidInputError(f"service must be a QiskitRuntimeService, not {type(service).__name__}")
+        self._service = service or default_service()
+        self._backend = name
+        self._store = self._service._store
+        system_max = self._store.system_config()["max_time"]
+        if _session_id is not None:  # from_id
+            self._session_id = _session_id
+            self._max_time = int(self._store.session(_session_id, tick=False)["max_time"])
+            return
+        self._max_time = system_max if max_time is None else parse_max_time(max_time, system_max)
+        self._session_id = new_id()
+        self._store.open_session(self._session_id, name, self.mode, self._max_time)
+        self._tokens: list = []
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    @property
+    def service(self) -> QiskitRuntimeService:
+        return self._service
+
+    @property
+    def max_time(self) -> int:
+        return self._max_time
+
+    def backend(self) -> str:
+        return self._backend
+
+    @classmethod
+    def from_id(cls, session_id: str, service: QiskitRuntimeService | None = None) -> "Session":
+        """Attach to an existing session; an unknown id raises and creates nothing."""
+        service = service or default_service()
+        if not isinstance(session_id, str) or not session_id:
+            raise SessionNotFoundError(f"session id must be a non-empty string, not {session_id!r}")
+        data = service._store.session(session_id, tick=False)
+        kind = Batch if data.get("mode") == "batch" else Session
+        if cls is not Session and kind is not cls:
+            raise SessionNotFoundError(f"{session_id} is a {kind.__name__}, not a {cls.__name__}")
+        return kind(service=service, backend=data["backend"], _session_id=session_id)
+
+    # ------------------------------------------------------------------ lifecycle
+    def status(self) -> str:
+        """'Pending', 'In progress, accepting new jobs', 'In progress, not accepting new jobs' or 'Closed'."""
+        return SESSION_STATUS[self._store.tick(self._session_id) or "closed"]
+
+    def details(self) -> dict:
+        data = self._store.session(self._session_id)
+        state = data["state"]
+        left = int(data.get("active_timeout_left", -2))
+        if not data.get("started_at"):
+            active_timeout = int(data["max_time"])
+        else:
+            active_timeout = max(left, 0) if state != "closed" else 0
+        return {
+            "id": data["id"],
+            "backend_name": data["backend"],
+            "interactive_timeout": int(data["interactive_timeout"]),
+            "max_time": int(data["max_time"]),
+            "active_timeout": active_timeout,
+            "state": state,
+            "accepting_jobs": data.get("accepting") == "1",
+            "last_job_started": iso(data.get("last_job_started")),
+            "last_job_completed": iso(data.get("last_job_completed")),
+            "started_at": iso(data.get("started_at")),
+            "closed_at": iso(data.get("closed_at")),
+            "mode": data.get("mode"),
+            "worker": data.get("worker") or None,
+            "usage_time": round(float(data.get("usage") or 0), 6),
+            "jobs": {k: int(data.get(k) or 0) for k in ("queued", "running", "done", "failed", "cancelled")},
+            "closed_reason": data.get("closed_reason") or None,
+        }
+
+    def usage(self) -> float:
+        """Seconds of worker time the session's jobs have used."""
+        return float(self._store.session(self._session_id, tick=False).get("usage") or 0)
+
+    def close(self) -> None:
+        """Stop accepting jobs; queued and running jobs finish, then the session closes."""
+        self._store.close_session(self._session_id)
+
+    def cancel(self) -> None:
+        """Close now: queued jobs are CANCELLED and never run; a running job finishes."""
+        self._store.cancel_session(self._session_id)
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> "Session":
+        if not hasattr(self, "_tokens"):
+            self._tokens = []
+        self._tokens.append(_current.set(self))
+        with _entered_lock:
+            _entered.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _current.reset(self._tokens.pop())
+        with _entered_lock:
+            _entered.remove(self)
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}(id='{self._session_id}', backend='{self._backend}')>"
+
+
+class Batch(Session):
+    """Jobs tracked, closed and cancelled together, run in parallel on any workers."""
+
+    mode = "batch"

@@ -1,0 +1,314 @@
+"""The session state machine: every transition of a session or job, one function each.
+
+Read this module top to bottom to see how a session lives::
+
+    open ──first job starts──▶ active ──idle for interactive_timeout──▶ inactive
+      │                          ▲  │                                      │
+      │                          │  └──────── a job is queued, a worker is pinned ◀─┘
+      ├─close() with work ───▶ pending_closed ──last job ends──▶ closed
+      └─cancel() / max_time / never used ─────────────────────────▶ closed
+
+Each function runs one Lua script from ``keys.py``, so each transition is atomic and one
+round trip, whoever calls it: a producer, a worker, the CLI. Timers are Redis keys with an
+expiry; ``tick`` (run by workers, by ``status()``, by the CLI) applies the ones that ran out,
+so no transition depends on a client process staying alive.
+
+The public status strings (``session.status()`` and ``job.status()``) are defined here too.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from session_broker import keys as K
+from session_broker.config import Settings, get_settings
+from session_broker.errors import (
+    BackendMismatchError,
+    BrokerConnectionError,
+    SessionClosedError,
+    SessionNotFoundError,
+)
+
+# internal state -> what session.status() says (the guide's four strings)
+SESSION_STATUS = {
+    "open": "Pending",
+    "active": "In progress, accepting new jobs",
+    "inactive": "Pending",
+    "pending_closed": "In progress, not accepting new jobs",
+    "closed": "Closed",
+}
+JOB_STATUSES = ("INITIALIZING", "QUEUED", "RUNNING", "DONE", "ERROR", "CANCELLED")
+FINAL_JOB_STATUSES = frozenset({"DONE", "ERROR", "CANCELLED"})
+
+
+def iso(ts: str | float | None) -> str | None:
+    """Redis server seconds -> '2023-10-09T19:37:42.004Z' (the guide's format), or None."""
+    if ts in (None, ""):
+        return None
+    dt = datetime.fromtimestamp(float(ts), tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def new_id() -> str:
+    """Ids like IBM's: 20 lowercase base32-ish characters."""
+    return uuid.uuid4().hex[:20]
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A redis-py client for our own keys: retries through short outages (Redis restarts)."""
+    url, ssl_kwargs = split_tls_options(settings.url)
+    client = redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 40),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        health_check_interval=10,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        **ssl_kwargs,
+    )
+    return client
+
+
+def split_tls_options(url: str) -> tuple[str, dict]:
+    """Take ``ssl_*`` query options off a ``rediss://`` URL and return them as kwargs.
+
+    redis-py, kombu and Celery's result backend each read TLS options differently; we parse
+    them once here and hand each the form it wants (see ``celery_app.py``).
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    opts = {k: v for k, v in query.items() if k.startswith("ssl_")}
+    rest = "&".join(f"{k}={v}" for k, v in query.items() if not k.startswith("ssl_"))
+    bare = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment))
+    if parts.scheme != "rediss":
+        return bare, {}
+    reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+    kwargs: dict[str, Any] = {"ssl_cert_reqs": reqs.get(opts.get("ssl_cert_reqs", "required"), ssl.CERT_REQUIRED)}
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if name in opts:
+            kwargs[name] = opts[name]
+    return bare, kwargs
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    status: str
+
+
+class Store:
+    """Our Redis state for one prefix: the transitions below, and plain reads."""
+
+    def __init__(self, settings: Settings | None = None, client: redis.Redis | None = None):
+        self.settings = settings or get_settings()
+        self.keys = K.Keys(self.settings.key_prefix)
+        self.redis = client or redis_client(self.settings)
+        reg = self.redis.register_script
+        self._open = reg(K.OPEN_SESSION)
+        self._submit = reg(K.SUBMIT)
+        self._claim = reg(K.CLAIM)
+        self._finish = reg(K.FINISH)
+        self._job_lost = reg(K.JOB_LOST)
+        self._cancel_job = reg(K.CANCEL_JOB)
+        self._close = reg(K.CLOSE_SESSION)
+        self._cancel = reg(K.CANCEL_SESSION)
+        self._tick = reg(K.TICK_SESSION)
+        self._sweep = reg(K.SWEEP_DEADLINES)
+        self._worker_tick = reg(K.WORKER_TICK)
+        self._reap = reg(K.REAP_WORKER)
+        self._dead = reg(K.DEAD_WORKERS)
+
+    @property
+    def p(self) -> str:
+        return self.settings.key_prefix
+
+    def ping(self) -> None:
+        try:
+            self.redis.ping()
+        except redis.AuthenticationError as exc:
+            raise BrokerConnectionError(
+                f"Redis at {redact(self.settings.url)} refused the credentials: {exc}. "
+                "Check the password in SESSION_BROKER_URL (redis://:PASSWORD@host:port/0)") from exc
+        except redis.ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                raise BrokerConnectionError(
+                    f"Redis at {redact(self.settings.url)} needs a password: {exc}. "
+                    "Put it in SESSION_BROKER_URL (redis://:PASSWORD@host:port/0)") from exc
+            raise
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise BrokerConnectionError(
+                f"cannot reach Redis at {redact(self.settings.url)}: {exc}. "
+                "Start one (session-broker up) or set SESSION_BROKER_URL") from exc
+
+    # ---------------------------------------------------------------- system settings
+    SYSTEM_FIELDS = ("max_time", "interactive_timeout", "open_session_timeout", "result_ttl")
+
+    def publish_config(self) -> None:
+        """Workers publish the operator's settings; sessions take their timers from here."""
+        self.redis.hset(self.keys.config, mapping={f: getattr(self.settings, f) for f in self.SYSTEM_FIELDS})
+
+    def system_config(self) -> dict[str, int]:
+        """The deployment's settings (as published by its workers), else this process's."""
+        published = self.redis.hgetall(self.keys.config)
+        return {f: int(published.get(f) or getattr(self.settings, f)) for f in self.SYSTEM_FIELDS}
+
+    # ---------------------------------------------------------------- sessions: birth
+    def open_session(self, sid: str, backend: str, mode: str, max_time: int) -> None:
+        """A new session is ``open``: no worker yet; its open-session timer starts now."""
+        s = self.settings
+        self._open(args=[self.p, sid, backend, mode, max_time, s.interactive_timeout,
+                         s.open_session_timeout, s.result_ttl])
+
+    # ---------------------------------------------------------------- jobs: submit
+    def submit(self, job_id: str, session_id: str | None, backend: str, primitive: str,
+               payload: str, message: str, queue: str, summary: dict) -> Submitted:
+        """Record a job and queue its message, atomically.
+
+        For a session job this also refuses closing/closed sessions, applies due timers,
+        stops the open and idle timers, and puts a worker-less session in its backend's
+        line. A later job of a session whose first job was cancelled is recorded as ERROR.
+        """
+        res = self._submit(args=[self.p, job_id, session_id or "", backend, primitive, payload,
+                                 message, queue, self.settings.result_ttl,
+                                 json.dumps(summary, separators=(",", ":"))])
+        if res[0] == "ok":
+            return Submitted(job_id, res[1])
+        kind, detail = res[1], res[2]
+        if kind == "not_found":
+            raise SessionNotFoundError(f"session {detail!r} does not exist (or its record expired)")
+        if kind == "backend_mismatch":
+            raise BackendMismatchError(
+                f"this primitive targets backend {backend!r} but its session runs on {detail!r}; "
+                "a session has exactly one backend: open a new session for another backend")
+        if kind == "closed":
+            state, _, reason = detail.partition(":")
+            why = f" ({reason.replace('_', ' ')})" if reason else ""
+            raise SessionClosedError(
+                f"session {session_id} is {SESSION_STATUS[state]!r}{why} and accepts no new jobs; "
+                "open a new Session to submit more")
+        raise RuntimeError(f"job id collision: {detail}")
+
+    # ---------------------------------------------------------------- jobs: on a worker
+    def claim(self, job_id: str, node: str, pid: int, context: str) -> list:
+        """QUEUED -> RUNNING, only if this worker may run it now (see keys.CLAIM).
+
+        Starting a session's first job makes the session ``active``, sets ``started_at``
+        and starts the max-time timer; it also fixes the session's device context.
+        """
+        return self._claim(args=[self.p, job_id, node, pid, context])
+
+    def finish(self, job_id: str, claim: str, status: str, result: str = "",
+               error_code: str = "", error: str = "", usage: float = 0.0) -> str:
+        """RUNNING -> DONE/ERROR, fenced by the claim token; may close or idle the session."""
+        return self._finish(args=[self.p, job_id, claim, status, result, error_code, error,
+                                  f"{usage:.6f}"])
+
+    def job_lost(self, job_id: str, node: str, code: str, message: str) -> str:
+        """The process running a job died: queue it again, or end it (poison, time limit)."""
+        return self._job_lost(args=[self.p, job_id, node, self.settings.max_attempts, code, message])
+
+    def cancel_job(self, job_id: str) -> str:
+        """QUEUED -> CANCELLED (its message is taken off the queue). A running job finishes."""
+        return self._cancel_job(args=[self.p, job_id])
+
+    # ---------------------------------------------------------------- sessions: end
+    def close_session(self, sid: str) -> str:
+        """-> ``pending_closed`` (jobs drain, nothing new accepted), or ``closed`` if idle."""
+        return self._close(args=[self.p, sid])
+
+    def cancel_session(self, sid: str) -> str:
+        """-> ``closed``: queued jobs become CANCELLED and never run; running ones finish."""
+        return self._cancel(args=[self.p, sid])
+
+    def tick(self, sid: str) -> str:
+        """Apply the session's expired timers (max time, interactive, open-session)."""
+        return self._tick(args=[self.p, sid])
+
+    def sweep_deadlines(self, limit: int = 100) -> int:
+        """Tick every session whose earliest timer is due. Workers run this continually."""
+        return self._sweep(args=[self.p, limit])
+
+    # ---------------------------------------------------------------- reads
+    def session(self, sid: str, *, tick: bool = True) -> dict[str, str]:
+        if tick:
+            self.tick(sid)
+        data = self.redis.hgetall(self.keys.session(sid))
+        if not data:
+            raise SessionNotFoundError(f"session {sid!r} does not exist (or its record expired)")
+        data["active_timeout_left"] = str(self.redis.ttl(self.keys.timer(sid, "max")))
+        return data
+
+    def job(self, job_id: str, *fields: str) -> dict[str, str]:
+        if fields:
+            values = self.redis.hmget(self.keys.job(job_id), fields)
+            return {f: v for f, v in zip(fields, values) if v is not None}
+        return self.redis.hgetall(self.keys.job(job_id))
+
+    def session_job_ids(self, sid: str) -> list[str]:
+        return self.redis.lrange(self.keys.session_jobs(sid), 0, -1)
+
+    def wait_job(self, job_id: str, timeout: float | None) -> bool:
+        """Block until the job's latch holds a token (the job ended); False on timeout."""
+        key = self.keys.job_done(job_id)
+        # BLPOP takes the token; give it back so other waiters (and later calls) see it too.
+        got = self.redis.blpop([key], timeout=0 if timeout is None else max(timeout, 0.001))
+        if got is None:
+            return False
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(key, "1")
+        pipe.expire(key, self.settings.result_ttl)
+        pipe.execute()
+        return True
+
+    def live_workers(self, backend: str | None = None) -> list[dict[str, str]]:
+        nodes = self.redis.hgetall(self.keys.workers)
+        pipe = self.redis.pipeline(transaction=False)
+        names = [n for n, b in sorted(nodes.items()) if backend is None or b == backend]
+        for n in names:
+            pipe.hgetall(self.keys.worker(n))
+        return [w for w in pipe.execute() if w]
+
+    # ---------------------------------------------------------------- workers
+    def worker_tick(self, node: str, backend: str, pid: int, started: float,
+                    concurrency: int, device: str) -> tuple[str, str]:
+        """Heartbeat + pin follow-up + take the next waiting session when free."""
+        s = self.settings
+        pin, epoch = self._worker_tick(args=[
+            self.p, node, backend, int(s.heartbeat_ttl * 1000), hostname(), pid, started,
+            concurrency, device])
+        return pin, epoch
+
+    def dead_workers(self) -> list[str]:
+        return self._dead(args=[self.p])
+
+    def reap_worker(self, node: str, keep_pin: bool = False) -> int:
+        """Requeue a dead worker's running jobs and give its session to the next worker."""
+        return self._reap(args=[self.p, node, self.settings.max_attempts, "1" if keep_pin else "0"])
+
+
+_HOST = socket.gethostname()
+
+
+def hostname() -> str:
+    return _HOST
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))

@@ -1,0 +1,118 @@
+"""Run one decoded job on this worker's simulator: the part of a job that is physics.
+
+Kept apart from the Celery task so it can be read (and tested) without any queue. The
+worker keeps its simulators and primitives warm (``functools.lru_cache``) and calls the
+primitives' synchronous ``_run``: ``run()`` would start a thread per call for nothing.
+
+Two APIs arrive here:
+- V2 jobs carry ISA circuits (checked by the client) and run as they are.
+- V1 jobs (the guide's ``Sampler``/``Estimator``) carry plain circuits: the worker
+  transpiles them at the requested ``optimization_level`` and maps observables onto the
+  final layout, as IBM's service did. The V1 estimator also returns each observable's
+  variance, and with ``shots`` set its values carry the matching shot noise.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from qiskit.primitives import PrimitiveResult, PubResult
+from qiskit.primitives.containers import DataBin, EstimatorPub, SamplerPub
+from qiskit.primitives.containers.observables_array import ObservablesArray
+from qiskit.quantum_info import SparsePauliOp
+from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
+from qiskit_aer.primitives import SamplerV2 as AerSamplerV2
+
+from session_broker import backends
+from session_broker.codec import DecodedJob
+
+
+@lru_cache(maxsize=64)
+def aer_sampler(backend: str, seed: int | None) -> AerSamplerV2:
+    return AerSamplerV2.from_backend(backends.simulator(backend), seed=seed)
+
+
+@lru_cache(maxsize=64)
+def aer_estimator(backend: str, seed: int | None) -> AerEstimatorV2:
+    run_options = {} if seed is None else {"seed_simulator": seed}
+    return AerEstimatorV2.from_backend(backends.simulator(backend),
+                                       options={"run_options": run_options})
+
+
+def warm_up(backend: str) -> None:
+    """Build the simulator and primitives before the first job, not during it."""
+    aer_sampler(backend, None)
+    aer_estimator(backend, None)
+    backends.build_target(backend)
+
+
+def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
+    options = job.options
+    seed = options.get("seed_simulator")
+    pubs = job.pubs
+    if options.get("api") == "v1" and not options.get("skip_transpilation"):
+        pubs = _transpile(backend, pubs, options)
+    if job.primitive == "sampler":
+        result = aer_sampler(backend, seed)._run(pubs)
+    elif options.get("api") == "v1":
+        result = _estimate_v1(backend, seed, pubs, options.get("shots"))
+    else:
+        result = aer_estimator(backend, seed)._run(pubs)
+    meta = dict(result.metadata)
+    meta.update(backend=backend, resilience_level=options.get("resilience_level", 0))
+    if options.get("resilience_level"):
+        meta["resilience"] = "ideal simulator: no noise to mitigate; results are exact up to sampling"
+    return PrimitiveResult(list(result), metadata=meta)
+
+
+def _transpile(backend: str, pubs: list, options: dict) -> list:
+    pm = backends.pass_manager(backend, int(options.get("optimization_level", 1)),
+                               **options.get("transpilation", {}))
+    out = []
+    for pub in pubs:
+        circuit = pm.run(pub.circuit)
+        if isinstance(pub, SamplerPub):
+            out.append(SamplerPub(circuit, pub.parameter_values, pub.shots, validate=False))
+        else:
+            obs = _apply_layout(pub.observables, circuit)
+            out.append(EstimatorPub(circuit, obs, pub.parameter_values, pub.precision, validate=True))
+    return out
+
+
+def _apply_layout(observables: ObservablesArray, circuit) -> ObservablesArray:
+    if circuit.layout is None:
+        return observables
+    mapped = np.empty(observables.shape, dtype=object)
+    for index in np.ndindex(observables.shape):
+        op = SparsePauliOp.from_list(list(observables[index].items()))
+        mapped[index] = op.apply_layout(circuit.layout, circuit.num_qubits)
+    return ObservablesArray(mapped)
+
+
+def _square(observables: ObservablesArray) -> ObservablesArray:
+    squared = np.empty(observables.shape, dtype=object)
+    for index in np.ndindex(observables.shape):
+        op = SparsePauliOp.from_list(list(observables[index].items()))
+        squared[index] = op.dot(op).simplify()
+    return ObservablesArray(squared)
+
+
+def _estimate_v1(backend: str, seed: int | None, pubs: list, shots: int | None) -> PrimitiveResult:
+    """Expectation values with the variance V1 reports; shot noise when ``shots`` is set."""
+    estimator = aer_estimator(backend, seed)
+    rng = np.random.default_rng(seed)
+    results = []
+    for pub in pubs:
+        exact = estimator._run([pub])[0]
+        squared = estimator._run([EstimatorPub(pub.circuit, _square(pub.observables),
+                                               pub.parameter_values, 0.0)])[0]
+        evs = np.real(exact.data.evs)
+        variance = np.clip(np.real(squared.data.evs) - evs**2, 0.0, None)
+        stds = np.zeros_like(evs)
+        if shots:
+            stds = np.sqrt(variance / shots)
+            evs = evs + rng.normal(0.0, 1.0, evs.shape) * stds
+        results.append(PubResult(DataBin(evs=evs, stds=stds, variances=variance, shape=evs.shape),
+                                 metadata={"shots": shots, "target_precision": 0.0}))
+    return PrimitiveResult(results, metadata={"version": 2})

@@ -1,0 +1,131 @@
+"""The two Celery tasks workers execute: ``sampler`` and ``estimator``.
+
+One job, on a worker: claim it (atomic; may say "not yours" or "already ended"), decode
+its payload from the job record, run it on the warm simulator, store the result with the
+claim token (a stale or duplicate attempt cannot overwrite a newer one). The message body
+carries only the job id and a summary Flower shows; everything else is in Redis.
+
+Nothing here raises into Celery for a job's own failure: a bad payload, an Aer error or a
+time limit ends the job in ERROR with a message. A process that dies mid-job is handled
+in the parent by ``JobRequest`` (requeue, bounded by ``max_attempts``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+from billiard.exceptions import WorkerLostError
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker.request import Request
+
+from session_broker import backends, codec
+from session_broker.celery_app import app
+from session_broker.state import Store
+from tasks.execute import execute
+
+log = logging.getLogger("session_broker.worker")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+_store: Store | None = None
+_store_pid = 0
+
+
+def store() -> Store:
+    """One Store (Redis connection pool) per process: pools must not cross a fork."""
+    global _store, _store_pid
+    if _store is None or _store_pid != os.getpid():
+        _store, _store_pid = Store(), os.getpid()
+    return _store
+
+
+class JobRequest(Request):
+    """Runs in the worker's main process: sees what the child cannot (its own death)."""
+
+    def _job_id(self) -> str | None:
+        args = self.args if isinstance(self.args, (list, tuple)) else ()
+        jid = args[0] if args else None
+        return jid if isinstance(jid, str) and _JOB_ID.match(jid) else None
+
+    def on_timeout(self, soft, timeout):
+        super().on_timeout(soft, timeout)
+        jid = self._job_id()
+        if not soft and jid:
+            store().job_lost(jid, self.hostname, "max_execution_time",
+                             f"job {jid} exceeded its max_execution_time and was stopped "
+                             f"after {timeout:g} s; raise max_execution_time or split the job")
+
+    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        jid = self._job_id()
+        if jid and isinstance(exc_info.exception, WorkerLostError):
+            outcome = store().job_lost(jid, self.hostname, "worker_lost",
+                                       f"the process running it died ({exc_info.exception})")
+            log.warning("job %s lost its process: %s", jid, outcome)
+
+
+class JobTask(Task):
+    Request = JobRequest
+    acks_late = True
+    ignore_result = True
+    typing = False  # hostile messages with odd arguments must reach run_job, not crash
+
+
+def run_job(task: Task, job_id, primitive: str) -> str:
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        log.error("dropping a %s message with an invalid job id %r", primitive, job_id)
+        return "invalid job id"
+    s = store()
+    node = task.request.hostname
+    backend = node_backend()
+    claim = s.claim(job_id, node, os.getpid(), backends.context_fingerprint(backend))
+    if claim[0] != "run":
+        log.info("job %s not run here: %s", job_id, claim[1])
+        return claim[1]
+    payload, token = claim[1], claim[2]
+    started = time.perf_counter()
+    status, result, code, error = "DONE", "", "", ""
+    try:
+        job = codec.decode_payload(payload, max_bytes=s.settings.max_payload_bytes)
+        if job.primitive != primitive:
+            raise codec.InvalidPayloadError(
+                f"payload is for {job.primitive!r} but was sent to the {primitive!r} task")
+        result = codec.encode_result(execute(backend, job))
+        limit = job.options.get("max_execution_time")
+        if limit and time.perf_counter() - started > float(limit):
+            raise SoftTimeLimitExceeded()
+    except codec.InvalidPayloadError as exc:
+        status, code, error = "ERROR", "invalid_payload", f"job {job_id} could not be decoded: {exc}"
+    except SoftTimeLimitExceeded:
+        status, result, code = "ERROR", "", "max_execution_time"
+        error = (f"job {job_id} exceeded its max_execution_time and was stopped after "
+                 f"{time.perf_counter() - started:.1f} s; raise max_execution_time or split the job")
+    except Exception as exc:  # an Aer or transpiler failure is the job's, not the worker's
+        status, code = "ERROR", "failed"
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("job %s failed: %s", job_id, error)
+    s.finish(job_id, token, status, result, code, error, time.perf_counter() - started)
+    return status
+
+
+@app.task(name="sampler", base=JobTask, bind=True)
+def sampler(self, job_id, **summary):
+    """Run a Sampler job (V2 or V1). Arguments: the job id, plus a summary for Flower."""
+    return run_job(self, job_id, "sampler")
+
+
+@app.task(name="estimator", base=JobTask, bind=True)
+def estimator(self, job_id, **summary):
+    """Run an Estimator job (V2 or V1). Arguments: the job id, plus a summary for Flower."""
+    return run_job(self, job_id, "estimator")
+
+
+_BACKEND = os.environ.get("SESSION_BROKER_WORKER_BACKEND", "")
+
+
+def node_backend() -> str:
+    """The one backend this worker serves (set by ``session-broker worker``)."""
+    return _BACKEND or os.environ.get("SESSION_BROKER_WORKER_BACKEND", "")

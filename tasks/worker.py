@@ -1,0 +1,194 @@
+"""Worker boot, and the agent thread that keeps a worker in step with Redis.
+
+A worker serves one backend. Beside Celery's consumer, in the main process, runs the
+``Agent``; every ``tick`` (default 0.1 s) it makes one round trip (``Store.worker_tick``):
+
+- heartbeat: refresh the worker's registry key, which expires ``heartbeat_ttl`` after the
+  last beat, so a dead worker disappears within seconds;
+- pin: if the worker is free and a session of its backend waits, take it (first come,
+  first served); if pinned, apply the session's timers and drop the pin when the session
+  deactivates or closes;
+- then it makes the consumer follow the pin: the session's queue while pinned, the
+  backend's shared queue otherwise.
+
+The pin lives in Redis, not in the consumer: a worker that restarts finds its pin again,
+and nothing depends on a remote-control broadcast arriving. Consumer changes are only
+where messages are fetched from; what may *run* is decided by the claim script, so a
+message fetched in the instant around a pin change is put back, never run out of turn.
+
+Every ``sweep_interval`` the agent also reaps dead workers (requeue their running jobs,
+give their session to the next worker) and applies due session timers for every session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import redis
+from celery import signals
+
+from session_broker.state import Store
+
+log = logging.getLogger("session_broker.worker")
+logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs every pass at INFO
+
+
+class Agent(threading.Thread):
+    def __init__(self, consumer, node: str, backend: str, concurrency: int, device: str):
+        super().__init__(name="session-broker-agent", daemon=True)
+        self.consumer = consumer
+        self.node = node
+        self.backend = backend
+        self.concurrency = concurrency
+        self.device = device
+        self.store = Store()
+        self.settings = self.store.settings
+        self.shared_queue = self.store.keys.backend_queue(backend)
+        self.stopping = threading.Event()
+        self.started_at = time.time()
+        self.pin = ""
+        self.connected_since: float | None = None
+        self._wanted: str | None = None
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        booted = False
+        next_sweep = 0.0
+        while not self.stopping.is_set():
+            try:
+                if not booted:
+                    self.store.publish_config()
+                    # jobs a previous life of this node left RUNNING go back to their queues
+                    self.store.reap_worker(self.node, keep_pin=True)
+                    booted = True
+                self.pin, _epoch = self.store.worker_tick(
+                    self.node, self.backend, os.getpid(), self.started_at,
+                    self.concurrency, self.device)
+                if self.connected_since is None:
+                    self.connected_since = time.monotonic()
+                    log.info("agent connected; pin=%r", self.pin)
+                self.follow_pin()
+                if time.monotonic() >= next_sweep:
+                    self.sweep()
+                    next_sweep = time.monotonic() + max(self.settings.heartbeat_interval / 2, 0.2)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self.connected_since is not None:
+                    log.warning("agent lost Redis: %s", exc)
+                self.connected_since = None
+                self.stopping.wait(0.5)
+                continue
+            except Exception:  # never let the agent die: the worker would lose its pin
+                log.exception("agent tick failed")
+            self.stopping.wait(self.settings.tick)
+
+    def sweep(self) -> None:
+        """Reap dead workers and apply due timers. Only after we have been connected for a
+        full heartbeat TTL: right after a Redis restart every registry key looks expired."""
+        if self.connected_since is None:
+            return
+        if time.monotonic() - self.connected_since < self.settings.heartbeat_ttl * 1.5:
+            return
+        for node in self.store.dead_workers():
+            if node != self.node:
+                n = self.store.reap_worker(node)
+                log.warning("reaped dead worker %s: %d job(s) requeued", node, n)
+        self.store.sweep_deadlines()
+
+    # ------------------------------------------------------------------ consumer
+    def follow_pin(self) -> None:
+        wanted = self.store.keys.session_queue(self.pin) if self.pin else self.shared_queue
+        current = self.consuming()
+        if current == {wanted} or self._wanted == wanted and current is None:
+            return
+        self._wanted = wanted
+        self.consumer.call_soon(_switch_queues, self.consumer, wanted)
+        log.info("consuming %s (pin=%r)", wanted, self.pin)
+
+    def consuming(self) -> set[str] | None:
+        task_consumer = getattr(self.consumer, "task_consumer", None)
+        if task_consumer is None:
+            return None
+        return {q.name for q in task_consumer.queues}
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)
+
+
+def _switch_queues(consumer, wanted: str) -> None:
+    """Runs in the consumer's event loop (never from another thread)."""
+    if consumer.task_consumer is None:
+        return
+    current = {q.name for q in consumer.task_consumer.queues}
+    if wanted not in current:
+        consumer.add_task_queue(wanted)
+    for name in current - {wanted}:
+        consumer.cancel_task_queue(name)
+        consumer.app.amqp.queues.pop(name, None)  # forget session queues: no growth per session
+
+
+# ---------------------------------------------------------------------- Celery hooks
+_agent: Agent | None = None
+
+
+@signals.worker_ready.connect
+def _start_agent(sender=None, **_):
+    global _agent
+    backend = os.environ.get("SESSION_BROKER_WORKER_BACKEND")
+    if not backend:
+        return  # a plain `celery worker` without our CLI: no agent
+    node = sender.hostname
+    concurrency = int(os.environ.get("SESSION_BROKER_WORKER_CONCURRENCY", "1"))
+    device = os.environ.get("SESSION_BROKER_WORKER_DEVICE", "CPU")
+    _agent = Agent(sender, node, backend, concurrency, device)
+    _agent.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_agent(sender=None, **_):
+    """A clean shutdown deregisters at once and hands any pinned session to another worker."""
+    global _agent
+    if _agent is None:
+        return
+    _agent.stop()
+    try:
+        _agent.store.reap_worker(_agent.node)
+        log.info("deregistered %s", _agent.node)
+    except redis.RedisError as exc:
+        log.warning("could not deregister %s: %s", _agent.node, exc)
+    _agent = None
+
+
+@signals.worker_process_init.connect
+def _warm_child(**_):
+    """Build the simulator in every pool process before its first job."""
+    backend = os.environ.get("SESSION_BROKER_WORKER_BACKEND")
+    if backend:
+        from tasks.execute import warm_up
+
+        warm_up(backend)
+
+
+def start_worker(backend: str, *, concurrency: int = 1, name: str | None = None,
+                 device: str = "CPU", loglevel: str = "INFO") -> None:
+    """``session-broker worker``: a prefork Celery worker serving one backend (blocks)."""
+    import socket
+    import uuid
+
+    os.environ["SESSION_BROKER_WORKER_BACKEND"] = backend
+    os.environ["SESSION_BROKER_WORKER_CONCURRENCY"] = str(concurrency)
+    os.environ["SESSION_BROKER_WORKER_DEVICE"] = device
+    from session_broker.celery_app import app
+    from session_broker.state import Store
+
+    Store().ping()
+    node = name or f"{backend}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    queue = Store().keys.backend_queue(backend)
+    app.worker_main([
+        "worker", "--pool=prefork", f"--concurrency={concurrency}", f"--hostname={node}",
+        f"--queues={queue}", "--without-gossip", "--without-mingle", "--task-events",
+        f"--loglevel={loglevel}", "--prefetch-multiplier=1",
+    ])
