@@ -24,6 +24,9 @@ Key schema (``P`` is ``SESSION_BROKER_KEY_PREFIX``, default ``sb``)::
     P:workers            hash   node -> backend, for every registered worker (the reaper's list)
     P:epoch              string pin epoch counter (fencing)
     P:config             hash   the operator's system settings, published by workers at start
+    P:counts             hash   jobs ever submitted / ended, by status (Prometheus counters)
+    P:hist:<name>        hash   histogram buckets (le -> count, sum, count) for queue_wait,
+                                execution and session_idle seconds (Prometheus histograms)
 
 All timestamps are Redis server time (``TIME``), seconds as floats, so hosts with skewed
 clocks agree. Every state change is one script: atomic, and one round trip.
@@ -33,6 +36,10 @@ from __future__ import annotations
 
 KOMBU_PRIORITY_SEP = "\x06\x16"
 KOMBU_PRIORITY_STEPS = (3, 6, 9)  # sub-lists kombu adds for priorities other than 0
+# Histogram bucket upper bounds (seconds), shared by the Lua that fills them and /metrics.
+HISTOGRAM_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                    30, 60, 300, 1800)
+HISTOGRAMS = ("queue_wait", "execution", "session_idle")
 
 
 class Keys:
@@ -101,6 +108,13 @@ class Keys:
     def config(self) -> str:
         return f"{self.prefix}:config"
 
+    @property
+    def counts(self) -> str:
+        return f"{self.prefix}:counts"
+
+    def histogram(self, name: str) -> str:
+        return f"{self.prefix}:hist:{name}"
+
     def queue_keys(self, queue: str) -> list[str]:
         """The Redis keys kombu uses for one queue: the list, its priority sub-lists, its binding."""
         return [queue, *(f"{queue}{KOMBU_PRIORITY_SEP}{p}" for p in KOMBU_PRIORITY_STEPS),
@@ -123,6 +137,16 @@ local function squeue(sid) return P .. '.session.' .. sid end
 local function bqueue(backend) return P .. '.backend.' .. backend end
 local function get(key, field) local v = redis.call('HGET', key, field); if v then return v end; return '' end
 local function num(key, field) return tonumber(get(key, field)) or 0 end
+
+local BOUNDS = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800}
+local function observe(name, value)
+  local h = P .. ':hist:' .. name
+  local le = '+Inf'
+  for _, b in ipairs(BOUNDS) do if value <= b then le = tostring(b); break end end
+  redis.call('HINCRBY', h, le, 1)
+  redis.call('HINCRBYFLOAT', h, 'sum', value)
+  redis.call('HINCRBY', h, 'count', 1)
+end
 
 local function drop_queue(q)
   redis.call('DEL', q, q .. '\6\0223', q .. '\6\0226', q .. '\6\0229', '_kombu.binding.' .. q)
@@ -171,6 +195,7 @@ local function finish_job_record(jid, status, code, message, ttl)
   local j = jk(jid)
   redis.call('HSET', j, 'status', status, 'finished', NOW, 'error_code', code, 'error', message)
   redis.call('HDEL', j, 'payload', 'message')
+  redis.call('HINCRBY', P .. ':counts', status, 1)
   redis.call('EXPIRE', j, ttl)
   notify(jid, ttl)
 end
@@ -352,6 +377,7 @@ redis.call('HSET', j, 'id', jid, 'session', sid, 'mode', mode, 'backend', backen
   'queue', ARGV[8], 'ttl', ttl, 'summary', ARGV[10], 'usage', '')
 redis.call('ZADD', P .. ':jobs', NOW, jid)
 redis.call('ZREMRANGEBYSCORE', P .. ':jobs', '-inf', NOW - ttl)
+redis.call('HINCRBY', P .. ':counts', 'submitted', 1)
 if sid ~= '' then
   local s = sk(sid)
   redis.call('RPUSH', s .. ':jobs', jid)
@@ -425,12 +451,15 @@ if sid ~= '' then
     return {'skip', 'context mismatch'}
   end
 end
+observe('queue_wait', NOW - (tonumber(get(j, 'requeued_at')) or num(j, 'created')))
 local attempts = redis.call('HINCRBY', j, 'attempts', 1)
 local claim = node .. '/' .. attempts
 redis.call('HSET', j, 'status', 'RUNNING', 'worker', node, 'pid', ARGV[4], 'running', NOW, 'claim', claim)
 redis.call('SADD', P .. ':w:' .. node .. ':run', jid)
 if sid ~= '' then
   local s = sk(sid)
+  local last = tonumber(get(s, 'last_job_completed'))
+  if last and num(s, 'running') == 0 then observe('session_idle', NOW - last) end
   redis.call('HINCRBY', s, 'queued', -1)
   redis.call('HINCRBY', s, 'running', 1)
   redis.call('HSET', s, 'last_job_started', NOW)
@@ -454,6 +483,7 @@ if get(j, 'claim') ~= claim or get(j, 'status') ~= 'RUNNING' then return 'stale'
 local node = get(j, 'worker')
 redis.call('SREM', P .. ':w:' .. node .. ':run', jid)
 redis.call('HSET', j, 'result', ARGV[5], 'usage', ARGV[8])
+observe('execution', NOW - num(j, 'running'))
 finish_job_record(jid, ARGV[4], ARGV[6], ARGV[7], num(j, 'ttl'))
 local sid = get(j, 'session')
 if sid ~= '' then
@@ -604,7 +634,6 @@ if ARGV[4] ~= '1' then
     local s = sk(pin)
     if get(s, 'worker') == node then
       redis.call('HSET', s, 'worker', '', 'lost_worker', node)
-      redis.call('HINCRBY', s, 'epoch', 0)
       if get(s, 'state') == 'closed' then release_pin(pin) else want_worker(pin, true) end
     end
     redis.call('DEL', w .. ':pin')

