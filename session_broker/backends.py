@@ -1,0 +1,375 @@
+"""The backend catalog: every backend a job may name, and what the worker simulates for it.
+
+Clients and workers share this module so a circuit transpiled on a client (against
+``BrokerBackend(name).target``) is exactly what the worker's simulator accepts.
+
+* Ideal backends run plain Aer with one simulation method. Their target has no coupling
+  map (all-to-all) and the standard gates Aer's method executes natively, so the preset
+  pass managers neither route nor widen circuits to the backend's qubit count.
+* Device backends are noisy Aer simulators built by ``AerSimulator.from_backend`` from
+  the calibration snapshots shipped in ``qiskit_ibm_runtime.fake_provider``; their target
+  is the snapshot's (basis, coupling map, errors), as on the real device.
+
+Importing this module is cheap: qiskit-aer and qiskit-ibm-runtime (about 3 s together) are
+imported, and targets/simulators built, on first use and then cached for the process, so a
+warm worker pays once per backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from qiskit.providers import BackendV2, Options
+from qiskit.transpiler import Target
+
+from .errors import (
+    CircuitTooWideError,
+    InvalidInputError,
+    NotISAError,
+    OptionNotSupportedError,
+    UnknownBackendError,
+)
+
+if TYPE_CHECKING:  # imported lazily at run time; see the module docstring
+    from qiskit.transpiler import StagedPassManager
+    from qiskit_aer import AerSimulator
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What one catalog entry simulates. ``snapshot`` names the fake backend class."""
+
+    name: str
+    kind: str  # "ideal" | "device"
+    method: str  # Aer simulation method
+    num_qubits: int
+    description: str
+    snapshot: str | None = None
+
+
+def _ideal(name: str, method: str, n: int, why: str) -> BackendSpec:
+    return BackendSpec(name, "ideal", method, n, why)
+
+
+def _device(name: str, fake: str, n: int, calibrated: str, version: str) -> BackendSpec:
+    return BackendSpec(
+        name, "device", "automatic", n,
+        f"{n}-qubit noisy simulator of {name} from the {fake} calibration snapshot "
+        f"(qiskit-ibm-runtime fake_provider, calibrated {calibrated}, backend_version {version})",
+        fake,
+    )
+
+
+#: Ordered, ideal backends first. Qubit counts of ideal backends follow memory: a dense
+#: complex128 statevector of n qubits takes 16 * 2**n bytes, so 30 qubits need 16 GiB and
+#: 31 would need 32 GiB, more than the 24 GiB of the worker machine. The 32-qubit
+#: "automatic" backends mirror IBM's cloud simulator: Aer picks the stabilizer method for
+#: Clifford circuits (any width), but a non-Clifford circuit over 30 qubits is refused by
+#: Aer at run time with "Insufficient memory". Matrix-product-state memory grows with
+#: entanglement rather than width, hence 100 qubits.
+CATALOG: dict[str, BackendSpec] = {
+    s.name: s
+    for s in (
+        _ideal("ibmq_qasm_simulator", "automatic", 32,
+               "ideal Aer simulator, method chosen per circuit (like IBM's ibmq_qasm_simulator)"),
+        _ideal("aer_simulator", "automatic", 32,
+               "ideal Aer simulator, method chosen per circuit"),
+        _ideal("aer_simulator_statevector", "statevector", 30,
+               "ideal dense statevector; 30 qubits = 16 GiB, the most a 24 GiB worker holds"),
+        _ideal("aer_simulator_mps", "matrix_product_state", 100,
+               "ideal matrix-product-state simulator for wide, weakly entangled circuits"),
+        _device("ibm_manila", "FakeManilaV2", 5, "2024-05-27", "1.2.6"),
+        _device("ibm_lima", "FakeLimaV2", 5, "2021-03-15", "1.0.5"),
+        _device("ibm_nairobi", "FakeNairobiV2", 7, "2024-05-27", "1.3.5"),
+        _device("ibm_algiers", "FakeAlgiers", 27, "2024-02-28", "1.6.16"),
+    )
+}
+
+_TRANSPILE_OPTIONS = (
+    "initial_layout", "layout_method", "routing_method", "approximation_degree", "seed_transpiler",
+)
+_IGNORED = frozenset({"barrier"})
+
+
+def known_backends() -> list[str]:
+    """Catalog names in catalog order (ideal first)."""
+    return list(CATALOG)
+
+
+def get_spec(name: str) -> BackendSpec:
+    """The spec of ``name``; ``UnknownBackendError`` listing the known names otherwise."""
+    spec = CATALOG.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise UnknownBackendError(
+            f"unknown backend {name!r}; known backends: {', '.join(CATALOG)}"
+        )
+    return spec
+
+
+@lru_cache(maxsize=None)
+def _fake(snapshot: str) -> Any:
+    """The one fake backend instance per snapshot class; it loads its JSON snapshot once."""
+    return getattr(importlib.import_module("qiskit_ibm_runtime.fake_provider"), snapshot)()
+
+
+def snapshot_info(name: str) -> dict[str, str] | None:
+    """Where a device's calibration comes from (for the README and the fingerprint)."""
+    spec = get_spec(name)
+    if spec.kind != "device":
+        return None
+    fake = _fake(spec.snapshot)
+    props = fake.properties()
+    return {
+        "snapshot": spec.snapshot,
+        "fake_name": fake.name,
+        "backend_version": str(fake.backend_version),
+        "calibrated": props.last_update_date.isoformat() if props is not None else "unknown",
+    }
+
+
+@lru_cache(maxsize=None)
+def _aer_basis(method: str) -> frozenset[str]:
+    """Every instruction name Aer's ``method`` executes (standard and Aer-specific)."""
+    from qiskit_aer import AerSimulator
+
+    return frozenset(AerSimulator(method=method).configuration().basis_gates)
+
+
+def build_target(name: str) -> Target:
+    """The transpiler target of ``name`` (cached; treat it as read-only).
+
+    Ideal: all-to-all, the standard gates Aer's method runs natively plus measure, reset,
+    delay and control flow, so ``generate_preset_pass_manager(backend=...)`` output runs on
+    Aer without further transpilation. Device: the calibration snapshot's target.
+    """
+    return _build_target(get_spec(name))
+
+
+@lru_cache(maxsize=None)
+def _build_target(spec: BackendSpec) -> Target:
+    if spec.kind == "device":
+        return _fake(spec.snapshot).target
+    from qiskit.circuit import controlflow as cf
+    from qiskit.circuit.library import get_standard_gate_name_mapping
+
+    target = Target(description=spec.description, num_qubits=spec.num_qubits)
+    aer = _aer_basis(spec.method) | {"measure", "reset", "delay"}
+    for gate_name, gate in get_standard_gate_name_mapping().items():
+        if gate_name in aer:
+            target.add_instruction(gate, name=gate_name)
+    control_flow = {"if_else": cf.IfElseOp, "for_loop": cf.ForLoopOp, "while_loop": cf.WhileLoopOp,
+                    "switch_case": cf.SwitchCaseOp, "break_loop": cf.BreakLoopOp,
+                    "continue_loop": cf.ContinueLoopOp}  # all Aer executes (not ``box``)
+    for cf_name, cls in control_flow.items():
+        target.add_instruction(cls, name=cf_name)
+    return target
+
+
+def simulator(name: str) -> AerSimulator:
+    """The worker's simulator for ``name``, built once per process (warm workers reuse it).
+
+    Shared: pass run options to ``run()``; never ``set_options`` on it.
+    """
+    return _simulator(get_spec(name))
+
+
+@lru_cache(maxsize=None)
+def _simulator(spec: BackendSpec) -> AerSimulator:
+    from qiskit_aer import AerSimulator
+
+    if spec.kind == "device":
+        return AerSimulator.from_backend(_fake(spec.snapshot))
+    return AerSimulator(method=spec.method)
+
+
+def context_fingerprint(name: str) -> str:
+    """A short hash of what the worker simulates for ``name``.
+
+    A session's first job records it; a worker computing another value for a later job
+    (other snapshot or qiskit-aer version) would simulate a different device.
+    """
+    return _fingerprint(get_spec(name).name)
+
+
+@lru_cache(maxsize=None)
+def _fingerprint(name: str) -> str:
+    import qiskit_aer
+
+    spec = CATALOG[name]
+    info = snapshot_info(name) or {}
+    parts = [spec.name, spec.kind, spec.method, str(spec.num_qubits), spec.snapshot or "-",
+             info.get("backend_version", "-"), info.get("calibrated", "-"), qiskit_aer.__version__]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _widest_hint(name: str, width: int) -> str:
+    fits = [s for s in CATALOG.values() if s.num_qubits >= width and s.name != name]
+    if not fits:
+        return "Use a smaller circuit."
+    wide = max(fits, key=lambda s: s.num_qubits)
+    return f"Use a wider backend (e.g. {wide.name}, {wide.num_qubits} qubits) or a smaller circuit."
+
+
+def _walk(circuit, qubit_map):
+    """Yield (operation, physical qargs) for every instruction, inside control flow too."""
+    for inst in circuit.data:
+        qargs = tuple(qubit_map[circuit.find_bit(q).index] for q in inst.qubits)
+        yield inst.operation, qargs
+        for block in getattr(inst.operation, "blocks", ()):
+            yield from _walk(block, qargs)
+
+
+def check_circuit(name: str, circuit, *, require_isa: bool) -> None:
+    """Refuse, on the client, a circuit the worker could not run as given.
+
+    Width is always checked. With ``require_isa`` (V2 primitives), a device needs every
+    instruction supported by its target on those qubits (basis and coupling map), as IBM
+    requires; an ideal backend only needs instructions Aer executes.
+    """
+    from qiskit import QuantumCircuit
+
+    spec = get_spec(name)
+    if not isinstance(circuit, QuantumCircuit):
+        raise InvalidInputError(f"expected a QuantumCircuit, got {type(circuit).__name__}")
+    if circuit.num_qubits > spec.num_qubits:
+        raise CircuitTooWideError(
+            f"circuit {circuit.name!r} uses {circuit.num_qubits} qubits; backend {name!r} has "
+            f"{spec.num_qubits}. {_widest_hint(name, circuit.num_qubits)}"
+        )
+    if not require_isa:
+        return
+    hint = (f"transpile first: generate_preset_pass_manager(backend=service.backend({name!r}), "
+            f"optimization_level=1).run(circuit)")
+    target = build_target(name)
+    if spec.kind == "ideal":
+        allowed = _aer_basis(spec.method) | set(target.operation_names) | _IGNORED
+        for op, qargs in _walk(circuit, range(circuit.num_qubits)):
+            if op.name not in allowed:
+                raise NotISAError(
+                    f"circuit {circuit.name!r}: instruction {op.name!r} on qubits {qargs} is not "
+                    f"supported by the Aer simulator of backend {name!r}; {hint}"
+                )
+        return
+    basis = ", ".join(sorted(target.operation_names))
+    for op, qargs in _walk(circuit, range(circuit.num_qubits)):
+        if op.name in _IGNORED or target.instruction_supported(op.name, qargs):
+            continue
+        if op.name not in target.operation_names:
+            why = f"is not in the instruction set of backend {name!r} ({basis})"
+        elif len(qargs) == 2:
+            why = f"is not supported on those qubits: they are not coupled on backend {name!r}"
+        else:
+            why = f"is not supported on those qubits by backend {name!r}"
+        raise NotISAError(
+            f"circuit {circuit.name!r}: instruction {op.name!r} on qubits {qargs} {why}; {hint}"
+        )
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _frozen_options(name: str, transpilation: dict[str, Any]) -> tuple:
+    """Validate transpilation options; return them hashable (the pass-manager cache key)."""
+    bad = sorted(set(transpilation) - set(_TRANSPILE_OPTIONS))
+    if bad:
+        raise OptionNotSupportedError(f"transpilation option(s) {', '.join(bad)} not supported; "
+                                      f"allowed: {', '.join(_TRANSPILE_OPTIONS)}")
+    out = {k: v for k, v in transpilation.items() if v is not None}
+    n, layout = CATALOG[name].num_qubits, out.get("initial_layout")
+    if layout is not None:
+        if (not isinstance(layout, (list, tuple)) or len(set(layout)) != len(layout)
+                or not all(_is_int(q) and 0 <= q < n for q in layout)):
+            raise OptionNotSupportedError(f"initial_layout must be a list of distinct qubit "
+                                          f"indices in 0..{n - 1}, got {layout!r}")
+        out["initial_layout"] = tuple(layout)
+    checks = {
+        "layout_method": (lambda v: isinstance(v, str), "a plugin name (str)"),
+        "routing_method": (lambda v: isinstance(v, str), "a plugin name (str)"),
+        "approximation_degree": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                                 and 0.0 <= v <= 1.0, "a number in [0, 1]"),
+        "seed_transpiler": (lambda v: _is_int(v) and v >= 0, "a non-negative int"),
+    }
+    for key, (ok, what) in checks.items():
+        if key in out and not ok(out[key]):
+            raise OptionNotSupportedError(f"{key} must be {what}, got {out[key]!r}")
+    return tuple(sorted(out.items()))
+
+
+def pass_manager(name: str, optimization_level: int, **transpilation) -> StagedPassManager:
+    """The preset pass manager for ``name`` (cached by name, level and options; read-only)."""
+    name = get_spec(name).name
+    if not (_is_int(optimization_level) and 0 <= optimization_level <= 3):
+        raise OptionNotSupportedError(
+            f"optimization_level must be 0, 1, 2 or 3, got {optimization_level!r}"
+        )
+    return _pass_manager(name, optimization_level, _frozen_options(name, transpilation))
+
+
+@lru_cache(maxsize=64)
+def _pass_manager(name: str, level: int, options: tuple) -> StagedPassManager:
+    from qiskit.transpiler import TranspilerError
+    from qiskit.transpiler.preset_passmanagers import generate_preset_pass_manager
+
+    kwargs = dict(options)
+    if "initial_layout" in kwargs:
+        kwargs["initial_layout"] = list(kwargs["initial_layout"])
+    try:
+        return generate_preset_pass_manager(level, target=build_target(name), **kwargs)
+    except TranspilerError as exc:
+        raise OptionNotSupportedError(f"transpilation options {kwargs!r} refused: {exc}") from exc
+
+
+class BrokerBackend(BackendV2):
+    """Client-side view of a catalog backend: target matches what the worker simulates.
+
+    Use it as ``mode=`` of SamplerV2/EstimatorV2 and as ``backend=`` of
+    ``generate_preset_pass_manager``; it cannot run circuits itself.
+    """
+
+    def __init__(self, name: str, service=None):
+        spec = get_spec(name)
+        super().__init__(provider=None, name=spec.name, description=spec.description)
+        self._spec = spec
+        self.service = service
+
+    @property
+    def target(self) -> Target:
+        return build_target(self._spec.name)
+
+    @property
+    def max_circuits(self):
+        return None
+
+    @property
+    def num_qubits(self) -> int:
+        return self._spec.num_qubits
+
+    @property
+    def spec(self) -> BackendSpec:
+        return self._spec
+
+    @classmethod
+    def _default_options(cls) -> Options:
+        return Options(shots=4000)
+
+    def run(self, run_input, **options):
+        raise TypeError(
+            "BrokerBackend cannot run circuits directly; use SamplerV2(mode=backend) "
+            "or EstimatorV2(mode=backend)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<BrokerBackend({self.name!r})>"
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, BrokerBackend):
+            return NotImplemented
+        return self.name == other.name
+
+    def __hash__(self) -> int:
+        return hash(("BrokerBackend", self.name))
