@@ -116,9 +116,9 @@ class Keys:
         return f"{self.prefix}:hist:{name}"
 
     def queue_keys(self, queue: str) -> list[str]:
-        """The Redis keys kombu uses for one queue: the list, its priority sub-lists, its binding."""
+        """The Redis keys kombu uses for one queue: the list, its priority sub-lists, its bindings."""
         return [queue, *(f"{queue}{KOMBU_PRIORITY_SEP}{p}" for p in KOMBU_PRIORITY_STEPS),
-                f"_kombu.binding.{queue}"]
+                f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -149,7 +149,8 @@ local function observe(name, value)
 end
 
 local function drop_queue(q)
-  redis.call('DEL', q, q .. '\6\0223', q .. '\6\0226', q .. '\6\0229', '_kombu.binding.' .. q)
+  redis.call('DEL', q, q .. '\6\0223', q .. '\6\0226', q .. '\6\0229', '_kombu.binding.' .. q,
+    '_kombu.binding_permanent.' .. q)
 end
 
 -- Wake everyone waiting on a job: the latch keeps its token until it expires.
