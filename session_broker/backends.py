@@ -179,11 +179,29 @@ def simulator(name: str) -> AerSimulator:
 
 @lru_cache(maxsize=None)
 def _simulator(spec: BackendSpec) -> AerSimulator:
+    import os
+
     from qiskit_aer import AerSimulator
 
+    # `session-broker worker --device GPU` sets this for the worker and its pool processes
+    device = os.environ.get("SESSION_BROKER_WORKER_DEVICE", "CPU")
     if spec.kind == "device":
-        return AerSimulator.from_backend(_fake(spec.snapshot))
-    return AerSimulator(method=spec.method)
+        return AerSimulator.from_backend(_fake(spec.snapshot), device=device)
+    return AerSimulator(method=spec.method, device=device)
+
+
+def check_gpu() -> None:
+    """Refuse ``--device GPU`` clearly where this qiskit-aer build or machine has no GPU."""
+    from qiskit_aer import AerSimulator
+
+    from .errors import ConfigurationError
+
+    devices = AerSimulator().available_devices()
+    if "GPU" not in devices:
+        raise ConfigurationError(
+            f"--device GPU: no GPU is usable by this qiskit-aer build (available devices: "
+            f"{', '.join(devices)}). On a machine with an NVIDIA GPU and CUDA 12, install "
+            "qiskit-aer-gpu in place of qiskit-aer (pip install qiskit-aer-gpu), or run with --device CPU")
 
 
 def context_fingerprint(name: str) -> str:

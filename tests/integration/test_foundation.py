@@ -141,3 +141,14 @@ def test_up_without_redis_starts_embedded_stack_and_leaves_nothing_behind(tmp_pa
         assert not alive, f"left behind: {[(p.pid, p.name()) for p in alive]}"
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_gpu_worker_is_refused_clearly_without_a_gpu(redis_url):
+    from qiskit_aer import AerSimulator
+
+    r = cli("worker", "--backend", "aer_simulator_statevector", "--device", "GPU",
+            env={"SESSION_BROKER_URL": redis_url})
+    if "GPU" in AerSimulator().available_devices():  # a GPU machine: it must start instead
+        raise AssertionError("run the GPU benchmark (benchmarks/run.py --gpu) on this machine")
+    assert r.returncode == 2
+    assert "--device GPU" in r.stderr and "qiskit-aer-gpu" in r.stderr

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The README's two commands, each doing all the set-up on a fresh machine:
+#   ./run.sh demo   — install, start a local stack if none runs, run the guide's examples
+#   ./run.sh test   — install (with test tools), then run the whole test suite
+# Also: ./run.sh bench [--quick]   ./run.sh up [...]   (anything else is passed to session-broker)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "==> creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)-$1"
+  if [ ! -f "$stamp" ]; then
+    echo "==> installing session-broker[$1] into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e ".[$1]"
+    touch "$stamp"
+  fi
+}
+
+# System tools some tests drive: Chromium (browser tests), docker-compose (compose file
+# validation, no engine needed), iproute2 (network namespaces for partition tests).
+system_tools() {
+  local missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing system packages: ${missing[*]}"
+    if [ "$(id -u)" -eq 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+  fi
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+  demo)
+    setup test
+    exec "$VENV/bin/session-broker" demo "$@"
+    ;;
+  test)
+    setup test
+    system_tools
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+    ;;
+  bench)
+    setup bench
+    exec "$VENV/bin/python" benchmarks/run.py "$@"
+    ;;
+  help|-h|--help)
+    sed -n '2,6p' "$0"
+    ;;
+  *)
+    setup test
+    exec "$VENV/bin/session-broker" "$cmd" "$@"
+    ;;
+esac
