@@ -30,6 +30,8 @@ def make_app(settings: Settings | None = None) -> Celery:
     app = Celery("session_broker", broker=url, backend=url, set_as_current=True)
     transport = {
         "visibility_timeout": settings.visibility_timeout,
+        # BRPOP timeout: a consumer picks up a new queue list (a pin change) after at most this
+        "polling_interval": 0.25,
         "health_check_interval": 5,
         "socket_keepalive": True,
         "socket_connect_timeout": 5,
