@@ -128,13 +128,13 @@ def cmd_worker(args) -> int:
 
 def cmd_flower(args) -> int:
     from session_broker.config import get_settings
-    from session_broker.embedded import Stack
+    from session_broker.embedded import FLOWER_COLUMNS, Stack
 
     settings = get_settings()
     auth = settings.flower_auth or Stack().flower_auth()
     os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "session_broker.celery_app",
                                "flower", f"--address={args.address}", f"--port={args.port}",
-                               f"--basic-auth={auth}", "--persistent=False"])
+                               f"--basic-auth={auth}", "--persistent=False", FLOWER_COLUMNS])
 
 
 def cmd_up(args) -> int:

@@ -24,6 +24,8 @@ from pathlib import Path
 import redis
 
 FLOWER_PORT = 5555
+# Show each task's summary (job, session, backend, PUBs, shots) in Flower's task list
+FLOWER_COLUMNS = "--tasks_columns=name,uuid,state,args,received,started,runtime,worker"
 WEB_PORT = 5556
 
 
@@ -132,7 +134,7 @@ class Stack:
     def start_flower(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
         argv = [sys.executable, "-m", "celery", "-A", "session_broker.celery_app", "flower",
                 "--address=127.0.0.1", f"--port={port}", f"--basic-auth={auth}",
-                "--purge_offline_workers=10", "--persistent=False"]
+                "--purge_offline_workers=10", "--persistent=False", FLOWER_COLUMNS]
         return self.spawn("flower", argv, {"SESSION_BROKER_URL": url, **(env or {})})
 
     def start_web(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:

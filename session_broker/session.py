@@ -137,10 +137,12 @@ class Session:
         data = self._store.session(self._session_id)
         state = data["state"]
         left = int(data.get("active_timeout_left", -2))
-        if not data.get("started_at"):
+        if state == "closed":
+            active_timeout = 0
+        elif not data.get("started_at"):
             active_timeout = int(data["max_time"])
         else:
-            active_timeout = max(left, 0) if state != "closed" else 0
+            active_timeout = max(left, 0)
         return {
             "id": data["id"],
             "backend_name": data["backend"],

@@ -135,8 +135,13 @@ class Store:
         return self.settings.key_prefix
 
     def ping(self) -> None:
+        """Fail fast and clearly at start (the shared client retries for ~40 s later on)."""
+        url, ssl_kwargs = split_tls_options(self.settings.url)
+        quick = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5,
+                                     retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                                     **ssl_kwargs)
         try:
-            self.redis.ping()
+            quick.ping()
         except redis.AuthenticationError as exc:
             raise BrokerConnectionError(
                 f"Redis at {redact(self.settings.url)} refused the credentials: {exc}. "
@@ -149,8 +154,10 @@ class Store:
             raise
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise BrokerConnectionError(
-                f"cannot reach Redis at {redact(self.settings.url)}: {exc}. "
+                f"cannot reach Redis at {redact(self.settings.url)}: {str(exc).rstrip('.')}. "
                 "Start one (session-broker up) or set SESSION_BROKER_URL") from exc
+        finally:
+            quick.close()
 
     # ---------------------------------------------------------------- system settings
     SYSTEM_FIELDS = ("max_time", "interactive_timeout", "open_session_timeout", "result_ttl")
