@@ -109,9 +109,11 @@ class QiskitRuntimeService:
                   "shots": summary.get("shots")}
         argsrepr = (f"job={job_id} session={sid or '-'} backend={backend} "
                     f"pubs={summary.get('pubs')} shots={summary.get('shots')}")
+        # Aer runs in C++, which a soft limit cannot interrupt: the hard limit (1 s later)
+        # kills the pool process, and the worker records the job as ERROR (tasks.JobRequest).
         soft = float(max_execution_time) if max_execution_time else None
         message = task_message(primitive, job_id, queue, flower, argsrepr=argsrepr,
-                               soft_time_limit=soft, time_limit=soft + 5 if soft else None)
+                               soft_time_limit=soft, time_limit=soft + 1 if soft else None)
         store.submit(job_id, sid, backend, primitive, payload, message, queue, summary)
         return RuntimeJobV2(job_id, store, service=self, backend=backend, session_id=sid or None,
                             primitive=primitive, transform=transform)
