@@ -94,7 +94,14 @@ def redis_url(stack):
 
 
 def make_cluster(stack, redis_url, env=None) -> Cluster:
-    os.environ.setdefault("SESSION_BROKER_URL", redis_url)
+    """Point this process's defaults (``QiskitRuntimeService()``, ``mode="name"``) at the
+    module's Redis: each module has its own server."""
+    import session_broker.service as service_module
+    from session_broker.config import get_settings
+
+    os.environ["SESSION_BROKER_URL"] = redis_url
+    get_settings.cache_clear()
+    service_module._default = None
     return Cluster(stack, redis_url, env)
 
 
