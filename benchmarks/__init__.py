@@ -1,0 +1,1 @@
+"""session-broker's benchmark suite; the entry point is ``benchmarks/run.py``."""

@@ -1,0 +1,124 @@
+"""A session-broker worker with one setting changed, for the profile's experiments.
+
+    SESSION_BROKER_URL=... python benchmarks/variant_worker.py --backend aer_simulator \
+        --name NODE [--pool prefork|solo|threads] [--no-events] [--polling-interval 0.1] \
+        [--prefetch-multiplier 2] [--loglevel WARNING] [--trace-dir DIR]
+
+The same boot as ``session-broker worker`` (``tasks.worker.start_worker``: the agent, the
+warm pool child, the claim/finish scripts) with the Celery command line and configuration
+changed only where asked, so a gain measured here is the gain of that one change. Never
+used by the product; only by ``benchmarks/profile.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--backend", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    p.add_argument("--no-events", action="store_true")
+    p.add_argument("--polling-interval", type=float)
+    p.add_argument("--prefetch-multiplier", type=int, default=1)
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--trace-dir", help="write per-job timestamps (fetch, received, dispatch, prerun, "
+                                       "postrun) to DIR/<pid>.trace")
+    args = p.parse_args(argv)
+    if args.trace_dir:
+        install_tracing(Path(args.trace_dir))
+
+    os.environ["SESSION_BROKER_WORKER_BACKEND"] = args.backend
+    os.environ["SESSION_BROKER_WORKER_CONCURRENCY"] = "1"
+    os.environ["SESSION_BROKER_WORKER_DEVICE"] = "CPU"
+    from session_broker.celery_app import app
+    from session_broker.state import Store
+
+    if args.no_events:
+        app.conf.worker_send_task_events = False
+        app.conf.task_track_started = False
+    if args.polling_interval:
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options,
+                                             "polling_interval": args.polling_interval}
+    store = Store()
+    store.ping()
+    if args.pool != "prefork":
+        from tasks.execute import warm_up
+
+        warm_up(args.backend)  # worker_process_init only fires for prefork children
+    argv = ["worker", f"--pool={args.pool}", "--concurrency=1", f"--hostname={args.name}",
+            f"--queues={store.keys.backend_queue(args.backend)}", "--without-gossip", "--without-mingle",
+            f"--loglevel={args.loglevel}", f"--prefetch-multiplier={args.prefetch_multiplier}"]
+    if not args.no_events:
+        argv.append("--task-events")
+    app.worker_main(argv)
+
+
+def install_tracing(directory: Path) -> None:
+    """Timestamp each job where Celery handles it, one line per event, per process.
+
+    fetch: kombu's BRPOP read returned the message (main process); received: Celery built
+    the Request (main); dispatch: the Request is handed to the pool (main, after the
+    task-received event); prerun / postrun: the task starts / ends in the pool child.
+    """
+    import time
+
+    from celery import signals
+    from celery.concurrency.base import BasePool
+    from kombu.transport import redis as kredis
+
+    directory.mkdir(parents=True, exist_ok=True)
+    files: dict[int, object] = {}
+    last_fetch = [0.0]
+
+    def write(*fields):
+        pid = os.getpid()
+        f = files.get(pid)
+        if f is None:
+            f = files[pid] = open(directory / f"{pid}.trace", "a", buffering=1)
+        f.write(" ".join(str(x) for x in fields) + "\n")
+
+    def _deliver_wrap(orig):
+        def deliver(self, message, queue):
+            last_fetch[0] = time.time()
+            return orig(self, message, queue)
+        return deliver
+
+    kredis.Transport._deliver = _deliver_wrap(kredis.Transport._deliver)
+
+    @signals.task_received.connect(weak=False)
+    def _received(request=None, **_):
+        write(request.id, "fetch", f"{last_fetch[0]:.6f}")
+        write(request.id, "received", f"{time.time():.6f}")
+
+    # Celery builds its Request class per task with the pool's apply_async bound in, so the
+    # hand-over to the pool is timed in BasePool.apply_async (args[1] is the task id).
+    apply_async = BasePool.apply_async
+
+    def _apply_async(self, target, args=None, kwargs=None, **options):
+        if args and len(args) > 1:
+            write(args[1], "dispatch", f"{time.time():.6f}")
+        return apply_async(self, target, args, kwargs, **options)
+
+    BasePool.apply_async = _apply_async
+
+    @signals.task_prerun.connect(weak=False)
+    def _prerun(task_id=None, **_):
+        write(task_id, "prerun", f"{time.time():.6f}")
+
+    @signals.task_postrun.connect(weak=False)
+    def _postrun(task_id=None, **_):
+        write(task_id, "postrun", f"{time.time():.6f}")
+
+
+if __name__ == "__main__":
+    main()

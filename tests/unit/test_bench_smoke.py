@@ -1,0 +1,152 @@
+"""benchmarks/run.py's helpers on synthetic data: no Redis, no workers, no simulator.
+
+The benchmark itself needs a whole stack and minutes; what can silently go wrong without
+one (a percentile off by one rank, a ratio upside down, a target judged the wrong way,
+a table or JSON that does not round-trip) is checked here in milliseconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_run_under_test", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_importing_run_py_starts_nothing(bench):
+    assert callable(bench.main) and bench.MODES["quick"]["s2_jobs"] < bench.MODES["full"]["s2_jobs"]
+    assert bench.MODES["full"]["s2_jobs"] == 1000 and bench.MODES["full"]["s3_flood"] == 500
+    assert bench.MODES["full"]["s4_sessions"] == [1, 100, 1000]
+
+
+def test_percentile_matches_numpy_linear(bench):
+    data = [5, 1, 4, 2, 3]
+    assert bench.percentile(data, 50) == 3
+    assert bench.percentile(data, 0) == 1 and bench.percentile(data, 100) == 5
+    assert bench.percentile(data, 25) == 2
+    assert bench.percentile([1, 2], 99) == pytest.approx(1.99)
+    assert bench.percentile([7], 99) == 7
+    assert math.isnan(bench.percentile([], 50))
+    np = pytest.importorskip("numpy")
+    values = [0.3, 1.7, 2.2, 9.1, 4.4, 0.01, 3.3]
+    for q in (1, 10, 50, 90, 99):
+        assert bench.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_summarize_reports_milliseconds(bench):
+    s = bench.summarize([0.001, 0.002, 0.003, 0.010])
+    assert s["n"] == 4
+    assert s["median_ms"] == pytest.approx(2.5)
+    assert s["min_ms"] == pytest.approx(1.0) and s["max_ms"] == pytest.approx(10.0)
+    assert s["p99_ms"] == pytest.approx(9.79)
+    assert bench.summarize([]) == {"n": 0}
+
+
+def test_ratios_are_to_the_direct_call(bench):
+    direct = bench.summarize([0.002] * 10)
+    slower = bench.with_ratios(bench.summarize([0.003] * 10), direct)
+    assert slower["ratio_median"] == pytest.approx(1.5) and slower["ratio_p99"] == pytest.approx(1.5)
+    assert bench.ratio(1, 0) is None and bench.ratio(None, 2) is None and bench.ratio(3, 2) == 1.5
+    assert bench.rate(100, 2.0) == 50 and bench.rate(5, 0) is None
+
+
+def test_verdicts_respect_direction(bench):
+    assert bench.verdict(1.2, 1.3, "<=") == "PASS"
+    assert bench.verdict(1.31, 1.3, "<=") == "MISS"
+    assert bench.verdict(0.9, 0.8, ">=") == "PASS"
+    assert bench.verdict(0.5, 0.8, ">=") == "MISS"
+    assert bench.verdict(None, 1, "<=") == "n/a"
+
+
+def synthetic_results(bench) -> dict:
+    s = bench.summarize
+    direct = s([0.002, 0.0021, 0.0019])
+    c1 = {name: bench.with_ratios(s(v), direct) for name, v in {
+        "direct": [0.002, 0.0021, 0.0019], "plain_celery": [0.004] * 3, "ibm_local": [0.003] * 3,
+        "sb_job": [0.0026] * 3, "sb_session": [0.0025] * 3}.items()}
+    phases = {k: s([0.001] * 3) for k in ("client_submit", "queued_to_claim", "claim_to_finish",
+                                          "worker_usage", "finish_to_client", "total")}
+    results = {
+        "mode": "quick", "meta": {"date": "2024-01-01T00:00:00+00:00", "cpu_model": "Synthetic", "cpus": 2},
+        "scenarios": {
+            "1": {"workloads": {"bell_sampler": {"contenders": c1, "phases": {"sb_session": phases}}}},
+            "2": {"jobs": 10, "contenders": {
+                "direct": {"mode": "sequential", "jobs": 10, "seconds": 1.0, "jobs_per_s": 10.0, "ratio_to_direct": 1.0},
+                "sb_session": {"mode": "pipelined", "jobs": 10, "seconds": 1.25, "jobs_per_s": 8.0, "ratio_to_direct": 0.8}}},
+            "3": {"steps": 5, "flood_jobs": 20, "workers": 2, "contenders": {
+                "sb_session": {"unloaded_median_s": 1.0, "unloaded_n": 2, "loaded_median_s": 1.5, "loaded_n": 2,
+                               "loaded_over_unloaded": 1.5, "unloaded_over_direct": 3.0,
+                               "loaded_over_direct_unloaded": 4.5, "first_step_loaded_ms": 100.0}}},
+            "4": {"latency": [
+                {"open_sessions": 1, "n": 3, "median_ms": 10.0, "p99_ms": 12.0, "ratio_to_one_session": 1.0, "ratio_to_direct": 2.0},
+                {"open_sessions": 1000, "n": 3, "median_ms": 13.0, "p99_ms": 13.0, "ratio_to_one_session": 1.3,
+                 "ratio_to_one_session_direct_normalized": 1.1, "ratio_to_direct": 2.2}],
+                "memory": [{"sessions": 1000, "baseline_bytes": 10**6, "bytes_per_idle_session": 900.0,
+                            "bytes_left_per_closed_session": 1000.0, "keys_per_idle_session": 2,
+                            "keys_left_per_closed_session": 1}]},
+            "5": {"direct_jobs_per_s": 100.0, "rows": [
+                {"workers": 1, "jobs": 10, "seconds": 1.0, "jobs_per_s": 10.0, "ratio_to_direct": 0.1, "ratio_to_one_worker": 1.0},
+                {"workers": 2, "jobs": 10, "seconds": 0.5, "jobs_per_s": 20.0, "ratio_to_direct": 0.2, "ratio_to_one_worker": 2.0}]},
+        },
+    }
+    results["targets"] = bench.compute_targets(results)
+    return results
+
+
+def test_targets_from_synthetic_results(bench):
+    results = synthetic_results(bench)
+    verdicts = {t["id"]: t["verdict"] for t in results["targets"]}
+    assert verdicts == {"latency": "PASS", "throughput": "PASS", "flood": "MISS", "open_sessions": "PASS",
+                        "memory_idle": "PASS", "memory_closed": "MISS"}
+    latency = next(t for t in results["targets"] if t["id"] == "latency")
+    assert latency["value"] == pytest.approx(0.0025 / 0.002)
+    open_sessions = next(t for t in results["targets"] if t["id"] == "open_sessions")
+    assert "1000 open sessions" in open_sessions["what"]
+    assert open_sessions["value"] == 1.1  # judged on the drift-corrected ratio, not the raw 1.3
+    # a run without scenario 2 says n/a rather than inventing a verdict
+    del results["scenarios"]["2"]
+    assert {t["id"]: t["verdict"] for t in bench.compute_targets(results)}["throughput"] == "n/a"
+
+
+def test_render_and_json_round_trip(bench, tmp_path):
+    results = synthetic_results(bench)
+    text = bench.render(results)
+    for needle in ("Scenario 1", "Scenario 2", "Scenario 3", "Scenario 4", "Scenario 5", "Targets",
+                   "sb_session", "1.25x", "PASS", "MISS"):
+        assert needle in text
+    out, latest = tmp_path / "run.json", tmp_path / "latest-quick.json"
+    assert bench.write_results(results, out, latest) == [out, latest]
+    again = json.loads(out.read_text())
+    assert again == json.loads(latest.read_text())
+    assert bench.render(again) == text
+    assert bench.main(["--show", str(out)]) == 0
+
+
+def test_format_table_aligns_columns(bench):
+    table = bench.format_table(["a", "long header"], [[1, 2], ["three", 4]], "T")
+    lines = table.strip().splitlines()
+    assert lines[0] == "T"
+    assert len({len(line) for line in lines[1:]}) == 1
+    assert lines[2].startswith("|--")
+
+
+def test_scenario_selection(bench):
+    assert bench.parse_scenarios("3,1") == [1, 3]
+    assert bench.parse_scenarios(None) == [1, 2, 3, 4, 5]
+    with pytest.raises(Exception):
+        bench.parse_scenarios("6")
