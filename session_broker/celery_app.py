@@ -31,7 +31,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     transport = {
         "visibility_timeout": settings.visibility_timeout,
         # BRPOP timeout: a consumer picks up a new queue list (a pin change) after at most this
-        "polling_interval": 0.25,
+        "polling_interval": 0.1,
         "health_check_interval": 5,
         "socket_keepalive": True,
         "socket_connect_timeout": 5,

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, default=1)
     w.add_argument("--name", help="node name (default BACKEND-RANDOM@HOST); reuse it to keep a pin across restarts")
     w.add_argument("--device", choices=["CPU", "GPU"], default="CPU")
-    w.add_argument("--loglevel", default="INFO")
+    w.add_argument("--loglevel", default="WARNING",
+                   help="default WARNING: INFO logs two lines per job (Flower and the Jobs page show them)")
 
     f = sub.add_parser("flower", help="run Flower (authentication required)")
     f.add_argument("--address", default="127.0.0.1")

@@ -78,8 +78,9 @@ class RuntimeJobV2(BasePrimitiveJob):
         if self._result is not None:
             return self._result
         deadline = None if timeout is None else time.monotonic() + timeout
+        fields = ("status", "result", "error_code", "error")
+        rec = self._store.job(self._job_id, *fields)
         while True:
-            rec = self._store.job(self._job_id, "status", "result", "error_code", "error")
             status = rec.get("status")
             if status is None:
                 raise JobNotFoundError(f"job {self._job_id!r} does not exist (or its record expired)")
@@ -92,8 +93,8 @@ class RuntimeJobV2(BasePrimitiveJob):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise JobTimeoutError(f"job {self._job_id} is still {status} after {timeout} s")
-            # wake on the latch; re-check at least every 5 s (e.g. if the latch expired)
-            self._store.wait_job(self._job_id, 5.0 if left is None else min(left, 5.0))
+            # wait on the job's latch and re-read in the same round trip; re-check every 5 s
+            rec = self._store.wait_job(self._job_id, 5.0 if left is None else min(left, 5.0), *fields)
 
     def cancel(self) -> bool:
         """Cancel a queued job (it never runs). A running job finishes: returns False."""

@@ -266,18 +266,19 @@ class Store:
     def session_job_ids(self, sid: str) -> list[str]:
         return self.redis.lrange(self.keys.session_jobs(sid), 0, -1)
 
-    def wait_job(self, job_id: str, timeout: float | None) -> bool:
-        """Block until the job's latch holds a token (the job ended); False on timeout."""
+    def wait_job(self, job_id: str, timeout: float, *fields: str) -> dict[str, str]:
+        """Block until the job ended (or ``timeout``), then read ``fields``: one round trip.
+
+        The latch list holds one token from the moment the job ends; BRPOPLPUSH onto the
+        same list waits for it and leaves it in place (TTL kept), so every waiter, now or
+        later, wakes at once without taking it from the others.
+        """
         key = self.keys.job_done(job_id)
-        # BLPOP takes the token; give it back so other waiters (and later calls) see it too.
-        got = self.redis.blpop([key], timeout=0 if timeout is None else max(timeout, 0.001))
-        if got is None:
-            return False
         pipe = self.redis.pipeline(transaction=False)
-        pipe.rpush(key, "1")
-        pipe.expire(key, self.settings.result_ttl)
-        pipe.execute()
-        return True
+        pipe.brpoplpush(key, key, timeout=max(timeout, 0.01))
+        pipe.hmget(self.keys.job(job_id), fields)
+        _, values = pipe.execute()
+        return {f: v for f, v in zip(fields, values) if v is not None}
 
     def live_workers(self, backend: str | None = None) -> list[dict[str, str]]:
         nodes = self.redis.hgetall(self.keys.workers)

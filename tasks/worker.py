@@ -173,7 +173,7 @@ def _warm_child(**_):
 
 
 def start_worker(backend: str, *, concurrency: int = 1, name: str | None = None,
-                 device: str = "CPU", loglevel: str = "INFO") -> None:
+                 device: str = "CPU", loglevel: str = "WARNING") -> None:
     """``session-broker worker``: a prefork Celery worker serving one backend (blocks)."""
     import socket
     import uuid
