@@ -1,38 +1,35 @@
 """The wire format between clients and workers: JSON text only, never pickle.
 
-A worker runs whatever arrives on the queue, so the payload is *data*, not code: plain JSON
-whose parsing cannot import, instantiate or evaluate anything named by the sender. Circuits
-travel as QPY (qiskit's own binary format, read by its Rust reader); numeric arrays travel
-as base64 of their raw little-endian bytes plus a shape, which encodes and decodes at memcpy
-speed instead of building nested lists of Python floats.
+A worker runs whatever arrives on its queue, so a payload is *data*: plain JSON whose decoding
+imports, instantiates and evaluates nothing the sender names. Circuits travel as QPY, qiskit's
+own binary format (read by its Rust reader; its gate lookup is the only name lookup). Numeric
+arrays travel as base64 of their raw little-endian bytes plus a shape: a memcpy each way, where
+nested JSON lists would build one Python float per element.
 
-Job payload (``encode_payload`` / ``decode_payload``; every key is required)::
+Job (``encode_payload`` / ``decode_payload``; every key is required, no other is allowed)::
 
-    {"v": 1, "primitive": "sampler" | "estimator", "options": {...any JSON...},
-     "pubs": [PUB, ...]}                                    # at least one PUB
+    {"v": 1, "primitive": "sampler" | "estimator", "pubs": [PUB, ...], "options": {...}}
     sampler PUB:   {"circuit": QPY, "params": BINDINGS, "shots": int | null}
     estimator PUB: {"circuit": QPY, "observables": OBS, "params": BINDINGS,
                     "precision": number | null}
-    QPY:      base64 of one circuit in QPY (versions 13..18)
-    BINDINGS: {"shape": [int, ...],                         # BindingsArray.shape
-               "data": [{"names": [str, ...], "array": ARRAY}, ...]}
-              # one entry per BindingsArray.data key; array shape = shape + [len(names)]
+    QPY:      base64 of one circuit, QPY versions 13..18
+    BINDINGS: {"shape": [int, ...], "data": [{"names": [str, ...], "array": ARRAY}, ...]}
+              (one entry per BindingsArray.data key; array shape = shape + [len(names)])
     OBS:      {"shape": [int, ...], "terms": [{label: coeff, ...}, ...]}
-              # one term dict per element, C order; labels use "IXYZ01+-rl"
+              (one {Pauli label: real coeff} per element, C order; labels of "IXYZ01+-rl")
     ARRAY:    {"dtype": "<f8", "shape": [int, ...], "b64": base64 of the raw bytes}
 
 Result (``encode_result`` / ``decode_result``)::
 
     {"v": 1, "metadata": {...}, "pubs": [{"kind": "sampler" | "pub", "shape": [int, ...],
-     "metadata": {...}, "fields": [FIELD, ...]}, ...]}
-    FIELD: {"name": str, "type": "bits", "num_bits": int, "array": ARRAY}   # a BitArray
-         | {"name": str, "type": "array", "array": ARRAY}    # an ndarray (evs, stds, ...)
-         | {"name": str, "type": "json", "value": ...}       # anything else, made JSON-safe
-    In results ARRAY.dtype may be any little-endian bool/int/uint/float/complex numpy dtype.
+                                          "metadata": {...}, "fields": [FIELD, ...]}, ...]}
+    FIELD: {"name": str, "type": "bits", "num_bits": int, "array": ARRAY}  # a BitArray (|u1)
+         | {"name": str, "type": "array", "array": ARRAY}   # evs, stds, ...: any LE numeric dtype
+         | {"name": str, "type": "json", "value": ...}      # anything else, made JSON-safe
 
-NaN and infinities are refused in JSON numbers and in parameter values. Every count, shape
-and size is checked against the bytes actually present (and a cap) *before* anything is
-allocated, so a 100-byte message cannot make a worker allocate gigabytes.
+The decoder refuses NaN/Infinity, any count, shape or size that the bytes present cannot back
+(checked *before* allocating: QPY's reader allocates whatever its headers declare), and
+anything over the caps below, with an ``InvalidPayloadError`` that says what and where.
 """
 
 from __future__ import annotations
@@ -72,7 +69,7 @@ MAX_NDIM = 32
 
 # QPY 13 is the first version qiskit reads with its Rust reader (older ones go through the
 # Python reader, which e.g. parses symbolic expressions); 18 is the newest whose headers
-# _check_qpy_header knows. We write min(18, installed) so clients and workers on different
+# _check_qpy knows. We write min(18, installed) so clients and workers on different
 # qiskit 2.x releases still understand each other. Bump both after checking the header layout.
 _QPY_MIN_READ = 13
 _QPY_MAX_READ = min(QPY_VERSION, 18)
@@ -80,6 +77,8 @@ _QPY_FILE_HEADER = struct.Struct("!6sBBBBQc")          # FILE_HEADER_V10
 _QPY_CIRCUIT_HEADER = struct.Struct("!H1cHIIQIQI")     # CIRCUIT_HEADER_V12
 _QPY_MIN_INSTRUCTION, _QPY_MIN_REGISTER, _QPY_MIN_VAR = 25, 8, 19   # smallest record sizes
 
+_PHASE_TYPES = np.zeros(256, bool)
+_PHASE_TYPES[list(b"fpve")] = True     # global-phase types qiskit accepts (others fail early)
 _LABEL = re.compile(r"[IXYZ01+\-rl]{1,%d}" % MAX_QUBITS)
 _RESULT_DTYPE = re.compile(r"[<|][biufc](1|2|4|8|16)")
 # ANSI colours (raw or repr-escaped), escaped newlines and box drawing in QPY's Rust errors.
@@ -201,43 +200,91 @@ def encode_circuit(circuit: QuantumCircuit) -> str:
     return binascii.b2a_base64(buf.getbuffer(), newline=False).decode("ascii")
 
 
-def _check_qpy_header(raw: bytes, where: str) -> None:
-    """Refuse QPY whose headers lie before qiskit reads it.
+def _check_qpy(raw: bytes, where: str) -> None:
+    """Refuse QPY whose headers lie, before qiskit reads it.
 
-    qiskit's reader trusts the declared counts: a 400-byte QPY claiming 4e9 qubits makes
-    ``qpy.load`` allocate tens of GB and get the worker OOM-killed. Every count here must fit in
-    the bytes that follow it, and widths must be within the caps.
+    qiskit's reader trusts declared counts once the binary parses: a 400-byte QPY claiming
+    4e9 qubits got a worker OOM-killed at 24 GB; a nested body claiming 5e8 clbits took 40 s
+    and 8 GB. So: one circuit of a known QPY version, widths within the caps, counts that fit
+    the bytes, and nested circuits (control-flow bodies, gate definitions) no wider than the
+    circuit and, together, no wider than len/4 bits (each nested bit is also a 5-byte argument
+    of the instruction holding it).
     """
-    if len(raw) < _QPY_FILE_HEADER.size + 1:
+    if len(raw) < _QPY_FILE_HEADER.size + 9:
         raise _bad(where, f"truncated QPY ({len(raw)} bytes)")
     magic, version, _, _, _, programs, _ = _QPY_FILE_HEADER.unpack_from(raw)
     if magic != b"QISKIT":
         raise _bad(where, "not QPY data (no QISKIT magic)")
     if not _QPY_MIN_READ <= version <= _QPY_MAX_READ:
         raise _bad(where, f"QPY version {version} is not supported "
-                              f"(this worker reads {_QPY_MIN_READ}..{_QPY_MAX_READ})")
+                          f"(this worker reads {_QPY_MIN_READ}..{_QPY_MAX_READ})")
     if programs != 1:
         raise _bad(where, f"QPY must hold exactly one circuit, not {programs}")
-    pos = _QPY_FILE_HEADER.size
-    if raw[pos:pos + 1] != b"q":
+    if raw[_QPY_FILE_HEADER.size] != ord("q"):
         raise _bad(where, "QPY program is not a circuit")
-    pos += 1
-    if version >= 16:                                    # table of program offsets
-        if len(raw) < pos + 8:
-            raise _bad(where, "truncated QPY")
-        (pos,) = struct.unpack_from("!Q", raw, pos)
-    if pos + _QPY_CIRCUIT_HEADER.size > len(raw):
+    top = _QPY_FILE_HEADER.size + 1
+    if version >= 16:                                    # a table of program offsets
+        (top,) = struct.unpack_from("!Q", raw, top)
+    if top + _QPY_CIRCUIT_HEADER.size > len(raw):
         raise _bad(where, "truncated QPY (circuit header out of bounds)")
-    (name, _, phase, qubits, clbits, meta, regs, instrs, nvars) = \
-        _QPY_CIRCUIT_HEADER.unpack_from(raw, pos)
-    if qubits > MAX_QUBITS:
-        raise _bad(where, f"circuit has {qubits} qubits; at most {MAX_QUBITS} are allowed")
-    if clbits > MAX_CLBITS:
-        raise _bad(where, f"circuit has {clbits} clbits; at most {MAX_CLBITS} are allowed")
-    body = len(raw) - pos - _QPY_CIRCUIT_HEADER.size
-    if (name + phase + meta > body or instrs * _QPY_MIN_INSTRUCTION > body
-            or regs * _QPY_MIN_REGISTER > body or nvars * _QPY_MIN_VAR > body):
+    qubits, clbits = _QPY_CIRCUIT_HEADER.unpack_from(raw, top)[3:5]
+    if qubits > MAX_QUBITS or clbits > MAX_CLBITS:
+        raise _bad(where, f"circuit has {qubits} qubits and {clbits} clbits; at most "
+                          f"{MAX_QUBITS} qubits and {MAX_CLBITS} clbits are allowed")
+    if _header_overflows(raw, top):
         raise _bad(where, "QPY header declares more data than it holds (truncated or corrupt)")
+    total = 0
+    for h in _nested_headers(raw, top):
+        nq, nc = _QPY_CIRCUIT_HEADER.unpack_from(raw, h)[3:5]
+        if nq > qubits or nc > clbits or _header_overflows(raw, h):
+            raise _bad(where, f"a nested circuit (byte {h}) declares {nq} qubits and {nc} "
+                              f"clbits (its circuit has {qubits} and {clbits}) or more data "
+                              f"than the QPY holds")
+        total += nq + nc
+    if total > len(raw) // 4:
+        raise _bad(where, f"nested circuits declare {total} bits in all, more than "
+                          f"{len(raw)} bytes of QPY can hold")
+
+
+def _header_overflows(raw: bytes, h: int) -> bool:
+    """Whether the circuit header at ``h`` declares more records than the bytes after it."""
+    name, _, phase, _, _, meta, regs, instrs, nvars = _QPY_CIRCUIT_HEADER.unpack_from(raw, h)
+    rest = len(raw) - h - _QPY_CIRCUIT_HEADER.size
+    return (name + phase + meta > rest or instrs * _QPY_MIN_INSTRUCTION > rest
+            or regs * _QPY_MIN_REGISTER > rest or nvars * _QPY_MIN_VAR > rest)
+
+
+def _nested_headers(raw: bytes, top: int) -> list[int]:
+    """Offsets of the nested circuit headers in QPY ``raw`` (all of them, and no others in
+    the circuits we tried: 68 of them, up to 3.4 MB, with control flow, custom gates, matrices).
+
+    Finding them exactly takes a full parse, so screen every offset with whole-array byte tests
+    (15-50 us for a small circuit, ~10 ms per 500 KB) for a header: global phase of a type
+    qiskit accepts (f with 8 bytes, p, v, e), name, phase and metadata in bounds; at a place a
+    parse reaches: right after a 'q' parameter's 9-byte tag, or as a custom definition's data.
+    """
+    n, size = len(raw), _QPY_CIRCUIT_HEADER.size
+    count = n - size + 1
+    if count <= 9:
+        return []
+    a = np.frombuffer(raw, np.uint8)
+    screen = _PHASE_TYPES[a[2:2 + count]] & (np.ndarray((count,), "u4", raw, 13, (1,)) == 0)
+    found = []
+    for h in np.flatnonzero(screen).tolist():
+        name, phase_type, phase, _, _, meta = _QPY_CIRCUIT_HEADER.unpack_from(raw, h)[:6]
+        if (h != top and name + phase + meta <= n - h - size
+                and (phase == 8 if phase_type == b"f" else phase > 0)):
+            found.append(h)
+    if not found:
+        return []
+    reachable = np.zeros(n + 9, bool)
+    tag = (a[:n - 8] == ord("q")) & (np.ndarray((n - 8,), ">u8", raw, 1, (1,)) <= n)
+    reachable[np.flatnonzero(tag) + 9] = True                   # INSTRUCTION_PARAM 'q'
+    k = n - 35                                                  # CUSTOM_CIRCUIT_INST_DEF_V2
+    starts = np.arange(k) + 36 + np.ndarray((k,), ">u2", raw, 0, (1,))
+    ok = (a[11:11 + k] == 1) & (np.ndarray((k,), ">u8", raw, 12, (1,)) <= n) & (starts < n)
+    reachable[starts[ok]] = True
+    return [h for h in found if reachable[h]]
 
 
 def decode_circuit(data: str) -> QuantumCircuit:
@@ -249,7 +296,7 @@ def _load_circuit(data: str, where: str) -> QuantumCircuit:
     if not isinstance(data, str):
         raise _bad(where, f"expected a base64 string, got {type(data).__name__}")
     raw = _b64decode(data, where)
-    _check_qpy_header(raw, where)
+    _check_qpy(raw, where)
     try:
         circuits = qpy.load(io.BytesIO(raw))
     except Exception as exc:
@@ -286,7 +333,7 @@ def _circuit_encoder():
             raise InvalidInputError(f"circuit has {circuit.num_qubits} qubits; "
                                     f"at most {MAX_QUBITS} are allowed")
         if id(circuit) not in memo:
-            memo[id(circuit)] = (circuit, encode_circuit(circuit))   # keep it alive: ids stay unique
+            memo[id(circuit)] = (circuit, encode_circuit(circuit))   # alive: ids stay unique
         return memo[id(circuit)][1]
     return encode
 
@@ -392,7 +439,8 @@ def _dec_pub(obj, where: str, primitive: str, circuits: dict):
             pub = SamplerPub(circuit, bindings, shots)
         else:
             obs = _dec_observables(observables, f"{where}.observables")
-            pub = EstimatorPub(circuit, obs, bindings, None if precision is None else float(precision))
+            precision = None if precision is None else float(precision)
+            pub = EstimatorPub(circuit, obs, bindings, precision)
     except InvalidPayloadError:
         raise
     except Exception as exc:           # qiskit's own validation: qubit counts, broadcasting ...
@@ -410,7 +458,8 @@ def encode_payload(primitive: str, pubs: list[dict], options: dict, *, max_bytes
         text = _ENCODER.encode({"v": WIRE_VERSION, "primitive": primitive, "pubs": pubs,
                                 "options": options})
     except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"options are not JSON-safe (finite numbers, str keys): {exc}") from exc
+        raise InvalidInputError(f"options are not JSON-safe (finite numbers, str keys): "
+                                f"{exc}") from exc
     if len(text) > max_bytes:        # ensure_ascii: characters == bytes
         raise PayloadTooLargeError(
             f"the encoded job is {len(text)} bytes, over the limit of {max_bytes} bytes; "
@@ -426,11 +475,19 @@ class DecodedJob:
 
 
 def _parse_json(data, max_bytes: int | None, what: str):
-    if isinstance(data, (bytes, bytearray, memoryview)):
+    """Size check, then strict UTF-8 and JSON (no NaN/Infinity, no float overflow)."""
+    if isinstance(data, str):
+        size = len(data) if data.isascii() else len(data.encode("utf-8", "surrogatepass"))
+    elif isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data)
-        if max_bytes is not None and len(data) > max_bytes:
-            raise InvalidPayloadError(f"invalid {what}: {len(data)} bytes is over the limit "
-                                      f"of {max_bytes} (SESSION_BROKER_MAX_PAYLOAD_BYTES)")
+        size = len(data)
+    else:
+        raise InvalidPayloadError(f"invalid {what}: expected str or bytes, "
+                                  f"got {type(data).__name__}")
+    if max_bytes is not None and size > max_bytes:
+        raise InvalidPayloadError(f"invalid {what}: {size} bytes is over the limit of {max_bytes} "
+                                  "(SESSION_BROKER_MAX_PAYLOAD_BYTES)")
+    if isinstance(data, bytes):
         if data[:1] == b"\x80":
             raise InvalidPayloadError(f"invalid {what}: looks like a pickle; only JSON is accepted")
         try:
@@ -438,14 +495,6 @@ def _parse_json(data, max_bytes: int | None, what: str):
         except UnicodeDecodeError as exc:
             raise InvalidPayloadError(f"invalid {what}: not valid UTF-8 "
                                       f"(byte {exc.start})") from None
-    elif isinstance(data, str):
-        size = len(data) if data.isascii() else len(data.encode("utf-8", "surrogatepass"))
-        if max_bytes is not None and size > max_bytes:
-            raise InvalidPayloadError(f"invalid {what}: {size} bytes is over the limit "
-                                      f"of {max_bytes} (SESSION_BROKER_MAX_PAYLOAD_BYTES)")
-    else:
-        raise InvalidPayloadError(f"invalid {what}: expected str or bytes, "
-                                  f"got {type(data).__name__}")
     try:
         return _DECODER.decode(data)
     except RecursionError:
@@ -555,7 +604,8 @@ def decode_result(data: str) -> PrimitiveResult:
         out = []
         for i, pub in enumerate(pubs):
             where = f"result.pubs[{i}]"
-            kind, shape, pub_meta, fields = _fields(pub, ("kind", "shape", "metadata", "fields"), where)
+            kind, shape, pub_meta, fields = _fields(
+                pub, ("kind", "shape", "metadata", "fields"), where)
             if kind not in ("sampler", "pub") or not isinstance(fields, list):
                 raise _bad(where, "expected kind sampler|pub and a list of fields")
             data_bin = DataBin(shape=_shape(shape, f"{where}.shape", None),
