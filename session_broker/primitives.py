@@ -155,6 +155,23 @@ class _Primitive:
             summary=summary, max_execution_time=options.get("max_execution_time"), transform=transform)
 
 
+MAX_RESULT_BYTES = 1 << 30  # a sampler job's bit arrays: PUB size x shots x bytes per shot
+
+
+def result_bytes(pubs) -> int:
+    """Bytes of the BitArrays a sampler job returns (the worker checks the same bound)."""
+    return sum(int(np.prod(p.shape, dtype=np.int64)) * int(p.shots) * -(-p.circuit.num_clbits // 8)
+               for p in pubs)
+
+
+def _check_result_size(pubs) -> None:
+    size = result_bytes(pubs)
+    if size > MAX_RESULT_BYTES:
+        raise InvalidInputError(
+            f"this sampler job would return {size / 2**20:.0f} MiB of bits (PUB size x shots x "
+            f"bytes per shot); the limit is {MAX_RESULT_BYTES >> 20} MiB: use fewer shots or split the job")
+
+
 def _finite(pub, index: int) -> None:
     for value in pub.parameter_values.data.values():
         if not np.all(np.isfinite(value)):
@@ -202,6 +219,7 @@ class SamplerV2(_Primitive, BaseSamplerV2):
                 raise InvalidInputError(f"sampler PUB {i}: the circuit has no classical bits to sample; "
                                         "add measurements (circuit.measure_all())")
         self._check_circuits((p.circuit for p in coerced), require_isa=True)
+        _check_result_size(coerced)
         opts = self._options.to_dict()
         self._check_time(opts.get("max_execution_time"))
         options = {"api": "v2", "seed_simulator": opts["seed_simulator"],
@@ -438,6 +456,7 @@ class Sampler(_V1):
             if pub.circuit.num_clbits == 0:
                 raise InvalidInputError(f"circuit {i} has no classical bits to sample; add measurements (circuit.measure_all())")
         self._check_circuits((p.circuit for p in coerced), require_isa=options["skip_transpilation"])
+        _check_result_size(coerced)
         summary = {"api": "v1", "pubs": len(coerced), "shots": options["shots"]}
         return self._submit(codec.encode_sampler_pubs(coerced), options, summary, _sampler_v1)
 

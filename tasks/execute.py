@@ -54,6 +54,11 @@ def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
     if options.get("api") == "v1" and not options.get("skip_transpilation"):
         pubs = _transpile(backend, pubs, options)
     if job.primitive == "sampler":
+        from session_broker.primitives import MAX_RESULT_BYTES, result_bytes
+
+        if result_bytes(pubs) > MAX_RESULT_BYTES:  # a producer that bypassed the client's check
+            raise ValueError(f"the job would return {result_bytes(pubs)} bytes of bits; "
+                             f"the limit is {MAX_RESULT_BYTES}")
         result = aer_sampler(backend, seed)._run(pubs)
     elif options.get("api") == "v1":
         result = _estimate_v1(backend, seed, pubs, options.get("shots"))
