@@ -195,11 +195,11 @@ def _simulator(spec: BackendSpec) -> AerSimulator:
 
 
 def aer_threads() -> int:
-    """OpenMP threads per simulator: ``SESSION_BROKER_AER_THREADS``, else 0 (Aer's default,
-    every core). Lower it when several pool processes share a host's cores."""
-    import os
+    """OpenMP threads per simulator (``SESSION_BROKER_AER_THREADS``; 0 = every core). Lower
+    it when several pool processes share a host's cores."""
+    from .config import get_settings
 
-    return max(0, int(os.environ.get("SESSION_BROKER_AER_THREADS") or 0))
+    return get_settings().aer_threads
 
 
 def check_gpu() -> None:
