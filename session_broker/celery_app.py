@@ -20,9 +20,14 @@ message, and the submit script pushes it in the same atomic step that records th
 from __future__ import annotations
 
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
 
 from session_broker.config import Settings, get_settings
 from session_broker.state import split_tls_options
+
+# kombu's Redis transport, hardened against malformed envelopes (see transport.py)
+TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = "session_broker.transport:Transport"
+
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()

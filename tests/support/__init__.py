@@ -1,0 +1,1 @@
+"""Helpers shared by the fault, partition, security and hostile-input integration tests."""
