@@ -645,6 +645,32 @@ end
 return requeued
 """
 
+# A message a consumer fetched and then lost (its worker died, or Redis went away between
+# fetch and start) waits in kombu's `unacked` hash for the visibility timeout: an hour by
+# default. A job still QUEUED whose message has sat there longer than ARGV[2] seconds was
+# never claimed by anyone: give it back to the head of its queue now. Should the original
+# consumer be alive after all, the claim lets only one of the two copies run.
+# ARGV: P, min_age, limit -> number of jobs given back
+RESCUE_UNACKED = PRELUDE + r"""
+local tags = redis.call('ZRANGEBYSCORE', 'unacked_index', '-inf', NOW - tonumber(ARGV[2]),
+  'LIMIT', 0, tonumber(ARGV[3]))
+local rescued = 0
+for _, tag in ipairs(tags) do
+  local raw = redis.call('HGET', 'unacked', tag)
+  local ok, entry = pcall(cjson.decode, raw or '')
+  local jid = ok and type(entry) == 'table' and type(entry[1]) == 'table'
+    and type(entry[1]['headers']) == 'table' and entry[1]['headers']['id']
+  if type(jid) == 'string' and get(jk(jid), 'status') == 'QUEUED' and get(jk(jid), 'message') ~= '' then
+    redis.call('RPUSH', get(jk(jid), 'queue'), get(jk(jid), 'message'))
+    redis.call('HDEL', 'unacked', tag)
+    redis.call('ZREM', 'unacked_index', tag)
+    redis.call('HSET', jk(jid), 'requeued_at', NOW)
+    rescued = rescued + 1
+  end
+end
+return rescued
+"""
+
 # ARGV: P -> list of registered nodes whose registry entry has expired
 DEAD_WORKERS = PRELUDE + r"""
 local dead = {}

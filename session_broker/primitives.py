@@ -34,14 +34,19 @@ from session_broker.errors import (
 )
 from session_broker.job import RuntimeJobV2
 from session_broker.service import QiskitRuntimeService, default_service
-from session_broker.session import Session, current_session
+from session_broker.session import Session, current_context_session, current_session
 
 
 # ---------------------------------------------------------------------- mode resolution
 def _resolve(mode, kind: str) -> tuple[QiskitRuntimeService, str, Session | None]:
-    """(service, backend name, session or None) for a primitive's ``mode``."""
-    ambient = current_session()
+    """(service, backend name, session or None) for a primitive's ``mode``.
+
+    Without a mode the primitive joins the session of the ``with`` block (this thread's, or
+    the only one open in the process). With a backend it joins only a session this very
+    thread or context opened on that backend: another thread's session is not taken over.
+    """
     if mode is None:
+        ambient = current_session()
         if ambient is None:
             raise InvalidInputError(
                 f"{kind} needs a mode: pass mode=session, mode=batch, mode=backend or a backend "
@@ -57,6 +62,7 @@ def _resolve(mode, kind: str) -> tuple[QiskitRuntimeService, str, Session | None
     else:
         raise InvalidInputError(
             f"mode must be a Session, Batch, backend object or backend name, not {type(mode).__name__}")
+    ambient = current_context_session()
     if ambient is not None:
         if ambient.backend() != name:
             raise BackendMismatchError(

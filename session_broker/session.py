@@ -50,6 +50,11 @@ def parse_max_time(value, system_max: int) -> int:
     return seconds
 
 
+def current_context_session() -> "Session | None":
+    """The session of this thread's (or asyncio task's) own ``with`` block, if any."""
+    return _current.get()
+
+
 def current_session() -> "Session | None":
     session = _current.get()
     if session is not None:

@@ -129,6 +129,7 @@ class Store:
         self._worker_tick = reg(K.WORKER_TICK)
         self._reap = reg(K.REAP_WORKER)
         self._dead = reg(K.DEAD_WORKERS)
+        self._rescue = reg(K.RESCUE_UNACKED)
 
     @property
     def p(self) -> str:
@@ -300,6 +301,10 @@ class Store:
 
     def dead_workers(self) -> list[str]:
         return self._dead(args=[self.p])
+
+    def rescue_unacked(self, min_age: float, limit: int = 100) -> int:
+        """Give back jobs whose fetched message was orphaned in kombu's unacked hash."""
+        return self._rescue(args=[self.p, min_age, limit])
 
     def reap_worker(self, node: str, keep_pin: bool = False) -> int:
         """Requeue a dead worker's running jobs and give its session to the next worker."""

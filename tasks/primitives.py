@@ -61,9 +61,10 @@ class JobRequest(Request):
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
         jid = self._job_id()
-        if jid and isinstance(exc_info.exception, WorkerLostError):
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)  # billiard wraps it
+        if jid and isinstance(exc, WorkerLostError):
             outcome = store().job_lost(jid, self.hostname, "worker_lost",
-                                       f"the process running it died ({exc_info.exception})")
+                                       f"the process running it died ({exc})")
             log.warning("job %s lost its process: %s", jid, outcome)
 
 

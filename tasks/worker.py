@@ -16,8 +16,9 @@ and nothing depends on a remote-control broadcast arriving. Consumer changes are
 where messages are fetched from; what may *run* is decided by the claim script, so a
 message fetched in the instant around a pin change is put back, never run out of turn.
 
-Every ``sweep_interval`` the agent also reaps dead workers (requeue their running jobs,
-give their session to the next worker) and applies due session timers for every session.
+Twice a heartbeat the agent also reaps dead workers (requeue their running jobs, give their
+session to the next worker), applies due session timers for every session, and gives back
+jobs whose fetched message a vanished consumer left in kombu's ``unacked`` hash.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Agent(threading.Thread):
         self.started_at = time.time()
         self.pin = ""
         self.connected_since: float | None = None
+        self.redis_run_id: str | None = None
         self._wanted: str | None = None
 
     # ------------------------------------------------------------------ loop
@@ -64,10 +66,13 @@ class Agent(threading.Thread):
                     # jobs a previous life of this node left RUNNING go back to their queues
                     self.store.reap_worker(self.node, keep_pin=True)
                     booted = True
+                began = time.monotonic()
                 self.pin, _epoch = self.store.worker_tick(
                     self.node, self.backend, os.getpid(), self.started_at,
                     self.concurrency, self.device)
-                if self.connected_since is None:
+                if self.connected_since is None or time.monotonic() - began > self.settings.heartbeat_interval:
+                    # first contact, or the call was stuck retrying through an outage: other
+                    # workers could not beat either, so wait a full TTL before judging them
                     self.connected_since = time.monotonic()
                     log.info("agent connected; pin=%r", self.pin)
                 self.follow_pin()
@@ -91,11 +96,20 @@ class Agent(threading.Thread):
             return
         if time.monotonic() - self.connected_since < self.settings.heartbeat_ttl * 1.5:
             return
+        run_id = self.store.redis.info("server").get("run_id")
+        if run_id != self.redis_run_id:  # Redis restarted: its expired keys say nothing yet
+            self.redis_run_id, self.connected_since = run_id, time.monotonic()
+            return
         for node in self.store.dead_workers():
             if node != self.node:
                 n = self.store.reap_worker(node)
                 log.warning("reaped dead worker %s: %d job(s) requeued", node, n)
         self.store.sweep_deadlines()
+        # a worker holds at most `concurrency` messages, each started at once: one unstarted
+        # for several heartbeat TTLs belongs to a consumer that is gone
+        rescued = self.store.rescue_unacked(max(5.0, 3 * self.settings.heartbeat_ttl))
+        if rescued:
+            log.warning("gave back %d job(s) whose message a vanished consumer held", rescued)
 
     # ------------------------------------------------------------------ consumer
     def follow_pin(self) -> None:
