@@ -70,10 +70,12 @@ class Agent(threading.Thread):
                 self.pin, _epoch = self.store.worker_tick(
                     self.node, self.backend, os.getpid(), self.started_at,
                     self.concurrency, self.device)
-                if self.connected_since is None or time.monotonic() - began > self.settings.heartbeat_interval:
-                    # first contact, or the call was stuck retrying through an outage: other
-                    # workers could not beat either, so wait a full TTL before judging them
+                if self.connected_since is None or time.monotonic() - began > self.settings.heartbeat_ttl / 2:
+                    # first contact, or the call was stuck retrying through an outage long
+                    # enough for others' keys to expire (an outage shorter than TTL/2 cannot):
+                    # they could not beat either, so give them a full TTL before judging them
                     self.connected_since = time.monotonic()
+                    self.redis_run_id = self.store.redis.info("server").get("run_id")
                     log.info("agent connected; pin=%r", self.pin)
                 self.follow_pin()
                 if time.monotonic() >= next_sweep:
