@@ -115,13 +115,9 @@ def cluster(stack, redis_url):
 
 @pytest.fixture
 def bell():
-    from qiskit import QuantumCircuit
+    from tests.support.faults import bell_circuit
 
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return qc
+    return bell_circuit()
 
 
 __all__ = ["ARTIFACTS", "Cluster", "FAST", "make_cluster", "wait_for"]

@@ -35,13 +35,9 @@ def value(samples: dict, name: str, **labels) -> float:
 
 @pytest.fixture(scope="module")
 def bell():
-    from qiskit import QuantumCircuit
+    from tests.support.faults import bell_circuit
 
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return qc
+    return bell_circuit()
 
 
 @pytest.fixture(scope="module")
