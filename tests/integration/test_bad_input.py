@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 from qiskit import QuantumCircuit
-from qiskit.circuit import Parameter, ParameterVector
+from qiskit.circuit import ParameterVector
 from qiskit.quantum_info import SparsePauliOp
 
 from session_broker import (BackendMismatchError, Batch, CircuitTooWideError, Estimator,

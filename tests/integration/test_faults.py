@@ -60,7 +60,7 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh):
     c = fresh()
     a = c.start_worker(BACKEND, name="kill-a@test", concurrency=1)
     bell = bell_circuit()
-    slow = SlowEstimatorJob(values=600)  # ~3-6 s: still running when A is killed
+    slow = SlowEstimatorJob(values=1000)  # ~5-10 s: still running when A is killed
     ttl = c.settings.heartbeat_ttl
 
     with Session(service=c.service, backend=BACKEND) as session:
@@ -70,6 +70,7 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh):
         first.result(timeout=120)
         assert session_of(c, sid)["worker"] == a.node
         b = c.start_worker(BACKEND, name="kill-b@test", concurrency=1)
+        b_up = time.monotonic()
 
         victim = estimator.run([slow.pub])
         queued = [sampler.run([bell], shots=100) for _ in range(100)]
@@ -79,6 +80,10 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh):
         assert rec["worker"] == a.node and rec["attempts"] == "1", rec
         assert int(rec["pid"]) in pool_children(a.proc.pid), "the job runs in A's pool process"
         assert all(j.status() == "QUEUED" for j in queued[-10:])
+        # A worker reaps others only once it has been connected for 1.5 heartbeat TTLs (until
+        # then every entry may look expired, e.g. right after a Redis restart): B has been.
+        wait_for(lambda: time.monotonic() - b_up > 1.5 * ttl, 30, "B to be up for 1.5 TTLs")
+        assert c.store.job(victim.job_id(), "status")["status"] == "RUNNING"
 
         killed_at = time.monotonic()
         c.kill_worker(a)  # SIGKILL to A's whole process group: a machine that dies

@@ -14,11 +14,10 @@ The producer here is the test itself, writing job records like the SUBMIT script
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import pickle
 import struct
-from pathlib import Path
+import time
 
 import pytest
 from qiskit.primitives.containers import SamplerPub
@@ -29,7 +28,7 @@ from session_broker.messages import task_message
 from session_broker.state import FINAL_JOB_STATUSES
 from tests.conftest import make_cluster
 from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log_tail,
-                                  plant_job, records)
+                                  plant_job)
 
 LIMIT = 200_000  # the workers' SESSION_BROKER_MAX_PAYLOAD_BYTES in this module
 OPTIONS = {"api": "v2", "seed_simulator": None, "max_execution_time": None}
@@ -342,3 +341,27 @@ def test_the_same_worker_survived_every_case(hc):
     assert hc.current.proc.poll() is None
     assert hc.generation == 0, (
         f"{hc.generation} hostile message(s) stopped a worker process (see the failed cases)")
+
+
+def test_remote_control_and_events_still_pass_through_the_hardened_transport(hc, worker):
+    """The check on task messages must not touch Celery's other traffic: remote-control
+    broadcasts and their replies (``inspect().ping()``, revoke, add_consumer) and task/worker
+    events (what Flower shows) have no task header, and must still arrive."""
+    from session_broker.celery_app import make_app
+    from session_broker.config import load_settings
+
+    app = make_app(load_settings({"SESSION_BROKER_URL": hc.url}))
+    replies = app.control.inspect(timeout=5, destination=[worker.node]).ping()
+    assert replies == {worker.node: {"ok": "pong"}}, f"no ping reply from {worker.node}: {replies}"
+
+    seen: list[str] = []
+    deadline = time.monotonic() + 15
+    with app.connection() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": lambda event: seen.append(event["type"])})
+        while not seen and time.monotonic() < deadline:  # wakeup asks workers for a heartbeat
+            try:
+                receiver.capture(limit=5, timeout=5, wakeup=True)
+            except TimeoutError:
+                pass
+    assert "worker-heartbeat" in seen or "worker-online" in seen, \
+        f"no worker event reached an event consumer within 15 s (saw {seen})"

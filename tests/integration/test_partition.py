@@ -85,7 +85,7 @@ def test_partitioned_worker_loses_its_session_and_cannot_finish_its_job(lab):
     store = c.store
     a = c.start_ns_worker(link_a, "part-a@nsA")
     bell = bell_circuit()
-    slow = SlowEstimatorJob(values=500)  # ~2.5-5 s: A is in the middle of it when cut
+    slow = SlowEstimatorJob(values=1200)  # ~6-12 s: A is in the middle of it when cut
 
     # no `with` block: the plain jobs at the end must not join the session
     session = Session(service=c.service, backend=BACKEND)
@@ -96,12 +96,17 @@ def test_partitioned_worker_loses_its_session_and_cannot_finish_its_job(lab):
         first.result(timeout=120)
         assert store.session(sid, tick=False)["worker"] == a.node  # pinned on A
         b = c.start_ns_worker(c.links[1], "part-b@nsB")
+        b_up = time.monotonic()
 
         victim = estimator.run([slow.pub])
         rest = [sampler.run([bell], shots=100) for _ in range(20)]
         wait_for(lambda: store.job(victim.job_id(), "status").get("status") == "RUNNING", 120,
                  "the slow job to start on A")
         assert store.job(victim.job_id())["worker"] == a.node
+        # B reaps others only once it has been connected for 1.5 heartbeat TTLs
+        wait_for(lambda: time.monotonic() - b_up > 1.5 * c.settings.heartbeat_ttl, 30,
+                 "B to be up for 1.5 TTLs")
+        assert store.job(victim.job_id(), "status")["status"] == "RUNNING"
 
         # watch every job of the session from the cut on: none may start on A
         ids = [first.job_id(), victim.job_id()] + [j.job_id() for j in rest]

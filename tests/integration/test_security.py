@@ -34,7 +34,7 @@ from session_broker.embedded import free_port, wait_for
 from session_broker.messages import task_message
 from tests.conftest import Cluster
 from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log_tail, plant_job,
-                                  records, wait_final)
+                                  records)
 
 PASSWORD = "s3cret-" + base64.b32encode(os.urandom(10)).decode().lower()
 PY = sys.executable
