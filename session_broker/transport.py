@@ -90,7 +90,9 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options):
         try:
             return super()._brpop_read(**options)
-        except ValueError as exc:  # the envelope was not JSON at all (json.JSONDecodeError)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the item was not JSON text
+            # Only these: a ValueError raised later, inside Celery's handling of a message
+            # kombu already reserved, would leave that message unacked and the worker blocked.
             self._dead_letter(None, f"envelope is not JSON ({exc})")
             return True
 
@@ -112,6 +114,14 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
     def _deliver(self, message, queue):
+        # Only our task queues carry task messages. Remote-control broadcasts (ping, revoke),
+        # their replies and Celery events (what Flower shows) arrive here too and have no
+        # task header: they pass untouched.
+        from session_broker.config import get_settings
+
+        prefix = get_settings().key_prefix
+        if not (queue or "").startswith((f"{prefix}.backend.", f"{prefix}.session.")):
+            return super()._deliver(message, queue)
         problem = envelope_problem(message)
         if problem is not None:
             for channel in self.channels:

@@ -65,6 +65,9 @@ class Agent(threading.Thread):
                     self.store.publish_config()
                     # jobs a previous life of this node left RUNNING go back to their queues
                     self.store.reap_worker(self.node, keep_pin=True)
+                    # the Redis this worker starts against: only a change of it (a restart)
+                    # restarts the reaper's grace period, not the first sweep
+                    self.redis_run_id = self.store.redis.info("server").get("run_id")
                     booted = True
                 began = time.monotonic()
                 self.pin, _epoch = self.store.worker_tick(
