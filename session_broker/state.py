@@ -275,6 +275,9 @@ class Store:
         later, wakes at once without taking it from the others.
         """
         key = self.keys.job_done(job_id)
+        if not fields:
+            self.redis.brpoplpush(key, key, timeout=max(timeout, 0.01))
+            return {}
         pipe = self.redis.pipeline(transaction=False)
         pipe.brpoplpush(key, key, timeout=max(timeout, 0.01))
         pipe.hmget(self.keys.job(job_id), fields)
