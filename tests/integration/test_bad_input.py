@@ -36,12 +36,7 @@ def svc(redis_url):
 
 
 # ------------------------------------------------------------------------------ circuits
-def bell() -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return qc
+from tests.support.faults import bell_circuit as bell  # noqa: E402  (one Bell circuit for all tests)
 
 
 def bell_unmeasured() -> QuantumCircuit:

@@ -321,7 +321,7 @@ class _Gadget:
 
 
 def test_pickle_message_is_refused(hc, worker, tmp_path):
-    """(h) A pickle-serialized task (what `task_serializer='pickle'` would send) is refused:
+    """(h) A pickle-serialized task (what a pickle task serializer would send) is refused:
     the gadget in it is never unpickled, the job it names never runs."""
     marker = tmp_path / "pwned"
     jid = plant_job(hc.store, payload=bell_payload(), push=False)

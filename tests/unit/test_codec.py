@@ -24,12 +24,7 @@ from session_broker.errors import InvalidInputError, InvalidPayloadError, Payloa
 MAX = 1 << 20
 
 
-def bell() -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return qc
+from tests.support.faults import bell_circuit as bell  # noqa: E402  (one Bell circuit for all tests)
 
 
 def ansatz(measure: bool = False) -> QuantumCircuit:

@@ -119,12 +119,7 @@ def rich_circuit() -> QuantumCircuit:
     return qc
 
 
-def bell() -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return qc
+from tests.support.faults import bell_circuit as bell  # noqa: E402  (one Bell circuit for all tests)
 
 
 def ansatz() -> QuantumCircuit:
