@@ -8,6 +8,12 @@ The public API, re-exported from its modules; change the import line of IBM code
 
 from session_broker.backends import BrokerBackend
 from session_broker.errors import (
+    IBMError,
+    IBMInputValueError,
+    IBMNotAuthorizedError,
+    IBMRuntimeError,
+    JobError,
+    RuntimeProgramNotFound,
     BackendMismatchError,
     BrokerConnectionError,
     CircuitTooWideError,
@@ -37,19 +43,13 @@ from session_broker.errors import (
     WorkerLostError,
 )
 from session_broker.job import RuntimeJob, RuntimeJobV2
-from session_broker.primitives import (
-    Estimator,
-    EstimatorOptions,
-    EstimatorResult,
-    EstimatorV2,
-    Options,
-    Sampler,
-    SamplerOptions,
-    SamplerResult,
-    SamplerV2,
-)
+from session_broker.options import EstimatorOptions, Options, OptionsV2, SamplerOptions
+from session_broker.primitives import Estimator, EstimatorV2, Sampler, SamplerV2
+from session_broker.results import EstimatorResult, SamplerResult
 from session_broker.service import QiskitRuntimeService
 from session_broker.session import Batch, Session
+from qiskit_ibm_runtime import RuntimeDecoder, RuntimeEncoder  # results as IBM writes them
+from session_broker import batch, exceptions, fake_provider, options, session  # noqa: F401
 
-__all__ = [name for name in dir() if not name.startswith("_") and name[0].isupper()]
+__all__ = sorted(name for name in dir() if not name.startswith("_") and name[0].isupper())
 __version__ = "0.1.0"

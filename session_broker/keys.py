@@ -680,3 +680,15 @@ for node, _ in pairs((function() local t = {}; local f = redis.call('HGETALL', P
 end
 return dead
 """
+
+# ARGV: P, jid, tags (JSON list of strings) -> 'ok' | 'not_found'
+# A job's tags live in its summary (written at submit); IBM's job.update_tags() replaces them.
+UPDATE_TAGS = PRELUDE + r"""
+local j = jk(ARGV[2])
+local summary = redis.call('HGET', j, 'summary')
+if not summary then return 'not_found' end
+local decoded = cjson.decode(summary)
+decoded['tags'] = cjson.decode(ARGV[3])
+redis.call('HSET', j, 'summary', cjson.encode(decoded))
+return 'ok'
+"""

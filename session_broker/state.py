@@ -130,6 +130,7 @@ class Store:
         self._reap = reg(K.REAP_WORKER)
         self._dead = reg(K.DEAD_WORKERS)
         self._rescue = reg(K.RESCUE_UNACKED)
+        self._update_tags = reg(K.UPDATE_TAGS)
 
     @property
     def p(self) -> str:
@@ -226,6 +227,22 @@ class Store:
     def job_lost(self, job_id: str, node: str, code: str, message: str) -> str:
         """The process running a job died: queue it again, or end it (poison, time limit)."""
         return self._job_lost(args=[self.p, job_id, node, self.settings.max_attempts, code, message])
+
+    def queue_length(self, backend: str) -> int:
+        """Jobs waiting in a backend's shared queue plus sessions waiting for one of its workers."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self.keys.queue_keys(self.keys.backend_queue(backend))[:4]:
+            pipe.llen(key)
+        pipe.llen(self.keys.waiting(backend))
+        return sum(pipe.execute())
+
+    def usage_seconds(self) -> float:
+        """Seconds every job ever ran on a worker (the execution histogram's sum)."""
+        return float(self.redis.hget(self.keys.histogram("execution"), "sum") or 0.0)
+
+    def update_tags(self, job_id: str, tags: list[str]) -> str:
+        """Replace a job's tags (``job.update_tags``): 'ok' or 'not_found'."""
+        return self._update_tags(args=[self.p, job_id, json.dumps(tags)])
 
     def cancel_job(self, job_id: str) -> str:
         """QUEUED -> CANCELLED (its message is taken off the queue). A running job finishes."""

@@ -56,7 +56,7 @@ def test_sampler_v2_matches_direct_aer_exactly_with_a_seed(c, bell):
     creg_qc.x(2)
     creg_qc.measure([0, 1], alpha)
     creg_qc.measure([2], beta)
-    sampler = SamplerV2(mode=c.service.backend("ibmq_qasm_simulator"), options={"seed_simulator": 7})
+    sampler = SamplerV2(mode=c.service.backend("ibmq_qasm_simulator"), options={"simulator": {"seed_simulator": 7}})
     result = sampler.run([qc, (creg_qc, None, 500)], shots=1000).result(timeout=60)
     direct = AerSampler(seed=7).run([qc, (creg_qc, None, 500)], shots=1000).result()
     assert isinstance(result, PrimitiveResult) and isinstance(result[0], SamplerPubResult)
@@ -81,11 +81,15 @@ def test_estimator_v2_broadcasting_matches_direct(c):
     obs = [[SparsePauliOp("ZZ")], [SparsePauliOp.from_list([("XI", 0.5), ("IY", 2.0)])]]  # shape (2, 1)
     values = np.random.default_rng(2).uniform(0, np.pi, (1, 5, 2))  # shape (1, 5)
     pub = (qc, obs, values)
-    result = EstimatorV2(mode="ibmq_qasm_simulator").run([pub]).result(timeout=60)
+    # precision=0 asks for exact values (IBM's default is 1/64, checked below)
+    result = EstimatorV2(mode="ibmq_qasm_simulator").run([pub], precision=0).result(timeout=60)
     direct = AerEstimator().run([pub]).result()
     assert result[0].data.evs.shape == (2, 5)
     np.testing.assert_allclose(result[0].data.evs, direct[0].data.evs, atol=1e-9)
     np.testing.assert_allclose(result[0].data.stds, 0.0)
+    default = EstimatorV2(mode="ibmq_qasm_simulator").run([pub]).result(timeout=60)
+    np.testing.assert_allclose(default[0].data.stds, 1 / 64)
+    assert default[0].metadata["target_precision"] == 1 / 64 and default[0].metadata["shots"] == 4096
 
 
 def test_estimator_v2_precision_gives_noisy_estimates(c):
@@ -101,7 +105,7 @@ def test_estimator_v2_precision_gives_noisy_estimates(c):
 def test_noisy_device_sampler_matches_direct_from_backend(c, bell):
     backend = c.service.backend("ibm_manila")
     isa = generate_preset_pass_manager(backend=backend, optimization_level=1, seed_transpiler=3).run(bell)
-    result = SamplerV2(mode=backend, options={"seed_simulator": 11}).run([isa], shots=4000).result(timeout=90)
+    result = SamplerV2(mode=backend, options={"simulator": {"seed_simulator": 11}}).run([isa], shots=4000).result(timeout=90)
     from qiskit_ibm_runtime.fake_provider import FakeManilaV2
 
     direct = AerSampler.from_backend(AerSimulator.from_backend(FakeManilaV2()), seed=11)
