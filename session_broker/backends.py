@@ -247,7 +247,9 @@ def _fingerprint(name: str) -> str:
 
 
 def _widest_hint(name: str, width: int) -> str:
-    fits = [s for s in CATALOG.values() if s.num_qubits >= width and s.name != name]
+    kind = CATALOG[name].kind   # an ideal circuit is not helped by a noisy device, nor vice versa
+    fits = [s for s in CATALOG.values()
+            if s.num_qubits >= width and s.name != name and s.kind == kind]
     if not fits:
         return "Use a smaller circuit."
     wide = max(fits, key=lambda s: s.num_qubits)

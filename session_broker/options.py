@@ -24,23 +24,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from qiskit_ibm_runtime.options import (  # noqa: F401  (re-exported: IBM code imports them)
-    DynamicalDecouplingOptions,
-    EnvironmentOptions,
-    EstimatorOptions,
-    ExecutionOptionsV2,
-    LayerNoiseLearningOptions,
-    MeasureNoiseLearningOptions,
-    NoiseLearnerOptions,
-    OptionsV2,
-    PecOptions,
-    ResilienceOptionsV2,
-    SamplerExecutionOptionsV2,
-    SamplerOptions,
-    SimulatorOptions,
-    TwirlingOptions,
-    ZneOptions,
-)
 
 from session_broker import backends as catalog
 from session_broker.errors import OptionNotSupportedError
@@ -52,17 +35,29 @@ __all__ = [
     "SamplerOptions", "SimulatorOptions", "TwirlingOptions", "ZneOptions",
 ]
 
+_IBM_NAMES = frozenset(__all__) - {"Options"}
+
+
+def __getattr__(name: str):
+    """IBM's classes, imported on first use: qiskit-ibm-runtime takes about 2 s to import,
+    which the CLI and ``import session_broker`` should not pay before they need it."""
+    if name in _IBM_NAMES:
+        import qiskit_ibm_runtime.options as ibm
+
+        return getattr(ibm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: IBM's documented defaults that apply when an option is not set.
 DEFAULT_SHOTS = 4096
 DEFAULT_PRECISION = 1 / math.sqrt(DEFAULT_SHOTS)  # 0.015625, EstimatorOptions.default_precision
 
-_CLASSES = {"sampler": SamplerOptions, "estimator": EstimatorOptions}
-
-
-def coerce(kind: str, options) -> OptionsV2:
+def coerce(kind: str, options):
     """``options=`` as IBM's primitives take it: None, a dict (merged over the defaults, so
     nested groups may be partial) or an options object of the primitive's class (copied)."""
-    cls = _CLASSES[kind]
+    import qiskit_ibm_runtime.options as ibm
+
+    cls = ibm.SamplerOptions if kind == "sampler" else ibm.EstimatorOptions
     if options is None:
         return cls()
     if isinstance(options, dict):
@@ -80,7 +75,7 @@ def coerce(kind: str, options) -> OptionsV2:
     raise TypeError(f"Invalid 'options' type. It can only be a dictionary of {cls}")
 
 
-def program_inputs(options: OptionsV2) -> tuple[dict, dict]:
+def program_inputs(options) -> tuple[dict, dict]:
     """(IBM's job params less the PUBs, IBM's runtime options) for ``options``."""
     as_dict = asdict(options)
     return type(options)._get_program_inputs(as_dict), type(options)._get_runtime_options(as_dict)
@@ -133,7 +128,7 @@ class Plan:
     no_effect: list = field(default_factory=list)
 
 
-def plan(kind: str, backend: str, options: OptionsV2) -> Plan:
+def plan(kind: str, backend: str, options) -> Plan:
     """Check every option that is set; ``OptionNotSupportedError`` for the first one that a
     simulator cannot honour, naming it and what is supported."""
     inputs, runtime = program_inputs(options)
@@ -202,6 +197,8 @@ def _inert(name: str, set_options: dict) -> bool:
 
 
 def _check_value(name: str, value, supported: str) -> None:
+    if name == "default_shots" and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise OptionNotSupportedError(f"default_shots={value!r} must be a positive int")
     if name == "execution.init_qubits" and value is not True:
         raise OptionNotSupportedError(
             "execution.init_qubits=False is not supported: every simulated shot starts in |0>; "

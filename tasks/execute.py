@@ -68,7 +68,8 @@ def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
     else:
         # IBM: seed_estimator controls the sampling of estimates; else the simulator's seed
         ibm = options.get("ibm", {}).get("options", {})
-        result = _with_ibm_fields(aer_estimator(backend, ibm.get("seed_estimator", seed))._run(pubs))
+        estimator = aer_estimator(backend, ibm.get("seed_estimator", seed))
+        result = _with_ibm_fields(estimator._run([_without_empty_bindings(p) for p in pubs]))
     stopped = datetime.now(timezone.utc)
     ours = {"backend": backend, "resilience_level": options.get("resilience_level", 0)}
     if options.get("resilience_level"):
@@ -78,6 +79,21 @@ def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
     meta = {"execution": {"execution_spans": [_span(started, stopped, result, pubs)]},
             "version": 2, "session_broker": ours}
     return PrimitiveResult(list(result), metadata=meta)
+
+
+def _without_empty_bindings(pub: EstimatorPub) -> EstimatorPub:
+    """Aer's estimator fails ("Result for experiment 1 could not be found") on a parameterless
+    circuit with shaped empty bindings (``np.zeros((3, 0))``): give it the observables tiled to
+    the PUB's shape instead, which is the same PUB (each element still sampled on its own)."""
+    if pub.circuit.num_parameters or pub.parameter_values.shape == ():
+        return pub
+    obs = pub.observables
+    which = np.broadcast_to(np.arange(obs.size).reshape(obs.shape), pub.shape)
+    flat = obs.reshape(-1)
+    tiled = np.empty(pub.shape, dtype=object)
+    for index in np.ndindex(pub.shape):
+        tiled[index] = flat[int(which[index])]
+    return EstimatorPub(pub.circuit, ObservablesArray(tiled), None, pub.precision)
 
 
 def _span(start: datetime, stop: datetime, result, pubs) -> dict:

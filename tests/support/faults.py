@@ -23,6 +23,19 @@ BACKEND = "ibmq_qasm_simulator"
 
 
 # ------------------------------------------------------------------------------- circuits
+def ansatz():
+    """A two-parameter, two-qubit circuit (ry, rx, cx) for parameter and broadcasting tests."""
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Parameter
+
+    a, b = Parameter("a"), Parameter("b")
+    qc = QuantumCircuit(2)
+    qc.ry(a, 0)
+    qc.rx(b, 1)
+    qc.cx(0, 1)
+    return qc
+
+
 def bell_circuit():
     from qiskit import QuantumCircuit
 
