@@ -96,6 +96,12 @@ class _Primitive:
         return options, {"api": "v2", "tags": tags}
 
 
+def _no_dry_run(dry_run) -> None:
+    if dry_run:
+        raise InvalidInputError("dry_run=True is not available: IBM's dry run returns random "
+                                "mock data from its server; here, run the job itself (a simulator)")
+
+
 # ---------------------------------------------------------------------- V2
 class SamplerV2(_Primitive, BaseSamplerV2):
     """IBM's Sampler V2: PUBs are ``circuit`` or ``(circuit, parameter_values[, shots])``;
@@ -106,7 +112,8 @@ class SamplerV2(_Primitive, BaseSamplerV2):
     def __init__(self, mode=None, options=None):
         self._setup(mode, options)
 
-    def run(self, pubs, *, shots: int | None = None) -> RuntimeJobV2:
+    def run(self, pubs, *, shots: int | None = None, dry_run: bool = False) -> RuntimeJobV2:
+        _no_dry_run(dry_run)
         shots = positive_int(shots, "shots")
         options, summary = self._v2_options()
         default = shots or options["ibm"]["options"].get("default_shots") or opts.DEFAULT_SHOTS
@@ -132,7 +139,8 @@ class EstimatorV2(_Primitive, BaseEstimatorV2):
     def __init__(self, mode=None, options=None):
         self._setup(mode, options)
 
-    def run(self, pubs, *, precision: float | None = None) -> RuntimeJobV2:
+    def run(self, pubs, *, precision: float | None = None, dry_run: bool = False) -> RuntimeJobV2:
+        _no_dry_run(dry_run)
         precision = non_negative(precision, "precision")
         options, summary = self._v2_options()
         set_options = options["ibm"]["options"]
