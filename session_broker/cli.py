@@ -1,8 +1,8 @@
 """``session-broker``: the command line. ``build_parser()`` is the one definition of it.
 
 Commands: ``up`` (the whole stack on one machine), ``worker``, ``flower``, ``web`` (the Jobs
-page and /metrics), ``demo``, ``bench``, and the operator's views (``sessions``,
-``session``, ``jobs``, ``job``, ``workers``). Exit codes: 0 ok, 1 failure, 2 bad usage or
+page and /metrics), ``demo``, ``bench``, the operator's views (``sessions``,
+``session``, ``jobs``, ``job``, ``workers``) and ``acl`` (a tenant's Redis ACL users). Exit codes: 0 ok, 1 failure, 2 bad usage or
 configuration, 3 not found, 4 Redis unreachable.
 """
 
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     workers = sub.add_parser("workers", help="list live workers")
     table_opts(workers)
+
+    acl = sub.add_parser("acl", help="print the Redis ACL users (producer, worker, web) of a tenant")
+    acl.add_argument("tenant", help="the tenant's SESSION_BROKER_KEY_PREFIX")
+    acl.add_argument("--password-file", help="ROLE=PASSWORD lines, mode 0600; missing roles get a "
+                     "random password written there. Only hashes are printed")
+    acl.add_argument("--db", type=int, help="Redis database (default: the one in SESSION_BROKER_URL)")
     return p
 
 
@@ -243,6 +249,23 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
+def cmd_acl(args) -> int:
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    from session_broker.acl import recipe
+    from session_broker.config import get_settings
+
+    db = args.db if args.db is not None else int(urlsplit(get_settings().url).path.lstrip("/") or 0)
+    passwords = None
+    if args.password_file:
+        from session_broker.acl import read_passwords
+
+        passwords = read_passwords(Path(args.password_file))
+    print("\n".join(recipe(args.tenant, db, passwords)))
+    return EXIT_OK
+
+
 def _ops(name):
     def run(args):
         from session_broker import ops
@@ -254,7 +277,7 @@ def _ops(name):
 COMMANDS = {
     "up": cmd_up, "worker": cmd_worker, "flower": cmd_flower, "web": cmd_web, "demo": cmd_demo,
     "bench": cmd_bench, "sessions": _ops("sessions"), "session": _ops("session"),
-    "jobs": _ops("jobs"), "job": _ops("job"), "workers": _ops("workers"),
+    "jobs": _ops("jobs"), "job": _ops("job"), "workers": _ops("workers"), "acl": cmd_acl,
 }
 
 if __name__ == "__main__":
