@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--loglevel", default="WARNING",
                    help="default WARNING: INFO logs two lines per job (Flower and the Jobs page show them)")
 
-    f = sub.add_parser("flower", help="run Flower (authentication required)")
+    f = sub.add_parser("flower", help="run Flower (every page but /healthcheck needs the login)")
     f.add_argument("--address", default="127.0.0.1")
     f.add_argument("--port", type=int, default=5555)
 
@@ -138,10 +138,11 @@ def cmd_flower(args) -> int:
     from session_broker.embedded import FLOWER_COLUMNS, Stack
 
     settings = get_settings()
-    auth = settings.flower_auth or Stack().flower_auth()
-    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "session_broker.celery_app",
-                               "flower", f"--address={args.address}", f"--port={args.port}",
-                               f"--basic-auth={auth}", "--persistent=False", FLOWER_COLUMNS])
+    # the login stays in the environment (flower_login.py): argv is visible to every local user
+    os.environ["SESSION_BROKER_FLOWER_AUTH"] = settings.flower_auth or Stack().flower_auth()
+    os.execvp(sys.executable, [sys.executable, "-m", "session_broker.flower_login",
+                               f"--address={args.address}", f"--port={args.port}",
+                               "--persistent=False", FLOWER_COLUMNS])
 
 
 def cmd_up(args) -> int:
