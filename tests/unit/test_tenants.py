@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,9 @@ def test_recipe_hashes_passwords_and_needs_a_valid_tenant(tmp_path):
         acl.read_passwords(pw_file)
     with pytest.raises(ConfigurationError, match="TENANT='a.x'"):
         acl.recipe("a.x")
+
+
+def test_the_readme_recipe_is_the_tools_output():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = "\n".join("  " + line for line in acl.recipe("acme", 0))
+    assert block in readme, "README's ACL recipe drifted: paste `session-broker acl acme` again"
