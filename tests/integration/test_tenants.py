@@ -239,3 +239,38 @@ def test_a_tenant_cannot_cancel_or_close_anothers_job_or_session(tenants, mine, 
     # ... while the victim's own producer can
     them.open_session.cancel()
     assert admin.hget(them.keys.job(jid), "status") == "CANCELLED"
+
+
+def test_flower_and_the_jobs_page_work_as_the_web_user(tenants, stack):
+    """The web user's rules are enough for Flower (workers via remote control, events, the
+    broker page, metrics) and for the Jobs page; the pages show only the tenant's own work."""
+    import base64
+    import urllib.request
+
+    _, ts = tenants
+    t, other = ts["ax"], ts["a"]
+    login = "ops:" + os.urandom(8).hex()
+    header = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()}
+    flower_port, web_port = free_port(), free_port()
+    flower = stack.start_flower(t.url["web"], flower_port, login, env=t.env)
+    web = stack.start_web(t.url["web"], web_port, login, env=t.env)
+
+    def get(port, path):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=header)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.read().decode()
+        except OSError:
+            return ""
+
+    wait_for(lambda: "ax-worker@test" in get(flower_port, "/api/workers"), 120,
+             "Flower (as the web user) to list the tenant's worker")
+    assert "a-worker@test" not in get(flower_port, "/api/workers")
+    assert t.keys.backend_queue(BACKEND) in get(flower_port, "/broker")
+    wait_for(lambda: "ax-worker@test" in get(flower_port, "/metrics"), 60, "the worker in Flower's metrics")
+    wait_for(lambda: t.job_id in get(web_port, "/"), 60, "the Jobs page (as the web user)")
+    assert other.job_id not in get(web_port, "/")
+    assert "session_broker_jobs_total" in get(web_port, "/metrics")
+    for child in (flower, web):
+        assert child.proc.poll() is None, log_tail(child.log)
+        assert "NOPERM" not in open(child.log).read(), log_tail(child.log)
