@@ -17,7 +17,8 @@ Configuration choices, and why:
   bookkeeping and routing tables, results): tenants on one Redis share nothing kombu keeps,
   and ``acl.py`` can grant each one exactly its own names. Celery has no setting for the
   names of the remote-control mailbox and reply queues (``<node>.celery.pidbox``), hence
-  ``TenantMailbox``.
+  ``TenantMailbox``. Not kombu's ``global_keyprefix``: it would rename the queue lists too,
+  which our Lua scripts push to and measure by their Celery names.
 
 Producers do not call ``apply_async``: ``messages.task_message`` builds the exact kombu
 message, and the submit script pushes it in the same atomic step that records the job.

@@ -1,9 +1,9 @@
 """``session-broker``: the command line. ``build_parser()`` is the one definition of it.
 
 Commands: ``up`` (the whole stack on one machine), ``worker``, ``flower``, ``web`` (the Jobs
-page and /metrics), ``demo``, ``bench``, the operator's views (``sessions``,
-``session``, ``jobs``, ``job``, ``workers``) and ``acl`` (a tenant's Redis ACL users). Exit codes: 0 ok, 1 failure, 2 bad usage or
-configuration, 3 not found, 4 Redis unreachable.
+page and /metrics), ``demo``, ``bench``, the operator's views (``sessions``, ``session``,
+``jobs``, ``job``, ``workers``) and ``acl`` (a tenant's Redis ACL users). Exit codes: 0 ok,
+1 failure, 2 bad usage or configuration, 3 not found, 4 Redis unreachable.
 """
 
 from __future__ import annotations

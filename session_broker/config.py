@@ -30,7 +30,7 @@ class Settings:
     heartbeat_interval: float = 1.0  # a worker refreshes its registry key this often (s)
     heartbeat_misses: int = 3  # ... which expires after this many missed beats
     tick: float = 0.1  # how often a worker's agent looks for work and timers (s)
-    key_prefix: str = "sb"  # every Redis key, queue and channel starts with "<prefix>:" or "<prefix>." (one per tenant)
+    key_prefix: str = "sb"  # every key, queue and channel starts "<prefix>:" or "<prefix>." (a tenant)
     max_payload_bytes: int = 16 * 1024 * 1024  # largest encoded job a client may submit
     visibility_timeout: int = 3600  # kombu redelivers an unacked message after this (s)
     max_attempts: int = 3  # a job that kills its worker is retried this many times in all
@@ -90,7 +90,8 @@ def validate_url(url: str, field: str = "url") -> str:
 def validate_prefix(prefix: str, name: str | None = None) -> str:
     """A tenant's key prefix, checked against ``KEY_PREFIX``; ``name`` is what the error calls it."""
     if not KEY_PREFIX.fullmatch(prefix):
-        raise ConfigurationError(f"{name or env_name('key_prefix')}={prefix!r} is not valid: {KEY_PREFIX_RULE}")
+        name = name or env_name("key_prefix")
+        raise ConfigurationError(f"{name}={prefix!r} is not valid: {KEY_PREFIX_RULE}")
     return prefix
 
 

@@ -7,7 +7,8 @@ therefore start Flower through ``main`` here: the login travels in the environme
 reads ``FLOWER_BASIC_AUTH`` itself; ``/proc/PID/environ`` is readable only by the process's
 owner), and before Flower builds its application every route handler but ``/healthcheck``
 (static files included) is wrapped so that a request without exactly the configured
-``user:password`` gets 401 before Flower's own code runs. ``config`` refuses logins Flower would split (a ``,``) or mangle.
+``user:password`` gets 401 before Flower's own code runs. ``config`` refuses logins Flower
+would split (a ``,``) or mangle.
 """
 
 from __future__ import annotations

@@ -100,8 +100,8 @@ def test_no_tenant_rule_matches_another_tenants_names(mine):
                 assert not _allowed(patterns, name), (mine, other, member, name)
         channels = [c for role in acl.ROLES for c in acl.channel_rules(mine, role, 0)]
         keys = Keys(other)
-        for channel in (keys.channel(0, keys.mailbox_exchange), keys.channel(0, keys.event_exchange, "task.x"),
-                        keys.result("abc")):
+        for channel in (keys.channel(0, keys.mailbox_exchange), keys.result("abc"),
+                        keys.channel(0, keys.event_exchange, "task.x")):
             assert not _allowed(channels, channel), (mine, other, channel)
 
 
