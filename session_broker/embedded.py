@@ -152,9 +152,10 @@ class Stack:
         if configured:
             return configured
         path = self.state_dir / "flower-auth"
-        if not path.exists():
-            path.write_text(f"admin:{secrets.token_urlsafe(12)}")
-            path.chmod(0o600)
+        if not path.exists():  # created 0600: never readable by others, not even for a moment
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"admin:{secrets.token_urlsafe(12)}")
         return path.read_text().strip()
 
     # ------------------------------------------------------------------ stopping
