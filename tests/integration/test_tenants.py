@@ -266,7 +266,8 @@ def test_flower_and_the_jobs_page_work_as_the_web_user(tenants, stack):
     wait_for(lambda: "ax-worker@test" in get(flower_port, "/api/workers"), 120,
              "Flower (as the web user) to list the tenant's worker")
     assert "a-worker@test" not in get(flower_port, "/api/workers")
-    assert t.keys.backend_queue(BACKEND) in get(flower_port, "/broker")
+    wait_for(lambda: t.keys.backend_queue(BACKEND) in get(flower_port, "/broker"), 60,
+             "Flower's broker page to list the tenant's queue (once its inspector has asked)")
     wait_for(lambda: "ax-worker@test" in get(flower_port, "/metrics"), 60, "the worker in Flower's metrics")
     wait_for(lambda: t.job_id in get(web_port, "/"), 60, "the Jobs page (as the web user)")
     assert other.job_id not in get(web_port, "/")
