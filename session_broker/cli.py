@@ -1,9 +1,9 @@
 """``session-broker``: the command line. ``build_parser()`` is the one definition of it.
 
 Commands: ``up`` (the whole stack on one machine), ``worker``, ``flower``, ``web`` (the Jobs
-page and /metrics), ``demo``, ``bench``, and the operator's views (``sessions``,
-``session``, ``jobs``, ``job``, ``workers``). Exit codes: 0 ok, 1 failure, 2 bad usage or
-configuration, 3 not found, 4 Redis unreachable.
+page and /metrics), ``demo``, ``bench``, the operator's views (``sessions``, ``session``,
+``jobs``, ``job``, ``workers``) and ``acl`` (a tenant's Redis ACL users). Exit codes: 0 ok,
+1 failure, 2 bad usage or configuration, 3 not found, 4 Redis unreachable.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--loglevel", default="WARNING",
                    help="default WARNING: INFO logs two lines per job (Flower and the Jobs page show them)")
 
-    f = sub.add_parser("flower", help="run Flower (authentication required)")
+    f = sub.add_parser("flower", help="run Flower (every page but /healthcheck needs the login)")
     f.add_argument("--address", default="127.0.0.1")
     f.add_argument("--port", type=int, default=5555)
 
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     workers = sub.add_parser("workers", help="list live workers")
     table_opts(workers)
+
+    acl = sub.add_parser("acl", help="print the Redis ACL users (producer, worker, web) of a tenant")
+    acl.add_argument("tenant", help="the tenant's SESSION_BROKER_KEY_PREFIX")
+    acl.add_argument("--password-file", help="ROLE=PASSWORD lines, mode 0600; missing roles get a "
+                     "random password written there. Only hashes are printed")
+    acl.add_argument("--db", type=int, help="Redis database (default: the one in SESSION_BROKER_URL)")
     return p
 
 
@@ -132,10 +138,11 @@ def cmd_flower(args) -> int:
     from session_broker.embedded import FLOWER_COLUMNS, Stack
 
     settings = get_settings()
-    auth = settings.flower_auth or Stack().flower_auth()
-    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "session_broker.celery_app",
-                               "flower", f"--address={args.address}", f"--port={args.port}",
-                               f"--basic-auth={auth}", "--persistent=False", FLOWER_COLUMNS])
+    # the login stays in the environment (flower_login.py): argv is visible to every local user
+    os.environ["SESSION_BROKER_FLOWER_AUTH"] = settings.flower_auth or Stack().flower_auth()
+    os.execvp(sys.executable, [sys.executable, "-m", "session_broker.flower_login",
+                               f"--address={args.address}", f"--port={args.port}",
+                               "--persistent=False", FLOWER_COLUMNS])
 
 
 def cmd_up(args) -> int:
@@ -243,6 +250,23 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
+def cmd_acl(args) -> int:
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    from session_broker.acl import recipe
+    from session_broker.config import get_settings
+
+    db = args.db if args.db is not None else int(urlsplit(get_settings().url).path.lstrip("/") or 0)
+    passwords = None
+    if args.password_file:
+        from session_broker.acl import read_passwords
+
+        passwords = read_passwords(Path(args.password_file))
+    print("\n".join(recipe(args.tenant, db, passwords)))
+    return EXIT_OK
+
+
 def _ops(name):
     def run(args):
         from session_broker import ops
@@ -254,7 +278,7 @@ def _ops(name):
 COMMANDS = {
     "up": cmd_up, "worker": cmd_worker, "flower": cmd_flower, "web": cmd_web, "demo": cmd_demo,
     "bench": cmd_bench, "sessions": _ops("sessions"), "session": _ops("session"),
-    "jobs": _ops("jobs"), "job": _ops("job"), "workers": _ops("workers"),
+    "jobs": _ops("jobs"), "job": _ops("job"), "workers": _ops("workers"), "acl": cmd_acl,
 }
 
 if __name__ == "__main__":

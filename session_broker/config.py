@@ -8,6 +8,7 @@ the variable, the value and what is allowed, rather than surfacing later as a hu
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -29,7 +30,7 @@ class Settings:
     heartbeat_interval: float = 1.0  # a worker refreshes its registry key this often (s)
     heartbeat_misses: int = 3  # ... which expires after this many missed beats
     tick: float = 0.1  # how often a worker's agent looks for work and timers (s)
-    key_prefix: str = "sb"  # every Redis key we own starts with "<prefix>:" (tenant separation)
+    key_prefix: str = "sb"  # every key, queue and channel starts "<prefix>:" or "<prefix>." (a tenant)
     max_payload_bytes: int = 16 * 1024 * 1024  # largest encoded job a client may submit
     visibility_timeout: int = 3600  # kombu redelivers an unacked message after this (s)
     max_attempts: int = 3  # a job that kills its worker is retried this many times in all
@@ -41,6 +42,20 @@ class Settings:
         """Seconds after a worker's last beat at which it counts as dead."""
         return self.heartbeat_interval * self.heartbeat_misses
 
+
+# A prefix has no "." or ":": every name we derive is the prefix then one of those two, so
+# the first "." or ":" ends the prefix and no tenant's names can start with another's
+# ("a" and "a.x" would collide: the ACL rule "~a.*" also matches "a.x.session.1").
+KEY_PREFIX = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+KEY_PREFIX_RULE = ("1 to 32 characters: lower-case letters, digits, '_' or '-', starting with a "
+                   "letter or digit (no '.' or ':', so that no tenant's prefix can begin another's keys)")
+# Flower compares "user:password" with each entry of a comma-separated list, and HTTP basic
+# auth ends the user at the first ":": a "," anywhere, a ":" in the user, or a space (often
+# lost on the way through shells and .env files) would split or change the login.
+FLOWER_USER = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+FLOWER_PASSWORD = re.compile(r"[!-+\--~]{1,256}")  # printable ASCII without space and ","
+FLOWER_AUTH_RULE = ("user:password, the user 1-64 of A-Z a-z 0-9 . _ @ -, the password 1-256 "
+                    "printable ASCII characters without spaces or ','")
 
 _POSITIVE_INT = {"max_time", "interactive_timeout", "open_session_timeout", "result_ttl",
                  "max_payload_bytes", "visibility_timeout", "max_attempts", "heartbeat_misses"}
@@ -72,6 +87,14 @@ def validate_url(url: str, field: str = "url") -> str:
     return url
 
 
+def validate_prefix(prefix: str, name: str | None = None) -> str:
+    """A tenant's key prefix, checked against ``KEY_PREFIX``; ``name`` is what the error calls it."""
+    if not KEY_PREFIX.fullmatch(prefix):
+        name = name or env_name("key_prefix")
+        raise ConfigurationError(f"{name}={prefix!r} is not valid: {KEY_PREFIX_RULE}")
+    return prefix
+
+
 def _coerce(field: str, raw: str):
     if field in _POSITIVE_INT:
         try:
@@ -96,12 +119,13 @@ def _coerce(field: str, raw: str):
     if field == "url":
         return validate_url(raw)
     if field == "key_prefix":
-        if not raw or not all(c.isalnum() or c in "-_." for c in raw):
-            raise _bad(field, raw, "letters, digits, '-', '_' or '.', not empty")
-        return raw
+        return validate_prefix(raw)
     if field == "flower_auth":
-        if raw and (":" not in raw or raw.startswith(":") or raw.endswith(":")):
-            raise _bad(field, raw, "user:password")
+        if raw:
+            user, _, password = raw.partition(":")
+            if not (FLOWER_USER.fullmatch(user) and FLOWER_PASSWORD.fullmatch(password)):
+                # never echo the value: it is a password
+                raise ConfigurationError(f"{env_name(field)} is not valid: {FLOWER_AUTH_RULE}")
         return raw
     return raw
 

@@ -132,10 +132,11 @@ class Stack:
         return self.spawn(f"worker-{name or backend}", argv, {"SESSION_BROKER_URL": url, **(env or {})})
 
     def start_flower(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
-        argv = [sys.executable, "-m", "celery", "-A", "session_broker.celery_app", "flower",
-                "--address=127.0.0.1", f"--port={port}", f"--basic-auth={auth}",
-                "--purge_offline_workers=10", "--persistent=False", FLOWER_COLUMNS]
-        return self.spawn("flower", argv, {"SESSION_BROKER_URL": url, **(env or {})})
+        # the login goes in the environment, never in argv (ps shows argv to every user)
+        argv = [sys.executable, "-m", "session_broker.flower_login", "--address=127.0.0.1",
+                f"--port={port}", "--purge_offline_workers=10", "--persistent=False", FLOWER_COLUMNS]
+        return self.spawn("flower", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth,
+                                           **(env or {})})
 
     def start_web(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
         argv = [sys.executable, "-m", "session_broker.cli", "web", "--address", "127.0.0.1",
@@ -145,13 +146,16 @@ class Stack:
 
     def flower_auth(self) -> str:
         """``user:password`` for Flower and the Jobs page: the setting, or one generated once."""
-        configured = os.environ.get("SESSION_BROKER_FLOWER_AUTH")
+        from session_broker.config import load_settings
+
+        configured = load_settings().flower_auth  # validated: nothing Flower would split
         if configured:
             return configured
         path = self.state_dir / "flower-auth"
-        if not path.exists():
-            path.write_text(f"admin:{secrets.token_urlsafe(12)}")
-            path.chmod(0o600)
+        if not path.exists():  # created 0600: never readable by others, not even for a moment
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"admin:{secrets.token_urlsafe(12)}")
         return path.read_text().strip()
 
     # ------------------------------------------------------------------ stopping

@@ -87,6 +87,9 @@ def envelope_problem(message) -> str | None:
 
 
 class Channel(kombu_redis.Channel):
+    # kombu keeps one expiry index of routing tables for everyone; celery_app names ours
+    from_transport_options = kombu_redis.Channel.from_transport_options + ("keyprefix_binding_deadlines",)
+
     def _brpop_read(self, **options):
         try:
             return super()._brpop_read(**options)
@@ -98,10 +101,11 @@ class Channel(kombu_redis.Channel):
 
     def _dead_letter(self, raw, why: str) -> None:
         from session_broker.config import get_settings
+        from session_broker.keys import Keys
 
         log.error("refused a message that is not a well-formed task message: %s", why)
         try:
-            key = f"{get_settings().key_prefix}:dead"
+            key = Keys(get_settings().key_prefix).dead
             text = json.dumps({"why": why, "message": raw}, default=repr)[:65536]
             with self.conn_or_acquire() as client:
                 client.lpush(key, text)
