@@ -26,17 +26,22 @@ message, and the submit script pushes it in the same atomic step that records th
 
 from __future__ import annotations
 
+import functools
+
 from celery import Celery
+from celery.worker import consumer as celery_consumer
 from celery.app.control import Control
 from kombu import Queue, pidbox
 from kombu.transport import TRANSPORT_ALIASES
 
+from session_broker import sentinel
 from session_broker.config import Settings, get_settings
 from session_broker.keys import Keys
 from session_broker.state import split_tls_options
 
 # kombu's Redis transport, hardened against malformed envelopes (see transport.py)
 TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = "session_broker.transport:Transport"
+TRANSPORT_ALIASES["sentinel"] = "session_broker.transport:SentinelTransport"
 
 
 class TenantMailbox(pidbox.Mailbox):
@@ -60,14 +65,32 @@ class TenantMailbox(pidbox.Mailbox):
                            self.reply_queue_expires, self.reply_queue_ttl, routing_key=self.oid)
 
 
+class Consumer(celery_consumer.Consumer):
+    """Celery's worker consumer, reconnecting to the broker within 2 s of its return.
+
+    kombu retries a lost broker at 2, 6, 12, 20, 30 s... (hard-coded defaults): after a
+    Sentinel failover (a new master within seconds) or a Redis restart a worker sat idle up
+    to half a minute longer than the outage. Here every retry is at most 2 s apart.
+    """
+
+    def ensure_connected(self, conn):
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection, interval_start=0.25, interval_step=0.5, interval_max=2)
+        return super().ensure_connected(conn)
+
+
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     url, tls = split_tls_options(settings.url)
+    high_availability = {}   # Sentinel: kombu's and Celery's own sentinel support, our channel
+    if sentinel.is_sentinel(settings.url):
+        url, high_availability = sentinel.kombu_url(settings.url), sentinel.kombu_options(settings.url)
     keys = Keys(settings.key_prefix)
     mailbox = type("TenantMailbox", (TenantMailbox,), {"keys": keys})
     control = type("TenantControl", (Control,), {"Mailbox": mailbox})
     app = Celery("session_broker", broker=url, backend=url, set_as_current=True, control=control)
     transport = {
+        **high_availability,
         # kombu's bookkeeping and pub/sub channels under the tenant's prefix (see keys.py)
         "unacked_key": keys.unacked,
         "unacked_index_key": keys.unacked_index,
@@ -108,11 +131,13 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_channel_error_retry=True,
         broker_transport_options=transport,
         result_backend_transport_options={"retry_policy": {"max_retries": 20},
-                                          "global_keyprefix": keys.result_prefix},
+                                          "global_keyprefix": keys.result_prefix,
+                                          **high_availability},
         redis_backend_health_check_interval=5,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_enable_remote_control=True,
+        worker_consumer="session_broker.celery_app:Consumer",
         imports=["tasks.primitives", "tasks.worker"],
         timezone="UTC",
     )

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--web-port", type=int, default=5556)
     up.add_argument("--no-flower", action="store_true")
     up.add_argument("--no-web", action="store_true")
+    up.add_argument("--ha", action="store_true",
+                    help="start a Sentinel-managed Redis (master, replica, three Sentinels) instead of one Redis")
     up.add_argument("--state-dir", default=".sb-state", help="logs and embedded Redis data (default .sb-state)")
 
     w = sub.add_parser("worker", help="start a worker serving one backend")
@@ -162,7 +164,7 @@ def cmd_up(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         url = start_stack(stack, names, args.workers, None if args.no_flower else args.flower_port,
-                          None if args.no_web else args.web_port, say=print)
+                          None if args.no_web else args.web_port, say=print, ha=args.ha)
         print(f"\nready. Producers use:  export SESSION_BROKER_URL={url}")
         print("Ctrl-C stops everything.", flush=True)
         while not stopping["now"]:
@@ -180,13 +182,24 @@ def cmd_up(args) -> int:
 
 
 def start_stack(stack, backend_names: list[str], workers: int, flower_port: int | None,
-                web_port: int | None, say=print) -> str:
+                web_port: int | None, say=print, ha: bool = False) -> str:
     """Bring up the parts in order, printing the state of each. Returns the Redis URL."""
     from session_broker.config import DEFAULT_URL, get_settings
     from session_broker.embedded import redis_answers, wait_for
     from session_broker.state import Store, redact
 
-    if os.environ.get("SESSION_BROKER_URL"):
+    if ha:
+        import secrets
+
+        say("[redis ] starting a master, a replica and three Sentinels (quorum 2) on loopback")
+        url = stack.start_ha(password=secrets.token_urlsafe(16)).url
+        # an acknowledged submit or result must reach the replica before the call returns
+        os.environ.setdefault("SESSION_BROKER_WAIT_REPLICAS", "1")
+        os.environ.setdefault("SESSION_BROKER_WAIT_TIMEOUT_MS", "100")
+        get_settings.cache_clear()
+        say(f"[redis ] Sentinel-managed, data in {stack.state_dir}; producers also set "
+            f"SESSION_BROKER_WAIT_REPLICAS={os.environ['SESSION_BROKER_WAIT_REPLICAS']}")
+    elif os.environ.get("SESSION_BROKER_URL"):
         url = get_settings().url
         say(f"[redis ] using SESSION_BROKER_URL={redact(url)}")
     elif redis_answers(DEFAULT_URL):

@@ -134,3 +134,21 @@ class Transport(kombu_redis.Transport):
                     break
             return
         return super()._deliver(message, queue)
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """Our channel (envelope checks, the tenant's bookkeeping keys) on kombu's Sentinel
+    pool: every command goes to the master the Sentinels name, found again after a failover."""
+
+    from_transport_options = tuple(dict.fromkeys(
+        Channel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options))
+
+
+class SentinelTransport(Transport):
+    """``sentinel://`` URLs (see ``session_broker.sentinel``): ``Transport`` with kombu's
+    Sentinel connection handling."""
+
+    Channel = SentinelChannel
+    default_port = 26379
+    driver_type = kombu_redis.SentinelTransport.driver_type
+    driver_name = kombu_redis.SentinelTransport.driver_name
