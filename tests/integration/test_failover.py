@@ -18,7 +18,7 @@ import pytest
 from session_broker import SamplerV2, EstimatorV2, Session
 from session_broker.embedded import wait_for
 from tests.conftest import make_cluster
-from tests.support.faults import SlowEstimatorJob, bell_circuit
+from tests.support.faults import SlowEstimatorJob, bell_circuit, read_until_ready
 
 BACKEND = "ibmq_qasm_simulator"
 STALL = 1.0          # a call slower than this counts as part of the outage
@@ -135,15 +135,7 @@ def test_up_ha_starts_a_sentinel_stack_that_runs_jobs(tmp_path):
                            "--no-web", "--state-dir", str(tmp_path / "state")],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        lines, deadline = [], time.monotonic() + 180
-        while time.monotonic() < deadline:
-            line = up.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("ready."):
-                break
-        out = "".join(lines)
+        out = read_until_ready(up)
         assert "three Sentinels" in out and "SESSION_BROKER_WAIT_REPLICAS=1" in out, out
         url = out.split("export SESSION_BROKER_URL=")[1].split()[0]
         assert url.startswith("sentinel://") and "master=mymaster" in url

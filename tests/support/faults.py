@@ -220,3 +220,18 @@ def start_logged_worker(c, name: str, *, backend: str = BACKEND, env: dict | Non
     c.workers[name] = child
     c.wait_registered(name)
     return child
+
+
+def read_until_ready(proc, timeout: float = 180) -> str:
+    """What ``session-broker up`` printed up to its "ready." line (or its exit, or the deadline)."""
+    import time
+
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("ready."):
+            break
+    return "".join(lines)
