@@ -13,7 +13,8 @@ import os
 import sys
 
 import redis
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -73,10 +74,21 @@ def _is_api(path: str) -> bool:
 
 
 def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
-    app = FastAPI(title="session-broker", version="0.1.0",
+    app = FastAPI(title="session-broker", version="0.1.0", docs_url=None, redoc_url=None,
+                  openapi_url=None,
                   description="The Qiskit Runtime REST API over session-broker, the Jobs page and "
                               "Prometheus metrics.")
     app.state.front = Front(store, api, flower_auth)
+    app.add_middleware(BodyLimit, limit=api.max_body_bytes)
+
+    # the API's description is for operators: behind the Jobs page's login like the pages
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_p=Depends(web.pages)):
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(_p=Depends(web.pages)):
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="session-broker API")
 
     @app.get("/healthcheck", response_class=PlainTextResponse, tags=["health"])
     def healthcheck():
@@ -114,7 +126,7 @@ def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         path = request.url.path
-        if _is_api(path) or path in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"):
+        if _is_api(path):
             return error_response(exc.status_code, f"{exc.detail}: {request.method} {path[:100]}",
                                   "not_found" if exc.status_code == 404 else "invalid_request")
         pages = request.app.state.front.pages

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from qiskit_ibm_runtime.utils.json import RuntimeEncoder
+from qiskit_ibm_runtime import RuntimeEncoder
 
 from session_broker import backends as catalog
 from session_broker import codec

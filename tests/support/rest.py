@@ -81,7 +81,8 @@ def client_env(server: ApiServer, recipe: str = "constructor", key: str = KEY) -
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SESSION_BROKER", "QISKIT_IBM", "PYTHONPATH"))}
     env.update({"IAM_URL": server.url, "QISKIT_FUNCTIONS_EXPERIMENTAL": "1",
-                "SB_SERVER": server.url, "SB_KEY": key, "SB_CRN": CRN, "PYTHONWARNINGS": "ignore"})
+                "SB_SERVER": server.url, "SB_KEY": key,
+                "SB_CIRCUITS": str(REPO / "tests" / "support" / "circuits.py"), "SB_CRN": CRN, "PYTHONWARNINGS": "ignore"})
     if recipe == "env":
         env.update({"QISKIT_IBM_TOKEN": key, "QISKIT_IBM_INSTANCE": CRN,
                     "QISKIT_IBM_URL": f"{server.url}/experimental/api/v1"})
@@ -111,20 +112,13 @@ def bell():
     return qc
 
 def slow_pub(backend, seconds, qubits=14):
-    """An Estimator PUB that takes roughly ``seconds`` on a worker (~10 ms a binding)."""
-    import numpy as np
-    from qiskit.circuit import Parameter
-    theta = Parameter("t")
-    qc = QuantumCircuit(qubits)
-    for _ in range(4):
-        for q in range(qubits):
-            qc.ry(theta, q)
-        for q in range(qubits - 1):
-            qc.cx(q, q + 1)
+    """tests/support/circuits.py's slow PUB, transpiled for the client's backend."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("circuits", os.environ["SB_CIRCUITS"])
+    circuits = importlib.util.module_from_spec(spec); spec.loader.exec_module(circuits)
+    qc, obs, values = circuits.slow_pub(seconds, qubits)
     isa = generate_preset_pass_manager(optimization_level=1, backend=backend).run(qc)
-    n = max(1, int(seconds * 100))
-    obs = SparsePauliOp("Z" * qubits).apply_layout(isa.layout)
-    return (isa, obs, np.linspace(0, 1, n).reshape(n, 1))
+    return (isa, obs.apply_layout(isa.layout), values)
 '''
 
 
