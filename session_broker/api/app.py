@@ -95,10 +95,10 @@ def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
         """No login: load balancers and ``session-broker up`` poll it."""
         return "OK"
 
-    app.include_router(identity.router)
-    app.include_router(runtime.router, prefix="/api/v1")
-    app.include_router(runtime.router, prefix="/experimental/api/v1", include_in_schema=False)
-    app.include_router(web.router)
+    app.state.included = [("", identity.router), ("/api/v1", runtime.router),
+                          ("/experimental/api/v1", runtime.router), ("", web.router)]
+    for prefix, router in app.state.included:
+        app.include_router(router, prefix=prefix, include_in_schema=prefix != "/experimental/api/v1")
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError):
@@ -140,6 +140,16 @@ def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
         return error_response(503, "Redis did not answer; try again", "redis_unavailable")
 
     return app
+
+
+def route_table(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every route the app serves (the login test walks them all)."""
+    from fastapi.routing import APIRoute
+
+    out = [(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods]
+    for prefix, router in app.state.included:
+        out += [(m, prefix + r.path) for r in router.routes if isinstance(r, APIRoute) for m in r.methods]
+    return sorted(set(out))
 
 
 def recipe(url: str, instance: str, key: str = "<your API key>") -> list[str]:

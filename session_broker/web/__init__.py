@@ -75,7 +75,7 @@ class Pages:
             return False
         return hmac.compare_digest(given, self.expected)
 
-    def render(self, name: str, status: int = 200, **kwargs) -> HTMLResponse:
+    def render(self, name: str, http_status: int = 200, **kwargs) -> HTMLResponse:
         ns = dict(css=self.css, dur=ops.fmt_duration, ts=ops.fmt_time_iso, short_ts=_short_ts,
                   show=_show, badge=_badge, refresh=None, title="session-broker", now=None)
         ns.update(kwargs)
@@ -87,10 +87,10 @@ class Pages:
                 return loader.load(sub).generate(**{**ns, **more, "_tt_modules": Modules})
 
         body = loader.load(name).generate(**ns, _tt_modules=Modules)
-        return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+        return HTMLResponse(body, status_code=http_status, headers=SECURITY_HEADERS)
 
     def fail(self, status: int, message: str) -> HTMLResponse:
-        return self.render("error.html", status=status, message=message,
+        return self.render("error.html", http_status=status, status=status, message=message,
                            refresh=REFRESH_S if status == 503 else None,
                            title=f"{status} · session-broker")
 

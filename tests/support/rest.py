@@ -65,7 +65,7 @@ class ApiServer:
 
     def log(self) -> str:
         try:
-            return Path(self.child.log).read_text()[-4000:]
+            return Path(self.child.log).read_text()[-200_000:]
         except (OSError, AttributeError, TypeError):
             return ""
 
@@ -132,7 +132,7 @@ def run_client(server: ApiServer, body: str, recipe: str = "constructor", key: s
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise AssertionError(f"client exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
-                             f"stderr:\n{proc.stderr[-5000:]}\nserver log:\n{server.log()}")
+                             f"stderr:\n{proc.stderr[-5000:]}\nserver log:\n{server.log()[-4000:]}")
     return json.loads(lines[-1][len("RESULT "):])
 
 
