@@ -53,6 +53,17 @@ class Ctx:
         self.store = self.service._store
 
 
+async def runtime_ctx(request: Request) -> Ctx:
+    """The check as an ``async`` dependency: it does no blocking I/O once the secret is
+    known, and FastAPI would run a plain one in the thread pool (one more hop per request)."""
+    front = request.app.state.front
+    if front.authority._secret is None:  # first request only: the secret comes from Redis
+        import anyio
+
+        await anyio.to_thread.run_sync(front.authority.secret)
+    return Ctx(request)
+
+
 def broker_errors(fn):
     """Our typed errors (raised before anything is queued) -> 4xx."""
     import functools
@@ -72,7 +83,7 @@ router = APIRouter()
 # ---------------------------------------------------------------------- backends, usage
 @router.get("/backends", tags=["backends"])
 @broker_errors
-def list_backends(ctx: Ctx = Depends(), include_mocks: bool = False):
+def list_backends(ctx: Ctx = Depends(runtime_ctx), include_mocks: bool = False):
     return devices.listing(ctx.store)
 
 
@@ -84,23 +95,23 @@ def _known(name: str) -> str:
 
 
 @router.get("/backends/{name}/configuration", tags=["backends"])
-def backend_configuration(name: str, ctx: Ctx = Depends()):
+def backend_configuration(name: str, ctx: Ctx = Depends(runtime_ctx)):
     return devices.configuration(_known(name))
 
 
 @router.get("/backends/{name}/properties", tags=["backends"])
-def backend_properties(name: str, ctx: Ctx = Depends()):
+def backend_properties(name: str, ctx: Ctx = Depends(runtime_ctx)):
     return devices.properties(_known(name))
 
 
 @router.get("/backends/{name}/status", tags=["backends"])
 @broker_errors
-def backend_status(name: str, ctx: Ctx = Depends()):
+def backend_status(name: str, ctx: Ctx = Depends(runtime_ctx)):
     return devices.status(ctx.store, _known(name))
 
 
 @router.get("/instances/usage", tags=["instances"])
-def instance_usage(ctx: Ctx = Depends()):
+def instance_usage(ctx: Ctx = Depends(runtime_ctx)):
     used = float(ctx.store.redis.hget(ctx.store.keys.counts, "usage_seconds") or 0.0)
     return {"instance_id": ctx.front.api.instance, "plan_id": "session-broker",
             "usage_consumed_seconds": used, "usage_limit_seconds": None,
@@ -121,7 +132,7 @@ def reader_id(value: str) -> bool:
 
 @router.post("/sessions", tags=["sessions"])
 @broker_errors
-def create_session(body: SessionCreate, ctx: Ctx = Depends()):
+def create_session(body: SessionCreate, ctx: Ctx = Depends(runtime_ctx)):
     _known(body.backend)
     kind = Session if body.mode == "dedicated" else Batch
     session = kind(service=ctx.service, backend=body.backend, max_time=body.max_ttl)
@@ -145,13 +156,13 @@ def _session_view(session: Session) -> dict:
 
 @router.get("/sessions/{sid}", tags=["sessions"])
 @broker_errors
-def get_session(sid: str, ctx: Ctx = Depends()):
+def get_session(sid: str, ctx: Ctx = Depends(runtime_ctx)):
     return _session_view(_session(ctx, sid))
 
 
 @router.patch("/sessions/{sid}", status_code=204, tags=["sessions"])
 @broker_errors
-def update_session(sid: str, body: SessionUpdate, ctx: Ctx = Depends()):
+def update_session(sid: str, body: SessionUpdate, ctx: Ctx = Depends(runtime_ctx)):
     """``accepting_jobs: false`` = our ``close()``: queued and running jobs still finish."""
     if body.accepting_jobs:
         raise ApiError(400, "a session can only stop accepting jobs (accepting_jobs: false)")
@@ -161,7 +172,7 @@ def update_session(sid: str, body: SessionUpdate, ctx: Ctx = Depends()):
 
 @router.delete("/sessions/{sid}/close", status_code=204, tags=["sessions"])
 @broker_errors
-def cancel_session(sid: str, ctx: Ctx = Depends()):
+def cancel_session(sid: str, ctx: Ctx = Depends(runtime_ctx)):
     """IBM's ``close`` route is the client's ``cancel()``: queued jobs are cancelled."""
     _session(ctx, sid).cancel()
     return Response(status_code=204)
@@ -169,7 +180,7 @@ def cancel_session(sid: str, ctx: Ctx = Depends()):
 
 # ---------------------------------------------------------------------- jobs: submit
 @router.post("/jobs", tags=["jobs"])
-def create_job(body: JobCreate, ctx: Ctx = Depends()):
+def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
     primitive_cls = PROGRAMS.get(body.program_id)
     if primitive_cls is None:
         raise ApiError(400, f"program {body.program_id[:64]!r} is not served here; programs: "
@@ -247,12 +258,12 @@ def job_view(jid: str, rec: dict) -> dict:
 
 
 @router.get("/jobs/{jid}", tags=["jobs"])
-def get_job(jid: str, ctx: Ctx = Depends(), exclude_params: bool = True):
+def get_job(jid: str, ctx: Ctx = Depends(runtime_ctx), exclude_params: bool = True):
     return job_view(jid, _record(ctx, jid, hold=True))
 
 
 @router.get("/jobs/{jid}/results", tags=["jobs"])
-def job_results(jid: str, ctx: Ctx = Depends()):
+def job_results(jid: str, ctx: Ctx = Depends(runtime_ctx)):
     rec = _record(ctx, jid)
     status = rec["status"]
     if status in ("ERROR", "CANCELLED"):
@@ -268,7 +279,7 @@ def job_results(jid: str, ctx: Ctx = Depends()):
 
 
 @router.get("/jobs/{jid}/metrics", tags=["jobs"])
-def job_metrics(jid: str, ctx: Ctx = Depends()):
+def job_metrics(jid: str, ctx: Ctx = Depends(runtime_ctx)):
     rec = _record(ctx, jid)
     usage = float(rec["usage"]) if rec.get("usage") else 0.0
     return {"timestamps": {"created": iso(rec.get("created")), "running": iso(rec.get("running")),
@@ -278,7 +289,7 @@ def job_metrics(jid: str, ctx: Ctx = Depends()):
 
 
 @router.get("/jobs/{jid}/logs", tags=["jobs"], response_class=PlainTextResponse)
-def job_logs(jid: str, ctx: Ctx = Depends()):
+def job_logs(jid: str, ctx: Ctx = Depends(runtime_ctx)):
     rec = _record(ctx, jid)
     lines = [f"job {jid} on {rec.get('backend')}: {IBM_STATUS.get(rec['status'], rec['status'])}"]
     if rec.get("error"):
@@ -287,14 +298,14 @@ def job_logs(jid: str, ctx: Ctx = Depends()):
 
 
 @router.put("/jobs/{jid}/tags", status_code=204, tags=["jobs"])
-def job_tags(jid: str, body: TagsUpdate, ctx: Ctx = Depends()):
+def job_tags(jid: str, body: TagsUpdate, ctx: Ctx = Depends(runtime_ctx)):
     _record(ctx, jid)
     ctx.store.redis.hset(ctx.store.keys.job(jid), "api_tags", json.dumps(body.tags))
     return Response(status_code=204)
 
 
 @router.post("/jobs/{jid}/cancel", status_code=204, tags=["jobs"])
-def cancel_job(jid: str, ctx: Ctx = Depends()):
+def cancel_job(jid: str, ctx: Ctx = Depends(runtime_ctx)):
     """204: cancelled for good (it never runs). 409: running (it finishes) or already ended."""
     _record(ctx, jid)
     outcome = ctx.store.cancel_job(jid)
@@ -309,7 +320,7 @@ def cancel_job(jid: str, ctx: Ctx = Depends()):
 
 
 @router.delete("/jobs/{jid}", status_code=204, tags=["jobs"])
-def delete_job(jid: str, ctx: Ctx = Depends()):
+def delete_job(jid: str, ctx: Ctx = Depends(runtime_ctx)):
     _record(ctx, jid)
     raise ApiError(403, "deleting jobs is not supported: records expire after "
                         "SESSION_BROKER_RESULT_TTL", "not_supported")
@@ -327,7 +338,7 @@ def _ts(value: str | None, name: str) -> float | None:
 
 
 @router.get("/jobs", tags=["jobs"])
-def list_jobs(ctx: Ctx = Depends(), limit: int = Query(10, ge=1, le=200),
+def list_jobs(ctx: Ctx = Depends(runtime_ctx), limit: int = Query(10, ge=1, le=200),
               offset: int = Query(0, ge=0), backend: str | None = None,
               pending: bool | None = None, program: str | None = None,
               tags: list[str] | None = Query(None), session_id: str | None = None,
