@@ -157,6 +157,7 @@ def recipe(url: str, instance: str, key: str = "<your API key>") -> list[str]:
     return [
         "IBM's own client (qiskit-ibm-runtime), unchanged; either",
         f"  export IAM_URL={url} QISKIT_FUNCTIONS_EXPERIMENTAL=1",
+        "  and construct the service as",
         f"  QiskitRuntimeService(channel='ibm_quantum_platform', token='{key}', instance='{instance}',",
         f"                       url='{url}', url_resolver=lambda u, *_: f'{{u}}/api/v1')",
         "or, with no code change at all (QiskitRuntimeService()):",

@@ -223,3 +223,18 @@ def test_tenant_key_uses_its_own_prefix(server, cluster, stack):
     assert tenant.session(out["sid"], tick=False)["backend"] == BACKEND
     assert not cluster.store.redis.exists(cluster.store.keys.session(out["sid"]))
     wait_for(lambda: tenant.session(out["sid"], tick=False)["state"] == "closed", 30, "cancel")
+
+
+def test_global_search_recipe_finds_the_instance(server):
+    """Recipe A-g: no QISKIT_FUNCTIONS_EXPERIMENTAL and no instance; the client looks the
+    instance up in Global Search and the Catalog, both pointed here."""
+    out = run_client(server, '''
+    svc = QiskitRuntimeService(channel="ibm_quantum_platform", token=os.environ["SB_KEY"],
+                               url=os.environ["SB_SERVER"], url_resolver=lambda url, *_: f"{url}/api/v1")
+    emit(instances=svc.instances(), backends=[b.name for b in svc.backends()])
+    ''', extra_env={"QISKIT_FUNCTIONS_EXPERIMENTAL": "", "GLOBAL_SEARCH_URL": server.url,
+                     "GLOBAL_CATALOG_URL": f"{server.url}/api/v1/catalog"})
+    from tests.support.rest import CRN
+
+    assert [i["crn"] for i in out["instances"]] == [CRN]
+    assert BACKEND in out["backends"] and "ibm_algiers" in out["backends"]

@@ -174,6 +174,9 @@ def hostile_params(case: str) -> tuple[str, dict, str]:
     if case == "typed-circuit-swap":
         pub[0] = {"__type__": "settings", "__value__": {"__module__": "os", "__class__": "system"}}
         return "sampler", params, "not allowed here"
+    if case == "unknown-option":
+        params["options"] = {"no_such_option": 1}
+        return "sampler", params, "no_such_option"
     if case == "unknown-program":
         return "executor", params, "sampler, estimator"
     if case == "unknown-key":
@@ -191,7 +194,7 @@ def hostile_params(case: str) -> tuple[str, dict, str]:
 
 
 HOSTILE = ["zip-bomb-circuit", "zip-bomb-array", "oversized-qpy-header", "pickled-npy",
-           "settings-object", "typed-circuit-swap", "unknown-program", "unknown-key",
+           "settings-object", "typed-circuit-swap", "unknown-option", "unknown-program", "unknown-key",
            "not-base64", "nan-values"]
 
 
