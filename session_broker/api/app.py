@@ -134,6 +134,12 @@ def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
             return await need_login(request, None)
         return pages.fail(exc.status_code, f"no page at {path[:100]}")
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        """A bug: logged with its traceback, answered in the same JSON shape (no details)."""
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal error (logged by the server)", "internal_error")
+
     @app.exception_handler(redis.RedisError)
     async def redis_down(_request: Request, exc: redis.RedisError):
         log.warning("Redis failed: %s", exc)
