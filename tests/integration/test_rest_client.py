@@ -148,6 +148,11 @@ def test_cancel_queued_and_running_jobs_and_the_session(server, cluster):
     out["last"] = queued[1].status()
     out["running_result"] = float(running.result()[0].data.evs[0])
     out["running_final"] = running.status()
+    try:
+        running.cancel()
+        out["done_cancel"] = "no error"
+    except RuntimeInvalidStateError as exc:
+        out["done_cancel"] = type(exc).__name__
     emit(**out, ids=[running.job_id()] + [j.job_id() for j in queued])
     ''')
     assert out["first"] == "RUNNING"
@@ -156,6 +161,7 @@ def test_cancel_queued_and_running_jobs_and_the_session(server, cluster):
     assert out["after_cancel"] == "Closed"
     assert out["last"] == "CANCELLED"
     assert out["running_final"] == "DONE"
+    assert out["done_cancel"] == "RuntimeInvalidStateError"  # 409: it already ended
     statuses = [cluster.job(j)["status"] for j in out["ids"]]
     assert statuses == ["DONE", "CANCELLED", "CANCELLED"]
 

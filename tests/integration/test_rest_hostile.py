@@ -232,15 +232,34 @@ def test_oversized_body_is_413(server, store, token):
 
 
 def test_a_valid_job_is_accepted_and_recorded_once(server, store, token):
-    """The control: the same request unharmed is accepted (and is the one job queued)."""
-    status, body = submit(server, token, sampler_params())
-    assert status == 200, body
-    assert body["backend"] == BACKEND
-    assert store.redis.zrange(store.keys.jobs, 0, -1) == [body["id"]]
-    status, listed = http("GET", f"{server.url}/api/v1/jobs?limit=1", headers=auth_headers(token))
-    assert status == 200 and listed["count"] == 1 and listed["jobs"][0]["state"]["status"] == "Queued"
-    status, _ = http("POST", f"{server.url}/api/v1/jobs/{body['id']}/cancel", headers=auth_headers(token))
-    assert status == 204
+    """The control: the same request unharmed is accepted, once per POST. Listing pages
+    with an exact count; a poll of an unfinished job is held on its latch (here no worker
+    serves the backend, so the poll waits the whole hold and answers Queued)."""
+    ids = []
+    for _ in range(3):
+        status, body = submit(server, token, sampler_params())
+        assert status == 200 and body["backend"] == BACKEND, body
+        ids.append(body["id"])
+    assert sorted(store.redis.zrange(store.keys.jobs, 0, -1)) == sorted(ids)
+    h = auth_headers(token)
+    status, page = http("GET", f"{server.url}/api/v1/jobs?limit=2", headers=h)
+    assert status == 200 and page["count"] == 3 and len(page["jobs"]) == 2
+    assert page["jobs"][0]["state"]["status"] == "Queued"
+    status, rest = http("GET", f"{server.url}/api/v1/jobs?limit=2&offset=2", headers=h)
+    assert rest["count"] == 3 and [j["id"] for j in page["jobs"] + rest["jobs"]] == ids[::-1]
+    status, asc = http("GET", f"{server.url}/api/v1/jobs?limit=5&sort=ASC", headers=h)
+    assert [j["id"] for j in asc["jobs"]] == ids
+    assert http("GET", f"{server.url}/api/v1/jobs?pending=false", headers=h)[1]["count"] == 0
+    t0 = time.monotonic()
+    status, job = http("GET", f"{server.url}/api/v1/jobs/{ids[0]}?exclude_params=true", headers=h)
+    assert status == 200 and job["state"]["status"] == "Queued" and time.monotonic() - t0 >= 0.09
+    for jid in ids:
+        assert http("POST", f"{server.url}/api/v1/jobs/{jid}/cancel", headers=h)[0] == 204
+        # idempotent, like RuntimeJobV2.cancel(): a cancelled job stays cancelled for good
+        assert http("POST", f"{server.url}/api/v1/jobs/{jid}/cancel", headers=h)[0] == 204
+    status, results = http("GET", f"{server.url}/api/v1/jobs/{ids[0]}/results", headers=h)
+    assert status == 200 and "cancel" in str(results).lower()
+    assert http("GET", f"{server.url}/api/v1/jobs?pending=true", headers=h)[1]["count"] == 0
     store.redis.delete(store.keys.jobs)
     store.redis.hdel(store.keys.counts, "submitted")
 
