@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from session_broker import web
-from session_broker.api import identity, runtime
+from session_broker.api import identity, jobs, runtime
 from session_broker.api.auth import Authority
 from session_broker.api.errors import ApiError, error_response, from_broker_error
 from session_broker.api.settings import ApiSettings, load_api_settings
@@ -95,8 +95,9 @@ def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
         """No login: load balancers and ``session-broker up`` poll it."""
         return "OK"
 
-    app.state.included = [("", identity.router), ("/api/v1", runtime.router),
-                          ("/experimental/api/v1", runtime.router), ("", web.router)]
+    app.state.included = [("", identity.router), ("", web.router)] + [
+        (prefix, router) for prefix in ("/api/v1", "/experimental/api/v1")
+        for router in (runtime.router, jobs.router)]
     for prefix, router in app.state.included:
         app.include_router(router, prefix=prefix, include_in_schema=prefix != "/experimental/api/v1")
 

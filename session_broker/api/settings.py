@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from session_broker.errors import ConfigurationError
 
@@ -45,7 +45,6 @@ class ApiSettings:
     secret: str = ""
     token_ttl: int = 3600
     max_body_bytes: int = 64 * 1024 * 1024
-    extra: dict = field(default_factory=dict)
 
 
 def parse_keys(raw: str) -> tuple[ApiKey, ...]:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from tests.support.rest import CRN, KEY, ApiServer, auth_headers, get_token, http
+from tests.support.rest import CRN, ApiServer, auth_headers, get_token, http
 
 BACKEND = "ibmq_qasm_simulator"
 
