@@ -1,9 +1,11 @@
 """``session-broker``: the command line. ``build_parser()`` is the one definition of it.
 
-Commands: ``up`` (the whole stack on one machine), ``worker``, ``flower``, ``web`` (the Jobs
-page and /metrics), ``demo``, ``bench``, the operator's views (``sessions``, ``session``,
-``jobs``, ``job``, ``workers``) and ``acl`` (a tenant's Redis ACL users). Exit codes: 0 ok,
-1 failure, 2 bad usage or configuration, 3 not found, 4 Redis unreachable.
+Commands: ``up`` (the whole stack on one machine; ``--ha`` with Sentinel), ``worker``,
+``flower``, ``api`` (the one web front: IBM's REST API, the Jobs page and /metrics), ``web``
+(the same front, the Jobs page's login required), ``demo``, ``bench``, the operator's views
+(``sessions``, ``session``, ``jobs``, ``job``, ``workers``) and ``acl`` (a tenant's Redis ACL
+users). Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 not found, 4 Redis
+unreachable.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--backend", action="append", help="backend to start workers for (repeatable; default ibmq_qasm_simulator)")
     up.add_argument("--workers", type=int, default=1, help="workers per backend (default 1)")
     up.add_argument("--flower-port", type=int, default=5555)
-    up.add_argument("--web-port", type=int, default=5556)
+    up.add_argument("--web-port", type=int, default=5556,
+                    help="the web front: Jobs page, /metrics and IBM's REST API (default 5556)")
     up.add_argument("--no-flower", action="store_true")
     up.add_argument("--no-web", action="store_true")
     up.add_argument("--ha", action="store_true",
@@ -45,9 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--address", default="127.0.0.1")
     f.add_argument("--port", type=int, default=5555)
 
-    web = sub.add_parser("web", help="serve the Jobs page and Prometheus /metrics")
+    web = sub.add_parser("web", help="serve the web front (Jobs page, /metrics, REST API); needs the Flower login")
     web.add_argument("--address", default="127.0.0.1")
     web.add_argument("--port", type=int, default=5556)
+
+    api = sub.add_parser("api", help="serve IBM's Qiskit Runtime REST API (and the Jobs page, /metrics)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--certfile", help="TLS certificate (PEM); with --keyfile serves https")
+    api.add_argument("--keyfile", help="TLS private key (PEM)")
 
     d = sub.add_parser("demo", help="run the guide's examples (starts a local stack if none answers)")
     d.add_argument("--state-dir", default=".sb-state")
@@ -166,6 +175,12 @@ def cmd_up(args) -> int:
         url = start_stack(stack, names, args.workers, None if args.no_flower else args.flower_port,
                           None if args.no_web else args.web_port, say=print, ha=args.ha)
         print(f"\nready. Producers use:  export SESSION_BROKER_URL={url}")
+        if not args.no_web:
+            from session_broker.api.app import recipe
+            from session_broker.api.settings import load_api_settings
+
+            print("\n".join(recipe(f"http://127.0.0.1:{args.web_port}", load_api_settings().instance,
+                                   stack.api_key())))
         print("Ctrl-C stops everything.", flush=True)
         while not stopping["now"]:
             dead = [c for c in stack.children if not c.alive()]
@@ -227,8 +242,9 @@ def start_stack(stack, backend_names: list[str], workers: int, flower_port: int 
         say(f"[flower] http://127.0.0.1:{flower_port}  (login {auth.split(':')[0]} / {auth.split(':', 1)[1]})")
     if web_port:
         stack.start_web(url, web_port, auth)
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{web_port}/healthcheck"), 60, "the Jobs page")
-        say(f"[jobs  ] http://127.0.0.1:{web_port}  (same login)")
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{web_port}/healthcheck"), 60, "the web front")
+        say(f"[jobs  ] http://127.0.0.1:{web_port}  (same login; /metrics too)")
+        say(f"[api   ] http://127.0.0.1:{web_port}/api/v1  (IBM's REST API; OpenAPI at /docs)")
     return url
 
 
@@ -252,6 +268,13 @@ def cmd_web(args) -> int:
     from session_broker.web import serve
 
     serve(args.address, args.port)
+    return EXIT_OK
+
+
+def cmd_api(args) -> int:
+    from session_broker.api.app import serve
+
+    serve(args.host, args.port, args.certfile, args.keyfile, require_keys=True)
     return EXIT_OK
 
 
@@ -289,7 +312,7 @@ def _ops(name):
 
 
 COMMANDS = {
-    "up": cmd_up, "worker": cmd_worker, "flower": cmd_flower, "web": cmd_web, "demo": cmd_demo,
+    "up": cmd_up, "worker": cmd_worker, "flower": cmd_flower, "web": cmd_web, "api": cmd_api, "demo": cmd_demo,
     "bench": cmd_bench, "sessions": _ops("sessions"), "session": _ops("session"),
     "jobs": _ops("jobs"), "job": _ops("job"), "workers": _ops("workers"), "acl": cmd_acl,
 }

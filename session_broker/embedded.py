@@ -1,4 +1,4 @@
-"""Start and stop the processes of a stack: Redis, workers, Flower, the Jobs page.
+"""Start and stop the processes of a stack: Redis, workers, Flower, the web front.
 
 ``session-broker up`` uses it to run a whole deployment on one machine; the demo, the
 tests and the benchmark use the same code, so what they exercise is what users run.
@@ -177,10 +177,28 @@ class Stack:
                                            **(env or {})})
 
     def start_web(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
+        """The one web front (Jobs page, /metrics, IBM's REST API) with this stack's logins."""
         argv = [sys.executable, "-m", "session_broker.cli", "web", "--address", "127.0.0.1",
                 "--port", str(port)]
         return self.spawn("web", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth,
-                                        **(env or {})})
+                                        "SESSION_BROKER_API_KEYS": self.api_keys(), **(env or {})})
+
+    def api_keys(self) -> str:
+        """``SESSION_BROKER_API_KEYS``: the setting, or one key generated once for this stack."""
+        return os.environ.get("SESSION_BROKER_API_KEYS") or self.api_key()
+
+    def api_key(self) -> str:
+        """The key to print in the client recipe: the generated one (a configured list may
+        hold only digests, so it cannot be printed)."""
+        configured = os.environ.get("SESSION_BROKER_API_KEYS")
+        if configured:
+            first = configured.split(",")[0].strip().rpartition("@")[0] or configured.split(",")[0].strip()
+            return "<your API key>" if first.startswith("sha256:") else first
+        path = self.state_dir / "api-key"
+        if not path.exists():
+            path.write_text(f"sb-{secrets.token_urlsafe(24)}")
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     def flower_auth(self) -> str:
         """``user:password`` for Flower and the Jobs page: the setting, or one generated once."""
