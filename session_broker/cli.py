@@ -182,11 +182,15 @@ def cmd_up(args) -> int:
             print("\n".join(recipe(f"http://127.0.0.1:{args.web_port}", load_api_settings().instance,
                                    stack.api_key())))
         print("Ctrl-C stops everything.", flush=True)
+        reported: set[str] = set()
         while not stopping["now"]:
-            dead = [c for c in stack.children if not c.alive()]
-            if dead:
-                for c in dead:
-                    print(f"!! {c.name} exited with code {c.proc.returncode}; see {c.log}", flush=True)
+            dead = [c for c in stack.children if not c.alive() and c.name not in reported]
+            # with --ha a Redis node may die: that is what the Sentinels are for
+            tolerated = [c for c in dead if args.ha and c.name.startswith(("redis-", "sentinel-"))]
+            for c in dead:
+                print(f"!! {c.name} exited with code {c.proc.returncode}; see {c.log}", flush=True)
+                reported.add(c.name)
+            if len(dead) > len(tolerated):
                 return EXIT_FAIL
             time.sleep(0.2)
         return EXIT_OK

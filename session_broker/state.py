@@ -141,8 +141,10 @@ class Store:
 
     def ping(self) -> None:
         """Fail fast and clearly at start (the shared client retries for ~40 s later on)."""
+        # with Sentinel, a failover in progress (no master for a few seconds) is waited out
+        tries = 15 if sentinel.is_sentinel(self.settings.url) else 2
         quick = connect(self.settings.url, socket_connect_timeout=3, socket_timeout=5,
-                        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), tries),
                         decode_responses=False)
         try:
             quick.ping()

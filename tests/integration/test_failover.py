@@ -120,42 +120,83 @@ def test_master_killed_mid_session_everything_ends_once(c, ha, stack):
     assert set(counts[0].data.meas.get_counts()) <= {"00", "11"}
 
 
-def test_up_ha_starts_a_sentinel_stack_that_runs_jobs(tmp_path):
-    """`session-broker up --ha`: master, replica, three Sentinels, a worker; the printed URL
-    works for a producer; SIGTERM leaves no process behind."""
+def test_up_ha_stack_follows_a_failover_workers_flower_and_web_front(tmp_path):
+    """`session-broker up --ha`: master, replica, three Sentinels, a worker, Flower and the
+    web front. The printed URL works for a producer before and after the master is killed;
+    Flower and the web front answer with the deployment's data after the failover; SIGTERM
+    leaves no process behind."""
+    import base64
     import signal
     import subprocess
     import sys
+    import urllib.request
 
     import psutil
 
+    from session_broker.embedded import free_port
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_BROKER_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    up = subprocess.Popen([sys.executable, "-m", "session_broker.cli", "up", "--ha", "--no-flower",
-                           "--no-web", "--state-dir", str(tmp_path / "state")],
+    env.update(PYTHONUNBUFFERED="1", SESSION_BROKER_FLOWER_AUTH="admin:ha-secret")
+    flower, web = free_port(), free_port()
+    up = subprocess.Popen([sys.executable, "-m", "session_broker.cli", "up", "--ha",
+                           "--flower-port", str(flower), "--web-port", str(web),
+                           "--state-dir", str(tmp_path / "state")],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+    def get(port: int, path: str) -> str:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={
+            "Authorization": "Basic " + base64.b64encode(b"admin:ha-secret").decode()})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.read().decode()
+
+    def run_job() -> str:
+        code = ("import sys; from session_broker import QiskitRuntimeService, SamplerV2; "
+                "from tests.support.faults import bell_circuit; s = QiskitRuntimeService(sys.argv[1]); "
+                "j = SamplerV2(mode='ibmq_qasm_simulator').run([bell_circuit()], shots=9); "
+                "print(j.result(timeout=120)[0].data.meas.num_shots, j.job_id())")
+        run = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
+                             timeout=180, env={**env, "SESSION_BROKER_URL": url, "PYTHONPATH": "."})
+        assert run.returncode == 0, run.stderr[-3000:]
+        shots, job_id = run.stdout.strip().splitlines()[-1].split()
+        assert shots == "9", run.stderr[-2000:]
+        return job_id
+
     try:
         out = read_until_ready(up)
         assert "three Sentinels" in out and "SESSION_BROKER_WAIT_REPLICAS=1" in out, out
         url = out.split("export SESSION_BROKER_URL=")[1].split()[0]
         assert url.startswith("sentinel://") and "master=mymaster" in url
-        names = [p.name() for p in psutil.Process(up.pid).children(recursive=True)]
-        assert names.count("redis-server") == 5, names      # master, replica, three Sentinels
-        code = ("import sys; from session_broker import QiskitRuntimeService, SamplerV2; "
-                "from tests.support.faults import bell_circuit; s = QiskitRuntimeService(sys.argv[1]); "
-                "print(SamplerV2(mode='ibmq_qasm_simulator').run([bell_circuit()], shots=9)"
-                ".result(timeout=120)[0].data.meas.num_shots)")
-        run = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
-                             timeout=180, env={**env, "SESSION_BROKER_URL": url, "PYTHONPATH": "."})
-        assert run.stdout.strip().splitlines()[-1] == "9", run.stderr[-2000:]
+        children = psutil.Process(up.pid).children(recursive=True)
+        servers = [p for p in children if p.name() == "redis-server"]
+        assert len(servers) == 5, [p.name() for p in children]   # master, replica, 3 Sentinels
+        from session_broker import sentinel
+
+        parsed = sentinel.parse(url)
+        import redis
+
+        host, port = redis.Redis(host=parsed.hosts[0][0], port=parsed.hosts[0][1]).execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", parsed.master)
+        master = next(p for p in servers if p.cmdline()[0].endswith(f":{int(port)}"))
+        before = run_job()
+        master.kill()
+        after = run_job()
+        wait_for(lambda: after in get(web, f"/job/{after}") and before in get(web, f"/job/{before}"),
+                 60, "the web front to show the jobs from the new master")
+        assert "session_broker_workers" in get(web, "/metrics")
+        wait_for(lambda: "ibmq_qasm_simulator" in get(flower, "/api/workers?refresh=1"), 60,
+                 "Flower to see the worker through the new master")
         descendants = psutil.Process(up.pid).children(recursive=True)
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
         wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                                  for p in descendants), 30, "every process of up to exit")
     finally:
-        if up.poll() is None:
-            up.kill()
+        if up.poll() is None:   # SIGTERM first: up stops its stack (its children have own groups)
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                up.kill()
 
 
 def test_tls_sentinel_stack_with_a_password_follows_a_failover(stack, tmp_path):
