@@ -10,6 +10,7 @@ from session_broker.backends import BrokerBackend
 from session_broker.errors import (
     BackendMismatchError,
     BrokerConnectionError,
+    BrokerOutOfMemoryError,
     CircuitTooWideError,
     ConfigurationError,
     FirstJobCancelledError,

@@ -113,6 +113,42 @@ def cluster(stack, redis_url):
     return c
 
 
+def signal_group(child, sig) -> None:
+    """Send ``sig`` to a child's whole process group (a worker and its pool processes)."""
+    try:
+        os.killpg(child.proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def fresh(stack, request):
+    """``fresh(env=None, **redis_kw)`` -> a Cluster on a Redis of its own; everything it
+    started is stopped at the end of the test (a frozen worker is thawed first)."""
+    import re
+    import signal
+
+    made: list[Cluster] = []
+    safe = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40]
+
+    def make(env: dict | None = None, **redis_kw) -> Cluster:
+        url = stack.start_redis(name=f"redis-{safe}-{len(made)}", **redis_kw)
+        c = Cluster(stack, url, env)
+        c.redis_name = f"redis-{safe}-{len(made)}"
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        for w in list(c.workers.values()):
+            if w in stack.children:
+                signal_group(w, signal.SIGCONT)
+                c.stop_worker(w, grace=10)
+        for child in [ch for ch in stack.children if ch.name == c.redis_name]:
+            stack.stop_child(child)
+            stack.children.remove(child)
+
+
 @pytest.fixture
 def bell():
     from tests.support.faults import bell_circuit

@@ -10,7 +10,6 @@ heartbeat settings (``FAST``: beat every 0.5 s, dead after 2 s). Recovery times 
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,32 +20,9 @@ from session_broker import EstimatorV2, SamplerV2, Session, WorkerLostError
 from session_broker.embedded import free_port, redis_answers, wait_for
 from tests.conftest import Cluster
 from tests.support.faults import (BACKEND, SlowEstimatorJob, assert_bell_counts, bell_circuit,
-                                  kill_pool_child, log_tail, log_text, pool_children, records,
+                                  kill_pool_child, log_tail, log_text, orphan_in_unacked,
+                                  pool_children, records,
                                   redis_now, start_logged_worker, wait_final)
-
-
-@pytest.fixture
-def fresh(stack, request):
-    """``fresh(env=None, **redis_kw)`` -> a Cluster on a Redis of its own; everything it
-    started is stopped at the end of the test."""
-    made: list[Cluster] = []
-    safe = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40]
-
-    def make(env: dict | None = None, **redis_kw) -> Cluster:
-        url = stack.start_redis(name=f"redis-{safe}-{len(made)}", **redis_kw)
-        c = Cluster(stack, url, env)
-        c.redis_name = f"redis-{safe}-{len(made)}"
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        for w in list(c.workers.values()):
-            if w in stack.children:
-                c.stop_worker(w, grace=10)
-        for child in [ch for ch in stack.children if ch.name == c.redis_name]:
-            stack.stop_child(child)
-            stack.children.remove(child)
 
 
 def session_of(c: Cluster, sid: str) -> dict:
@@ -378,21 +354,10 @@ def test_message_taken_by_a_consumer_that_vanished_is_not_stuck(fresh):
     to give the message back fails). The message now sits only in kombu's ``unacked`` hash,
     which kombu sweeps after the visibility timeout (an hour by default). The job must not
     wait that long: a live worker must pick it up within a few heartbeat TTLs."""
-    from kombu import Connection
-
     c = fresh()
     job = SamplerV2(mode=c.service.backend(BACKEND)).run([bell_circuit()], shots=64)
     queue = c.store.keys.backend_queue(BACKEND)
-    conn = Connection(c.url)
-    channel = conn.channel()
-    taken = channel.basic_get(queue, no_ack=False)
-    assert taken is not None and taken.headers["id"] == job.job_id()
-    assert c.store.redis.llen(queue) == 0 and c.store.redis.hlen("unacked") == 1
-    # The consumer goes away without acking and without giving the message back (a worker
-    # whose give-back failed because Redis was down): it forgets its in-memory deliveries, so
-    # neither closing it nor kombu's exit hook restores anything.
-    channel.qos._delivered.clear()
-    conn.release()
+    orphan_in_unacked(c.url, c.store, job.job_id())
     assert c.store.redis.hlen("unacked") == 1 and c.store.redis.llen(queue) == 0
 
     c.start_worker(BACKEND, name="orphan@test")

@@ -143,6 +143,24 @@ def plant_job(store: Store, *, payload: str, backend: str = BACKEND, primitive: 
     return jid
 
 
+def orphan_in_unacked(url: str, store: Store, job_id: str) -> None:
+    """Take the job's message with a kombu consumer that then vanishes without acking or giving
+    it back (a worker whose give-back failed because Redis was down): the message is left only
+    in kombu's ``unacked`` hash."""
+    from kombu import Connection
+
+    queue = store.keys.backend_queue(BACKEND)
+    conn = Connection(url)
+    channel = conn.channel()
+    taken = channel.basic_get(queue, no_ack=False)
+    assert taken is not None and taken.headers["id"] == job_id
+    assert store.redis.llen(queue) == 0
+    # it forgets its in-memory deliveries, so neither closing it nor kombu's exit hook
+    # restores anything
+    channel.qos._delivered.clear()
+    conn.release()
+
+
 def queue_lengths(store: Store) -> dict[str, int]:
     """Length of every kombu queue list under our prefix (backend and session queues)."""
     out = {}
