@@ -624,8 +624,9 @@ return #due
 # and take the next waiting session when free.
 # It also puts the operator's settings back into P:config when they are missing (Redis came
 # back empty): otherwise new sessions would silently get the clients' defaults.
+# A worker whose consumer is not started yet (ARGV[14] = '0') beats but takes no session.
 # ARGV: P, node, backend, ttl_ms, host, pid, started, concurrency, device,
-#       max_time, interactive_timeout, open_session_timeout, result_ttl
+#       max_time, interactive_timeout, open_session_timeout, result_ttl, may_take_session
 # Returns {pin_sid_or_empty, epoch}
 WORKER_TICK = PRELUDE + r"""
 local node, backend = ARGV[2], ARGV[3]
@@ -647,7 +648,7 @@ if pin ~= '' then
     pin = ''
   end
 end
-if pin == '' and redis.call('SCARD', w .. ':run') == 0 then
+if pin == '' and ARGV[14] ~= '0' and redis.call('SCARD', w .. ':run') == 0 then
   local line = P .. ':wait:' .. backend
   while true do
     local sid = redis.call('LPOP', line)

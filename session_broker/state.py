@@ -401,12 +401,14 @@ class Store:
 
     # ---------------------------------------------------------------- workers
     def worker_tick(self, node: str, backend: str, pid: int, started: float,
-                    concurrency: int, device: str) -> tuple[str, str]:
-        """Heartbeat + pin follow-up + take the next waiting session when free."""
+                    concurrency: int, device: str, consuming: bool = True) -> tuple[str, str]:
+        """Heartbeat + pin follow-up + take the next waiting session when free (and
+        ``consuming``: a worker still starting its consumer beats but takes no session)."""
         s = self.settings
         pin, epoch = self._worker_tick(args=[
             self.p, node, backend, int(s.heartbeat_ttl * 1000), hostname(), pid, started,
-            concurrency, device, *(getattr(s, f) for f in self.SYSTEM_FIELDS)])
+            concurrency, device, *(getattr(s, f) for f in self.SYSTEM_FIELDS),
+            "1" if consuming else "0"])
         return pin, epoch
 
     def keep_alive(self, node: str) -> bool:

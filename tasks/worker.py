@@ -46,6 +46,9 @@ logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs eve
 
 class Agent(threading.Thread):
     def __init__(self, consumer, node: str, backend: str, concurrency: int, device: str):
+        # consumer: None until Celery's consumer is ready (worker_ready); the agent beats
+        # from before the consumer's first fetch, so a worker that dies while starting is
+        # registered, and the reaper gives back what its consumer had fetched
         super().__init__(name="session-broker-agent", daemon=True)
         self.consumer = consumer
         self.node = node
@@ -84,7 +87,7 @@ class Agent(threading.Thread):
                 try:
                     self.pin, _epoch = self.store.worker_tick(
                         self.node, self.backend, os.getpid(), self.started_at,
-                        self.concurrency, self.device)
+                        self.concurrency, self.device, consuming=self.consumer is not None)
                     self._oom_warned = False
                 except redis.OutOfMemoryError as exc:
                     # Redis refuses writes (maxmemory, noeviction): keep our registry entry
@@ -153,6 +156,8 @@ class Agent(threading.Thread):
 
     # ------------------------------------------------------------------ consumer
     def follow_pin(self) -> None:
+        if self.consumer is None:
+            return  # the consumer is not started yet (see start_worker)
         wanted = self.store.keys.session_queue(self.pin) if self.pin else self.shared_queue
         current = self.consuming()
         if current == {wanted} or self._wanted == wanted and current is None:
@@ -207,17 +212,26 @@ def held_job_ids() -> list[str]:
 _agent: Agent | None = None
 
 
-@signals.worker_ready.connect
-def _start_agent(sender=None, **_):
+def _ensure_agent(consumer=None, node: str | None = None):
+    """Start the agent (once a process) or hand it the consumer once Celery's is ready."""
     global _agent
     backend = os.environ.get("SESSION_BROKER_WORKER_BACKEND")
     if not backend:
-        return  # a plain `celery worker` without our CLI: no agent
-    node = sender.hostname
-    concurrency = int(os.environ.get("SESSION_BROKER_WORKER_CONCURRENCY", "1"))
-    device = os.environ.get("SESSION_BROKER_WORKER_DEVICE", "CPU")
-    _agent = Agent(sender, node, backend, concurrency, device)
-    _agent.start()
+        return None  # a plain `celery worker` without our CLI: no agent
+    if _agent is None:
+        node = node or consumer.hostname
+        concurrency = int(os.environ.get("SESSION_BROKER_WORKER_CONCURRENCY", "1"))
+        device = os.environ.get("SESSION_BROKER_WORKER_DEVICE", "CPU")
+        _agent = Agent(consumer, node, backend, concurrency, device)
+        _agent.start()
+    elif consumer is not None:
+        _agent.consumer = consumer
+    return _agent
+
+
+@signals.worker_ready.connect
+def _start_agent(sender=None, **_):
+    _ensure_agent(sender)
 
 
 @signals.worker_shutdown.connect
@@ -264,6 +278,11 @@ def start_worker(backend: str, *, concurrency: int = 1, name: str | None = None,
     # the transport fetches into this node's fetch list (reliable fetch, transport.py)
     os.environ["SESSION_BROKER_WORKER_NODE"] = node
     queue = Store().keys.backend_queue(backend)
+    # register and beat before the consumer's first fetch (see Agent.__init__)
+    agent = _ensure_agent(None, node)
+    wait_registered = time.monotonic() + 30
+    while agent.connected_since is None and time.monotonic() < wait_registered:
+        time.sleep(0.05)
     app.worker_main([
         "worker", "--pool=prefork", f"--concurrency={concurrency}", f"--hostname={node}",
         f"--queues={queue}", "--without-gossip", "--without-mingle", "--task-events",
