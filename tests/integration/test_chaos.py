@@ -31,12 +31,12 @@ STALE = "ran to completion here but its record had moved on"
 
 
 def ghz_circuit(n: int):
+    """A star-shaped GHZ state: every qubit entangled with qubit 0."""
     from qiskit import QuantumCircuit
 
     qc = QuantumCircuit(n)
     qc.h(0)
-    for q in range(n - 1):
-        qc.cx(q, q + 1)
+    qc.cx([0] * (n - 1), list(range(1, n)))
     qc.measure_all()
     return qc
 
