@@ -110,6 +110,13 @@ def split_tls_options(url: str) -> tuple[str, dict]:
     return bare, kwargs
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Redis refused a write for ``maxmemory``: a plain command raises OutOfMemoryError; a
+    script whose write was refused raises a ResponseError quoting ``-OOM`` (Redis 6)."""
+    return isinstance(exc, redis.OutOfMemoryError) or (
+        isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc))
+
+
 @contextmanager
 def broker_errors(settings: Settings, what: str):
     """Redis's own exceptions -> our typed ones, for the calls producers make.
@@ -119,7 +126,9 @@ def broker_errors(settings: Settings, what: str):
     to do, never as a bare redis-py exception."""
     try:
         yield
-    except redis.OutOfMemoryError as exc:
+    except redis.ResponseError as exc:
+        if not is_out_of_memory(exc):
+            raise
         raise BrokerOutOfMemoryError(
             f"Redis at {redact(settings.url)} is out of memory and refused to {what} ({exc}); "
             "nothing was changed: raise Redis's maxmemory or free memory, then retry") from exc

@@ -32,12 +32,13 @@ import binascii
 import json
 import logging
 import os
-from time import monotonic, time
+from time import monotonic, sleep, time
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from redis import exceptions as redis_errors
 
 log = logging.getLogger("session_broker.worker")
 DEAD_LETTERS_KEPT = 1000
@@ -168,6 +169,13 @@ class Channel(kombu_redis.Channel):
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
+            except redis_errors.ResponseError as exc:
+                if "OOM" not in str(exc):
+                    raise
+                # Redis is full (noeviction): BLMOVE is refused like any write. Wait a little
+                # rather than spin, and fetch nothing until memory is back.
+                self._out_of_memory(exc)
+                raise kombu_redis.Empty() from None
             if not item:
                 raise kombu_redis.Empty()
             queue, raw = self._fetch_queue, bytes_to_str(item)
@@ -181,6 +189,15 @@ class Channel(kombu_redis.Channel):
                 return True
             try:
                 self.connection._deliver(message, queue)
+            except redis_errors.ResponseError as exc:
+                if "OOM" not in str(exc):
+                    self._settle_fetched(raw, queue)
+                    raise
+                # Redis filled up between the fetch and the hand-over: the message stays on
+                # our fetch list, which the agent's reconcile gives back (keys.RECONCILE_WORKER)
+                self._fetched = None
+                self._out_of_memory(exc)
+                return True
             except BaseException:
                 # not handed over: give it back to its queue rather than keep it only here
                 self._settle_fetched(raw, queue)
@@ -193,6 +210,13 @@ class Channel(kombu_redis.Channel):
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+
+    def _out_of_memory(self, exc) -> None:
+        now = monotonic()
+        if now - getattr(self, "_oom_logged", -60.0) > 30:
+            log.error("Redis is out of memory, fetching paused: %s", exc)
+            self._oom_logged = now
+        sleep(0.25)
 
     def _settle_fetched(self, raw: str, back_to: str | None) -> None:
         """Take a fetched message that kombu did not record as unacked off the fetch list

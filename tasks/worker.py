@@ -38,7 +38,7 @@ import redis
 from celery import signals
 from celery.worker import state as worker_state
 
-from session_broker.state import Store
+from session_broker.state import Store, is_out_of_memory
 
 log = logging.getLogger("session_broker.worker")
 logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs every pass at INFO
@@ -89,7 +89,9 @@ class Agent(threading.Thread):
                         self.node, self.backend, os.getpid(), self.started_at,
                         self.concurrency, self.device, consuming=self.consumer is not None)
                     self._oom_warned = False
-                except redis.OutOfMemoryError as exc:
+                except redis.ResponseError as exc:
+                    if not is_out_of_memory(exc):
+                        raise
                     # Redis refuses writes (maxmemory, noeviction): keep our registry entry
                     # alive so nobody reaps a live worker, and run nothing new meanwhile
                     self.store.keep_alive(self.node)

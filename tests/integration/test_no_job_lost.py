@@ -8,15 +8,18 @@ conditions with deadlines; nothing here depends on how fast this machine is.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
 import pytest
+import redis
 
 from session_broker import SamplerV2, Session
 from session_broker.embedded import wait_for
 from tests.conftest import Cluster, signal_group
-from tests.support.faults import BACKEND, assert_bell_counts, bell_circuit, orphan_in_unacked, redis_now
+from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log_text, orphan_in_unacked,
+                                  redis_now, start_logged_worker)
 
 
 def _signal(child, sig) -> None:
@@ -156,3 +159,148 @@ def test_job_recorded_running_on_a_live_worker_that_does_not_run_it_is_requeued(
     with Session(service=c.service, backend=BACKEND) as other:
         assert_bell_counts(SamplerV2(mode=other).run([bell], shots=8).result(timeout=120), 8)
     assert w.proc.poll() is None
+
+
+# ------------------------------------------------------------------------------------------
+# Redis as a cache: eviction, no persistence, out of memory, coming back empty
+# ------------------------------------------------------------------------------------------
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru"])
+def test_worker_refuses_an_eviction_policy_that_can_drop_our_keys(fresh, policy):
+    """allkeys-*: results and sessions evicted before anyone reads them; volatile-*: our
+    timer keys evicted, which read as expired (a session closed as max_time after seconds of
+    an 8 h max time). A worker refuses to start and names the setting."""
+    import subprocess
+    import sys
+
+    c = fresh(extra=["--maxmemory", "200mb", "--maxmemory-policy", policy])
+    out = subprocess.run([sys.executable, "-m", "session_broker.cli", "worker", "--backend", BACKEND,
+                          "--name", "evict@test"], env={**os.environ, **c.env, "SESSION_BROKER_URL": c.url},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0, out
+    assert f"maxmemory-policy {policy}" in out.stderr and "noeviction" in out.stderr, out.stderr
+    assert not c.store.redis.hgetall(c.store.keys.workers), "it must not have registered"
+
+
+@pytest.mark.timeout(120)
+def test_redis_settings_are_read_even_where_config_is_refused(fresh):
+    """Managed Redis and ACL users often refuse CONFIG: the check falls back to INFO, still
+    sees the eviction policy, and says what it could not see."""
+    from session_broker.config import load_settings
+    from session_broker.errors import ConfigurationError
+    from session_broker.state import Store
+
+    c = fresh(extra=["--maxmemory", "200mb", "--maxmemory-policy", "allkeys-lru"])
+    c.store.redis.execute_command("ACL", "SETUSER", "app", "on", ">secret", "~*", "&*", "+@all", "-config")
+    url = c.url.replace("redis://", "redis://app:secret@")
+    limited = Store(load_settings({"SESSION_BROKER_URL": url}))
+    with pytest.raises(redis.ResponseError):
+        limited.redis.config_get("maxmemory")
+    fatal, warn = limited.server_problems()
+    assert any("maxmemory-policy allkeys-lru" in f for f in fatal), fatal
+    assert any("CONFIG GET was refused" in w for w in warn), warn
+    with pytest.raises(ConfigurationError, match="maxmemory-policy allkeys-lru"):
+        limited.check_server(strict=True)
+
+
+@pytest.mark.timeout(120)
+def test_nothing_persisted_is_a_loud_warning_naming_the_setting(fresh):
+    from session_broker.state import Store
+
+    bare = fresh()  # the tests' Redis: --save "" --appendonly no
+    with pytest.warns(RuntimeWarning, match="persists nothing.*appendonly"):
+        bare.store.check_server(strict=True)  # a warning, not a refusal
+    durable = fresh(appendonly=True)
+    assert not [w for w in Store(durable.settings).check_server(strict=True) if "persist" in w]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_redis_back_empty_waiters_get_typed_errors_and_workers_republish_settings(stack, fresh):
+    """Redis without persistence restarts: every record is gone. Producers blocked in
+    ``job.result()`` get a typed error (never a hang, never a bare redis-py exception);
+    workers register again and put the operator's settings back, so a new session gets the
+    operator's 60 s / 600 s, not the defaults."""
+    import threading
+
+    from session_broker import JobNotFoundError, SessionBrokerError
+    from session_broker.embedded import free_port
+
+    port = free_port()
+    c = fresh(env={"SESSION_BROKER_INTERACTIVE_TIMEOUT": "60", "SESSION_BROKER_MAX_TIME": "600"},
+              port=port)
+    w = c.start_worker(BACKEND, name="empty@test")
+    assert c.store.redis.hget(c.store.keys.config, "max_time") == "600"
+    signal_group(w, signal.SIGSTOP)  # the jobs stay queued while producers wait on them
+    sampler = SamplerV2(mode=c.service.backend(BACKEND))
+    jobs = [sampler.run([bell_circuit()], shots=8) for _ in range(5)]
+    outcome: dict[str, object] = {}
+
+    def wait(job):
+        try:
+            outcome[job.job_id()] = job.result(timeout=240)
+        except BaseException as exc:  # asserted below
+            outcome[job.job_id()] = exc
+
+    waiters = [threading.Thread(target=wait, args=(j,), daemon=True) for j in jobs]
+    for t in waiters:
+        t.start()
+    redis_child = next(ch for ch in stack.children if ch.name == c.redis_name)
+    stack.stop_child(redis_child)
+    stack.children.remove(redis_child)
+    stack.start_redis(port, name=c.redis_name)  # no persistence: it comes back empty
+    signal_group(w, signal.SIGCONT)
+    for t in waiters:
+        t.join(120)
+    assert not any(t.is_alive() for t in waiters), "a producer still waits on a job Redis forgot"
+    kinds = {type(e).__name__ for e in outcome.values()}
+    assert all(isinstance(e, SessionBrokerError) for e in outcome.values()), outcome
+    assert all(isinstance(e, JobNotFoundError) and "lost its data" in str(e) or
+               not isinstance(e, JobNotFoundError) for e in outcome.values()), outcome
+    print(f"\n[redis empty] {len(jobs)} waiters ended with {sorted(kinds)}")
+
+    wait_for(lambda: c.store.redis.hget(c.store.keys.config, "interactive_timeout") == "60", 60,
+             "the workers to put the operator's settings back")
+    c.wait_registered(w.node, timeout=60)
+    with Session(service=c.service, backend=BACKEND) as s:
+        details = c.store.session(s.session_id, tick=False)
+        assert details["interactive_timeout"] == "60" and details["ttl"], details
+        assert_bell_counts(SamplerV2(mode=s).run([bell_circuit()], shots=8).result(timeout=120), 8)
+    assert w.proc.poll() is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_out_of_memory_refuses_submits_with_a_typed_error_and_reaps_no_live_worker(fresh):
+    """maxmemory reached under noeviction: Redis refuses writes. A submit raises
+    BrokerOutOfMemoryError (nothing queued); the workers, whose heartbeat scripts are refused,
+    keep their registry entries alive, so none is reaped as dead; once memory is back,
+    everything carries on."""
+    from session_broker import BrokerOutOfMemoryError
+
+    c = fresh()
+    a = start_logged_worker(c, "oom-a@test", loglevel="WARNING")
+    b = start_logged_worker(c, "oom-b@test", loglevel="WARNING")
+    sampler = SamplerV2(mode=c.service.backend(BACKEND))
+    assert_bell_counts(sampler.run([bell_circuit()], shots=8).result(timeout=120), 8)
+    submitted = int(c.store.redis.hget(c.store.keys.counts, "submitted"))
+
+    c.store.redis.config_set("maxmemory", 1)  # every write refused from now on
+    try:
+        with pytest.raises(BrokerOutOfMemoryError, match="out of memory"):
+            sampler.run([bell_circuit()], shots=8)
+        # three heartbeat TTLs of refused heartbeats: both registry entries stay
+        until = time.monotonic() + 3 * c.settings.heartbeat_ttl
+        while time.monotonic() < until:
+            for node in (a.node, b.node):
+                assert c.store.redis.exists(c.store.keys.worker(node)), f"{node}'s entry expired"
+            time.sleep(0.1)
+    finally:
+        c.store.redis.config_set("maxmemory", 0)
+    assert int(c.store.redis.hget(c.store.keys.counts, "submitted")) == submitted, "nothing was queued"
+    assert_bell_counts(sampler.run([bell_circuit()], shots=8).result(timeout=120), 8)
+    wait_for(lambda: all(c.store.redis.hget(c.store.keys.worker(n), "heartbeat") for n in (a.node, b.node)),
+             30, "both workers to beat in full again")
+    reaped = [line for w in (a, b) for line in log_text(w.log).splitlines() if "reaped dead worker" in line]
+    assert not reaped, reaped
+    assert "out of memory" in log_text(a.log) and a.proc.poll() is None and b.proc.poll() is None
