@@ -159,8 +159,31 @@ def bell():
 __all__ = ["ARTIFACTS", "Cluster", "FAST", "make_cluster", "wait_for"]
 
 
+def binding_seconds(circuit, observable, sample: int = 16) -> float:
+    """Seconds one parameter set of ``circuit`` takes to estimate on this machine, now.
+
+    Measured in this process with Aer, as the worker runs it (twice: for <O> and <O^2>), so
+    a test sizes its slow jobs from the machine it runs on, loaded or not, instead of from a
+    constant ("about 10 ms a binding") that holds only on a quiet machine."""
+    import time
+
+    import numpy as np
+    from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
+
+    values = np.linspace(0, 1, sample * circuit.num_parameters).reshape(sample, circuit.num_parameters)
+    estimator = AerEstimatorV2()
+    estimator.run([(circuit, observable, values[:2])]).result()  # warm up
+    t0 = time.perf_counter()
+    estimator.run([(circuit, observable, values)]).result()
+    return max(2 * (time.perf_counter() - t0) / sample, 1e-4)
+
+
 def slow_pub(seconds: float, qubits: int = 14):
-    """An EstimatorV2 PUB that takes roughly ``seconds`` on this machine (~10 ms a binding)."""
+    """An EstimatorV2 PUB that takes about ``seconds`` on this machine, sized from a
+    measurement made now. A test that needs a job to *stay* running for some condition
+    freezes it instead (the ``hold`` fixture): no size is right on every machine."""
+    import math
+
     import numpy as np
     from qiskit import QuantumCircuit
     from qiskit.circuit import Parameter
@@ -173,5 +196,54 @@ def slow_pub(seconds: float, qubits: int = 14):
             qc.ry(theta, q)
         for q in range(qubits - 1):
             qc.cx(q, q + 1)
-    n = max(1, int(seconds * 100))
-    return (qc, SparsePauliOp("Z" * qubits), np.linspace(0, 1, n).reshape(n, 1))
+    obs = SparsePauliOp("Z" * qubits)
+    n = max(1, math.ceil(seconds / binding_seconds(qc, obs)))
+    return (qc, obs, np.linspace(0, 1, n).reshape(n, 1))
+
+
+class Hold:
+    """A job kept RUNNING for as long as a test needs, whatever this machine's speed: the
+    pool process running it is frozen (SIGSTOP) and thawed (SIGCONT) on ``release``. The
+    worker's main process keeps beating, so nothing takes the job for lost."""
+
+    def __init__(self, store, job_id: str, timeout: float = 120):
+        import signal
+
+        def running():
+            r = store.job(job_id, "status", "pid")
+            if r.get("status") not in ("QUEUED", "RUNNING", None):
+                raise AssertionError(f"job {job_id} ended ({r.get('status')}) before it could be "
+                                     "held: give it more work")
+            return r if r.get("status") == "RUNNING" and r.get("pid") else None
+
+        self.pid = int(wait_for(running, timeout, f"job {job_id} to run")["pid"])
+        os.kill(self.pid, signal.SIGSTOP)
+        self.frozen = True
+        if store.job(job_id, "status").get("status") != "RUNNING":  # it ended in the instant
+            self.release()
+            raise AssertionError(f"job {job_id} ended before it could be held: give it more work")
+
+    def release(self) -> None:
+        import signal
+
+        if self.frozen:
+            self.frozen = False
+            try:
+                os.kill(self.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def hold():
+    """``hold(store, job_id)`` -> a ``Hold``; every hold is released when the test ends."""
+    holds: list[Hold] = []
+
+    def make(store, job_id: str, timeout: float = 120) -> Hold:
+        h = Hold(store, job_id, timeout)
+        holds.append(h)
+        return h
+
+    yield make
+    for h in holds:
+        h.release()

@@ -32,11 +32,11 @@ def session_of(c: Cluster, sid: str) -> dict:
 # ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh):
+def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh, hold):
     c = fresh()
     a = c.start_worker(BACKEND, name="kill-a@test", concurrency=1)
     bell = bell_circuit()
-    slow = SlowEstimatorJob(values=1000)  # ~5-10 s: still running when A is killed
+    slow = SlowEstimatorJob(seconds=3)  # held running on A until A is killed (see below)
     ttl = c.settings.heartbeat_ttl
 
     with Session(service=c.service, backend=BACKEND) as session:
@@ -50,8 +50,8 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh):
 
         victim = estimator.run([slow.pub])
         queued = [sampler.run([bell], shots=100) for _ in range(100)]
-        wait_for(lambda: c.store.job(victim.job_id(), "status").get("status") == "RUNNING", 120,
-                 "the slow job to start on A")
+        # still running when A is killed, however fast this machine: its pool process is frozen
+        hold(c.store, victim.job_id())
         rec = c.store.job(victim.job_id())
         assert rec["worker"] == a.node and rec["attempts"] == "1", rec
         assert int(rec["pid"]) in pool_children(a.proc.pid), "the job runs in A's pool process"
@@ -101,7 +101,7 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh):
 # ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_job_longer_than_the_visibility_timeout_runs_once(fresh):
+def test_job_longer_than_the_visibility_timeout_runs_once(fresh, hold):
     """kombu hands an unacked message to another consumer once it is older than the
     visibility timeout (here 2 s), even though its worker is alive and still running it.
     The claim must keep the second delivery from starting the job again.
@@ -112,13 +112,13 @@ def test_job_longer_than_the_visibility_timeout_runs_once(fresh):
     c = fresh(env={"SESSION_BROKER_VISIBILITY_TIMEOUT": "2"})
     w1 = start_logged_worker(c, "vis-1@test")  # INFO: the log shows the skipped redelivery
     w2 = start_logged_worker(c, "vis-2@test")
-    long = SlowEstimatorJob(values=1400)  # ~6-8 s (about 5 ms a parameter set when the machine is quiet)
+    long = SlowEstimatorJob(seconds=2)  # held running past the redelivery (see below)
     done_before = int(c.store.redis.hget(c.store.keys.counts, "DONE") or 0)
 
     job = EstimatorV2(mode=c.service.backend(BACKEND)).run([long.pub])
     jid = job.job_id()
-    started = wait_for(lambda: (lambda r: r if r.get("status") == "RUNNING" else None)(c.store.job(jid)),
-                       120, "the long job to start")
+    held = hold(c.store, jid)  # it runs as long as the test needs, however fast this machine
+    started = c.store.job(jid)
     runner = started["worker"]
     other = w2 if runner == w1.node else w1
     t_start = time.monotonic()
@@ -150,6 +150,8 @@ def test_job_longer_than_the_visibility_timeout_runs_once(fresh):
         wait_for(lambda: f"job {jid} not run here: job is RUNNING" in log_text(other.log), 30,
                  "the idle worker to receive the redelivered message")
         assert c.store.job(jid, "status")["status"] == "RUNNING"
+        wait_for(lambda: time.monotonic() - t_start > 4.5, 10, "the job to be well past the timeout")
+        held.release()
         job.result(timeout=300)
         run_time = time.monotonic() - t_start
     finally:
@@ -179,7 +181,7 @@ def test_poison_job_that_kills_its_process_ends_in_error_and_the_session_goes_on
     c = fresh(env={"SESSION_BROKER_MAX_ATTEMPTS": str(max_attempts)})
     w = c.start_worker(BACKEND, name="poison@test")
     main_pid = w.proc.pid
-    poison = SlowEstimatorJob(values=400)  # ~2-4 s: time to find its process and kill it
+    poison = SlowEstimatorJob(seconds=2)  # time to find its process and kill it
 
     with Session(service=c.service, backend=BACKEND) as session:
         pj = EstimatorV2(mode=session).run([poison.pub])
@@ -230,7 +232,7 @@ def test_poison_job_that_kills_its_process_ends_in_error_and_the_session_goes_on
 # ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_redis_restart_mid_session(stack, fresh):
+def test_redis_restart_mid_session(stack, fresh, hold):
     """Redis (AOF, appendfsync always) is stopped with SIGTERM while both workers are in the
     middle of a job, and started again on the same port and directory 2.5 s later.
 
@@ -241,7 +243,7 @@ def test_redis_restart_mid_session(stack, fresh):
     c = fresh(port=port, appendonly=True)
     a = c.start_worker(BACKEND, name="rr-a@test")
     b = c.start_worker(BACKEND, name="rr-b@test")
-    slow = SlowEstimatorJob(values=600)  # ~3-6 s: both workers are running one when Redis goes away
+    slow = SlowEstimatorJob(seconds=2)  # both workers are running one when Redis goes away
     bell = bell_circuit()
 
     session = Session(service=c.service, backend=BACKEND, max_time="10m")
@@ -249,13 +251,13 @@ def test_redis_restart_mid_session(stack, fresh):
     sampler = SamplerV2(mode=session)
     first = EstimatorV2(mode=session).run([slow.pub])
     bells = [sampler.run([bell], shots=100) for _ in range(20)]
-    wait_for(lambda: c.store.job(first.job_id(), "status").get("status") == "RUNNING", 120,
-             "the session's first job to start")
+    # both slow jobs are held running (frozen pool processes) until Redis is back, however
+    # fast this machine: they are in flight across the outage
+    held = [hold(c.store, first.job_id())]
     # the other worker (the session holds one) runs a slow job of the shared queue
     plain_slow = EstimatorV2(mode=c.service.backend(BACKEND)).run([slow.pub])
     plain = [SamplerV2(mode=c.service.backend(BACKEND)).run([bell], shots=100) for _ in range(5)]
-    wait_for(lambda: c.store.job(plain_slow.job_id(), "status").get("status") == "RUNNING", 120,
-             "a slow job to start on the other worker")
+    held.append(hold(c.store, plain_slow.job_id()))
     jobs = [first, plain_slow] + bells + plain
     assert {c.store.job(j.job_id(), "worker")["worker"] for j in (first, plain_slow)} == {a.node, b.node}
 
@@ -290,6 +292,8 @@ def test_redis_restart_mid_session(stack, fresh):
     time.sleep(2.5)
     stack.start_redis(port, appendonly=True, name=c.redis_name)
     up_at = time.monotonic()
+    for h in held:
+        h.release()
     print(f"\n[redis restart] Redis down for {up_at - down_at:.2f} s (stop, 2.5 s outage, start + AOF load)")
 
     def registered_again():

@@ -43,23 +43,30 @@ def assert_bell_counts(result, shots: int) -> None:
 class SlowEstimatorJob:
     """An Estimator V2 PUB whose run time is set by the size of its parameter broadcast.
 
-    A 14-qubit RealAmplitudes ansatz, reps=2 (42 parameters), <Z...Z>, ``values``
-    parameter sets: 5-10 ms per set on the 2-core test machine, depending on what else
-    runs (measured: 1400 sets 7 s quiet; 400 sets 3.4 s busy). Results can be checked
-    against ``Statevector``.
+    A 14-qubit RealAmplitudes ansatz, reps=2 (42 parameters), <Z...Z>. ``seconds``: about
+    how long it should run, sized from the time a parameter set takes on this machine now
+    (measured here: 5-10 ms on the 2-core test machine depending on what else runs, less on
+    a fast one), so its length does not depend on the machine. A test that needs it to stay
+    running until something happens freezes it (``tests.conftest.Hold``). Results can be
+    checked against ``Statevector``.
     """
 
-    def __init__(self, values: int, num_qubits: int = 14, seed: int = 7):
+    def __init__(self, seconds: float, num_qubits: int = 14, seed: int = 7):
+        import math
+
         from qiskit.circuit.library import real_amplitudes
         from qiskit.quantum_info import SparsePauliOp
         from qiskit.transpiler import generate_preset_pass_manager
 
         from session_broker.backends import BrokerBackend
+        from tests.conftest import binding_seconds
 
         ansatz = real_amplitudes(num_qubits, reps=2)
         pm = generate_preset_pass_manager(optimization_level=1, backend=BrokerBackend(BACKEND))
         self.circuit = pm.run(ansatz)
         self.observable = SparsePauliOp("Z" * self.circuit.num_qubits)
+        self.per_set = binding_seconds(self.circuit, self.observable)
+        values = max(1, math.ceil(seconds / self.per_set))
         rng = np.random.default_rng(seed)
         self.values = rng.uniform(0, np.pi, (values, self.circuit.num_parameters))
 
