@@ -77,9 +77,9 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh, hold
               f"after A's registry entry expired (heartbeat TTL {ttl:.1f} s; kombu visibility timeout "
               f"{c.settings.visibility_timeout} s); interrupted job restarted {rerun_after:.2f} s after SIGKILL")
         assert rerun["worker"] == b.node
-        # heartbeat-driven: within a few seconds of A's registry entry expiring, not after
-        # kombu's visibility timeout
-        assert recovery < ttl + 5 and after_expiry < 4, \
+        # heartbeat-driven: seconds after A's registry entry expired, not kombu's visibility
+        # timeout (an hour); the margin is for a loaded machine's stalls, not for the mechanism
+        assert recovery < ttl + 20 and after_expiry < 15, \
             f"recovery took {recovery:.1f} s, {after_expiry:.1f} s after A's entry expired (TTL {ttl} s)"
 
         slow.check(victim.result(timeout=300))

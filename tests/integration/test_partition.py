@@ -136,7 +136,8 @@ def test_partitioned_worker_loses_its_session_and_cannot_finish_its_job(lab, hol
             after_expiry = redis_now(store) - (last_beat + ttl)
             print(f"\n[partition] session moved from A to B {moved:.2f} s after A's link was cut, "
                   f"{after_expiry:.2f} s after A's registry entry expired (heartbeat TTL {ttl:.1f} s)")
-            assert moved < ttl + 5, f"the session took {moved:.1f} s to move"
+            # heartbeat-driven, not kombu's visibility timeout; margin for a loaded machine
+            assert moved < ttl + 20, f"the session took {moved:.1f} s to move"
 
             recs = wait_final(store, ids, 300, "session jobs")
             held.release()  # A's copy runs on; its FINISH waits for the link
