@@ -140,6 +140,11 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
         kind = rng.choices(list(kills), weights=[0.5, 0.3, 0.2])[0]
         if kind == "SIGSTOP then SIGKILL":  # a hung host, found dead later
             signal_group(victim, signal.SIGSTOP)
+            # jobs keep arriving: an idle frozen worker's pending fetch takes one of them
+            for _ in range(rng.randint(1, 3)):
+                jid = loose.run([bell], shots=16).job_id()
+                with lock:
+                    jobs.append(jid)
             time.sleep(rng.uniform(0.2, 3.0))
         elif kind == "SIGKILL right after a submit":  # the fetch window of issue 14
             delay = rng.uniform(0, 0.008)
