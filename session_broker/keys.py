@@ -28,6 +28,7 @@ Key schema (``P`` is ``SESSION_BROKER_KEY_PREFIX``, default ``sb``)::
     P:epoch              string pin epoch counter (fencing)
     P:config             hash   the operator's system settings, published by workers at start and
                                 again whenever they find it missing (Redis came back empty)
+    P:dead               list   messages refused as malformed (transport.py's dead letters, capped)
     P:rescue             hash   the unacked rescue's cursor (score, tag): each sweep goes on from
                                 where the last one stopped, so the whole ``unacked`` index is covered
     P:counts             hash   jobs ever submitted / ended, by status (Prometheus counters)
