@@ -294,6 +294,20 @@ local function want_worker(sid, front)
   redis.call('HSET', s, 'waiting', '1')
 end
 
+-- Push a job's message again, at the head of its queue, under a delivery tag of its own.
+-- kombu keys its unacked hash by delivery tag: two copies of a message under one tag share
+-- one record, so the ack of one copy (say, a copy a claim bounced) deletes the record of the
+-- other, and a worker that dies holding that other copy takes the job with it. Every push
+-- after the first gets a fresh tag, and the record keeps the latest text (CANCEL_JOB's LREM).
+local function repush(jid)
+  local j = jk(jid)
+  local n = redis.call('HINCRBY', j, 'pushes', 1)
+  local msg = string.gsub(get(j, 'message'), '"delivery_tag":"[^"]*"',
+    '"delivery_tag":"' .. jid .. '.' .. n .. '"', 1)
+  redis.call('HSET', j, 'message', msg)
+  redis.call('RPUSH', get(j, 'queue'), msg)
+end
+
 -- The message text of one of our jobs (a kombu envelope) -> its job id, or nil.
 local function message_job(raw)
   local ok, m = pcall(cjson.decode, raw or '')
@@ -308,7 +322,7 @@ end
 local function give_back(jid)
   local j = jk(jid)
   if get(j, 'status') ~= 'QUEUED' or get(j, 'message') == '' then return 0 end
-  redis.call('RPUSH', get(j, 'queue'), get(j, 'message'))
+  repush(jid)
   redis.call('HSET', j, 'requeued_at', NOW)
   return 1
 end
@@ -340,7 +354,7 @@ local function job_lost(jid, node, max_attempts, code, message)
   local retry = code == 'worker_lost' and num(j, 'attempts') < max_attempts
   if retry then
     redis.call('HSET', j, 'status', 'QUEUED', 'claim', '', 'worker', '', 'requeued_at', NOW)
-    redis.call('RPUSH', get(j, 'queue'), get(j, 'message'))
+    repush(jid)
   else
     if code == 'worker_lost' then
       message = 'job ' .. jid .. ' killed the worker process running it ' .. get(j, 'attempts') ..
@@ -468,14 +482,14 @@ if mode == 'session' then
   local s = sk(sid)
   if get(s, 'worker') ~= node then
     -- fetched by a worker that is not (or no longer) the session's: back to the head of its queue
-    redis.call('RPUSH', get(j, 'queue'), get(j, 'message'))
+    repush(jid)
     want_worker(sid, true)
     return {'skip', 'session pinned elsewhere'}
   end
   epoch = get(s, 'epoch')
 elseif pin ~= '' then
   -- a pinned worker runs its session's jobs and nothing else
-  redis.call('RPUSH', get(j, 'queue'), get(j, 'message'))
+  repush(jid)
   return {'skip', 'worker pinned to session ' .. pin}
 end
 if sid ~= '' then

@@ -22,6 +22,9 @@ from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log
                                   redis_now, start_logged_worker)
 
 
+UNACKED = "unacked"  # kombu's unacked hash
+
+
 def _signal(child, sig) -> None:
     signal_group(child, sig)
 
@@ -103,6 +106,46 @@ def test_unacked_rescue_reads_past_a_hundred_older_foreign_entries(fresh):
     # the worker acknowledges the rescued copy just after storing the result
     wait_for(lambda: c.store.redis.hlen("unacked") == 150, 30, "the rescued copy to be acked")
     assert not set(foreign) - set(c.store.redis.hkeys("unacked")), "foreign entries are left alone"
+
+
+# ------------------------------------------------------------------------------------------
+@pytest.mark.timeout(300)
+def test_a_bounced_copy_and_the_original_do_not_share_one_unacked_record(fresh):
+    """A claim that bounces a message (the worker is pinned elsewhere) pushes it again and
+    the bounced copy is then acknowledged. kombu keys its unacked hash by delivery tag: had
+    the new copy the old tag, that ack would delete the new copy's record too, and a worker
+    dying with the new copy would take the job with it (a chaos run lost one job so). Every
+    push after the first carries a fresh tag."""
+    from kombu import Connection
+
+    from session_broker.celery_app import make_app
+
+    c = fresh()
+    job = SamplerV2(mode=c.service.backend(BACKEND)).run([bell_circuit()], shots=16)
+    jid = job.job_id()
+    queue = c.store.keys.backend_queue(BACKEND)
+    options = make_app(c.settings).conf.broker_transport_options
+    first = Connection(c.url, transport_options=options)
+    ch1 = first.channel()
+    copy1 = ch1.basic_get(queue, no_ack=False)
+    assert copy1 is not None and copy1.headers["id"] == jid
+    # the worker that took it is pinned to a session: its claim puts the message back
+    c.store.redis.set(c.store.keys.worker_pin("bouncer@test"), "some-session")
+    assert c.store.claim(jid, "bouncer@test", 1, "ctx")[1].startswith("worker pinned")
+    second = Connection(c.url, transport_options=options)
+    ch2 = second.channel()
+    copy2 = ch2.basic_get(queue, no_ack=False)
+    assert copy2 is not None and copy2.headers["id"] == jid
+    assert copy2.delivery_tag != copy1.delivery_tag
+    copy1.ack()  # the bounced copy is acknowledged, as the worker does after its task
+    first.release()
+    ch2.qos._delivered.clear()  # the worker holding the new copy dies before it claims
+    second.release()
+    assert c.store.redis.hexists(UNACKED, copy2.delivery_tag), "the new copy's record survived"
+
+    c.start_worker(BACKEND, name="after-bounce@test")
+    assert_bell_counts(job.result(timeout=4 * c.settings.heartbeat_ttl + 60), 16)
+    assert c.store.job(jid)["attempts"] == "1"
 
 
 # ------------------------------------------------------------------------------------------
