@@ -15,7 +15,8 @@ writes by hand, ``plain_celery.py``), ``ibm_local`` (qiskit-ibm-runtime local mo
 ``sb_job`` (session-broker, no session) and ``sb_session`` (session-broker, in a Session).
 
 Scenarios: 1 sequential latency, 2 pipelined throughput, 3 iterative loop under a flood
-from another process, 4 cost of many open sessions (latency, Redis memory), 5 workers.
+from another process, 4 cost of many open sessions (latency, Redis memory), 5 workers,
+6 IBM's stock client through the REST API (``session-broker api``) next to the Python API.
 The pure helpers at the top (percentiles, ratios, tables, JSON) are unit-tested on
 synthetic data by ``tests/unit/test_bench_smoke.py``.
 """
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
-ALL_SCENARIOS = (1, 2, 3, 4, 5)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6)
 CONTENDERS = ("direct", "plain_celery", "ibm_local", "sb_job", "sb_session")
 
 # ====================================================================== pure helpers
@@ -154,6 +155,9 @@ def compute_targets(results: dict) -> list[dict]:
         m.get("bytes_per_idle_session"), 2048, "<=", "B")
     add("memory_closed", "Redis memory left per session after all closed (baseline = 64 B noise)",
         m.get("bytes_left_per_closed_session"), 64, "<=", "B")
+    s6 = sc.get("6", {})
+    add("rest_client", "stock client via REST vs Python API, session Bell sampler (median)",
+        s6.get("ratio_rest_to_python"), 4.0, "<=")
     return out
 
 
@@ -231,6 +235,13 @@ def render(results: dict) -> str:
                                    "jobs per worker"], rows,
                                   f"Scenario 5 - non-session Bell jobs, pipelined "
                                   f"(direct sequential: {fmt(s.get('direct_jobs_per_s'), digits=1)} jobs/s)"))
+    if "6" in sc:
+        s = sc["6"]
+        rows = [[name, c.get("n"), fmt(c.get("median_ms")), fmt(c.get("p90_ms")), fmt(c.get("ratio_median"), "x")]
+                for name, c in s["contenders"].items()]
+        parts.append(format_table(["contender", "n", "median ms", "p90 ms", "/direct"], rows,
+                                  "Scenario 6 - Bell sampler in a session: IBM's stock client via the REST API "
+                                  f"vs the Python API (ratio {fmt(s.get('ratio_rest_to_python'), 'x')})"))
     targets = results.get("targets") or compute_targets(results)
     rows = [[t["what"], fmt(t["value"], t.get("unit", "x")),
              f"{t['op']} {fmt(t['limit'], t.get('unit', 'x'))}", t["verdict"]] for t in targets]
@@ -263,10 +274,10 @@ def parse_scenarios(text: str | None) -> list[int]:
 
 # ====================================================================== settings per mode
 MODES = {
-    "quick": {"s1_reps": 20, "s1_reps_big": 3, "s1_warmup": 4, "s1_warmup_big": 0, "s2_jobs": 200, "s3_steps": 20,
+    "quick": {"s6_reps": 20, "s1_reps": 20, "s1_reps_big": 3, "s1_warmup": 4, "s1_warmup_big": 0, "s2_jobs": 200, "s3_steps": 20,
               "s3_flood": 200, "s3_unloaded_rounds": 2, "s3_loaded_rounds": 2,
               "s4_sessions": [1, 100], "s4_reps": 40, "s4_memory_sessions": 1000, "s5_jobs": 200},
-    "full": {"s1_reps": 200, "s1_reps_big": 20, "s1_warmup": 10, "s1_warmup_big": 1, "s2_jobs": 1000, "s3_steps": 50,
+    "full": {"s6_reps": 100, "s1_reps": 200, "s1_reps_big": 20, "s1_warmup": 10, "s1_warmup_big": 1, "s2_jobs": 1000, "s3_steps": 50,
              "s3_flood": 500, "s3_unloaded_rounds": 3, "s3_loaded_rounds": 3,
              "s4_sessions": [1, 100, 1000], "s4_reps": 100, "s4_memory_sessions": 1000, "s5_jobs": 1000},
 }
@@ -790,11 +801,11 @@ class Bench:
         return {"title": "workers", "direct_jobs_per_s": direct_rate, "rows": rows}
 
     # ------------------------------------------------------------------ driver
-    WORKERS_FOR = {1: 2, 2: 1, 3: 2, 4: 1, 5: 1}
+    WORKERS_FOR = {1: 2, 2: 1, 3: 2, 4: 1, 5: 1, 6: 1}
 
     def run(self, scenarios: list[int]) -> dict:
         # order by worker count (fewest restarts); results are keyed by number anyway
-        order = sorted(scenarios, key=lambda s: {2: 0, 4: 1, 5: 2, 1: 3, 3: 4}[s])
+        order = sorted(scenarios, key=lambda s: {2: 0, 4: 1, 5: 2, 6: 3, 1: 4, 3: 5}[s])
         self.first_workers = min(self.WORKERS_FOR[order[0]], self.args.workers)
         t_all = time.perf_counter()
         log(f"starting the stack (state and logs in {self.state_dir})")
@@ -813,6 +824,66 @@ class Bench:
         self.results["meta"]["loadavg_end"] = self.loadavg()
         self.results["targets"] = compute_targets(self.results)
         return self.results
+
+
+    # ------------------------------------------------------------------ scenario 6
+    def scenario6(self) -> dict:
+        """The stock client (its own process, REST) and the Python API, same worker, same run:
+        Python block, REST block, Python block; the ratio uses both Python blocks' median."""
+        from session_broker.embedded import free_port, wait_for
+
+        C, reps = self.C, self.cfg["s6_reps"]
+        self.ensure_sb_workers(1)
+        port, key = free_port(), "bench-key-0123456789"
+        crn = "crn:v1:bluemix:public:quantum-computing:us-east:a/bench:bench::"
+        api = self.stack.spawn("api", [sys.executable, "-m", "session_broker.cli", "api", "--port", str(port)],
+                               {"SESSION_BROKER_URL": self.url, "SESSION_BROKER_API_KEYS": key,
+                                "SESSION_BROKER_API_INSTANCE": crn})
+        import urllib.request
+
+        def up():
+            if not api.alive():
+                raise RuntimeError(f"session-broker api exited; see {api.log}")
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status == 200
+            except OSError:
+                return False
+        wait_for(up, 60, "the REST API")
+        bell = C.bell()
+        sbs = self.sb_session
+        sbs.open()
+        python, direct = [], []
+        try:
+            def python_block():
+                for _ in range(3):
+                    sbs.sample(bell, 1024)
+                for _ in range(reps // 2):
+                    t0 = time.perf_counter()
+                    sbs.sample(bell, 1024)
+                    python.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    self.direct.sample(bell, 1024)
+                    direct.append(time.perf_counter() - t0)
+            python_block()
+            log(f"s6: stock client, {reps} jobs in a session")
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("SESSION_BROKER", "PYTHONPATH"))}
+            proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rest_client.py"),
+                                   f"http://127.0.0.1:{port}", key, crn, self.C_BACKEND, str(reps), "3"],
+                                  env=env, cwd="/", capture_output=True, text=True, timeout=1800)
+            if proc.returncode != 0:
+                raise RuntimeError(f"the REST client failed: {proc.stderr[-3000:]}")
+            rest = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+            python_block()
+        finally:
+            sbs.close()
+            self.stack.stop_child(api)
+            self.stack.children.remove(api)
+        base = summarize(direct)
+        contenders = {"direct": with_ratios(base, base), "sb_session": with_ratios(summarize(python), base),
+                      "ibm_client_rest": with_ratios(summarize(rest), base)}
+        return {"title": "stock client via REST vs Python API", "reps": reps, "contenders": contenders,
+                "ratio_rest_to_python": ratio(contenders["ibm_client_rest"]["median_ms"],
+                                              contenders["sb_session"]["median_ms"])}
 
 
 def build_parser() -> argparse.ArgumentParser:

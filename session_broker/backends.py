@@ -55,11 +55,13 @@ def _ideal(name: str, method: str, n: int, why: str) -> BackendSpec:
     return BackendSpec(name, "ideal", method, n, why)
 
 
-def _device(name: str, fake: str, n: int, calibrated: str, version: str) -> BackendSpec:
+def _device(name: str, fake: str, n: int, calibrated: str, version: str,
+            method: str = "automatic") -> BackendSpec:
+    how = "" if method == "automatic" else f", simulated with Aer's {method} method"
     return BackendSpec(
-        name, "device", "automatic", n,
+        name, "device", method, n,
         f"{n}-qubit noisy simulator of {name} from the {fake} calibration snapshot "
-        f"(qiskit-ibm-runtime fake_provider, calibrated {calibrated}, backend_version {version})",
+        f"(qiskit-ibm-runtime fake_provider, calibrated {calibrated}, backend_version {version}{how})",
         fake,
     )
 
@@ -86,6 +88,12 @@ CATALOG: dict[str, BackendSpec] = {
         _device("ibm_lima", "FakeLimaV2", 5, "2021-03-15", "1.0.5"),
         _device("ibm_nairobi", "FakeNairobiV2", 7, "2024-05-27", "1.3.5"),
         _device("ibm_algiers", "FakeAlgiers", 27, "2024-02-28", "1.6.16"),
+        # Eagle and Heron processors. A statevector or density matrix of 127+ qubits cannot
+        # exist; Aer drops idle qubits (truncation), and matrix-product states keep the
+        # typical 100+ qubit tutorial circuits (GHZ chains, shallow layers) in memory.
+        _device("ibm_sherbrooke", "FakeSherbrooke", 127, "2025-02-26", "1.6.58",
+                "matrix_product_state"),
+        _device("ibm_torino", "FakeTorino", 133, "2025-02-26", "1.0.54", "matrix_product_state"),
     )
 }
 
@@ -187,6 +195,8 @@ def _simulator(spec: BackendSpec) -> AerSimulator:
     device = os.environ.get("SESSION_BROKER_WORKER_DEVICE", "CPU")
     options = {"device": device, "max_parallel_threads": aer_threads()}
     if spec.kind == "device":
+        if spec.method != "automatic":
+            options["method"] = spec.method
         return AerSimulator.from_backend(_fake(spec.snapshot), **options)
     # Ideal circuits with final measurements sample from one state: parallel shots only
     # add OpenMP start-up to every small job (Bell on 2 cores: 3.0 -> 2.0 ms), while the
@@ -237,7 +247,9 @@ def _fingerprint(name: str) -> str:
 
 
 def _widest_hint(name: str, width: int) -> str:
-    fits = [s for s in CATALOG.values() if s.num_qubits >= width and s.name != name]
+    kind = CATALOG[name].kind   # an ideal circuit is not helped by a noisy device, nor vice versa
+    fits = [s for s in CATALOG.values()
+            if s.num_qubits >= width and s.name != name and s.kind == kind]
     if not fits:
         return "Use a smaller circuit."
     wide = max(fits, key=lambda s: s.num_qubits)
@@ -253,6 +265,15 @@ def _walk(circuit, qubit_map):
             yield from _walk(block, qargs)
 
 
+def active_qubits(circuit) -> int:
+    """How many qubits some instruction other than a barrier or delay acts on."""
+    used = set()
+    for op, qargs in _walk(circuit, range(circuit.num_qubits)):
+        if op.name not in ("barrier", "delay"):
+            used.update(qargs)
+    return len(used)
+
+
 def check_circuit(name: str, circuit, *, require_isa: bool) -> None:
     """Refuse, on the client, a circuit the worker could not run as given.
 
@@ -265,10 +286,16 @@ def check_circuit(name: str, circuit, *, require_isa: bool) -> None:
     spec = get_spec(name)
     if not isinstance(circuit, QuantumCircuit):
         raise InvalidInputError(f"expected a QuantumCircuit, got {type(circuit).__name__}")
-    if circuit.num_qubits > spec.num_qubits:
+    # A device's qubits are physical: its ISA circuits span the whole chip. An ideal
+    # simulator drops idle qubits before it allocates (Aer's truncation), so what must fit
+    # is the number of qubits an instruction touches: a 127-qubit ISA circuit with 12
+    # active qubits runs on a 32-qubit simulator, as it does with Aer's own primitives.
+    width = circuit.num_qubits if spec.kind == "device" else active_qubits(circuit)
+    if width > spec.num_qubits:
+        what = "uses" if spec.kind == "device" else "acts on"
         raise CircuitTooWideError(
-            f"circuit {circuit.name!r} uses {circuit.num_qubits} qubits; backend {name!r} has "
-            f"{spec.num_qubits}. {_widest_hint(name, circuit.num_qubits)}"
+            f"circuit {circuit.name!r} {what} {width} qubits; backend {name!r} has "
+            f"{spec.num_qubits}. {_widest_hint(name, width)}"
         )
     if not require_isa:
         return
@@ -403,3 +430,45 @@ class BrokerBackend(BackendV2):
 
     def __hash__(self) -> int:
         return hash(("BrokerBackend", self.name))
+
+
+def name_of(backend) -> str:
+    """The catalog name for a backend *object*, as IBM's local testing mode passes them.
+
+    ``FakeManilaV2()`` (or any fake backend whose snapshot the catalog simulates) maps to
+    the device simulated from that snapshot; ``AerSimulator.from_backend(FakeManilaV2())``
+    too; a noiseless ``AerSimulator`` maps to the ideal backend with its method. Anything
+    else is refused with the catalog, since we would silently simulate something else.
+    """
+    if isinstance(backend, BrokerBackend):
+        return backend.name
+    snapshots = {spec.snapshot: spec.name for spec in CATALOG.values() if spec.snapshot}
+    fakes = {_fake_name(snap): name for snap, name in snapshots.items()}
+    cls = type(backend).__name__
+    if cls in snapshots:
+        return snapshots[cls]
+    name = getattr(backend, "name", "")
+    name = name() if callable(name) else name
+    if cls == "AerSimulator":
+        inner = str(name).removeprefix("aer_simulator_from(").removesuffix(")")
+        if inner in fakes:
+            return fakes[inner]
+        if getattr(backend.options, "noise_model", None) is None:
+            method = backend.options.method
+            ideal = {"automatic": "aer_simulator", "statevector": "aer_simulator_statevector",
+                     "matrix_product_state": "aer_simulator_mps"}
+            if method in ideal:
+                return ideal[method]
+    devices = ", ".join(f"{snap} -> {n}" for snap, n in snapshots.items())
+    raise UnknownBackendError(
+        f"backend object {name or cls!r} ({cls}) is not simulated here. A mode may be a backend "
+        f"name ({', '.join(CATALOG)}), a fake backend whose snapshot the catalog simulates "
+        f"({devices}), an AerSimulator built from one of those, or a noiseless AerSimulator "
+        "(method automatic, statevector or matrix_product_state)")
+
+
+@lru_cache(maxsize=None)
+def _fake_name(snapshot: str) -> str:
+    """``fake_manila`` for ``FakeManilaV2``: the name a fake backend (and Aer's copy) reports."""
+    cls = getattr(importlib.import_module("qiskit_ibm_runtime.fake_provider"), snapshot)
+    return cls.backend_name  # a class attribute: no need to load the snapshot

@@ -12,6 +12,13 @@ Configuration choices, and why:
   results in the job record, written once, so they set ``ignore_result`` and Celery's result
   backend (configured, with an expiry) holds nothing for them.
 - Connection retries forever: workers ride out Redis restarts.
+- Every name Celery and kombu give a key, queue, exchange or pub/sub channel comes from
+  ``keys.Keys`` and starts with the tenant's prefix (remote control, events, kombu's unacked
+  bookkeeping and routing tables, results): tenants on one Redis share nothing kombu keeps,
+  and ``acl.py`` can grant each one exactly its own names. Celery has no setting for the
+  names of the remote-control mailbox and reply queues (``<node>.celery.pidbox``), hence
+  ``TenantMailbox``. Not kombu's ``global_keyprefix``: it would rename the queue lists too,
+  which our Lua scripts push to and measure by their Celery names.
 
 Producers do not call ``apply_async``: ``messages.task_message`` builds the exact kombu
 message, and the submit script pushes it in the same atomic step that records the job.
@@ -19,21 +26,77 @@ message, and the submit script pushes it in the same atomic step that records th
 
 from __future__ import annotations
 
+import functools
+
 from celery import Celery
+from celery.worker import consumer as celery_consumer
+from celery.app.control import Control
+from kombu import Queue, pidbox
 from kombu.transport import TRANSPORT_ALIASES
 
+from session_broker import sentinel
 from session_broker.config import Settings, get_settings
+from session_broker.keys import Keys
 from session_broker.state import split_tls_options
 
 # kombu's Redis transport, hardened against malformed envelopes (see transport.py)
 TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = "session_broker.transport:Transport"
+TRANSPORT_ALIASES["sentinel"] = "session_broker.transport:SentinelTransport"
+
+
+class TenantMailbox(pidbox.Mailbox):
+    """kombu's remote-control mailbox with its queues named by ``Keys`` (``keys`` is set by
+    ``make_app``): kombu names them ``<node>.<namespace>.pidbox`` and ``<oid>.reply...``,
+    which no prefix rule could match without matching other tenants' names too."""
+
+    keys: Keys
+    reply_exchange_fmt = "%s.reply"  # Keys.reply_exchange: <control_exchange>.reply
+
+    def _queue(self, name: str, exchange, expires, ttl, **kw) -> Queue:
+        return Queue(name, exchange=exchange, durable=self.queue_durable, exclusive=self.queue_exclusive,
+                     auto_delete=not self.queue_durable, expires=expires, message_ttl=ttl, **kw)
+
+    def get_queue(self, hostname):
+        return self._queue(self.keys.mailbox_queue(hostname), self.exchange, self.queue_expires,
+                           self.queue_ttl)
+
+    def get_reply_queue(self):
+        return self._queue(self.keys.reply_queue(self.oid), self.reply_exchange,
+                           self.reply_queue_expires, self.reply_queue_ttl, routing_key=self.oid)
+
+
+class Consumer(celery_consumer.Consumer):
+    """Celery's worker consumer, reconnecting to the broker within 2 s of its return.
+
+    kombu retries a lost broker at 2, 6, 12, 20, 30 s... (hard-coded defaults): after a
+    Sentinel failover (a new master within seconds) or a Redis restart a worker sat idle up
+    to half a minute longer than the outage. Here every retry is at most 2 s apart.
+    """
+
+    def ensure_connected(self, conn):
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection, interval_start=0.25, interval_step=0.5, interval_max=2)
+        return super().ensure_connected(conn)
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     url, tls = split_tls_options(settings.url)
-    app = Celery("session_broker", broker=url, backend=url, set_as_current=True)
+    high_availability = {}   # Sentinel: kombu's and Celery's own sentinel support, our channel
+    if sentinel.is_sentinel(settings.url):
+        url, high_availability = sentinel.kombu_url(settings.url), sentinel.kombu_options(settings.url)
+    keys = Keys(settings.key_prefix)
+    mailbox = type("TenantMailbox", (TenantMailbox,), {"keys": keys})
+    control = type("TenantControl", (Control,), {"Mailbox": mailbox})
+    app = Celery("session_broker", broker=url, backend=url, set_as_current=True, control=control)
     transport = {
+        **high_availability,
+        # kombu's bookkeeping and pub/sub channels under the tenant's prefix (see keys.py)
+        "unacked_key": keys.unacked,
+        "unacked_index_key": keys.unacked_index,
+        "unacked_mutex_key": keys.unacked_mutex,
+        "keyprefix_binding_deadlines": keys.binding_deadlines,  # transport.Channel accepts it
+        "fanout_prefix": keys.fanout_prefix,
         "visibility_timeout": settings.visibility_timeout,
         # BRPOP timeout: a consumer picks up a new queue list (a pin change) after at most this
         "polling_interval": 0.1,
@@ -58,17 +121,23 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_send_sent_event=False,
         task_track_started=True,
         task_create_missing_queues=True,
-        task_default_queue=f"{settings.key_prefix}.default",
+        task_default_queue=keys.default_queue,
+        control_exchange=keys.control_exchange,
+        event_exchange=keys.event_exchange,
+        event_queue_prefix=keys.event_exchange,
         broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_channel_error_retry=True,
         broker_transport_options=transport,
-        result_backend_transport_options={"retry_policy": {"max_retries": 20}},
+        result_backend_transport_options={"retry_policy": {"max_retries": 20},
+                                          "global_keyprefix": keys.result_prefix,
+                                          **high_availability},
         redis_backend_health_check_interval=5,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_enable_remote_control=True,
+        worker_consumer="session_broker.celery_app:Consumer",
         imports=["tasks.primitives", "tasks.worker"],
         timezone="UTC",
     )

@@ -1,9 +1,11 @@
 """``session-broker``: the command line. ``build_parser()`` is the one definition of it.
 
-Commands: ``up`` (the whole stack on one machine), ``worker``, ``flower``, ``web`` (the Jobs
-page and /metrics), ``demo``, ``bench``, and the operator's views (``sessions``,
-``session``, ``jobs``, ``job``, ``workers``). Exit codes: 0 ok, 1 failure, 2 bad usage or
-configuration, 3 not found, 4 Redis unreachable.
+Commands: ``up`` (the whole stack on one machine; ``--ha`` with Sentinel), ``worker``,
+``flower``, ``api`` (the one web front: IBM's REST API, the Jobs page and /metrics), ``web``
+(the same front, the Jobs page's login required), ``demo``, ``bench``, the operator's views
+(``sessions``, ``session``, ``jobs``, ``job``, ``workers``) and ``acl`` (a tenant's Redis ACL
+users). Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 not found, 4 Redis
+unreachable.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--backend", action="append", help="backend to start workers for (repeatable; default ibmq_qasm_simulator)")
     up.add_argument("--workers", type=int, default=1, help="workers per backend (default 1)")
     up.add_argument("--flower-port", type=int, default=5555)
-    up.add_argument("--web-port", type=int, default=5556)
+    up.add_argument("--web-port", type=int, default=5556,
+                    help="the web front: Jobs page, /metrics and IBM's REST API (default 5556)")
     up.add_argument("--no-flower", action="store_true")
     up.add_argument("--no-web", action="store_true")
+    up.add_argument("--ha", action="store_true",
+                    help="start a Sentinel-managed Redis (master, replica, three Sentinels) instead of one Redis")
     up.add_argument("--state-dir", default=".sb-state", help="logs and embedded Redis data (default .sb-state)")
 
     w = sub.add_parser("worker", help="start a worker serving one backend")
@@ -39,13 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--loglevel", default="WARNING",
                    help="default WARNING: INFO logs two lines per job (Flower and the Jobs page show them)")
 
-    f = sub.add_parser("flower", help="run Flower (authentication required)")
+    f = sub.add_parser("flower", help="run Flower (every page but /healthcheck needs the login)")
     f.add_argument("--address", default="127.0.0.1")
     f.add_argument("--port", type=int, default=5555)
 
-    web = sub.add_parser("web", help="serve the Jobs page and Prometheus /metrics")
+    web = sub.add_parser("web", help="serve the web front (Jobs page, /metrics, REST API); needs the Flower login")
     web.add_argument("--address", default="127.0.0.1")
     web.add_argument("--port", type=int, default=5556)
+
+    api = sub.add_parser("api", help="serve IBM's Qiskit Runtime REST API (and the Jobs page, /metrics)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--certfile", help="TLS certificate (PEM); with --keyfile serves https")
+    api.add_argument("--keyfile", help="TLS private key (PEM)")
 
     d = sub.add_parser("demo", help="run the guide's examples (starts a local stack if none answers)")
     d.add_argument("--state-dir", default=".sb-state")
@@ -80,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     workers = sub.add_parser("workers", help="list live workers")
     table_opts(workers)
+
+    acl = sub.add_parser("acl", help="print the Redis ACL users (producer, worker, web) of a tenant")
+    acl.add_argument("tenant", help="the tenant's SESSION_BROKER_KEY_PREFIX")
+    acl.add_argument("--password-file", help="ROLE=PASSWORD lines, mode 0600; missing roles get a "
+                     "random password written there. Only hashes are printed")
+    acl.add_argument("--db", type=int, help="Redis database (default: the one in SESSION_BROKER_URL)")
     return p
 
 
@@ -132,10 +149,11 @@ def cmd_flower(args) -> int:
     from session_broker.embedded import FLOWER_COLUMNS, Stack
 
     settings = get_settings()
-    auth = settings.flower_auth or Stack().flower_auth()
-    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "session_broker.celery_app",
-                               "flower", f"--address={args.address}", f"--port={args.port}",
-                               f"--basic-auth={auth}", "--persistent=False", FLOWER_COLUMNS])
+    # the login stays in the environment (flower_login.py): argv is visible to every local user
+    os.environ["SESSION_BROKER_FLOWER_AUTH"] = settings.flower_auth or Stack().flower_auth()
+    os.execvp(sys.executable, [sys.executable, "-m", "session_broker.flower_login",
+                               f"--address={args.address}", f"--port={args.port}",
+                               "--persistent=False", FLOWER_COLUMNS])
 
 
 def cmd_up(args) -> int:
@@ -155,8 +173,14 @@ def cmd_up(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         url = start_stack(stack, names, args.workers, None if args.no_flower else args.flower_port,
-                          None if args.no_web else args.web_port, say=print)
+                          None if args.no_web else args.web_port, say=print, ha=args.ha)
         print(f"\nready. Producers use:  export SESSION_BROKER_URL={url}")
+        if not args.no_web:
+            from session_broker.api.app import recipe
+            from session_broker.api.settings import load_api_settings
+
+            print("\n".join(recipe(f"http://127.0.0.1:{args.web_port}", load_api_settings().instance,
+                                   stack.api_key())))
         print("Ctrl-C stops everything.", flush=True)
         while not stopping["now"]:
             dead = [c for c in stack.children if not c.alive()]
@@ -173,13 +197,24 @@ def cmd_up(args) -> int:
 
 
 def start_stack(stack, backend_names: list[str], workers: int, flower_port: int | None,
-                web_port: int | None, say=print) -> str:
+                web_port: int | None, say=print, ha: bool = False) -> str:
     """Bring up the parts in order, printing the state of each. Returns the Redis URL."""
     from session_broker.config import DEFAULT_URL, get_settings
     from session_broker.embedded import redis_answers, wait_for
     from session_broker.state import Store, redact
 
-    if os.environ.get("SESSION_BROKER_URL"):
+    if ha:
+        import secrets
+
+        say("[redis ] starting a master, a replica and three Sentinels (quorum 2) on loopback")
+        url = stack.start_ha(password=secrets.token_urlsafe(16)).url
+        # an acknowledged submit or result must reach the replica before the call returns
+        os.environ.setdefault("SESSION_BROKER_WAIT_REPLICAS", "1")
+        os.environ.setdefault("SESSION_BROKER_WAIT_TIMEOUT_MS", "100")
+        get_settings.cache_clear()
+        say(f"[redis ] Sentinel-managed, data in {stack.state_dir}; producers also set "
+            f"SESSION_BROKER_WAIT_REPLICAS={os.environ['SESSION_BROKER_WAIT_REPLICAS']}")
+    elif os.environ.get("SESSION_BROKER_URL"):
         url = get_settings().url
         say(f"[redis ] using SESSION_BROKER_URL={redact(url)}")
     elif redis_answers(DEFAULT_URL):
@@ -207,8 +242,9 @@ def start_stack(stack, backend_names: list[str], workers: int, flower_port: int 
         say(f"[flower] http://127.0.0.1:{flower_port}  (login {auth.split(':')[0]} / {auth.split(':', 1)[1]})")
     if web_port:
         stack.start_web(url, web_port, auth)
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{web_port}/healthcheck"), 60, "the Jobs page")
-        say(f"[jobs  ] http://127.0.0.1:{web_port}  (same login)")
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{web_port}/healthcheck"), 60, "the web front")
+        say(f"[jobs  ] http://127.0.0.1:{web_port}  (same login; /metrics too)")
+        say(f"[api   ] http://127.0.0.1:{web_port}/api/v1  (IBM's REST API; OpenAPI at /docs)")
     return url
 
 
@@ -235,11 +271,35 @@ def cmd_web(args) -> int:
     return EXIT_OK
 
 
+def cmd_api(args) -> int:
+    from session_broker.api.app import serve
+
+    serve(args.host, args.port, args.certfile, args.keyfile, require_keys=True)
+    return EXIT_OK
+
+
 def cmd_bench(args) -> int:
     import runpy
 
     sys.argv = ["benchmarks/run.py", *(["--quick"] if args.quick else []), "--workers", str(args.workers)]
     runpy.run_path(os.path.join(os.getcwd(), "benchmarks", "run.py"), run_name="__main__")
+    return EXIT_OK
+
+
+def cmd_acl(args) -> int:
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    from session_broker.acl import recipe
+    from session_broker.config import get_settings
+
+    db = args.db if args.db is not None else int(urlsplit(get_settings().url).path.lstrip("/") or 0)
+    passwords = None
+    if args.password_file:
+        from session_broker.acl import read_passwords
+
+        passwords = read_passwords(Path(args.password_file))
+    print("\n".join(recipe(args.tenant, db, passwords)))
     return EXIT_OK
 
 
@@ -252,9 +312,9 @@ def _ops(name):
 
 
 COMMANDS = {
-    "up": cmd_up, "worker": cmd_worker, "flower": cmd_flower, "web": cmd_web, "demo": cmd_demo,
+    "up": cmd_up, "worker": cmd_worker, "flower": cmd_flower, "web": cmd_web, "api": cmd_api, "demo": cmd_demo,
     "bench": cmd_bench, "sessions": _ops("sessions"), "session": _ops("session"),
-    "jobs": _ops("jobs"), "job": _ops("job"), "workers": _ops("workers"),
+    "jobs": _ops("jobs"), "job": _ops("job"), "workers": _ops("workers"), "acl": cmd_acl,
 }
 
 if __name__ == "__main__":

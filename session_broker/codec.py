@@ -54,8 +54,9 @@ from qiskit.qpy.common import QPY_VERSION
 from session_broker.errors import InvalidInputError, InvalidPayloadError, PayloadTooLargeError
 
 __all__ = [
-    "DecodedJob", "decode_circuit", "decode_payload", "decode_result", "encode_circuit",
-    "encode_estimator_pubs", "encode_payload", "encode_result", "encode_sampler_pubs",
+    "DecodedJob", "check_payload", "check_result_size", "decode_circuit", "decode_payload",
+    "decode_result", "encode_circuit", "encode_estimator_pubs", "encode_payload",
+    "encode_result", "encode_sampler_pubs", "result_bytes",
 ]
 
 WIRE_VERSION = 1
@@ -318,6 +319,8 @@ def _load_circuit(data: str, where: str) -> QuantumCircuit:
 def _enc_bindings(bindings: BindingsArray) -> dict:
     data = []
     for names, arr in bindings.data.items():
+        if not names:   # `[]`, `[[]]`, np.zeros((3, 0)) on a parameterless circuit: the shape
+            continue    # is all they carry, and it travels in "shape"
         if not np.isfinite(arr).all():
             raise InvalidInputError(f"parameter values for {list(names)[:3]} contain NaN or inf")
         data.append({"names": list(names), "array": _enc_array(arr.astype(np.float64, copy=False))})
@@ -448,6 +451,35 @@ def _dec_pub(obj, where: str, primitive: str, circuits: dict):
     if math.prod(pub.shape) > MAX_PUB_SIZE:      # math.prod: np.prod costs ~5 us here
         raise _bad(where, f"PUB shape {list(pub.shape)} has more than {MAX_PUB_SIZE} elements")
     return pub
+
+
+MAX_RESULT_BYTES = 1 << 30  # a sampler job's bit arrays: PUB size x shots x bytes per shot
+
+
+def result_bytes(pubs) -> int:
+    """Bytes of the BitArrays a sampler job returns (client and worker check the same bound)."""
+    return sum(int(np.prod(p.shape, dtype=np.int64)) * int(p.shots) * -(-p.circuit.num_clbits // 8)
+               for p in pubs)
+
+
+def check_result_size(pubs) -> None:
+    size = result_bytes(pubs)
+    if size > MAX_RESULT_BYTES:
+        raise InvalidInputError(
+            f"this sampler job would return {size / 2**20:.0f} MiB of bits (PUB size x shots x "
+            f"bytes per shot); the limit is {MAX_RESULT_BYTES >> 20} MiB: use fewer shots or split the job")
+
+
+def check_payload(payload: str, *, max_bytes: int) -> None:
+    """Run the worker's own decoder on a job before it is queued.
+
+    One validation, shared: whatever the client's checks let through but a worker would
+    refuse is an ``InvalidInputError`` in the caller's process, never a failed job.
+    """
+    try:
+        decode_payload(payload, max_bytes=max_bytes)
+    except InvalidPayloadError as exc:
+        raise InvalidInputError(f"this job would be refused by the worker: {exc}") from None
 
 
 def encode_payload(primitive: str, pubs: list[dict], options: dict, *, max_bytes: int) -> str:
@@ -612,8 +644,34 @@ def decode_result(data: str) -> PrimitiveResult:
                                **dict(_dec_field(f, f"{where}.fields[{j}]")
                                       for j, f in enumerate(fields)))
             out.append((SamplerPubResult if kind == "sampler" else PubResult)(data_bin, pub_meta))
-        return PrimitiveResult(out, metadata=metadata)
+        return PrimitiveResult(out, metadata=_with_spans(metadata))
     except InvalidPayloadError:
         raise
     except Exception as exc:
         raise InvalidPayloadError(f"invalid result: {_short(exc)}") from None
+
+
+def _with_spans(metadata: dict) -> dict:
+    """IBM's ``ExecutionSpans`` in ``metadata["execution"]["execution_spans"]``.
+
+    The worker writes each span as ``{"start": ISO, "stop": ISO, "data_slices": {pub index:
+    [shape, start, stop]}}`` (IBM's ``SliceSpan`` fields); here they become IBM's objects,
+    so code that reads ``result.metadata["execution"]["execution_spans"]`` runs unchanged.
+    """
+    spans = metadata.get("execution", {}).get("execution_spans") if isinstance(
+        metadata.get("execution"), dict) else None
+    if not isinstance(spans, list):
+        return metadata
+    from datetime import datetime
+
+    from qiskit_ibm_runtime.execution_span import ExecutionSpans, SliceSpan
+
+    objects = []
+    for span in spans:
+        slices = {int(i): (tuple(shape), slice(start, stop))
+                  for i, (shape, start, stop) in span["data_slices"].items()}
+        objects.append(SliceSpan(datetime.fromisoformat(span["start"]),
+                                 datetime.fromisoformat(span["stop"]), slices))
+    metadata = dict(metadata)
+    metadata["execution"] = {**metadata["execution"], "execution_spans": ExecutionSpans(objects)}
+    return metadata

@@ -1,4 +1,4 @@
-"""Start and stop the processes of a stack: Redis, workers, Flower, the Jobs page.
+"""Start and stop the processes of a stack: Redis, workers, Flower, the web front.
 
 ``session-broker up`` uses it to run a whole deployment on one machine; the demo, the
 tests and the benchmark use the same code, so what they exercise is what users run.
@@ -53,7 +53,10 @@ def redis_binary() -> str:
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+        from session_broker.state import connect
+
+        return bool(connect(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                            retry_on_error=[]).ping())
     except (redis.RedisError, OSError):
         return False
 
@@ -123,6 +126,41 @@ class Stack:
             wait_for(lambda: redis_answers(url), 20, f"redis on port {port}")
         return url
 
+    def start_ha(self, password: str | None = None, master: str = "mymaster", *,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> "HA":
+        """A master, one replica and three Sentinels (quorum 2) on loopback, each with its
+        AOF (``appendfsync everysec``, the documented setting); returns their handles and the
+        ``sentinel://`` URL clients and workers use. For ``up --ha`` and the failover tests."""
+        auth = ["--masterauth", password] if password else []   # the replica logs in to the master
+        persist = ["--appendfsync", "everysec"]
+        m_port, r_port = free_port(), free_port()
+        self.start_redis(m_port, appendonly=True, password=password, extra=auth + persist,
+                         name="redis-master")
+        self.start_redis(r_port, appendonly=True, password=password, name="redis-replica",
+                         extra=auth + persist + ["--replicaof", "127.0.0.1", str(m_port)])
+        nodes = {"master": self.children[-2], "replica": self.children[-1]}
+        ports = []
+        for i in range(3):
+            port = free_port()
+            conf = self.state_dir / f"sentinel-{i}.conf"
+            lines = [f"port {port}", "bind 127.0.0.1", f"dir {self.state_dir.resolve()}",
+                     f"sentinel monitor {master} 127.0.0.1 {m_port} 2",
+                     f"sentinel down-after-milliseconds {master} {down_after_ms}",
+                     f"sentinel failover-timeout {master} {failover_timeout_ms}",
+                     f"sentinel parallel-syncs {master} 1"]
+            if password:
+                lines.append(f"sentinel auth-pass {master} {password}")
+            conf.write_text("\n".join(lines) + "\n")
+            conf.chmod(0o600)   # holds the password
+            nodes[f"sentinel-{i}"] = self.spawn(f"sentinel-{i}", [redis_binary(), str(conf), "--sentinel"])
+            ports.append(port)
+        cred = f":{password}@" if password else ""
+        url = (f"sentinel://{cred}" + ",".join(f"127.0.0.1:{p}" for p in ports)
+               + f"/0?master={master}")
+        ha = HA(url, master, nodes, ports)
+        wait_for(lambda: ha.replicas_in_sync(), 30, "the replica to sync and the Sentinels to see it")
+        return ha
+
     def start_worker(self, backend: str, url: str, *, name: str | None = None,
                      concurrency: int = 1, env: dict | None = None, device: str = "CPU") -> Child:
         argv = [sys.executable, "-m", "session_broker.cli", "worker", "--backend", backend,
@@ -132,26 +170,48 @@ class Stack:
         return self.spawn(f"worker-{name or backend}", argv, {"SESSION_BROKER_URL": url, **(env or {})})
 
     def start_flower(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
-        argv = [sys.executable, "-m", "celery", "-A", "session_broker.celery_app", "flower",
-                "--address=127.0.0.1", f"--port={port}", f"--basic-auth={auth}",
-                "--purge_offline_workers=10", "--persistent=False", FLOWER_COLUMNS]
-        return self.spawn("flower", argv, {"SESSION_BROKER_URL": url, **(env or {})})
+        # the login goes in the environment, never in argv (ps shows argv to every user)
+        argv = [sys.executable, "-m", "session_broker.flower_login", "--address=127.0.0.1",
+                f"--port={port}", "--purge_offline_workers=10", "--persistent=False", FLOWER_COLUMNS]
+        return self.spawn("flower", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth,
+                                           **(env or {})})
 
     def start_web(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
+        """The one web front (Jobs page, /metrics, IBM's REST API) with this stack's logins."""
         argv = [sys.executable, "-m", "session_broker.cli", "web", "--address", "127.0.0.1",
                 "--port", str(port)]
         return self.spawn("web", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth,
-                                        **(env or {})})
+                                        "SESSION_BROKER_API_KEYS": self.api_keys(), **(env or {})})
+
+    def api_keys(self) -> str:
+        """``SESSION_BROKER_API_KEYS``: the setting, or one key generated once for this stack."""
+        return os.environ.get("SESSION_BROKER_API_KEYS") or self.api_key()
+
+    def api_key(self) -> str:
+        """The key to print in the client recipe: the generated one (a configured list may
+        hold only digests, so it cannot be printed)."""
+        configured = os.environ.get("SESSION_BROKER_API_KEYS")
+        if configured:
+            first = configured.split(",")[0].strip().rpartition("@")[0] or configured.split(",")[0].strip()
+            return "<your API key>" if first.startswith("sha256:") else first
+        path = self.state_dir / "api-key"
+        if not path.exists():
+            path.write_text(f"sb-{secrets.token_urlsafe(24)}")
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     def flower_auth(self) -> str:
         """``user:password`` for Flower and the Jobs page: the setting, or one generated once."""
-        configured = os.environ.get("SESSION_BROKER_FLOWER_AUTH")
+        from session_broker.config import load_settings
+
+        configured = load_settings().flower_auth  # validated: nothing Flower would split
         if configured:
             return configured
         path = self.state_dir / "flower-auth"
-        if not path.exists():
-            path.write_text(f"admin:{secrets.token_urlsafe(12)}")
-            path.chmod(0o600)
+        if not path.exists():  # created 0600: never readable by others, not even for a moment
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"admin:{secrets.token_urlsafe(12)}")
         return path.read_text().strip()
 
     # ------------------------------------------------------------------ stopping
@@ -186,6 +246,38 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@dataclass
+class HA:
+    """A Sentinel-managed Redis started by ``Stack.start_ha``."""
+
+    url: str
+    master: str
+    nodes: dict
+    sentinel_ports: list
+
+    def _sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, decode_responses=True,
+                           socket_connect_timeout=1, socket_timeout=1)
+
+    def master_address(self) -> tuple[str, int] | None:
+        """The master as the first Sentinel that answers names it."""
+        for port in self.sentinel_ports:
+            try:
+                host, p = self._sentinel(port).sentinel_get_master_addr_by_name(self.master)
+                return host, int(p)
+            except (redis.RedisError, OSError, TypeError):
+                continue
+        return None
+
+    def replicas_in_sync(self) -> bool:
+        try:
+            info = [self._sentinel(p).sentinel_master(self.master) for p in self.sentinel_ports]
+        except (redis.RedisError, OSError):
+            return False
+        return all(int(i.get("num-slaves", 0)) >= 1 and int(i.get("num-other-sentinels", 0)) >= 2
+                   for i in info)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -9,6 +9,8 @@ once; a failed or cancelled job raises the typed error rebuilt from its record.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -16,7 +18,10 @@ from typing import Any, Callable
 from qiskit.primitives import BasePrimitiveJob, PrimitiveResult
 
 from session_broker import codec
-from session_broker.errors import JobNotFoundError, JobTimeoutError, error_for_code
+from session_broker.errors import (
+    InvalidInputError, JobNotFoundError, JobTimeoutError, error_for_code,
+)
+from session_broker.results import v1_transform
 from session_broker.state import FINAL_JOB_STATUSES, Store, iso
 
 
@@ -34,6 +39,7 @@ class RuntimeJobV2(BasePrimitiveJob):
         self.primitive_id = primitive
         self._transform = transform
         self._result: Any = None
+        self._inputs: dict | None = None   # kept by the object run() returned
 
     @classmethod
     def attach(cls, job_id: str, store: Store, service=None) -> "RuntimeJobV2":
@@ -43,8 +49,6 @@ class RuntimeJobV2(BasePrimitiveJob):
         transform = None
         summary = json.loads(rec.get("summary") or "{}")
         if summary.get("api") == "v1":
-            from session_broker.primitives import v1_transform
-
             transform = v1_transform(rec.get("primitive", ""))
         return cls(job_id, store, service=service, backend=rec.get("backend"),
                    session_id=rec.get("session") or None, primitive=rec.get("primitive"),
@@ -77,6 +81,11 @@ class RuntimeJobV2(BasePrimitiveJob):
         """Wait for the job and return its result; raise its typed error if it failed."""
         if self._result is not None:
             return self._result
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+                                    or not math.isfinite(timeout) or timeout < 0):
+            raise InvalidInputError(f"timeout={timeout!r:.60} must be None or a finite number of "
+                                    "seconds >= 0")
+        timeout = None if timeout is None else float(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         fields = ("status", "result", "error_code", "error")
         rec = self._store.job(self._job_id, *fields)
@@ -126,6 +135,72 @@ class RuntimeJobV2(BasePrimitiveJob):
             "worker": rec.get("worker") or None,
         }
 
+    # ------------------------------------------------------------------ IBM's job API
+    def _summary(self) -> dict:
+        rec = self._store.job(self._job_id, "summary")
+        if not rec:
+            raise JobNotFoundError(f"job {self._job_id!r} does not exist (or its record expired)")
+        return json.loads(rec.get("summary") or "{}")
+
+    @property
+    def tags(self) -> list[str]:
+        """The job's tags (``options.environment.job_tags`` at submit, or ``update_tags``)."""
+        tags = self._summary().get("tags") or []
+        return list(tags) if isinstance(tags, list) else []   # cjson writes [] as {}
+
+    def update_tags(self, new_tags: list[str]) -> list[str]:
+        """Replace the job's tags, as IBM's; returns the new tags."""
+        if not isinstance(new_tags, (list, tuple)) or not all(isinstance(t, str) for t in new_tags):
+            raise InvalidInputError(f"new_tags must be a list of strings, not {new_tags!r:.80}")
+        if self._store.update_tags(self._job_id, list(new_tags)) == "not_found":
+            raise JobNotFoundError(f"job {self._job_id!r} does not exist (or its record expired)")
+        return list(new_tags)
+
+    def usage(self) -> float:
+        """Seconds the job ran on a worker (IBM's quantum seconds); 0 before it ran."""
+        return float(self._store.job(self._job_id, "usage").get("usage") or 0.0)
+
+    @property
+    def inputs(self) -> dict:
+        """The job's input: ``{"pubs": [...], "options": {...}, "version": 2, ...}`` as IBM's.
+
+        The object ``run()`` returned keeps them; from another process they are read from
+        the job's payload, which the worker deletes when the job ends (to keep Redis small).
+        """
+        if self._inputs is not None:
+            return self._inputs
+        payload = self._store.job(self._job_id, "payload").get("payload")
+        if not payload:
+            raise JobNotFoundError(
+                f"the inputs of job {self._job_id} are no longer stored: a job's payload is "
+                "deleted when it ends; use the job object that run() returned")
+        job = codec.decode_payload(payload, max_bytes=None)
+        ibm = job.options.get("ibm") or {"options": {k: v for k, v in job.options.items()
+                                                     if k != "api"}}
+        return {"pubs": job.pubs, **ibm}
+
+    @property
+    def instance(self) -> str | None:
+        return None
+
+    @property
+    def private(self) -> bool:
+        return False
+
+    def logs(self) -> str:
+        """Jobs keep no log here; their error, if any, is ``error_message()``."""
+        return ""
+
+    def wait_for_final_state(self, timeout: float | None = None) -> None:
+        """Block until the job ends (IBM's name); ``JobTimeoutError`` after ``timeout`` s."""
+        try:
+            self.result(timeout=timeout)
+        except JobTimeoutError:
+            raise
+        except Exception:   # failed or cancelled: final, which is all this waits for
+            pass
+
+    @property
     def creation_date(self) -> datetime | None:
         created = self._store.job(self._job_id, "created").get("created")
         return datetime.fromtimestamp(float(created), tz=timezone.utc) if created else None

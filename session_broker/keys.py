@@ -3,7 +3,9 @@
 Why one module: a newcomer can see the whole data model on one screen, an operator can
 write ACL rules from it, and a clean-up test can check that nothing else is left behind.
 
-Key schema (``P`` is ``SESSION_BROKER_KEY_PREFIX``, default ``sb``)::
+Key schema (``P`` is ``SESSION_BROKER_KEY_PREFIX``, default ``sb``: 1-32 of ``a-z 0-9 _ -``,
+never ``.`` or ``:``, so the first ``.`` or ``:`` of any name below ends its tenant's prefix
+and one tenant's names never start with another's; see ``config.KEY_PREFIX``)::
 
     P:s:<sid>            hash   session: state, backend, mode, timers' lengths, counts, pin
     P:s:<sid>:jobs       list   job ids of the session, in submission order
@@ -28,12 +30,33 @@ Key schema (``P`` is ``SESSION_BROKER_KEY_PREFIX``, default ``sb``)::
     P:epoch              string pin epoch counter (fencing)
     P:config             hash   the operator's system settings, published by workers at start and
                                 again whenever they find it missing (Redis came back empty)
-    P:dead               list   messages refused as malformed (transport.py's dead letters, capped)
     P:rescue             hash   the unacked rescue's cursor (score, tag): each sweep goes on from
                                 where the last one stopped, so the whole ``unacked`` index is covered
     P:counts             hash   jobs ever submitted / ended, by status (Prometheus counters)
     P:hist:<name>        hash   histogram buckets (le -> count, sum, count) for queue_wait,
                                 execution and session_idle seconds (Prometheus histograms)
+    P:dead               list   task messages the transport refused as malformed (newest first)
+
+Celery's and kombu's names, set from here by ``celery_app`` so that they too are the tenant's
+(nothing kombu or Celery keeps is shared between prefixes)::
+
+    P.default                     list   Celery's default queue (unused by our tasks)
+    P.control.pidbox              -      remote-control exchange (add_consumer, revoke, ping)
+    P.control.node.<node>         list   a worker's remote-control mailbox (kombu declares it)
+    P.control.reply.<oid>         list   replies to one remote-control caller
+    P.events                      -      Celery's event exchange (what Flower shows)
+    P.events.<uuid>               list   one event receiver's queue (Flower's)
+    _kombu.binding.P.<exchange>   set    kombu's routing table of an exchange of ours
+    _kombu.binding_permanent.P.*  set    ... and its permanent members
+    P:kombu.binding_deadlines     zset   kombu's expiry index of routing tables
+    P:unacked / P:unacked_index   hash / zset   messages fetched but not acknowledged
+    P:unacked_mutex               string kombu's lock around redelivery of those
+    P:celery-task-meta-<id>       string Celery result of a task (our tasks store none)
+    /P:<db>.<exchange>[/<rkey>]   channel  pub/sub: remote control and events (fanout)
+    P:celery-task-meta-<id>       channel  Celery publishes each stored result here too
+
+Priority sub-lists of a queue ``Q`` are ``Q`` + ``\x06\x16`` + 3, 6 or 9 (``queue_keys``).
+``acl.py`` builds each tenant's Redis ACL rules from this class, so they follow it.
 
 All timestamps are Redis server time (``TIME``), seconds as floats, so hosts with skewed
 clocks agree. Every state change is one script: atomic, and one round trip.
@@ -129,10 +152,87 @@ class Keys:
     def histogram(self, name: str) -> str:
         return f"{self.prefix}:hist:{name}"
 
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    # Celery's and kombu's names (see the schema above; celery_app.py applies them)
+    @property
+    def default_queue(self) -> str:
+        return f"{self.prefix}.default"
+
+    @property
+    def control_exchange(self) -> str:
+        """Celery's ``control_exchange``: the mailbox namespace (kombu appends ``.pidbox``)."""
+        return f"{self.prefix}.control"
+
+    @property
+    def mailbox_exchange(self) -> str:
+        """The remote-control (fanout) exchange, as kombu names it: ``<control_exchange>.pidbox``."""
+        return f"{self.control_exchange}.pidbox"
+
+    def mailbox_queue(self, node: str) -> str:
+        return f"{self.control_exchange}.node.{node}"
+
+    @property
+    def reply_exchange(self) -> str:
+        return f"{self.control_exchange}.reply"
+
+    def reply_queue(self, oid: str) -> str:
+        return f"{self.reply_exchange}.{oid}"
+
+    @property
+    def event_exchange(self) -> str:
+        return f"{self.prefix}.events"
+
+    def event_queue(self, uuid: str) -> str:
+        return f"{self.event_exchange}.{uuid}"
+
+    def bindings(self, exchange: str) -> list[str]:
+        """kombu's routing tables of one exchange (its name starts with ``P.``)."""
+        return [f"_kombu.binding.{exchange}", f"_kombu.binding_permanent.{exchange}"]
+
+    @property
+    def binding_deadlines(self) -> str:
+        return f"{self.prefix}:kombu.binding_deadlines"
+
+    @property
+    def unacked(self) -> str:
+        return f"{self.prefix}:unacked"
+
+    @property
+    def unacked_index(self) -> str:
+        return f"{self.prefix}:unacked_index"
+
+    @property
+    def unacked_mutex(self) -> str:
+        return f"{self.prefix}:unacked_mutex"
+
+    @property
+    def result_prefix(self) -> str:
+        """Celery's result backend ``global_keyprefix``: its keys are ``P:celery-task-meta-<id>``."""
+        return f"{self.prefix}:"
+
+    def result(self, task_id: str) -> str:
+        return f"{self.result_prefix}celery-task-meta-{task_id}"
+
+    @property
+    def fanout_prefix(self) -> str:
+        """kombu's ``fanout_prefix``: pub/sub channel names start with it (kombu fills ``{db}``).
+
+        kombu takes the exchange from a channel name by dropping everything up to the first
+        ``.`` when it starts with ``/``: hence ``/P:<db>.`` rather than ``P:...``."""
+        return f"/{self.prefix}:{{db}}."
+
+    def channel(self, db: int, exchange: str, routing_key: str = "") -> str:
+        """The pub/sub channel kombu publishes a fanout message of ``exchange`` on."""
+        name = self.fanout_prefix.format(db=db) + exchange
+        return f"{name}/{routing_key}" if routing_key else name
+
     def queue_keys(self, queue: str) -> list[str]:
         """The Redis keys kombu uses for one queue: the list, its priority sub-lists, its bindings."""
         return [queue, *(f"{queue}{KOMBU_PRIORITY_SEP}{p}" for p in KOMBU_PRIORITY_STEPS),
-                f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"]
+                *self.bindings(queue)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -717,8 +817,8 @@ return requeued
 """
 
 # A message a consumer fetched and then lost (its worker died, or Redis went away between
-# fetch and start) waits in kombu's `unacked` hash for the visibility timeout: an hour by
-# default. A job still QUEUED whose message has sat there longer than ARGV[2] seconds was
+# fetch and start) waits in kombu's `unacked` hash (P:unacked) for the visibility timeout:
+# an hour by default. A job still QUEUED whose message has sat there longer than ARGV[2] seconds was
 # never claimed by anyone: give it back to the head of its queue now. Should the original
 # consumer be alive after all, the claim lets only one of the two copies run.
 # The index is read from a cursor (P:rescue: the score and tag of the last entry inspected),
@@ -726,11 +826,12 @@ return requeued
 # rescuable (other apps on the database, jobs still running) cannot hide the ones behind them.
 # ARGV: P, min_age, limit -> {number of jobs given back, entries inspected}
 RESCUE_UNACKED = PRELUDE + r"""
+local UNACKED, UNACKED_INDEX = P .. ':unacked', P .. ':unacked_index'  -- Keys.unacked, .unacked_index
 local upto, limit = NOW - tonumber(ARGV[2]), tonumber(ARGV[3])
 local cursor = P .. ':rescue'
 local from_score = redis.call('HGET', cursor, 'score')
 local from_tag = redis.call('HGET', cursor, 'tag') or ''
-local rows = redis.call('ZRANGEBYSCORE', 'unacked_index', from_score or '-inf', upto, 'WITHSCORES',
+local rows = redis.call('ZRANGEBYSCORE', UNACKED_INDEX, from_score or '-inf', upto, 'WITHSCORES',
   'LIMIT', 0, limit)
 local rescued, seen = 0, 0
 local last_score, last_tag = nil, nil
@@ -740,12 +841,12 @@ for i = 1, #rows, 2 do
   if not (from_score and tonumber(score) == tonumber(from_score) and tag <= from_tag) then
     seen = seen + 1
     -- kombu's entry: [message, exchange, routing_key]
-    local ok, entry = pcall(cjson.decode, redis.call('HGET', 'unacked', tag) or '')
+    local ok, entry = pcall(cjson.decode, redis.call('HGET', UNACKED, tag) or '')
     local jid = ok and type(entry) == 'table' and type(entry[1]) == 'table'
       and type(entry[1]['headers']) == 'table' and entry[1]['headers']['id']
     if type(jid) == 'string' and give_back(jid) == 1 then
-      redis.call('HDEL', 'unacked', tag)
-      redis.call('ZREM', 'unacked_index', tag)
+      redis.call('HDEL', UNACKED, tag)
+      redis.call('ZREM', UNACKED_INDEX, tag)
       rescued = rescued + 1
     end
   end
@@ -812,4 +913,16 @@ for node, _ in pairs((function() local t = {}; local f = redis.call('HGETALL', P
   if redis.call('EXISTS', P .. ':w:' .. node) == 0 then table.insert(dead, node) end
 end
 return dead
+"""
+
+# ARGV: P, jid, tags (JSON list of strings) -> 'ok' | 'not_found'
+# A job's tags live in its summary (written at submit); IBM's job.update_tags() replaces them.
+UPDATE_TAGS = PRELUDE + r"""
+local j = jk(ARGV[2])
+local summary = redis.call('HGET', j, 'summary')
+if not summary then return 'not_found' end
+local decoded = cjson.decode(summary)
+decoded['tags'] = cjson.decode(ARGV[3])
+redis.call('HSET', j, 'summary', cjson.encode(decoded))
+return 'ok'
 """

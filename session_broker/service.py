@@ -7,7 +7,10 @@ owns the one submit path every primitive uses.
 
 from __future__ import annotations
 
+import json
 import threading
+from datetime import datetime
+from typing import Callable
 
 from session_broker import backends as catalog
 from session_broker.backends import BrokerBackend
@@ -37,62 +40,135 @@ class QiskitRuntimeService:
 
     # ------------------------------------------------------------------ backends
     def backends(self, name: str | None = None, min_num_qubits: int | None = None,
-                 **_filters) -> list[BrokerBackend]:
-        """Backends with at least one live worker, in catalog order."""
-        live = {w.get("backend") for w in self._store.live_workers()}
+                 instance: str | None = None, dynamic_circuits: bool | None = None,
+                 filters: Callable[[BrokerBackend], bool] | None = None, *,
+                 simulator: bool | None = None, operational: bool | None = True,
+                 **_ignored) -> list[BrokerBackend]:
+        """Catalog backends, as IBM's ``service.backends()`` filters them.
+
+        ``operational=True`` (the default) keeps backends with at least one live worker;
+        ``operational=False`` lists those without; ``None`` lists all. ``simulator`` is
+        always False here: every backend is served like a device (sessions, ISA checks),
+        as IBM's client sees them, so ``simulator=True`` finds none.
+        ``dynamic_circuits`` keeps backends whose target runs control flow.
+        """
+        live = {w.get("backend") for w in self._store.live_workers()} if operational is not None else set()
         out = []
         for backend in catalog.known_backends():
-            if backend not in live or (name and backend != name):
-                continue
             spec = catalog.get_spec(backend)
+            if name and backend != name:
+                continue
+            if operational is not None and (backend in live) != operational:
+                continue
             if min_num_qubits and spec.num_qubits < min_num_qubits:
                 continue
-            out.append(BrokerBackend(backend, service=self))
+            if simulator:
+                continue
+            obj = BrokerBackend(backend, service=self)
+            if dynamic_circuits is not None and ("if_else" in obj.target.operation_names) != dynamic_circuits:
+                continue
+            if filters is not None and not filters(obj):
+                continue
+            out.append(obj)
         return out
 
-    def backend(self, name: str = "ibmq_qasm_simulator", **_kw) -> BrokerBackend:
+    def backend(self, name: str = "ibmq_qasm_simulator", instance: str | None = None,
+                **_kw) -> BrokerBackend:
         """The catalog backend ``name`` (its jobs queue until a worker for it is up)."""
         catalog.get_spec(name)
         return BrokerBackend(name, service=self)
 
     get_backend = backend
 
-    def least_busy(self, min_num_qubits: int | None = None, **_kw) -> BrokerBackend:
-        live = self.backends(min_num_qubits=min_num_qubits)
-        if not live:
+    def least_busy(self, min_num_qubits: int | None = None, instance: str | None = None,
+                   filters: Callable[[BrokerBackend], bool] | None = None,
+                   **kwargs) -> BrokerBackend:
+        """The operational backend with the fewest jobs waiting per live worker."""
+        kwargs.setdefault("operational", True)
+        found = self.backends(min_num_qubits=min_num_qubits, filters=filters, **kwargs)
+        if not found:
             from session_broker.errors import UnknownBackendError
 
-            raise UnknownBackendError("no backend has a live worker; start one with "
-                                      "`session-broker worker --backend NAME`")
-        return live[0]
+            asked = ", ".join(f"{k}={v!r}" for k, v in
+                              {"min_num_qubits": min_num_qubits, **kwargs}.items() if v is not None)
+            live = sorted({w.get("backend") for w in self._store.live_workers()})
+            widths = ", ".join(f"{n} ({catalog.get_spec(n).num_qubits} qubits)" for n in live)
+            raise UnknownBackendError(
+                f"no backend matches {asked or 'the filters'}"
+                f"{' and ' + repr(filters) if filters else ''}. Backends with a live worker: "
+                f"{widths or 'none'}; start one with `session-broker worker --backend NAME` "
+                f"(catalog: {', '.join(catalog.known_backends())})")
+        workers: dict[str, int] = {}
+        for w in self._store.live_workers():
+            workers[w.get("backend")] = workers.get(w.get("backend"), 0) + 1
+        return min(found, key=lambda b: self._store.queue_length(b.name) / max(1, workers.get(b.name, 0)))
 
     # ------------------------------------------------------------------ jobs
     def job(self, job_id: str) -> RuntimeJobV2:
         """Re-attach to any job, from any process."""
+        if not isinstance(job_id, str):
+            from session_broker.errors import JobNotFoundError
+
+            raise JobNotFoundError(f"job id must be a string, not {type(job_id).__name__}")
         return RuntimeJobV2.attach(job_id, self._store, service=self)
 
-    def jobs(self, session_id: str | None = None, backend: str | None = None,
-             limit: int | None = 10, skip: int = 0, pending: bool | None = None) -> list[RuntimeJobV2]:
-        """Jobs, newest first; filtered by session, backend and pending (QUEUED/RUNNING)."""
+    def jobs(self, limit: int | None = 10, skip: int = 0, backend_name: str | None = None,
+             pending: bool | None = None, program_id: str | None = None,
+             instance: str | None = None, job_tags: list[str] | None = None,
+             session_id: str | None = None, created_after: datetime | None = None,
+             created_before: datetime | None = None, descending: bool = True,
+             backend: str | None = None, **_ignored) -> list[RuntimeJobV2]:
+        """Jobs, as IBM's ``service.jobs()`` filters them (``backend=`` is ``backend_name=``).
+
+        ``pending`` means QUEUED or RUNNING; ``job_tags`` keeps jobs that have all of them;
+        naive datetimes are local time, as IBM's client reads them.
+        """
+        from session_broker.inputs import jobs_filters
+
+        limit, skip, after, before = jobs_filters(limit, skip, created_after, created_before)
+        backend_name = backend_name or backend
         store = self._store
         if session_id:
-            ids = list(reversed(store.session_job_ids(session_id)))
+            ids = store.session_job_ids(session_id)
+            ids = list(reversed(ids)) if descending else ids
         else:
-            ids = store.redis.zrevrange(store.keys.jobs, 0, -1)
+            lo, hi = ("-inf" if after is None else after), ("+inf" if before is None else before)
+            ids = (store.redis.zrevrangebyscore(store.keys.jobs, hi, lo) if descending
+                   else store.redis.zrangebyscore(store.keys.jobs, lo, hi))
+        wanted = set(job_tags or [])
         out = []
-        for jid in ids:
-            rec = store.job(jid, "backend", "status")
-            if not rec or (backend and rec.get("backend") != backend):
-                continue
-            if pending is not None and (rec.get("status") in ("QUEUED", "RUNNING")) != pending:
-                continue
-            if skip:
-                skip -= 1
-                continue
-            out.append(RuntimeJobV2.attach(jid, store, service=self))
-            if limit is not None and len(out) >= limit:
-                break
+        for chunk in range(0, len(ids), 200):
+            batch = ids[chunk:chunk + 200]
+            pipe = store.redis.pipeline(transaction=False)
+            for jid in batch:
+                pipe.hmget(store.keys.job(jid), "backend", "status", "primitive", "summary", "created")
+            for jid, (be, status, primitive, summary, created) in zip(batch, pipe.execute()):
+                if status is None or (backend_name and be != backend_name):
+                    continue
+                if program_id and primitive != program_id:
+                    continue
+                if pending is not None and (status in ("QUEUED", "RUNNING")) != pending:
+                    continue
+                created = float(created or 0)
+                if (after is not None and created < after) or (before is not None and created > before):
+                    continue
+                if wanted:
+                    tags = json.loads(summary or "{}").get("tags") or []
+                    if not isinstance(tags, list) or not wanted.issubset(tags):
+                        continue
+                if skip:
+                    skip -= 1
+                    continue
+                out.append(RuntimeJobV2.attach(jid, store, service=self))
+                if limit is not None and len(out) >= limit:
+                    return out
         return out
+
+    def usage(self) -> dict:
+        """IBM's instance usage: seconds that jobs ran on workers here (no limit)."""
+        return {"usage_consumed_seconds": self._store.usage_seconds(),
+                "usage_limit_seconds": None, "usage_limit_reached": False,
+                "usage_remaining_seconds": None}
 
     # ------------------------------------------------------------------ the submit path
     def _submit(self, *, primitive: str, backend: str, session, payload: str, summary: dict,

@@ -75,9 +75,21 @@ class Session:
 
     mode = "session"
 
-    def __init__(self, service: QiskitRuntimeService | None = None,
-                 backend: str | BrokerBackend | None = None, max_time: int | str | None = None,
-                 *, _session_id: str | None = None):
+    def __init__(self, backend=None, max_time: int | str | None = None, *legacy,
+                 service: QiskitRuntimeService | None = None, create_new: bool = True,
+                 _session_id: str | None = None):
+        """``Session(backend, max_time)`` as qiskit-ibm-runtime 0.51, or the guide's
+        ``Session(service=service, backend=name)`` (also positionally: service first).
+
+        ``backend`` is a name, a backend from ``service.backend()``, or a fake backend /
+        ``AerSimulator`` as IBM's local testing mode passes them (mapped to the catalog
+        backend that simulates it).
+        """
+        if isinstance(backend, QiskitRuntimeService):   # the old order: (service, backend, max_time)
+            service, backend, max_time = backend, max_time, (legacy[0] if legacy else None)
+        elif legacy:
+            raise InvalidInputError("Session takes (backend, max_time) positionally; pass "
+                                    "service= and other arguments by keyword")
         if isinstance(backend, BrokerBackend):
             service = service or backend.service
             name = backend.name
@@ -87,6 +99,8 @@ class Session:
             raise InvalidInputError(
                 f"{type(self).__name__} needs a backend: a name such as 'ibmq_qasm_simulator' or "
                 "service.backend(name); known backends: " + ", ".join(catalog.known_backends()))
+        elif hasattr(backend, "target") or type(backend).__name__ == "AerSimulator":
+            name = catalog.name_of(backend)
         else:
             raise InvalidInputError(f"backend must be a name or a backend object, not {type(backend).__name__}")
         catalog.get_spec(name)
@@ -131,7 +145,7 @@ class Session:
         kind = Batch if data.get("mode") == "batch" else Session
         if cls is not Session and kind is not cls:
             raise SessionNotFoundError(f"{session_id} is a {kind.__name__}, not a {cls.__name__}")
-        return kind(service=service, backend=data["backend"], _session_id=session_id)
+        return kind(data["backend"], service=service, _session_id=session_id)
 
     # ------------------------------------------------------------------ lifecycle
     def status(self) -> str:

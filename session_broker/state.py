@@ -35,6 +35,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from session_broker import keys as K
+from session_broker import sentinel
 from session_broker.config import Settings, get_settings
 from session_broker.errors import (
     BackendMismatchError,
@@ -74,19 +75,21 @@ def new_id() -> str:
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A redis-py client for our own keys: retries through short outages (Redis restarts)."""
-    url, ssl_kwargs = split_tls_options(settings.url)
-    client = redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 40),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        health_check_interval=10,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        **ssl_kwargs,
-    )
-    return client
+    """A redis-py client for our own keys: retries through short outages (Redis restarts,
+    a Sentinel failover)."""
+    return connect(settings.url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 40),
+                   health_check_interval=10, socket_connect_timeout=5, socket_keepalive=True)
+
+
+def connect(url: str, **kwargs) -> redis.Redis:
+    """Every redis-py client we make: ``redis://``, ``rediss://`` (TLS options from the URL)
+    or ``sentinel://`` (bound to the current master). ``decode_responses`` unless told."""
+    kwargs.setdefault("decode_responses", True)
+    kwargs.setdefault("retry_on_error", [redis.ConnectionError, redis.TimeoutError])
+    bare, ssl_kwargs = split_tls_options(url)
+    if sentinel.is_sentinel(url):
+        return sentinel.client(url, ssl_kwargs, **kwargs)
+    return redis.Redis.from_url(bare, **kwargs, **ssl_kwargs)
 
 
 def split_tls_options(url: str) -> tuple[str, dict]:
@@ -100,7 +103,7 @@ def split_tls_options(url: str) -> tuple[str, dict]:
     opts = {k: v for k, v in query.items() if k.startswith("ssl_")}
     rest = "&".join(f"{k}={v}" for k, v in query.items() if not k.startswith("ssl_"))
     bare = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment))
-    if parts.scheme != "rediss":
+    if parts.scheme not in ("rediss", "sentinels"):
         return bare, {}
     reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
     kwargs: dict[str, Any] = {"ssl_cert_reqs": reqs.get(opts.get("ssl_cert_reqs", "required"), ssl.CERT_REQUIRED)}
@@ -178,6 +181,7 @@ class Store:
         self._dead = reg(K.DEAD_WORKERS)
         self._rescue = reg(K.RESCUE_UNACKED)
         self._reconcile = reg(K.RECONCILE_WORKER)
+        self._update_tags = reg(K.UPDATE_TAGS)
 
     @property
     def p(self) -> str:
@@ -187,10 +191,9 @@ class Store:
         """Fail fast and clearly at start (the shared client retries for ~40 s later on).
 
         With ``check``, also warn (once a process) about Redis settings that can lose jobs."""
-        url, ssl_kwargs = split_tls_options(self.settings.url)
-        quick = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5,
-                                     retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                                     **ssl_kwargs)
+        quick = connect(self.settings.url, socket_connect_timeout=3, socket_timeout=5,
+                        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                        decode_responses=False)
         try:
             quick.ping()
         except redis.AuthenticationError as exc:
@@ -203,7 +206,7 @@ class Store:
                     f"Redis at {redact(self.settings.url)} needs a password: {exc}. "
                     "Put it in SESSION_BROKER_URL (redis://:PASSWORD@host:port/0)") from exc
             raise
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:   # incl. no master
             raise BrokerConnectionError(
                 f"cannot reach Redis at {redact(self.settings.url)}: {str(exc).rstrip('.')}. "
                 "Start one (session-broker up) or set SESSION_BROKER_URL") from exc
@@ -297,9 +300,9 @@ class Store:
         line. A later job of a session whose first job was cancelled is recorded as ERROR.
         """
         with broker_errors(self.settings, f"queue job {job_id}"):
-            res = self._submit(args=[self.p, job_id, session_id or "", backend, primitive, payload,
-                                     message, queue, self.settings.result_ttl,
-                                     json.dumps(summary, separators=(",", ":"))])
+            res = self._replicated(self._submit, [self.p, job_id, session_id or "", backend, primitive,
+                                                  payload, message, queue, self.settings.result_ttl,
+                                                  json.dumps(summary, separators=(",", ":"))])
         if res[0] == "ok":
             return Submitted(job_id, res[1])
         kind, detail = res[1], res[2]
@@ -329,12 +332,41 @@ class Store:
     def finish(self, job_id: str, claim: str, status: str, result: str = "",
                error_code: str = "", error: str = "", usage: float = 0.0) -> str:
         """RUNNING -> DONE/ERROR, fenced by the claim token; may close or idle the session."""
-        return self._finish(args=[self.p, job_id, claim, status, result, error_code, error,
-                                  f"{usage:.6f}"])
+        return self._replicated(self._finish, [self.p, job_id, claim, status, result, error_code,
+                                               error, f"{usage:.6f}"])
+
+    def _replicated(self, script, args: list):
+        """Run ``script``, then Redis ``WAIT`` on the same connection (one pipeline) until
+        ``wait_replicas`` replicas hold the write or ``wait_timeout_ms`` passes. With Sentinel,
+        an acknowledged submit or result then survives the master's death: the replica that
+        Sentinel promotes (the most up to date) has it."""
+        if not self.settings.wait_replicas:
+            return script(args=args)
+        pipe = self.redis.pipeline(transaction=False)
+        script(args=args, client=pipe)
+        pipe.wait(self.settings.wait_replicas, self.settings.wait_timeout_ms)
+        result, _ = pipe.execute()
+        return result
 
     def job_lost(self, job_id: str, node: str, code: str, message: str) -> str:
         """The process running a job died: queue it again, or end it (poison, time limit)."""
         return self._job_lost(args=[self.p, job_id, node, self.settings.max_attempts, code, message])
+
+    def queue_length(self, backend: str) -> int:
+        """Jobs waiting in a backend's shared queue plus sessions waiting for one of its workers."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self.keys.queue_keys(self.keys.backend_queue(backend))[:4]:
+            pipe.llen(key)
+        pipe.llen(self.keys.waiting(backend))
+        return sum(pipe.execute())
+
+    def usage_seconds(self) -> float:
+        """Seconds every job ever ran on a worker (the execution histogram's sum)."""
+        return float(self.redis.hget(self.keys.histogram("execution"), "sum") or 0.0)
+
+    def update_tags(self, job_id: str, tags: list[str]) -> str:
+        """Replace a job's tags (``job.update_tags``): 'ok' or 'not_found'."""
+        return self._update_tags(args=[self.p, job_id, json.dumps(tags)])
 
     def cancel_job(self, job_id: str) -> str:
         """QUEUED -> CANCELLED (its message is taken off the queue). A running job finishes."""

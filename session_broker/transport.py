@@ -124,6 +124,9 @@ class QoS(kombu_redis.QoS):
 
 
 class Channel(kombu_redis.Channel):
+    # kombu keeps one expiry index of routing tables for everyone; celery_app names ours
+    from_transport_options = kombu_redis.Channel.from_transport_options + ("keyprefix_binding_deadlines",)
+
     QoS = QoS
 
     def __init__(self, *args, **kwargs):
@@ -231,10 +234,11 @@ class Channel(kombu_redis.Channel):
 
     def _dead_letter(self, raw, why: str) -> None:
         from session_broker.config import get_settings
+        from session_broker.keys import Keys
 
         log.error("refused a message that is not a well-formed task message: %s", why)
         try:
-            key = f"{get_settings().key_prefix}:dead"
+            key = Keys(get_settings().key_prefix).dead
             text = json.dumps({"why": why, "message": raw}, default=repr)[:65536]
             with self.conn_or_acquire() as client:
                 client.lpush(key, text)
@@ -263,3 +267,21 @@ class Transport(kombu_redis.Transport):
                     break
             return
         return super()._deliver(message, queue)
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """Our channel (envelope checks, the tenant's bookkeeping keys) on kombu's Sentinel
+    pool: every command goes to the master the Sentinels name, found again after a failover."""
+
+    from_transport_options = tuple(dict.fromkeys(
+        Channel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options))
+
+
+class SentinelTransport(Transport):
+    """``sentinel://`` URLs (see ``session_broker.sentinel``): ``Transport`` with kombu's
+    Sentinel connection handling."""
+
+    Channel = SentinelChannel
+    default_port = 26379
+    driver_type = kombu_redis.SentinelTransport.driver_type
+    driver_name = kombu_redis.SentinelTransport.driver_name

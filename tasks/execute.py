@@ -14,6 +14,7 @@ Two APIs arrive here:
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from functools import lru_cache
 
 import numpy as np
@@ -25,7 +26,7 @@ from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
 from qiskit_aer.primitives import SamplerV2 as AerSamplerV2
 
 from session_broker import backends
-from session_broker.codec import DecodedJob
+from session_broker.codec import MAX_RESULT_BYTES, DecodedJob, result_bytes
 
 
 @lru_cache(maxsize=64)
@@ -48,27 +49,80 @@ def warm_up(backend: str) -> None:
 
 
 def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
+    """Run ``job``; the result carries IBM's metadata shape (``execution.execution_spans``,
+    ``version``) and ours under ``metadata["session_broker"]``."""
     options = job.options
     seed = options.get("seed_simulator")
     pubs = job.pubs
-    if options.get("api") == "v1" and not options.get("skip_transpilation"):
+    v1 = options.get("api") == "v1"
+    if v1 and not options.get("skip_transpilation"):
         pubs = _transpile(backend, pubs, options)
+    started = datetime.now(timezone.utc)
     if job.primitive == "sampler":
-        from session_broker.primitives import MAX_RESULT_BYTES, result_bytes
-
         if result_bytes(pubs) > MAX_RESULT_BYTES:  # a producer that bypassed the client's check
             raise ValueError(f"the job would return {result_bytes(pubs)} bytes of bits; "
                              f"the limit is {MAX_RESULT_BYTES}")
         result = aer_sampler(backend, seed)._run(pubs)
-    elif options.get("api") == "v1":
+    elif v1:
         result = _estimate_v1(backend, seed, pubs, options.get("shots"))
     else:
-        result = aer_estimator(backend, seed)._run(pubs)
-    meta = dict(result.metadata)
-    meta.update(backend=backend, resilience_level=options.get("resilience_level", 0))
+        # IBM: seed_estimator controls the sampling of estimates; else the simulator's seed
+        ibm = options.get("ibm", {}).get("options", {})
+        estimator = aer_estimator(backend, ibm.get("seed_estimator", seed))
+        result = _with_ibm_fields(estimator._run([_without_empty_bindings(p) for p in pubs]))
+    stopped = datetime.now(timezone.utc)
+    ours = {"backend": backend, "resilience_level": options.get("resilience_level", 0)}
     if options.get("resilience_level"):
-        meta["resilience"] = "ideal simulator: no noise to mitigate; results are exact up to sampling"
+        ours["resilience"] = "ideal simulator: no noise to mitigate; results are exact up to sampling"
+    if options.get("no_effect"):
+        ours["no_effect"] = list(options["no_effect"])
+    meta = {"execution": {"execution_spans": [_span(started, stopped, result, pubs)]},
+            "version": 2, "session_broker": ours}
     return PrimitiveResult(list(result), metadata=meta)
+
+
+def _without_empty_bindings(pub: EstimatorPub) -> EstimatorPub:
+    """Aer's estimator fails ("Result for experiment 1 could not be found") on a parameterless
+    circuit with shaped empty bindings (``np.zeros((3, 0))``): give it the observables tiled to
+    the PUB's shape instead, which is the same PUB (each element still sampled on its own)."""
+    if pub.circuit.num_parameters or pub.parameter_values.shape == ():
+        return pub
+    obs = pub.observables
+    which = np.broadcast_to(np.arange(obs.size).reshape(obs.shape), pub.shape)
+    flat = obs.reshape(-1)
+    tiled = np.empty(pub.shape, dtype=object)
+    for index in np.ndindex(pub.shape):
+        tiled[index] = flat[int(which[index])]
+    return EstimatorPub(pub.circuit, ObservablesArray(tiled), None, pub.precision)
+
+
+def _span(start: datetime, stop: datetime, result, pubs) -> dict:
+    """One IBM ``SliceSpan`` (as JSON; ``codec`` rebuilds the object) covering every PUB."""
+    slices = {}
+    for i, (pub, pub_result) in enumerate(zip(pubs, result)):
+        shape = list(pub_result.data.shape)
+        if isinstance(pub, SamplerPub):
+            shape.append(int(pub.shots))
+        slices[str(i)] = [shape, 0, int(np.prod(shape, dtype=np.int64))]
+    return {"start": start.isoformat(), "stop": stop.isoformat(), "data_slices": slices}
+
+
+def _with_ibm_fields(result: PrimitiveResult) -> PrimitiveResult:
+    """Aer's estimator result in IBM's shape: ``ensemble_standard_error`` beside ``evs`` and
+    ``stds`` (no twirling: one ensemble, the same error), and per-PUB ``shots`` (the shots a
+    device would spend for the target precision) and ``circuit_metadata``."""
+    out = []
+    for pub in result:
+        precision = float(pub.metadata.get("target_precision", 0.0))
+        data = pub.data
+        shots = int(round(1 / precision**2)) if precision > 0 else None
+        meta = {"shots": shots, "target_precision": precision,
+                "circuit_metadata": pub.metadata.get("circuit_metadata", {}),
+                "resilience": {}, "num_randomizations": 1}
+        out.append(PubResult(DataBin(evs=data.evs, stds=data.stds,
+                                     ensemble_standard_error=np.array(data.stds, copy=True),
+                                     shape=data.shape), metadata=meta))
+    return PrimitiveResult(out, metadata=result.metadata)
 
 
 def _transpile(backend: str, pubs: list, options: dict) -> list:

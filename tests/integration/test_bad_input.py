@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from qiskit import QuantumCircuit
 from qiskit.circuit import ParameterVector
 from qiskit.quantum_info import SparsePauliOp
@@ -179,8 +180,6 @@ CASES = [
     ("not_isa_device_basis", lambda s: sampler(s, DEVICE).run([bell()]), NotISAError, "instruction 'h'"),
     ("not_isa_device_coupling",
      lambda s: sampler(s, DEVICE).run([_uncoupled_cx()]), NotISAError, "not coupled"),
-    ("sampler_without_measurements", lambda s: sampler(s).run([bell_unmeasured()]),
-     InvalidInputError, "no classical bits"),
     ("v1_sampler_without_measurements", lambda s: Sampler(backend=s.backend(QASM)).run(bell_unmeasured()),
      InvalidInputError, "no classical bits"),
     # --- backends and modes
@@ -249,12 +248,15 @@ CASES = [
     ("batch_from_session_id", lambda s: Batch.from_id(Session(service=s, backend=QASM).session_id, s),
      SessionNotFoundError, "is a Session, not a Batch"),
     # --- options
-    ("v2_unknown_option", lambda s: sampler(s, options={"resilience_level": 1}),
-     OptionNotSupportedError, "not supported"),
-    ("v2_shots_option_zero", lambda s: sampler(s, options={"default_shots": 0}),
+    # option values are checked by IBM's own classes: pydantic's ValidationError, IBM's text
+    ("v2_unknown_option", lambda s: sampler(s, options={"bogus": 1}),
+     ValidationError, "Unexpected keyword argument"),
+    ("v2_unhonoured_option", lambda s: sampler(s, options={"simulator": {"coupling_map": [[0, 1]]}}).run([bell()]),
+     OptionNotSupportedError, "simulator.coupling_map"),
+    ("v2_shots_option_zero", lambda s: sampler(s, options={"default_shots": 0}).run([bell()]),
      OptionNotSupportedError, "positive int"),
     ("v2_precision_option_negative", lambda s: estimator(s, options={"default_precision": -1}),
-     OptionNotSupportedError, ">= 0"),
+     ValidationError, "default_precision must be >0"),
     ("v1_optimization_level_5",
      lambda s: Sampler(backend=s.backend(QASM), options=Options(optimization_level=5)).run(bell()),
      OptionNotSupportedError, "optimization_level=5"),

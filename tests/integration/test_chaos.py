@@ -59,14 +59,16 @@ def where_is(c, jid: str) -> str:
 
 def allowed_without_expiry(key: str, p: str, live: set[str]) -> bool:
     """Keys that live as long as the deployment: global indexes and counters, kombu's and
-    Celery's own, and the registry of workers that are alive. Everything of a job, a session,
-    or a dead worker must expire or be gone."""
+    Celery's own (named by keys.Keys), and the registry of workers that are alive.
+    Everything of a job, a session (its queue's bindings included) or a dead worker must
+    expire or be gone."""
     if key in {f"{p}:jobs", f"{p}:sessions", f"{p}:deadlines", f"{p}:workers", f"{p}:epoch",
-               f"{p}:config", f"{p}:counts", f"{p}:dead", "unacked", "unacked_index"}:
+               f"{p}:config", f"{p}:counts", f"{p}:dead", f"{p}:unacked", f"{p}:unacked_index",
+               f"{p}:kombu.binding_deadlines"}:
         return True
-    if key == "_kombu.binding_deadlines" or key.startswith((
-            f"{p}:hist:", "_kombu.binding.celery", "_kombu.binding.reply.celery",
-            f"_kombu.binding.{p}.backend.", f"_kombu.binding_permanent.{p}.backend.")):
+    if key.startswith((f"_kombu.binding.{p}.session.", f"_kombu.binding_permanent.{p}.session.")):
+        return False
+    if key.startswith((f"{p}:hist:", f"_kombu.binding.{p}.", f"_kombu.binding_permanent.{p}.")):
         return True
     return any(key.startswith(f"{p}:w:{node}") for node in live)
 

@@ -143,8 +143,10 @@ def test_job_longer_than_the_visibility_timeout_runs_once(fresh, hold):
         assert c.store.job(jid, "status")["status"] == "RUNNING", \
             "the job ended before the redelivery could be tested: make it longer"
         from kombu import Connection
+        from session_broker.celery_app import make_app
 
-        with Connection(c.url, transport_options={"visibility_timeout": 2}) as conn:
+        options = {**make_app(c.settings).conf.broker_transport_options, "visibility_timeout": 2}
+        with Connection(c.url, transport_options=options) as conn:
             conn.default_channel.qos.restore_visible(num=100, interval=1)
         # the redelivered message reaches the idle worker while the job is still running
         wait_for(lambda: f"job {jid} not run here: job is RUNNING" in log_text(other.log), 30,
@@ -362,7 +364,7 @@ def test_message_taken_by_a_consumer_that_vanished_is_not_stuck(fresh):
     job = SamplerV2(mode=c.service.backend(BACKEND)).run([bell_circuit()], shots=64)
     queue = c.store.keys.backend_queue(BACKEND)
     orphan_in_unacked(c.url, c.store, job.job_id())
-    assert c.store.redis.hlen("unacked") == 1 and c.store.redis.llen(queue) == 0
+    assert c.store.redis.hlen(c.store.keys.unacked) == 1 and c.store.redis.llen(queue) == 0
 
     c.start_worker(BACKEND, name="orphan@test")
     t0 = time.monotonic()

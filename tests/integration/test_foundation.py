@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from session_broker.embedded import wait_for
+from tests.support.faults import read_until_ready
 
 PY = sys.executable
 
@@ -112,16 +113,7 @@ def test_up_without_redis_starts_embedded_stack_and_leaves_nothing_behind(tmp_pa
         up = subprocess.Popen(["ip", "netns", "exec", ns, PY, "-m", "session_broker.cli", "up",
                                "--state-dir", str(tmp_path / "state"), "--no-web"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        lines = []
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            line = up.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("ready."):
-                break
-        out = "".join(lines)
+        out = read_until_ready(up)
         assert "starting the embedded Redis" in out, out
         assert "ibmq_qasm_simulator: 1 worker(s) registered" in out, out
         assert "[flower] http://127.0.0.1:5555" in out, out

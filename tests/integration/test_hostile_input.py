@@ -56,7 +56,7 @@ def worker(hc):
         # unacknowledged message(s)"), so every new worker would die on it too: clear the
         # queue and kombu's unacked index before starting the next one.
         r = hc.store.redis
-        r.delete(queue(hc), "unacked", "unacked_index")
+        r.delete(queue(hc), hc.store.keys.unacked, hc.store.keys.unacked_index)
         hc.generation += 1
         hc.current = hc.start_worker(BACKEND, name=f"hostile-{hc.generation}@test")
     return hc.current

@@ -22,9 +22,6 @@ from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log
                                   redis_now, start_logged_worker)
 
 
-UNACKED = "unacked"  # kombu's unacked hash
-
-
 def _signal(child, sig) -> None:
     signal_group(child, sig)
 
@@ -63,7 +60,7 @@ def test_worker_frozen_after_taking_a_message_then_killed_loses_nothing(fresh):
     jid = taken.job_id()
     fetch = c.store.keys.worker_fetch(a.node)
     assert _status(c, jid) == "QUEUED"
-    assert c.store.redis.hlen("unacked") == 0, "kombu never saw it: the worker is frozen"
+    assert c.store.redis.hlen(c.store.keys.unacked) == 0, "kombu never saw it: the worker is frozen"
     held = c.store.redis.lrange(fetch, 0, -1)
     assert [json.loads(m)["headers"]["id"] for m in held] == [jid], \
         "the message must be in Redis, on the frozen worker's fetch list"
@@ -89,14 +86,14 @@ def test_unacked_rescue_reads_past_a_hundred_older_foreign_entries(fresh):
     now = redis_now(c.store)
     foreign = {f"foreign-{i:03d}": now - 1000 + i for i in range(150)}
     pipe = c.store.redis.pipeline()
-    pipe.zadd("unacked_index", foreign)
+    pipe.zadd(c.store.keys.unacked_index, foreign)
     for tag in foreign:
-        pipe.hset("unacked", tag, json.dumps([{"headers": {"id": f"not-ours-{tag}"}}, "", "q"]))
+        pipe.hset(c.store.keys.unacked, tag, json.dumps([{"headers": {"id": f"not-ours-{tag}"}}, "", "q"]))
     pipe.execute()
 
     job = SamplerV2(mode=c.service.backend(BACKEND)).run([bell_circuit()], shots=16)
     orphan_in_unacked(c.url, c.store, job.job_id())
-    assert c.store.redis.hlen("unacked") == 151
+    assert c.store.redis.hlen(c.store.keys.unacked) == 151
 
     c.start_worker(BACKEND, name="rescue@test")
     t0 = time.monotonic()
@@ -104,8 +101,8 @@ def test_unacked_rescue_reads_past_a_hundred_older_foreign_entries(fresh):
     print(f"\n[rescue] orphan behind 150 foreign unacked entries ran {time.monotonic() - t0:.1f} s "
           "after a worker started")
     # the worker acknowledges the rescued copy just after storing the result
-    wait_for(lambda: c.store.redis.hlen("unacked") == 150, 30, "the rescued copy to be acked")
-    assert not set(foreign) - set(c.store.redis.hkeys("unacked")), "foreign entries are left alone"
+    wait_for(lambda: c.store.redis.hlen(c.store.keys.unacked) == 150, 30, "the rescued copy to be acked")
+    assert not set(foreign) - set(c.store.redis.hkeys(c.store.keys.unacked)), "foreign entries are left alone"
 
 
 # ------------------------------------------------------------------------------------------
@@ -141,7 +138,7 @@ def test_a_bounced_copy_and_the_original_do_not_share_one_unacked_record(fresh):
     first.release()
     ch2.qos._delivered.clear()  # the worker holding the new copy dies before it claims
     second.release()
-    assert c.store.redis.hexists(UNACKED, copy2.delivery_tag), "the new copy's record survived"
+    assert c.store.redis.hexists(c.store.keys.unacked, copy2.delivery_tag), "the new copy's record survived"
 
     c.start_worker(BACKEND, name="after-bounce@test")
     assert_bell_counts(job.result(timeout=4 * c.settings.heartbeat_ttl + 60), 16)

@@ -228,7 +228,7 @@ def test_job_show_estimator_result(cluster, bell_session):
     qc = QuantumCircuit(2)
     qc.h(0)
     qc.cx(0, 1)
-    job = EstimatorV2(mode=session).run([(qc, [SparsePauliOp("ZZ"), SparsePauliOp("XX"), SparsePauliOp("ZI")])])
+    job = EstimatorV2(mode=session).run([(qc, [SparsePauliOp("ZZ"), SparsePauliOp("XX"), SparsePauliOp("ZI")])], precision=0)
     job.result(timeout=120)
     view = cli_json(cluster.url, "job", "show", job.job_id())
     assert view["result"]["kind"] == "estimator" and view["result"]["evs_shape"] == [3]

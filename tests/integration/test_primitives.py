@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 from qiskit import QuantumCircuit
-from qiskit.circuit import Parameter
 from qiskit.primitives import PrimitiveResult
 from qiskit.primitives.containers import BitArray, SamplerPubResult
 from qiskit.quantum_info import SparsePauliOp
@@ -23,6 +22,7 @@ from session_broker import (Estimator, EstimatorV2, JobCancelledError, MaxExecut
                             Options, Sampler, SamplerV2, Session)
 from session_broker.embedded import wait_for
 from tests.conftest import make_cluster, slow_pub
+from tests.support.faults import ansatz
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +33,6 @@ def c(stack, redis_url):
     for node in list(cl.workers):
         cl.wait_registered(node)
     return cl
-
-
-def ansatz():
-    a, b = Parameter("a"), Parameter("b")
-    qc = QuantumCircuit(2)
-    qc.ry(a, 0)
-    qc.rx(b, 1)
-    qc.cx(0, 1)
-    return qc
 
 
 def test_sampler_v2_matches_direct_aer_exactly_with_a_seed(c, bell):
@@ -56,7 +47,7 @@ def test_sampler_v2_matches_direct_aer_exactly_with_a_seed(c, bell):
     creg_qc.x(2)
     creg_qc.measure([0, 1], alpha)
     creg_qc.measure([2], beta)
-    sampler = SamplerV2(mode=c.service.backend("ibmq_qasm_simulator"), options={"seed_simulator": 7})
+    sampler = SamplerV2(mode=c.service.backend("ibmq_qasm_simulator"), options={"simulator": {"seed_simulator": 7}})
     result = sampler.run([qc, (creg_qc, None, 500)], shots=1000).result(timeout=60)
     direct = AerSampler(seed=7).run([qc, (creg_qc, None, 500)], shots=1000).result()
     assert isinstance(result, PrimitiveResult) and isinstance(result[0], SamplerPubResult)
@@ -81,11 +72,15 @@ def test_estimator_v2_broadcasting_matches_direct(c):
     obs = [[SparsePauliOp("ZZ")], [SparsePauliOp.from_list([("XI", 0.5), ("IY", 2.0)])]]  # shape (2, 1)
     values = np.random.default_rng(2).uniform(0, np.pi, (1, 5, 2))  # shape (1, 5)
     pub = (qc, obs, values)
-    result = EstimatorV2(mode="ibmq_qasm_simulator").run([pub]).result(timeout=60)
+    # precision=0 asks for exact values (IBM's default is 1/64, checked below)
+    result = EstimatorV2(mode="ibmq_qasm_simulator").run([pub], precision=0).result(timeout=60)
     direct = AerEstimator().run([pub]).result()
     assert result[0].data.evs.shape == (2, 5)
     np.testing.assert_allclose(result[0].data.evs, direct[0].data.evs, atol=1e-9)
     np.testing.assert_allclose(result[0].data.stds, 0.0)
+    default = EstimatorV2(mode="ibmq_qasm_simulator").run([pub]).result(timeout=60)
+    np.testing.assert_allclose(default[0].data.stds, 1 / 64)
+    assert default[0].metadata["target_precision"] == 1 / 64 and default[0].metadata["shots"] == 4096
 
 
 def test_estimator_v2_precision_gives_noisy_estimates(c):
@@ -101,7 +96,7 @@ def test_estimator_v2_precision_gives_noisy_estimates(c):
 def test_noisy_device_sampler_matches_direct_from_backend(c, bell):
     backend = c.service.backend("ibm_manila")
     isa = generate_preset_pass_manager(backend=backend, optimization_level=1, seed_transpiler=3).run(bell)
-    result = SamplerV2(mode=backend, options={"seed_simulator": 11}).run([isa], shots=4000).result(timeout=90)
+    result = SamplerV2(mode=backend, options={"simulator": {"seed_simulator": 11}}).run([isa], shots=4000).result(timeout=90)
     from qiskit_ibm_runtime.fake_provider import FakeManilaV2
 
     direct = AerSampler.from_backend(AerSimulator.from_backend(FakeManilaV2()), seed=11)
@@ -119,7 +114,7 @@ def test_noisy_device_estimator_v2(c):
     qc.cx(0, 1)
     isa = generate_preset_pass_manager(backend=backend, optimization_level=1).run(qc)
     obs = SparsePauliOp("ZZ").apply_layout(isa.layout)
-    ev = EstimatorV2(mode=backend).run([(isa, obs)]).result(timeout=90)[0].data.evs
+    ev = EstimatorV2(mode=backend).run([(isa, obs)], precision=0).result(timeout=90)[0].data.evs
     assert 0.7 < float(ev) < 1.0  # noise pulls it below the ideal 1.0
 
 

@@ -23,6 +23,19 @@ BACKEND = "ibmq_qasm_simulator"
 
 
 # ------------------------------------------------------------------------------- circuits
+def ansatz():
+    """A two-parameter, two-qubit circuit (ry, rx, cx) for parameter and broadcasting tests."""
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Parameter
+
+    a, b = Parameter("a"), Parameter("b")
+    qc = QuantumCircuit(2)
+    qc.ry(a, 0)
+    qc.rx(b, 1)
+    qc.cx(0, 1)
+    return qc
+
+
 def bell_circuit():
     from qiskit import QuantumCircuit
 
@@ -59,7 +72,7 @@ class SlowEstimatorJob:
         from qiskit.transpiler import generate_preset_pass_manager
 
         from session_broker.backends import BrokerBackend
-        from tests.conftest import binding_seconds
+        from tests.support.circuits import binding_seconds
 
         ansatz = real_amplitudes(num_qubits, reps=2)
         pm = generate_preset_pass_manager(optimization_level=1, backend=BrokerBackend(BACKEND))
@@ -72,7 +85,8 @@ class SlowEstimatorJob:
 
     @property
     def pub(self):
-        return (self.circuit, self.observable, self.values)
+        # precision 0: exact values, which check() compares (the default is IBM's 1/64)
+        return (self.circuit, self.observable, self.values, 0.0)
 
     def exact(self, index: int) -> float:
         from qiskit.quantum_info import Statevector
@@ -156,8 +170,11 @@ def orphan_in_unacked(url: str, store: Store, job_id: str) -> None:
     in kombu's ``unacked`` hash."""
     from kombu import Connection
 
+    from session_broker.celery_app import make_app
+
     queue = store.keys.backend_queue(BACKEND)
-    conn = Connection(url)
+    # the deployment's transport options: kombu's bookkeeping keys are the tenant's (keys.py)
+    conn = Connection(url, transport_options=make_app(store.settings).conf.broker_transport_options)
     channel = conn.channel()
     taken = channel.basic_get(queue, no_ack=False)
     assert taken is not None and taken.headers["id"] == job_id
@@ -231,3 +248,18 @@ def start_logged_worker(c, name: str, *, backend: str = BACKEND, env: dict | Non
     c.workers[name] = child
     c.wait_registered(name)
     return child
+
+
+def read_until_ready(proc, timeout: float = 180) -> str:
+    """What ``session-broker up`` printed up to its "ready." line (or its exit, or the deadline)."""
+    import time
+
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("ready."):
+            break
+    return "".join(lines)

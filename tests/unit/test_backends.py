@@ -46,7 +46,8 @@ def bell() -> QuantumCircuit:
 
 def wide(n: int) -> QuantumCircuit:
     qc = QuantumCircuit(n, name="c")
-    qc.h(0)
+    for q in range(n):   # every qubit active: ideal backends count only those
+        qc.h(q)
     return qc
 
 
@@ -201,11 +202,23 @@ def test_too_wide_circuit(name):
     check_circuit(name, wide(n), require_isa=False)
     with pytest.raises(CircuitTooWideError) as info:
         check_circuit(name, wide(n + 8), require_isa=False)
+    device = get_spec(name).kind == "device"
+    wider = "ibm_torino, 133" if device else "aer_simulator_mps, 100"
     assert str(info.value) == (
-        f"circuit 'c' uses {n + 8} qubits; backend '{name}' has {n}. Use a wider backend "
-        "(e.g. aer_simulator_mps, 100 qubits) or a smaller circuit."
+        f"circuit 'c' {'uses' if device else 'acts on'} {n + 8} qubits; backend '{name}' has {n}. "
+        f"Use a wider backend (e.g. {wider} qubits) or a smaller circuit."
     )
     assert isinstance(info.value, InvalidInputError)
+
+
+def test_idle_qubits_do_not_count_on_ideal_backends():
+    qc = QuantumCircuit(127, name="c")
+    for q in range(12):
+        qc.h(q)
+    qc.barrier()
+    check_circuit("aer_simulator_statevector", qc, require_isa=True)   # 12 active of 30
+    with pytest.raises(CircuitTooWideError, match="uses 127 qubits"):
+        check_circuit("ibm_algiers", qc, require_isa=False)            # a device's are physical
 
 
 def test_too_wide_for_widest_backend():

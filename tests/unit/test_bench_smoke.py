@@ -113,7 +113,7 @@ def test_targets_from_synthetic_results(bench):
     results = synthetic_results(bench)
     verdicts = {t["id"]: t["verdict"] for t in results["targets"]}
     assert verdicts == {"latency": "PASS", "throughput": "PASS", "flood": "MISS", "open_sessions": "PASS",
-                        "memory_idle": "PASS", "memory_closed": "MISS"}
+                        "memory_idle": "PASS", "memory_closed": "MISS", "rest_client": "n/a"}
     latency = next(t for t in results["targets"] if t["id"] == "latency")
     assert latency["value"] == pytest.approx(0.0025 / 0.002)
     open_sessions = next(t for t in results["targets"] if t["id"] == "open_sessions")
@@ -148,6 +148,6 @@ def test_format_table_aligns_columns(bench):
 
 def test_scenario_selection(bench):
     assert bench.parse_scenarios("3,1") == [1, 3]
-    assert bench.parse_scenarios(None) == [1, 2, 3, 4, 5]
+    assert bench.parse_scenarios(None) == [1, 2, 3, 4, 5, 6]
     with pytest.raises(Exception):
-        bench.parse_scenarios("6")
+        bench.parse_scenarios("7")

@@ -214,7 +214,7 @@ def _docker_compose() -> str:
     return exe
 
 
-def _run_compose_config(env_file: Path) -> subprocess.CompletedProcess:
+def _run_compose_config(env_file: Path, *extra: Path) -> subprocess.CompletedProcess:
     """``docker-compose -f docker-compose.yml --env-file FILE config``, isolated from the
     caller's shell (whose variables would otherwise win over the file's)."""
     exe = _docker_compose()
@@ -225,10 +225,11 @@ def _run_compose_config(env_file: Path) -> subprocess.CompletedProcess:
             file_env[key.strip()] = value.strip()
     clean = {k: v for k, v in os.environ.items()
              if k not in _env_example() and k not in file_env and not k.startswith("COMPOSE_")}
+    files = [arg for path in (COMPOSE, *extra) for arg in ("-f", str(path))]
     if _accepts_env_file(exe):
-        argv = [exe, "-f", str(COMPOSE), "--env-file", str(env_file), "config"]
+        argv = [exe, *files, "--env-file", str(env_file), "config"]
     else:
-        argv, clean = [exe, "-f", str(COMPOSE), "config"], {**clean, **file_env}
+        argv, clean = [exe, *files, "config"], {**clean, **file_env}
     return subprocess.run(argv, cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120)
 
 
@@ -422,3 +423,30 @@ def test_docker_compose_refuses_to_run_without_the_secrets(tmp_path, given, miss
     result = _run_compose_config(env_file)
     assert result.returncode != 0, f"docker-compose accepted a file without {missing}"
     assert missing in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------------------- Sentinel
+def test_ha_override_points_every_app_at_three_sentinels(tmp_path):
+    """docker-compose.ha.yml: a replica and three Sentinels; every session-broker service
+    gets a sentinel:// URL our own parser accepts and WAITs for one replica."""
+    import yaml
+
+    from session_broker import sentinel
+
+    env = tmp_path / ".env"
+    env.write_text((ROOT / ".env.example").read_text())
+    proc = _run_compose_config(env, ROOT / "docker-compose.ha.yml")
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    assert {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"} <= set(services)
+    assert "--replicaof" in services["redis-replica"]["command"]
+    for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        script = " ".join(services[name]["command"])
+        assert "sentinel monitor mymaster redis 6379 2" in script and "--sentinel" in script
+    apps = [n for n, svc in services.items() if svc.get("image", "").startswith("session-broker")]
+    assert len(apps) >= 5, apps
+    for name in apps:
+        environment = services[name]["environment"]
+        parsed = sentinel.parse(environment["SESSION_BROKER_URL"])
+        assert parsed.master == "mymaster" and len(parsed.hosts) == 3, name
+        assert str(environment["SESSION_BROKER_WAIT_REPLICAS"]) == "1", name

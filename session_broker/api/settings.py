@@ -1,0 +1,91 @@
+"""The REST front's own settings (``SESSION_BROKER_API_*``), read once from the environment.
+
+They live here, not in ``config.Settings``, because only the HTTP process needs them and
+they hold secrets that workers must never see.
+
+* ``SESSION_BROKER_API_KEYS``: comma-separated accepted API keys. Each is a key as the user
+  types it, or ``sha256:<64 hex>`` (its digest, so the server's environment need not hold
+  the key itself). Either may end in ``@PREFIX``: that key's jobs and sessions then live
+  under the Redis key prefix (tenant) PREFIX instead of the server's own.
+* ``SESSION_BROKER_API_INSTANCE``: the instance CRN the server answers for.
+* ``SESSION_BROKER_API_SECRET``: the HS256 secret tokens are signed with; when unset, one
+  is generated once and kept in Redis, so restarts and replicas accept each other's tokens.
+* ``SESSION_BROKER_API_TOKEN_TTL``: token life in seconds (default 3600).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+
+from session_broker.errors import ConfigurationError
+
+DEFAULT_INSTANCE = "crn:v1:bluemix:public:quantum-computing:us-east:a/session-broker:local::"
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def digest(key: str) -> str:
+    """The hex SHA-256 of an API key: what we compare and what we log (a prefix of it)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    sha256: str          # hex digest of the key
+    prefix: str | None   # tenant: the Redis key prefix, None = the server's
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    keys: tuple[ApiKey, ...] = ()
+    instance: str = DEFAULT_INSTANCE
+    secret: str = ""
+    token_ttl: int = 3600
+    max_body_bytes: int = 64 * 1024 * 1024
+
+
+def parse_keys(raw: str) -> tuple[ApiKey, ...]:
+    """``k1,sha256:HEX,k2@tenant`` -> ApiKeys. Errors never echo a key."""
+    out = []
+    for n, item in enumerate(p.strip() for p in raw.split(",")):
+        if not item:
+            continue
+        key, prefix = item, None
+        if "@" in item:
+            key, _, prefix = item.rpartition("@")
+            if not _PREFIX.match(prefix):
+                raise ConfigurationError(
+                    f"SESSION_BROKER_API_KEYS entry {n + 1}: tenant after '@' must be a Redis key "
+                    "prefix of letters, digits, '-', '_' or '.'")
+        if key.startswith("sha256:"):
+            hexdigest = key[7:].lower()
+            if not _HEX.match(hexdigest):
+                raise ConfigurationError(
+                    f"SESSION_BROKER_API_KEYS entry {n + 1}: 'sha256:' must be followed by 64 hex digits")
+        else:
+            if len(key) < 8:
+                raise ConfigurationError(
+                    f"SESSION_BROKER_API_KEYS entry {n + 1}: an API key needs at least 8 characters")
+            hexdigest = digest(key)
+        out.append(ApiKey(hexdigest, prefix))
+    return tuple(out)
+
+
+def load_api_settings(environ=None, max_payload_bytes: int = 16 * 1024 * 1024) -> ApiSettings:
+    env = os.environ if environ is None else environ
+    instance = (env.get("SESSION_BROKER_API_INSTANCE") or "").strip() or DEFAULT_INSTANCE
+    if not instance.startswith("crn:"):
+        raise ConfigurationError("SESSION_BROKER_API_INSTANCE must be a CRN (crn:v1:...)")
+    ttl_raw = (env.get("SESSION_BROKER_API_TOKEN_TTL") or "3600").strip()
+    if not ttl_raw.isdigit() or not 60 <= int(ttl_raw) <= 86400:
+        raise ConfigurationError("SESSION_BROKER_API_TOKEN_TTL must be seconds from 60 to 86400")
+    secret = env.get("SESSION_BROKER_API_SECRET") or ""
+    if secret and len(secret) < 32:
+        raise ConfigurationError("SESSION_BROKER_API_SECRET needs at least 32 characters")
+    # the client's params are base64 of zlib data inside JSON: allow some headroom over the
+    # encoded job limit the Python API enforces (the primitives check it again exactly)
+    return ApiSettings(keys=parse_keys(env.get("SESSION_BROKER_API_KEYS") or ""), instance=instance,
+                       secret=secret, token_ttl=int(ttl_raw), max_body_bytes=2 * max_payload_bytes)

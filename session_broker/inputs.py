@@ -1,0 +1,121 @@
+"""Input checks shared by every primitive call (V2 and the guide's V1), before anything is
+queued: which service, backend and session a ``mode`` means, numbers as the caller may give
+them (numpy integers included), and PUBs coerced and validated by Qiskit's own rules.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+from qiskit.circuit import QuantumCircuit
+
+from session_broker import backends as catalog
+from session_broker.errors import BackendMismatchError, InvalidInputError
+from session_broker.service import QiskitRuntimeService, default_service
+from session_broker.session import Session, current_context_session, current_session
+
+__all__ = ["coerce_pubs", "non_negative", "positive_int", "resolve_mode"]
+
+
+def resolve_mode(mode, kind: str) -> tuple[QiskitRuntimeService, str, Session | None]:
+    """(service, backend name, session or None) for a primitive's ``mode``.
+
+    Without a mode the primitive joins the session of the ``with`` block (this thread's, or
+    the only one open in the process). With a backend (a name, one of ours, or a fake
+    backend / AerSimulator object as IBM's local testing mode passes them) it joins only a
+    session this very thread or context opened on that backend.
+    """
+    if mode is None:
+        ambient = current_session()
+        if ambient is None:
+            raise InvalidInputError(
+                f"{kind} needs a mode: pass mode=session, mode=batch, mode=backend or a backend "
+                "name, or create it inside `with Session(...)`")
+        return ambient.service, ambient.backend(), ambient
+    if isinstance(mode, Session):
+        return mode.service, mode.backend(), mode
+    if isinstance(mode, str):
+        catalog.get_spec(mode)
+        name, service = mode, None
+    elif hasattr(mode, "target") or type(mode).__name__ == "AerSimulator":
+        name, service = catalog.name_of(mode), getattr(mode, "service", None)
+    else:
+        raise InvalidInputError(
+            f"mode must be a Session, Batch, backend object or backend name, not {type(mode).__name__}")
+    ambient = current_context_session()
+    if ambient is not None:
+        if ambient.backend() != name:
+            raise BackendMismatchError(
+                f"{kind} targets backend {name!r} inside a session on {ambient.backend()!r}; "
+                "a session has exactly one backend")
+        return ambient.service, name, ambient
+    return service or default_service(), name, None
+
+
+def positive_int(value, name: str) -> int | None:
+    """``value`` as an int (numpy integers are ordinary input here) or None."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InvalidInputError(f"{name}={value!r} must be a positive int")
+    return int(value)
+
+
+def non_negative(value, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < 0:
+        raise InvalidInputError(f"{name}={value!r} must be a finite number >= 0 "
+                                "(0 asks for the exact expectation value)")
+    return float(value)
+
+
+def coerce_pubs(pubs, coerce, what: str) -> list:
+    if isinstance(pubs, (QuantumCircuit, tuple, str, bytes, dict)) or not isinstance(pubs, Iterable) \
+            or (isinstance(pubs, np.ndarray) and pubs.ndim == 0):
+        raise InvalidInputError(f"run() takes a list of {what} PUBs, e.g. run([circuit]) or "
+                                f"run([(circuit, ...)]), not {type(pubs).__name__}")
+    out = []
+    for i, pub in enumerate(pubs):
+        try:
+            coerced = coerce(pub)
+            coerced.validate()
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            raise InvalidInputError(f"{what} PUB {i} is malformed: {exc}") from None
+        for value in coerced.parameter_values.data.values():
+            if value.dtype.kind not in "biuf" or not np.all(np.isfinite(value)):
+                raise InvalidInputError(f"{what} PUB {i}: parameter values must be finite real "
+                                        "numbers (found NaN, inf or a non-number)")
+        out.append(coerced)
+    if not out:
+        raise InvalidInputError(f"run() needs at least one {what} PUB")
+    return out
+
+
+def _count(value, name: str, allow_none: bool) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidInputError(f"{name}={value!r:.40} must be an int >= 0"
+                                + (" or None" if allow_none else ""))
+    return int(value)
+
+
+def _epoch(value, name: str) -> float | None:
+    """A datetime as epoch seconds; naive ones are local time (as IBM's client reads them)."""
+    if value is None:
+        return None
+    from datetime import datetime
+
+    if not isinstance(value, datetime):
+        raise InvalidInputError(f"{name} must be a datetime, not {type(value).__name__}")
+    return value.timestamp()   # naive: local time, by Python's own rule
+
+
+def jobs_filters(limit, skip, created_after, created_before):
+    """``service.jobs()``'s numeric and time filters, checked: (limit, skip, after, before)."""
+    return (_count(limit, "limit", True), _count(skip, "skip", False),
+            _epoch(created_after, "created_after"), _epoch(created_before, "created_before"))

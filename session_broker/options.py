@@ -1,0 +1,311 @@
+"""Primitive options: IBM's own option classes, and what a simulator does with each one.
+
+``SamplerOptions`` and ``EstimatorOptions`` *are* qiskit-ibm-runtime's classes (not a
+copy), so their fields, defaults, validation, error messages, nested attribute assignment
+and ``update()`` behave exactly as IBM's. What we add is the one decision IBM's local
+testing mode skips: every option that is *set* is either honoured by the worker, or
+refused here with ``OptionNotSupportedError`` naming it and what is supported, before
+anything is queued. Nothing is silently ignored; options that cannot mean anything on a
+simulator but harm nothing (``execution.rep_delay``, ``environment.private``) are accepted
+and listed in the result's ``metadata["session_broker"]["no_effect"]``.
+
+``program_inputs`` turns options into exactly what IBM's client sends as a job's params
+(``{"options": {...set options...}, "version": 2, "support_qiskit": True[,
+"resilience_level": n]}``), so jobs from the Python API and from IBM's REST client reach the
+worker in one shape; ``plan`` is the check, and what the worker needs to run them.
+
+The guide's V1 ``Options`` (``optimization_level``, ``execution.shots``...) live here too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from session_broker import backends as catalog
+from session_broker.errors import OptionNotSupportedError
+
+__all__ = [
+    "DynamicalDecouplingOptions", "EnvironmentOptions", "EstimatorOptions", "ExecutionOptionsV2",
+    "LayerNoiseLearningOptions", "MeasureNoiseLearningOptions", "NoiseLearnerOptions", "Options",
+    "OptionsV2", "PecOptions", "ResilienceOptionsV2", "SamplerExecutionOptionsV2",
+    "SamplerOptions", "SimulatorOptions", "TwirlingOptions", "ZneOptions",
+]
+
+_IBM_NAMES = frozenset(__all__) - {"Options"}
+
+
+def __getattr__(name: str):
+    """IBM's classes, imported on first use: qiskit-ibm-runtime takes about 2 s to import,
+    which the CLI and ``import session_broker`` should not pay before they need it."""
+    if name in _IBM_NAMES:
+        import qiskit_ibm_runtime.options as ibm
+
+        return getattr(ibm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: IBM's documented defaults that apply when an option is not set.
+DEFAULT_SHOTS = 4096
+DEFAULT_PRECISION = 1 / math.sqrt(DEFAULT_SHOTS)  # 0.015625, EstimatorOptions.default_precision
+
+def coerce(kind: str, options):
+    """``options=`` as IBM's primitives take it: None, a dict (merged over the defaults, so
+    nested groups may be partial) or an options object of the primitive's class (copied)."""
+    import qiskit_ibm_runtime.options as ibm
+
+    cls = ibm.SamplerOptions if kind == "sampler" else ibm.EstimatorOptions
+    if options is None:
+        return cls()
+    if isinstance(options, dict):
+        from qiskit_ibm_runtime.options.utils import merge_options_v2
+
+        if "seed_simulator" in options:   # session-broker 0.1 took it at the top level
+            seed = options["seed_simulator"]
+            options = {k: v for k, v in options.items() if k != "seed_simulator"}
+            options["simulator"] = {**options.get("simulator", {}), "seed_simulator": seed}
+        return cls(**merge_options_v2(cls(), options))
+    if isinstance(options, cls):
+        from dataclasses import replace
+
+        return replace(options)
+    raise TypeError(f"Invalid 'options' type. It can only be a dictionary of {cls}")
+
+
+def program_inputs(options) -> tuple[dict, dict]:
+    """(IBM's job params less the PUBs, IBM's runtime options) for ``options``."""
+    as_dict = asdict(options)
+    return type(options)._get_program_inputs(as_dict), type(options)._get_runtime_options(as_dict)
+
+
+# ---------------------------------------------------------------------- what is honoured
+_NO_EFFECT = {
+    "execution.rep_delay": "a simulator has no repetition delay",
+    # environment.* arrive as runtime options, checked at the end of plan()
+    "environment.private": "results are visible only to this deployment's (tenant's) clients",
+    "environment.log_level": "jobs log on the worker at the worker's own level",
+}
+#: Honoured everywhere (the worker applies them): dotted option names.
+_HONOURED = {
+    "default_shots", "default_precision", "seed_estimator", "simulator.seed_simulator",
+    "execution.init_qubits", "execution.meas_type",
+}
+#: Error suppression and mitigation: on an ideal simulator there is no noise to suppress or
+#: mitigate, so the technique's result equals the unmitigated one (up to sampling) and we
+#: accept it; on a noisy device it is not implemented yet and refused.
+_MITIGATION_GROUPS = ("dynamical_decoupling", "twirling", "resilience")
+_NEVER = {
+    "resilience.zne_mitigation": "zero-noise extrapolation",
+    "resilience.pec_mitigation": "probabilistic error cancellation",
+    "resilience.layer_noise_model": "a layer noise model",
+}
+
+
+def _flatten(options: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in options.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "experimental":
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _truthy(value) -> bool:
+    return value not in (None, False, 0, "none", [], {})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the worker is asked to do, decided on the client from the options given."""
+
+    options: dict           # IBM's job params (the full set that was given)
+    runtime: dict           # max_execution_time, job_tags, ...
+    no_effect: list = field(default_factory=list)
+
+
+def plan(kind: str, backend: str, options) -> Plan:
+    """Check every option that is set; ``OptionNotSupportedError`` for the first one that a
+    simulator cannot honour, naming it and what is supported."""
+    inputs, runtime = program_inputs(options)
+    spec = catalog.get_spec(backend)
+    ideal = spec.kind == "ideal"
+    supported = (f"supported: default_shots, default_precision, seed_estimator, "
+                 f"simulator.seed_simulator, max_execution_time, environment.job_tags, "
+                 f"execution.init_qubits=True, execution.meas_type='classified'"
+                 f"{', and on ideal backends resilience_level 0-1, twirling and dynamical_decoupling (no noise: no effect)' if ideal else ', resilience_level=0'}")
+    no_effect = []
+    set_options = _flatten(inputs["options"])
+    level = inputs.get("resilience_level")
+    if level is not None:
+        if level == 2 or (level and not ideal):
+            raise OptionNotSupportedError(
+                f"resilience_level={level} is not available on backend {backend!r}: "
+                f"{'zero-noise extrapolation (level 2) is not implemented' if level == 2 else 'error mitigation is not implemented on noisy device backends yet'}; "
+                f"{supported}")
+        if level:
+            no_effect.append(f"resilience_level={level}: ideal simulator, no noise to mitigate")
+    for name, value in set_options.items():
+        if name in _HONOURED:
+            _check_value(name, value, supported)
+        elif name in _NO_EFFECT:
+            no_effect.append(f"{name}={value!r}: {_NO_EFFECT[name]}")
+        elif name in _NEVER and _truthy(value):
+            raise OptionNotSupportedError(
+                f"option {name}={value!r} ({_NEVER[name]}) is not implemented; {supported}")
+        elif name.split(".")[0] in _MITIGATION_GROUPS:
+            if ideal or not _truthy(value) or _inert(name, set_options):
+                no_effect.append(f"{name}={value!r}: ideal simulator, no noise to act on"
+                                 if ideal else f"{name}={value!r}: technique not enabled")
+            else:
+                raise OptionNotSupportedError(
+                    f"option {name}={value!r} is not available on noisy device backend "
+                    f"{backend!r}: error suppression and mitigation are not implemented there "
+                    f"yet; {supported}")
+        else:  # simulator.noise_model / coupling_map / basis_gates, experimental.*
+            raise OptionNotSupportedError(
+                f"option {name}={_short(value)} is not supported: "
+                + ("each backend simulates one fixed device; choose a device backend "
+                   f"({', '.join(n for n in catalog.known_backends() if catalog.get_spec(n).kind == 'device')}) "
+                   "instead of a custom noise model, coupling map or basis"
+                   if name.startswith("simulator.") else "experimental options are not available")
+                + f"; {supported}")
+    if runtime.get("private"):
+        no_effect.append(f"environment.private=True: {_NO_EFFECT['environment.private']}")
+    if runtime.get("log_level", "WARNING") != "WARNING":
+        no_effect.append(f"environment.log_level={runtime['log_level']!r}: "
+                         f"{_NO_EFFECT['environment.log_level']}")
+    if kind == "estimator" and set_options.get("default_shots") is not None \
+            and "default_precision" in set_options:
+        no_effect.append("default_precision: default_shots is set and overrides it (as IBM)")
+    return Plan(inputs, runtime, no_effect)
+
+
+def _inert(name: str, set_options: dict) -> bool:
+    """A sub-option of a technique that is not switched on (IBM ignores those too)."""
+    switches = {"dynamical_decoupling": ("dynamical_decoupling.enable",),
+                "twirling": ("twirling.enable_gates", "twirling.enable_measure"),
+                "resilience": ("resilience.measure_mitigation",)}
+    group = name.split(".")[0]
+    if name in switches[group]:
+        return False
+    return not any(_truthy(set_options.get(s)) for s in switches[group])
+
+
+def _check_value(name: str, value, supported: str) -> None:
+    if name == "default_shots" and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise OptionNotSupportedError(f"default_shots={value!r} must be a positive int")
+    if name == "execution.init_qubits" and value is not True:
+        raise OptionNotSupportedError(
+            "execution.init_qubits=False is not supported: every simulated shot starts in |0>; "
+            + supported)
+    if name == "execution.meas_type" and value != "classified":
+        raise OptionNotSupportedError(
+            f"execution.meas_type={value!r} is not supported: Aer returns classified bits, "
+            f"not IQ data (kerneled); {supported}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+# ---------------------------------------------------------------------- V1 (the guide)
+class _Group:
+    """A fixed group of V1 options (``options.execution.shots``): unknown names are errors."""
+
+    def __init__(self, name: str, **defaults):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", defaults)
+
+    def __getattr__(self, key):
+        try:
+            return self.__dict__["_values"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key, value):
+        if key not in self._values:
+            raise OptionNotSupportedError(
+                f"option {self._name}.{key} is not supported; supported: "
+                + ", ".join(f"{self._name}.{k}" for k in self._values))
+        self._values[key] = value
+
+    def to_dict(self) -> dict:
+        return dict(self._values)
+
+    def __repr__(self):
+        return f"{self._name}({self._values})"
+
+
+@dataclass
+class _OptionsData:
+    optimization_level: int = 1
+    resilience_level: int = 0
+    max_execution_time: int | None = None
+    execution: _Group = field(default_factory=lambda: _Group("execution", shots=4000, init_qubits=True))
+    transpilation: _Group = field(default_factory=lambda: _Group(
+        "transpilation", skip_transpilation=False, initial_layout=None, layout_method=None,
+        routing_method=None, approximation_degree=None, seed_transpiler=None))
+    simulator: _Group = field(default_factory=lambda: _Group("simulator", seed_simulator=None))
+
+
+class Options(_OptionsData):
+    """The guide's V1 options. Defaults: optimization_level 1, resilience_level 0, 4000 shots.
+
+    ``resilience_level`` 1-3 is accepted on ideal simulators, where there is no noise to
+    mitigate (the result's metadata says so); on noisy device backends it is refused with
+    ``OptionNotSupportedError``, because no mitigation is implemented. ``init_qubits`` must be
+    True (simulators always start from |0>).
+    """
+
+    _TOP = ("optimization_level", "resilience_level", "max_execution_time", "execution",
+            "transpilation", "simulator")
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        for key, value in kwargs.items():
+            if isinstance(value, dict) and key in ("execution", "transpilation", "simulator"):
+                for sub, v in value.items():
+                    setattr(getattr(self, key), sub, v)
+            else:
+                setattr(self, key, value)
+
+    def __setattr__(self, key, value):
+        if key not in self._TOP:
+            raise OptionNotSupportedError(f"option {key!r} is not supported; supported: {', '.join(self._TOP)}")
+        object.__setattr__(self, key, value)
+
+    def validated(self, backend: str) -> dict:
+        """The options as the worker gets them, checked against the backend."""
+        def level(name, value):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 3:
+                raise OptionNotSupportedError(f"{name}={value!r} is not valid: expected an int from 0 to 3")
+            return int(value)
+
+        opt = level("optimization_level", self.optimization_level)
+        res = level("resilience_level", self.resilience_level)
+        if res and catalog.get_spec(backend).kind == "device":
+            raise OptionNotSupportedError(
+                f"resilience_level={res} is not available on device backend {backend!r}: session-broker "
+                "implements no error mitigation; use resilience_level=0 there (ideal simulators accept 0-3)")
+        shots = self.execution.shots
+        if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots <= 0:
+            raise OptionNotSupportedError(f"execution.shots={shots!r} must be a positive int")
+        if self.execution.init_qubits is not True:
+            raise OptionNotSupportedError("execution.init_qubits must be True: simulators always start in |0>")
+        met = self.max_execution_time
+        if met is not None and (isinstance(met, bool) or not isinstance(met, (int, np.integer)) or met <= 0):
+            raise OptionNotSupportedError(f"max_execution_time={met!r} must be a positive int of seconds")
+        transpilation = {k: v for k, v in self.transpilation.to_dict().items() if v is not None}
+        skip = bool(transpilation.pop("skip_transpilation", False))
+        if not skip:
+            catalog.pass_manager(backend, opt, **transpilation)  # refuses unknown methods now
+        seed = self.simulator.seed_simulator
+        return {"api": "v1", "optimization_level": opt, "resilience_level": res, "shots": int(shots),
+                "max_execution_time": int(met) if met else None, "skip_transpilation": skip,
+                "transpilation": transpilation, "seed_simulator": seed}

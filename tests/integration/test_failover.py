@@ -1,0 +1,158 @@
+"""Redis Sentinel failover with sessions and jobs intact (real redis-server and Sentinel
+processes on loopback: a master, a replica, three Sentinels; real workers).
+
+The master is SIGKILLed mid-session with one job running and twenty queued. After the
+promotion every job ends DONE exactly once, the session's status and details are right, a
+new session works, and no producer call hung longer than the failover plus a bound. The
+producer's outage (first failed or stalled call to the first successful one) is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from session_broker import SamplerV2, EstimatorV2, Session
+from session_broker.embedded import wait_for
+from tests.conftest import make_cluster
+from tests.support.faults import SlowEstimatorJob, bell_circuit, read_until_ready
+
+BACKEND = "ibmq_qasm_simulator"
+STALL = 1.0          # a call slower than this counts as part of the outage
+BOUND = 15.0         # no call may take longer than the failover itself plus this
+
+
+@pytest.fixture(scope="module")
+def ha(stack):
+    return stack.start_ha(password="ha-s3cret")
+
+
+@pytest.fixture(scope="module")
+def c(stack, ha):
+    env = {"SESSION_BROKER_WAIT_REPLICAS": "1", "SESSION_BROKER_WAIT_TIMEOUT_MS": "200"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    cluster = make_cluster(stack, ha.url, env)
+    cluster.start_worker(BACKEND)
+    yield cluster
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+class Probe(threading.Thread):
+    """A producer that keeps calling the public API and times every call."""
+
+    def __init__(self, service, job_id: str, session):
+        super().__init__(daemon=True)
+        self.service, self.job_id, self.session = service, job_id, session
+        self.calls: list[tuple[float, float, bool]] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            start = time.monotonic()
+            try:
+                self.service.job(self.job_id).status()
+                self.session.status()
+                ok = True
+            except Exception:
+                ok = False
+            self.calls.append((start, time.monotonic(), ok))
+            time.sleep(0.05)
+
+    def outage(self, after: float) -> tuple[float, float]:
+        """(first bad call's start -> first good call's end, the longest call), after ``after``."""
+        bad = [s for s, e, ok in self.calls if s >= after - STALL and (not ok or e - s > STALL)]
+        if not bad:
+            return 0.0, max(e - s for s, e, _ in self.calls)
+        good = [e for s, e, ok in self.calls if ok and s > bad[0] and e - s <= STALL]
+        return (good[0] if good else float("inf")) - bad[0], max(e - s for s, e, _ in self.calls)
+
+
+def test_master_killed_mid_session_everything_ends_once(c, ha, stack):
+    service = c.service
+    assert service._store.settings.wait_replicas == 1
+    done_before = int(c.store.redis.hget(c.store.keys.counts, "DONE") or 0)
+    slow = SlowEstimatorJob(values=1000)  # seconds: still running when the master dies
+    with Session(backend=BACKEND, service=service) as session:
+        first = SamplerV2(mode=session).run([bell_circuit()], shots=50)
+        first.result(timeout=120)
+        running = EstimatorV2(mode=session).run([slow.pub])
+        wait_for(lambda: running.status() == "RUNNING", 120, "the slow job to start")
+        queued = [SamplerV2(mode=session).run([bell_circuit()], shots=50) for _ in range(20)]
+        probe = Probe(service, first.job_id(), session)
+        probe.start()
+        time.sleep(0.5)
+        old = ha.master_address()
+        assert running.status() == "RUNNING"
+        killed = time.monotonic()
+        stack.kill_child(ha.nodes["master"])
+        wait_for(lambda: ha.master_address() not in (None, old), 60, "a Sentinel to promote the replica")
+        promoted = time.monotonic() - killed
+        slow.check(running.result(timeout=300))
+        results = [job.result(timeout=300) for job in queued]
+        assert all(r[0].data.meas.num_shots == 50 for r in results)
+        probe.stop.set()
+        probe.join(30)
+        outage, longest = probe.outage(killed)
+        print(f"\nfailover: promoted after {promoted:.1f} s; producer outage {outage:.1f} s; "
+              f"longest call {longest:.1f} s")
+        assert longest < promoted + BOUND, (longest, promoted)
+        assert outage < promoted + BOUND, (outage, promoted)
+        jobs = [first, running, *queued]
+        for job in jobs:
+            rec = c.store.job(job.job_id(), "status", "attempts")
+            assert rec == {"status": "DONE", "attempts": "1"}, (job.job_id(), rec)
+        assert int(c.store.redis.hget(c.store.keys.counts, "DONE")) == done_before + len(jobs)
+        assert session.status() == "In progress, accepting new jobs"
+        details = session.details()
+        assert details["state"] == "active" and details["jobs"]["done"] == len(jobs)
+        assert details["jobs"]["queued"] == details["jobs"]["running"] == 0
+    wait_for(lambda: session.status() == "Closed", 60, "the session to close")
+    with Session(backend=BACKEND, service=service) as fresh:
+        counts = SamplerV2(mode=fresh).run([bell_circuit()], shots=20).result(timeout=120)
+    assert set(counts[0].data.meas.get_counts()) <= {"00", "11"}
+
+
+def test_up_ha_starts_a_sentinel_stack_that_runs_jobs(tmp_path):
+    """`session-broker up --ha`: master, replica, three Sentinels, a worker; the printed URL
+    works for a producer; SIGTERM leaves no process behind."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_BROKER_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    up = subprocess.Popen([sys.executable, "-m", "session_broker.cli", "up", "--ha", "--no-flower",
+                           "--no-web", "--state-dir", str(tmp_path / "state")],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        out = read_until_ready(up)
+        assert "three Sentinels" in out and "SESSION_BROKER_WAIT_REPLICAS=1" in out, out
+        url = out.split("export SESSION_BROKER_URL=")[1].split()[0]
+        assert url.startswith("sentinel://") and "master=mymaster" in url
+        names = [p.name() for p in psutil.Process(up.pid).children(recursive=True)]
+        assert names.count("redis-server") == 5, names      # master, replica, three Sentinels
+        code = ("import sys; from session_broker import QiskitRuntimeService, SamplerV2; "
+                "from tests.support.faults import bell_circuit; s = QiskitRuntimeService(sys.argv[1]); "
+                "print(SamplerV2(mode='ibmq_qasm_simulator').run([bell_circuit()], shots=9)"
+                ".result(timeout=120)[0].data.meas.num_shots)")
+        run = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
+                             timeout=180, env={**env, "SESSION_BROKER_URL": url, "PYTHONPATH": "."})
+        assert run.stdout.strip().splitlines()[-1] == "9", run.stderr[-2000:]
+        descendants = psutil.Process(up.pid).children(recursive=True)
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                                 for p in descendants), 30, "every process of up to exit")
+    finally:
+        if up.poll() is None:
+            up.kill()
