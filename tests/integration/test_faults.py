@@ -49,9 +49,10 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh, hold
         b_up = time.monotonic()
 
         victim = estimator.run([slow.pub])
-        queued = [sampler.run([bell], shots=100) for _ in range(100)]
-        # still running when A is killed, however fast this machine: its pool process is frozen
+        # still running when A is killed, however fast this machine (and however slowly the
+        # 100 jobs below are submitted): its pool process is frozen as soon as it runs
         hold(c.store, victim.job_id())
+        queued = [sampler.run([bell], shots=100) for _ in range(100)]
         rec = c.store.job(victim.job_id())
         assert rec["worker"] == a.node and rec["attempts"] == "1", rec
         assert int(rec["pid"]) in pool_children(a.proc.pid), "the job runs in A's pool process"
@@ -252,14 +253,14 @@ def test_redis_restart_mid_session(stack, fresh, hold):
     sid = session.session_id
     sampler = SamplerV2(mode=session)
     first = EstimatorV2(mode=session).run([slow.pub])
-    bells = [sampler.run([bell], shots=100) for _ in range(20)]
-    # both slow jobs are held running (frozen pool processes) until Redis is back, however
-    # fast this machine: they are in flight across the outage
+    # both slow jobs are held running (frozen pool processes, frozen as soon as they run)
+    # until Redis is back, however fast this machine: they are in flight across the outage
     held = [hold(c.store, first.job_id())]
+    bells = [sampler.run([bell], shots=100) for _ in range(20)]
     # the other worker (the session holds one) runs a slow job of the shared queue
     plain_slow = EstimatorV2(mode=c.service.backend(BACKEND)).run([slow.pub])
-    plain = [SamplerV2(mode=c.service.backend(BACKEND)).run([bell], shots=100) for _ in range(5)]
     held.append(hold(c.store, plain_slow.job_id()))
+    plain = [SamplerV2(mode=c.service.backend(BACKEND)).run([bell], shots=100) for _ in range(5)]
     jobs = [first, plain_slow] + bells + plain
     assert {c.store.job(j.job_id(), "worker")["worker"] for j in (first, plain_slow)} == {a.node, b.node}
 

@@ -99,10 +99,10 @@ def test_partitioned_worker_loses_its_session_and_cannot_finish_its_job(lab, hol
         b_up = time.monotonic()
 
         victim = estimator.run([slow.pub])
-        rest = [sampler.run([bell], shots=100) for _ in range(20)]
         # A is in the middle of it when cut, however fast this machine: its pool process is
-        # frozen until B has run the job again
+        # frozen as soon as it runs, until B has run the job again
         held = hold(store, victim.job_id())
+        rest = [sampler.run([bell], shots=100) for _ in range(20)]
         assert store.job(victim.job_id())["worker"] == a.node
         # B reaps others only once it has been connected for 1.5 heartbeat TTLs
         wait_for(lambda: time.monotonic() - b_up > 1.5 * c.settings.heartbeat_ttl, 30,
