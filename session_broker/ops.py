@@ -31,7 +31,7 @@ from redis.retry import Retry
 from session_broker.config import get_settings
 from session_broker.errors import BrokerConnectionError, JobNotFoundError, SessionNotFoundError
 from session_broker.state import (FINAL_JOB_STATUSES, SESSION_STATUS, Store, iso, redact,
-                                  connect)
+                                  connect as redis_connect)
 
 EXIT_OK, EXIT_FAIL = 0, 1
 CLEAR = "\x1b[H\x1b[2J"  # cursor home + clear screen
@@ -57,7 +57,7 @@ def quick_store() -> Store:
     """A Store that fails fast (a few retries, not the library's ~40 s of them): an operator's
     command or a web page should say "unreachable" within seconds."""
     settings = get_settings()
-    client = connect(settings.url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+    client = redis_connect(settings.url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
                      socket_connect_timeout=3, socket_timeout=15, health_check_interval=10)
     return Store(settings, client=client)
 

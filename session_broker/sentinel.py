@@ -87,8 +87,9 @@ def client(url: str, tls_kwargs: dict, **kwargs) -> redis.Redis:
                        "socket_timeout": 5}
     if parsed.sentinel_password:
         sentinel_kwargs["password"] = parsed.sentinel_password
-    if parsed.tls:
+    if parsed.tls:   # sentinels://: TLS to the Sentinels and to the master
         kwargs = {**kwargs, "ssl": True, **tls_kwargs}
+        sentinel_kwargs.update(ssl=True, **tls_kwargs)
     manager = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
     return manager.master_for(parsed.master, db=parsed.db, username=parsed.username,
                               password=parsed.password)
@@ -109,6 +110,13 @@ def kombu_options(url: str) -> dict:
     """Transport options kombu's sentinel transport and Celery's sentinel backend need."""
     parsed = parse(url)
     options: dict = {"master_name": parsed.master}
+    sentinel_kwargs: dict = {}
     if parsed.sentinel_password:
-        options["sentinel_kwargs"] = {"password": parsed.sentinel_password}
+        sentinel_kwargs["password"] = parsed.sentinel_password
+    if parsed.tls:   # the master's TLS comes from broker_use_ssl; the Sentinels' from here
+        from session_broker.state import split_tls_options
+
+        sentinel_kwargs.update(ssl=True, **split_tls_options(url)[1])
+    if sentinel_kwargs:
+        options["sentinel_kwargs"] = sentinel_kwargs
     return options

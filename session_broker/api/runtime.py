@@ -92,7 +92,7 @@ def backend_status(name: str, ctx: Ctx = Depends(runtime_ctx)):
 
 @router.get("/instances/usage", tags=["instances"])
 def instance_usage(ctx: Ctx = Depends(runtime_ctx)):
-    used = float(ctx.store.redis.hget(ctx.store.keys.counts, "usage_seconds") or 0.0)
+    used = ctx.store.usage_seconds()   # every job's run time (the execution histogram's sum)
     return {"instance_id": ctx.front.api.instance, "plan_id": "session-broker",
             "usage_consumed_seconds": used, "usage_limit_seconds": None,
             "usage_allocation_seconds": None, "usage_remaining_seconds": None,

@@ -157,3 +157,26 @@ def test_up_ha_starts_a_sentinel_stack_that_runs_jobs(tmp_path):
     finally:
         if up.poll() is None:
             up.kill()
+
+
+def test_tls_sentinel_stack_with_a_password_follows_a_failover(stack, tmp_path):
+    """sentinels://: every node speaks only TLS (replication and Sentinel links too), with a
+    password; a worker and a producer run jobs before and after the master is killed."""
+    from tests.support.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    ha = stack.start_ha(password="tls-s3cret", master="tlsmaster",
+                        tls={"cert": str(pki["server.pem"]), "key": str(pki["server.key"]),
+                             "ca": str(pki["ca.pem"])})
+    assert ha.url.startswith("sentinels://")
+    c = make_cluster(stack, ha.url)
+    c.start_worker(BACKEND, name="tls-ha-worker@test")
+    service = c.service
+    assert SamplerV2(mode=BACKEND).run([bell_circuit()], shots=10).result(timeout=120)
+    old = ha.master_address()
+    stack.kill_child(ha.nodes["master"])
+    wait_for(lambda: ha.master_address() not in (None, old), 60, "a Sentinel to promote the replica")
+    with Session(backend=BACKEND, service=service) as session:
+        result = SamplerV2(mode=session).run([bell_circuit()], shots=10).result(timeout=180)
+    assert result[0].data.meas.num_shots == 10
+    assert c.store.job(service.jobs(limit=1)[0].job_id(), "worker")["worker"] == "tls-ha-worker@test"

@@ -67,7 +67,7 @@ def test_session_flow_with_the_constructor_recipe(flow, cluster):
     assert flow["during"] == "In progress, accepting new jobs"
     counts = flow["counts"]
     assert sum(counts.values()) == 500 and set(counts) <= {"00", "11"}, counts
-    assert flow["ev"] == pytest.approx(1.0)
+    assert flow["ev"] == pytest.approx(1.0, abs=5 / 64)   # IBM's default precision, 1/64
     details = flow["details"]
     for key in ("id", "backend_name", "interactive_timeout", "max_time", "active_timeout", "state",
                 "accepting_jobs", "last_job_started", "last_job_completed", "started_at", "closed_at"):

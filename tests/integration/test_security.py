@@ -33,6 +33,7 @@ from session_broker import (BrokerConnectionError, EstimatorV2, QiskitRuntimeSer
 from session_broker.embedded import free_port, wait_for
 from session_broker.messages import task_message
 from tests.conftest import Cluster
+from tests.support.pki import make_pki
 from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log_tail, plant_job,
                                   records)
 
@@ -99,28 +100,6 @@ def test_worker_with_wrong_password_exits_nonzero_with_a_clear_message(auth):
 
 
 # ------------------------------------------------------------------------------ TLS
-def _openssl(*args, cwd: Path) -> None:
-    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, f"openssl {' '.join(args)} failed: {proc.stderr}"
-
-
-def make_pki(d: Path) -> dict[str, Path]:
-    """A test CA, a server certificate for 127.0.0.1/localhost signed by it, and an
-    unrelated CA (for a client that must not trust the server)."""
-    assert shutil.which("openssl"), "openssl is needed for the TLS test"
-    d.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", "2", "-subj", "/CN=session-broker test CA", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=localhost", cwd=d)
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out",
-             "other-ca.pem", "-days", "2", "-subj", "/CN=someone else", cwd=d)
-    return {n: d / n for n in ("ca.pem", "server.pem", "server.key", "other-ca.pem")}
-
-
 @pytest.fixture(scope="module")
 def tls(stack, tmp_path_factory):
     binary = shutil.which("redis-server")
