@@ -16,6 +16,7 @@ from session_broker.errors import (
     RuntimeProgramNotFound,
     BackendMismatchError,
     BrokerConnectionError,
+    BrokerOutOfMemoryError,
     CircuitTooWideError,
     ConfigurationError,
     FirstJobCancelledError,

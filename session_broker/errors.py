@@ -27,6 +27,10 @@ class BrokerConnectionError(SessionBrokerError, ConnectionError):
     """Redis cannot be reached, or refused our credentials."""
 
 
+class BrokerOutOfMemoryError(BrokerConnectionError):
+    """Redis refused a write: it reached ``maxmemory`` (with ``noeviction``, as it must be)."""
+
+
 # --- input refused before anything is queued ---------------------------------------------
 
 

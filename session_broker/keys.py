@@ -23,9 +23,15 @@ and one tenant's names never start with another's; see ``config.KEY_PREFIX``)::
     P:w:<node>           hash   worker registry entry; PEXPIREd by every heartbeat
     P:w:<node>:pin       string the session pinned to the worker (no expiry: survives restarts)
     P:w:<node>:run       set    job ids the worker is running
+    P:w:<node>:fetch     list   messages the worker's consumer has taken off a queue and not yet
+                                handed to kombu's ``unacked`` hash (reliable fetch, transport.py):
+                                empty but for an instant; a dead worker's is given back by the reaper
     P:workers            hash   node -> backend, for every registered worker (the reaper's list)
     P:epoch              string pin epoch counter (fencing)
-    P:config             hash   the operator's system settings, published by workers at start
+    P:config             hash   the operator's system settings, published by workers at start and
+                                again whenever they find it missing (Redis came back empty)
+    P:rescue             hash   the unacked rescue's cursor (score, tag): each sweep goes on from
+                                where the last one stopped, so the whole ``unacked`` index is covered
     P:counts             hash   jobs ever submitted / ended, by status (Prometheus counters)
     P:hist:<name>        hash   histogram buckets (le -> count, sum, count) for queue_wait,
                                 execution and session_idle seconds (Prometheus histograms)
@@ -119,6 +125,13 @@ class Keys:
 
     def worker_running(self, node: str) -> str:
         return f"{self.prefix}:w:{node}:run"
+
+    def worker_fetch(self, node: str) -> str:
+        return f"{self.prefix}:w:{node}:fetch"
+
+    @property
+    def rescue_cursor(self) -> str:
+        return f"{self.prefix}:rescue"
 
     @property
     def workers(self) -> str:
@@ -381,6 +394,55 @@ local function want_worker(sid, front)
   redis.call('HSET', s, 'waiting', '1')
 end
 
+-- Push a job's message again, at the head of its queue, under a delivery tag of its own.
+-- kombu keys its unacked hash by delivery tag: two copies of a message under one tag share
+-- one record, so the ack of one copy (say, a copy a claim bounced) deletes the record of the
+-- other, and a worker that dies holding that other copy takes the job with it. Every push
+-- after the first gets a fresh tag, and the record keeps the latest text (CANCEL_JOB's LREM).
+local function repush(jid)
+  local j = jk(jid)
+  local n = redis.call('HINCRBY', j, 'pushes', 1)
+  local msg = string.gsub(get(j, 'message'), '"delivery_tag":"[^"]*"',
+    '"delivery_tag":"' .. jid .. '.' .. n .. '"', 1)
+  redis.call('HSET', j, 'message', msg)
+  redis.call('RPUSH', get(j, 'queue'), msg)
+end
+
+-- The message text of one of our jobs (a kombu envelope) -> its job id, or nil.
+local function message_job(raw)
+  local ok, m = pcall(cjson.decode, raw or '')
+  if not ok or type(m) ~= 'table' or type(m['headers']) ~= 'table' then return nil end
+  local jid = m['headers']['id']
+  if type(jid) ~= 'string' then return nil end
+  return jid
+end
+
+-- A job still QUEUED whose message is held by nobody: push its message again, at the head of
+-- its queue. A second copy of a message is harmless (CLAIM runs a job at most once per attempt).
+local function give_back(jid)
+  local j = jk(jid)
+  if get(j, 'status') ~= 'QUEUED' or get(j, 'message') == '' then return 0 end
+  repush(jid)
+  redis.call('HSET', j, 'requeued_at', NOW)
+  return 1
+end
+
+-- Messages a consumer moved into its fetch list and never handed to kombu's unacked hash
+-- (it died in between): give back each one whose job still waits to run.
+local function give_back_fetched(node, only)
+  local f = P .. ':w:' .. node .. ':fetch'
+  local n = 0
+  local entries = only or redis.call('LRANGE', f, 0, -1)
+  for _, raw in ipairs(entries) do
+    if redis.call('LREM', f, 1, raw) > 0 or not only then
+      local jid = message_job(raw)
+      if jid then n = n + give_back(jid) end
+    end
+  end
+  if not only then redis.call('DEL', f) end
+  return n
+end
+
 -- A running job lost its process (child killed, worker dead, hard time limit): queue it
 -- again at the head of its queue, or end it when it has used all its attempts.
 local function job_lost(jid, node, max_attempts, code, message)
@@ -392,7 +454,7 @@ local function job_lost(jid, node, max_attempts, code, message)
   local retry = code == 'worker_lost' and num(j, 'attempts') < max_attempts
   if retry then
     redis.call('HSET', j, 'status', 'QUEUED', 'claim', '', 'worker', '', 'requeued_at', NOW)
-    redis.call('RPUSH', get(j, 'queue'), get(j, 'message'))
+    repush(jid)
   else
     if code == 'worker_lost' then
       message = 'job ' .. jid .. ' killed the worker process running it ' .. get(j, 'attempts') ..
@@ -520,14 +582,14 @@ if mode == 'session' then
   local s = sk(sid)
   if get(s, 'worker') ~= node then
     -- fetched by a worker that is not (or no longer) the session's: back to the head of its queue
-    redis.call('RPUSH', get(j, 'queue'), get(j, 'message'))
+    repush(jid)
     want_worker(sid, true)
     return {'skip', 'session pinned elsewhere'}
   end
   epoch = get(s, 'epoch')
 elseif pin ~= '' then
   -- a pinned worker runs its session's jobs and nothing else
-  redis.call('RPUSH', get(j, 'queue'), get(j, 'message'))
+  repush(jid)
   return {'skip', 'worker pinned to session ' .. pin}
 end
 if sid ~= '' then
@@ -675,10 +737,18 @@ return #due
 
 # One heartbeat of a worker's agent: refresh the registry entry, follow or drop the pin,
 # and take the next waiting session when free.
-# ARGV: P, node, backend, ttl_ms, host, pid, started, concurrency, device
+# It also puts the operator's settings back into P:config when they are missing (Redis came
+# back empty): otherwise new sessions would silently get the clients' defaults.
+# A worker whose consumer is not started yet (ARGV[14] = '0') beats but takes no session.
+# ARGV: P, node, backend, ttl_ms, host, pid, started, concurrency, device,
+#       max_time, interactive_timeout, open_session_timeout, result_ttl, may_take_session
 # Returns {pin_sid_or_empty, epoch}
 WORKER_TICK = PRELUDE + r"""
 local node, backend = ARGV[2], ARGV[3]
+if ARGV[10] and redis.call('EXISTS', P .. ':config') == 0 then
+  redis.call('HSET', P .. ':config', 'max_time', ARGV[10], 'interactive_timeout', ARGV[11],
+    'open_session_timeout', ARGV[12], 'result_ttl', ARGV[13])
+end
 local w = P .. ':w:' .. node
 redis.call('HSET', w, 'node', node, 'backend', backend, 'host', ARGV[5], 'pid', ARGV[6],
   'started', ARGV[7], 'concurrency', ARGV[8], 'device', ARGV[9], 'heartbeat', NOW)
@@ -693,7 +763,7 @@ if pin ~= '' then
     pin = ''
   end
 end
-if pin == '' and redis.call('SCARD', w .. ':run') == 0 then
+if pin == '' and ARGV[14] ~= '0' and redis.call('SCARD', w .. ':run') == 0 then
   local line = P .. ':wait:' .. backend
   while true do
     local sid = redis.call('LPOP', line)
@@ -723,7 +793,7 @@ return {pin, epoch}
 REAP_WORKER = PRELUDE + r"""
 local node = ARGV[2]
 local w = P .. ':w:' .. node
-local requeued = 0
+local requeued = give_back_fetched(node, nil)
 for _, jid in ipairs(redis.call('SMEMBERS', w .. ':run')) do
   if job_lost(jid, node, tonumber(ARGV[3]), 'worker_lost', 'worker ' .. node .. ' died while running it') == 'requeued' then
     requeued = requeued + 1
@@ -751,26 +821,88 @@ return requeued
 # an hour by default. A job still QUEUED whose message has sat there longer than ARGV[2] seconds was
 # never claimed by anyone: give it back to the head of its queue now. Should the original
 # consumer be alive after all, the claim lets only one of the two copies run.
-# ARGV: P, min_age, limit -> number of jobs given back
+# The index is read from a cursor (P:rescue: the score and tag of the last entry inspected),
+# ARGV[3] entries a call, wrapping round at the end: entries that are not ours or not
+# rescuable (other apps on the database, jobs still running) cannot hide the ones behind them.
+# ARGV: P, min_age, limit -> {number of jobs given back, entries inspected}
 RESCUE_UNACKED = PRELUDE + r"""
 local UNACKED, UNACKED_INDEX = P .. ':unacked', P .. ':unacked_index'  -- Keys.unacked, .unacked_index
-local tags = redis.call('ZRANGEBYSCORE', UNACKED_INDEX, '-inf', NOW - tonumber(ARGV[2]),
-  'LIMIT', 0, tonumber(ARGV[3]))
-local rescued = 0
-for _, tag in ipairs(tags) do
-  local raw = redis.call('HGET', UNACKED, tag)
-  local ok, entry = pcall(cjson.decode, raw or '')
-  local jid = ok and type(entry) == 'table' and type(entry[1]) == 'table'
-    and type(entry[1]['headers']) == 'table' and entry[1]['headers']['id']
-  if type(jid) == 'string' and get(jk(jid), 'status') == 'QUEUED' and get(jk(jid), 'message') ~= '' then
-    redis.call('RPUSH', get(jk(jid), 'queue'), get(jk(jid), 'message'))
-    redis.call('HDEL', UNACKED, tag)
-    redis.call('ZREM', UNACKED_INDEX, tag)
-    redis.call('HSET', jk(jid), 'requeued_at', NOW)
-    rescued = rescued + 1
+local upto, limit = NOW - tonumber(ARGV[2]), tonumber(ARGV[3])
+local cursor = P .. ':rescue'
+local from_score = redis.call('HGET', cursor, 'score')
+local from_tag = redis.call('HGET', cursor, 'tag') or ''
+local rows = redis.call('ZRANGEBYSCORE', UNACKED_INDEX, from_score or '-inf', upto, 'WITHSCORES',
+  'LIMIT', 0, limit)
+local rescued, seen = 0, 0
+local last_score, last_tag = nil, nil
+for i = 1, #rows, 2 do
+  local tag, score = rows[i], rows[i + 1]
+  -- ties at the cursor's score come in tag order: those up to the cursor's tag were seen
+  if not (from_score and tonumber(score) == tonumber(from_score) and tag <= from_tag) then
+    seen = seen + 1
+    -- kombu's entry: [message, exchange, routing_key]
+    local ok, entry = pcall(cjson.decode, redis.call('HGET', UNACKED, tag) or '')
+    local jid = ok and type(entry) == 'table' and type(entry[1]) == 'table'
+      and type(entry[1]['headers']) == 'table' and entry[1]['headers']['id']
+    if type(jid) == 'string' and give_back(jid) == 1 then
+      redis.call('HDEL', UNACKED, tag)
+      redis.call('ZREM', UNACKED_INDEX, tag)
+      rescued = rescued + 1
+    end
+  end
+  last_score, last_tag = score, tag
+end
+if seen == 0 and #rows == 2 * limit then
+  -- a page of ties all seen already (only planted data does that): step past the score
+  redis.call('HSET', cursor, 'score', '(' .. last_score, 'tag', '')
+  redis.call('EXPIRE', cursor, 3600)
+elseif #rows < 2 * limit or last_score == nil then
+  redis.call('DEL', cursor)  -- reached the end: the next call starts from the oldest again
+else
+  redis.call('HSET', cursor, 'score', last_score, 'tag', last_tag)
+  redis.call('EXPIRE', cursor, 3600)
+end
+return {rescued, seen}
+"""
+
+# A live worker squares its registry with what its process really runs (ARGV[5]: the job ids
+# of the requests it holds, read *before* this call). A job its run set lists, RUNNING here,
+# that it does not hold, is one whose end Redis forgot (an AOF from before the job finished,
+# ``appendfsync everysec``): left alone it would stay RUNNING forever, keep its session
+# ``pending_closed`` and the worker unpinnable. It is requeued only when seen so twice with the
+# same claim token (ARGV[4], from the previous call): a job claimed after the caller read its
+# requests is not mistaken for a lost one. Entries of jobs not RUNNING here are dropped.
+# Messages left on the worker's own fetch list since the previous call (ARGV[6]; a live
+# consumer keeps one there for an instant) are given back too.
+# ARGV: P, node, max_attempts, suspects {jid: claim} (json), held [jid] (json), stale fetch [raw] (json)
+# -> {jobs requeued, suspects (json), fetched messages given back, fetch list now [raw] (json)}
+RECONCILE_WORKER = PRELUDE + r"""
+local node, max_attempts = ARGV[2], tonumber(ARGV[3])
+local suspects = cjson.decode(ARGV[4])
+local held = {}
+for _, jid in ipairs(cjson.decode(ARGV[5])) do held[jid] = true end
+local run = P .. ':w:' .. node .. ':run'
+local again, requeued = {}, 0
+for _, jid in ipairs(redis.call('SMEMBERS', run)) do
+  local j = jk(jid)
+  if get(j, 'status') ~= 'RUNNING' or get(j, 'worker') ~= node then
+    redis.call('SREM', run, jid)
+  elseif not held[jid] then
+    local claim = get(j, 'claim')
+    if suspects[jid] == claim then
+      job_lost(jid, node, max_attempts, 'worker_lost', 'worker ' .. node ..
+        ' is alive but does not run it (Redis lost the record of its end)')
+      requeued = requeued + 1
+    else
+      again[jid] = claim
+    end
   end
 end
-return rescued
+local stale = cjson.decode(ARGV[6])
+local given = 0
+if #stale > 0 then given = give_back_fetched(node, stale) end
+local fetch = redis.call('LRANGE', P .. ':w:' .. node .. ':fetch', 0, 9)
+return {requeued, cjson.encode(again), given, cjson.encode(fetch)}
 """
 
 # ARGV: P -> list of registered nodes whose registry entry has expired

@@ -19,9 +19,12 @@ The public status strings (``session.status()`` and ``job.status()``) are define
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import ssl
 import uuid
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -37,9 +40,14 @@ from session_broker.config import Settings, get_settings
 from session_broker.errors import (
     BackendMismatchError,
     BrokerConnectionError,
+    BrokerOutOfMemoryError,
+    ConfigurationError,
+    JobNotFoundError,
     SessionClosedError,
     SessionNotFoundError,
 )
+
+log = logging.getLogger("session_broker")
 
 # internal state -> what session.status() says (the guide's four strings)
 SESSION_STATUS = {
@@ -105,6 +113,45 @@ def split_tls_options(url: str) -> tuple[str, dict]:
     return bare, kwargs
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Redis refused a write for ``maxmemory``: a plain command raises OutOfMemoryError; a
+    script whose write was refused raises a ResponseError quoting ``-OOM`` (Redis 6)."""
+    return isinstance(exc, redis.OutOfMemoryError) or (
+        isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc))
+
+
+@contextmanager
+def broker_errors(settings: Settings, what: str):
+    """Redis's own exceptions -> our typed ones, for the calls producers make.
+
+    A producer meets a Redis that is out of memory or gone (after the client's retries) as
+    ``BrokerOutOfMemoryError`` / ``BrokerConnectionError``, each saying what failed and what
+    to do, never as a bare redis-py exception."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise BrokerOutOfMemoryError(
+            f"Redis at {redact(settings.url)} is out of memory and refused to {what} ({exc}); "
+            "nothing was changed: raise Redis's maxmemory or free memory, then retry") from exc
+    except redis.BusyLoadingError as exc:
+        raise BrokerConnectionError(
+            f"Redis at {redact(settings.url)} is still loading its data and could not {what}; "
+            "retry in a moment") from exc
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise BrokerConnectionError(
+            f"lost Redis at {redact(settings.url)} and could not {what} ({exc}); the job records "
+            "are in Redis: retry when it is back") from exc
+
+
+# Redis settings we read at start, and what each bad value costs (see ``Store.check_server``).
+EVICTION_HELP = ("an eviction policy drops our keys when Redis is full: results vanish before "
+                 "they are read, sessions disappear, and an evicted timer key reads as an expired "
+                 "one (a session closed as max_time hours early). Set maxmemory-policy noeviction "
+                 "(Redis then refuses new jobs when full, with BrokerOutOfMemoryError)")
+
+
 @dataclass
 class Submitted:
     job_id: str
@@ -133,15 +180,18 @@ class Store:
         self._reap = reg(K.REAP_WORKER)
         self._dead = reg(K.DEAD_WORKERS)
         self._rescue = reg(K.RESCUE_UNACKED)
+        self._reconcile = reg(K.RECONCILE_WORKER)
         self._update_tags = reg(K.UPDATE_TAGS)
 
     @property
     def p(self) -> str:
         return self.settings.key_prefix
 
-    def ping(self) -> None:
-        """Fail fast and clearly at start (the shared client retries for ~40 s later on)."""
-        # with Sentinel, a failover in progress (no master for a few seconds) is waited out
+    def ping(self, check: bool = True) -> None:
+        """Fail fast and clearly at start (the shared client retries for ~40 s later on).
+
+        With ``check``, also warn (once a process) about Redis settings that can lose jobs.
+        With Sentinel, a failover in progress (no master for a few seconds) is waited out."""
         tries = 15 if sentinel.is_sentinel(self.settings.url) else 2
         quick = connect(self.settings.url, socket_connect_timeout=3, socket_timeout=5,
                         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), tries),
@@ -164,6 +214,63 @@ class Store:
                 "Start one (session-broker up) or set SESSION_BROKER_URL") from exc
         finally:
             quick.close()
+        if check and self.settings.url not in _CHECKED:  # once a process: producers warn, workers refuse
+            try:
+                self.check_server(strict=False)
+            except redis.RedisError as exc:  # the check must never stop a producer
+                log.warning("could not check Redis's persistence and eviction settings: %s", exc)
+
+    def server_problems(self) -> tuple[list[str], list[str]]:
+        """Read Redis's eviction and persistence settings: (refusals, warnings).
+
+        CONFIG GET may be refused (ACL users without ``+config``, managed Redis that renames
+        it): then INFO is read instead, and what neither tells is a warning, not a guess."""
+        fatal, warn = [], []
+        cfg: dict[str, str] = {}
+        try:
+            for name in ("maxmemory", "maxmemory-policy", "appendonly", "save"):
+                cfg.update(self.redis.config_get(name))
+        except redis.ResponseError as exc:  # NOPERM, unknown command (renamed)
+            try:
+                info = {**self.redis.info("memory"), **self.redis.info("persistence")}
+            except redis.ResponseError as exc2:
+                warn.append(f"could not read Redis's settings (CONFIG GET: {exc}; INFO: {exc2}): "
+                            "make sure maxmemory-policy is noeviction and appendonly is yes")
+                return fatal, warn
+            cfg = {"maxmemory": str(info.get("maxmemory", "")),
+                   "maxmemory-policy": str(info.get("maxmemory_policy", "")),
+                   "appendonly": "yes" if str(info.get("aof_enabled", "")) == "1" else "no"}
+            warn.append(f"CONFIG GET was refused ({exc}); read INFO instead, which does not show "
+                        "RDB snapshot settings")
+        policy = cfg.get("maxmemory-policy", "")
+        limit = int(cfg.get("maxmemory") or 0)
+        if policy and policy != "noeviction":
+            if limit > 0:
+                fatal.append(f"Redis has maxmemory-policy {policy} with maxmemory {limit}: {EVICTION_HELP}")
+            else:
+                warn.append(f"Redis has maxmemory-policy {policy} (maxmemory 0, so nothing is evicted "
+                            f"yet); should maxmemory be set, {EVICTION_HELP}")
+        if cfg.get("appendonly") != "yes":
+            if "save" in cfg and not cfg["save"].strip():
+                warn.append("Redis persists nothing (appendonly no, save \"\"): a Redis restart "
+                            "loses every queued job, result and session. Set appendonly yes "
+                            "(appendfsync everysec or always)")
+            elif "save" in cfg:
+                warn.append(f"Redis persists only RDB snapshots (appendonly no, save {cfg['save']!r}): "
+                            "a Redis crash loses what changed since the last snapshot. Set appendonly yes")
+        return fatal, warn
+
+    def check_server(self, strict: bool) -> list[str]:
+        """Warn loudly about unsafe Redis settings; with ``strict`` (workers) refuse to start
+        on an eviction policy that can drop our keys. Returns the warnings."""
+        fatal, warn = self.server_problems()
+        if fatal and strict:
+            raise ConfigurationError(" ; ".join(fatal))
+        _CHECKED.add(self.settings.url)
+        for text in fatal + warn:
+            log.warning("UNSAFE REDIS SETTING: %s", text)
+            warnings.warn(f"session-broker: {text}", RuntimeWarning, stacklevel=2)
+        return fatal + warn
 
     # ---------------------------------------------------------------- system settings
     SYSTEM_FIELDS = ("max_time", "interactive_timeout", "open_session_timeout", "result_ttl")
@@ -181,8 +288,9 @@ class Store:
     def open_session(self, sid: str, backend: str, mode: str, max_time: int) -> None:
         """A new session is ``open``: no worker yet; its open-session timer starts now."""
         s = self.settings
-        self._open(args=[self.p, sid, backend, mode, max_time, s.interactive_timeout,
-                         s.open_session_timeout, s.result_ttl])
+        with broker_errors(s, f"open session {sid}"):
+            self._open(args=[self.p, sid, backend, mode, max_time, s.interactive_timeout,
+                             s.open_session_timeout, s.result_ttl])
 
     # ---------------------------------------------------------------- jobs: submit
     def submit(self, job_id: str, session_id: str | None, backend: str, primitive: str,
@@ -193,9 +301,10 @@ class Store:
         stops the open and idle timers, and puts a worker-less session in its backend's
         line. A later job of a session whose first job was cancelled is recorded as ERROR.
         """
-        res = self._replicated(self._submit, [self.p, job_id, session_id or "", backend, primitive,
-                                              payload, message, queue, self.settings.result_ttl,
-                                              json.dumps(summary, separators=(",", ":"))])
+        with broker_errors(self.settings, f"queue job {job_id}"):
+            res = self._replicated(self._submit, [self.p, job_id, session_id or "", backend, primitive,
+                                                  payload, message, queue, self.settings.result_ttl,
+                                                  json.dumps(summary, separators=(",", ":"))])
         if res[0] == "ok":
             return Submitted(job_id, res[1])
         kind, detail = res[1], res[2]
@@ -293,10 +402,11 @@ class Store:
         return data
 
     def job(self, job_id: str, *fields: str) -> dict[str, str]:
-        if fields:
-            values = self.redis.hmget(self.keys.job(job_id), fields)
-            return {f: v for f, v in zip(fields, values) if v is not None}
-        return self.redis.hgetall(self.keys.job(job_id))
+        with broker_errors(self.settings, f"read job {job_id}"):
+            if fields:
+                values = self.redis.hmget(self.keys.job(job_id), fields)
+                return {f: v for f, v in zip(fields, values) if v is not None}
+            return self.redis.hgetall(self.keys.job(job_id))
 
     def session_job_ids(self, sid: str) -> list[str]:
         return self.redis.lrange(self.keys.session_jobs(sid), 0, -1)
@@ -309,13 +419,19 @@ class Store:
         later, wakes at once without taking it from the others.
         """
         key = self.keys.job_done(job_id)
-        if not fields:
-            self.redis.brpoplpush(key, key, timeout=max(timeout, 0.01))
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.brpoplpush(key, key, timeout=max(timeout, 0.01))
-        pipe.hmget(self.keys.job(job_id), fields)
-        _, values = pipe.execute()
+        with broker_errors(self.settings, f"wait for job {job_id}"):
+            if not fields:
+                self.redis.brpoplpush(key, key, timeout=max(timeout, 0.01))
+                return {}
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.brpoplpush(key, key, timeout=max(timeout, 0.01))
+            pipe.hmget(self.keys.job(job_id), fields)
+            _, values = pipe.execute()
+        if all(v is None for v in values):
+            raise JobNotFoundError(
+                f"job {job_id}'s record is gone while it was being waited for: it expired, or "
+                f"Redis at {redact(self.settings.url)} lost its data (restarted without "
+                "persistence, or evicted keys); the job cannot be recovered: submit it again")
         return {f: v for f, v in zip(fields, values) if v is not None}
 
     def live_workers(self, backend: str | None = None) -> list[dict[str, str]]:
@@ -328,20 +444,45 @@ class Store:
 
     # ---------------------------------------------------------------- workers
     def worker_tick(self, node: str, backend: str, pid: int, started: float,
-                    concurrency: int, device: str) -> tuple[str, str]:
-        """Heartbeat + pin follow-up + take the next waiting session when free."""
+                    concurrency: int, device: str, consuming: bool = True) -> tuple[str, str]:
+        """Heartbeat + pin follow-up + take the next waiting session when free (and
+        ``consuming``: a worker still starting its consumer beats but takes no session)."""
         s = self.settings
         pin, epoch = self._worker_tick(args=[
             self.p, node, backend, int(s.heartbeat_ttl * 1000), hostname(), pid, started,
-            concurrency, device])
+            concurrency, device, *(getattr(s, f) for f in self.SYSTEM_FIELDS),
+            "1" if consuming else "0"])
         return pin, epoch
+
+    def keep_alive(self, node: str) -> bool:
+        """Refresh only the registry entry's expiry. For a Redis that refuses writes (out of
+        memory under ``noeviction``): PEXPIRE is still allowed there, and a live worker must
+        not be reaped as dead because its heartbeat script was refused."""
+        return bool(self.redis.pexpire(self.keys.worker(node), int(self.settings.heartbeat_ttl * 1000)))
 
     def dead_workers(self) -> list[str]:
         return self._dead(args=[self.p])
 
-    def rescue_unacked(self, min_age: float, limit: int = 100) -> int:
-        """Give back jobs whose fetched message was orphaned in kombu's unacked hash."""
-        return self._rescue(args=[self.p, min_age, limit])
+    def rescue_unacked(self, min_age: float, limit: int = 100) -> tuple[int, int]:
+        """Give back jobs whose fetched message was orphaned in kombu's unacked hash.
+
+        Reads ``limit`` entries of the index from where the previous call stopped (a cursor
+        in Redis), so repeated calls cover the whole hash. Returns (given back, inspected)."""
+        rescued, seen = self._rescue(args=[self.p, min_age, limit])
+        return int(rescued), int(seen)
+
+    def reconcile_worker(self, node: str, suspects: dict[str, str], held: list[str],
+                         stale_fetch: list[str]) -> tuple[int, dict[str, str], int, list[str]]:
+        """Square a live worker's run set and fetch list with what its process holds.
+
+        ``held``: the job ids of the requests the worker process holds, read before this
+        call. ``suspects`` and ``stale_fetch``: what the previous call returned. Returns
+        (jobs requeued, suspects for the next call, fetched messages given back, the fetch
+        list now). See ``keys.RECONCILE_WORKER``."""
+        requeued, again, given, fetch = self._reconcile(args=[
+            self.p, node, self.settings.max_attempts, json.dumps(suspects or {}),
+            json.dumps(sorted(held)), json.dumps(list(stale_fetch))])
+        return int(requeued), (json.loads(again) or {}), int(given), list(json.loads(fetch) or [])
 
     def reap_worker(self, node: str, keep_pin: bool = False) -> int:
         """Requeue a dead worker's running jobs and give its session to the next worker."""
@@ -349,6 +490,7 @@ class Store:
 
 
 _HOST = socket.gethostname()
+_CHECKED: set[str] = set()  # URLs whose settings this process has checked
 
 
 def hostname() -> str:

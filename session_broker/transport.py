@@ -10,6 +10,20 @@ moved to the dead-letter list ``<prefix>:dead`` (kept short, for operators to in
 the worker carries on. Well-formed messages go through kombu unchanged; what is inside the
 body (JSON only, a known task, a job id) is then Celery's and our task's to check.
 ``celery_app`` registers it for the ``redis://`` and ``rediss://`` schemes.
+
+Reliable fetch. kombu takes a message with ``BRPOP`` and only afterwards records it in its
+``unacked`` hash: a worker killed (or frozen, then killed) between the two steps took the
+message with it, and its job stayed QUEUED for good. A session-broker worker (one started
+by ``session-broker worker``, which names its node in ``SESSION_BROKER_WORKER_NODE``)
+fetches with ``BLMOVE queue -> P:w:<node>:fetch`` instead: the message is in Redis at every
+instant. Handing it to kombu's ``unacked`` hash and taking it off the fetch list are one
+MULTI/EXEC (``QoS.append``). A worker that dies in between leaves it on its fetch list,
+which the reaper gives back (``keys.REAP_WORKER``), as it does the jobs the worker ran.
+Cost: the same one blocking command per fetch, and one LREM more inside the MULTI kombu
+already sends; no extra round trip. BLMOVE takes one source list, so a worker reads the
+base list of one queue per poll (round robin over its queues), not kombu's priority
+sub-lists: session-broker never publishes with a priority. Other consumers (Flower,
+``celery`` commands, tests' kombu connections) keep kombu's BRPOP.
 """
 
 from __future__ import annotations
@@ -17,8 +31,14 @@ from __future__ import annotations
 import binascii
 import json
 import logging
+import os
+from time import monotonic, sleep, time
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+from redis import exceptions as redis_errors
 
 log = logging.getLogger("session_broker.worker")
 DEAD_LETTERS_KEPT = 1000
@@ -86,18 +106,131 @@ def envelope_problem(message) -> str | None:
     return None
 
 
+class QoS(kombu_redis.QoS):
+    def append(self, message, delivery_tag):
+        fetched = self.channel._take_fetched()
+        if fetched is None:
+            return super().append(message, delivery_tag)
+        # record it as unacked and take it off the fetch list in one MULTI/EXEC: the message
+        # is in exactly one of the two at every instant
+        delivery = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time()}) \
+                .hset(self.unacked_key, delivery_tag,
+                      dumps([message._raw, delivery["exchange"], delivery["routing_key"]])) \
+                .lrem(self.channel.fetch_key, 1, fetched) \
+                .execute()
+        virtual.QoS.append(self, message, delivery_tag)
+
+
 class Channel(kombu_redis.Channel):
     # kombu keeps one expiry index of routing tables for everyone; celery_app names ours
     from_transport_options = kombu_redis.Channel.from_transport_options + ("keyprefix_binding_deadlines",)
 
+    QoS = QoS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from session_broker.config import get_settings
+        from session_broker.keys import Keys
+
+        node = os.environ.get("SESSION_BROKER_WORKER_NODE", "")
+        self.fetch_key = Keys(get_settings().key_prefix).worker_fetch(node) if node else None
+        self._fetched: str | None = None
+        self._fetch_queue: str | None = None
+
+    def _take_fetched(self) -> str | None:
+        fetched, self._fetched = self._fetched, None
+        return fetched
+
+    def _brpop_start(self, timeout=None):
+        if self.fetch_key is None:
+            return super()._brpop_start(timeout)
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        self._fetch_queue = queues[0]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self.client.connection.send_command("BLMOVE", queues[0], self.fetch_key, "RIGHT", "LEFT",
+                                            timeout or 0)
+
     def _brpop_read(self, **options):
+        if self.fetch_key is None:
+            try:
+                return super()._brpop_read(**options)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the item was not JSON text
+                # Only these: a ValueError raised later, inside Celery's handling of a message
+                # kombu already reserved, would leave that message unacked and the worker blocked.
+                self._dead_letter(None, f"envelope is not JSON ({exc})")
+                return True
         try:
-            return super()._brpop_read(**options)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the item was not JSON text
-            # Only these: a ValueError raised later, inside Celery's handling of a message
-            # kombu already reserved, would leave that message unacked and the worker blocked.
-            self._dead_letter(None, f"envelope is not JSON ({exc})")
+            try:
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            except redis_errors.ResponseError as exc:
+                if "OOM" not in str(exc):
+                    raise
+                # Redis is full (noeviction): BLMOVE is refused like any write. Wait a little
+                # rather than spin, and fetch nothing until memory is back.
+                self._out_of_memory(exc)
+                raise kombu_redis.Empty() from None
+            if not item:
+                raise kombu_redis.Empty()
+            queue, raw = self._fetch_queue, bytes_to_str(item)
+            self._queue_cycle.rotate(queue)
+            self._fetched = raw
+            try:
+                message = loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                self._dead_letter(raw, f"envelope is not JSON ({exc})")
+                self._settle_fetched(raw, None)
+                return True
+            try:
+                self.connection._deliver(message, queue)
+            except redis_errors.ResponseError as exc:
+                if "OOM" not in str(exc):
+                    self._settle_fetched(raw, queue)
+                    raise
+                # Redis filled up between the fetch and the hand-over: the message stays on
+                # our fetch list, which the agent's reconcile gives back (keys.RECONCILE_WORKER)
+                self._fetched = None
+                self._out_of_memory(exc)
+                return True
+            except BaseException:
+                # not handed over: give it back to its queue rather than keep it only here
+                self._settle_fetched(raw, queue)
+                raise
+            # refused (dead letter) or taken by a consumer without acks: nothing to keep
+            self._settle_fetched(raw, None)
             return True
+        finally:
+            self._in_poll = None
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+
+    def _out_of_memory(self, exc) -> None:
+        now = monotonic()
+        if now - getattr(self, "_oom_logged", -60.0) > 30:
+            log.error("Redis is out of memory, fetching paused: %s", exc)
+            self._oom_logged = now
+        sleep(0.25)
+
+    def _settle_fetched(self, raw: str, back_to: str | None) -> None:
+        """Take a fetched message that kombu did not record as unacked off the fetch list
+        (and push it back onto ``back_to`` when given)."""
+        if self._take_fetched() is None:
+            return  # QoS.append moved it to the unacked hash
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            if back_to:
+                pipe.rpush(back_to, raw)
+            pipe.lrem(self.fetch_key, 1, raw).execute()
 
     def _dead_letter(self, raw, why: str) -> None:
         from session_broker.config import get_settings

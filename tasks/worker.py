@@ -16,9 +16,15 @@ and nothing depends on a remote-control broadcast arriving. Consumer changes are
 where messages are fetched from; what may *run* is decided by the claim script, so a
 message fetched in the instant around a pin change is put back, never run out of turn.
 
-Twice a heartbeat the agent also reaps dead workers (requeue their running jobs, give their
-session to the next worker), applies due session timers for every session, and gives back
-jobs whose fetched message a vanished consumer left in kombu's ``unacked`` hash.
+Twice a heartbeat the agent also reaps dead workers (requeue their running jobs, give back
+the messages their consumer had fetched, give their session to the next worker), applies due
+session timers for every session, and gives back jobs whose fetched message a vanished
+consumer left in kombu's ``unacked`` hash (reading the whole hash over successive sweeps).
+
+Once a heartbeat TTL it squares its own registry with what its process really holds: after
+Redis restarted from an AOF a moment older than the present (``appendfsync everysec``), the
+run set may list jobs this worker finished long ago. Left alone, such a job stays RUNNING
+forever, its session ``pending_closed``, and the worker can never be pinned again.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ import time
 
 import redis
 from celery import signals
+from celery.worker import state as worker_state
 
-from session_broker.state import Store
+from session_broker.state import Store, is_out_of_memory
 
 log = logging.getLogger("session_broker.worker")
 logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs every pass at INFO
@@ -39,6 +46,9 @@ logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs eve
 
 class Agent(threading.Thread):
     def __init__(self, consumer, node: str, backend: str, concurrency: int, device: str):
+        # consumer: None until Celery's consumer is ready (worker_ready); the agent beats
+        # from before the consumer's first fetch, so a worker that dies while starting is
+        # registered, and the reaper gives back what its consumer had fetched
         super().__init__(name="session-broker-agent", daemon=True)
         self.consumer = consumer
         self.node = node
@@ -54,6 +64,10 @@ class Agent(threading.Thread):
         self.connected_since: float | None = None
         self.redis_run_id: str | None = None
         self._wanted: str | None = None
+        self._suspects: dict[str, str] = {}
+        self._fetch_seen: list[str] = []
+        self._next_reconcile = 0.0
+        self._oom_warned = False
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -70,9 +84,23 @@ class Agent(threading.Thread):
                     self.redis_run_id = self.store.redis.info("server").get("run_id")
                     booted = True
                 began = time.monotonic()
-                self.pin, _epoch = self.store.worker_tick(
-                    self.node, self.backend, os.getpid(), self.started_at,
-                    self.concurrency, self.device)
+                try:
+                    self.pin, _epoch = self.store.worker_tick(
+                        self.node, self.backend, os.getpid(), self.started_at,
+                        self.concurrency, self.device, consuming=self.consumer is not None)
+                    self._oom_warned = False
+                except redis.ResponseError as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    # Redis refuses writes (maxmemory, noeviction): keep our registry entry
+                    # alive so nobody reaps a live worker, and run nothing new meanwhile
+                    self.store.keep_alive(self.node)
+                    if not self._oom_warned:
+                        log.error("Redis is out of memory (%s): heartbeat kept alive with PEXPIRE "
+                                  "only; raise maxmemory or free memory", exc)
+                        self._oom_warned = True
+                    self.stopping.wait(self.settings.tick)
+                    continue
                 if self.connected_since is None or time.monotonic() - began > self.settings.heartbeat_ttl / 2:
                     # first contact, or the call was stuck retrying through an outage long
                     # enough for others' keys to expire (an outage shorter than TTL/2 cannot):
@@ -112,12 +140,26 @@ class Agent(threading.Thread):
         self.store.sweep_deadlines()
         # a worker holds at most `concurrency` messages, each started at once: one unstarted
         # for several heartbeat TTLs belongs to a consumer that is gone
-        rescued = self.store.rescue_unacked(max(5.0, 3 * self.settings.heartbeat_ttl))
+        rescued, _seen = self.store.rescue_unacked(max(5.0, 3 * self.settings.heartbeat_ttl))
         if rescued:
             log.warning("gave back %d job(s) whose message a vanished consumer held", rescued)
+        if time.monotonic() >= self._next_reconcile:
+            self.reconcile()
+            self._next_reconcile = time.monotonic() + self.settings.heartbeat_ttl
+
+    def reconcile(self) -> None:
+        """Requeue jobs our run set lists but this process does not run (see the module doc)."""
+        held = held_job_ids()  # read before the script: see keys.RECONCILE_WORKER
+        requeued, self._suspects, given, self._fetch_seen = self.store.reconcile_worker(
+            self.node, self._suspects, held, self._fetch_seen)
+        if requeued or given:
+            log.warning("reconciled with Redis: requeued %d job(s) recorded as running here that "
+                        "this worker does not run; gave back %d fetched message(s)", requeued, given)
 
     # ------------------------------------------------------------------ consumer
     def follow_pin(self) -> None:
+        if self.consumer is None:
+            return  # the consumer is not started yet (see start_worker)
         wanted = self.store.keys.session_queue(self.pin) if self.pin else self.shared_queue
         current = self.consuming()
         if current == {wanted} or self._wanted == wanted and current is None:
@@ -149,21 +191,49 @@ def _switch_queues(consumer, wanted: str) -> None:
         consumer.app.amqp.queues.pop(name, None)  # forget session queues: no growth per session
 
 
+def held_job_ids() -> list[str]:
+    """Job ids of every request this worker process holds (reserved or running)."""
+    for _ in range(5):
+        try:
+            requests = list(worker_state.reserved_requests) + list(worker_state.active_requests)
+            break
+        except RuntimeError:  # the consumer changed a set while we copied it: try again
+            continue
+    else:  # pragma: no cover
+        raise RuntimeError("could not read the worker's requests")
+    ids = set()
+    for req in requests:
+        job_id = getattr(req, "_job_id", None)
+        jid = job_id() if callable(job_id) else None
+        if jid:
+            ids.add(jid)
+    return sorted(ids)
+
+
 # ---------------------------------------------------------------------- Celery hooks
 _agent: Agent | None = None
 
 
-@signals.worker_ready.connect
-def _start_agent(sender=None, **_):
+def _ensure_agent(consumer=None, node: str | None = None):
+    """Start the agent (once a process) or hand it the consumer once Celery's is ready."""
     global _agent
     backend = os.environ.get("SESSION_BROKER_WORKER_BACKEND")
     if not backend:
-        return  # a plain `celery worker` without our CLI: no agent
-    node = sender.hostname
-    concurrency = int(os.environ.get("SESSION_BROKER_WORKER_CONCURRENCY", "1"))
-    device = os.environ.get("SESSION_BROKER_WORKER_DEVICE", "CPU")
-    _agent = Agent(sender, node, backend, concurrency, device)
-    _agent.start()
+        return None  # a plain `celery worker` without our CLI: no agent
+    if _agent is None:
+        node = node or consumer.hostname
+        concurrency = int(os.environ.get("SESSION_BROKER_WORKER_CONCURRENCY", "1"))
+        device = os.environ.get("SESSION_BROKER_WORKER_DEVICE", "CPU")
+        _agent = Agent(consumer, node, backend, concurrency, device)
+        _agent.start()
+    elif consumer is not None:
+        _agent.consumer = consumer
+    return _agent
+
+
+@signals.worker_ready.connect
+def _start_agent(sender=None, **_):
+    _ensure_agent(sender)
 
 
 @signals.worker_shutdown.connect
@@ -203,9 +273,18 @@ def start_worker(backend: str, *, concurrency: int = 1, name: str | None = None,
     from session_broker.celery_app import app
     from session_broker.state import Store
 
-    Store().ping()
+    Store().ping(check=False)
+    # refuses an eviction policy that can drop our keys; warns when nothing is persisted
+    Store().check_server(strict=True)
     node = name or f"{backend}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    # the transport fetches into this node's fetch list (reliable fetch, transport.py)
+    os.environ["SESSION_BROKER_WORKER_NODE"] = node
     queue = Store().keys.backend_queue(backend)
+    # register and beat before the consumer's first fetch (see Agent.__init__)
+    agent = _ensure_agent(None, node)
+    wait_registered = time.monotonic() + 30
+    while agent.connected_since is None and time.monotonic() < wait_registered:
+        time.sleep(0.05)
     app.worker_main([
         "worker", "--pool=prefork", f"--concurrency={concurrency}", f"--hostname={node}",
         f"--queues={queue}", "--without-gossip", "--without-mingle", "--task-events",

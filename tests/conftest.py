@@ -113,6 +113,42 @@ def cluster(stack, redis_url):
     return c
 
 
+def signal_group(child, sig) -> None:
+    """Send ``sig`` to a child's whole process group (a worker and its pool processes)."""
+    try:
+        os.killpg(child.proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def fresh(stack, request):
+    """``fresh(env=None, **redis_kw)`` -> a Cluster on a Redis of its own; everything it
+    started is stopped at the end of the test (a frozen worker is thawed first)."""
+    import re
+    import signal
+
+    made: list[Cluster] = []
+    safe = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40]
+
+    def make(env: dict | None = None, **redis_kw) -> Cluster:
+        url = stack.start_redis(name=f"redis-{safe}-{len(made)}", **redis_kw)
+        c = Cluster(stack, url, env)
+        c.redis_name = f"redis-{safe}-{len(made)}"
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        for w in list(c.workers.values()):
+            if w in stack.children:
+                signal_group(w, signal.SIGCONT)
+                c.stop_worker(w, grace=10)
+        for child in [ch for ch in stack.children if ch.name == c.redis_name]:
+            stack.stop_child(child)
+            stack.children.remove(child)
+
+
 @pytest.fixture
 def bell():
     from tests.support.faults import bell_circuit
@@ -123,4 +159,52 @@ def bell():
 __all__ = ["ARTIFACTS", "Cluster", "FAST", "make_cluster", "wait_for"]
 
 
-from tests.support.circuits import slow_pub  # noqa: E402 - re-exported for the test modules
+from tests.support.circuits import binding_seconds, slow_pub  # noqa: E402, F401 - re-exported for the test modules
+
+
+class Hold:
+    """A job kept RUNNING for as long as a test needs, whatever this machine's speed: the
+    pool process running it is frozen (SIGSTOP) and thawed (SIGCONT) on ``release``. The
+    worker's main process keeps beating, so nothing takes the job for lost."""
+
+    def __init__(self, store, job_id: str, timeout: float = 120):
+        import signal
+
+        def running():
+            r = store.job(job_id, "status", "pid")
+            if r.get("status") not in ("QUEUED", "RUNNING", None):
+                raise AssertionError(f"job {job_id} ended ({r.get('status')}) before it could be "
+                                     "held: give it more work")
+            return r if r.get("status") == "RUNNING" and r.get("pid") else None
+
+        self.pid = int(wait_for(running, timeout, f"job {job_id} to run")["pid"])
+        os.kill(self.pid, signal.SIGSTOP)
+        self.frozen = True
+        if store.job(job_id, "status").get("status") != "RUNNING":  # it ended in the instant
+            self.release()
+            raise AssertionError(f"job {job_id} ended before it could be held: give it more work")
+
+    def release(self) -> None:
+        import signal
+
+        if self.frozen:
+            self.frozen = False
+            try:
+                os.kill(self.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def hold():
+    """``hold(store, job_id)`` -> a ``Hold``; every hold is released when the test ends."""
+    holds: list[Hold] = []
+
+    def make(store, job_id: str, timeout: float = 120) -> Hold:
+        h = Hold(store, job_id, timeout)
+        holds.append(h)
+        return h
+
+    yield make
+    for h in holds:
+        h.release()

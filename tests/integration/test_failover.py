@@ -75,16 +75,16 @@ class Probe(threading.Thread):
         return (good[0] if good else float("inf")) - bad[0], max(e - s for s, e, _ in self.calls)
 
 
-def test_master_killed_mid_session_everything_ends_once(c, ha, stack):
+def test_master_killed_mid_session_everything_ends_once(c, ha, stack, hold):
     service = c.service
     assert service._store.settings.wait_replicas == 1
     done_before = int(c.store.redis.hget(c.store.keys.counts, "DONE") or 0)
-    slow = SlowEstimatorJob(values=1000)  # seconds: still running when the master dies
+    slow = SlowEstimatorJob(seconds=3)  # held running until the replica is promoted (below)
     with Session(backend=BACKEND, service=service) as session:
         first = SamplerV2(mode=session).run([bell_circuit()], shots=50)
         first.result(timeout=120)
         running = EstimatorV2(mode=session).run([slow.pub])
-        wait_for(lambda: running.status() == "RUNNING", 120, "the slow job to start")
+        held = hold(c.store, running.job_id())  # still running when the master dies, however fast this machine
         queued = [SamplerV2(mode=session).run([bell_circuit()], shots=50) for _ in range(20)]
         probe = Probe(service, first.job_id(), session)
         probe.start()
@@ -95,6 +95,7 @@ def test_master_killed_mid_session_everything_ends_once(c, ha, stack):
         stack.kill_child(ha.nodes["master"])
         wait_for(lambda: ha.master_address() not in (None, old), 60, "a Sentinel to promote the replica")
         promoted = time.monotonic() - killed
+        held.release()
         slow.check(running.result(timeout=300))
         results = [job.result(timeout=300) for job in queued]
         assert all(r[0].data.meas.num_shots == 50 for r in results)

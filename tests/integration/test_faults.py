@@ -10,7 +10,6 @@ heartbeat settings (``FAST``: beat every 0.5 s, dead after 2 s). Recovery times 
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,32 +20,9 @@ from session_broker import EstimatorV2, SamplerV2, Session, WorkerLostError
 from session_broker.embedded import free_port, redis_answers, wait_for
 from tests.conftest import Cluster
 from tests.support.faults import (BACKEND, SlowEstimatorJob, assert_bell_counts, bell_circuit,
-                                  kill_pool_child, log_tail, log_text, pool_children, records,
+                                  kill_pool_child, log_tail, log_text, orphan_in_unacked,
+                                  pool_children, records,
                                   redis_now, start_logged_worker, wait_final)
-
-
-@pytest.fixture
-def fresh(stack, request):
-    """``fresh(env=None, **redis_kw)`` -> a Cluster on a Redis of its own; everything it
-    started is stopped at the end of the test."""
-    made: list[Cluster] = []
-    safe = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40]
-
-    def make(env: dict | None = None, **redis_kw) -> Cluster:
-        url = stack.start_redis(name=f"redis-{safe}-{len(made)}", **redis_kw)
-        c = Cluster(stack, url, env)
-        c.redis_name = f"redis-{safe}-{len(made)}"
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        for w in list(c.workers.values()):
-            if w in stack.children:
-                c.stop_worker(w, grace=10)
-        for child in [ch for ch in stack.children if ch.name == c.redis_name]:
-            stack.stop_child(child)
-            stack.children.remove(child)
 
 
 def session_of(c: Cluster, sid: str) -> dict:
@@ -56,11 +32,11 @@ def session_of(c: Cluster, sid: str) -> dict:
 # ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh):
+def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh, hold):
     c = fresh()
     a = c.start_worker(BACKEND, name="kill-a@test", concurrency=1)
     bell = bell_circuit()
-    slow = SlowEstimatorJob(values=1000)  # ~5-10 s: still running when A is killed
+    slow = SlowEstimatorJob(seconds=3)  # held running on A until A is killed (see below)
     ttl = c.settings.heartbeat_ttl
 
     with Session(service=c.service, backend=BACKEND) as session:
@@ -73,9 +49,10 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh):
         b_up = time.monotonic()
 
         victim = estimator.run([slow.pub])
+        # still running when A is killed, however fast this machine (and however slowly the
+        # 100 jobs below are submitted): its pool process is frozen as soon as it runs
+        hold(c.store, victim.job_id())
         queued = [sampler.run([bell], shots=100) for _ in range(100)]
-        wait_for(lambda: c.store.job(victim.job_id(), "status").get("status") == "RUNNING", 120,
-                 "the slow job to start on A")
         rec = c.store.job(victim.job_id())
         assert rec["worker"] == a.node and rec["attempts"] == "1", rec
         assert int(rec["pid"]) in pool_children(a.proc.pid), "the job runs in A's pool process"
@@ -101,9 +78,9 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh):
               f"after A's registry entry expired (heartbeat TTL {ttl:.1f} s; kombu visibility timeout "
               f"{c.settings.visibility_timeout} s); interrupted job restarted {rerun_after:.2f} s after SIGKILL")
         assert rerun["worker"] == b.node
-        # heartbeat-driven: within a few seconds of A's registry entry expiring, not after
-        # kombu's visibility timeout
-        assert recovery < ttl + 5 and after_expiry < 4, \
+        # heartbeat-driven: seconds after A's registry entry expired, not kombu's visibility
+        # timeout (an hour); the margin is for a loaded machine's stalls, not for the mechanism
+        assert recovery < ttl + 20 and after_expiry < 15, \
             f"recovery took {recovery:.1f} s, {after_expiry:.1f} s after A's entry expired (TTL {ttl} s)"
 
         slow.check(victim.result(timeout=300))
@@ -125,7 +102,7 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh):
 # ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_job_longer_than_the_visibility_timeout_runs_once(fresh):
+def test_job_longer_than_the_visibility_timeout_runs_once(fresh, hold):
     """kombu hands an unacked message to another consumer once it is older than the
     visibility timeout (here 2 s), even though its worker is alive and still running it.
     The claim must keep the second delivery from starting the job again.
@@ -136,13 +113,13 @@ def test_job_longer_than_the_visibility_timeout_runs_once(fresh):
     c = fresh(env={"SESSION_BROKER_VISIBILITY_TIMEOUT": "2"})
     w1 = start_logged_worker(c, "vis-1@test")  # INFO: the log shows the skipped redelivery
     w2 = start_logged_worker(c, "vis-2@test")
-    long = SlowEstimatorJob(values=1400)  # ~6-8 s (about 5 ms a parameter set when the machine is quiet)
+    long = SlowEstimatorJob(seconds=2)  # held running past the redelivery (see below)
     done_before = int(c.store.redis.hget(c.store.keys.counts, "DONE") or 0)
 
     job = EstimatorV2(mode=c.service.backend(BACKEND)).run([long.pub])
     jid = job.job_id()
-    started = wait_for(lambda: (lambda r: r if r.get("status") == "RUNNING" else None)(c.store.job(jid)),
-                       120, "the long job to start")
+    held = hold(c.store, jid)  # it runs as long as the test needs, however fast this machine
+    started = c.store.job(jid)
     runner = started["worker"]
     other = w2 if runner == w1.node else w1
     t_start = time.monotonic()
@@ -176,6 +153,8 @@ def test_job_longer_than_the_visibility_timeout_runs_once(fresh):
         wait_for(lambda: f"job {jid} not run here: job is RUNNING" in log_text(other.log), 30,
                  "the idle worker to receive the redelivered message")
         assert c.store.job(jid, "status")["status"] == "RUNNING"
+        wait_for(lambda: time.monotonic() - t_start > 4.5, 10, "the job to be well past the timeout")
+        held.release()
         job.result(timeout=300)
         run_time = time.monotonic() - t_start
     finally:
@@ -205,7 +184,7 @@ def test_poison_job_that_kills_its_process_ends_in_error_and_the_session_goes_on
     c = fresh(env={"SESSION_BROKER_MAX_ATTEMPTS": str(max_attempts)})
     w = c.start_worker(BACKEND, name="poison@test")
     main_pid = w.proc.pid
-    poison = SlowEstimatorJob(values=400)  # ~2-4 s: time to find its process and kill it
+    poison = SlowEstimatorJob(seconds=2)  # time to find its process and kill it
 
     with Session(service=c.service, backend=BACKEND) as session:
         pj = EstimatorV2(mode=session).run([poison.pub])
@@ -256,7 +235,7 @@ def test_poison_job_that_kills_its_process_ends_in_error_and_the_session_goes_on
 # ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_redis_restart_mid_session(stack, fresh):
+def test_redis_restart_mid_session(stack, fresh, hold):
     """Redis (AOF, appendfsync always) is stopped with SIGTERM while both workers are in the
     middle of a job, and started again on the same port and directory 2.5 s later.
 
@@ -267,21 +246,21 @@ def test_redis_restart_mid_session(stack, fresh):
     c = fresh(port=port, appendonly=True)
     a = c.start_worker(BACKEND, name="rr-a@test")
     b = c.start_worker(BACKEND, name="rr-b@test")
-    slow = SlowEstimatorJob(values=600)  # ~3-6 s: both workers are running one when Redis goes away
+    slow = SlowEstimatorJob(seconds=2)  # both workers are running one when Redis goes away
     bell = bell_circuit()
 
     session = Session(service=c.service, backend=BACKEND, max_time="10m")
     sid = session.session_id
     sampler = SamplerV2(mode=session)
     first = EstimatorV2(mode=session).run([slow.pub])
+    # both slow jobs are held running (frozen pool processes, frozen as soon as they run)
+    # until Redis is back, however fast this machine: they are in flight across the outage
+    held = [hold(c.store, first.job_id())]
     bells = [sampler.run([bell], shots=100) for _ in range(20)]
-    wait_for(lambda: c.store.job(first.job_id(), "status").get("status") == "RUNNING", 120,
-             "the session's first job to start")
     # the other worker (the session holds one) runs a slow job of the shared queue
     plain_slow = EstimatorV2(mode=c.service.backend(BACKEND)).run([slow.pub])
+    held.append(hold(c.store, plain_slow.job_id()))
     plain = [SamplerV2(mode=c.service.backend(BACKEND)).run([bell], shots=100) for _ in range(5)]
-    wait_for(lambda: c.store.job(plain_slow.job_id(), "status").get("status") == "RUNNING", 120,
-             "a slow job to start on the other worker")
     jobs = [first, plain_slow] + bells + plain
     assert {c.store.job(j.job_id(), "worker")["worker"] for j in (first, plain_slow)} == {a.node, b.node}
 
@@ -316,6 +295,8 @@ def test_redis_restart_mid_session(stack, fresh):
     time.sleep(2.5)
     stack.start_redis(port, appendonly=True, name=c.redis_name)
     up_at = time.monotonic()
+    for h in held:
+        h.release()
     print(f"\n[redis restart] Redis down for {up_at - down_at:.2f} s (stop, 2.5 s outage, start + AOF load)")
 
     def registered_again():
@@ -380,24 +361,10 @@ def test_message_taken_by_a_consumer_that_vanished_is_not_stuck(fresh):
     to give the message back fails). The message now sits only in kombu's ``unacked`` hash,
     which kombu sweeps after the visibility timeout (an hour by default). The job must not
     wait that long: a live worker must pick it up within a few heartbeat TTLs."""
-    from kombu import Connection
-
     c = fresh()
     job = SamplerV2(mode=c.service.backend(BACKEND)).run([bell_circuit()], shots=64)
     queue = c.store.keys.backend_queue(BACKEND)
-    from session_broker.celery_app import make_app
-
-    # the deployment's transport options: kombu's bookkeeping keys are the tenant's (keys.py)
-    conn = Connection(c.url, transport_options=make_app(c.settings).conf.broker_transport_options)
-    channel = conn.channel()
-    taken = channel.basic_get(queue, no_ack=False)
-    assert taken is not None and taken.headers["id"] == job.job_id()
-    assert c.store.redis.llen(queue) == 0 and c.store.redis.hlen(c.store.keys.unacked) == 1
-    # The consumer goes away without acking and without giving the message back (a worker
-    # whose give-back failed because Redis was down): it forgets its in-memory deliveries, so
-    # neither closing it nor kombu's exit hook restores anything.
-    channel.qos._delivered.clear()
-    conn.release()
+    orphan_in_unacked(c.url, c.store, job.job_id())
     assert c.store.redis.hlen(c.store.keys.unacked) == 1 and c.store.redis.llen(queue) == 0
 
     c.start_worker(BACKEND, name="orphan@test")

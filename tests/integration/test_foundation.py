@@ -58,11 +58,13 @@ def test_registry_entry_expires_after_sigkill(stack, redis_url):
     c = make_cluster(stack, redis_url)
     w = c.start_worker("ibmq_qasm_simulator", name="kill-test@host1")
     key = c.store.keys.worker("kill-test@host1")
+    # every beat sets the entry to expire a TTL later: Redis, not this (maybe stalled) test
+    # process, times the expiry, so the bound is checked on what the worker set
+    assert 0 < c.store.redis.pttl(key) <= c.settings.heartbeat_ttl * 1000
     c.kill_worker(w)
     t0 = time.monotonic()
-    wait_for(lambda: not c.store.redis.exists(key), c.settings.heartbeat_ttl + 2, "registry key to expire")
+    wait_for(lambda: not c.store.redis.exists(key), c.settings.heartbeat_ttl + 30, "registry key to expire")
     elapsed = time.monotonic() - t0
-    assert elapsed <= c.settings.heartbeat_ttl + 1
     print(f"registry entry gone {elapsed:.2f} s after SIGKILL (TTL {c.settings.heartbeat_ttl} s)")
 
 

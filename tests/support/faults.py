@@ -56,23 +56,32 @@ def assert_bell_counts(result, shots: int) -> None:
 class SlowEstimatorJob:
     """An Estimator V2 PUB whose run time is set by the size of its parameter broadcast.
 
-    A 14-qubit RealAmplitudes ansatz, reps=2 (42 parameters), <Z...Z>, ``values``
-    parameter sets: 5-10 ms per set on the 2-core test machine, depending on what else
-    runs (measured: 1400 sets 7 s quiet; 400 sets 3.4 s busy). Results can be checked
-    against ``Statevector``.
+    A 14-qubit RealAmplitudes ansatz, reps=2 (42 parameters), <Z...Z>. ``seconds``: about
+    how long it should run, sized from the time a parameter set takes on this machine now
+    (measured here: 5-10 ms on the 2-core test machine depending on what else runs, less on
+    a fast one), so its length does not depend on the machine. A test that needs it to stay
+    running until something happens freezes it (``tests.conftest.Hold``). Results can be
+    checked against ``Statevector``.
     """
 
-    def __init__(self, values: int, num_qubits: int = 14, seed: int = 7):
+    def __init__(self, seconds: float | None = None, num_qubits: int = 14, seed: int = 7, *,
+                 values: int | None = None):
+        import math
+
         from qiskit.circuit.library import real_amplitudes
         from qiskit.quantum_info import SparsePauliOp
         from qiskit.transpiler import generate_preset_pass_manager
 
         from session_broker.backends import BrokerBackend
+        from tests.support.circuits import binding_seconds
 
         ansatz = real_amplitudes(num_qubits, reps=2)
         pm = generate_preset_pass_manager(optimization_level=1, backend=BrokerBackend(BACKEND))
         self.circuit = pm.run(ansatz)
         self.observable = SparsePauliOp("Z" * self.circuit.num_qubits)
+        if values is None:  # ``values=`` (a fixed size) only for callers not yet moved to seconds
+            self.per_set = binding_seconds(self.circuit, self.observable)
+            values = max(1, math.ceil(seconds / self.per_set))
         rng = np.random.default_rng(seed)
         self.values = rng.uniform(0, np.pi, (values, self.circuit.num_parameters))
 
@@ -155,6 +164,27 @@ def plant_job(store: Store, *, payload: str, backend: str = BACKEND, primitive: 
     if push:
         store.redis.lpush(queue, message)
     return jid
+
+
+def orphan_in_unacked(url: str, store: Store, job_id: str) -> None:
+    """Take the job's message with a kombu consumer that then vanishes without acking or giving
+    it back (a worker whose give-back failed because Redis was down): the message is left only
+    in kombu's ``unacked`` hash."""
+    from kombu import Connection
+
+    from session_broker.celery_app import make_app
+
+    queue = store.keys.backend_queue(BACKEND)
+    # the deployment's transport options: kombu's bookkeeping keys are the tenant's (keys.py)
+    conn = Connection(url, transport_options=make_app(store.settings).conf.broker_transport_options)
+    channel = conn.channel()
+    taken = channel.basic_get(queue, no_ack=False)
+    assert taken is not None and taken.headers["id"] == job_id
+    assert store.redis.llen(queue) == 0
+    # it forgets its in-memory deliveries, so neither closing it nor kombu's exit hook
+    # restores anything
+    channel.qos._delivered.clear()
+    conn.release()
 
 
 def queue_lengths(store: Store) -> dict[str, int]:
