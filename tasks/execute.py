@@ -72,6 +72,9 @@ def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
             result = PrimitiveResult(results)
             techniques, ours["executed"] = s.metadata(), executed.as_dict()
         else:
+            if s is not None and s.schedule:   # idle qubits decay on a device: delays do here
+                pubs = [SamplerPub(mitigation.schedule(p.circuit, backend, None), p.parameter_values,
+                                   p.shots, validate=False) for p in pubs]
             result = aer_sampler(backend, seed)._run(pubs)
     elif v1:
         result = _estimate_v1(backend, seed, pubs, options.get("shots"))

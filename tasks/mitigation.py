@@ -238,6 +238,8 @@ def schedule(circuit: QuantumCircuit, backend: str, dd: dict | None) -> QuantumC
     from qiskit.transpiler.passes import (ALAPScheduleAnalysis, ASAPScheduleAnalysis,
                                           PadDelay, PadDynamicalDecoupling)
 
+    if any(getattr(inst.operation, "blocks", ()) for inst in circuit.data):
+        return circuit   # Qiskit's scheduling passes do not see inside control flow
     target = backends.build_target(backend)
     method = (dd or {}).get("scheduling_method", "alap")
     analysis = ASAPScheduleAnalysis if method == "asap" else ALAPScheduleAnalysis
@@ -245,12 +247,14 @@ def schedule(circuit: QuantumCircuit, backend: str, dd: dict | None) -> QuantumC
         return _drop_idle_delays(
             PassManager([analysis(target=target), PadDelay(target=target)]).run(circuit))
     seq = [YGate() if g == "Y" else XGate() for g in _SEQUENCES[dd["sequence_type"]]]
+    active = sorted({circuit.find_bit(q).index for inst in circuit.data
+                     if inst.operation.name not in ("delay", "barrier") for q in inst.qubits})
     dd_target = _dd_target(backend) if "Y" in _SEQUENCES[dd["sequence_type"]] else target
     pm = PassManager([analysis(target=dd_target),
-                      PadDynamicalDecoupling(target=dd_target, dd_sequence=seq,
+                      PadDynamicalDecoupling(target=dd_target, dd_sequence=seq, qubits=active,
                                              extra_slack_distribution=dd["extra_slack_distribution"],
                                              skip_reset_qubits=dd["skip_reset_qubits"])])
-    out = pm.run(circuit)
+    out = _drop_idle_delays(pm.run(circuit))   # DD only where the circuit acts (see above)
     if "Y" in _SEQUENCES[dd["sequence_type"]]:
         out = _y_as_x_rz(out)
     return out
@@ -262,10 +266,12 @@ def _drop_idle_delays(circuit: QuantumCircuit) -> QuantumCircuit:
     device that doubles the run time for nothing)."""
     used = {q for inst in circuit.data if inst.operation.name not in ("delay", "barrier")
             for q in inst.qubits}
+    if all(q in used for inst in circuit.data if inst.operation.name == "delay" for q in inst.qubits):
+        return circuit
     out = circuit.copy_empty_like()
     for inst in circuit.data:
         if inst.operation.name != "delay" or any(q in used for q in inst.qubits):
-            out.append(inst)
+            out._append(inst)   # already valid instructions: skip append's checks
     return out
 
 
