@@ -215,6 +215,7 @@ def _mitigation(kind: str, name: str, value, set_options: dict, ideal: bool) -> 
             f"option twirling.strategy={value!r} is not implemented: twirling here dresses "
             f"each 2-qubit gate's own qubits, which is strategy 'active'; supported: "
             + _MITIGATION_SUPPORTED)
+    _check_mitigation_value(name, value)
     if not _truthy(value) and name in ("dynamical_decoupling.enable", "twirling.enable_gates",
                                        "twirling.enable_measure", "resilience.measure_mitigation",
                                        "resilience.zne_mitigation"):
@@ -224,6 +225,32 @@ def _mitigation(kind: str, name: str, value, set_options: dict, ideal: bool) -> 
     if name.startswith("dynamical_decoupling") and ideal:
         return "ideal simulator: no gate durations and no idle noise to decouple from"
     return None
+
+
+#: Bounds IBM's classes leave open that a worker could not survive: every randomization and
+#: every fold is a circuit built in the worker's memory.
+MAX_RANDOMIZATIONS = 1000
+MAX_NOISE_FACTOR = 99
+
+
+def _check_mitigation_value(name: str, value) -> None:
+    def finite(v):
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+            and math.isfinite(v)
+
+    if name in ("twirling.num_randomizations", "resilience.measure_noise_learning.num_randomizations") \
+            and isinstance(value, int) and value > MAX_RANDOMIZATIONS:
+        raise OptionNotSupportedError(
+            f"{name}={value} is more than {MAX_RANDOMIZATIONS}: each randomization is a circuit "
+            "the worker builds and runs; use fewer with more shots each")
+    if name == "resilience.zne.noise_factors" and not all(
+            finite(f) and f <= MAX_NOISE_FACTOR for f in value):
+        raise OptionNotSupportedError(
+            f"resilience.zne.noise_factors={_short(value)} must be finite numbers from 1 to "
+            f"{MAX_NOISE_FACTOR} (a factor k runs k times the circuit's 2-qubit gates)")
+    if name == "resilience.zne.extrapolated_noise_factors" and not all(finite(f) for f in value):
+        raise OptionNotSupportedError(
+            f"resilience.zne.extrapolated_noise_factors={_short(value)} must be finite numbers")
 
 
 def _check_value(name: str, value, supported: str) -> None:

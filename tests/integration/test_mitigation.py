@@ -243,6 +243,14 @@ def test_mitigated_values_are_unbiased_without_noise(c, options):
     assert abs(ev - ideal) < 4 * std + 1e-9, (ev, ideal, std)
 
 
+def test_precision_zero_on_a_device_is_exact_and_says_mitigation_did_not_run(c):
+    circuit, obs, _, _ = device_pub()
+    result = EstimatorV2(mode=DEVICE).run([(circuit, obs)], precision=0).result(timeout=300)
+    again = EstimatorV2(mode=DEVICE).run([(circuit, obs)], precision=0).result(timeout=300)
+    assert float(result[0].data.evs) == float(again[0].data.evs) < 0.99   # gate noise, no shots
+    assert any("precision=0" in n for n in result.metadata["session_broker"]["no_effect"])
+
+
 # --------------------------------------------------------------------------- bad values
 @pytest.mark.parametrize("options, match", [
     ({"dynamical_decoupling": {"sequence_type": "YY"}}, "sequence_type"),
@@ -271,11 +279,19 @@ def test_bad_values_are_ibms_validation_errors(options, match):
     ({"resilience": {"zne_mitigation": True, "layer_noise_learning": {"max_layers_to_learn": 2}}},
      "layer_noise_learning"),
     ({"twirling": {"enable_gates": True, "strategy": "all"}}, "twirling.strategy='all'"),
+    ({"twirling": {"enable_measure": True, "num_randomizations": 10**6}}, "twirling.num_randomizations"),
+    ({"resilience": {"measure_mitigation": True, "measure_noise_learning": {"num_randomizations": 5000}}},
+     "measure_noise_learning.num_randomizations"),
+    ({"resilience": {"zne_mitigation": True, "zne": {"noise_factors": [1, float("inf")]}}},
+     "noise_factors"),
+    ({"resilience": {"zne_mitigation": True, "zne": {"noise_factors": [1, 1001]}}}, "noise_factors"),
+    ({"resilience": {"zne_mitigation": True, "zne": {"extrapolated_noise_factors": [0, float("nan")]}}},
+     "extrapolated_noise_factors"),
 ])
 def test_what_cannot_be_done_is_refused_by_name(c, options, name):
     est = EstimatorV2(mode=DEVICE, options=options)
     before = c.store.redis.zcard(c.store.keys.jobs)
     with pytest.raises(OptionNotSupportedError, match=name.replace(".", r"\.").replace("(", r"\(")) as info:
         est.run([device_pub()])
-    assert "supported" in str(info.value)
+    assert "supported" in str(info.value) or "must be" in str(info.value) or "more than" in str(info.value)
     assert c.store.redis.zcard(c.store.keys.jobs) == before
