@@ -93,6 +93,8 @@ def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
                              "values of the simulated state, no readout and no shots, so "
                              "measurement twirling, TREX and ZNE did not run on them")
     stopped = datetime.now(timezone.utc)
+    if v1 and options.get("resilience_level"):   # V1 accepts it on ideal backends only
+        ours["resilience"] = "ideal simulator: no noise to mitigate; results are exact up to sampling"
     if no_effect:
         ours["no_effect"] = no_effect
     meta = {"execution": {"execution_spans": [_span(started, stopped, result, pubs)]},
