@@ -316,7 +316,7 @@ class Options(_OptionsData):
 
     ``resilience_level`` 1-3 is accepted on ideal simulators, where there is no noise to
     mitigate (the result's metadata says so); on noisy device backends it is refused with
-    ``OptionNotSupportedError``, because no mitigation is implemented. ``init_qubits`` must be
+    ``OptionNotSupportedError``: mitigation runs for V2 jobs (``tasks/mitigation.py``). ``init_qubits`` must be
     True (simulators always start from |0>).
     """
 
@@ -348,8 +348,10 @@ class Options(_OptionsData):
         res = level("resilience_level", self.resilience_level)
         if res and catalog.get_spec(backend).kind == "device":
             raise OptionNotSupportedError(
-                f"resilience_level={res} is not available on device backend {backend!r}: session-broker "
-                "implements no error mitigation; use resilience_level=0 there (ideal simulators accept 0-3)")
+                f"resilience_level={res} is not available on device backend {backend!r} with the V1 "
+                "primitives: error mitigation runs for V2 jobs (EstimatorV2(mode=backend, "
+                "options={'resilience_level': 1}).run([(circuit, observable)])); use "
+                "resilience_level=0 here (ideal simulators accept 0-3)")
         shots = self.execution.shots
         if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots <= 0:
             raise OptionNotSupportedError(f"execution.shots={shots!r} must be a positive int")
