@@ -78,7 +78,9 @@ class SlowEstimatorJob:
 
     @property
     def pub(self):
-        return (self.circuit, self.observable, self.values)
+        # precision 0: exact values, which check() compares with Statevector (IBM's default
+        # precision, 1/64 since the V2 options, would add sampling noise)
+        return (self.circuit, self.observable, self.values, 0.0)
 
     def exact(self, index: int) -> float:
         from qiskit.quantum_info import Statevector
