@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/run.py [--quick] [--workers N] [--scenarios 1,2,...] [--out PATH]
     .venv/bin/python benchmarks/run.py --show benchmarks/results/latest-full.json   # re-print
     .venv/bin/python benchmarks/run.py --profile [--quick]        # where a session job's time goes
+    .venv/bin/python benchmarks/run.py --mitigation [--quick]     # error mitigation, levels 0-2
 
 It starts its own stack (a redis-server on a free port, session-broker workers for
 ``aer_simulator``, one plain-Celery worker on its own queue), runs the scenarios, prints
@@ -896,6 +897,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=Path, metavar="JSON", help="print the tables of a results file and exit")
     p.add_argument("--profile", action="store_true",
                    help="profile the session-broker Bell-sampler path instead (benchmarks/profile.py)")
+    p.add_argument("--mitigation", action="store_true",
+                   help="error mitigation levels 0-2 on noisy devices instead (benchmarks/mitigation.py)")
     return p
 
 
@@ -914,6 +917,10 @@ def main(argv=None) -> int:
         from benchmarks import profile
 
         return profile.main(quick=args.quick, out=args.out)
+    if args.mitigation:
+        from benchmarks import mitigation
+
+        return mitigation.main(quick=args.quick, out=args.out)
     scenarios = args.scenarios or list(ALL_SCENARIOS)
     bench = Bench(args, MODES[mode], mode)
     bench.results["scenarios_requested"] = scenarios

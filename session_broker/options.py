@@ -93,15 +93,18 @@ _HONOURED = {
     "default_shots", "default_precision", "seed_estimator", "simulator.seed_simulator",
     "execution.init_qubits", "execution.meas_type",
 }
-#: Error suppression and mitigation: on an ideal simulator there is no noise to suppress or
-#: mitigate, so the technique's result equals the unmitigated one (up to sampling) and we
-#: accept it; on a noisy device it is not implemented yet and refused.
+#: Error suppression and mitigation (``tasks/mitigation.py`` runs them): the groups, and
+#: what within them no simulator here does (refused by name).
 _MITIGATION_GROUPS = ("dynamical_decoupling", "twirling", "resilience")
 _NEVER = {
-    "resilience.zne_mitigation": "zero-noise extrapolation",
     "resilience.pec_mitigation": "probabilistic error cancellation",
     "resilience.layer_noise_model": "a layer noise model",
 }
+_MITIGATION_SUPPORTED = (
+    "dynamical_decoupling.* (sequence_type XX/XpXm/XY4, on device backends), "
+    "twirling.* (strategy 'active'), resilience_level 0-2, resilience.measure_mitigation and "
+    "measure_noise_learning.*, resilience.zne_mitigation and zne.* (amplifier gate_folding, "
+    "gate_folding_front, gate_folding_back)")
 
 
 def _flatten(options: dict, prefix: str = "") -> dict[str, Any]:
@@ -134,21 +137,15 @@ def plan(kind: str, backend: str, options) -> Plan:
     inputs, runtime = program_inputs(options)
     spec = catalog.get_spec(backend)
     ideal = spec.kind == "ideal"
-    supported = (f"supported: default_shots, default_precision, seed_estimator, "
-                 f"simulator.seed_simulator, max_execution_time, environment.job_tags, "
-                 f"execution.init_qubits=True, execution.meas_type='classified'"
-                 f"{', and on ideal backends resilience_level 0-1, twirling and dynamical_decoupling (no noise: no effect)' if ideal else ', resilience_level=0'}")
+    supported = ("supported: default_shots, default_precision, seed_estimator, "
+                 "simulator.seed_simulator, max_execution_time, environment.job_tags, "
+                 "execution.init_qubits=True, execution.meas_type='classified', "
+                 + _MITIGATION_SUPPORTED)
     no_effect = []
     set_options = _flatten(inputs["options"])
     level = inputs.get("resilience_level")
-    if level is not None:
-        if level == 2 or (level and not ideal):
-            raise OptionNotSupportedError(
-                f"resilience_level={level} is not available on backend {backend!r}: "
-                f"{'zero-noise extrapolation (level 2) is not implemented' if level == 2 else 'error mitigation is not implemented on noisy device backends yet'}; "
-                f"{supported}")
-        if level:
-            no_effect.append(f"resilience_level={level}: ideal simulator, no noise to mitigate")
+    if level is not None and (isinstance(level, bool) or level not in (0, 1, 2)):
+        raise OptionNotSupportedError(f"resilience_level={level!r} must be 0, 1 or 2; {supported}")
     for name, value in set_options.items():
         if name in _HONOURED:
             _check_value(name, value, supported)
@@ -156,16 +153,11 @@ def plan(kind: str, backend: str, options) -> Plan:
             no_effect.append(f"{name}={value!r}: {_NO_EFFECT[name]}")
         elif name in _NEVER and _truthy(value):
             raise OptionNotSupportedError(
-                f"option {name}={value!r} ({_NEVER[name]}) is not implemented; {supported}")
+                f"option {name}={_short(value)} ({_NEVER[name]}) is not implemented; {supported}")
         elif name.split(".")[0] in _MITIGATION_GROUPS:
-            if ideal or not _truthy(value) or _inert(name, set_options):
-                no_effect.append(f"{name}={value!r}: ideal simulator, no noise to act on"
-                                 if ideal else f"{name}={value!r}: technique not enabled")
-            else:
-                raise OptionNotSupportedError(
-                    f"option {name}={value!r} is not available on noisy device backend "
-                    f"{backend!r}: error suppression and mitigation are not implemented there "
-                    f"yet; {supported}")
+            why = _mitigation(kind, name, value, set_options, ideal)
+            if why:
+                no_effect.append(f"{name}={value!r}: {why}")
         else:  # simulator.noise_model / coupling_map / basis_gates, experimental.*
             raise OptionNotSupportedError(
                 f"option {name}={_short(value)} is not supported: "
@@ -189,11 +181,76 @@ def _inert(name: str, set_options: dict) -> bool:
     """A sub-option of a technique that is not switched on (IBM ignores those too)."""
     switches = {"dynamical_decoupling": ("dynamical_decoupling.enable",),
                 "twirling": ("twirling.enable_gates", "twirling.enable_measure"),
-                "resilience": ("resilience.measure_mitigation",)}
-    group = name.split(".")[0]
-    if name in switches[group]:
+                "resilience.measure_noise_learning": ("resilience.measure_mitigation",),
+                "resilience.zne": ("resilience.zne_mitigation",),
+                "resilience.pec": ("resilience.pec_mitigation",),
+                "resilience.layer_noise_learning": ("resilience.pec_mitigation",)}
+    group = next((g for g in sorted(switches, key=len, reverse=True)
+                  if name == g or name.startswith(g + ".")), None)
+    if group is None or name in switches[group]:
         return False
+    if group == "twirling" and name in ("twirling.num_randomizations",
+                                        "twirling.shots_per_randomization"):
+        return False   # they also size TREX's and the estimator's default twirling
     return not any(_truthy(set_options.get(s)) for s in switches[group])
+
+
+def _mitigation(kind: str, name: str, value, set_options: dict, ideal: bool) -> str | None:
+    """Check one error suppression/mitigation option: refuse what cannot be done; the reason
+    it has no effect (recorded in the result), or None when it is honoured."""
+    if name == "resilience.zne.amplifier" and value == "pea":
+        raise OptionNotSupportedError(
+            "option resilience.zne.amplifier='pea' (probabilistic error amplification, which "
+            "needs layer noise learning) is not implemented; supported amplifiers: "
+            "gate_folding, gate_folding_front, gate_folding_back")
+    if name.startswith("resilience.layer_noise_learning") and _truthy(
+            set_options.get("resilience.zne_mitigation")):
+        raise OptionNotSupportedError(
+            f"option {name}={value!r} (layer noise learning, used by PEA and PEC) is not "
+            f"implemented; ZNE here amplifies noise by gate folding; supported: "
+            + _MITIGATION_SUPPORTED)
+    if name == "twirling.strategy" and value != "active" and (
+            not _inert(name, set_options) or kind == "estimator"):
+        raise OptionNotSupportedError(
+            f"option twirling.strategy={value!r} is not implemented: twirling here dresses "
+            f"each 2-qubit gate's own qubits, which is strategy 'active'; supported: "
+            + _MITIGATION_SUPPORTED)
+    _check_mitigation_value(name, value)
+    if not _truthy(value) and name in ("dynamical_decoupling.enable", "twirling.enable_gates",
+                                       "twirling.enable_measure", "resilience.measure_mitigation",
+                                       "resilience.zne_mitigation"):
+        return None   # switched off: honoured as off
+    if _inert(name, set_options):
+        return "technique not enabled"
+    if name.startswith("dynamical_decoupling") and ideal:
+        return "ideal simulator: no gate durations and no idle noise to decouple from"
+    return None
+
+
+#: Bounds IBM's classes leave open that a worker could not survive: every randomization and
+#: every fold is a circuit built in the worker's memory.
+MAX_RANDOMIZATIONS = 1000
+MAX_NOISE_FACTOR = 99
+
+
+def _check_mitigation_value(name: str, value) -> None:
+    def finite(v):
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+            and math.isfinite(v)
+
+    if name in ("twirling.num_randomizations", "resilience.measure_noise_learning.num_randomizations") \
+            and isinstance(value, int) and value > MAX_RANDOMIZATIONS:
+        raise OptionNotSupportedError(
+            f"{name}={value} is more than {MAX_RANDOMIZATIONS}: each randomization is a circuit "
+            "the worker builds and runs; use fewer with more shots each")
+    if name == "resilience.zne.noise_factors" and not all(
+            finite(f) and f <= MAX_NOISE_FACTOR for f in value):
+        raise OptionNotSupportedError(
+            f"resilience.zne.noise_factors={_short(value)} must be finite numbers from 1 to "
+            f"{MAX_NOISE_FACTOR} (a factor k runs k times the circuit's 2-qubit gates)")
+    if name == "resilience.zne.extrapolated_noise_factors" and not all(finite(f) for f in value):
+        raise OptionNotSupportedError(
+            f"resilience.zne.extrapolated_noise_factors={_short(value)} must be finite numbers")
 
 
 def _check_value(name: str, value, supported: str) -> None:
@@ -259,7 +316,7 @@ class Options(_OptionsData):
 
     ``resilience_level`` 1-3 is accepted on ideal simulators, where there is no noise to
     mitigate (the result's metadata says so); on noisy device backends it is refused with
-    ``OptionNotSupportedError``, because no mitigation is implemented. ``init_qubits`` must be
+    ``OptionNotSupportedError``: mitigation runs for V2 jobs (``tasks/mitigation.py``). ``init_qubits`` must be
     True (simulators always start from |0>).
     """
 
@@ -291,8 +348,10 @@ class Options(_OptionsData):
         res = level("resilience_level", self.resilience_level)
         if res and catalog.get_spec(backend).kind == "device":
             raise OptionNotSupportedError(
-                f"resilience_level={res} is not available on device backend {backend!r}: session-broker "
-                "implements no error mitigation; use resilience_level=0 there (ideal simulators accept 0-3)")
+                f"resilience_level={res} is not available on device backend {backend!r} with the V1 "
+                "primitives: error mitigation runs for V2 jobs (EstimatorV2(mode=backend, "
+                "options={'resilience_level': 1}).run([(circuit, observable)])); use "
+                "resilience_level=0 here (ideal simulators accept 0-3)")
         shots = self.execution.shots
         if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots <= 0:
             raise OptionNotSupportedError(f"execution.shots={shots!r} must be a positive int")

@@ -27,6 +27,7 @@ from qiskit_aer.primitives import SamplerV2 as AerSamplerV2
 
 from session_broker import backends
 from session_broker.codec import MAX_RESULT_BYTES, DecodedJob, result_bytes
+from tasks import mitigation
 
 
 @lru_cache(maxsize=64)
@@ -58,27 +59,67 @@ def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
     if v1 and not options.get("skip_transpilation"):
         pubs = _transpile(backend, pubs, options)
     started = datetime.now(timezone.utc)
+    ours = {"backend": backend, "resilience_level": options.get("resilience_level", 0)}
+    no_effect = list(options.get("no_effect", []))
+    techniques: dict = {}
     if job.primitive == "sampler":
         if result_bytes(pubs) > MAX_RESULT_BYTES:  # a producer that bypassed the client's check
             raise ValueError(f"the job would return {result_bytes(pubs)} bytes of bits; "
                              f"the limit is {MAX_RESULT_BYTES}")
-        result = aer_sampler(backend, seed)._run(pubs)
+        s = None if v1 else mitigation.settings("sampler", backend, options.get("ibm", {}))
+        if s is not None and (s.twirl_gates or s.twirl_measure or (s.dd and s.schedule)):
+            results, executed = mitigation.run_sampler(backend, pubs, s, seed)
+            result = PrimitiveResult(results)
+            techniques, ours["executed"] = s.metadata(), executed.as_dict()
+        else:
+            if s is not None and s.schedule:   # idle qubits decay on a device: delays do here
+                pubs = [SamplerPub(mitigation.schedule(p.circuit, backend, None), p.parameter_values,
+                                   p.shots, validate=False) for p in pubs]
+            result = aer_sampler(backend, seed)._run(pubs)
     elif v1:
         result = _estimate_v1(backend, seed, pubs, options.get("shots"))
     else:
         # IBM: seed_estimator controls the sampling of estimates; else the simulator's seed
-        ibm = options.get("ibm", {}).get("options", {})
-        estimator = aer_estimator(backend, ibm.get("seed_estimator", seed))
-        result = _with_ibm_fields(estimator._run([_without_empty_bindings(p) for p in pubs]))
+        ibm = options.get("ibm", {})
+        est_seed = ibm.get("options", {}).get("seed_estimator", seed)
+        s = mitigation.settings("estimator", backend, ibm)
+        ours["resilience_level"] = s.level
+        result, executed, exact = _estimate_v2(backend, est_seed, pubs, s)
+        techniques = s.metadata()
+        if executed is not None:
+            ours["executed"] = executed.as_dict()
+        if exact and (s.any or s.schedule):
+            no_effect.append(f"precision=0 (PUBs {', '.join(map(str, exact))}): exact expectation "
+                             "values of the simulated state, no readout and no shots, so "
+                             "measurement twirling, TREX and ZNE did not run on them")
     stopped = datetime.now(timezone.utc)
-    ours = {"backend": backend, "resilience_level": options.get("resilience_level", 0)}
-    if options.get("resilience_level"):
+    if v1 and options.get("resilience_level"):   # V1 accepts it on ideal backends only
         ours["resilience"] = "ideal simulator: no noise to mitigate; results are exact up to sampling"
-    if options.get("no_effect"):
-        ours["no_effect"] = list(options["no_effect"])
+    if no_effect:
+        ours["no_effect"] = no_effect
     meta = {"execution": {"execution_spans": [_span(started, stopped, result, pubs)]},
-            "version": 2, "session_broker": ours}
+            **techniques, "version": 2, "session_broker": ours}
     return PrimitiveResult(list(result), metadata=meta)
+
+
+def _estimate_v2(backend: str, seed, pubs: list, s) -> tuple:
+    """Sampled, with the job's techniques, where there is something to act on (a device, or a
+    technique asked for on an ideal backend); Aer's estimator otherwise and for
+    ``precision=0`` PUBs. Returns (results in PUB order, what ran, exact PUB indices)."""
+    sampled = [i for i, p in enumerate(pubs) if p.precision > 0 and (s.schedule or s.any)]
+    exact = [i for i in range(len(pubs)) if i not in sampled]
+    out: list = [None] * len(pubs)
+    executed = None
+    if sampled:
+        results, executed = mitigation.run_estimator(backend, [pubs[i] for i in sampled], s, seed)
+        for i, r in zip(sampled, results):
+            out[i] = r
+    if exact:
+        estimator = aer_estimator(backend, seed)
+        results = _with_ibm_fields(estimator._run([_without_empty_bindings(pubs[i]) for i in exact]))
+        for i, r in zip(exact, results):
+            out[i] = r
+    return PrimitiveResult(out), executed, [i for i in exact if s.any or s.schedule]
 
 
 def _without_empty_bindings(pub: EstimatorPub) -> EstimatorPub:

@@ -87,7 +87,8 @@ class SlowEstimatorJob:
 
     @property
     def pub(self):
-        # precision 0: exact values, which check() compares (the default is IBM's 1/64)
+        # precision 0: exact values, which check() compares with Statevector (IBM's default
+        # precision, 1/64 since the V2 options, would add sampling noise)
         return (self.circuit, self.observable, self.values, 0.0)
 
     def exact(self, index: int) -> float:

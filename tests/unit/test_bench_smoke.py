@@ -151,3 +151,23 @@ def test_scenario_selection(bench):
     assert bench.parse_scenarios(None) == [1, 2, 3, 4, 5, 6]
     with pytest.raises(Exception):
         bench.parse_scenarios("7")
+
+
+def test_mitigation_table_judges_each_circuit_against_its_first_row():
+    from benchmarks.mitigation import judge, render
+
+    def row(circuit, level, error, seconds, dd=None):
+        return {"circuit": circuit, "backend": "ibm_manila", "level": level, "dd": dd,
+                "ideal": 1.0, "values": [1 - error], "abs_error": error, "abs_error_sem": 0.001,
+                "reported_std": 0.01, "median_job_s": seconds}
+
+    results = judge({"mode": "quick", "seeds": [1], "precision": 1 / 64, "rows": [
+        row("ghz5-readout", 0, 0.2, 1.0), row("ghz5-readout", 1, 0.12, 3.0),
+        row("ising5-trotter", 0, 0.06, 1.0), row("ising5-trotter", 2, 0.01, 50.0),
+        row("idle-echo", 1, 0.1, 2.0), row("idle-echo", 1, 0.1, 4.0, dd="XX")]})
+    rows = results["rows"]
+    assert rows[1]["error_vs_level0"] == pytest.approx(0.6) and rows[1]["met"] is False
+    assert rows[3]["met"] is True and rows[3]["time_vs_level0"] == 50.0
+    assert "target" not in rows[5] and rows[5]["error_vs_level0"] == 1.0
+    table = render(results)
+    assert "MISSED" in table and "1 + DD XX" in table and table.count("\n| ") == 7
