@@ -43,6 +43,9 @@ def c(stack, ha):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    from session_broker.config import get_settings
+
+    get_settings.cache_clear()   # later modules must not inherit WAIT_REPLICAS=1
 
 
 class Probe(threading.Thread):
