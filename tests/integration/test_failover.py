@@ -91,7 +91,7 @@ def test_master_killed_mid_session_everything_ends_once(c, ha, stack, hold):
         queued = [SamplerV2(mode=session).run([bell_circuit()], shots=50) for _ in range(20)]
         probe = Probe(service, first.job_id(), session)
         probe.start()
-        time.sleep(0.5)
+        wait_for(lambda: len(probe.calls) >= 3, 30, "the probe's first calls (its baseline)")
         old = ha.master_address()
         assert running.status() == "RUNNING"
         killed = time.monotonic()
