@@ -53,7 +53,7 @@ ACCESS: dict[str, tuple[str, str, str] | None] = {
     "worker": (RW, RW, R), "worker_pin": (RW, RW, R), "worker_running": (RW, RW, R),
     "worker_fetch": (NONE, RW, R), "rescue_cursor": (NONE, RW, NONE),
     "workers": (R, RW, R), "config": (R, RW, R), "epoch": (NONE, RW, R),
-    "histogram": (NONE, RW, R), "dead": (NONE, RW, R),
+    "histogram": (NONE, RW, R), "dead": (NONE, RW, R), "monitor": (NONE, R, RW),
     "default_queue": (NONE, RW, R), "mailbox_queue": (NONE, RW, NONE),
     "reply_queue": (NONE, RW, RW), "event_queue": (NONE, NONE, RW),
     "binding_deadlines": (NONE, RW, RW),

@@ -139,9 +139,8 @@ def cmd_worker(args) -> int:
         check_gpu()
     from tasks.worker import start_worker
 
-    start_worker(args.backend, concurrency=args.concurrency, name=args.name, device=args.device,
-                 loglevel=args.loglevel)
-    return EXIT_OK
+    return start_worker(args.backend, concurrency=args.concurrency, name=args.name,
+                        device=args.device, loglevel=args.loglevel)
 
 
 def cmd_flower(args) -> int:

@@ -21,6 +21,7 @@ and one tenant's names never start with another's; see ``config.KEY_PREFIX``)::
     P:deadlines          zset   session id -> earliest moment one of its timers can expire
     P:wait:<backend>     list   sessions waiting for a worker of the backend (FIFO)
     P:w:<node>           hash   worker registry entry; PEXPIREd by every heartbeat
+    P:monitor            string alive while a monitor (``session-broker flower``) is open: task events on
     P:w:<node>:pin       string the session pinned to the worker (no expiry: survives restarts)
     P:w:<node>:run       set    job ids the worker is running
     P:w:<node>:fetch     list   messages the worker's consumer has taken off a queue and not yet
@@ -128,6 +129,12 @@ class Keys:
 
     def worker_fetch(self, node: str) -> str:
         return f"{self.prefix}:w:{node}:fetch"
+
+    @property
+    def monitor(self) -> str:
+        """Alive (a short TTL, refreshed) while ``session-broker flower`` runs: executors that
+        start meanwhile turn their task events on at once (executor.py)."""
+        return f"{self.prefix}:monitor"
 
     @property
     def rescue_cursor(self) -> str:
@@ -664,6 +671,35 @@ return 'ok'
 # ARGV: P, jid, node, max_attempts, code, message
 JOB_LOST = PRELUDE + r"""
 return job_lost(ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6])
+"""
+
+# An executor died (its supervisor killed it for overrunning its job's hard time limit, or its
+# job killed it): settle the job it ran, as JOB_LOST does, and take its message out of kombu's
+# unacked hash, where nobody would ack it (kombu would redeliver it after the visibility
+# timeout: an hour). A message whose job is still QUEUED (the executor died between fetch and
+# claim) is given back first, so its job is never left without a message.
+# ARGV: P, node, max_attempts, jid ('' if none), code, message, delivery tag ('' if none)
+#   -> JOB_LOST's outcome ('requeued' | 'failed' | 'stale'), or '' without a job
+EXECUTOR_LOST = PRELUDE + r"""
+local node, jid, tag = ARGV[2], ARGV[4], ARGV[7]
+local UNACKED, UNACKED_INDEX = P .. ':unacked', P .. ':unacked_index'  -- Keys.unacked, .unacked_index
+local outcome = ''
+if jid ~= '' then outcome = job_lost(jid, node, tonumber(ARGV[3]), ARGV[5], ARGV[6]) end
+if tag ~= '' then
+  local raw = redis.call('HGET', UNACKED, tag)
+  if raw then
+    redis.call('HDEL', UNACKED, tag)
+    redis.call('ZREM', UNACKED_INDEX, tag)
+    local ok, entry = pcall(cjson.decode, raw)
+    local carried = ok and type(entry) == 'table' and type(entry[1]) == 'table'
+      and type(entry[1]['headers']) == 'table' and entry[1]['headers']['id']
+    -- job_lost already queued its own job again ('requeued')
+    if type(carried) == 'string' and not (carried == jid and outcome == 'requeued') then
+      give_back(carried)
+    end
+  end
+end
+return outcome
 """
 
 # ARGV: P, jid  -> 'cancelled' | 'running' | 'not_found' | <final status>

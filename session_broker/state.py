@@ -171,6 +171,7 @@ class Store:
         self._claim = reg(K.CLAIM)
         self._finish = reg(K.FINISH)
         self._job_lost = reg(K.JOB_LOST)
+        self._executor_lost = reg(K.EXECUTOR_LOST)
         self._cancel_job = reg(K.CANCEL_JOB)
         self._close = reg(K.CLOSE_SESSION)
         self._cancel = reg(K.CANCEL_SESSION)
@@ -353,6 +354,13 @@ class Store:
     def job_lost(self, job_id: str, node: str, code: str, message: str) -> str:
         """The process running a job died: queue it again, or end it (poison, time limit)."""
         return self._job_lost(args=[self.p, job_id, node, self.settings.max_attempts, code, message])
+
+    def executor_lost(self, node: str, job_id: str | None, code: str, message: str,
+                      delivery_tag: str | None) -> str:
+        """An executor died running ``job_id`` (or none): settle the job as ``job_lost`` does and
+        take its message out of kombu's unacked hash (see ``keys.EXECUTOR_LOST``)."""
+        return self._executor_lost(args=[self.p, node, self.settings.max_attempts, job_id or "",
+                                         code, message, delivery_tag or ""])
 
     def queue_length(self, backend: str) -> int:
         """Jobs waiting in a backend's shared queue plus sessions waiting for one of its workers."""

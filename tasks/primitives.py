@@ -25,6 +25,7 @@ from celery.worker.request import Request
 from session_broker import backends, codec
 from session_broker.celery_app import app
 from session_broker.state import Store
+from tasks import executor
 from tasks.execute import execute
 
 log = logging.getLogger("session_broker.worker")
@@ -43,7 +44,20 @@ def store() -> Store:
 
 
 class JobRequest(Request):
-    """Runs in the worker's main process: sees what the child cannot (its own death)."""
+    """Runs in the consumer's process. Under the supervisor (solo pool) it tells the
+    supervisor which job runs and for how long it may (the hard limit is the supervisor's to
+    enforce); under a plain prefork ``celery worker`` it sees what a pool child cannot: its
+    own death and its time limit."""
+
+    def on_accepted(self, pid, time_accepted):
+        """The pool takes the job: under the supervisor, say which job runs and its hard
+        limit (the solo pool runs it right after this, in this process). Not
+        ``execute_using_pool``: Celery replaces that one in the class it builds per task."""
+        link = executor.link()
+        if link is not None:
+            hard, _soft = self.time_limits
+            link.running(self._job_id(), hard, getattr(self._message, "delivery_tag", None))
+        super().on_accepted(pid, time_accepted)
 
     def _job_id(self) -> str | None:
         args = self.args if isinstance(self.args, (list, tuple)) else ()

@@ -1,15 +1,18 @@
-"""Worker boot, and the agent thread that keeps a worker in step with Redis.
+"""The agent: the thread that keeps a worker in step with Redis. It runs in the worker's
+main process, the supervisor (``supervisor.py``), beside the executor that runs the jobs
+(``executor.py``); one agent per executor, one executor per node.
 
-A worker serves one backend. Beside Celery's consumer, in the main process, runs the
-``Agent``; every ``tick`` (default 0.1 s) it makes one round trip (``Store.worker_tick``):
+Every ``tick`` (default 0.1 s) it makes one round trip (``Store.worker_tick``):
 
 - heartbeat: refresh the worker's registry key, which expires ``heartbeat_ttl`` after the
-  last beat, so a dead worker disappears within seconds;
+  last beat, so a dead worker disappears within seconds. The supervisor beats, not the
+  executor: a job holding the executor (a long simulation, a frozen process) does not make
+  the worker look dead, and an executor being restarted keeps its node and its pin;
 - pin: if the worker is free and a session of its backend waits, take it (first come,
   first served); if pinned, apply the session's timers and drop the pin when the session
   deactivates or closes;
-- then it makes the consumer follow the pin: the session's queue while pinned, the
-  backend's shared queue otherwise.
+- then it makes the executor's consumer follow the pin (``Link.follow``): the session's
+  queue while pinned, the backend's shared queue otherwise.
 
 The pin lives in Redis, not in the consumer: a worker that restarts finds its pin again,
 and nothing depends on a remote-control broadcast arriving. Consumer changes are only
@@ -21,7 +24,7 @@ the messages their consumer had fetched, give their session to the next worker),
 session timers for every session, and gives back jobs whose fetched message a vanished
 consumer left in kombu's ``unacked`` hash (reading the whole hash over successive sweeps).
 
-Once a heartbeat TTL it squares its own registry with what its process really holds: after
+Once a heartbeat TTL it squares its own registry with what its executor really holds: after
 Redis restarted from an AOF a moment older than the present (``appendfsync everysec``), the
 run set may list jobs this worker finished long ago. Left alone, such a job stays RUNNING
 forever, its session ``pending_closed``, and the worker can never be pinned again.
@@ -35,22 +38,20 @@ import threading
 import time
 
 import redis
-from celery import signals
-from celery.worker import state as worker_state
 
 from session_broker.state import Store, is_out_of_memory
 
 log = logging.getLogger("session_broker.worker")
-logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs every pass at INFO
 
 
 class Agent(threading.Thread):
-    def __init__(self, consumer, node: str, backend: str, concurrency: int, device: str):
-        # consumer: None until Celery's consumer is ready (worker_ready); the agent beats
-        # from before the consumer's first fetch, so a worker that dies while starting is
-        # registered, and the reaper gives back what its consumer had fetched
-        super().__init__(name="session-broker-agent", daemon=True)
-        self.consumer = consumer
+    def __init__(self, link, node: str, backend: str, concurrency: int, device: str):
+        # link: the executor as the agent sees it (supervisor.Slot): whether its consumer is
+        # ready, which jobs it holds, where it consumes. The agent beats from before the
+        # executor's first fetch, so a worker that dies while starting is registered, and the
+        # reaper gives back what its consumer had fetched
+        super().__init__(name=f"session-broker-agent-{node}", daemon=True)
+        self.link = link
         self.node = node
         self.backend = backend
         self.concurrency = concurrency
@@ -87,7 +88,7 @@ class Agent(threading.Thread):
                 try:
                     self.pin, _epoch = self.store.worker_tick(
                         self.node, self.backend, os.getpid(), self.started_at,
-                        self.concurrency, self.device, consuming=self.consumer is not None)
+                        self.concurrency, self.device, consuming=self.link.ready)
                     self._oom_warned = False
                 except redis.ResponseError as exc:
                     if not is_out_of_memory(exc):
@@ -149,7 +150,7 @@ class Agent(threading.Thread):
 
     def reconcile(self) -> None:
         """Requeue jobs our run set lists but this process does not run (see the module doc)."""
-        held = held_job_ids()  # read before the script: see keys.RECONCILE_WORKER
+        held = self.link.held_job_ids()  # read before the script: see keys.RECONCILE_WORKER
         requeued, self._suspects, given, self._fetch_seen = self.store.reconcile_worker(
             self.node, self._suspects, held, self._fetch_seen)
         if requeued or given:
@@ -158,29 +159,18 @@ class Agent(threading.Thread):
 
     # ------------------------------------------------------------------ consumer
     def follow_pin(self) -> None:
-        if self.consumer is None:
-            return  # the consumer is not started yet (see start_worker)
         wanted = self.store.keys.session_queue(self.pin) if self.pin else self.shared_queue
-        current = self.consuming()
-        if current == {wanted} or self._wanted == wanted and current is None:
-            return
-        self._wanted = wanted
-        self.consumer.call_soon(_switch_queues, self.consumer, wanted)
-        log.info("consuming %s (pin=%r)", wanted, self.pin)
-
-    def consuming(self) -> set[str] | None:
-        task_consumer = getattr(self.consumer, "task_consumer", None)
-        if task_consumer is None:
-            return None
-        return {q.name for q in task_consumer.queues}
+        if self.link.follow(wanted):
+            log.info("%s consuming %s (pin=%r)", self.node, wanted, self.pin)
 
     def stop(self) -> None:
         self.stopping.set()
         self.join(timeout=5)
 
 
-def _switch_queues(consumer, wanted: str) -> None:
-    """Runs in the consumer's event loop (never from another thread)."""
+def switch_queues(consumer, wanted: str) -> None:
+    """Make ``consumer`` fetch from ``wanted`` only. Runs in the consumer's event loop (the
+    executor's command thread hands it over with ``call_soon``), never from another thread."""
     if consumer.task_consumer is None:
         return
     current = {q.name for q in consumer.task_consumer.queues}
@@ -191,102 +181,11 @@ def _switch_queues(consumer, wanted: str) -> None:
         consumer.app.amqp.queues.pop(name, None)  # forget session queues: no growth per session
 
 
-def held_job_ids() -> list[str]:
-    """Job ids of every request this worker process holds (reserved or running)."""
-    for _ in range(5):
-        try:
-            requests = list(worker_state.reserved_requests) + list(worker_state.active_requests)
-            break
-        except RuntimeError:  # the consumer changed a set while we copied it: try again
-            continue
-    else:  # pragma: no cover
-        raise RuntimeError("could not read the worker's requests")
-    ids = set()
-    for req in requests:
-        job_id = getattr(req, "_job_id", None)
-        jid = job_id() if callable(job_id) else None
-        if jid:
-            ids.add(jid)
-    return sorted(ids)
-
-
-# ---------------------------------------------------------------------- Celery hooks
-_agent: Agent | None = None
-
-
-def _ensure_agent(consumer=None, node: str | None = None):
-    """Start the agent (once a process) or hand it the consumer once Celery's is ready."""
-    global _agent
-    backend = os.environ.get("SESSION_BROKER_WORKER_BACKEND")
-    if not backend:
-        return None  # a plain `celery worker` without our CLI: no agent
-    if _agent is None:
-        node = node or consumer.hostname
-        concurrency = int(os.environ.get("SESSION_BROKER_WORKER_CONCURRENCY", "1"))
-        device = os.environ.get("SESSION_BROKER_WORKER_DEVICE", "CPU")
-        _agent = Agent(consumer, node, backend, concurrency, device)
-        _agent.start()
-    elif consumer is not None:
-        _agent.consumer = consumer
-    return _agent
-
-
-@signals.worker_ready.connect
-def _start_agent(sender=None, **_):
-    _ensure_agent(sender)
-
-
-@signals.worker_shutdown.connect
-def _stop_agent(sender=None, **_):
-    """A clean shutdown deregisters at once and hands any pinned session to another worker."""
-    global _agent
-    if _agent is None:
-        return
-    _agent.stop()
-    try:
-        _agent.store.reap_worker(_agent.node)
-        log.info("deregistered %s", _agent.node)
-    except redis.RedisError as exc:
-        log.warning("could not deregister %s: %s", _agent.node, exc)
-    _agent = None
-
-
-@signals.worker_process_init.connect
-def _warm_child(**_):
-    """Build the simulator in every pool process before its first job."""
-    backend = os.environ.get("SESSION_BROKER_WORKER_BACKEND")
-    if backend:
-        from tasks.execute import warm_up
-
-        warm_up(backend)
-
-
 def start_worker(backend: str, *, concurrency: int = 1, name: str | None = None,
-                 device: str = "CPU", loglevel: str = "WARNING") -> None:
-    """``session-broker worker``: a prefork Celery worker serving one backend (blocks)."""
-    import socket
-    import uuid
+                 device: str = "CPU", loglevel: str = "WARNING") -> int:
+    """``session-broker worker``: a supervisor and ``concurrency`` executors (blocks; returns
+    the exit status)."""
+    from tasks.supervisor import Supervisor
 
-    os.environ["SESSION_BROKER_WORKER_BACKEND"] = backend
-    os.environ["SESSION_BROKER_WORKER_CONCURRENCY"] = str(concurrency)
-    os.environ["SESSION_BROKER_WORKER_DEVICE"] = device
-    from session_broker.celery_app import app
-    from session_broker.state import Store
-
-    Store().ping(check=False)
-    # refuses an eviction policy that can drop our keys; warns when nothing is persisted
-    Store().check_server(strict=True)
-    node = name or f"{backend}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-    # the transport fetches into this node's fetch list (reliable fetch, transport.py)
-    os.environ["SESSION_BROKER_WORKER_NODE"] = node
-    queue = Store().keys.backend_queue(backend)
-    # register and beat before the consumer's first fetch (see Agent.__init__)
-    agent = _ensure_agent(None, node)
-    wait_registered = time.monotonic() + 30
-    while agent.connected_since is None and time.monotonic() < wait_registered:
-        time.sleep(0.05)
-    app.worker_main([
-        "worker", "--pool=prefork", f"--concurrency={concurrency}", f"--hostname={node}",
-        f"--queues={queue}", "--without-gossip", "--without-mingle", "--task-events",
-        f"--loglevel={loglevel}", "--prefetch-multiplier=1",
-    ])
+    return Supervisor(backend, concurrency=concurrency, name=name, device=device,
+                      loglevel=loglevel).run()

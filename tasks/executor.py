@@ -1,0 +1,231 @@
+"""The executor: a Celery consumer that runs each job in its own process (the solo pool).
+
+Why: with prefork, every job crossed from the consumer process to a pool child and its result
+came back (pickled through a pipe, woken by the pool's own loop): about a millisecond per
+job, on a job path of a few. Here the process that fetches a message runs it. What prefork
+gave us besides — a hard ``max_execution_time`` that stops a job stuck in C++, a poison job
+that kills its process and still ends in ERROR after bounded attempts, a worker that never
+dies of one job — is now the supervisor's (``supervisor.py``), which starts this process,
+watches it and starts it again.
+
+It talks to its supervisor over two pipes, one short line per message (``Link``)::
+
+    executor -> supervisor   ready <queue>                  consuming, after start-up
+                             run <job id> <hard limit s> <delivery tag>   a job starts here
+                             idle                           ... and has ended
+    supervisor -> executor   queue <name>                   consume this queue (the pin)
+
+Task events are on demand (``events_wanted``): off at start, on while a monitor asks for
+them. Flower sends Celery's ``enable_events`` every 5 s while it runs; ``session-broker
+flower`` also keeps ``Keys.monitor`` alive, so a worker that starts while Flower is open
+sends events from its first job. With neither for ``EVENTS_LINGER`` seconds they go off.
+``SESSION_BROKER_TASK_EVENTS=always`` keeps them on (for monitors that ask only once).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from celery import signals
+
+log = logging.getLogger("session_broker.worker")
+logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs every pass at INFO
+
+# environment the supervisor sets for its executors
+ENV_STATUS_FD = "SESSION_BROKER_EXECUTOR_STATUS_FD"
+ENV_COMMAND_FD = "SESSION_BROKER_EXECUTOR_COMMAND_FD"
+ENV_QUEUE = "SESSION_BROKER_EXECUTOR_QUEUE"
+ENV_SUPERVISOR = "SESSION_BROKER_SUPERVISOR_PID"
+# seconds events stay on after the last request for them (Flower asks every 5 s)
+EVENTS_LINGER = float(os.environ.get("SESSION_BROKER_EVENTS_LINGER", "15"))
+
+
+class Link:
+    """This process's end of the pipes to its supervisor."""
+
+    def __init__(self, status_fd: int, command_fd: int):
+        self.status_fd, self.command_fd = status_fd, command_fd
+        self._lock = threading.Lock()
+
+    def send(self, *words) -> None:
+        line = " ".join(str(w).replace(" ", "_").replace("\n", "_") or "-" for w in words) + "\n"
+        with self._lock:   # one write per line: atomic on a pipe (< PIPE_BUF)
+            os.write(self.status_fd, line.encode())
+
+    def running(self, job_id: str | None, hard_limit: float | None, delivery_tag) -> None:
+        self.send("run", job_id or "-", f"{float(hard_limit or 0):g}", delivery_tag or "-")
+
+    def idle(self) -> None:
+        self.send("idle")
+
+    def commands(self):
+        """Lines from the supervisor, until it closes its end."""
+        with os.fdopen(self.command_fd, "r", buffering=1) as pipe:
+            for line in pipe:
+                yield line.split()
+
+
+_link: Link | None = None
+
+
+def link() -> Link | None:
+    """The supervisor link, or None in a process the supervisor did not start (a plain
+    ``celery worker``, a test importing the tasks)."""
+    return _link
+
+
+# ---------------------------------------------------------------------- events on demand
+class Events:
+    """Keeps the consumer's task events on exactly while a monitor wants them."""
+
+    def __init__(self, consumer, store, always: bool):
+        self.consumer, self.store, self.always = consumer, store, always
+        self.last_request = -1e9
+
+    def requested(self) -> None:
+        self.last_request = time.monotonic()
+
+    def wanted(self) -> bool:
+        if self.always or time.monotonic() - self.last_request < EVENTS_LINGER:
+            return True
+        try:
+            return bool(self.store.redis.exists(self.store.keys.monitor))
+        except Exception:  # Redis away: leave them as they are
+            return self.on()
+
+    def on(self) -> bool:
+        dispatcher = self.consumer.event_dispatcher
+        return dispatcher is not None and "task" in dispatcher.groups
+
+    def apply(self) -> None:
+        """Runs in the consumer's loop (``call_soon``), like Celery's own control commands."""
+        dispatcher = self.consumer.event_dispatcher
+        if dispatcher is None:
+            return
+        if self.wanted():
+            if "task" not in dispatcher.groups:
+                dispatcher.groups.add("task")
+                log.info("task events on: a monitor asked for them")
+        elif "task" in dispatcher.groups:
+            dispatcher.groups.discard("task")
+            log.info("task events off: no monitor asked for them in %.0f s", EVENTS_LINGER)
+
+
+_events: Events | None = None
+
+
+def _watch_enable_events() -> None:
+    """Note every ``enable_events`` a monitor broadcasts (then let Celery's handler run)."""
+    from celery.worker import control
+
+    original = control.Panel.data["enable_events"]
+    if getattr(original, "_noted", False):
+        return
+
+    def enable_events(state):
+        if _events is not None:
+            _events.requested()
+        return original(state)
+
+    enable_events._noted = True
+    control.Panel.data["enable_events"] = enable_events
+
+
+# ---------------------------------------------------------------------- Celery hooks
+@signals.worker_process_init.connect
+def _warm(**_):
+    """Build the simulator before the first job (the solo pool sends this at start-up)."""
+    backend = os.environ.get("SESSION_BROKER_WORKER_BACKEND")
+    if backend:
+        from tasks.execute import warm_up
+
+        warm_up(backend)
+
+
+@signals.task_postrun.connect
+def _ended(**_):
+    """The job handed over by ``JobRequest.on_accepted`` has ended (its result is stored)."""
+    if _link is not None:
+        _link.idle()
+
+
+@signals.worker_ready.connect
+def _ready(sender=None, **_):
+    global _events
+    if _link is None:
+        return
+    consumer = sender
+    from tasks.primitives import store
+
+    _events = Events(consumer, store(), os.environ.get("SESSION_BROKER_TASK_EVENTS") == "always")
+    _events.apply()  # a monitor already open: events from the first job
+    queue = os.environ.get(ENV_QUEUE, "")
+    threading.Thread(target=_follow_commands, args=(consumer,), name="executor-commands",
+                     daemon=True).start()
+    threading.Thread(target=_events_loop, name="executor-events", daemon=True).start()
+    _link.send("ready", queue)
+
+
+def _follow_commands(consumer) -> None:
+    for words in _link.commands():
+        if len(words) == 2 and words[0] == "queue":
+            consumer.call_soon(_switch, consumer, words[1])
+    # the supervisor is gone (PR_SET_PDEATHSIG kills us too; this is the belt to its braces)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _switch(consumer, queue: str) -> None:
+    """In the consumer's loop: consume ``queue`` only, and tell the supervisor it does."""
+    from tasks.worker import switch_queues
+
+    switch_queues(consumer, queue)
+    if consumer.task_consumer is not None:
+        _link.send("consuming", ",".join(sorted(q.name for q in consumer.task_consumer.queues)))
+
+
+def _events_loop() -> None:
+    while True:
+        time.sleep(EVENTS_LINGER / 3)
+        if _events is not None and _events.on() != _events.wanted():
+            _events.consumer.call_soon(_events.apply)
+
+
+# ---------------------------------------------------------------------- entry point
+def _die_with_parent() -> None:
+    """SIGKILL this process when the supervisor dies, however it dies (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except OSError:  # pragma: no cover - not Linux: the command pipe's EOF still ends us
+        pass
+    if os.getppid() != int(os.environ.get(ENV_SUPERVISOR, "0") or 0):
+        sys.exit(1)  # the supervisor died before prctl took effect
+
+
+def main() -> None:
+    """``python -m tasks.executor``: started by the supervisor, never by hand."""
+    global _link
+    _die_with_parent()
+    _link = Link(int(os.environ[ENV_STATUS_FD]), int(os.environ[ENV_COMMAND_FD]))
+    for fd in (_link.status_fd, _link.command_fd):
+        os.set_inheritable(fd, False)   # nothing this process starts keeps the supervisor's pipes
+    _watch_enable_events()
+    from session_broker.celery_app import app
+
+    node = os.environ["SESSION_BROKER_WORKER_NODE"]
+    app.worker_main([
+        "worker", "--pool=solo", "--concurrency=1", f"--hostname={node}", f"--queues={os.environ[ENV_QUEUE]}",
+        "--without-gossip", "--without-mingle",
+        f"--loglevel={os.environ.get('SESSION_BROKER_EXECUTOR_LOGLEVEL', 'WARNING')}",
+        "--prefetch-multiplier=1",
+    ])
+
+
+if __name__ == "__main__":
+    main()

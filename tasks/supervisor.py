@@ -1,0 +1,325 @@
+"""The worker's main process: beats for its nodes and keeps one executor running per node.
+
+``session-broker worker --concurrency N`` is this process and N executors (``executor.py``),
+each a Celery solo-pool consumer that runs its jobs itself: one node each, pinned to at most
+one session. This process holds no Celery and no simulator; it runs one ``Agent`` per node
+(heartbeat, pins, sweeps: ``worker.py``) and watches its executors:
+
+- **hard time limit.** The executor says which job it runs and the job's hard limit
+  (``max_execution_time`` + 1 s) before claiming it. A job still running at its deadline is
+  stopped the only way a simulation in C++ can be: its executor is SIGKILLed. The job ends in
+  ERROR (``max_execution_time``), and a new executor starts.
+- **a job that kills its process** (a segfault, the OOM killer, a test's SIGKILL): the job
+  goes back to its queue, or ends in ERROR ``worker_lost`` once it has killed
+  ``SESSION_BROKER_MAX_ATTEMPTS`` executors (``keys.EXECUTOR_LOST``); a new executor starts.
+- **the node lives on** while its executor restarts: the agent keeps beating, so the pin
+  stays and no other worker takes the session; the executor comes back consuming the
+  session's queue.
+- **executors die with it.** Each one asks the kernel to SIGKILL it when this process dies
+  (``PR_SET_PDEATHSIG``), so a worker killed with SIGKILL leaves nothing running.
+- **shutdown.** SIGTERM or SIGINT: executors finish their current job (Celery's warm
+  shutdown), then the nodes deregister and hand their sessions on. A second signal stops
+  the executors at once.
+
+An executor that fails ``BOOT_FAILURES`` times in a row before it is ready (a broken
+install, a Redis it cannot use) stops the worker with an error, rather than restarting forever
+behind a heartbeat that says all is well.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import redis
+
+from session_broker.state import Store
+from tasks import executor as ex
+from tasks.worker import Agent
+
+log = logging.getLogger("session_broker.worker")
+BOOT_FAILURES = 5
+RESEND_AFTER = 2.0   # s: ask an executor again to switch queues if it has not said it did
+
+
+class Slot:
+    """One node: its executor process and what the supervisor knows of it. The agent reads it
+    as its ``link`` (``ready``, ``held_job_ids``, ``follow``)."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self.proc: subprocess.Popen | None = None
+        self.status_fd: int | None = None
+        self.command_fd: int | None = None
+        self.buffer = b""
+        self.ready = False        # the executor's consumer is up
+        self.consuming = ""       # the queue it said it consumes
+        self.wanted = ""          # the queue the agent wants consumed
+        self.asked_at = 0.0
+        self.job: tuple[str, str, float | None, float] | None = None  # (id, delivery tag, deadline, limit)
+        self.overran: tuple[str, float] | None = None           # (job id, its limit) killed for time
+        self.boot_failures = 0
+        self.restart_at: float | None = None
+        self.lock = threading.Lock()
+
+    # ---- the agent's side
+    def held_job_ids(self) -> list[str]:
+        job = self.job
+        return [job[0]] if job and job[0] != "-" else []
+
+    def follow(self, queue: str) -> bool:
+        """Ask the executor to consume ``queue`` (only); True when that is news to it."""
+        with self.lock:
+            self.wanted = queue
+            if self.consuming == queue or not self.ready or self.command_fd is None:
+                return False
+            if time.monotonic() - self.asked_at < RESEND_AFTER and self._asked == queue:
+                return False
+            try:
+                os.write(self.command_fd, f"queue {queue}\n".encode())
+            except OSError:
+                return False   # the executor is gone: the next one starts on `wanted`
+            self._asked, self.asked_at = queue, time.monotonic()
+            return True
+
+    _asked = ""
+
+
+class Supervisor:
+    def __init__(self, backend: str, *, concurrency: int = 1, name: str | None = None,
+                 device: str = "CPU", loglevel: str = "WARNING"):
+        self.backend, self.device, self.loglevel = backend, device, loglevel
+        base = name or f"{backend}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+        if concurrency == 1:
+            nodes = [base]
+        else:
+            local, at, host = base.partition("@")
+            nodes = [f"{local}-{i}{at}{host}" for i in range(1, concurrency + 1)]
+        self.slots = [Slot(n) for n in nodes]
+        self.agents: list[Agent] = []
+        self.store: Store | None = None
+        self.stopping = 0          # signals received
+        self.selector = selectors.DefaultSelector()
+        self.exit_code = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self) -> int:
+        logging.basicConfig(level=self.loglevel.upper(),
+                            format="[%(asctime)s: %(levelname)s/Supervisor] %(message)s")
+        os.environ["SESSION_BROKER_WORKER_BACKEND"] = self.backend
+        os.environ["SESSION_BROKER_WORKER_DEVICE"] = self.device
+        self.store = Store()
+        self.store.ping(check=False)
+        # refuses an eviction policy that can drop our keys; warns when nothing is persisted
+        self.store.check_server(strict=True)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.selector.register(wake_r, selectors.EVENT_READ, None)
+        for slot in self.slots:
+            agent = Agent(slot, slot.node, self.backend, 1, self.device)
+            agent.start()
+            self.agents.append(agent)
+        # register and beat before the first executor fetches (see Agent.__init__)
+        deadline = time.monotonic() + 30
+        while any(a.connected_since is None for a in self.agents) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for slot in self.slots:
+            self.start(slot)
+        try:
+            self.loop(wake_r)
+        finally:
+            for slot in self.slots:
+                if slot.proc is not None and slot.proc.poll() is None:
+                    slot.proc.kill()
+            self.deregister()
+        return self.exit_code
+
+    def loop(self, wake_r: int) -> None:
+        while True:
+            live = [s for s in self.slots if s.proc is not None]
+            if self.stopping and not live:
+                return
+            now = time.monotonic()
+            timeout = 0.5
+            for slot in self.slots:
+                if slot.job and slot.job[2] is not None:
+                    timeout = min(timeout, max(slot.job[2] - now, 0.0))
+                if slot.restart_at is not None:
+                    timeout = min(timeout, max(slot.restart_at - now, 0.0))
+            for key, _ in self.selector.select(timeout):
+                if key.data is None:
+                    os.read(wake_r, 512)   # a signal arrived: its handler already ran
+                else:
+                    self.read(key.data)
+            self.enforce_limits()
+            for slot in self.slots:
+                if slot.proc is not None and slot.status_fd is None and slot.proc.poll() is not None:
+                    self.exited(slot)
+                if slot.restart_at is not None and time.monotonic() >= slot.restart_at and not self.stopping:
+                    slot.restart_at = None
+                    self.start(slot)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stopping += 1
+        for slot in self.slots:
+            slot.ready = False          # take no new session meanwhile
+            slot.restart_at = None
+            if slot.proc is not None and slot.proc.poll() is None:
+                # first signal: Celery's warm shutdown (the job in hand finishes); then at once
+                slot.proc.send_signal(signal.SIGTERM if self.stopping == 1 else signal.SIGKILL)
+        if self.stopping == 1:
+            log.warning("%s: stopping after the running jobs (again to stop now)", signal.Signals(signum).name)
+
+    def deregister(self) -> None:
+        """A clean exit deregisters at once and hands any pinned session to another worker."""
+        for agent in self.agents:
+            agent.stop()
+            try:
+                agent.store.reap_worker(agent.node)
+                log.info("deregistered %s", agent.node)
+            except redis.RedisError as exc:
+                log.warning("could not deregister %s: %s", agent.node, exc)
+
+    # ------------------------------------------------------------------ executors
+    def start(self, slot: Slot) -> None:
+        status_r, status_w = os.pipe()
+        command_r, command_w = os.pipe()
+        queue = slot.wanted or self.store.keys.backend_queue(self.backend)
+        env = {
+            **os.environ,
+            "SESSION_BROKER_WORKER_NODE": slot.node,   # the transport's fetch list (reliable fetch)
+            ex.ENV_STATUS_FD: str(status_w), ex.ENV_COMMAND_FD: str(command_r),
+            ex.ENV_QUEUE: queue, ex.ENV_SUPERVISOR: str(os.getpid()),
+            "SESSION_BROKER_EXECUTOR_LOGLEVEL": self.loglevel,
+            # Aer's OpenMP threads otherwise spin for a while after each parallel region: on
+            # a small machine they take the CPU the producer and Redis need (see README)
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive"),
+        }
+        # in this process's group: a signal to the worker's group (a terminal's Ctrl-C, a
+        # SIGSTOP for a hung host, SIGKILL) reaches its executors as it reached pool children
+        slot.proc = subprocess.Popen([sys.executable, "-c", "from tasks.executor import main; main()"],
+                                     env=env, pass_fds=(status_w, command_r))
+        os.close(status_w)
+        os.close(command_r)
+        os.set_blocking(status_r, False)
+        slot.status_fd, slot.command_fd, slot.buffer = status_r, command_w, b""
+        slot.consuming, slot._asked = "", ""
+        self.selector.register(status_r, selectors.EVENT_READ, slot)
+        log.info("%s: executor started (pid %d) on %s", slot.node, slot.proc.pid, queue)
+
+    def read(self, slot: Slot) -> None:
+        try:
+            data = os.read(slot.status_fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:   # the executor is gone (it held the only write end)
+            self.selector.unregister(slot.status_fd)
+            os.close(slot.status_fd)
+            slot.status_fd = None
+            slot.proc.wait()
+            self.exited(slot)
+            return
+        slot.buffer += data
+        *lines, slot.buffer = slot.buffer.split(b"\n")
+        for line in lines:
+            self.on_line(slot, line.decode(errors="replace").split())
+
+    def on_line(self, slot: Slot, words: list[str]) -> None:
+        log.debug("%s: executor says %s", slot.node, " ".join(words))
+        if not words:
+            return
+        what = words[0]
+        if what == "run" and len(words) == 4:
+            hard = float(words[2])
+            slot.job = (words[1], words[3], time.monotonic() + hard if hard > 0 else None, hard)
+        elif what == "idle":
+            slot.job = None
+        elif what in ("ready", "consuming") and len(words) == 2:
+            with slot.lock:
+                slot.consuming = words[1]
+            if what == "ready" and not self.stopping:
+                slot.ready, slot.boot_failures = True, 0
+
+    def enforce_limits(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            job = slot.job
+            if job and job[2] is not None and now >= job[2] and slot.overran is None:
+                slot.overran = (job[0], job[3])
+                log.warning("%s: job %s overran its hard time limit (%g s): stopping its executor "
+                            "(pid %d)", slot.node, job[0], job[3], slot.proc.pid)
+                slot.proc.kill()
+
+    def exited(self, slot: Slot) -> None:
+        """The executor ended: settle its job, give back what it had fetched, start another."""
+        code = slot.proc.returncode
+        job, overran, was_ready = slot.job, slot.overran, slot.ready
+        if slot.command_fd is not None:
+            os.close(slot.command_fd)
+        slot.proc, slot.command_fd, slot.job, slot.overran = None, None, None, None
+        with slot.lock:
+            slot.ready, slot.consuming = False, ""
+        if self.stopping:
+            return
+        how = _describe(code)
+        jid = job[0] if job and job[0] != "-" else None
+        tag = job[1] if job and job[1] != "-" else None
+        if overran:
+            outcome = self._settle(slot.node, jid, "max_execution_time",
+                                   f"job {jid} exceeded its max_execution_time and was stopped after "
+                                   f"{overran[1]:g} s; raise max_execution_time or split the job", tag)
+        else:
+            outcome = self._settle(slot.node, jid, "worker_lost",
+                                   f"the process running it died ({how})", tag)
+        if jid:
+            log.warning("%s: executor %s while running job %s (%s); starting another",
+                        slot.node, how, jid, outcome)
+        else:
+            log.warning("%s: executor %s; starting another", slot.node, how)
+        if was_ready:
+            slot.restart_at = time.monotonic()
+            return
+        slot.boot_failures += 1
+        if slot.boot_failures >= BOOT_FAILURES:
+            log.error("%s: the executor failed %d times in a row before it was ready; stopping "
+                      "the worker (its log above says why)", slot.node, slot.boot_failures)
+            self.exit_code = 1
+            self._on_signal(signal.SIGTERM, None)
+            return
+        slot.restart_at = time.monotonic() + min(0.5 * 2 ** (slot.boot_failures - 1), 10.0)
+
+    def _settle(self, node: str, jid: str | None, code: str, message: str, tag: str | None) -> str:
+        """EXECUTOR_LOST, then give back anything else the executor held; retried through a
+        Redis outage (nothing can run meanwhile anyway)."""
+        while True:
+            try:
+                outcome = self.store.executor_lost(node, jid, code, message, tag)
+                self.store.reap_worker(node, keep_pin=True)
+                return outcome or "no job"
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self.stopping:
+                    return "not settled"
+                log.warning("%s: cannot reach Redis to settle a lost executor: %s", node, exc)
+                time.sleep(0.5)
+
+
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "vanished"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
