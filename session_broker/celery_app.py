@@ -8,9 +8,13 @@ Configuration choices, and why:
   the visibility timeout, even to a live worker) are made harmless by our atomic claim.
 - ``task_reject_on_worker_lost=False``: when a child process dies we decide (``tasks``
   requeues from our own job record, with a bounded attempt count), not kombu.
-- Events on and ``task_track_started``: Flower needs them. Our primitive tasks keep their
-  results in the job record, written once, so they set ``ignore_result`` and Celery's result
-  backend (configured, with an expiry) holds nothing for them.
+- Task events on demand, ``task_track_started`` off: three events per job cost about a
+  millisecond on a job path of a few, and only a monitor reads them. Workers start with them
+  off; Flower turns them on with Celery's ``enable_events`` while it runs (``tasks.executor``
+  turns them off again when no monitor asks). Our job record already says RUNNING. Our
+  primitive tasks keep their results in the job record, written once, so they set
+  ``ignore_result`` and Celery's result backend (configured, with an expiry) holds nothing
+  for them.
 - Connection retries forever: workers ride out Redis restarts.
 - Every name Celery and kombu give a key, queue, exchange or pub/sub channel comes from
   ``keys.Keys`` and starts with the tenant's prefix (remote control, events, kombu's unacked
@@ -117,9 +121,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,
-        worker_send_task_events=True,
+        worker_send_task_events=False,
         task_send_sent_event=False,
-        task_track_started=True,
+        task_track_started=False,
         task_create_missing_queues=True,
         task_default_queue=keys.default_queue,
         control_exchange=keys.control_exchange,
@@ -138,7 +142,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_enable_remote_control=True,
         worker_consumer="session_broker.celery_app:Consumer",
-        imports=["tasks.primitives", "tasks.worker"],
+        imports=["tasks.primitives", "tasks.executor"],
         timezone="UTC",
     )
     if tls:

@@ -75,6 +75,31 @@ def protect(handlers: list, expected: str) -> list:
     return handlers
 
 
+MONITOR_TTL = 15   # s; refreshed every MONITOR_TTL / 3
+
+
+def keep_events_on() -> None:
+    """While this Flower runs: ask every worker for task events now (Flower itself first asks
+    after 5 s) and keep ``Keys.monitor`` alive, so that an executor starting meanwhile sends
+    events from its first job (workers start with events off: ``celery_app``)."""
+    import logging
+    import time
+
+    from session_broker.celery_app import app
+    from session_broker.state import Store
+
+    store, asked = Store(), False
+    while True:
+        try:
+            store.redis.set(store.keys.monitor, "flower", ex=MONITOR_TTL)
+            if not asked:
+                app.control.enable_events()
+                asked = True
+        except Exception as exc:  # Redis away or not ours to write: Flower's own asking goes on
+            logging.getLogger("session_broker.flower").warning("could not ask for task events: %s", exc)
+        time.sleep(MONITOR_TTL / 3)
+
+
 def main() -> None:
     """``python -m session_broker.flower_login [FLOWER OPTIONS]``: ``celery flower`` for our app."""
     from session_broker.config import get_settings
@@ -89,7 +114,11 @@ def main() -> None:
     protect(flower.urls.handlers, auth)
     # Tornado serves static_path through its own route, ahead of the list above
     flower.urls.settings["static_handler_class"] = guarded(StaticFileHandler, auth)
+    import threading
+
     from celery.bin.celery import main as celery_main
+
+    threading.Thread(target=keep_events_on, name="keep-events-on", daemon=True).start()
 
     sys.argv = ["celery", "-A", "session_broker.celery_app", "flower", *sys.argv[1:]]
     celery_main()
