@@ -41,18 +41,30 @@ from benchmarks.run import RESULTS, format_table, log, machine_info, percentile,
 BACKEND = "aer_simulator"
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
-# Variants of the worker for section F: name -> (what it changes, variant_worker.py args)
+# Variants of the worker for section F: name -> (what it changes, how it starts, args or env).
+# "cli": ``session-broker worker`` (supervisor + solo executor) with these environment
+# variables; "legacy": ``variant_worker.py`` (the one-process prefork worker of before issue 13)
+# with these arguments. Each runs beside the shipped worker, jobs interleaved.
 VARIANTS = {
-    "shipped": ("as shipped: prefork, --task-events, INFO log, prefetch 1, BRPOP timeout 1 s", []),
-    "no_events": ("task events off (worker_send_task_events=False, no --task-events)", ["--no-events"]),
-    "warning_log": ("--loglevel=WARNING (no 'Task received/succeeded' lines)", ["--loglevel", "WARNING"]),
-    "solo": ("--pool=solo: the task runs in the consumer process, no prefork IPC", ["--pool", "solo"]),
-    "threads": ("--pool=threads, concurrency 1", ["--pool", "threads"]),
-    "prefetch_2": ("--prefetch-multiplier=2: fetch the next message while one runs", ["--prefetch-multiplier", "2"]),
-    "poll_0.1": ("broker polling_interval=0.1: BRPOP timeout 0.1 s instead of 1 s", ["--polling-interval", "0.1"]),
-    "lean": ("no events + WARNING log + prefetch 2 + polling 0.1 (prefork kept)",
-             ["--no-events", "--loglevel", "WARNING", "--prefetch-multiplier", "2", "--polling-interval", "0.1"]),
+    "shipped": ("as shipped: supervisor + solo executor, task events on demand (off), "
+                "OMP_WAIT_POLICY=passive", "cli", {}),
+    "before": ("before issue 13: one process, prefork pool child, task events on, "
+               "task_track_started, Aer's OpenMP threads spinning", "legacy", []),
+    "before_passive": ("as 'before' but OMP_WAIT_POLICY=passive (what the pool hand-over and "
+                       "events alone cost)", "legacy", ["--omp-passive"]),
+    "events_on": ("task events on (SESSION_BROKER_TASK_EVENTS=always: as while Flower is open)",
+                  "cli", {"SESSION_BROKER_TASK_EVENTS": "always"}),
+    "omp_spin": ("Aer's OpenMP threads spin after each job (OMP_WAIT_POLICY=active)", "cli",
+                 {"OMP_WAIT_POLICY": "active"}),
 }
+TRACE_HOOK = """import os
+if os.environ.get("SB_BENCH_TRACE_DIR"):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, os.environ["SB_BENCH_ROOT"])
+    from benchmarks.variant_worker import install_tracing
+    install_tracing(Path(os.environ["SB_BENCH_TRACE_DIR"]))
+"""
 
 
 # ---------------------------------------------------------------------- helpers
@@ -264,14 +276,28 @@ class Profile:
         self.session, _ = self.pinned_session()
 
     def start_worker(self, variant: str):
-        """Start a worker of ``variant`` (with per-job tracing) and wait until it is live."""
+        """Start a worker of ``variant`` (with per-job tracing) and wait until it is live.
+
+        The shipped worker's executor is traced by a ``sitecustomize`` on its PYTHONPATH
+        (benchmark-only: the product has no tracing hook)."""
         from session_broker.embedded import wait_for
 
         node = f"{BACKEND}-{variant}@profile"
         trace = self.state / f"trace-{variant}"
-        argv = [sys.executable, str(ROOT / "benchmarks" / "variant_worker.py"), "--backend", BACKEND,
-                "--name", node, "--trace-dir", str(trace), *VARIANTS[variant][1]]
-        child = self.stack.spawn(f"worker-{variant}", argv, {"SESSION_BROKER_URL": self.url})
+        _what, kind, extra = VARIANTS[variant]
+        if kind == "cli":
+            hook = self.state / "trace-hook"
+            hook.mkdir(exist_ok=True)
+            (hook / "sitecustomize.py").write_text(TRACE_HOOK)
+            argv = [sys.executable, "-m", "session_broker.cli", "worker", "--backend", BACKEND,
+                    "--name", node]
+            env = {"SESSION_BROKER_URL": self.url, "PYTHONPATH": str(hook), "SB_BENCH_ROOT": str(ROOT),
+                   "SB_BENCH_TRACE_DIR": str(trace), **extra}
+        else:
+            argv = [sys.executable, str(ROOT / "benchmarks" / "variant_worker.py"), "--backend", BACKEND,
+                    "--name", node, "--trace-dir", str(trace), *extra]
+            env = {"SESSION_BROKER_URL": self.url}
+        child = self.stack.spawn(f"worker-{variant}", argv, env)
         child.node, child.trace = node, trace
         key = self.store.keys.worker(node)
         wait_for(lambda: self.store.redis.hget(key, "heartbeat") or not child.alive(), 180, node)

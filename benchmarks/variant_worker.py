@@ -1,13 +1,14 @@
-"""A session-broker worker with one setting changed, for the profile's experiments.
+"""The worker as it was before issue 13, with one setting changed, for the profile's experiments.
 
     SESSION_BROKER_URL=... python benchmarks/variant_worker.py --backend aer_simulator \
         --name NODE [--pool prefork|solo|threads] [--no-events] [--polling-interval 0.1] \
         [--prefetch-multiplier 2] [--loglevel WARNING] [--trace-dir DIR]
 
-The same boot as ``session-broker worker`` (``tasks.worker.start_worker``: the agent, the
-warm pool child, the claim/finish scripts) with the Celery command line and configuration
-changed only where asked, so a gain measured here is the gain of that one change. Never
-used by the product; only by ``benchmarks/profile.py``.
+One process: Celery's consumer with the agent in it (``ConsumerLink``), the way
+``session-broker worker`` ran until the supervisor took the agent (``tasks/supervisor.py``):
+prefork pool, task events on, Aer's OpenMP threads spinning unless ``OMP_WAIT_POLICY`` says
+otherwise. The profile runs it beside the shipped worker to show what each change bought.
+Never used by the product; only by ``benchmarks/profile.py``.
 """
 
 from __future__ import annotations
@@ -30,12 +31,17 @@ def main(argv=None) -> None:
     p.add_argument("--no-events", action="store_true")
     p.add_argument("--polling-interval", type=float)
     p.add_argument("--prefetch-multiplier", type=int, default=1)
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--loglevel", default="WARNING")
+    p.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=passive, as shipped")
     p.add_argument("--trace-dir", help="write per-job timestamps (fetch, received, dispatch, prerun, "
                                        "postrun) to DIR/<pid>.trace")
     args = p.parse_args(argv)
     if args.trace_dir:
         install_tracing(Path(args.trace_dir))
+    if args.omp_passive:
+        os.environ["OMP_WAIT_POLICY"] = "passive"   # before Aer loads libgomp
+    else:
+        os.environ.pop("OMP_WAIT_POLICY", None)
 
     os.environ["SESSION_BROKER_WORKER_BACKEND"] = args.backend
     os.environ["SESSION_BROKER_WORKER_CONCURRENCY"] = "1"
@@ -51,6 +57,12 @@ def main(argv=None) -> None:
                                              "polling_interval": args.polling_interval}
     store = Store()
     store.ping()
+    link = ConsumerLink()
+    from celery import signals
+    from tasks.worker import Agent
+
+    signals.worker_ready.connect(lambda sender=None, **_: setattr(link, "consumer", sender), weak=False)
+    Agent(link, args.name, args.backend, 1, "CPU").start()
     if args.pool != "prefork":
         from tasks.execute import warm_up
 
@@ -60,7 +72,37 @@ def main(argv=None) -> None:
             f"--loglevel={args.loglevel}", f"--prefetch-multiplier={args.prefetch_multiplier}"]
     if not args.no_events:
         argv.append("--task-events")
+        app.conf.worker_send_task_events = True
+        app.conf.task_track_started = True
     app.worker_main(argv)
+
+
+class ConsumerLink:
+    """The agent's view of a Celery consumer in its own process (``supervisor.Slot``'s part)."""
+
+    consumer = None
+    _asked = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.consumer is not None
+
+    def held_job_ids(self) -> list[str]:
+        from celery.worker import state
+
+        requests = list(state.reserved_requests) + list(state.active_requests)
+        return sorted({r._job_id() for r in requests if getattr(r, "_job_id", None) and r._job_id()})
+
+    def follow(self, queue: str) -> bool:
+        from tasks.worker import switch_queues
+
+        task_consumer = getattr(self.consumer, "task_consumer", None)
+        current = None if task_consumer is None else {q.name for q in task_consumer.queues}
+        if self.consumer is None or current == {queue} or (current is None and self._asked == queue):
+            return False
+        self._asked = queue
+        self.consumer.call_soon(switch_queues, self.consumer, queue)
+        return True
 
 
 def install_tracing(directory: Path) -> None:

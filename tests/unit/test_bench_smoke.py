@@ -80,15 +80,18 @@ def synthetic_results(bench) -> dict:
     c1 = {name: bench.with_ratios(s(v), direct) for name, v in {
         "direct": [0.002, 0.0021, 0.0019], "plain_celery": [0.004] * 3, "ibm_local": [0.003] * 3,
         "sb_job": [0.0026] * 3, "sb_session": [0.0025] * 3}.items()}
+    e1 = {name: bench.with_ratios(s(v), direct) for name, v in {
+        "direct": [0.002, 0.0021, 0.0019], "sb_session": [0.0034] * 3}.items()}
     phases = {k: s([0.001] * 3) for k in ("client_submit", "queued_to_claim", "claim_to_finish",
                                           "worker_usage", "finish_to_client", "total")}
     results = {
         "mode": "quick", "meta": {"date": "2024-01-01T00:00:00+00:00", "cpu_model": "Synthetic", "cpus": 2},
         "scenarios": {
-            "1": {"workloads": {"bell_sampler": {"contenders": c1, "phases": {"sb_session": phases}}}},
+            "1": {"workloads": {"bell_sampler": {"contenders": c1, "phases": {"sb_session": phases}},
+                                "bell_estimator": {"contenders": e1, "phases": {}}}},
             "2": {"jobs": 10, "contenders": {
                 "direct": {"mode": "sequential", "jobs": 10, "seconds": 1.0, "jobs_per_s": 10.0, "ratio_to_direct": 1.0},
-                "sb_session": {"mode": "pipelined", "jobs": 10, "seconds": 1.25, "jobs_per_s": 8.0, "ratio_to_direct": 0.8}}},
+                "sb_session": {"mode": "pipelined", "jobs": 10, "seconds": 0.8, "jobs_per_s": 12.5, "ratio_to_direct": 1.25}}},
             "3": {"steps": 5, "flood_jobs": 20, "workers": 2, "contenders": {
                 "sb_session": {"unloaded_median_s": 1.0, "unloaded_n": 2, "loaded_median_s": 1.5, "loaded_n": 2,
                                "loaded_over_unloaded": 1.5, "unloaded_over_direct": 3.0,
@@ -112,8 +115,12 @@ def synthetic_results(bench) -> dict:
 def test_targets_from_synthetic_results(bench):
     results = synthetic_results(bench)
     verdicts = {t["id"]: t["verdict"] for t in results["targets"]}
-    assert verdicts == {"latency": "PASS", "throughput": "PASS", "flood": "MISS", "open_sessions": "PASS",
+    assert verdicts == {"latency": "PASS", "vs_ibm_local": "PASS", "latency_estimator": "MISS",
+                        "throughput": "PASS", "flood": "MISS", "open_sessions": "PASS",
                         "memory_idle": "PASS", "memory_closed": "MISS", "rest_client": "n/a"}
+    # ahead of IBM's local mode: our ratio over theirs, both to the same direct calls
+    vs_ibm = next(t for t in results["targets"] if t["id"] == "vs_ibm_local")
+    assert vs_ibm["value"] == pytest.approx(0.0025 / 0.003)
     latency = next(t for t in results["targets"] if t["id"] == "latency")
     assert latency["value"] == pytest.approx(0.0025 / 0.002)
     open_sessions = next(t for t in results["targets"] if t["id"] == "open_sessions")
