@@ -646,10 +646,17 @@ end
 return {'run', redis.call('HGET', j, 'payload') or '', claim, sid, epoch}
 """
 
-# ARGV: P, jid, claim, status, result, error_code, error, usage
+# The job's message is acknowledged here too (ARGV[9], its delivery tag: kombu's unacked
+# entry goes), whatever the outcome: its work is over, the record says what came of it. The
+# executor then skips kombu's own ack round trip (transport.QoS.ack).
+# ARGV: P, jid, claim, status, result, error_code, error, usage, delivery tag ('' = none)
 FINISH = PRELUDE + r"""
 local jid, claim = ARGV[2], ARGV[3]
 local j = jk(jid)
+if ARGV[9] and ARGV[9] ~= '' then
+  redis.call('ZREM', P .. ':unacked_index', ARGV[9])  -- Keys.unacked_index
+  redis.call('HDEL', P .. ':unacked', ARGV[9])        -- Keys.unacked
+end
 if get(j, 'claim') ~= claim or get(j, 'status') ~= 'RUNNING' then return 'stale' end
 local node = get(j, 'worker')
 redis.call('SREM', P .. ':w:' .. node .. ':run', jid)

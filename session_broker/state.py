@@ -333,10 +333,11 @@ class Store:
         return self._claim(args=[self.p, job_id, node, pid, context])
 
     def finish(self, job_id: str, claim: str, status: str, result: str = "",
-               error_code: str = "", error: str = "", usage: float = 0.0) -> str:
-        """RUNNING -> DONE/ERROR, fenced by the claim token; may close or idle the session."""
+               error_code: str = "", error: str = "", usage: float = 0.0, ack: str = "") -> str:
+        """RUNNING -> DONE/ERROR, fenced by the claim token; may close or idle the session.
+        ``ack``: the delivery tag of the job's message, acknowledged in the same script."""
         return self._replicated(self._finish, [self.p, job_id, claim, status, result, error_code,
-                                               error, f"{usage:.6f}"])
+                                               error, f"{usage:.6f}", ack or ""])
 
     def _replicated(self, script, args: list):
         """Run ``script``, then Redis ``WAIT`` on the same connection (one pipeline) until

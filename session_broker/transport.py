@@ -106,7 +106,18 @@ def envelope_problem(message) -> str | None:
     return None
 
 
+# Delivery tags whose unacked entry our FINISH script already removed (tasks.primitives):
+# kombu's ack of them is bookkeeping in this process only, no round trip.
+ACKED_BY_FINISH: set[str] = set()
+
+
 class QoS(kombu_redis.QoS):
+    def ack(self, delivery_tag):
+        if delivery_tag in ACKED_BY_FINISH:
+            ACKED_BY_FINISH.discard(delivery_tag)
+            return virtual.QoS.ack(self, delivery_tag)
+        return super().ack(delivery_tag)
+
     def append(self, message, delivery_tag):
         fetched = self.channel._take_fetched()
         if fetched is None:
