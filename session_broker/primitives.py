@@ -84,7 +84,7 @@ class _Primitive:
 
     def _v2_options(self) -> tuple[dict, dict]:
         """(the worker's options, the job's summary) from this primitive's IBM options."""
-        plan = opts.plan(self._kind, self._backend, self._options)
+        plan = opts.plan_memo(self._kind, self._backend, self._options)
         set_options = plan.options["options"]
         met = self._check_time(plan.runtime.get("max_execution_time"))
         tags = plan.runtime.get("job_tags") or []
