@@ -31,9 +31,13 @@ from session_broker import options as opts
 from session_broker.errors import InvalidInputError, InvalidMaxTimeError
 from session_broker.inputs import coerce_pubs, non_negative, positive_int, resolve_mode
 from session_broker.job import RuntimeJobV2
+from session_broker.memo import BoundedMemo
 from session_broker.session import Session
 
 __all__ = ["Estimator", "EstimatorV2", "Sampler", "SamplerV2"]
+
+#: (backend, base64 QPY) of circuits that passed ``catalog.check_circuit(require_isa=True)``.
+_ISA_CHECKED = BoundedMemo()
 
 
 class _Primitive:
@@ -61,6 +65,30 @@ class _Primitive:
     def _check_circuits(self, circuits: Iterable[QuantumCircuit], require_isa: bool) -> None:
         for circuit in circuits:
             catalog.check_circuit(self._backend, circuit, require_isa=require_isa)
+
+    def _encode_checked(self, coerced: list, encode, then=None) -> list[dict]:
+        """``encode(coerced)`` (the PUBs' wire form), each circuit checked against the backend.
+
+        A circuit whose exact QPY text passed the check on this backend before is not walked
+        again (see ``memo``): an iterative producer sends one circuit job after job. Errors
+        keep their order: a circuit's own refusal (too wide, not ISA) comes before ``then``'s
+        (the sampler's result size) and before the encoder's, as when checks ran first.
+        """
+        try:
+            pubs_json = encode(coerced)
+        except InvalidInputError:
+            self._check_circuits((p.circuit for p in coerced), require_isa=True)
+            if then is not None:
+                then(coerced)
+            raise
+        for pub, wire in zip(coerced, pubs_json):
+            key = (self._backend, wire["circuit"])
+            if _ISA_CHECKED.get(key) is None:
+                catalog.check_circuit(self._backend, pub.circuit, require_isa=True)
+                _ISA_CHECKED.put(key, True, len(wire["circuit"]))
+        if then is not None:
+            then(coerced)
+        return pubs_json
 
     def _check_time(self, max_execution_time) -> int | None:
         met = positive_int(max_execution_time, "max_execution_time")
@@ -122,11 +150,10 @@ class SamplerV2(_Primitive, BaseSamplerV2):
             if pub.circuit.num_clbits == 0:   # as Qiskit, Aer and IBM: a warning, empty data
                 warnings.warn(f"sampler PUB {i}: the circuit has no classical bits, so its "
                               "result holds no measurement data", UserWarning, stacklevel=2)
-        self._check_circuits((p.circuit for p in coerced), require_isa=True)
-        codec.check_result_size(coerced)
+        pubs_json = self._encode_checked(coerced, codec.encode_sampler_pubs,
+                                         then=codec.check_result_size)
         summary.update(pubs=len(coerced), shots=max(p.shots for p in coerced))
-        return self._submit(codec.encode_sampler_pubs(coerced), options, summary,
-                            inputs={"pubs": coerced, **options["ibm"]})
+        return self._submit(pubs_json, options, summary, inputs={"pubs": coerced, **options["ibm"]})
 
 
 class EstimatorV2(_Primitive, BaseEstimatorV2):
@@ -149,10 +176,9 @@ class EstimatorV2(_Primitive, BaseEstimatorV2):
             precision = (1 / math.sqrt(shots) if shots else
                          set_options.get("default_precision", opts.DEFAULT_PRECISION))
         coerced = coerce_pubs(pubs, lambda p: EstimatorPub.coerce(p, precision), "estimator")
-        self._check_circuits((p.circuit for p in coerced), require_isa=True)
+        pubs_json = self._encode_checked(coerced, codec.encode_estimator_pubs)
         summary.update(pubs=len(coerced), shots=None)
-        return self._submit(codec.encode_estimator_pubs(coerced), options, summary,
-                            inputs={"pubs": coerced, **options["ibm"]})
+        return self._submit(pubs_json, options, summary, inputs={"pubs": coerced, **options["ibm"]})
 
 
 # ---------------------------------------------------------------------- V1 or V2
