@@ -14,6 +14,7 @@ from qiskit.transpiler import generate_preset_pass_manager
 
 from session_broker import (CircuitTooWideError, EstimatorV2, NotISAError, OptionNotSupportedError,
                             SamplerV2, Session, codec)
+from session_broker.errors import JobCancelledError, JobTimeoutError
 from session_broker.backends import get_spec
 from tests.conftest import make_cluster
 from tests.support.faults import bell_circuit, queue_lengths
@@ -96,3 +97,23 @@ def test_a_jobs_inputs_cannot_change_the_next_jobs_options(svc):
     nxt = estimator.run([(circuit, SparsePauliOp("ZZ"))])
     assert nxt.inputs["options"]["default_precision"] == 0.1
     assert _payload_options(svc, nxt)["ibm"]["options"]["default_precision"] == 0.1
+
+
+def test_result_of_a_job_that_ended_is_one_round_trip(svc):
+    """result() on the job run() returned waits at once: the latch wait and the read of the
+    record travel together, with no read of the record before them."""
+    job = SamplerV2(mode=svc.backend("aer_simulator")).run([bell_circuit()], shots=10)
+    assert job.cancel()
+    redis = svc._store.redis
+    redis.config_resetstat()
+    with pytest.raises(JobCancelledError):
+        job.result(timeout=60)
+    calls = {name.removeprefix("cmdstat_"): stats["calls"]
+             for name, stats in redis.info("commandstats").items()}
+    assert calls.get("brpoplpush") == 1 and calls.get("hmget") == 1, calls
+
+
+def test_result_with_no_time_left_does_not_wait(svc):
+    job = SamplerV2(mode=svc.backend("aer_simulator")).run([bell_circuit()], shots=10)
+    with pytest.raises(JobTimeoutError, match="QUEUED"):
+        job.result(timeout=0)
