@@ -190,22 +190,30 @@ _PLAIN = frozenset({str, int, bool, type(None)})
 def _snap(value):
     """A hashable copy of ``value`` that equals another only if the values are equal *and*
     of the same types (``True`` and ``1`` plan differently; ``-0.0`` and ``0.0`` encode
-    differently), so two options with equal snapshots get the same plan."""
+    differently), so two options with equal snapshots get the same plan. Option groups
+    (dataclasses) are read from their ``__dict__``: this runs on every ``run()``."""
     t = type(value)
     if t in _PLAIN:
         return t, value
+    names = _FIELD_NAMES.get(t)
+    if names is not None:
+        if not names:
+            return t, ()
+        try:
+            d = value.__dict__
+            return t, tuple([_snap(d[n]) for n in names])
+        except (AttributeError, KeyError):   # a field kept elsewhere: no snapshot
+            raise _NotPlain(t.__name__) from None
     if t is float:
         return t, repr(value)
     if t is list or t is tuple:
-        return t, tuple(_snap(v) for v in value)
+        return t, tuple([_snap(v) for v in value])
     if t is dict:
-        return t, tuple((_snap(k), _snap(v)) for k, v in value.items())
-    names = _FIELD_NAMES.get(t)
-    if names is None:
-        if not is_dataclass(value):
-            raise _NotPlain(t.__name__)
-        names = _FIELD_NAMES[t] = tuple(f.name for f in fields(value))
-    return t, tuple(_snap(getattr(value, n)) for n in names)
+        return t, tuple([(_snap(k), _snap(v)) for k, v in value.items()])
+    if not is_dataclass(value):
+        raise _NotPlain(t.__name__)
+    _FIELD_NAMES[t] = tuple(f.name for f in fields(value))
+    return _snap(value)
 
 
 def _copy(value):
