@@ -52,6 +52,7 @@ from qiskit.primitives.containers import (
 from qiskit.qpy.common import QPY_VERSION
 
 from session_broker.errors import InvalidInputError, InvalidPayloadError, PayloadTooLargeError
+from session_broker.memo import BoundedMemo
 
 __all__ = [
     "DecodedJob", "check_payload", "check_result_size", "decode_circuit", "decode_payload",
@@ -420,7 +421,7 @@ def _dec_observables(obj, where: str) -> ObservablesArray:
     return ObservablesArray(flat.reshape(shape), copy=False)
 
 
-def _dec_pub(obj, where: str, primitive: str, circuits: dict):
+def _dec_pub(obj, where: str, primitive: str, circuits: BoundedMemo):
     if primitive == "sampler":
         qpy_b64, params, shots = _fields(obj, ("circuit", "params", "shots"), where)
         if shots is not None:
@@ -433,9 +434,10 @@ def _dec_pub(obj, where: str, primitive: str, circuits: dict):
             raise _bad(f"{where}.precision", "expected null or a non-negative finite number")
     if not isinstance(qpy_b64, str):
         raise _bad(f"{where}.circuit", f"expected a base64 string, got {type(qpy_b64).__name__}")
-    if qpy_b64 not in circuits:                 # PUBs often repeat one circuit: load it once
-        circuits[qpy_b64] = _load_circuit(qpy_b64, f"{where}.circuit")
-    circuit = circuits[qpy_b64]
+    circuit = circuits.get(qpy_b64)             # PUBs often repeat one circuit: load it once
+    if circuit is None:
+        circuit = _load_circuit(qpy_b64, f"{where}.circuit")
+        circuits.put(qpy_b64, circuit, len(qpy_b64))
     bindings = _dec_bindings(params, f"{where}.params", circuit)
     try:
         if primitive == "sampler":
@@ -470,14 +472,22 @@ def check_result_size(pubs) -> None:
             f"bytes per shot); the limit is {MAX_RESULT_BYTES >> 20} MiB: use fewer shots or split the job")
 
 
+#: Circuits the client's run of the decoder already loaded, by their base64 QPY text.
+_CHECKED_CIRCUITS = BoundedMemo()
+
+
 def check_payload(payload: str, *, max_bytes: int) -> None:
     """Run the worker's own decoder on a job before it is queued.
 
     One validation, shared: whatever the client's checks let through but a worker would
     refuse is an ``InvalidInputError`` in the caller's process, never a failed job.
+    Loading a circuit (its QPY checks and qiskit's reader) is most of the cost, and the same
+    text always loads to the same circuit, so circuits this decoder loaded before are taken
+    from a memo keyed on that exact text: every other part of the job is decoded afresh,
+    and the worker still decodes everything. The circuits are only read here, never returned.
     """
     try:
-        decode_payload(payload, max_bytes=max_bytes)
+        _decode_payload(payload, max_bytes, _CHECKED_CIRCUITS)
     except InvalidPayloadError as exc:
         raise InvalidInputError(f"this job would be refused by the worker: {exc}") from None
 
@@ -541,6 +551,11 @@ def decode_payload(data: str | bytes, *, max_bytes: int) -> DecodedJob:
     Nothing else escapes, whatever ``data`` holds: the last ``except`` turns any error that
     qiskit or numpy raise on input we did not foresee into ``InvalidPayloadError`` too.
     """
+    # A memo that lives for this call only: the caller gets circuits nobody else holds.
+    return _decode_payload(data, max_bytes, BoundedMemo(max_entries=1 << 30, max_chars=1 << 62))
+
+
+def _decode_payload(data, max_bytes: int | None, circuits: BoundedMemo) -> DecodedJob:
     try:
         obj = _parse_json(data, max_bytes, "payload")
         if not isinstance(obj, dict):
@@ -556,7 +571,6 @@ def decode_payload(data: str | bytes, *, max_bytes: int) -> DecodedJob:
             raise _bad("pubs", "expected a non-empty list of PUBs")
         if not isinstance(options, dict):
             raise _bad("options", f"expected a JSON object, got {type(options).__name__}")
-        circuits: dict[str, QuantumCircuit] = {}
         decoded = [_dec_pub(pub, f"pubs[{i}]", primitive, circuits) for i, pub in enumerate(pubs)]
         return DecodedJob(primitive, decoded, options)
     except InvalidPayloadError:

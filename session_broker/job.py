@@ -40,6 +40,7 @@ class RuntimeJobV2(BasePrimitiveJob):
         self._transform = transform
         self._result: Any = None
         self._inputs: dict | None = None   # kept by the object run() returned
+        self._queued = False               # run() queued it just now (result() waits at once)
 
     @classmethod
     def attach(cls, job_id: str, store: Store, service=None) -> "RuntimeJobV2":
@@ -88,7 +89,14 @@ class RuntimeJobV2(BasePrimitiveJob):
         timeout = None if timeout is None else float(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         fields = ("status", "result", "error_code", "error")
-        rec = self._store.job(self._job_id, *fields)
+        if self._queued and (timeout is None or timeout > 0):
+            # run() just queued it: it exists and has not ended, so skip the read that would
+            # say so and wait at once (the wait reads the record in its own round trip)
+            rec = self._store.wait_job(self._job_id, 5.0 if timeout is None else min(timeout, 5.0),
+                                       *fields)
+        else:
+            rec = self._store.job(self._job_id, *fields)
+        self._queued = False
         while True:
             status = rec.get("status")
             if status is None:

@@ -10,13 +10,16 @@ runs real workers on it, so a change in either library shows up there.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import os
 import socket
 import uuid
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+# Built once: json.dumps with keyword arguments builds a new encoder on every call.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def task_message(task: str, job_id: str, queue: str, kwargs: dict, *, argsrepr: str,
@@ -26,11 +29,9 @@ def task_message(task: str, job_id: str, queue: str, kwargs: dict, *, argsrepr: 
     The body carries only the job id and a short summary (shown by Flower); the job itself
     lives in the job record, so a requeue is a push of the same text.
     """
-    body = json.dumps([[job_id], kwargs, {"callbacks": None, "errbacks": None,
-                                           "chain": None, "chord": None}],
-                      separators=(",", ":"))
+    body = _ENCODE([[job_id], kwargs, _EMBED])
     message = {
-        "body": base64.b64encode(body.encode()).decode(),
+        "body": binascii.b2a_base64(body.encode(), newline=False).decode("ascii"),
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
@@ -47,4 +48,4 @@ def task_message(task: str, job_id: str, queue: str, kwargs: dict, *, argsrepr: 
             "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
         },
     }
-    return json.dumps(message, separators=(",", ":"))
+    return _ENCODE(message)

@@ -31,9 +31,13 @@ from session_broker import options as opts
 from session_broker.errors import InvalidInputError, InvalidMaxTimeError
 from session_broker.inputs import coerce_pubs, non_negative, positive_int, resolve_mode
 from session_broker.job import RuntimeJobV2
+from session_broker.memo import BoundedMemo
 from session_broker.session import Session
 
 __all__ = ["Estimator", "EstimatorV2", "Sampler", "SamplerV2"]
+
+#: (backend, base64 QPY) of circuits that passed ``catalog.check_circuit(require_isa=True)``.
+_ISA_CHECKED = BoundedMemo()
 
 
 class _Primitive:
@@ -62,6 +66,30 @@ class _Primitive:
         for circuit in circuits:
             catalog.check_circuit(self._backend, circuit, require_isa=require_isa)
 
+    def _encode_checked(self, coerced: list, encode, then=None) -> list[dict]:
+        """``encode(coerced)`` (the PUBs' wire form), each circuit checked against the backend.
+
+        A circuit whose exact QPY text passed the check on this backend before is not walked
+        again (see ``memo``): an iterative producer sends one circuit job after job. Errors
+        keep their order: a circuit's own refusal (too wide, not ISA) comes before ``then``'s
+        (the sampler's result size) and before the encoder's, as when checks ran first.
+        """
+        try:
+            pubs_json = encode(coerced)
+        except InvalidInputError:
+            self._check_circuits((p.circuit for p in coerced), require_isa=True)
+            if then is not None:
+                then(coerced)
+            raise
+        for pub, wire in zip(coerced, pubs_json):
+            key = (self._backend, wire["circuit"])
+            if _ISA_CHECKED.get(key) is None:
+                catalog.check_circuit(self._backend, pub.circuit, require_isa=True)
+                _ISA_CHECKED.put(key, True, len(wire["circuit"]))
+        if then is not None:
+            then(coerced)
+        return pubs_json
+
     def _check_time(self, max_execution_time) -> int | None:
         met = positive_int(max_execution_time, "max_execution_time")
         if met and self._session is not None and met >= self._session.max_time:
@@ -84,7 +112,7 @@ class _Primitive:
 
     def _v2_options(self) -> tuple[dict, dict]:
         """(the worker's options, the job's summary) from this primitive's IBM options."""
-        plan = opts.plan(self._kind, self._backend, self._options)
+        plan = opts.plan_memo(self._kind, self._backend, self._options)
         set_options = plan.options["options"]
         met = self._check_time(plan.runtime.get("max_execution_time"))
         tags = plan.runtime.get("job_tags") or []
@@ -122,11 +150,10 @@ class SamplerV2(_Primitive, BaseSamplerV2):
             if pub.circuit.num_clbits == 0:   # as Qiskit, Aer and IBM: a warning, empty data
                 warnings.warn(f"sampler PUB {i}: the circuit has no classical bits, so its "
                               "result holds no measurement data", UserWarning, stacklevel=2)
-        self._check_circuits((p.circuit for p in coerced), require_isa=True)
-        codec.check_result_size(coerced)
+        pubs_json = self._encode_checked(coerced, codec.encode_sampler_pubs,
+                                         then=codec.check_result_size)
         summary.update(pubs=len(coerced), shots=max(p.shots for p in coerced))
-        return self._submit(codec.encode_sampler_pubs(coerced), options, summary,
-                            inputs={"pubs": coerced, **options["ibm"]})
+        return self._submit(pubs_json, options, summary, inputs={"pubs": coerced, **options["ibm"]})
 
 
 class EstimatorV2(_Primitive, BaseEstimatorV2):
@@ -149,10 +176,9 @@ class EstimatorV2(_Primitive, BaseEstimatorV2):
             precision = (1 / math.sqrt(shots) if shots else
                          set_options.get("default_precision", opts.DEFAULT_PRECISION))
         coerced = coerce_pubs(pubs, lambda p: EstimatorPub.coerce(p, precision), "estimator")
-        self._check_circuits((p.circuit for p in coerced), require_isa=True)
+        pubs_json = self._encode_checked(coerced, codec.encode_estimator_pubs)
         summary.update(pubs=len(coerced), shots=None)
-        return self._submit(codec.encode_estimator_pubs(coerced), options, summary,
-                            inputs={"pubs": coerced, **options["ibm"]})
+        return self._submit(pubs_json, options, summary, inputs={"pubs": coerced, **options["ibm"]})
 
 
 # ---------------------------------------------------------------------- V1 or V2

@@ -190,9 +190,11 @@ class QiskitRuntimeService:
         soft = float(max_execution_time) if max_execution_time else None
         message = task_message(primitive, job_id, queue, flower, argsrepr=argsrepr,
                                soft_time_limit=soft, time_limit=soft + 1 if soft else None)
-        store.submit(job_id, sid, backend, primitive, payload, message, queue, summary)
-        return RuntimeJobV2(job_id, store, service=self, backend=backend, session_id=sid or None,
-                            primitive=primitive, transform=transform)
+        submitted = store.submit(job_id, sid, backend, primitive, payload, message, queue, summary)
+        job = RuntimeJobV2(job_id, store, service=self, backend=backend, session_id=sid or None,
+                           primitive=primitive, transform=transform)
+        job._queued = submitted.status == "QUEUED"
+        return job
 
     def __repr__(self) -> str:
         from session_broker.state import redact
