@@ -12,7 +12,7 @@ It talks to its supervisor over two pipes, one short line per message (``Link``)
 
     executor -> supervisor   ready <queue>                  consuming, after start-up
                              run <job id> <hard limit s> <delivery tag>   a job starts here
-                             idle                           ... and has ended (sent for jobs with a hard limit)
+                             idle                           ... and has ended
     supervisor -> executor   queue <name>                   consume this queue (the pin)
 
 Task events are on demand (``events_wanted``): off at start, on while a monitor asks for
@@ -59,18 +59,10 @@ class Link:
             os.write(self.status_fd, line.encode())
 
     def running(self, job_id: str | None, hard_limit: float | None, delivery_tag) -> None:
-        self.limited = bool(hard_limit)
         self.send("run", job_id or "-", f"{float(hard_limit or 0):g}", delivery_tag or "-")
 
     def idle(self) -> None:
-        """Only a job with a deadline needs its end told (each line wakes the supervisor):
-        the supervisor's record of a job without one is harmless once the job has ended
-        (its run set no longer lists it; EXECUTOR_LOST finds it ended)."""
-        if self.limited:
-            self.limited = False
-            self.send("idle")
-
-    limited = False
+        self.send("idle")
 
     def commands(self):
         """Lines from the supervisor, until it closes its end."""
