@@ -6,7 +6,6 @@ The public API, re-exported from its modules; change the import line of IBM code
     from session_broker import QiskitRuntimeService, Session, Batch, SamplerV2, EstimatorV2
 """
 
-from session_broker.backends import BrokerBackend
 from session_broker.errors import (
     IBMError,
     IBMInputValueError,
@@ -43,30 +42,46 @@ from session_broker.errors import (
     UnknownBackendError,
     WorkerLostError,
 )
-from session_broker.job import RuntimeJob, RuntimeJobV2
-from session_broker.options import Options
-from session_broker.primitives import Estimator, EstimatorV2, Sampler, SamplerV2
-from session_broker.results import EstimatorResult, SamplerResult
-from session_broker.service import QiskitRuntimeService
-from session_broker.session import Batch, Session
-from session_broker import batch, exceptions, options, session  # noqa: F401
 
-# qiskit-ibm-runtime's classes, imported on first use (about 2 s): the option classes, and
+# Everything that needs Qiskit is imported on first use (PEP 562): `from session_broker
+# import SamplerV2` works as before, while processes that never touch a circuit (the
+# worker's supervisor, `session-broker status`) start without Qiskit's second of imports.
+# qiskit-ibm-runtime's classes come the same way (about 2 s): the option classes, and
 # RuntimeEncoder/RuntimeDecoder (IBM's JSON for results; never decode untrusted input with it).
-_LAZY = {"SamplerOptions": "session_broker.options", "EstimatorOptions": "session_broker.options",
-         "OptionsV2": "session_broker.options", "RuntimeEncoder": "qiskit_ibm_runtime",
-         "RuntimeDecoder": "qiskit_ibm_runtime", "fake_provider": "session_broker.fake_provider"}
+_LAZY = {
+    "BrokerBackend": "session_broker.backends",
+    "RuntimeJob": "session_broker.job", "RuntimeJobV2": "session_broker.job",
+    "Options": "session_broker.options",
+    "Estimator": "session_broker.primitives", "EstimatorV2": "session_broker.primitives",
+    "Sampler": "session_broker.primitives", "SamplerV2": "session_broker.primitives",
+    "EstimatorResult": "session_broker.results", "SamplerResult": "session_broker.results",
+    "QiskitRuntimeService": "session_broker.service",
+    "Batch": "session_broker.session", "Session": "session_broker.session",
+    "SamplerOptions": "session_broker.options", "EstimatorOptions": "session_broker.options",
+    "OptionsV2": "session_broker.options", "RuntimeEncoder": "qiskit_ibm_runtime",
+    "RuntimeDecoder": "qiskit_ibm_runtime",
+}
+_SUBMODULES = {"batch", "exceptions", "options", "session", "fake_provider"}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
-        module = importlib.import_module(_LAZY[name])
-        return module if name == "fake_provider" else getattr(module, name)
-    raise AttributeError(f"module 'session_broker' has no attribute {name!r}")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"session_broker.{name}")
+    else:
+        raise AttributeError(f"module 'session_broker' has no attribute {name!r}")
+    if name not in _SUBMODULES or name not in globals():
+        globals()[name] = value   # once: later lookups do not come here
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
 
 
 __all__ = sorted([name for name in dir() if not name.startswith("_") and name[0].isupper()]
-                 + [n for n in _LAZY if n[0].isupper()])
+                 + list(_LAZY))
 __version__ = "0.1.0"

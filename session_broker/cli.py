@@ -125,18 +125,13 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------- commands
 def cmd_worker(args) -> int:
-    from session_broker import backends
     from session_broker.config import get_settings
 
     get_settings()
-    backends.get_spec(args.backend)
     if args.concurrency < 1:
         print("session-broker: --concurrency must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    if args.device == "GPU":
-        from session_broker.backends import check_gpu
-
-        check_gpu()
+    # the supervisor checks the backend, the GPU and Redis while its executors boot
     from tasks.worker import start_worker
 
     return start_worker(args.backend, concurrency=args.concurrency, name=args.name,

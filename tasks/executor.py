@@ -38,10 +38,7 @@ log = logging.getLogger("session_broker.worker")
 logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs every pass at INFO
 
 # environment the supervisor sets for its executors
-ENV_STATUS_FD = "SESSION_BROKER_EXECUTOR_STATUS_FD"
-ENV_COMMAND_FD = "SESSION_BROKER_EXECUTOR_COMMAND_FD"
-ENV_QUEUE = "SESSION_BROKER_EXECUTOR_QUEUE"
-ENV_SUPERVISOR = "SESSION_BROKER_SUPERVISOR_PID"
+from tasks.supervisor import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR  # noqa: E402
 # seconds events stay on after the last request for them (Flower asks every 5 s)
 EVENTS_LINGER = float(os.environ.get("SESSION_BROKER_EVENTS_LINGER", "15"))
 
@@ -208,6 +205,25 @@ def _die_with_parent() -> None:
         sys.exit(1)  # the supervisor died before prctl took effect
 
 
+def _wait_registered(node: str) -> None:
+    """Fetch nothing before the supervisor's agent has registered the node: the reaper finds
+    a dead worker's fetch list through its registration (the supervisor starts executors
+    first, to boot them while it checks Redis, and registers meanwhile)."""
+    import redis
+
+    from session_broker.state import Store
+
+    store = Store()
+    key = store.keys.worker(node)
+    while True:
+        try:
+            if store.redis.exists(key):
+                return
+        except redis.RedisError:   # Redis away: the supervisor waits for it too
+            pass
+        time.sleep(0.02)
+
+
 def main() -> None:
     """``python -m tasks.executor``: started by the supervisor, never by hand."""
     global _link
@@ -219,6 +235,7 @@ def main() -> None:
     from session_broker.celery_app import app
 
     node = os.environ["SESSION_BROKER_WORKER_NODE"]
+    _wait_registered(node)
     app.worker_main([
         "worker", "--pool=solo", "--concurrency=1", f"--hostname={node}", f"--queues={os.environ[ENV_QUEUE]}",
         "--without-gossip", "--without-mingle",

@@ -42,10 +42,14 @@ import uuid
 import redis
 
 from session_broker.state import Store
-from tasks import executor as ex
 from tasks.worker import Agent
 
 log = logging.getLogger("session_broker.worker")
+# what the supervisor tells an executor in its environment (read by executor.py)
+ENV_STATUS_FD = "SESSION_BROKER_EXECUTOR_STATUS_FD"
+ENV_COMMAND_FD = "SESSION_BROKER_EXECUTOR_COMMAND_FD"
+ENV_QUEUE = "SESSION_BROKER_EXECUTOR_QUEUE"
+ENV_SUPERVISOR = "SESSION_BROKER_SUPERVISOR_PID"
 BOOT_FAILURES = 5
 RESEND_AFTER = 2.0   # s: ask an executor again to switch queues if it has not said it did
 
@@ -117,9 +121,16 @@ class Supervisor:
         os.environ["SESSION_BROKER_WORKER_BACKEND"] = self.backend
         os.environ["SESSION_BROKER_WORKER_DEVICE"] = self.device
         self.store = Store()
-        self.store.ping(check=False)
-        # refuses an eviction policy that can drop our keys; warns when nothing is persisted
-        self.store.check_server(strict=True)
+        # executors boot (a second or two of imports) while this process checks what it was
+        # given; they fetch nothing before their node is registered (executor._wait_registered)
+        for slot in self.slots:
+            self.start(slot)
+        try:
+            self.check()
+        except BaseException:
+            for slot in self.slots:
+                slot.proc.kill()
+            raise
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
@@ -130,12 +141,6 @@ class Supervisor:
             agent = Agent(slot, slot.node, self.backend, 1, self.device)
             agent.start()
             self.agents.append(agent)
-        # register and beat before the first executor fetches (see Agent.__init__)
-        deadline = time.monotonic() + 30
-        while any(a.connected_since is None for a in self.agents) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for slot in self.slots:
-            self.start(slot)
         try:
             self.loop(wake_r)
         finally:
@@ -144,6 +149,17 @@ class Supervisor:
                     slot.proc.kill()
             self.deregister()
         return self.exit_code
+
+    def check(self) -> None:
+        """The backend exists, a GPU is there if asked for, Redis answers and is safe to use."""
+        from session_broker import backends
+
+        backends.get_spec(self.backend)
+        if self.device == "GPU":
+            backends.check_gpu()
+        self.store.ping(check=False)
+        # refuses an eviction policy that can drop our keys; warns when nothing is persisted
+        self.store.check_server(strict=True)
 
     def loop(self, wake_r: int) -> None:
         while True:
@@ -199,8 +215,8 @@ class Supervisor:
         env = {
             **os.environ,
             "SESSION_BROKER_WORKER_NODE": slot.node,   # the transport's fetch list (reliable fetch)
-            ex.ENV_STATUS_FD: str(status_w), ex.ENV_COMMAND_FD: str(command_r),
-            ex.ENV_QUEUE: queue, ex.ENV_SUPERVISOR: str(os.getpid()),
+            ENV_STATUS_FD: str(status_w), ENV_COMMAND_FD: str(command_r),
+            ENV_QUEUE: queue, ENV_SUPERVISOR: str(os.getpid()),
             "SESSION_BROKER_EXECUTOR_LOGLEVEL": self.loglevel,
             # Aer's OpenMP threads otherwise spin for a while after each parallel region: on
             # a small machine they take the CPU the producer and Redis need (see README)
