@@ -7,10 +7,12 @@ On its own stack (redis-server + one ``aer_simulator`` worker), with one session
 A. phases: per job, client moments + the job record's server timestamps
    (submit | queued->claim | claim->finish | finish->client), medians;
 B. CPU per job of each process (client, worker main process, pool child, redis-server),
-   from /proc CPU-time deltas over N jobs minus an idle window of the same length;
+   from /proc CPU-time deltas over N jobs minus an idle window of the same length; for the
+   shipped worker "worker_main" is the supervisor and "pool_child" its executor;
 C. Redis traffic per job: every command by process (MONITOR, a few jobs, with a timeline
    of one job), commands run inside our Lua scripts, and INFO commandstats deltas;
-D. py-spy (CPU samples, --nonblocking) of the worker's main process and its pool child;
+D. py-spy (CPU samples, --nonblocking) of the worker's main process and its child (the
+   executor, which runs the jobs);
 E. pyinstrument of the client (``SamplerV2.run`` + ``job.result()``);
 F. variants: the same latency measure against workers started with one setting changed
    (``variant_worker.py``), each with a direct call interleaved for the ratio.

@@ -89,8 +89,8 @@ class Slot:
                 return False
             try:
                 os.write(self.command_fd, f"queue {queue}\n".encode())
-            except OSError:
-                return False   # the executor is gone: the next one starts on `wanted`
+            except OSError:   # gone (the next one starts on `wanted`), or frozen with a full pipe
+                return False
             self._asked, self.asked_at = queue, time.monotonic()
             return True
 
@@ -229,6 +229,8 @@ class Supervisor:
         os.close(status_w)
         os.close(command_r)
         os.set_blocking(status_r, False)
+        # a frozen executor must not block the agent (and so the heartbeat) on a full pipe
+        os.set_blocking(command_w, False)
         slot.status_fd, slot.command_fd, slot.buffer = status_r, command_w, b""
         slot.consuming, slot._asked = "", ""
         self.selector.register(status_r, selectors.EVENT_READ, slot)
