@@ -428,12 +428,18 @@ class Store:
         later, wakes at once without taking it from the others.
         """
         key = self.keys.job_done(job_id)
+        block = max(timeout, 0.01)
+        # redis-py 8 reads with a 5 s socket timeout by default: a block as long as that times
+        # out in the client first and is retried on a new connection, again and again (a
+        # waiter on a job Redis forgot never returned). Block for less; callers loop anyway.
+        limit = self.redis.connection_pool.connection_kwargs.get("socket_timeout") or 5.0
+        block = min(block, max(limit - 1.0, limit / 2))
         with broker_errors(self.settings, f"wait for job {job_id}"):
             if not fields:
-                self.redis.brpoplpush(key, key, timeout=max(timeout, 0.01))
+                self.redis.brpoplpush(key, key, timeout=block)
                 return {}
             pipe = self.redis.pipeline(transaction=False)
-            pipe.brpoplpush(key, key, timeout=max(timeout, 0.01))
+            pipe.brpoplpush(key, key, timeout=block)
             pipe.hmget(self.keys.job(job_id), fields)
             _, values = pipe.execute()
         if all(v is None for v in values):

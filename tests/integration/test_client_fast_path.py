@@ -117,3 +117,19 @@ def test_result_with_no_time_left_does_not_wait(svc):
     job = SamplerV2(mode=svc.backend("aer_simulator")).run([bell_circuit()], shots=10)
     with pytest.raises(JobTimeoutError, match="QUEUED"):
         job.result(timeout=0)
+
+
+def test_a_wait_on_a_job_redis_forgot_ends_in_one_chunk(svc):
+    """redis-py 8 reads with a 5 s socket timeout: a 5 s BRPOPLPUSH used to time out in the
+    client, be retried on a new connection and never return (a waiter on a job Redis lost
+    its record of hung for minutes). The wait now blocks for less than the socket timeout."""
+    import time
+
+    from session_broker.errors import JobNotFoundError
+
+    store = svc._store
+    for attempt in range(2):   # twice: a first reply that beat the client's timeout is luck
+        t0 = time.monotonic()
+        with pytest.raises(JobNotFoundError, match="lost its data"):
+            store.wait_job(f"forgotten-job-{attempt}", 5.0, "status")
+        assert time.monotonic() - t0 < 9, "the wait timed out in the client and was retried"
