@@ -415,13 +415,35 @@ local function repush(jid)
   redis.call('RPUSH', get(j, 'queue'), msg)
 end
 
--- The message text of one of our jobs (a kombu envelope) -> its job id, or nil.
-local function message_job(raw)
-  local ok, m = pcall(cjson.decode, raw or '')
-  if not ok or type(m) ~= 'table' or type(m['headers']) ~= 'table' then return nil end
+-- A decoded kombu envelope of one of our jobs -> its job id, or nil.
+local function envelope_job(m)
+  if type(m) ~= 'table' or type(m['headers']) ~= 'table' then return nil end
   local jid = m['headers']['id']
   if type(jid) ~= 'string' then return nil end
   return jid
+end
+
+-- The message text of one of our jobs (a kombu envelope) -> its job id, or nil.
+local function message_job(raw)
+  local ok, m = pcall(cjson.decode, raw or '')
+  if not ok then return nil end
+  return envelope_job(m)
+end
+
+-- kombu's record of a fetched message: UNACKED[tag] = [message, exchange, routing_key]
+local UNACKED, UNACKED_INDEX = P .. ':unacked', P .. ':unacked_index'  -- Keys.unacked, .unacked_index
+
+-- The job id of the message kombu holds unacked under ``tag``, or nil.
+local function unacked_job(tag)
+  local ok, entry = pcall(cjson.decode, redis.call('HGET', UNACKED, tag) or '')
+  if not ok or type(entry) ~= 'table' then return nil end
+  return envelope_job(entry[1])
+end
+
+-- Forget kombu's record of a message (what its own ack does).
+local function drop_unacked(tag)
+  redis.call('ZREM', UNACKED_INDEX, tag)
+  redis.call('HDEL', UNACKED, tag)
 end
 
 -- A job still QUEUED whose message is held by nobody: push its message again, at the head of
@@ -653,10 +675,7 @@ return {'run', redis.call('HGET', j, 'payload') or '', claim, sid, epoch}
 FINISH = PRELUDE + r"""
 local jid, claim = ARGV[2], ARGV[3]
 local j = jk(jid)
-if ARGV[9] and ARGV[9] ~= '' then
-  redis.call('ZREM', P .. ':unacked_index', ARGV[9])  -- Keys.unacked_index
-  redis.call('HDEL', P .. ':unacked', ARGV[9])        -- Keys.unacked
-end
+if ARGV[9] and ARGV[9] ~= '' then drop_unacked(ARGV[9]) end
 if get(j, 'claim') ~= claim or get(j, 'status') ~= 'RUNNING' then return 'stale' end
 local node = get(j, 'worker')
 redis.call('SREM', P .. ':w:' .. node .. ':run', jid)
@@ -689,22 +708,13 @@ return job_lost(ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6])
 #   -> JOB_LOST's outcome ('requeued' | 'failed' | 'stale'), or '' without a job
 EXECUTOR_LOST = PRELUDE + r"""
 local node, jid, tag = ARGV[2], ARGV[4], ARGV[7]
-local UNACKED, UNACKED_INDEX = P .. ':unacked', P .. ':unacked_index'  -- Keys.unacked, .unacked_index
 local outcome = ''
 if jid ~= '' then outcome = job_lost(jid, node, tonumber(ARGV[3]), ARGV[5], ARGV[6]) end
 if tag ~= '' then
-  local raw = redis.call('HGET', UNACKED, tag)
-  if raw then
-    redis.call('HDEL', UNACKED, tag)
-    redis.call('ZREM', UNACKED_INDEX, tag)
-    local ok, entry = pcall(cjson.decode, raw)
-    local carried = ok and type(entry) == 'table' and type(entry[1]) == 'table'
-      and type(entry[1]['headers']) == 'table' and entry[1]['headers']['id']
-    -- job_lost already queued its own job again ('requeued')
-    if type(carried) == 'string' and not (carried == jid and outcome == 'requeued') then
-      give_back(carried)
-    end
-  end
+  local carried = unacked_job(tag)
+  drop_unacked(tag)
+  -- job_lost already queued its own job again ('requeued')
+  if carried and not (carried == jid and outcome == 'requeued') then give_back(carried) end
 end
 return outcome
 """
@@ -869,7 +879,6 @@ return requeued
 # rescuable (other apps on the database, jobs still running) cannot hide the ones behind them.
 # ARGV: P, min_age, limit -> {number of jobs given back, entries inspected}
 RESCUE_UNACKED = PRELUDE + r"""
-local UNACKED, UNACKED_INDEX = P .. ':unacked', P .. ':unacked_index'  -- Keys.unacked, .unacked_index
 local upto, limit = NOW - tonumber(ARGV[2]), tonumber(ARGV[3])
 local cursor = P .. ':rescue'
 local from_score = redis.call('HGET', cursor, 'score')
@@ -883,13 +892,9 @@ for i = 1, #rows, 2 do
   -- ties at the cursor's score come in tag order: those up to the cursor's tag were seen
   if not (from_score and tonumber(score) == tonumber(from_score) and tag <= from_tag) then
     seen = seen + 1
-    -- kombu's entry: [message, exchange, routing_key]
-    local ok, entry = pcall(cjson.decode, redis.call('HGET', UNACKED, tag) or '')
-    local jid = ok and type(entry) == 'table' and type(entry[1]) == 'table'
-      and type(entry[1]['headers']) == 'table' and entry[1]['headers']['id']
-    if type(jid) == 'string' and give_back(jid) == 1 then
-      redis.call('HDEL', UNACKED, tag)
-      redis.call('ZREM', UNACKED_INDEX, tag)
+    local jid = unacked_job(tag)
+    if jid and give_back(jid) == 1 then
+      drop_unacked(tag)
       rescued = rescued + 1
     end
   end

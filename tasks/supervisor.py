@@ -67,7 +67,7 @@ class Slot:
         self.ready = False        # the executor's consumer is up
         self.consuming = ""       # the queue it said it consumes
         self.wanted = ""          # the queue the agent wants consumed
-        self.asked_at = 0.0
+        self.asked, self.asked_at = "", 0.0   # the last queue asked for, and when
         self.job: tuple[str, str, float | None, float] | None = None  # (id, delivery tag, deadline, limit)
         self.overran: tuple[str, float] | None = None           # (job id, its limit) killed for time
         self.boot_failures = 0
@@ -85,16 +85,14 @@ class Slot:
             self.wanted = queue
             if self.consuming == queue or not self.ready or self.command_fd is None:
                 return False
-            if time.monotonic() - self.asked_at < RESEND_AFTER and self._asked == queue:
+            if time.monotonic() - self.asked_at < RESEND_AFTER and self.asked == queue:
                 return False
             try:
                 os.write(self.command_fd, f"queue {queue}\n".encode())
             except OSError:   # gone (the next one starts on `wanted`), or frozen with a full pipe
                 return False
-            self._asked, self.asked_at = queue, time.monotonic()
+            self.asked, self.asked_at = queue, time.monotonic()
             return True
-
-    _asked = ""
 
 
 class Supervisor:
@@ -179,9 +177,7 @@ class Supervisor:
                 else:
                     self.read(key.data)
             self.enforce_limits()
-            for slot in self.slots:
-                if slot.proc is not None and slot.status_fd is None and slot.proc.poll() is not None:
-                    self.exited(slot)
+            for slot in self.slots:   # an executor's exit is seen as its status pipe's EOF (read)
                 if slot.restart_at is not None and time.monotonic() >= slot.restart_at and not self.stopping:
                     slot.restart_at = None
                     self.start(slot)
@@ -232,7 +228,7 @@ class Supervisor:
         # a frozen executor must not block the agent (and so the heartbeat) on a full pipe
         os.set_blocking(command_w, False)
         slot.status_fd, slot.command_fd, slot.buffer = status_r, command_w, b""
-        slot.consuming, slot._asked = "", ""
+        slot.consuming, slot.asked = "", ""
         self.selector.register(status_r, selectors.EVENT_READ, slot)
         log.info("%s: executor started (pid %d) on %s", slot.node, slot.proc.pid, queue)
 

@@ -64,7 +64,6 @@ class Agent(threading.Thread):
         self.pin = ""
         self.connected_since: float | None = None
         self.redis_run_id: str | None = None
-        self._wanted: str | None = None
         self._suspects: dict[str, str] = {}
         self._fetch_seen: list[str] = []
         self._next_reconcile = 0.0
