@@ -51,7 +51,7 @@ ACCESS: dict[str, tuple[str, str, str] | None] = {
     "jobs": (RW, RW, R), "sessions": (RW, RW, R), "deadlines": (RW, RW, R),
     "waiting": (RW, RW, R), "counts": (RW, RW, R),
     "worker": (RW, RW, R), "worker_pin": (RW, RW, R), "worker_running": (RW, RW, R),
-    "worker_fetch": (NONE, RW, R), "rescue_cursor": (NONE, RW, NONE),
+    "worker_fetch": (NONE, RW, R), "worker_stalled": (NONE, RW, R), "rescue_cursor": (NONE, RW, NONE),
     "workers": (R, RW, R), "config": (R, RW, R), "epoch": (NONE, RW, R),
     "histogram": (NONE, RW, R), "dead": (NONE, RW, R), "monitor": (NONE, R, RW),
     "default_queue": (NONE, RW, R), "mailbox_queue": (NONE, RW, NONE),

@@ -89,11 +89,12 @@ class RuntimeJobV2(BasePrimitiveJob):
         timeout = None if timeout is None else float(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         fields = ("status", "result", "error_code", "error")
+        latched: list = []
         if self._queued and (timeout is None or timeout > 0):
             # run() just queued it: it exists and has not ended, so skip the read that would
             # say so and wait at once (the wait reads the record in its own round trip)
             rec = self._store.wait_job(self._job_id, 5.0 if timeout is None else min(timeout, 5.0),
-                                       *fields)
+                                       *fields, latched=latched)
         else:
             rec = self._store.job(self._job_id, *fields)
         self._queued = False
@@ -101,6 +102,15 @@ class RuntimeJobV2(BasePrimitiveJob):
             status = rec.get("status")
             if status is None:
                 raise JobNotFoundError(f"job {self._job_id!r} does not exist (or its record expired)")
+            if (status in FINAL_JOB_STATUSES and self._store.replication.want
+                    and not (latched and latched[-1])):
+                # replicated writes: a worker wakes waiters only once a replica holds the
+                # result (FINISH, WAIT, NOTIFY); a final status read before that could be
+                # lost by a failover, so wait for the announcement (bounded by the WAIT's)
+                latched.append(True)
+                rec = self._store.wait_job(
+                    self._job_id, self._store.settings.wait_timeout_ms / 1000 + 1.0, *fields) or rec
+                continue
             if status == "DONE":
                 result = codec.decode_result(rec["result"])
                 self._result = self._transform(result) if self._transform else result
@@ -111,7 +121,8 @@ class RuntimeJobV2(BasePrimitiveJob):
             if left is not None and left <= 0:
                 raise JobTimeoutError(f"job {self._job_id} is still {status} after {timeout} s")
             # wait on the job's latch and re-read in the same round trip; re-check every 5 s
-            rec = self._store.wait_job(self._job_id, 5.0 if left is None else min(left, 5.0), *fields)
+            rec = self._store.wait_job(self._job_id, 5.0 if left is None else min(left, 5.0), *fields,
+                                       latched=latched)
 
     def cancel(self) -> bool:
         """Cancel a queued job (it never runs). A running job finishes: returns False."""

@@ -24,6 +24,8 @@ and one tenant's names never start with another's; see ``config.KEY_PREFIX``)::
     P:monitor            string alive while a monitor (``session-broker flower``) is open: task events on
     P:w:<node>:pin       string the session pinned to the worker (no expiry: survives restarts)
     P:w:<node>:run       set    job ids the worker is running
+    P:w:<node>:stalled   string pid of this node's executor that left its pin unserved (WORKER_TICK):
+                                the node takes no session until another executor is ready
     P:w:<node>:fetch     list   messages the worker's consumer has taken off a queue and not yet
                                 handed to kombu's ``unacked`` hash (reliable fetch, transport.py):
                                 empty but for an instant; a dead worker's is given back by the reaper
@@ -126,6 +128,9 @@ class Keys:
 
     def worker_running(self, node: str) -> str:
         return f"{self.prefix}:w:{node}:run"
+
+    def worker_stalled(self, node: str) -> str:
+        return f"{self.prefix}:w:{node}:stalled"
 
     def worker_fetch(self, node: str) -> str:
         return f"{self.prefix}:w:{node}:fetch"
@@ -313,13 +318,15 @@ local function release_pin(sid)
   end
 end
 
-local function finish_job_record(jid, status, code, message, ttl)
+-- quiet: do not wake the waiters yet (FINISH when the caller WAITs for a replica first and
+-- then runs NOTIFY: a result is delivered only once a replica holds it)
+local function finish_job_record(jid, status, code, message, ttl, quiet)
   local j = jk(jid)
   redis.call('HSET', j, 'status', status, 'finished', NOW, 'error_code', code, 'error', message)
   redis.call('HDEL', j, 'payload', 'message')
   redis.call('HINCRBY', P .. ':counts', status, 1)
   redis.call('EXPIRE', j, ttl)
-  notify(jid, ttl)
+  if not quiet then notify(jid, ttl) end
 end
 
 -- Every still-queued job of the session ends with status/code/message.
@@ -494,6 +501,7 @@ local function job_lost(jid, node, max_attempts, code, message)
   if sid ~= '' then
     local s = sk(sid)
     redis.call('HINCRBY', s, 'running', -1)
+    redis.call('HSET', s, 'served_at', NOW)  -- its executor restarts: the liveness bound starts again
     if retry then
       redis.call('HINCRBY', s, 'queued', 1)
       if get(s, 'state') == 'closed' then
@@ -655,7 +663,7 @@ if sid ~= '' then
   if last and num(s, 'running') == 0 then observe('session_idle', NOW - last) end
   redis.call('HINCRBY', s, 'queued', -1)
   redis.call('HINCRBY', s, 'running', 1)
-  redis.call('HSET', s, 'last_job_started', NOW)
+  redis.call('HSET', s, 'last_job_started', NOW, 'served_at', NOW)
   redis.call('DEL', tk(sid, 'idle'))
   local state = get(s, 'state')
   if get(s, 'started_at') == '' then
@@ -671,7 +679,9 @@ return {'run', redis.call('HGET', j, 'payload') or '', claim, sid, epoch}
 # The job's message is acknowledged here too (ARGV[9], its delivery tag: kombu's unacked
 # entry goes), whatever the outcome: its work is over, the record says what came of it. The
 # executor then skips kombu's own ack round trip (transport.QoS.ack).
-# ARGV: P, jid, claim, status, result, error_code, error, usage, delivery tag ('' = none)
+# ARGV[10] = '1': leave the waiters asleep; the caller sends WAIT then NOTIFY in the same
+# pipeline, so a producer is woken only once a replica holds the result.
+# ARGV: P, jid, claim, status, result, error_code, error, usage, delivery tag ('' = none), quiet
 FINISH = PRELUDE + r"""
 local jid, claim = ARGV[2], ARGV[3]
 local j = jk(jid)
@@ -681,14 +691,14 @@ local node = get(j, 'worker')
 redis.call('SREM', P .. ':w:' .. node .. ':run', jid)
 redis.call('HSET', j, 'result', ARGV[5], 'usage', ARGV[8])
 observe('execution', NOW - num(j, 'running'))
-finish_job_record(jid, ARGV[4], ARGV[6], ARGV[7], num(j, 'ttl'))
+finish_job_record(jid, ARGV[4], ARGV[6], ARGV[7], num(j, 'ttl'), ARGV[10] == '1')
 local sid = get(j, 'session')
 if sid ~= '' then
   local s = sk(sid)
   redis.call('HINCRBY', s, 'running', -1)
   redis.call('HINCRBY', s, ARGV[4] == 'DONE' and 'done' or 'failed', 1)
   redis.call('HINCRBYFLOAT', s, 'usage', tonumber(ARGV[8]) or 0)
-  redis.call('HSET', s, 'last_job_completed', NOW)
+  redis.call('HSET', s, 'last_job_completed', NOW, 'served_at', NOW)
   on_idle(sid)
 end
 return 'ok'
@@ -717,6 +727,16 @@ if tag ~= '' then
   if carried and not (carried == jid and outcome == 'requeued') then give_back(carried) end
 end
 return outcome
+"""
+
+# Wake the waiters of an ended job (after FINISH with quiet = '1' and a WAIT).
+# ARGV: P, jid -> 1, or 0 when the job is not final (a stale finish)
+NOTIFY = PRELUDE + r"""
+local j = jk(ARGV[2])
+local status = get(j, 'status')
+if status ~= 'DONE' and status ~= 'ERROR' and status ~= 'CANCELLED' then return 0 end
+notify(ARGV[2], num(j, 'ttl'))
+return 1
 """
 
 # ARGV: P, jid  -> 'cancelled' | 'running' | 'not_found' | <final status>
@@ -793,11 +813,22 @@ return #due
 # It also puts the operator's settings back into P:config when they are missing (Redis came
 # back empty): otherwise new sessions would silently get the clients' defaults.
 # A worker whose consumer is not started yet (ARGV[14] = '0') beats but takes no session.
+#
+# Liveness: a pin must be *served*, not just held by a worker that beats. A session pinned
+# here that has jobs queued, none running, and no pin, claim, finish or requeue for ARGV[16]
+# seconds (``served_at``) is unserved, whatever the cause (a frozen executor, one whose Redis
+# connection is dead, one consuming the wrong queue): it goes back to the front of its
+# backend's line, the messages on this node's fetch list are given back, and the executor
+# that held it (ARGV[15], its pid; '' while none is ready) is marked stalled (P:w:<node>:stalled)
+# so that this node takes no session until a different executor is ready. The caller
+# replaces the stalled executor. Counted in P:counts ``unserved_pins``.
 # ARGV: P, node, backend, ttl_ms, host, pid, started, concurrency, device,
-#       max_time, interactive_timeout, open_session_timeout, result_ttl, may_take_session
-# Returns {pin_sid_or_empty, epoch}
+#       max_time, interactive_timeout, open_session_timeout, result_ttl, may_take_session,
+#       executor, unserved_after
+# Returns {pin_sid_or_empty, epoch, stalled executor to replace or '', session released or ''}
 WORKER_TICK = PRELUDE + r"""
 local node, backend = ARGV[2], ARGV[3]
+local executor, unserved_after = ARGV[15] or '', tonumber(ARGV[16] or '')
 if ARGV[10] and redis.call('EXISTS', P .. ':config') == 0 then
   redis.call('HSET', P .. ':config', 'max_time', ARGV[10], 'interactive_timeout', ARGV[11],
     'open_session_timeout', ARGV[12], 'result_ttl', ARGV[13])
@@ -816,7 +847,33 @@ if pin ~= '' then
     pin = ''
   end
 end
-if pin == '' and ARGV[14] ~= '0' and redis.call('SCARD', w .. ':run') == 0 then
+local stalled_key = w .. ':stalled'
+local stalled = redis.call('GET', stalled_key) or ''
+local released = ''
+if pin ~= '' and unserved_after then
+  local s = sk(pin)
+  local served = math.max(num(s, 'served_at'), num(s, 'pinned_at'))
+  if num(s, 'queued') > 0 and num(s, 'running') == 0 and redis.call('SCARD', w .. ':run') == 0
+     and NOW - served > unserved_after then
+    redis.call('HSET', s, 'worker', '', 'lost_worker', node, 'unserved_at', NOW)
+    redis.call('DEL', pin_key)
+    want_worker(pin, true)
+    give_back_fetched(node, nil)
+    redis.call('HINCRBY', P .. ':counts', 'unserved_pins', 1)
+    if executor ~= '' then
+      stalled = executor
+      redis.call('SET', stalled_key, executor, 'EX', num(s, 'ttl') > 0 and num(s, 'ttl') or 86400)
+    end
+    released, pin = pin, ''
+  end
+end
+if stalled ~= '' and stalled ~= executor and executor ~= '' then
+  -- a different executor is ready: the stalled one was replaced
+  redis.call('DEL', stalled_key)
+  stalled = ''
+end
+if stalled == executor then stalled = executor else stalled = '' end
+if pin == '' and ARGV[14] ~= '0' and stalled == '' and redis.call('SCARD', w .. ':run') == 0 then
   local line = P .. ':wait:' .. backend
   while true do
     local sid = redis.call('LPOP', line)
@@ -827,7 +884,7 @@ if pin == '' and ARGV[14] ~= '0' and redis.call('SCARD', w .. ':run') == 0 then
     if state ~= '' and state ~= 'closed' and get(s, 'worker') == ''
        and num(s, 'queued') + num(s, 'running') > 0 then
       local epoch = redis.call('INCR', P .. ':epoch')
-      redis.call('HSET', s, 'worker', node, 'epoch', epoch, 'pinned_at', NOW)
+      redis.call('HSET', s, 'worker', node, 'epoch', epoch, 'pinned_at', NOW, 'served_at', NOW)
       redis.call('SET', pin_key, sid)
       if state == 'inactive' then redis.call('HSET', s, 'state', 'active') end
       pin = sid
@@ -838,7 +895,7 @@ end
 redis.call('HSET', w, 'pin', pin)
 local epoch = ''
 if pin ~= '' then epoch = get(sk(pin), 'epoch') end
-return {pin, epoch}
+return {pin, epoch, stalled, released}
 """
 
 # A worker whose registry entry expired is dead: requeue what it ran, free its session.
@@ -864,7 +921,7 @@ if ARGV[4] ~= '1' then
     redis.call('DEL', w .. ':pin')
   end
   redis.call('HDEL', P .. ':workers', node)
-  redis.call('DEL', w)
+  redis.call('DEL', w, w .. ':stalled')
 end
 return requeued
 """

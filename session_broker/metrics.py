@@ -218,6 +218,13 @@ class BrokerCollector:
             "jobs_total": CounterMetricFamily(
                 "session_broker_jobs", "Jobs submitted, and jobs ended by final status",
                 labels=["status"]),
+            "unserved_pins": CounterMetricFamily(
+                "session_broker_unserved_pins",
+                "Pins taken from a worker that left its session's queued jobs unclaimed past "
+                "SESSION_BROKER_UNSERVED_PIN_TIMEOUT (its executor is replaced)"),
+            "replication_degraded": CounterMetricFamily(
+                "session_broker_replication_degraded",
+                "Times a process found no replica connected and stopped waiting for one (WAIT)"),
             "jobs": GaugeMetricFamily(
                 "session_broker_jobs_current", "Jobs QUEUED and RUNNING now", labels=["status"]),
             "workers": GaugeMetricFamily(
@@ -240,6 +247,8 @@ class BrokerCollector:
             fams["session_queue"].add_metric([sid, backend], n)
         for status in ("submitted", "DONE", "ERROR", "CANCELLED"):
             fams["jobs_total"].add_metric([status], snap.totals.get(status, 0.0))
+        fams["unserved_pins"].add_metric([], snap.totals.get("unserved_pins", 0.0))
+        fams["replication_degraded"].add_metric([], snap.totals.get("replication_degraded", 0.0))
         fams["jobs"].add_metric(["QUEUED"], snap.queued)
         fams["jobs"].add_metric(["RUNNING"], snap.running)
         for labels, n in sorted(snap.workers.items()):

@@ -22,6 +22,7 @@ import json
 import logging
 import socket
 import ssl
+import time
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -152,6 +153,66 @@ EVICTION_HELP = ("an eviction policy drops our keys when Redis is full: results 
                  "(Redis then refuses new jobs when full, with BrokerOutOfMemoryError)")
 
 
+class Replication:
+    """How many replicas a write waits for now: ``settings.replicas_wanted``, but never more
+    than are connected. Waiting for a replica that is not there would stall every submit and
+    result for ``wait_timeout_ms`` (after a failover that left no replica: 40 jobs took 42 to
+    78 s). So when a WAIT comes back short, ``INFO replication`` says how many replicas are
+    connected; with none, this process is *degraded*: it warns once, counts it in
+    ``P:counts`` (``replication_degraded``), writes without waiting, and looks again at most
+    once a second, waiting again as soon as a replica is back."""
+
+    RECHECK = 1.0  # s between looks at INFO while degraded
+
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.client, self.settings = client, settings
+        self.want = settings.replicas_wanted
+        self.connected: int | None = None  # replicas seen connected at the last look (None: not looked)
+        self.next_look = 0.0
+
+    def wanted(self) -> int:
+        if not self.want:
+            return 0
+        if self.connected == 0:
+            if time.monotonic() < self.next_look:
+                return 0
+            self.look()
+        return min(self.want, self.connected) if self.connected is not None else self.want
+
+    def acked(self, acked: int, want: int) -> None:
+        if acked is not None and int(acked) < want:
+            self.look()
+
+    def look(self) -> None:
+        self.next_look = time.monotonic() + self.RECHECK
+        was = self.connected
+        try:
+            self.connected = int(self.client.info("replication").get("connected_slaves", 0))
+        except redis.RedisError:
+            return
+        if self.connected == 0 and was != 0:
+            log.warning("no Redis replica is connected: writes no longer wait for one "
+                        "(SESSION_BROKER_WAIT_REPLICAS=%d); a failover now can lose the last "
+                        "jobs and results; bring a replica back", self.want)
+            try:
+                prefix = self.settings.key_prefix
+                self.client.hincrby(K.Keys(prefix).counts, "replication_degraded", 1)
+            except redis.RedisError:
+                pass
+        elif self.connected and was == 0:
+            log.warning("a Redis replica is connected again: writes wait for it again")
+
+
+@dataclass
+class WorkerTick:
+    """What one heartbeat found: the pin (session id or ''), its epoch, the executor (pid)
+    that left a pin unserved and must be replaced (or ''), the session it released (or '')."""
+    pin: str
+    epoch: str
+    stalled: str = ""
+    released: str = ""
+
+
 @dataclass
 class Submitted:
     job_id: str
@@ -183,6 +244,8 @@ class Store:
         self._rescue = reg(K.RESCUE_UNACKED)
         self._reconcile = reg(K.RECONCILE_WORKER)
         self._update_tags = reg(K.UPDATE_TAGS)
+        self._notify = reg(K.NOTIFY)
+        self.replication = Replication(self.redis, self.settings)
 
     @property
     def p(self) -> str:
@@ -337,19 +400,25 @@ class Store:
         """RUNNING -> DONE/ERROR, fenced by the claim token; may close or idle the session.
         ``ack``: the delivery tag of the job's message, acknowledged in the same script."""
         return self._replicated(self._finish, [self.p, job_id, claim, status, result, error_code,
-                                               error, f"{usage:.6f}", ack or ""])
+                                               error, f"{usage:.6f}", ack or ""], notify=job_id)
 
-    def _replicated(self, script, args: list):
-        """Run ``script``, then Redis ``WAIT`` on the same connection (one pipeline) until
-        ``wait_replicas`` replicas hold the write or ``wait_timeout_ms`` passes. With Sentinel,
-        an acknowledged submit or result then survives the master's death: the replica that
-        Sentinel promotes (the most up to date) has it."""
-        if not self.settings.wait_replicas:
-            return script(args=args)
+    def _replicated(self, script, args: list, notify: str | None = None):
+        """Run ``script``, then Redis ``WAIT`` on the same connection (one pipeline) until the
+        wanted replicas hold the write or ``wait_timeout_ms`` passes. With Sentinel, an
+        acknowledged submit or result then survives the master's death: the replica that
+        Sentinel promotes (the most up to date) has it. ``notify``: a job whose waiters the
+        script left asleep (FINISH's quiet flag); NOTIFY wakes them after the WAIT, in the
+        same pipeline (Redis runs a connection's commands in order, WAIT blocking it)."""
+        want = self.replication.wanted()
+        if not want:
+            return script(args=[*args, ""] if notify else args)
         pipe = self.redis.pipeline(transaction=False)
-        script(args=args, client=pipe)
-        pipe.wait(self.settings.wait_replicas, self.settings.wait_timeout_ms)
-        result, _ = pipe.execute()
+        script(args=[*args, "1"] if notify else args, client=pipe)
+        pipe.wait(want, self.settings.wait_timeout_ms)
+        if notify:
+            self._notify(args=[self.p, notify], client=pipe)
+        result, acked, *_ = pipe.execute()
+        self.replication.acked(acked, want)
         return result
 
     def job_lost(self, job_id: str, node: str, code: str, message: str) -> str:
@@ -420,7 +489,8 @@ class Store:
     def session_job_ids(self, sid: str) -> list[str]:
         return self.redis.lrange(self.keys.session_jobs(sid), 0, -1)
 
-    def wait_job(self, job_id: str, timeout: float, *fields: str) -> dict[str, str]:
+    def wait_job(self, job_id: str, timeout: float, *fields: str,
+                 latched: list | None = None) -> dict[str, str]:
         """Block until the job ended (or ``timeout``), then read ``fields``: one round trip.
 
         The latch list holds one token from the moment the job ends; BRPOPLPUSH onto the
@@ -441,7 +511,9 @@ class Store:
             pipe = self.redis.pipeline(transaction=False)
             pipe.brpoplpush(key, key, timeout=block)
             pipe.hmget(self.keys.job(job_id), fields)
-            _, values = pipe.execute()
+            token, values = pipe.execute()
+        if latched is not None:  # the caller asks whether the job's end was announced
+            latched.append(token is not None)
         if all(v is None for v in values):
             raise JobNotFoundError(
                 f"job {job_id}'s record is gone while it was being waited for: it expired, or "
@@ -459,15 +531,20 @@ class Store:
 
     # ---------------------------------------------------------------- workers
     def worker_tick(self, node: str, backend: str, pid: int, started: float,
-                    concurrency: int, device: str, consuming: bool = True) -> tuple[str, str]:
+                    concurrency: int, device: str, consuming: bool = True,
+                    executor: str = "") -> WorkerTick:
         """Heartbeat + pin follow-up + take the next waiting session when free (and
-        ``consuming``: a worker still starting its consumer beats but takes no session)."""
+        ``consuming``: a worker still starting its consumer beats but takes no session).
+
+        ``executor`` names the ready executor (its pid): a pin it leaves unserved for
+        ``unserved_pin_timeout`` is taken from this node and that executor reported stalled
+        (see ``keys.WORKER_TICK``)."""
         s = self.settings
-        pin, epoch = self._worker_tick(args=[
+        pin, epoch, stalled, released = self._worker_tick(args=[
             self.p, node, backend, int(s.heartbeat_ttl * 1000), hostname(), pid, started,
             concurrency, device, *(getattr(s, f) for f in self.SYSTEM_FIELDS),
-            "1" if consuming else "0"])
-        return pin, epoch
+            "1" if consuming else "0", executor, s.unserved_pin_timeout])
+        return WorkerTick(pin, epoch, stalled, released)
 
     def keep_alive(self, node: str) -> bool:
         """Refresh only the registry entry's expiry. For a Redis that refuses writes (out of

@@ -158,6 +158,11 @@ def _ready(sender=None, **_):
     if _link is None:
         return
     consumer = sender
+    node = os.environ.get("SESSION_BROKER_WORKER_NODE", "")
+    if consumer.hostname != node:
+        # the claim compares Celery's node name with the registry's: they must be one name
+        log.critical("executor's Celery node %r is not its registered node %r", consumer.hostname, node)
+        os._exit(3)
     from tasks.primitives import store
 
     _events = Events(consumer, store(), os.environ.get("SESSION_BROKER_TASK_EVENTS") == "always")

@@ -32,7 +32,6 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -54,6 +53,27 @@ BOOT_FAILURES = 5
 RESEND_AFTER = 2.0   # s: ask an executor again to switch queues if it has not said it did
 
 
+def node_name(name: str) -> str:
+    """``--name`` as Celery's own ``celery worker -n`` expands it (``%h`` host, ``%n`` its
+    first label, ``%d`` the domain; a name without ``@`` is a host, as in Celery). Done once,
+    here, so the registry, the pin, the queues and the executor's Celery node are one name."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    from session_broker.errors import ConfigurationError
+
+    try:
+        node = host_format(default_nodename(name))
+    except ValueError:   # Celery's "Unknown format %z in string ..."
+        node = name
+    local, _, host = node.partition("@")
+    if "%" in node or not local or not host:
+        raise ConfigurationError(
+            f"worker name {name!r} expands to {node!r}, which is not a node name: write NAME@HOST, "
+            "where Celery's %h (host name), %n (its first label) and %d (domain) are expanded; "
+            "no other '%' may remain")
+    return node
+
+
 class Slot:
     """One node: its executor process and what the supervisor knows of it. The agent reads it
     as its ``link`` (``ready``, ``held_job_ids``, ``follow``)."""
@@ -70,11 +90,28 @@ class Slot:
         self.asked, self.asked_at = "", 0.0   # the last queue asked for, and when
         self.job: tuple[str, str, float | None, float] | None = None  # (id, delivery tag, deadline, limit)
         self.overran: tuple[str, float] | None = None           # (job id, its limit) killed for time
+        self.replaced = ""        # why the agent had this executor killed (an unserved pin)
         self.boot_failures = 0
         self.restart_at: float | None = None
         self.lock = threading.Lock()
 
     # ---- the agent's side
+    def executor_id(self) -> str:
+        """The ready executor's pid ('' while none is ready): what a stalled mark names."""
+        proc = self.proc
+        return str(proc.pid) if self.ready and proc is not None else ""
+
+    def replace(self, executor: str, why: str) -> bool:
+        """Kill executor ``executor`` (a pid) if it is still this node's; the supervisor's loop
+        sees it exit, settles what it held and starts another. True if it was killed."""
+        with self.lock:
+            proc = self.proc
+            if proc is None or str(proc.pid) != executor or proc.poll() is not None:
+                return False
+            self.replaced = why
+            proc.kill()   # SIGKILL works on a frozen (SIGSTOPped) process too
+            return True
+
     def held_job_ids(self) -> list[str]:
         job = self.job
         return [job[0]] if job and job[0] != "-" else []
@@ -99,7 +136,7 @@ class Supervisor:
     def __init__(self, backend: str, *, concurrency: int = 1, name: str | None = None,
                  device: str = "CPU", loglevel: str = "WARNING"):
         self.backend, self.device, self.loglevel = backend, device, loglevel
-        base = name or f"{backend}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+        base = node_name(name or f"{backend}-{uuid.uuid4().hex[:6]}@%h")
         if concurrency == 1:
             nodes = [base]
         else:
@@ -278,7 +315,8 @@ class Supervisor:
     def exited(self, slot: Slot) -> None:
         """The executor ended: settle its job, give back what it had fetched, start another."""
         code = slot.proc.returncode
-        job, overran, was_ready = slot.job, slot.overran, slot.ready
+        job, overran, was_ready, replaced = slot.job, slot.overran, slot.ready, slot.replaced
+        slot.replaced = ""
         if slot.command_fd is not None:
             os.close(slot.command_fd)
         slot.proc, slot.command_fd, slot.job, slot.overran = None, None, None, None
@@ -286,7 +324,7 @@ class Supervisor:
             slot.ready, slot.consuming = False, ""
         if self.stopping:
             return
-        how = _describe(code)
+        how = f"was replaced ({replaced})" if replaced else _describe(code)
         jid = job[0] if job and job[0] != "-" else None
         tag = job[1] if job and job[1] != "-" else None
         if overran:
@@ -301,7 +339,7 @@ class Supervisor:
                         slot.node, how, jid, outcome)
         else:
             log.warning("%s: executor %s; starting another", slot.node, how)
-        if was_ready:
+        if was_ready or replaced:
             slot.restart_at = time.monotonic()
             return
         slot.boot_failures += 1

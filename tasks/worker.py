@@ -85,10 +85,14 @@ class Agent(threading.Thread):
                     booted = True
                 began = time.monotonic()
                 try:
-                    self.pin, _epoch = self.store.worker_tick(
+                    beat = self.store.worker_tick(
                         self.node, self.backend, os.getpid(), self.started_at,
-                        self.concurrency, self.device, consuming=self.link.ready)
+                        self.concurrency, self.device, consuming=self.link.ready,
+                        executor=self.link.executor_id())
+                    self.pin = beat.pin
                     self._oom_warned = False
+                    if beat.released or beat.stalled:
+                        self.unserved(beat.released, beat.stalled)
                 except redis.ResponseError as exc:
                     if not is_out_of_memory(exc):
                         raise
@@ -121,6 +125,17 @@ class Agent(threading.Thread):
             except Exception:  # never let the agent die: the worker would lose its pin
                 log.exception("agent tick failed")
             self.stopping.wait(self.settings.tick)
+
+    def unserved(self, released: str, stalled: str) -> None:
+        """Our pin went unserved past the bound (``keys.WORKER_TICK``): the session went back
+        to the front of the line; replace the executor that held it."""
+        if released:
+            log.warning("%s: session %s had jobs queued and none claimed here for %g s: it goes "
+                        "to the next free worker (liveness bound SESSION_BROKER_UNSERVED_PIN_TIMEOUT)",
+                        self.node, released, self.settings.unserved_pin_timeout)
+        if stalled and self.link.replace(stalled, "it left its session's jobs unclaimed"):
+            log.warning("%s: replacing executor pid %s: it left its pinned session's jobs "
+                        "unclaimed for %g s", self.node, stalled, self.settings.unserved_pin_timeout)
 
     def sweep(self) -> None:
         """Reap dead workers and apply due timers. Only after we have been connected for a

@@ -17,6 +17,7 @@ import pytest
 from session_broker.config import load_settings
 from session_broker.embedded import Stack, wait_for
 from session_broker.state import Store
+from tasks.supervisor import node_name
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
@@ -52,10 +53,11 @@ class Cluster:
                      concurrency: int = 1, env: dict | None = None, wait: bool = True):
         import uuid
 
-        name = name or f"{backend}-{uuid.uuid4().hex[:6]}@test"
+        # named as Celery's docs name workers (NAME@%h): the worker expands it, as Celery does
+        name = name or f"{backend}-{uuid.uuid4().hex[:6]}@%h"
         child = self.stack.start_worker(backend, self.url, name=name, concurrency=concurrency,
                                         env={**self.env, **(env or {})})
-        child.node = name
+        child.node = name = node_name(name)
         self.workers[name] = child
         if wait:
             self.wait_registered(name)

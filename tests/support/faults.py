@@ -247,7 +247,9 @@ def start_logged_worker(c, name: str, *, backend: str = BACKEND, env: dict | Non
             "--concurrency", "1", "--name", name, "--loglevel", loglevel]
     child = c.stack.spawn(f"worker-{name}", [*(argv_prefix or []), *argv],
                           {**c.env, **(env or {}), "SESSION_BROKER_URL": url or c.url})
-    child.node = name
+    from tasks.supervisor import node_name
+
+    child.node = name = node_name(name)
     c.workers[name] = child
     c.wait_registered(name)
     return child
