@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
-from redis.sentinel import Sentinel
+from redis.connection import SSLConnection
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 SCHEMES = ("sentinel", "sentinels")
 
@@ -80,6 +81,25 @@ def parse(url: str) -> SentinelURL:
                        scheme == "sentinels", ssl)
 
 
+class _MasterConnection(SentinelManagedConnection):
+    """redis-py 8.1's connection to a Sentinel-managed master, asking the Sentinels for the
+    master on *every* reconnect. redis-py sends commands through ``connect_check_health``,
+    which reconnects to the address the connection had, not through the ``connect`` that
+    asks the Sentinels: after a failover every retry went to the dead master until the
+    retries ran out (a producer's ``run()`` failed although the replica was promoted)."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True):
+        if self._sock is None and retry_socket_connect:
+            # connect_to() comes back here with retry_socket_connect=False
+            return self.retry.call_with_retry(self._connect_retry, lambda error: None)
+        return super().connect_check_health(check_health=check_health,
+                                            retry_socket_connect=retry_socket_connect)
+
+
+class _MasterSSLConnection(_MasterConnection, SSLConnection):
+    pass
+
+
 def client(url: str, tls_kwargs: dict, **kwargs) -> redis.Redis:
     """A redis-py client bound to the current master (``kwargs`` as for ``redis.Redis``)."""
     parsed = parse(url)
@@ -92,7 +112,8 @@ def client(url: str, tls_kwargs: dict, **kwargs) -> redis.Redis:
         sentinel_kwargs.update(ssl=True, **tls_kwargs)
     manager = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
     return manager.master_for(parsed.master, db=parsed.db, username=parsed.username,
-                              password=parsed.password)
+                              password=parsed.password,
+                              connection_class=_MasterSSLConnection if parsed.tls else _MasterConnection)
 
 
 def kombu_url(url: str) -> str:
