@@ -1,5 +1,6 @@
-"""Chaos: random workers SIGKILLed (or frozen with SIGSTOP, then killed) and replaced while
-sessions and loose jobs run. Nothing may be lost, run to completion twice or run on two
+"""Chaos: random workers SIGKILLed (or frozen with SIGSTOP, then killed) and replaced, or
+their executor alone frozen for a while (the supervisor beating on), while sessions and
+loose jobs run. Nothing may be lost, run to completion twice or run on two
 workers at once, the counters must balance, and no key may be left without an expiry.
 
 Bounded in time and count, and seeded: the seed is printed, and ``SB_CHAOS_SEED=<seed>``
@@ -17,6 +18,7 @@ import signal
 import threading
 import time
 
+import psutil
 import pytest
 
 from session_broker import SamplerV2, Session
@@ -57,6 +59,14 @@ def where_is(c, jid: str) -> str:
     return f"job {jid}: {rec}; message in: {places or 'nowhere'}; workers: {r.hgetall(c.store.keys.workers)}"
 
 
+def _thaw(procs) -> None:
+    for p in procs:
+        try:
+            p.resume()
+        except psutil.Error:   # replaced (killed) meanwhile
+            pass
+
+
 def allowed_without_expiry(key: str, p: str, live: set[str]) -> bool:
     """Keys that live as long as the deployment: global indexes and counters, kombu's and
     Celery's own (named by keys.Keys), and the registry of workers that are alive.
@@ -82,8 +92,9 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
     n_sessions = max(3, round(SECONDS / 6))
     per_session, n_loose = 30, round(5 * SECONDS)
     c = fresh(env={"SESSION_BROKER_MAX_ATTEMPTS": "100",  # kills are not poison: retry them all
-                   "SESSION_BROKER_INTERACTIVE_TIMEOUT": "2"})  # sessions idle, leave, come back
-    live = [c.start_worker(BACKEND, name=f"chaos-{i}@test") for i in range(WORKERS)]
+                   "SESSION_BROKER_INTERACTIVE_TIMEOUT": "2",  # sessions idle, leave, come back
+                   "SESSION_BROKER_UNSERVED_PIN_TIMEOUT": "3"})  # frozen executors: the liveness bound
+    live = [c.start_worker(BACKEND, name=f"chaos-{i}@%h") for i in range(WORKERS)]
     born = WORKERS
     bell = bell_circuit()
     ghz = ghz_circuit(12)  # every 4th job: longer, so kills also land mid-job
@@ -131,7 +142,9 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
     for t in threads:
         t.start()
 
-    kills = {"SIGKILL": 0, "SIGSTOP then SIGKILL": 0, "SIGKILL right after a submit": 0}
+    kills = {"SIGKILL": 0, "SIGSTOP then SIGKILL": 0, "SIGKILL right after a submit": 0,
+             "executor frozen": 0}
+    frozen: list[psutil.Process] = []
     loose = SamplerV2(mode=svc.backend(BACKEND))
     while time.monotonic() < t_end:
         time.sleep(rng.uniform(2.0, 4.0))
@@ -139,7 +152,18 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
         if not victims:
             continue
         victim = rng.choice(victims)
-        kind = rng.choices(list(kills), weights=[0.5, 0.3, 0.2])[0]
+        kind = rng.choices(list(kills), weights=[0.4, 0.25, 0.15, 0.2])[0]
+        if kind == "executor frozen":
+            # a hung C++ call or a dead connection in the executor only: the supervisor keeps
+            # beating, so only the liveness check can free what it holds. Mid-job, the frozen
+            # job would wait for a max_execution_time it does not have: thaw it after a while
+            kids = psutil.Process(victim.proc.pid).children(recursive=False)
+            if kids:
+                kids[0].suspend()
+                frozen.append(kids[0])
+                kills[kind] += 1
+            threading.Timer(rng.uniform(2.0, 8.0), _thaw, args=(kids[:1],)).start()
+            continue
         if kind == "SIGSTOP then SIGKILL":  # a hung host, found dead later
             signal_group(victim, signal.SIGSTOP)
             # jobs keep arriving: an idle frozen worker's pending fetch takes one of them
@@ -158,7 +182,8 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
         kills[kind] += 1
         live.remove(victim)
         born += 1
-        live.append(c.start_worker(BACKEND, name=f"chaos-{born - 1}@test", wait=False))
+        live.append(c.start_worker(BACKEND, name=f"chaos-{born - 1}@%h", wait=False))
+    _thaw(frozen)   # a worker must not be left with a frozen executor for the checks below
     for t in threads:
         t.join(SECONDS + 120)
     assert not errors, f"producers failed: {errors[:3]}"
