@@ -10,6 +10,7 @@ deadline (``wait_for``), never a bare sleep.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from session_broker.config import load_settings
 from session_broker.embedded import Stack, wait_for
 from session_broker.state import Store
 from tasks.supervisor import node_name
+
+HOST = socket.gethostname()   # what Celery's %h expands to: the node names tests compare with
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
@@ -158,7 +161,7 @@ def bell():
     return bell_circuit()
 
 
-__all__ = ["ARTIFACTS", "Cluster", "FAST", "make_cluster", "wait_for"]
+__all__ = ["ARTIFACTS", "Cluster", "FAST", "HOST", "make_cluster", "node_name", "wait_for"]
 
 
 from tests.support.circuits import binding_seconds, slow_pub  # noqa: E402, F401 - re-exported for the test modules

@@ -17,7 +17,7 @@ import pytest
 
 from session_broker import SamplerV2, EstimatorV2, Session
 from session_broker.embedded import wait_for
-from tests.conftest import make_cluster
+from tests.conftest import HOST, make_cluster
 from tests.support.faults import SlowEstimatorJob, bell_circuit, read_until_ready
 
 BACKEND = "ibmq_qasm_simulator"
@@ -214,7 +214,7 @@ def test_tls_sentinel_stack_with_a_password_follows_a_failover(stack, tmp_path):
                              "ca": str(pki["ca.pem"])})
     assert ha.url.startswith("sentinels://")
     c = make_cluster(stack, ha.url)
-    c.start_worker(BACKEND, name="tls-ha-worker@test")
+    c.start_worker(BACKEND, name="tls-ha-worker@%h")
     service = c.service
     assert SamplerV2(mode=BACKEND).run([bell_circuit()], shots=10).result(timeout=120)
     old = ha.master_address()
@@ -223,4 +223,4 @@ def test_tls_sentinel_stack_with_a_password_follows_a_failover(stack, tmp_path):
     with Session(backend=BACKEND, service=service) as session:
         result = SamplerV2(mode=session).run([bell_circuit()], shots=10).result(timeout=180)
     assert result[0].data.meas.num_shots == 10
-    assert c.store.job(service.jobs(limit=1)[0].job_id(), "worker")["worker"] == "tls-ha-worker@test"
+    assert c.store.job(service.jobs(limit=1)[0].job_id(), "worker")["worker"] == f"tls-ha-worker@{HOST}"

@@ -34,7 +34,7 @@ def session_of(c: Cluster, sid: str) -> dict:
 @pytest.mark.timeout(600)
 def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh, hold):
     c = fresh()
-    a = c.start_worker(BACKEND, name="kill-a@test", concurrency=1)
+    a = c.start_worker(BACKEND, name="kill-a@%h", concurrency=1)
     bell = bell_circuit()
     slow = SlowEstimatorJob(seconds=3)  # held running on A until A is killed (see below)
     ttl = c.settings.heartbeat_ttl
@@ -45,7 +45,7 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh, hold
         first = sampler.run([bell], shots=100)  # pins the session on A, the only worker yet
         first.result(timeout=120)
         assert session_of(c, sid)["worker"] == a.node
-        b = c.start_worker(BACKEND, name="kill-b@test", concurrency=1)
+        b = c.start_worker(BACKEND, name="kill-b@%h", concurrency=1)
         b_up = time.monotonic()
 
         victim = estimator.run([slow.pub])
@@ -111,8 +111,8 @@ def test_job_longer_than_the_visibility_timeout_runs_once(fresh, hold):
     only every ~100 s, so to make the redelivery certain inside a 6-8 s job the test runs the
     same sweep itself, with the workers' transport settings, once the job is 3 s old."""
     c = fresh(env={"SESSION_BROKER_VISIBILITY_TIMEOUT": "2"})
-    w1 = start_logged_worker(c, "vis-1@test")  # INFO: the log shows the skipped redelivery
-    w2 = start_logged_worker(c, "vis-2@test")
+    w1 = start_logged_worker(c, "vis-1@%h")  # INFO: the log shows the skipped redelivery
+    w2 = start_logged_worker(c, "vis-2@%h")
     long = SlowEstimatorJob(seconds=2)  # held running past the redelivery (see below)
     done_before = int(c.store.redis.hget(c.store.keys.counts, "DONE") or 0)
 
@@ -182,7 +182,7 @@ def test_job_longer_than_the_visibility_timeout_runs_once(fresh, hold):
 def test_poison_job_that_kills_its_process_ends_in_error_and_the_session_goes_on(fresh):
     max_attempts = 3
     c = fresh(env={"SESSION_BROKER_MAX_ATTEMPTS": str(max_attempts)})
-    w = c.start_worker(BACKEND, name="poison@test")
+    w = c.start_worker(BACKEND, name="poison@%h")
     main_pid = w.proc.pid
     poison = SlowEstimatorJob(seconds=2)  # time to find its process and kill it
 
@@ -244,8 +244,8 @@ def test_redis_restart_mid_session(stack, fresh, hold):
     requeue a job another worker is still running."""
     port = free_port()
     c = fresh(port=port, appendonly=True)
-    a = c.start_worker(BACKEND, name="rr-a@test")
-    b = c.start_worker(BACKEND, name="rr-b@test")
+    a = c.start_worker(BACKEND, name="rr-a@%h")
+    b = c.start_worker(BACKEND, name="rr-b@%h")
     slow = SlowEstimatorJob(seconds=2)  # both workers are running one when Redis goes away
     bell = bell_circuit()
 
@@ -367,7 +367,7 @@ def test_message_taken_by_a_consumer_that_vanished_is_not_stuck(fresh):
     orphan_in_unacked(c.url, c.store, job.job_id())
     assert c.store.redis.hlen(c.store.keys.unacked) == 1 and c.store.redis.llen(queue) == 0
 
-    c.start_worker(BACKEND, name="orphan@test")
+    c.start_worker(BACKEND, name="orphan@%h")
     t0 = time.monotonic()
     limit = 4 * c.settings.heartbeat_ttl + 20
     try:
@@ -388,7 +388,7 @@ def test_message_taken_by_a_consumer_that_vanished_is_not_stuck(fresh):
 @pytest.mark.timeout(1200)
 def test_load_50_sessions_and_500_plain_jobs_on_two_workers(fresh):
     c = fresh()
-    workers = [c.start_worker(BACKEND, name=f"load-{i}@test") for i in range(2)]
+    workers = [c.start_worker(BACKEND, name=f"load-{i}@%h") for i in range(2)]
     svc = c.service
     bell = bell_circuit()
     n_sessions, per_session, n_plain = 50, 20, 500

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from session_broker.embedded import free_port, wait_for
-from tests.conftest import make_cluster
+from tests.conftest import HOST, make_cluster
 
 USER = "ops.admin"
 PASSWORD = "p:a;s$s'w\"o`r~d=" + os.urandom(6).hex()  # printable, with ':' and quotes
@@ -33,7 +33,7 @@ GOOD = f"{USER}:{PASSWORD}"
 @pytest.fixture(scope="module")
 def flower(stack, redis_url):
     cluster = make_cluster(stack, redis_url)
-    cluster.start_worker("ibmq_qasm_simulator", name="flower-login@test")
+    cluster.start_worker("ibmq_qasm_simulator", name="flower-login@%h")
     port = free_port()
     child = stack.start_flower(redis_url, port, GOOD, env=cluster.env)
     base = f"http://127.0.0.1:{port}"
@@ -103,7 +103,7 @@ def test_the_right_login_opens_every_page(flower):
     for path in ("/", "/workers", "/tasks", "/broker", "/api/workers", "/api/tasks"):
         assert status(base + path, auth) == 200, path
     req = urllib.request.Request(base + "/metrics", headers={"Authorization": f"Basic {auth}"})
-    wait_for(lambda: "flower-login@test" in urllib.request.urlopen(req, timeout=30).read().decode(),
+    wait_for(lambda: f"flower-login@{HOST}" in urllib.request.urlopen(req, timeout=30).read().decode(),
              60, "the worker's metrics on /metrics")
 
 

@@ -38,7 +38,7 @@ OPTIONS = {"api": "v2", "seed_simulator": None, "max_execution_time": None}
 @pytest.fixture(scope="module")
 def hc(stack, redis_url):
     c = make_cluster(stack, redis_url, env={"SESSION_BROKER_MAX_PAYLOAD_BYTES": str(LIMIT)})
-    c.current = c.start_worker(BACKEND, name="hostile-0@test")
+    c.current = c.start_worker(BACKEND, name="hostile-0@%h")
     c.generation = 0
     c.deaths = []
     return c
@@ -58,7 +58,7 @@ def worker(hc):
         r = hc.store.redis
         r.delete(queue(hc), hc.store.keys.unacked, hc.store.keys.unacked_index)
         hc.generation += 1
-        hc.current = hc.start_worker(BACKEND, name=f"hostile-{hc.generation}@test")
+        hc.current = hc.start_worker(BACKEND, name=f"hostile-{hc.generation}@%h")
     return hc.current
 
 

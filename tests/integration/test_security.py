@@ -32,7 +32,7 @@ from session_broker import (BrokerConnectionError, EstimatorV2, QiskitRuntimeSer
                             Session)
 from session_broker.embedded import free_port, wait_for
 from session_broker.messages import task_message
-from tests.conftest import Cluster
+from tests.conftest import HOST, Cluster
 from tests.support.pki import make_pki
 from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log_tail, plant_job,
                                   records)
@@ -47,7 +47,7 @@ def auth(stack):
     """A password-protected Redis and one worker that has the password."""
     url = stack.start_redis(password=PASSWORD, name="redis-auth")
     c = Cluster(stack, url)
-    c.start_worker(BACKEND, name="auth-worker@test")
+    c.start_worker(BACKEND, name="auth-worker@%h")
     return c
 
 
@@ -68,7 +68,7 @@ def test_password_protected_redis_end_to_end(auth):
     with Session(service=auth.service, backend=BACKEND) as session:
         job = SamplerV2(mode=session).run([bell_circuit()], shots=100)
         assert_bell_counts(job.result(timeout=120), 100)
-    assert auth.store.job(job.job_id())["worker"] == "auth-worker@test"
+    assert auth.store.job(job.job_id())["worker"] == f"auth-worker@{HOST}"
 
 
 @pytest.mark.parametrize("variant", ["wrong", "missing"])
@@ -136,7 +136,7 @@ def test_tls_redis_end_to_end(tls):
     with pytest.raises((redis.ConnectionError, redis.ResponseError, OSError)):
         redis.Redis(host="127.0.0.1", port=tls.tls_port, socket_connect_timeout=2,
                     socket_timeout=2).ping()
-    w = tls.start_worker(BACKEND, name="tls-worker@test")
+    w = tls.start_worker(BACKEND, name="tls-worker@%h")
     service = QiskitRuntimeService(tls.url)
     with Session(service=service, backend=BACKEND) as session:
         sampler = SamplerV2(mode=session)
@@ -150,7 +150,7 @@ def test_tls_redis_end_to_end(tls):
         evs = EstimatorV2(mode=session).run([(qc, "Z")], precision=0).result(timeout=120)[0].data.evs
         assert np.asarray(evs).reshape(-1).tolist() == pytest.approx([-1.0])
     recs = records(tls.store, [j.job_id() for j in jobs])
-    assert {r["worker"] for r in recs.values()} == {"tls-worker@test"}
+    assert {r["worker"] for r in recs.values()} == {f"tls-worker@{HOST}"}
     assert w.proc.poll() is None
     # Celery's own connection is TLS too (the worker log names the rediss:// broker)
     assert "rediss://" in Path(w.log).read_text(), log_tail(w.log)
@@ -193,7 +193,7 @@ def test_pickled_message_on_a_backend_queue_is_refused(auth, tmp_path):
     envelope["content-type"] = "application/x-python-serialize"
     envelope["content-encoding"] = "binary"
     auth.store.redis.lpush(queue, json.dumps(envelope))
-    worker = auth.workers["auth-worker@test"]
+    worker = auth.workers[f"auth-worker@{HOST}"]
     wait_for(lambda: auth.store.redis.llen(queue) == 0, 60, "the worker to take the pickled message")
     # a normal job after it still runs, on the same worker process
     job = SamplerV2(mode=auth.service.backend(BACKEND)).run([bell_circuit()], shots=50)

@@ -19,7 +19,7 @@ from session_broker import (Batch, Estimator, EstimatorV2, FirstJobCancelledErro
                             SessionMaxTimeError, SessionNotFoundError, BackendMismatchError)
 from session_broker.embedded import wait_for
 from session_broker.session import parse_max_time
-from tests.conftest import make_cluster, slow_pub
+from tests.conftest import HOST, make_cluster, slow_pub
 
 ITL = 2  # interactive timeout (s) for this module's workers
 SOLO = "aer_simulator"  # served by exactly one worker: contention tests
@@ -30,9 +30,9 @@ PAIR = "ibmq_qasm_simulator"  # served by two workers: batches
 def c(stack, redis_url):
     cl = make_cluster(stack, redis_url, env={"SESSION_BROKER_INTERACTIVE_TIMEOUT": str(ITL),
                                             "SESSION_BROKER_OPEN_SESSION_TIMEOUT": "4"})
-    cl.solo = cl.start_worker(SOLO, name="solo@test", wait=False)
-    cl.start_worker(PAIR, name="pair-1@test", wait=False)
-    cl.start_worker(PAIR, name="pair-2@test", wait=False)
+    cl.solo = cl.start_worker(SOLO, name="solo@%h", wait=False)
+    cl.start_worker(PAIR, name="pair-1@%h", wait=False)
+    cl.start_worker(PAIR, name="pair-2@%h", wait=False)
     for node in list(cl.workers):
         cl.wait_registered(node)
     return cl
@@ -56,7 +56,7 @@ def test_status_strings_and_transitions_through_close(c, bell, hold):
         held = hold(c.store, slow.job_id())  # running until released, however fast this machine
         assert session.status() == "In progress, accepting new jobs"
         d = session.details()
-        assert d["state"] == "active" and d["started_at"] and d["worker"] == "solo@test"
+        assert d["state"] == "active" and d["started_at"] and d["worker"] == f"solo@{HOST}"
         queued = [sampler.run([bell]) for _ in range(3)]
     # left the block with work outstanding: draining
     assert session.status() == "In progress, not accepting new jobs"
@@ -70,7 +70,7 @@ def test_status_strings_and_transitions_through_close(c, bell, hold):
     # closing released the worker at once, not after the interactive timeout
     d = session.details()
     assert d["state"] == "closed" and d["closed_at"] and d["worker"] is None
-    assert pin_of(c, "solo@test") == ""
+    assert pin_of(c, f"solo@{HOST}") == ""
     assert float(c.session(session.session_id)["closed_at"]) - \
         float(rec(c, queued[-1].job_id())["finished"]) < 1.0
     with pytest.raises(SessionClosedError, match="Closed"):
@@ -124,7 +124,7 @@ def test_exclusivity_and_first_come_first_served(c, bell):
     pub = slow_pub(1.5)
     a = Session(service=c.service, backend=SOLO)
     first = EstimatorV2(mode=a).run([pub])
-    wait_for(lambda: pin_of(c, "solo@test") == a.session_id, 30, "A to be pinned")
+    wait_for(lambda: pin_of(c, f"solo@{HOST}") == a.session_id, 30, "A to be pinned")
     # while A is active: a non-session job and sessions B, C (in that order) wait
     outside = SamplerV2(mode=SOLO).run([bell])
     b, cc = Session(service=c.service, backend=SOLO), Session(service=c.service, backend=SOLO)
@@ -161,13 +161,13 @@ def test_deactivation_after_interactive_timeout_and_reactivation(c, bell):
         wait_for(lambda: session.details()["state"] == "inactive", ITL + 5, "deactivation")
         assert time.monotonic() - t0 >= ITL - 0.5
         assert session.status() == "Pending"
-        wait_for(lambda: pin_of(c, "solo@test") == "", 30, "worker release")
+        wait_for(lambda: pin_of(c, f"solo@{HOST}") == "", 30, "worker release")
         # the released worker serves others now
         SamplerV2(mode=SOLO).run([bell]).result(timeout=60)
         # a new job reactivates the session
         sampler.run([bell]).result(timeout=60)
         assert session.status() == "In progress, accepting new jobs"
-        assert session.details()["worker"] == "solo@test"
+        assert session.details()["worker"] == f"solo@{HOST}"
 
 
 def test_open_session_without_jobs_is_closed_after_open_timeout(c):
@@ -193,7 +193,7 @@ def test_max_time_expiry_fails_queued_jobs_while_running_one_finishes(c, bell, h
         assert job.status() == "ERROR"
     assert session.status() == "Closed"
     assert c.session(session.session_id)["closed_reason"] == "max_time"
-    wait_for(lambda: pin_of(c, "solo@test") == "", 30, "worker release after expiry")
+    wait_for(lambda: pin_of(c, f"solo@{HOST}") == "", 30, "worker release after expiry")
 
 
 def test_cancel_with_50_queued_none_runs_running_one_completes(c, bell, hold):
@@ -215,7 +215,7 @@ def test_cancel_with_50_queued_none_runs_running_one_completes(c, bell, hold):
         SamplerV2(mode=session).run([bell])
     # the cancellation is recorded in Redis: nothing of the session's queue is left
     assert c.store.redis.llen(c.store.keys.session_queue(session.session_id)) == 0
-    wait_for(lambda: pin_of(c, "solo@test") == "", 30, "worker release after cancel")
+    wait_for(lambda: pin_of(c, f"solo@{HOST}") == "", 30, "worker release after cancel")
 
 
 def test_cancelled_first_job_fails_every_later_job(c, bell, hold):
@@ -291,7 +291,7 @@ def test_batch_runs_jobs_on_two_workers_at_once(c):
         for job in jobs:
             job.result(timeout=90)
     records = [rec(c, j.job_id()) for j in jobs]
-    assert {r["worker"] for r in records} == {"pair-1@test", "pair-2@test"}
+    assert {r["worker"] for r in records} == {f"pair-1@{HOST}", f"pair-2@{HOST}"}
     spans = sorted((float(r["running"]), float(r["finished"])) for r in records)
     assert any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1)), spans  # overlap
     assert batch.details()["mode"] == "batch"

@@ -29,7 +29,7 @@ def executor_of(worker) -> psutil.Process:
 
 def test_the_registry_names_the_supervisor_and_jobs_name_the_executor(fresh):
     c = fresh()
-    w = c.start_worker(BACKEND, name="pids@test")
+    w = c.start_worker(BACKEND, name="pids@%h")
     job = SamplerV2(mode=c.service.backend(BACKEND)).run([bell_circuit()], shots=50)
     assert_bell_counts(job.result(timeout=120), 50)
     entry = c.store.redis.hgetall(c.store.keys.worker(w.node))
@@ -41,11 +41,11 @@ def test_a_killed_executor_is_replaced_and_the_node_keeps_its_session(fresh, hol
     """Kill the executor mid-job while another worker is idle: the supervisor keeps beating,
     so the session is not handed over; the job runs again on a new executor of the same node."""
     c = fresh()
-    a = c.start_worker(BACKEND, name="keep-a@test")
+    a = c.start_worker(BACKEND, name="keep-a@%h")
     with Session(service=c.service, backend=BACKEND) as session:
         sampler = SamplerV2(mode=session)
         assert_bell_counts(sampler.run([bell_circuit()], shots=50).result(timeout=120), 50)
-        b = c.start_worker(BACKEND, name="keep-b@test")
+        b = c.start_worker(BACKEND, name="keep-b@%h")
         victim = EstimatorV2(mode=session).run([slow_pub(2)])
         first = executor_of(a)
         hold(c.store, victim.job_id())          # running on A's executor, frozen
@@ -70,7 +70,7 @@ def test_a_killed_executor_is_replaced_and_the_node_keeps_its_session(fresh, hol
 
 def test_nothing_outlives_a_sigkilled_supervisor(fresh):
     c = fresh()
-    w = c.start_worker(BACKEND, name="orphan@test")
+    w = c.start_worker(BACKEND, name="orphan@%h")
     child = wait_for(lambda: psutil.Process(w.proc.pid).children() or None, 60, "the executor")[0]
     os.kill(w.proc.pid, signal.SIGKILL)        # the supervisor only, not its process group
     wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 30,
@@ -109,7 +109,7 @@ class EventLog:
 
 def test_task_events_flow_only_while_a_monitor_asks(fresh):
     c = fresh(env={"SESSION_BROKER_EVENTS_LINGER": "2"})
-    c.start_worker(BACKEND, name="events@test")
+    c.start_worker(BACKEND, name="events@%h")
     monitor = EventLog(c)
     sampler = SamplerV2(mode=c.service.backend(BACKEND))
 
@@ -143,7 +143,7 @@ def test_a_worker_started_while_flower_runs_sends_events_from_its_first_job(fres
     # what `session-broker flower` keeps alive while it runs (flower_login.keep_events_on)
     c.store.redis.set(c.store.keys.monitor, "flower", ex=60)
     monitor = EventLog(c)
-    c.start_worker(BACKEND, name="late@test")
+    c.start_worker(BACKEND, name="late@%h")
     job = SamplerV2(mode=c.service.backend(BACKEND)).run([bell_circuit()], shots=20)
     job.result(timeout=120)
     wait_for(lambda: {"task-received", "task-succeeded"} <= monitor.of(job.job_id()), 30,
@@ -155,6 +155,6 @@ def test_executors_run_aer_with_openmp_threads_that_sleep(fresh):
     """Aer's OpenMP threads spin after each job unless told otherwise: on a small machine
     they take the CPU the producer and Redis need (README, Performance)."""
     c = fresh()
-    w = c.start_worker(BACKEND, name="omp@test")
+    w = c.start_worker(BACKEND, name="omp@%h")
     child = wait_for(lambda: psutil.Process(w.proc.pid).children() or None, 60, "the executor")[0]
     assert child.environ().get("OMP_WAIT_POLICY") == "passive"

@@ -29,7 +29,7 @@ from session_broker.config import get_settings, load_settings
 from session_broker.embedded import free_port, wait_for
 from session_broker.keys import Keys
 from session_broker.state import Store
-from tests.conftest import Cluster
+from tests.conftest import HOST, Cluster
 from tests.support.faults import BACKEND, assert_bell_counts, bell_circuit, log_tail
 
 TENANTS = ("a", "ax", "a_x")
@@ -96,9 +96,9 @@ def tenants(stack, tmp_path_factory):
         t = out[name] = Tenant(name, port, passwords)
         t.cluster = Cluster(stack, t.url["worker"], t.env)
     for t in out.values():  # all three start at once
-        t.cluster.start_worker(BACKEND, name=f"{t.name}-worker@test", wait=False)
+        t.cluster.start_worker(BACKEND, name=f"{t.name}-worker@%h", wait=False)
     for t in out.values():
-        t.cluster.wait_registered(f"{t.name}-worker@test", timeout=120)
+        t.cluster.wait_registered(f"{t.name}-worker@{HOST}", timeout=120)
         with prefix_env(t.name):
             t.service = QiskitRuntimeService(t.url["producer"])
     yield admin, out
@@ -124,12 +124,12 @@ def test_every_tenants_worker_starts_and_runs_its_jobs(tenants):
         assert_bell_counts(direct.result(timeout=180), 32)
         t.job_id, t.session_id = job.job_id(), session.session_id
         for jid in (job.job_id(), direct.job_id()):
-            assert admin.hget(t.keys.job(jid), "worker") == f"{t.name}-worker@test"
+            assert admin.hget(t.keys.job(jid), "worker") == f"{t.name}-worker@{HOST}"
         # work that waits: a queued job in an open session of a backend nobody serves
         t.open_session = Session(service=t.service, backend=IDLE_BACKEND)
         t.queued_job = SamplerV2(mode=t.open_session).run([bell_circuit()], shots=8).job_id()
     for t in ts.values():
-        worker = t.cluster.workers[f"{t.name}-worker@test"]
+        worker = t.cluster.workers[f"{t.name}-worker@{HOST}"]
         assert worker.proc.poll() is None, log_tail(worker.log)
         text = open(worker.log).read()
         assert "NOPERM" not in text and "RestartFreqExceeded" not in text, log_tail(worker.log)
@@ -143,7 +143,7 @@ def test_remote_control_and_events_work_for_the_web_user(tenants):
     for t in ts.values():
         app = make_app(load_settings({"SESSION_BROKER_URL": t.url["web"], **t.env}))
         replies = app.control.ping(timeout=5)
-        assert replies == [{f"{t.name}-worker@test": {"ok": "pong"}}], replies  # its worker only
+        assert replies == [{f"{t.name}-worker@{HOST}": {"ok": "pong"}}], replies  # its worker only
         seen = []
 
         def on_event(event, receiver=None):
@@ -155,7 +155,7 @@ def test_remote_control_and_events_work_for_the_web_user(tenants):
         with app.connection_for_read() as conn:
             receivers.append(app.events.Receiver(conn, handlers={"*": on_event}))
             receivers[-1].capture(timeout=30, wakeup=False)  # a heartbeat every 2 s, else socket.timeout
-        assert {e["hostname"] for e in seen} == {f"{t.name}-worker@test"}, seen
+        assert {e["hostname"] for e in seen} == {f"{t.name}-worker@{HOST}"}, seen
 
 
 def _refused(call) -> str:
@@ -178,7 +178,7 @@ def test_users_are_refused_every_other_tenants_key_and_channel(tenants, mine, ot
     admin.hset(k.unacked, "tag", "x")  # so that there is something to read
     targets = [k.job(them.job_id), k.job_done(them.job_id), k.session(them.session_id),
                k.session_jobs(them.session_id), k.jobs, k.sessions, k.backend_queue(BACKEND),
-               k.session_queue(them.open_session.session_id), k.worker(f"{other}-worker@test"),
+               k.session_queue(them.open_session.session_id), k.worker(f"{other}-worker@{HOST}"),
                k.workers, k.config, k.unacked, k.result("x"), k.dead, k.binding_deadlines,
                *k.bindings(k.backend_queue(BACKEND))]
     stable = targets[:4] + [k.session_queue(them.open_session.session_id), k.unacked]  # not the heartbeats'
@@ -263,12 +263,12 @@ def test_flower_and_the_jobs_page_work_as_the_web_user(tenants, stack):
         except OSError:
             return ""
 
-    wait_for(lambda: "ax-worker@test" in get(flower_port, "/api/workers"), 120,
+    wait_for(lambda: f"ax-worker@{HOST}" in get(flower_port, "/api/workers"), 120,
              "Flower (as the web user) to list the tenant's worker")
-    assert "a-worker@test" not in get(flower_port, "/api/workers")
+    assert f"a-worker@{HOST}" not in get(flower_port, "/api/workers")
     wait_for(lambda: t.keys.backend_queue(BACKEND) in get(flower_port, "/broker"), 60,
              "Flower's broker page to list the tenant's queue (once its inspector has asked)")
-    wait_for(lambda: "ax-worker@test" in get(flower_port, "/metrics"), 60, "the worker in Flower's metrics")
+    wait_for(lambda: f"ax-worker@{HOST}" in get(flower_port, "/metrics"), 60, "the worker in Flower's metrics")
     wait_for(lambda: t.job_id in get(web_port, "/"), 60, "the Jobs page (as the web user)")
     assert other.job_id not in get(web_port, "/")
     assert "session_broker_jobs_total" in get(web_port, "/metrics")
