@@ -6,7 +6,8 @@ they hold secrets that workers must never see.
 * ``SESSION_BROKER_API_KEYS``: comma-separated accepted API keys. Each is a key as the user
   types it, or ``sha256:<64 hex>`` (its digest, so the server's environment need not hold
   the key itself). Either may end in ``@PREFIX``: that key's jobs and sessions then live
-  under the Redis key prefix (tenant) PREFIX instead of the server's own.
+  under the Redis key prefix (tenant) PREFIX instead of the server's own. PREFIX follows
+  the rule of ``SESSION_BROKER_KEY_PREFIX`` (``config.KEY_PREFIX``), checked at start.
 * ``SESSION_BROKER_API_INSTANCE``: the instance CRN the server answers for.
 * ``SESSION_BROKER_API_SECRET``: the HS256 secret tokens are signed with; when unset, one
   is generated once and kept in Redis, so restarts and replicas accept each other's tokens.
@@ -20,11 +21,11 @@ import os
 import re
 from dataclasses import dataclass
 
+from session_broker.config import validate_prefix
 from session_broker.errors import ConfigurationError
 
 DEFAULT_INSTANCE = "crn:v1:bluemix:public:quantum-computing:us-east:a/session-broker:local::"
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def digest(key: str) -> str:
@@ -56,10 +57,9 @@ def parse_keys(raw: str) -> tuple[ApiKey, ...]:
         key, prefix = item, None
         if "@" in item:
             key, _, prefix = item.rpartition("@")
-            if not _PREFIX.match(prefix):
-                raise ConfigurationError(
-                    f"SESSION_BROKER_API_KEYS entry {n + 1}: tenant after '@' must be a Redis key "
-                    "prefix of letters, digits, '-', '_' or '.'")
+            # the same rule as SESSION_BROKER_KEY_PREFIX: "a.session" would be served tenant
+            # a's session queues (and "A" a prefix no worker can have)
+            validate_prefix(prefix, f"SESSION_BROKER_API_KEYS (entry {n + 1}, the tenant after '@')")
         if key.startswith("sha256:"):
             hexdigest = key[7:].lower()
             if not _HEX.match(hexdigest):
