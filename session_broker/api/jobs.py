@@ -23,6 +23,7 @@ from qiskit_ibm_runtime import RuntimeEncoder
 from session_broker import codec
 from session_broker.api import reader
 from session_broker.api.errors import ApiError, from_broker_error
+from session_broker.api.limits import check_tags
 from session_broker.api.models import JobCreate, TagsUpdate
 from session_broker.api.runtime import Ctx, runtime_ctx, session_of, valid_id
 from session_broker.errors import SessionBrokerError
@@ -58,7 +59,7 @@ def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
     if env is not None and not isinstance(env, dict):
         raise ApiError(400, "options.environment must be an object", "invalid_options")
     tags = body.tags if body.tags is not None else (env or {}).get("job_tags")
-    options["environment"] = {**(env or {}), "job_tags": tags or []}
+    options["environment"] = {**(env or {}), "job_tags": _checked_tags(ctx, tags)}
     try:
         if body.session_id:
             mode = session_of(ctx, body.session_id)
@@ -95,6 +96,11 @@ def _record(ctx: Ctx, jid: str, hold: bool = False) -> dict:
         # hold the poll on the job's latch: the answer comes the moment the job ends
         rec = ctx.store.wait_job(jid, HOLD_S, *JOB_FIELDS) or rec
     return rec
+
+
+def _checked_tags(ctx: Ctx, tags) -> list[str]:
+    api = ctx.front.api
+    return check_tags(tags, api.max_tags, api.max_tag_length)
 
 
 def _summary(rec: dict) -> dict:
@@ -177,8 +183,9 @@ def job_logs(jid: str, ctx: Ctx = Depends(runtime_ctx)):
 @router.put("/jobs/{jid}/tags", status_code=204, tags=["jobs"])
 def job_tags(jid: str, body: TagsUpdate, ctx: Ctx = Depends(runtime_ctx)):
     """``job.update_tags()``: the Store's atomic replace, the one the Python API calls."""
+    tags = _checked_tags(ctx, body.tags)
     _record(ctx, jid)
-    if ctx.store.update_tags(jid, body.tags) == "not_found":
+    if ctx.store.update_tags(jid, tags) == "not_found":
         raise ApiError(404, f"job {jid!r} does not exist (or its record expired)", "not_found")
     return Response(status_code=204)
 
