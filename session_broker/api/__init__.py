@@ -4,12 +4,13 @@
 The stock ``qiskit_ibm_runtime`` client talks to the routes in ``runtime.py`` and ``jobs.py`` (after a
 token from ``identity.py``); operators use the pages in ``session_broker.web``. Modules:
 
-``settings``  SESSION_BROKER_API_* (keys, instance CRN, token secret)
+``settings``  SESSION_BROKER_API_* (keys, instance CRN, token secret, resource limits)
+``limits``    body size and time, header deadline, tag limits
 ``auth``      key check, JWT tokens, the Bearer + Service-CRN check of every runtime route
 ``reader``    the strict reader of the client's job params (no RuntimeDecoder)
 ``devices``   backend list, configuration, properties and status in IBM's shapes
 ``runtime``   the token + CRN check; backend, usage and session routes, thin over Session
 ``jobs``      the job routes, thin over SamplerV2 / EstimatorV2 / the Store
 ``identity``  POST /identity/token, Global Search and Catalog
-``app``       assembly: error shapes, size limit, TLS, the recipe printed at start
+``app``       assembly: error shapes, limits, TLS, the recipe printed at start
 """

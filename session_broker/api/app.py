@@ -23,6 +23,7 @@ from session_broker import web
 from session_broker.api import identity, jobs, runtime
 from session_broker.api.auth import Authority
 from session_broker.api.errors import ApiError, error_response, from_broker_error
+from session_broker.api.limits import RequestGuard, guarded_protocol
 from session_broker.api.settings import ApiSettings, load_api_settings
 from session_broker.api.tenants import Tenants
 from session_broker.errors import ConfigurationError, SessionBrokerError
@@ -43,32 +44,6 @@ class Front:
         self.pages = web.Pages(store, flower_auth)
 
 
-class BodyLimit:
-    """Refuse a request body over ``limit`` bytes with 413, declared or streamed."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await error_response(413, f"request body over the {self.limit} byte limit",
-                                        "payload_too_large")(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise ApiError(413, f"request body over the {self.limit} byte limit", "payload_too_large")
-            return message
-
-        await self.app(scope, limited, send)
-
-
 def _is_api(path: str) -> bool:
     return path.startswith(API_PREFIXES)
 
@@ -79,7 +54,8 @@ def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
                   description="The Qiskit Runtime REST API over session-broker, the Jobs page and "
                               "Prometheus metrics.")
     app.state.front = Front(store, api, flower_auth)
-    app.add_middleware(BodyLimit, limit=api.max_body_bytes)
+    app.add_middleware(RequestGuard, job_limit=api.max_body_bytes, limit=api.max_request_bytes,
+                       read_timeout=api.read_timeout, authority=app.state.front.authority)
 
     # the API's description is for operators: behind the Jobs page's login like the pages
     @app.get("/openapi.json", include_in_schema=False)
@@ -215,5 +191,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000, certfile: str | None = None
         print("REST API: no SESSION_BROKER_API_KEYS, so every runtime route answers 401", flush=True)
     uvicorn.run(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=10,
-                server_header=False)
+                server_header=False, http=guarded_protocol(api.header_timeout),
+                timeout_keep_alive=api.keep_alive, limit_concurrency=api.max_connections)
     sys.stdout.flush()

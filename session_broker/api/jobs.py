@@ -23,6 +23,7 @@ from qiskit_ibm_runtime import RuntimeEncoder
 from session_broker import codec
 from session_broker.api import reader
 from session_broker.api.errors import ApiError, from_broker_error
+from session_broker.api.limits import check_tags
 from session_broker.api.models import JobCreate, TagsUpdate
 from session_broker.api.runtime import Ctx, runtime_ctx, session_of, valid_id
 from session_broker.errors import SessionBrokerError
@@ -35,7 +36,7 @@ IBM_STATUS = {"INITIALIZING": "Queued", "QUEUED": "Queued", "RUNNING": "Running"
               "DONE": "Completed", "ERROR": "Failed", "CANCELLED": "Cancelled"}
 REASON_MAX_EXECUTION_TIME = 1305
 JOB_FIELDS = ("status", "backend", "session", "primitive", "created", "running", "finished",
-              "error_code", "error", "summary", "usage", "api_tags", "api_private", "mode")
+              "error_code", "error", "summary", "usage", "api_private", "mode")
 PROGRAMS = {"sampler": SamplerV2, "estimator": EstimatorV2}
 HOLD_S = 0.1
 
@@ -52,6 +53,13 @@ def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
     pubs, options = reader.read_params(body.program_id, body.params)
     if body.cost is not None:
         options["max_execution_time"] = body.cost
+    # the tags go in with the job (its summary), where job.tags, update_tags and
+    # service.jobs(job_tags=) find them: one job, one set of tags, whichever door
+    env = options.get("environment")
+    if env is not None and not isinstance(env, dict):
+        raise ApiError(400, "options.environment must be an object", "invalid_options")
+    tags = body.tags if body.tags is not None else (env or {}).get("job_tags")
+    options["environment"] = {**(env or {}), "job_tags": _checked_tags(ctx, tags)}
     try:
         if body.session_id:
             mode = session_of(ctx, body.session_id)
@@ -69,10 +77,10 @@ def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
         raise ApiError(400, f"options not accepted: {str(exc)[:300]}", "invalid_options") from None
     # the job is recorded: from here on, never an error status (a retry would submit twice)
     try:
-        extra = {"api_tags": json.dumps(body.tags or []), "api_private": "1" if body.private else "0"}
-        ctx.store.redis.hset(ctx.store.keys.job(job.job_id()), mapping=extra)
-    except Exception:  # noqa: BLE001 - tags are cosmetic; the job is what matters
-        log.warning("could not store tags of job %s", job.job_id(), exc_info=True)
+        ctx.store.redis.hset(ctx.store.keys.job(job.job_id()), "api_private",
+                             "1" if body.private else "0")
+    except Exception:  # noqa: BLE001 - the flag is cosmetic; the job is what matters
+        log.warning("could not store the private flag of job %s", job.job_id(), exc_info=True)
     return {"id": job.job_id(), "backend": body.backend or mode.backend(),
             "session_id": body.session_id}
 
@@ -90,12 +98,23 @@ def _record(ctx: Ctx, jid: str, hold: bool = False) -> dict:
     return rec
 
 
-def _tags(rec: dict) -> list:
+def _checked_tags(ctx: Ctx, tags) -> list[str]:
+    api = ctx.front.api
+    return check_tags(tags, api.max_tags, api.max_tag_length)
+
+
+def _summary(rec: dict) -> dict:
     try:
-        tags = json.loads(rec.get("api_tags") or "[]")
-        return tags if isinstance(tags, list) else []
+        summary = json.loads(rec.get("summary") or "{}")
     except ValueError:
-        return []
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _tags(summary: dict) -> list:
+    """The job's tags, as ``job.tags`` reads them (Redis's cjson writes [] as {})."""
+    tags = summary.get("tags") or []
+    return tags if isinstance(tags, list) else []
 
 
 def job_view(jid: str, rec: dict) -> dict:
@@ -107,13 +126,13 @@ def job_view(jid: str, rec: dict) -> dict:
         reason = rec.get("error") or "ran longer than its max_execution_time"
     elif status in ("ERROR", "CANCELLED"):
         reason = rec.get("error") or None
-    summary = json.loads(rec.get("summary") or "{}")
+    summary = _summary(rec)
     usage = float(rec["usage"]) if rec.get("usage") else 0.0
     return {
         "id": jid, "backend": rec.get("backend"), "status": word,
         "state": {"status": word, "reason": reason, "reason_code": code},
         "program": {"id": rec.get("primitive")}, "created": iso(rec.get("created")),
-        "session_id": rec.get("session") or None, "tags": _tags(rec),
+        "session_id": rec.get("session") or None, "tags": _tags(summary),
         "private": rec.get("api_private") == "1", "runtime": "", "user_id": "session-broker",
         "estimated_running_time_seconds": None, "cost": 0,
         "usage": {"seconds": usage, "quantum_seconds": usage},
@@ -163,8 +182,11 @@ def job_logs(jid: str, ctx: Ctx = Depends(runtime_ctx)):
 
 @router.put("/jobs/{jid}/tags", status_code=204, tags=["jobs"])
 def job_tags(jid: str, body: TagsUpdate, ctx: Ctx = Depends(runtime_ctx)):
+    """``job.update_tags()``: the Store's atomic replace, the one the Python API calls."""
+    tags = _checked_tags(ctx, body.tags)
     _record(ctx, jid)
-    ctx.store.redis.hset(ctx.store.keys.job(jid), "api_tags", json.dumps(body.tags))
+    if ctx.store.update_tags(jid, tags) == "not_found":
+        raise ApiError(404, f"job {jid!r} does not exist (or its record expired)", "not_found")
     return Response(status_code=204)
 
 
@@ -228,7 +250,7 @@ def list_jobs(ctx: Ctx = Depends(runtime_ctx), limit: int = Query(10, ge=1, le=2
             continue
         if pending is not None and (rec["status"] not in FINAL_JOB_STATUSES) != pending:
             continue
-        if tags and not set(tags) <= set(_tags(rec)):
+        if tags and not set(tags) <= set(_tags(_summary(rec))):
             continue
         if after is not None and created < after or before is not None and created > before:
             continue

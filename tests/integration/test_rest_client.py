@@ -244,3 +244,49 @@ def test_global_search_recipe_finds_the_instance(server):
 
     assert [i["crn"] for i in out["instances"]] == [CRN]
     assert BACKEND in out["backends"] and "ibm_algiers" in out["backends"]
+
+
+def test_one_set_of_tags_whichever_door(server, cluster):
+    """Tags set by the stock client (at submit and with ``update_tags``) are the ones
+    ``job.tags`` and ``service.jobs(job_tags=)`` see in Python, and tags set in Python are
+    the ones the client's ``job.tags`` and ``service.jobs(job_tags=)`` see."""
+    from qiskit import QuantumCircuit
+
+    from session_broker import SamplerV2
+
+    bell = QuantumCircuit(2)
+    bell.h(0)
+    bell.cx(0, 1)
+    bell.measure_all()
+    ours = SamplerV2(mode=BACKEND, options={"environment": {"job_tags": ["py-old"]}}).run([bell], shots=8)
+    ours.update_tags(["py-a", "py-b"])
+    out = run_client(server, f'''
+    svc = service()
+    theirs = svc.job("{ours.job_id()}")
+    out = {{"py_tags": sorted(theirs.tags),
+            "py_listed": [j.job_id() for j in svc.jobs(job_tags=["py-b"], limit=None)],
+            "py_old": [j.job_id() for j in svc.jobs(job_tags=["py-old"], limit=None)]}}
+    backend = svc.backend("{BACKEND}")
+    isa = generate_preset_pass_manager(optimization_level=1, backend=backend).run(bell())
+    sampler = SamplerV2(mode=backend)
+    sampler.options.environment.job_tags = ["rest-a", "rest-b"]
+    job = sampler.run([isa], shots=8)
+    out["rest_id"] = job.job_id()
+    out["rest_listed"] = [j.job_id() for j in svc.jobs(job_tags=["rest-a"], limit=None)]
+    other = SamplerV2(mode=backend).run([isa], shots=8)
+    out["other_id"] = other.job_id()
+    other.update_tags(["rest-c"])
+    out["other_tags"] = sorted(svc.job(other.job_id()).tags)
+    emit(**out)
+    ''')
+    assert out["py_tags"] == ["py-a", "py-b"]
+    assert out["py_listed"] == [ours.job_id()] and out["py_old"] == []
+    assert out["rest_listed"] == [out["rest_id"]]
+    assert out["other_tags"] == ["rest-c"]
+    service = cluster.service
+    assert service.job(out["rest_id"]).tags == ["rest-a", "rest-b"]
+    assert service.job(out["other_id"]).tags == ["rest-c"]
+    assert [j.job_id() for j in service.jobs(job_tags=["rest-b"], limit=None)] == [out["rest_id"]]
+    assert [j.job_id() for j in service.jobs(job_tags=["rest-c"], limit=None)] == [out["other_id"]]
+    for jid in (out["rest_id"], out["other_id"]):
+        assert "api_tags" not in cluster.job(jid)   # one store: the job's summary
