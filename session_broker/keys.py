@@ -552,7 +552,12 @@ SUBMIT = PRELUDE + r"""
 local jid, sid, backend = ARGV[2], ARGV[3], ARGV[4]
 local j = jk(jid)
 local ttl = tonumber(ARGV[9])
-if redis.call('EXISTS', j) == 1 then return {'error', 'duplicate', jid} end
+if redis.call('EXISTS', j) == 1 then
+  -- the same submit again: redis-py retried it after its connection died between this
+  -- script and the reply (a failover). Ids are random: the earlier attempt was ours.
+  if get(j, 'session') == sid and get(j, 'summary') == ARGV[10] then return {'ok', get(j, 'status')} end
+  return {'error', 'duplicate', jid}
+end
 local status, code, message = 'QUEUED', '', ''
 local mode = ''
 if sid ~= '' then
