@@ -17,7 +17,7 @@ from session_broker.backends import BrokerBackend
 from session_broker.config import get_settings, with_url
 from session_broker.job import RuntimeJobV2
 from session_broker.messages import task_message
-from session_broker.state import Store, new_id
+from session_broker.state import Store, new_id, redis_client
 
 
 class QiskitRuntimeService:
@@ -30,7 +30,8 @@ class QiskitRuntimeService:
     def __init__(self, url: str | None = None, channel: str | None = None,
                  token: str | None = None, instance: str | None = None, **_ignored):
         self._settings = with_url(get_settings(), url)
-        self._store = Store(self._settings)
+        # every call a producer makes raises our typed errors, never redis-py's
+        self._store = Store(self._settings, client=redis_client(self._settings, typed_errors=True))
         self._store.ping()
         self.channel = channel or "local"
 
