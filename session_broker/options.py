@@ -53,6 +53,57 @@ def __getattr__(name: str):
 DEFAULT_SHOTS = 4096
 DEFAULT_PRECISION = 1 / math.sqrt(DEFAULT_SHOTS)  # 0.015625, EstimatorOptions.default_precision
 
+
+def _sampler_twirled(set_options: dict) -> bool:
+    twirling = set_options.get("twirling") or {}
+    return bool(twirling.get("enable_gates") or twirling.get("enable_measure"))
+
+
+def sampler_default_shots(set_options: dict) -> int:
+    """The shots of a sampler PUB that names none, when ``run()`` names none either.
+
+    IBM's rule (``TwirlingOptions``): shots in a PUB or in ``run()`` are always obeyed;
+    ``default_shots`` is a runtime option, so with twirling on and both
+    ``num_randomizations`` and ``shots_per_randomization`` integers, their product takes
+    precedence over it. Otherwise ``default_shots``, else 4096."""
+    twirling = set_options.get("twirling") or {}
+    num, per = twirling.get("num_randomizations"), twirling.get("shots_per_randomization")
+    if _sampler_twirled(set_options) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in (num, per)):
+        return num * per
+    return set_options.get("default_shots") or DEFAULT_SHOTS
+
+
+def sampler_randomizations(num_randomizations, shots_per_randomization, shots: int
+                           ) -> tuple[int, int]:
+    """(randomizations, shots each) for a twirled sampler PUB of ``shots``: IBM's "auto"
+    rules (its own ``calculate_twirling_shots``), and the PUB's shots always obeyed: where
+    both are integers whose product falls short of them, more randomizations of
+    ``shots_per_randomization`` each run (the worker keeps the PUB's first ``shots``)."""
+    from qiskit_ibm_runtime.executor.calculate_twirling_shots import calculate_twirling_shots
+
+    num, per = calculate_twirling_shots(shots, num_randomizations, shots_per_randomization)
+    return max(int(num), math.ceil(shots / per)), int(per)
+
+
+def check_sampler_randomizations(set_options: dict, pubs) -> None:
+    """Refuse, before queueing, a twirled sampler PUB that would need more than
+    ``MAX_RANDOMIZATIONS`` circuits (``num_randomizations="auto"`` with few shots each, or
+    a PUB's shots far beyond both integers' product)."""
+    if not _sampler_twirled(set_options):
+        return
+    twirling = set_options.get("twirling") or {}
+    num = twirling.get("num_randomizations", "auto")
+    per = twirling.get("shots_per_randomization", "auto")
+    for i, pub in enumerate(pubs):
+        nrand, each = sampler_randomizations(num, per, pub.shots)
+        if nrand > MAX_RANDOMIZATIONS:
+            raise OptionNotSupportedError(
+                f"sampler PUB {i}: {pub.shots} shots at twirling.shots_per_randomization="
+                f"{each} need {nrand} randomizations, more than {MAX_RANDOMIZATIONS} (each is a "
+                "circuit the worker builds and runs): raise shots_per_randomization or lower "
+                "the shots")
+
 def coerce(kind: str, options):
     """``options=`` as IBM's primitives take it: None, a dict (merged over the defaults, so
     nested groups may be partial) or an options object of the primitive's class (copied)."""
