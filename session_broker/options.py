@@ -384,9 +384,29 @@ def _check_mitigation_value(name: str, value) -> None:
             f"resilience.zne.extrapolated_noise_factors={_short(value)} must be finite numbers")
 
 
+#: Seeds every path of the worker takes: Aer's (a signed 64-bit int) and numpy's generators
+#: (no negative seed).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(name: str, value) -> int | None:
+    """``value`` as an int seed (numpy integers too), or None; ``OptionNotSupportedError``
+    naming what is allowed otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or not 0 <= value <= MAX_SEED:
+        raise OptionNotSupportedError(
+            f"{name}={_short(value)} is not a valid seed: expected an int from 0 to 2**63 - 1 "
+            "(Aer takes a 64-bit seed; the worker's random generators take no negative one)")
+    return int(value)
+
+
 def _check_value(name: str, value, supported: str) -> None:
     if name == "default_shots" and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
         raise OptionNotSupportedError(f"default_shots={value!r} must be a positive int")
+    if name in ("simulator.seed_simulator", "seed_estimator"):
+        check_seed(name, value)
     if name == "execution.init_qubits" and value is not True:
         raise OptionNotSupportedError(
             "execution.init_qubits=False is not supported: every simulated shot starts in |0>; "
@@ -495,7 +515,7 @@ class Options(_OptionsData):
         skip = bool(transpilation.pop("skip_transpilation", False))
         if not skip:
             catalog.pass_manager(backend, opt, **transpilation)  # refuses unknown methods now
-        seed = self.simulator.seed_simulator
+        seed = check_seed("simulator.seed_simulator", self.simulator.seed_simulator)
         return {"api": "v1", "optimization_level": opt, "resilience_level": res, "shots": int(shots),
                 "max_execution_time": int(met) if met else None, "skip_transpilation": skip,
                 "transpilation": transpilation, "seed_simulator": seed}

@@ -154,7 +154,7 @@ class SamplerV2(_Primitive, BaseSamplerV2):
                               "result holds no measurement data", UserWarning, stacklevel=2)
         pubs_json = self._encode_checked(coerced, codec.encode_sampler_pubs,
                                          then=codec.check_result_size)
-        summary.update(pubs=len(coerced), shots=max(p.shots for p in coerced))
+        summary.update(pubs=len(coerced), shots=int(max(p.shots for p in coerced)))
         return self._submit(pubs_json, options, summary, inputs={"pubs": coerced, **options["ibm"]})
 
 
