@@ -410,6 +410,14 @@ class BrokerBackend(BackendV2):
     def spec(self) -> BackendSpec:
         return self._spec
 
+    @property
+    def simulator(self) -> bool:
+        """True for the ideal simulators, False for the simulated devices: what IBM's
+        ``backend.simulator`` (its configuration's) says, and what
+        ``service.backends(simulator=...)`` filters on. The REST configuration says False
+        for every backend, as the stock client needs to open sessions (``api/devices.py``)."""
+        return self._spec.kind == "ideal"
+
     @classmethod
     def _default_options(cls) -> Options:
         return Options(shots=4000)

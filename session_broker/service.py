@@ -48,9 +48,10 @@ class QiskitRuntimeService:
         """Catalog backends, as IBM's ``service.backends()`` filters them.
 
         ``operational=True`` (the default) keeps backends with at least one live worker;
-        ``operational=False`` lists those without; ``None`` lists all. ``simulator`` is
-        always False here: every backend is served like a device (sessions, ISA checks),
-        as IBM's client sees them, so ``simulator=True`` finds none.
+        ``operational=False`` lists those without; ``None`` lists all. ``simulator=True``
+        keeps the ideal simulators, ``simulator=False`` the simulated devices (IBM's guides:
+        ``least_busy(operational=True, simulator=False)`` for a device), by
+        ``backend.simulator``.
         ``dynamic_circuits`` keeps backends whose target runs control flow.
         """
         live = {w.get("backend") for w in self._store.live_workers()} if operational is not None else set()
@@ -63,7 +64,7 @@ class QiskitRuntimeService:
                 continue
             if min_num_qubits and spec.num_qubits < min_num_qubits:
                 continue
-            if simulator:
+            if simulator is not None and (spec.kind == "ideal") != bool(simulator):
                 continue
             obj = BrokerBackend(backend, service=self)
             if dynamic_circuits is not None and ("if_else" in obj.target.operation_names) != dynamic_circuits:

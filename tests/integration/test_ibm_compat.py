@@ -222,9 +222,17 @@ def test_least_busy_filters_and_says_what_exists(c):
     service = c.service
     assert service.least_busy(min_num_qubits=5).num_qubits >= 5
     assert service.least_busy(filters=lambda b: b.name == "ibm_manila").name == "ibm_manila"
+    # IBM's guides: least_busy(operational=True, simulator=False) is a device (issue 20: it
+    # was the ideal ibmq_qasm_simulator); backend.simulator says which is which
+    device = service.least_busy(operational=True, simulator=False)
+    assert device.name == "ibm_manila" and device.simulator is False
+    assert {b.name for b in service.backends(simulator=False)} == {"ibm_manila"}
+    assert {b.name for b in service.backends(simulator=True)} == {QASM, "aer_simulator"}
+    assert all(b.simulator for b in service.backends(simulator=True))
+    assert service.least_busy(simulator=True).name in (QASM, "aer_simulator")
     with pytest.raises(UnknownBackendError) as info:
-        service.least_busy(simulator=True)
-    assert "simulator=True" in str(info.value) and QASM in str(info.value)
+        service.least_busy(simulator=False, min_num_qubits=6)
+    assert "simulator=False" in str(info.value) and "ibm_manila (5 qubits)" in str(info.value)
     with pytest.raises(UnknownBackendError) as info:
         service.least_busy(min_num_qubits=1000)
     message = str(info.value)
