@@ -184,6 +184,8 @@ CASES = [
      InvalidInputError, "malformed"),
     # --- circuits against the backend
     ("too_wide_for_qasm", lambda s: sampler(s).run([wide(33)]), CircuitTooWideError, "33 qubits"),
+    ("too_wide_for_qasm_with_idle_qubits", lambda s: sampler(s).run([_idle_wide(40)]),
+     CircuitTooWideError, "uses 40 qubits; backend 'ibmq_qasm_simulator' has 32"),
     ("too_wide_for_device", lambda s: sampler(s, DEVICE).run([wide(6)]), CircuitTooWideError, "has 5"),
     ("too_wide_v1", lambda s: Sampler(backend=s.backend(DEVICE)).run(wide(7)), CircuitTooWideError, "7 qubits"),
     ("not_isa_device_basis", lambda s: sampler(s, DEVICE).run([bell()]), NotISAError, "instruction 'h'"),
@@ -308,6 +310,15 @@ CASES = [
                        options=Options(transpilation={"initial_layout": [0, 0]})).run(bell()),
      OptionNotSupportedError, "initial_layout"),
 ]
+
+
+def _idle_wide(n: int) -> QuantumCircuit:
+    """A Bell pair on the first 2 of ``n`` qubits; the others idle."""
+    qc = QuantumCircuit(n, 2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure([0, 1], [0, 1])
+    return qc
 
 
 def _uncoupled_cx() -> QuantumCircuit:
