@@ -150,20 +150,24 @@ def broker_errors(settings: Settings, what: str):
 
 
 @contextmanager
-def _typed_errors(url: str, what: str):
+def _typed_errors(url: str, what):
+    """The mapping itself; ``what`` is a string or, on hot paths, a callable giving it."""
     try:
         yield
     except redis.ResponseError as exc:
         if not is_out_of_memory(exc):
             raise
+        what = what() if callable(what) else what
         raise BrokerOutOfMemoryError(
             f"Redis at {redact(url)} is out of memory and refused to {what} ({exc}); "
             "nothing was changed: raise Redis's maxmemory or free memory, then retry") from exc
     except redis.BusyLoadingError as exc:
+        what = what() if callable(what) else what
         raise BrokerConnectionError(
             f"Redis at {redact(url)} is still loading its data and could not {what}; "
             "retry in a moment") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
+        what = what() if callable(what) else what
         raise BrokerConnectionError(
             f"lost Redis at {redact(url)} and could not {what} ({exc}); the job records "
             "are in Redis: retry when it is back") from exc
@@ -177,6 +181,8 @@ def _script_names() -> dict[str, str]:
 
 
 def _doing(args: tuple) -> str:
+    """What a failed command was doing: the enclosing ``broker_errors`` block's words, else
+    the script's or command's name."""
     what = _DOING.get()
     if what:
         return what
@@ -198,7 +204,7 @@ class TypedErrorsRedis(redis.Redis):
     broker_url = ""
 
     def execute_command(self, *args, **options):
-        with _typed_errors(self.broker_url, _doing(args)):
+        with _typed_errors(self.broker_url, lambda: _doing(args)):
             return super().execute_command(*args, **options)
 
     def pipeline(self, transaction=True, shard_hint=None) -> redis.client.Pipeline:
@@ -212,12 +218,17 @@ class _TypedErrorsPipeline(redis.client.Pipeline):
     broker_url = ""
 
     def immediate_execute_command(self, *args, **options):
-        with _typed_errors(self.broker_url, _doing(args)):
+        with _typed_errors(self.broker_url, lambda: _doing(args)):
             return super().immediate_execute_command(*args, **options)
 
     def execute(self, raise_on_error: bool = True):
-        commands = sorted({str(c[0][0]).upper() for c in self.command_stack if c[0]})
-        with _typed_errors(self.broker_url, _DOING.get() or f"run {', '.join(commands) or 'a pipeline'}"):
+        stack = list(self.command_stack)   # execute() empties it, even when it fails
+
+        def doing() -> str:
+            names = sorted({_doing(c[0]) for c in stack if c[0]})
+            return _DOING.get() or " and ".join(names) or "run a pipeline"
+
+        with _typed_errors(self.broker_url, doing):
             return super().execute(raise_on_error)
 
 
