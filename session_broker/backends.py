@@ -49,10 +49,13 @@ class BackendSpec:
     num_qubits: int
     description: str
     snapshot: str | None = None
+    #: Whether ``num_qubits`` bounds a circuit's width (``circuit.num_qubits``, as IBM's
+    #: ``is_isa_circuit``) or only its active qubits (Aer drops idle ones): see check_circuit.
+    fixed_width: bool = True
 
 
-def _ideal(name: str, method: str, n: int, why: str) -> BackendSpec:
-    return BackendSpec(name, "ideal", method, n, why)
+def _ideal(name: str, method: str, n: int, why: str, fixed_width: bool = False) -> BackendSpec:
+    return BackendSpec(name, "ideal", method, n, why, fixed_width=fixed_width)
 
 
 def _device(name: str, fake: str, n: int, calibrated: str, version: str,
@@ -77,7 +80,8 @@ CATALOG: dict[str, BackendSpec] = {
     s.name: s
     for s in (
         _ideal("ibmq_qasm_simulator", "automatic", 32,
-               "ideal Aer simulator, method chosen per circuit (like IBM's ibmq_qasm_simulator)"),
+               "ideal Aer simulator, method chosen per circuit (like IBM's ibmq_qasm_simulator)",
+               fixed_width=True),   # a named 32-qubit system, as IBM's: no wider circuit
         _ideal("aer_simulator", "automatic", 32,
                "ideal Aer simulator, method chosen per circuit"),
         _ideal("aer_simulator_statevector", "statevector", 30,
@@ -286,16 +290,24 @@ def check_circuit(name: str, circuit, *, require_isa: bool) -> None:
     spec = get_spec(name)
     if not isinstance(circuit, QuantumCircuit):
         raise InvalidInputError(f"expected a QuantumCircuit, got {type(circuit).__name__}")
-    # A device's qubits are physical: its ISA circuits span the whole chip. An ideal
-    # simulator drops idle qubits before it allocates (Aer's truncation), so what must fit
-    # is the number of qubits an instruction touches: a 127-qubit ISA circuit with 12
-    # active qubits runs on a 32-qubit simulator, as it does with Aer's own primitives.
-    width = circuit.num_qubits if spec.kind == "device" else active_qubits(circuit)
+    # A device's qubits are physical, and ibmq_qasm_simulator is a named 32-qubit system:
+    # a circuit wider than either is refused, as IBM's client does (is_isa_circuit). The
+    # aer_simulator* backends have no fixed width in Aer, which drops idle qubits before it
+    # allocates (truncation), so what must fit is the number of qubits an instruction
+    # touches: a 127-qubit ISA circuit with 12 active qubits runs there, as with Aer's own.
+    width = circuit.num_qubits if spec.fixed_width else active_qubits(circuit)
     if width > spec.num_qubits:
-        what = "uses" if spec.kind == "device" else "acts on"
+        hint = _widest_hint(name, width)
+        if spec.kind == "ideal" and spec.fixed_width:
+            active = active_qubits(circuit)
+            roomy = [s.name for s in CATALOG.values() if s.kind == "ideal" and not s.fixed_width
+                     and s.method == spec.method and s.num_qubits >= active]
+            if roomy:
+                hint = (f"It acts on {active} of them: {roomy[0]} counts only those (Aer drops "
+                        f"idle qubits). {hint}")
         raise CircuitTooWideError(
-            f"circuit {circuit.name!r} {what} {width} qubits; backend {name!r} has "
-            f"{spec.num_qubits}. {_widest_hint(name, width)}"
+            f"circuit {circuit.name!r} {'uses' if spec.fixed_width else 'acts on'} {width} "
+            f"qubits; backend {name!r} has {spec.num_qubits}. {hint}"
         )
     if not require_isa:
         return
@@ -409,6 +421,14 @@ class BrokerBackend(BackendV2):
     @property
     def spec(self) -> BackendSpec:
         return self._spec
+
+    @property
+    def simulator(self) -> bool:
+        """True for the ideal simulators, False for the simulated devices: what IBM's
+        ``backend.simulator`` (its configuration's) says, and what
+        ``service.backends(simulator=...)`` filters on. The REST configuration says False
+        for every backend, as the stock client needs to open sessions (``api/devices.py``)."""
+        return self._spec.kind == "ideal"
 
     @classmethod
     def _default_options(cls) -> Options:

@@ -85,6 +85,10 @@ def coerce_pubs(pubs, coerce, what: str) -> list:
             coerced.validate()
         except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
             raise InvalidInputError(f"{what} PUB {i} is malformed: {exc}") from None
+        if 0 in coerced.shape:   # Qiskit allows it; Aer crashes on it (SIGSEGV with parameters)
+            raise InvalidInputError(
+                f"{what} PUB {i} has shape {coerced.shape}: no parameter value sets to run (an "
+                "axis of length 0); give at least one set of parameter values per PUB")
         for value in coerced.parameter_values.data.values():
             if value.dtype.kind not in "biuf" or not np.all(np.isfinite(value)):
                 raise InvalidInputError(f"{what} PUB {i}: parameter values must be finite real "

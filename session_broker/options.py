@@ -53,6 +53,57 @@ def __getattr__(name: str):
 DEFAULT_SHOTS = 4096
 DEFAULT_PRECISION = 1 / math.sqrt(DEFAULT_SHOTS)  # 0.015625, EstimatorOptions.default_precision
 
+
+def _sampler_twirled(set_options: dict) -> bool:
+    twirling = set_options.get("twirling") or {}
+    return bool(twirling.get("enable_gates") or twirling.get("enable_measure"))
+
+
+def sampler_default_shots(set_options: dict) -> int:
+    """The shots of a sampler PUB that names none, when ``run()`` names none either.
+
+    IBM's rule (``TwirlingOptions``): shots in a PUB or in ``run()`` are always obeyed;
+    ``default_shots`` is a runtime option, so with twirling on and both
+    ``num_randomizations`` and ``shots_per_randomization`` integers, their product takes
+    precedence over it. Otherwise ``default_shots``, else 4096."""
+    twirling = set_options.get("twirling") or {}
+    num, per = twirling.get("num_randomizations"), twirling.get("shots_per_randomization")
+    if _sampler_twirled(set_options) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in (num, per)):
+        return num * per
+    return set_options.get("default_shots") or DEFAULT_SHOTS
+
+
+def sampler_randomizations(num_randomizations, shots_per_randomization, shots: int
+                           ) -> tuple[int, int]:
+    """(randomizations, shots each) for a twirled sampler PUB of ``shots``: IBM's "auto"
+    rules (its own ``calculate_twirling_shots``), and the PUB's shots always obeyed: where
+    both are integers whose product falls short of them, more randomizations of
+    ``shots_per_randomization`` each run (the worker keeps the PUB's first ``shots``)."""
+    from qiskit_ibm_runtime.executor.calculate_twirling_shots import calculate_twirling_shots
+
+    num, per = calculate_twirling_shots(shots, num_randomizations, shots_per_randomization)
+    return max(int(num), math.ceil(shots / per)), int(per)
+
+
+def check_sampler_randomizations(set_options: dict, pubs) -> None:
+    """Refuse, before queueing, a twirled sampler PUB that would need more than
+    ``MAX_RANDOMIZATIONS`` circuits (``num_randomizations="auto"`` with few shots each, or
+    a PUB's shots far beyond both integers' product)."""
+    if not _sampler_twirled(set_options):
+        return
+    twirling = set_options.get("twirling") or {}
+    num = twirling.get("num_randomizations", "auto")
+    per = twirling.get("shots_per_randomization", "auto")
+    for i, pub in enumerate(pubs):
+        nrand, each = sampler_randomizations(num, per, pub.shots)
+        if nrand > MAX_RANDOMIZATIONS:
+            raise OptionNotSupportedError(
+                f"sampler PUB {i}: {pub.shots} shots at twirling.shots_per_randomization="
+                f"{each} need {nrand} randomizations, more than {MAX_RANDOMIZATIONS} (each is a "
+                "circuit the worker builds and runs): raise shots_per_randomization or lower "
+                "the shots")
+
 def coerce(kind: str, options):
     """``options=`` as IBM's primitives take it: None, a dict (merged over the defaults, so
     nested groups may be partial) or an options object of the primitive's class (copied)."""
@@ -333,9 +384,29 @@ def _check_mitigation_value(name: str, value) -> None:
             f"resilience.zne.extrapolated_noise_factors={_short(value)} must be finite numbers")
 
 
+#: Seeds every path of the worker takes: Aer's (a signed 64-bit int) and numpy's generators
+#: (no negative seed).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(name: str, value) -> int | None:
+    """``value`` as an int seed (numpy integers too), or None; ``OptionNotSupportedError``
+    naming what is allowed otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or not 0 <= value <= MAX_SEED:
+        raise OptionNotSupportedError(
+            f"{name}={_short(value)} is not a valid seed: expected an int from 0 to 2**63 - 1 "
+            "(Aer takes a 64-bit seed; the worker's random generators take no negative one)")
+    return int(value)
+
+
 def _check_value(name: str, value, supported: str) -> None:
     if name == "default_shots" and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
         raise OptionNotSupportedError(f"default_shots={value!r} must be a positive int")
+    if name in ("simulator.seed_simulator", "seed_estimator"):
+        check_seed(name, value)
     if name == "execution.init_qubits" and value is not True:
         raise OptionNotSupportedError(
             "execution.init_qubits=False is not supported: every simulated shot starts in |0>; "
@@ -444,7 +515,7 @@ class Options(_OptionsData):
         skip = bool(transpilation.pop("skip_transpilation", False))
         if not skip:
             catalog.pass_manager(backend, opt, **transpilation)  # refuses unknown methods now
-        seed = self.simulator.seed_simulator
+        seed = check_seed("simulator.seed_simulator", self.simulator.seed_simulator)
         return {"api": "v1", "optimization_level": opt, "resilience_level": res, "shots": int(shots),
                 "max_execution_time": int(met) if met else None, "skip_transpilation": skip,
                 "transpilation": transpilation, "seed_simulator": seed}

@@ -144,15 +144,17 @@ class SamplerV2(_Primitive, BaseSamplerV2):
         _no_dry_run(dry_run)
         shots = positive_int(shots, "shots")
         options, summary = self._v2_options()
-        default = shots or options["ibm"]["options"].get("default_shots") or opts.DEFAULT_SHOTS
+        set_options = options["ibm"]["options"]
+        default = shots or opts.sampler_default_shots(set_options)   # IBM's precedence rules
         coerced = coerce_pubs(pubs, lambda p: SamplerPub.coerce(p, default), "sampler")
+        opts.check_sampler_randomizations(set_options, coerced)
         for i, pub in enumerate(coerced):
             if pub.circuit.num_clbits == 0:   # as Qiskit, Aer and IBM: a warning, empty data
                 warnings.warn(f"sampler PUB {i}: the circuit has no classical bits, so its "
                               "result holds no measurement data", UserWarning, stacklevel=2)
         pubs_json = self._encode_checked(coerced, codec.encode_sampler_pubs,
                                          then=codec.check_result_size)
-        summary.update(pubs=len(coerced), shots=max(p.shots for p in coerced))
+        summary.update(pubs=len(coerced), shots=int(max(p.shots for p in coerced)))
         return self._submit(pubs_json, options, summary, inputs={"pubs": coerced, **options["ibm"]})
 
 

@@ -100,8 +100,10 @@ class _MasterSSLConnection(_MasterConnection, SSLConnection):
     pass
 
 
-def client(url: str, tls_kwargs: dict, **kwargs) -> redis.Redis:
-    """A redis-py client bound to the current master (``kwargs`` as for ``redis.Redis``)."""
+def client(url: str, tls_kwargs: dict, redis_class: type[redis.Redis] = redis.Redis,
+           **kwargs) -> redis.Redis:
+    """A redis-py client (of ``redis_class``) bound to the current master (``kwargs`` as for
+    ``redis.Redis``)."""
     parsed = parse(url)
     sentinel_kwargs = {"socket_connect_timeout": kwargs.get("socket_connect_timeout", 5),
                        "socket_timeout": 5}
@@ -111,8 +113,8 @@ def client(url: str, tls_kwargs: dict, **kwargs) -> redis.Redis:
         kwargs = {**kwargs, "ssl": True, **tls_kwargs}
         sentinel_kwargs.update(ssl=True, **tls_kwargs)
     manager = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
-    return manager.master_for(parsed.master, db=parsed.db, username=parsed.username,
-                              password=parsed.password,
+    return manager.master_for(parsed.master, redis_class=redis_class, db=parsed.db,
+                              username=parsed.username, password=parsed.password,
                               connection_class=_MasterSSLConnection if parsed.tls else _MasterConnection)
 
 

@@ -17,7 +17,7 @@ from session_broker.backends import BrokerBackend
 from session_broker.config import get_settings, with_url
 from session_broker.job import RuntimeJobV2
 from session_broker.messages import task_message
-from session_broker.state import Store, new_id
+from session_broker.state import Store, new_id, redis_client
 
 
 class QiskitRuntimeService:
@@ -30,7 +30,8 @@ class QiskitRuntimeService:
     def __init__(self, url: str | None = None, channel: str | None = None,
                  token: str | None = None, instance: str | None = None, **_ignored):
         self._settings = with_url(get_settings(), url)
-        self._store = Store(self._settings)
+        # every call a producer makes raises our typed errors, never redis-py's
+        self._store = Store(self._settings, client=redis_client(self._settings, typed_errors=True))
         self._store.ping()
         self.channel = channel or "local"
 
@@ -47,9 +48,10 @@ class QiskitRuntimeService:
         """Catalog backends, as IBM's ``service.backends()`` filters them.
 
         ``operational=True`` (the default) keeps backends with at least one live worker;
-        ``operational=False`` lists those without; ``None`` lists all. ``simulator`` is
-        always False here: every backend is served like a device (sessions, ISA checks),
-        as IBM's client sees them, so ``simulator=True`` finds none.
+        ``operational=False`` lists those without; ``None`` lists all. ``simulator=True``
+        keeps the ideal simulators, ``simulator=False`` the simulated devices (IBM's guides:
+        ``least_busy(operational=True, simulator=False)`` for a device), by
+        ``backend.simulator``.
         ``dynamic_circuits`` keeps backends whose target runs control flow.
         """
         live = {w.get("backend") for w in self._store.live_workers()} if operational is not None else set()
@@ -62,7 +64,7 @@ class QiskitRuntimeService:
                 continue
             if min_num_qubits and spec.num_qubits < min_num_qubits:
                 continue
-            if simulator:
+            if simulator is not None and (spec.kind == "ideal") != bool(simulator):
                 continue
             obj = BrokerBackend(backend, service=self)
             if dynamic_circuits is not None and ("if_else" in obj.target.operation_names) != dynamic_circuits:

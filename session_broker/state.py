@@ -18,6 +18,7 @@ The public status strings (``session.status()`` and ``job.status()``) are define
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import socket
@@ -26,12 +27,15 @@ import time
 import uuid
 import warnings
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
+import redis.client
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -75,22 +79,27 @@ def new_id() -> str:
     return uuid.uuid4().hex[:20]
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+def redis_client(settings: Settings, *, typed_errors: bool = False) -> redis.Redis:
     """A redis-py client for our own keys: retries through short outages (Redis restarts,
-    a Sentinel failover)."""
-    return connect(settings.url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 40),
-                   health_check_interval=10, socket_connect_timeout=5, socket_keepalive=True)
+    a Sentinel failover). With ``typed_errors`` (producers: ``QiskitRuntimeService``), every
+    command, script and pipeline raises our typed errors (``TypedErrorsRedis``)."""
+    client = connect(settings.url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 40),
+                     health_check_interval=10, socket_connect_timeout=5, socket_keepalive=True,
+                     redis_class=TypedErrorsRedis if typed_errors else redis.Redis)
+    if typed_errors:
+        client.broker_url = settings.url
+    return client
 
 
-def connect(url: str, **kwargs) -> redis.Redis:
+def connect(url: str, redis_class: type[redis.Redis] = redis.Redis, **kwargs) -> redis.Redis:
     """Every redis-py client we make: ``redis://``, ``rediss://`` (TLS options from the URL)
     or ``sentinel://`` (bound to the current master). ``decode_responses`` unless told."""
     kwargs.setdefault("decode_responses", True)
     kwargs.setdefault("retry_on_error", [redis.ConnectionError, redis.TimeoutError])
     bare, ssl_kwargs = split_tls_options(url)
     if sentinel.is_sentinel(url):
-        return sentinel.client(url, ssl_kwargs, **kwargs)
-    return redis.Redis.from_url(bare, **kwargs, **ssl_kwargs)
+        return sentinel.client(url, ssl_kwargs, redis_class=redis_class, **kwargs)
+    return redis_class.from_url(bare, **kwargs, **ssl_kwargs)
 
 
 def split_tls_options(url: str) -> tuple[str, dict]:
@@ -121,29 +130,107 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc))
 
 
+#: What the innermost ``broker_errors`` block is doing, for the typed client's messages.
+_DOING: ContextVar[str | None] = ContextVar("session_broker_redis_doing", default=None)
+
+
 @contextmanager
 def broker_errors(settings: Settings, what: str):
     """Redis's own exceptions -> our typed ones, for the calls producers make.
 
     A producer meets a Redis that is out of memory or gone (after the client's retries) as
     ``BrokerOutOfMemoryError`` / ``BrokerConnectionError``, each saying what failed and what
-    to do, never as a bare redis-py exception."""
+    to do, never as a bare redis-py exception. A producer's client (``TypedErrorsRedis``)
+    maps every call itself; this block only names what the calls inside it do."""
+    token = _DOING.set(what)
+    try:
+        with _typed_errors(settings.url, what):
+            yield
+    finally:
+        _DOING.reset(token)
+
+
+@contextmanager
+def _typed_errors(url: str, what):
+    """The mapping itself; ``what`` is a string or, on hot paths, a callable giving it."""
     try:
         yield
     except redis.ResponseError as exc:
         if not is_out_of_memory(exc):
             raise
+        what = what() if callable(what) else what
         raise BrokerOutOfMemoryError(
-            f"Redis at {redact(settings.url)} is out of memory and refused to {what} ({exc}); "
+            f"Redis at {redact(url)} is out of memory and refused to {what} ({exc}); "
             "nothing was changed: raise Redis's maxmemory or free memory, then retry") from exc
     except redis.BusyLoadingError as exc:
+        what = what() if callable(what) else what
         raise BrokerConnectionError(
-            f"Redis at {redact(settings.url)} is still loading its data and could not {what}; "
+            f"Redis at {redact(url)} is still loading its data and could not {what}; "
             "retry in a moment") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
+        what = what() if callable(what) else what
         raise BrokerConnectionError(
-            f"lost Redis at {redact(settings.url)} and could not {what} ({exc}); the job records "
+            f"lost Redis at {redact(url)} and could not {what} ({exc}); the job records "
             "are in Redis: retry when it is back") from exc
+
+
+@lru_cache(maxsize=1)
+def _script_names() -> dict[str, str]:
+    """SHA1 -> name (``close_session``...) of our Lua scripts, for messages."""
+    return {hashlib.sha1(text.encode()).hexdigest(): name.lower() for name, text in vars(K).items()
+            if name.isupper() and isinstance(text, str) and text.startswith(K.PRELUDE)}
+
+
+def _doing(args: tuple) -> str:
+    """What a failed command was doing: the enclosing ``broker_errors`` block's words, else
+    the script's or command's name."""
+    what = _DOING.get()
+    if what:
+        return what
+    command = str(args[0]).upper() if args else "a command"
+    if command == "EVALSHA" and len(args) > 1:
+        name = _script_names().get(str(args[1]))
+        if name:
+            return f"run its {name} script"
+    return f"run {command}"
+
+
+class TypedErrorsRedis(redis.Redis):
+    """The producer's client: every command (scripts included) and every pipeline raises
+    ``BrokerOutOfMemoryError`` / ``BrokerConnectionError`` where redis-py raises its own
+    out-of-memory and connection errors (after its retries), so no call a producer makes,
+    from ``Session.__exit__`` to ``service.jobs()``, can leak a bare redis-py exception.
+    Workers keep plain clients: their loops handle redis-py's errors themselves."""
+
+    broker_url = ""
+
+    def execute_command(self, *args, **options):
+        with _typed_errors(self.broker_url, lambda: _doing(args)):
+            return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction=True, shard_hint=None) -> redis.client.Pipeline:
+        pipe = _TypedErrorsPipeline(self.connection_pool, self.response_callbacks,
+                                    transaction, shard_hint)
+        pipe.broker_url = self.broker_url
+        return pipe
+
+
+class _TypedErrorsPipeline(redis.client.Pipeline):
+    broker_url = ""
+
+    def immediate_execute_command(self, *args, **options):
+        with _typed_errors(self.broker_url, lambda: _doing(args)):
+            return super().immediate_execute_command(*args, **options)
+
+    def execute(self, raise_on_error: bool = True):
+        stack = list(self.command_stack)   # execute() empties it, even when it fails
+
+        def doing() -> str:
+            names = sorted({_doing(c[0]) for c in stack if c[0]})
+            return _DOING.get() or " and ".join(names) or "run a pipeline"
+
+        with _typed_errors(self.broker_url, doing):
+            return super().execute(raise_on_error)
 
 
 # Redis settings we read at start, and what each bad value costs (see ``Store.check_server``).
@@ -188,8 +275,8 @@ class Replication:
         was = self.connected
         try:
             self.connected = int(self.client.info("replication").get("connected_slaves", 0))
-        except redis.RedisError:
-            return
+        except (redis.RedisError, BrokerConnectionError, BrokerOutOfMemoryError):
+            return   # INFO refused (an ACL) or Redis away: keep what we knew
         if self.connected == 0 and was != 0:
             log.warning("no Redis replica is connected: writes no longer wait for one "
                         "(SESSION_BROKER_WAIT_REPLICAS=%d); a failover now can lose the last "
@@ -197,7 +284,7 @@ class Replication:
             try:
                 prefix = self.settings.key_prefix
                 self.client.hincrby(K.Keys(prefix).counts, "replication_degraded", 1)
-            except redis.RedisError:
+            except (redis.RedisError, BrokerConnectionError, BrokerOutOfMemoryError):
                 pass
         elif self.connected and was == 0:
             log.warning("a Redis replica is connected again: writes wait for it again")

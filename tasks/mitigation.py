@@ -44,6 +44,7 @@ from qiskit.primitives.containers import DataBin, EstimatorPub, PubResult, Sampl
 from qiskit.quantum_info import PauliList
 
 from session_broker import backends
+from session_broker.options import sampler_randomizations
 
 #: 2-qubit gates of IBM's ISAs; each is its own inverse, so a fold G -> G G G stays ISA.
 _TWO_Q = ("cx", "ecr", "cz")
@@ -157,11 +158,9 @@ def randomizations(s: Settings, shots: int) -> tuple[int, int]:
     randomization of every shot when nothing is twirled."""
     if not (s.twirl_gates or s.twirl_measure or s.trex):
         return 1, shots
-    num, per = s.num_randomizations, s.shots_per_randomization
-    if per == "auto":
-        per = max(64, math.ceil(shots / 32)) if num == "auto" else math.ceil(shots / num)
-    if num == "auto":
-        num = math.ceil(shots / per)
+    from qiskit_ibm_runtime.executor.calculate_twirling_shots import calculate_twirling_shots
+
+    num, per = calculate_twirling_shots(shots, s.num_randomizations, s.shots_per_randomization)
     return int(num), int(per)
 
 
@@ -694,7 +693,9 @@ def run_sampler(backend: str, pubs: list[SamplerPub], s: Settings, seed: int | N
     plans = []
     for p, pub in enumerate(pubs):
         twirled = s.twirl_gates or s.twirl_measure
-        nrand, per = randomizations(s, pub.shots) if twirled else (1, pub.shots)
+        # the PUB's shots are always obeyed (IBM): more randomizations where both are fixed
+        nrand, per = (sampler_randomizations(s.num_randomizations, s.shots_per_randomization,
+                                             pub.shots) if twirled else (1, pub.shots))
         params = pub.parameter_values
         pshape = params.shape
         nparams = int(np.prod(pshape, dtype=int)) if pshape else 1

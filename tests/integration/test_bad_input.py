@@ -145,6 +145,15 @@ CASES = [
      lambda s: estimator(s).run([(param3(), "ZZ", {("p[0]",): np.zeros((4, 1)),
                                                   ("p[1]", "p[2]"): np.zeros((3, 2))})]),
      InvalidInputError, "malformed"),
+    # zero-size PUBs: Qiskit's coerce and validate allow them; Aer crashes on them (issue 20)
+    ("sampler_pub_with_no_parameter_sets", lambda s: sampler(s).run([(param3_measured(), np.zeros((0, 3)))]),
+     InvalidInputError, "no parameter value sets"),
+    ("sampler_pub_with_a_zero_axis", lambda s: sampler(s).run([(param3_measured(), np.zeros((3, 0, 3)))]),
+     InvalidInputError, "shape (3, 0)"),
+    ("sampler_unparameterised_zero_size", lambda s: sampler(s).run([(bell(), np.zeros((0, 0)))]),
+     InvalidInputError, "no parameter value sets"),
+    ("estimator_pub_with_no_parameter_sets",
+     lambda s: estimator(s).run([(param3(), "ZZ", np.zeros((0, 3)))]), InvalidInputError, "shape (0,)"),
     ("nan_parameter", lambda s: estimator(s).run([(param3(), "ZZ", [0.1, math.nan, 0.3])]),
      InvalidInputError, "finite"),
     ("inf_parameter", lambda s: sampler(s).run([(param3_measured(), [[0.1, 0.2, math.inf]])]),
@@ -175,6 +184,8 @@ CASES = [
      InvalidInputError, "malformed"),
     # --- circuits against the backend
     ("too_wide_for_qasm", lambda s: sampler(s).run([wide(33)]), CircuitTooWideError, "33 qubits"),
+    ("too_wide_for_qasm_with_idle_qubits", lambda s: sampler(s).run([_idle_wide(40)]),
+     CircuitTooWideError, "uses 40 qubits; backend 'ibmq_qasm_simulator' has 32"),
     ("too_wide_for_device", lambda s: sampler(s, DEVICE).run([wide(6)]), CircuitTooWideError, "has 5"),
     ("too_wide_v1", lambda s: Sampler(backend=s.backend(DEVICE)).run(wide(7)), CircuitTooWideError, "7 qubits"),
     ("not_isa_device_basis", lambda s: sampler(s, DEVICE).run([bell()]), NotISAError, "instruction 'h'"),
@@ -257,6 +268,26 @@ CASES = [
      OptionNotSupportedError, "positive int"),
     ("v2_precision_option_negative", lambda s: estimator(s, options={"default_precision": -1}),
      ValidationError, "default_precision must be >0"),
+    # seeds: Aer takes a signed 64-bit int, numpy's generators no negative one (issue 20)
+    ("v2_seed_simulator_2_63", lambda s: sampler(s, options={"simulator": {"seed_simulator": 2**63}}).run(
+        [bell()]), OptionNotSupportedError, "from 0 to 2**63 - 1"),
+    ("v2_seed_simulator_negative", lambda s: sampler(s, options={"seed_simulator": -1}).run([bell()]),
+     OptionNotSupportedError, "simulator.seed_simulator=-1"),
+    ("v2_seed_estimator_2_63", lambda s: estimator(s, options={"seed_estimator": 2**63}).run(
+        [(bell_unmeasured(), "ZZ")]), OptionNotSupportedError, "seed_estimator=9223372036854775808"),
+    ("v1_seed_simulator_string",
+     lambda s: Sampler(backend=s.backend(QASM), options=Options(simulator={"seed_simulator": "7"})).run(bell()),
+     OptionNotSupportedError, "simulator.seed_simulator='7'"),
+    ("v1_seed_simulator_list",
+     lambda s: Estimator(backend=s.backend(QASM), options=Options(simulator={"seed_simulator": [1, 2]})).run(
+         bell_unmeasured(), "ZZ"), OptionNotSupportedError, "from 0 to 2**63 - 1"),
+    ("v1_seed_simulator_2_63",
+     lambda s: Sampler(backend=s.backend(QASM), options=Options(simulator={"seed_simulator": 2**63})).run(bell()),
+     OptionNotSupportedError, "not a valid seed"),
+    # twirling: each randomization is a circuit on the worker
+    ("twirled_pub_needs_too_many_randomizations",
+     lambda s: sampler(s, options={"twirling": {"enable_gates": True, "shots_per_randomization": 1}}).run(
+         [bell()], shots=5000), OptionNotSupportedError, "5000 randomizations"),
     ("v1_optimization_level_5",
      lambda s: Sampler(backend=s.backend(QASM), options=Options(optimization_level=5)).run(bell()),
      OptionNotSupportedError, "optimization_level=5"),
@@ -279,6 +310,15 @@ CASES = [
                        options=Options(transpilation={"initial_layout": [0, 0]})).run(bell()),
      OptionNotSupportedError, "initial_layout"),
 ]
+
+
+def _idle_wide(n: int) -> QuantumCircuit:
+    """A Bell pair on the first 2 of ``n`` qubits; the others idle."""
+    qc = QuantumCircuit(n, 2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure([0, 1], [0, 1])
+    return qc
 
 
 def _uncoupled_cx() -> QuantumCircuit:
@@ -312,3 +352,24 @@ def test_bad_input_is_refused_before_anything_is_queued(svc, name, call, exc, sa
     assert queue_lengths(store) == queues_before, f"{name}: something was queued"
     assert store.redis.zcard(store.keys.jobs) == jobs_before, f"{name}: a job record was created"
     assert store.redis.hget(store.keys.counts, "submitted") == submitted_before
+
+
+def test_numpy_integers_are_ordinary_input_for_shots_and_seeds(svc):
+    """Qiskit takes NumPy integers wherever it takes ints: PUB shots (issue 20: np.int64 there
+    raised a raw JSON ``TypeError``), ``run(shots=)``, options and V1 seeds. Each job is
+    queued (no worker runs in this module) with plain ints in its record."""
+    import json
+
+    seeded = {"default_shots": np.int64(100), "simulator": {"seed_simulator": np.int32(5)}}
+    jobs = [
+        sampler(svc).run([(bell(), None, np.int64(100))]),
+        sampler(svc).run([(bell(), None, np.int32(100))]),
+        sampler(svc).run([bell()], shots=np.int64(100)),
+        sampler(svc, options=seeded).run([bell()]),
+        Sampler(backend=svc.backend(QASM), options=Options(
+            simulator={"seed_simulator": np.int64(5)}, execution={"shots": np.int32(100)})).run(bell()),
+    ]
+    for i, job in enumerate(jobs):
+        assert job.status() == "QUEUED", i
+        assert json.loads(svc._store.job(job.job_id(), "summary")["summary"])["shots"] == 100, i
+        job.cancel()

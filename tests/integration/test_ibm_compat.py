@@ -22,8 +22,9 @@ from qiskit_aer import AerSimulator
 from qiskit_ibm_runtime import options as ibm_options
 from qiskit_ibm_runtime.execution_span import ExecutionSpans
 
-from session_broker import (Estimator, EstimatorV2, InvalidInputError, OptionNotSupportedError,
-                            QiskitRuntimeService, Sampler, SamplerV2, Session, UnknownBackendError)
+from session_broker import (CircuitTooWideError, Estimator, EstimatorV2, InvalidInputError,
+                            OptionNotSupportedError, QiskitRuntimeService, Sampler, SamplerV2,
+                            Session, UnknownBackendError)
 from session_broker.fake_provider import FakeManilaV2
 from session_broker.options import EstimatorOptions, SamplerOptions
 from session_broker.results import EstimatorResult, SamplerResult
@@ -222,9 +223,17 @@ def test_least_busy_filters_and_says_what_exists(c):
     service = c.service
     assert service.least_busy(min_num_qubits=5).num_qubits >= 5
     assert service.least_busy(filters=lambda b: b.name == "ibm_manila").name == "ibm_manila"
+    # IBM's guides: least_busy(operational=True, simulator=False) is a device (issue 20: it
+    # was the ideal ibmq_qasm_simulator); backend.simulator says which is which
+    device = service.least_busy(operational=True, simulator=False)
+    assert device.name == "ibm_manila" and device.simulator is False
+    assert {b.name for b in service.backends(simulator=False)} == {"ibm_manila"}
+    assert {b.name for b in service.backends(simulator=True)} == {QASM, "aer_simulator"}
+    assert all(b.simulator for b in service.backends(simulator=True))
+    assert service.least_busy(simulator=True).name in (QASM, "aer_simulator")
     with pytest.raises(UnknownBackendError) as info:
-        service.least_busy(simulator=True)
-    assert "simulator=True" in str(info.value) and QASM in str(info.value)
+        service.least_busy(simulator=False, min_num_qubits=6)
+    assert "simulator=False" in str(info.value) and "ibm_manila (5 qubits)" in str(info.value)
     with pytest.raises(UnknownBackendError) as info:
         service.least_busy(min_num_qubits=1000)
     message = str(info.value)
@@ -287,19 +296,26 @@ def test_sampler_circuit_without_classical_bits_warns_and_returns_no_data(c):
     assert len(result[0].data) == 0
 
 
-def test_idle_qubits_do_not_count_against_an_ideal_backends_width(c):
+def test_idle_qubits_do_not_count_against_an_aer_simulator_backends_width(c):
     qc = QuantumCircuit(127)
     qc.h(0)
     for q in range(11):
         qc.cx(q, q + 1)
     obs = SparsePauliOp("I" * 115 + "Z" * 12)    # Z on qubits 0-11, the GHZ's
-    result = EstimatorV2(mode=QASM).run([(qc, obs)], precision=0).result(timeout=120)
+    result = EstimatorV2(mode="aer_simulator").run([(qc, obs)], precision=0).result(timeout=120)
     assert float(result[0].data.evs) == pytest.approx(1.0, abs=1e-9)
     measured = QuantumCircuit(127, 12)
     measured.compose(qc, inplace=True)
     measured.measure(range(12), range(12))
-    counts = SamplerV2(mode=QASM).run([measured], shots=32).result(timeout=120)[0].data.c.get_counts()
+    counts = SamplerV2(mode="aer_simulator").run([measured], shots=32).result(
+        timeout=120)[0].data.c.get_counts()
     assert set(counts) <= {"0" * 12, "1" * 12}
+    # ibmq_qasm_simulator is a named 32-qubit system: wider circuits are refused, as IBM's
+    # client does (issue 20: a 40-qubit circuit ran there)
+    before = c.store.redis.zcard(c.store.keys.jobs)
+    with pytest.raises(CircuitTooWideError, match="uses 127 qubits; backend 'ibmq_qasm_simulator'"):
+        SamplerV2(mode=QASM).run([measured], shots=32)
+    assert c.store.redis.zcard(c.store.keys.jobs) == before
 
 
 @pytest.mark.parametrize("call, match", [

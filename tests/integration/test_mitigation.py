@@ -221,6 +221,34 @@ def test_sampler_twirling_returns_the_pubs_shots_unflipped_and_repeats(c):
     assert device[0].data.meas.num_shots == 64
 
 
+def test_sampler_twirling_shots_follow_ibms_precedence(c):
+    """IBM's rule: shots in a PUB or in run() are always obeyed; otherwise, with both
+    num_randomizations and shots_per_randomization integers, their product takes precedence
+    over default_shots. Issue 20: 4 x 100 without shots ended in ERROR on the worker
+    ("could not broadcast input array from shape (400,3) into shape (4096,3)")."""
+    twirl = {"enable_gates": True, "num_randomizations": 4, "shots_per_randomization": 100}
+    circuit = ghz(3, True)
+
+    def sampler(**options):
+        return SamplerV2(mode=QASM, options={**options, "simulator": {"seed_simulator": 3}})
+
+    jobs = {   # name: (job, shots, randomizations)
+        "product": (sampler(twirling=twirl).run([circuit]), 400, 4),
+        "product over default_shots": (sampler(twirling=twirl, default_shots=50).run([circuit]), 400, 4),
+        "run(shots=) beyond the product": (sampler(twirling=twirl).run([circuit], shots=1000), 1000, 10),
+        "PUB shots within the product": (sampler(twirling=twirl).run([(circuit, None, 300)]), 300, 4),
+        "one integer: default_shots": (sampler(twirling={"enable_gates": True, "num_randomizations": 4},
+                                               default_shots=200).run([circuit]), 200, 4),
+        "auto": (sampler(twirling={"enable_measure": True}, default_shots=256).run([circuit]), 256, 4),
+    }
+    for name, (job, shots, nrand) in jobs.items():
+        result = job.result(timeout=180)
+        counts = result[0].data.meas.get_counts()
+        assert result[0].data.meas.num_shots == shots == sum(counts.values()), (name, counts)
+        assert set(counts) <= {"000", "111"}, (name, counts)
+        assert result[0].metadata["num_randomizations"] == nrand, name
+
+
 @pytest.mark.parametrize("options", [
     {"resilience_level": 1},
     {"resilience_level": 2, "resilience": {"zne": {"noise_factors": [1, 3]}},

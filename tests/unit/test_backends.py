@@ -204,21 +204,27 @@ def test_too_wide_circuit(name):
         check_circuit(name, wide(n + 8), require_isa=False)
     device = get_spec(name).kind == "device"
     wider = "ibm_torino, 133" if device else "aer_simulator_mps, 100"
+    verb = "uses" if get_spec(name).fixed_width else "acts on"
     assert str(info.value) == (
-        f"circuit 'c' {'uses' if device else 'acts on'} {n + 8} qubits; backend '{name}' has {n}. "
+        f"circuit 'c' {verb} {n + 8} qubits; backend '{name}' has {n}. "
         f"Use a wider backend (e.g. {wider} qubits) or a smaller circuit."
     )
     assert isinstance(info.value, InvalidInputError)
 
 
-def test_idle_qubits_do_not_count_on_ideal_backends():
+def test_idle_qubits_do_not_count_on_the_aer_simulator_backends():
     qc = QuantumCircuit(127, name="c")
     for q in range(12):
         qc.h(q)
     qc.barrier()
     check_circuit("aer_simulator_statevector", qc, require_isa=True)   # 12 active of 30
+    check_circuit("aer_simulator", qc, require_isa=True)
     with pytest.raises(CircuitTooWideError, match="uses 127 qubits"):
         check_circuit("ibm_algiers", qc, require_isa=False)            # a device's are physical
+    # ibmq_qasm_simulator is a named 32-qubit system: IBM's client refuses wider circuits
+    with pytest.raises(CircuitTooWideError, match="uses 127 qubits; backend 'ibmq_qasm_simulator' "
+                                                  "has 32. It acts on 12 of them: aer_simulator"):
+        check_circuit("ibmq_qasm_simulator", qc, require_isa=True)
 
 
 def test_too_wide_for_widest_backend():
