@@ -42,21 +42,23 @@ def cli_json(url: str, *argv: str):
     return json.loads(res.stdout)
 
 
-def default_sigint() -> None:
-    """Run in the child before exec: SIGINT back to its default disposition. A non-interactive
-    shell starts background jobs (`pytest ... &`) with SIGINT ignored; the CLI would inherit
-    that and, as Python does with an ignored SIGINT, keep ignoring it (no KeyboardInterrupt).
-    The CLI under test must meet Ctrl-C as a user's terminal delivers it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# The CLI under test starts with SIGINT at its default disposition, as from a user's terminal.
+# A non-interactive shell starts background jobs (`pytest ... &`) with SIGINT ignored; the
+# child would inherit that and, as Python does with an ignored SIGINT, keep ignoring it (no
+# KeyboardInterrupt). This launcher resets it and execs the CLI in the same process (a
+# preexec_fn would do it too, but is unsafe in a process with threads, as this one is).
+CLI = [sys.executable, "-c",
+       ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'session_broker.cli', *sys.argv[1:]])")]
 
 
 class Running:
     """A CLI subprocess whose stdout is collected by a thread, to wait on with a deadline."""
 
     def __init__(self, url: str, *argv: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "session_broker.cli", *argv], cwd=REPO,
+        self.proc = subprocess.Popen([*CLI, *argv], cwd=REPO,
                                      env=cli_env(url), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+                                     stderr=subprocess.PIPE, text=True)
         self.out = ""
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
