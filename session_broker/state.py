@@ -541,12 +541,54 @@ class Store:
 
     # ---------------------------------------------------------------- sessions: end
     def close_session(self, sid: str) -> str:
-        """-> ``pending_closed`` (jobs drain, nothing new accepted), or ``closed`` if idle."""
-        return self._close(args=[self.p, sid])
+        """-> ``pending_closed`` (jobs drain, nothing new accepted), or ``closed`` if idle.
+        Returns once the close would survive a Redis crash (``_lasting``)."""
+        return self._lasting(sid, self._close)
 
     def cancel_session(self, sid: str) -> str:
-        """-> ``closed``: queued jobs become CANCELLED and never run; running ones finish."""
-        return self._cancel(args=[self.p, sid])
+        """-> ``closed``: queued jobs become CANCELLED and never run; running ones finish.
+        Returns once the cancel would survive a Redis crash (``_lasting``)."""
+        return self._lasting(sid, self._cancel)
+
+    # An acknowledged close must not be lost. A Redis that crashes with ``appendfsync
+    # everysec`` restarts from an AOF that is a consistent prefix of history, the last second
+    # or so gone. A lost submit or result heals (the producer gets JobNotFoundError, the job
+    # runs again), but nobody closes a session twice: the producer's ``with`` block is over,
+    # and a lost close left the session active, holding its worker for the interactive
+    # timeout, then open until its max time (hours). So a close or cancel returns only once it is safe: written
+    # to the replicas (WAIT, as submits and results), or on disk: at once with ``appendfsync
+    # always``; otherwise after Redis's fsync window, the session read back and the change
+    # made again if a crash took it back meanwhile.
+    FSYNC_WINDOW = 2.0  # s: everysec fsyncs once a second; one more for a postponed write
+    _fsync_seen: tuple[float, float] | None = None  # (when looked, window)
+
+    def _lasting(self, sid: str, script) -> str:
+        ended = {"pending_closed": 1, "closed": 2}  # how far a close (1) or a cancel (2) takes it
+        state = self._replicated(script, [self.p, sid])
+        while state and not self.replication.wanted() and self._fsync_window():
+            time.sleep(self._fsync_window())
+            now = self.redis.hget(self.keys.session(sid), "state")
+            if now is None or ended.get(now, 0) >= ended.get(state, 0):
+                return state  # it lasted (or Redis lost the whole session: nothing to end)
+            log.warning("Redis lost the end of session %s (it came back %s, not %s: restarted "
+                        "from an older AOF); ending it again", sid, now, state)
+            state = self._replicated(script, [self.p, sid])
+        return state
+
+    def _fsync_window(self) -> float:
+        """Seconds in which a write Redis acknowledged can still be lost by a crash: none with
+        ``appendfsync always`` (on disk before the reply) or without an AOF (a crash loses
+        everything: warned at start); ``FSYNC_WINDOW`` otherwise, and where CONFIG GET is
+        refused (ACL users, managed Redis), which tells nothing. Looked up once a minute."""
+        now = time.monotonic()
+        if self._fsync_seen is None or now - self._fsync_seen[0] > 60:
+            try:
+                cfg = {**self.redis.config_get("appendonly"), **self.redis.config_get("appendfsync")}
+                safe = cfg.get("appendonly") != "yes" or cfg.get("appendfsync") == "always"
+            except redis.ResponseError:
+                safe = False
+            self._fsync_seen = (now, 0.0 if safe else self.FSYNC_WINDOW)
+        return self._fsync_seen[1]
 
     def tick(self, sid: str) -> str:
         """Apply the session's expired timers (max time, interactive, open-session)."""
