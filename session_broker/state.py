@@ -374,10 +374,10 @@ class Store:
         line. A later job of a session whose first job was cancelled is recorded as ERROR.
         """
         with broker_errors(self.settings, f"queue job {job_id}"):
-            res = self._replicated("submit", dict(
-                jid=job_id, sid=session_id or "", backend=backend, primitive=primitive,
-                payload=payload, message=message, queue=queue, ttl=self.settings.result_ttl,
-                summary=json.dumps(summary, separators=(",", ":"))))
+            res = self._replicated("submit", {
+                "jid": job_id, "sid": session_id or "", "backend": backend, "primitive": primitive,
+                "payload": payload, "message": message, "queue": queue,
+                "ttl": self.settings.result_ttl, "summary": json.dumps(summary, separators=(",", ":"))})
         if res[0] == "ok":
             return Submitted(job_id, res[1])
         kind, detail = res[1], res[2]
@@ -411,9 +411,10 @@ class Store:
                error_code: str = "", error: str = "", usage: float = 0.0, ack: str = "") -> str:
         """RUNNING -> DONE/ERROR, fenced by the claim token; may close or idle the session.
         ``ack``: the delivery tag of the job's message, acknowledged in the same script."""
-        return self._replicated("finish", dict(
-            jid=job_id, claim=claim, status=status, result=result, error_code=error_code,
-            error_message=error, usage=f"{usage:.6f}", tag=ack or ""), notify=job_id)
+        return self._replicated("finish", {
+            "jid": job_id, "claim": claim, "status": status, "result": result,
+            "error_code": error_code, "error_message": error, "usage": f"{usage:.6f}",
+            "tag": ack or ""}, notify=job_id)
 
     def _replicated(self, script: str, argv: dict, notify: str | None = None):
         """Run ``script``, then Redis ``WAIT`` on the same connection (one pipeline) until the

@@ -20,10 +20,9 @@ missing or unknown argument name is a ``TypeError`` naming it.
 from __future__ import annotations
 
 import inspect
-import keyword
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from session_broker.keys import HISTOGRAM_BOUNDS, Keys
@@ -31,11 +30,11 @@ from session_broker.keys import HISTOGRAM_BOUNDS, Keys
 # The helpers of lua/lib, in the order they are defined (each uses only those before it).
 LIB = ("clock", "records", "metrics", "jobs", "pins", "timers", "sessions", "messages", "lost")
 
-_LUA_KEYWORDS = frozenset(
-    "and break do else elseif end false for function if in local nil not or repeat return then "
-    "true until while".split())
+_LUA_KEYWORDS = frozenset({
+    "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "if", "in",
+    "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while"})
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_CONTRACT = re.compile(r"\A\s*--\[\[(.*?)\]\]\n", re.S)
+_CONTRACT = re.compile(r"\A\s*--\[\[(.*?)\]\]\n", re.DOTALL)
 _MARK = "\x00"  # placeholders in the sample key names: \x00name\x00
 
 
@@ -135,6 +134,7 @@ def translated_members() -> list[str]:
     return [name for name, _ in _members()]
 
 
+@cache
 def key_header() -> str:
     """The Lua that defines P, K and BOUNDS, generated from ``Keys``: each member is called
     with placeholders (``Keys('\\0P\\0').worker_pin('\\0node\\0')`` is ``'\\0P\\0:w:\\0node\\0:pin'``)
@@ -142,8 +142,8 @@ def key_header() -> str:
     real values, so a member a template cannot express fails here, not in Redis."""
     marked = Keys(f"{_MARK}P{_MARK}")
     real = Keys("pfx")
-    lines = ["-- GENERATED from session_broker/keys.py by session_broker/core/scripts.py: "
-             "the key schema (do not write key names in the Lua)",
+    lines = [("-- GENERATED from session_broker/keys.py by session_broker/core/scripts.py: "
+              "the key schema (do not write key names in the Lua)"),
              "local P = ARGV[1]",
              "local K = {}"]
     for name, params in _members():
@@ -164,8 +164,8 @@ def key_header() -> str:
         if filled != (list(check) if isinstance(check, tuple) else check):
             raise ValueError(f"Keys.{name} is not a plain template of its arguments "
                              f"({filled!r} != {check!r}): write it so, or leave it out of the Lua")
-    lines.append("local BOUNDS = {" + ", ".join(repr(b) for b in HISTOGRAM_BOUNDS) + "}"
-                 "  -- keys.HISTOGRAM_BOUNDS: histogram bucket upper bounds (seconds)")
+    bounds = ", ".join(repr(b) for b in HISTOGRAM_BOUNDS)
+    lines.append(f"local BOUNDS = {{{bounds}}}  -- keys.HISTOGRAM_BOUNDS: bucket upper bounds (s)")
     return "\n".join(lines) + "\n"
 
 
@@ -182,12 +182,12 @@ def names() -> list[str]:
     return sorted(p.name[:-4] for p in _lua_dir().iterdir() if p.name.endswith(".lua"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(rel: str) -> str:
     return (_lua_dir() / rel).read_text(encoding="utf-8")
 
 
-@lru_cache(maxsize=None)
+@cache
 def lib_source() -> str:
     present = sorted(p.name[:-4] for p in (_lua_dir() / "lib").iterdir() if p.name.endswith(".lua"))
     if sorted(LIB) != present:
@@ -195,17 +195,17 @@ def lib_source() -> str:
     return "".join(f"\n-- lib/{name}.lua\n" + _read(f"lib/{name}.lua") for name in LIB)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _defined() -> frozenset[str]:
     """Names the header and helpers define: an ARGV name must not hide one of them."""
     text = key_header() + lib_source()
-    found = set(re.findall(r"^local function (\w+)", text, re.M))
-    for group in re.findall(r"^local ([\w, ]+?) =", text, re.M):
+    found = set(re.findall(r"^local function (\w+)", text, re.MULTILINE))
+    for group in re.findall(r"^local ([\w, ]+?) =", text, re.MULTILINE):
         found.update(n.strip() for n in group.split(","))
     return frozenset(found | {"client"})  # client: run()'s own keyword
 
 
-@lru_cache(maxsize=None)
+@cache
 def contract(name: str) -> Contract:
     if name not in names():
         raise ValueError(f"no Lua script {name!r}: the scripts are {', '.join(names())}")
@@ -225,7 +225,7 @@ def binding(c: Contract) -> str:
             + ", ".join(f"ARGV[{i}]" for i in range(2, len(c.argv) + 2)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def source(name: str) -> str:
     """The whole text of one script as Redis runs it."""
     c = contract(name)
