@@ -26,7 +26,7 @@ and one tenant's names never start with another's; see ``config.KEY_PREFIX``)::
     P:monitor            string alive while a monitor (``session-broker flower``) is open: task events on
     P:w:<node>:pin       string the session pinned to the worker (no expiry: survives restarts)
     P:w:<node>:run       set    job ids the worker is running
-    P:w:<node>:stalled   string pid of this node's executor that left its pin unserved (WORKER_TICK):
+    P:w:<node>:stalled   string pid of this node's executor that left its pin unserved (worker_tick.lua):
                                 the node takes no session until another executor is ready
     P:w:<node>:fetch     list   messages the worker's consumer has taken off a queue and not yet
                                 handed to kombu's ``unacked`` hash (reliable fetch, transport.py):

@@ -127,7 +127,7 @@ class Agent(threading.Thread):
             self.stopping.wait(self.settings.tick)
 
     def unserved(self, released: str, stalled: str) -> None:
-        """Our pin went unserved past the bound (``keys.WORKER_TICK``): the session went back
+        """Our pin went unserved past the bound (``core/lua/worker_tick.lua``): the session went back
         to the front of the line; replace the executor that held it."""
         if released:
             log.warning("%s: session %s had jobs queued and none claimed here for %g s: it goes "
