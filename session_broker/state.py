@@ -10,9 +10,9 @@ Read this module top to bottom to see how a session lives::
 
 Each function runs one Lua script by name (``core/lua/<name>.lua``, through
 ``core.scripts``), so each transition is atomic and one round trip, whoever calls it: a
-producer, a worker, the CLI. Timers are Redis keys with an
-expiry; ``tick`` (run by workers, by ``status()``, by the CLI) applies the ones that ran out,
-so no transition depends on a client process staying alive.
+producer, a worker, the CLI. Timers are Redis keys with an expiry; ``tick`` (run by
+workers, by ``status()``, by the CLI) applies the ones that ran out, so no transition
+depends on a client process staying alive.
 
 The public status strings (``session.status()`` and ``job.status()``) are defined here too.
 """
