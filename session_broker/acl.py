@@ -42,7 +42,7 @@ RW, R, NONE = "rw", "r", ""
 
 # Each member of Keys -> (producer, worker, web) access to the keys it names. Members that
 # name no key (exchanges, prefixes, helpers) map to None. Why producers write worker keys:
-# closing a session gives back its worker's pin (keys.py: release_pin), and node names are
+# closing a session gives back its worker's pin (core/lua/lib/pins.lua: release_pin), and node names are
 # free-form, so "P:w:*" cannot be split into registry entries, pins and running sets.
 ACCESS: dict[str, tuple[str, str, str] | None] = {
     "session": (RW, RW, R), "session_jobs": (RW, RW, R), "timer": (RW, RW, R),

@@ -8,10 +8,11 @@ Read this module top to bottom to see how a session lives::
       ├─close() with work ───▶ pending_closed ──last job ends──▶ closed
       └─cancel() / max_time / never used ─────────────────────────▶ closed
 
-Each function runs one Lua script from ``keys.py``, so each transition is atomic and one
-round trip, whoever calls it: a producer, a worker, the CLI. Timers are Redis keys with an
-expiry; ``tick`` (run by workers, by ``status()``, by the CLI) applies the ones that ran out,
-so no transition depends on a client process staying alive.
+Each function runs one Lua script by name (``core/lua/<name>.lua``, through
+``core.scripts``), so each transition is atomic and one round trip, whoever calls it: a
+producer, a worker, the CLI. Timers are Redis keys with an expiry; ``tick`` (run by
+workers, by ``status()``, by the CLI) applies the ones that ran out, so no transition
+depends on a client process staying alive.
 
 The public status strings (``session.status()`` and ``job.status()``) are defined here too.
 """
@@ -42,6 +43,7 @@ from redis.retry import Retry
 from session_broker import keys as K
 from session_broker import sentinel
 from session_broker.config import Settings, get_settings
+from session_broker.core.scripts import Scripts
 from session_broker.errors import (
     BackendMismatchError,
     BrokerConnectionError,
@@ -306,6 +308,29 @@ class Submitted:
     status: str
 
 
+@dataclass
+class Claim:
+    """What CLAIM decided (``core/lua/claim.lua``): ``run`` the job (its ``payload``, the
+    ``claim`` token that fences FINISH, its ``session`` id or '' and the pin ``epoch``), or
+    not, and why (``reason``)."""
+    run: bool
+    payload: str = ""
+    claim: str = ""
+    session: str = ""
+    epoch: str = ""
+    reason: str = ""
+
+
+@dataclass
+class Reconciled:
+    """What RECONCILE_WORKER did: jobs requeued, the suspects to pass to the next call,
+    fetched messages given back, and the fetch list now (the next call's ``stale_fetch``)."""
+    requeued: int
+    suspects: dict[str, str]
+    given: int
+    fetch: list[str]
+
+
 class Store:
     """Our Redis state for one prefix: the transitions below, and plain reads."""
 
@@ -313,25 +338,7 @@ class Store:
         self.settings = settings or get_settings()
         self.keys = K.Keys(self.settings.key_prefix)
         self.redis = client or redis_client(self.settings)
-        reg = self.redis.register_script
-        self._open = reg(K.OPEN_SESSION)
-        self._submit = reg(K.SUBMIT)
-        self._claim = reg(K.CLAIM)
-        self._finish = reg(K.FINISH)
-        self._job_lost = reg(K.JOB_LOST)
-        self._executor_lost = reg(K.EXECUTOR_LOST)
-        self._cancel_job = reg(K.CANCEL_JOB)
-        self._close = reg(K.CLOSE_SESSION)
-        self._cancel = reg(K.CANCEL_SESSION)
-        self._tick = reg(K.TICK_SESSION)
-        self._sweep = reg(K.SWEEP_DEADLINES)
-        self._worker_tick = reg(K.WORKER_TICK)
-        self._reap = reg(K.REAP_WORKER)
-        self._dead = reg(K.DEAD_WORKERS)
-        self._rescue = reg(K.RESCUE_UNACKED)
-        self._reconcile = reg(K.RECONCILE_WORKER)
-        self._update_tags = reg(K.UPDATE_TAGS)
-        self._notify = reg(K.NOTIFY)
+        self.scripts = Scripts(self.redis, self.settings.key_prefix)
         self.replication = Replication(self.redis, self.settings)
 
     @property
@@ -440,8 +447,9 @@ class Store:
         """A new session is ``open``: no worker yet; its open-session timer starts now."""
         s = self.settings
         with broker_errors(s, f"open session {sid}"):
-            self._open(args=[self.p, sid, backend, mode, max_time, s.interactive_timeout,
-                             s.open_session_timeout, s.result_ttl])
+            self.scripts.run("open_session", sid=sid, backend=backend, mode=mode, max_time=max_time,
+                             interactive_timeout=s.interactive_timeout,
+                             open_session_timeout=s.open_session_timeout, ttl=s.result_ttl)
 
     # ---------------------------------------------------------------- jobs: submit
     def submit(self, job_id: str, session_id: str | None, backend: str, primitive: str,
@@ -453,9 +461,10 @@ class Store:
         line. A later job of a session whose first job was cancelled is recorded as ERROR.
         """
         with broker_errors(self.settings, f"queue job {job_id}"):
-            res = self._replicated(self._submit, [self.p, job_id, session_id or "", backend, primitive,
-                                                  payload, message, queue, self.settings.result_ttl,
-                                                  json.dumps(summary, separators=(",", ":"))])
+            res = self._replicated("submit", {
+                "jid": job_id, "sid": session_id or "", "backend": backend, "primitive": primitive,
+                "payload": payload, "message": message, "queue": queue,
+                "ttl": self.settings.result_ttl, "summary": json.dumps(summary, separators=(",", ":"))})
         if res[0] == "ok":
             return Submitted(job_id, res[1])
         kind, detail = res[1], res[2]
@@ -474,22 +483,27 @@ class Store:
         raise RuntimeError(f"job id collision: {detail}")
 
     # ---------------------------------------------------------------- jobs: on a worker
-    def claim(self, job_id: str, node: str, pid: int, context: str) -> list:
-        """QUEUED -> RUNNING, only if this worker may run it now (see keys.CLAIM).
+    def claim(self, job_id: str, node: str, pid: int, context: str) -> Claim:
+        """QUEUED -> RUNNING, only if this worker may run it now (see ``core/lua/claim.lua``).
 
         Starting a session's first job makes the session ``active``, sets ``started_at``
         and starts the max-time timer; it also fixes the session's device context.
         """
-        return self._claim(args=[self.p, job_id, node, pid, context])
+        res = self.scripts.run("claim", jid=job_id, node=node, pid=pid, context=context)
+        if res[0] == "run":
+            return Claim(True, payload=res[1], claim=res[2], session=res[3], epoch=res[4])
+        return Claim(False, reason=res[1])
 
     def finish(self, job_id: str, claim: str, status: str, result: str = "",
                error_code: str = "", error: str = "", usage: float = 0.0, ack: str = "") -> str:
         """RUNNING -> DONE/ERROR, fenced by the claim token; may close or idle the session.
         ``ack``: the delivery tag of the job's message, acknowledged in the same script."""
-        return self._replicated(self._finish, [self.p, job_id, claim, status, result, error_code,
-                                               error, f"{usage:.6f}", ack or ""], notify=job_id)
+        return self._replicated("finish", {
+            "jid": job_id, "claim": claim, "status": status, "result": result,
+            "error_code": error_code, "error_message": error, "usage": f"{usage:.6f}",
+            "tag": ack or ""}, notify=job_id)
 
-    def _replicated(self, script, args: list, notify: str | None = None):
+    def _replicated(self, script: str, argv: dict, notify: str | None = None):
         """Run ``script``, then Redis ``WAIT`` on the same connection (one pipeline) until the
         wanted replicas hold the write or ``wait_timeout_ms`` passes. With Sentinel, an
         acknowledged submit or result then survives the master's death: the replica that
@@ -498,26 +512,27 @@ class Store:
         same pipeline (Redis runs a connection's commands in order, WAIT blocking it)."""
         want = self.replication.wanted()
         if not want:
-            return script(args=[*args, ""] if notify else args)
+            return self.scripts.run(script, **argv, **({"quiet": ""} if notify else {}))
         pipe = self.redis.pipeline(transaction=False)
-        script(args=[*args, "1"] if notify else args, client=pipe)
+        self.scripts.run(script, client=pipe, **argv, **({"quiet": "1"} if notify else {}))
         pipe.wait(want, self.settings.wait_timeout_ms)
         if notify:
-            self._notify(args=[self.p, notify], client=pipe)
+            self.scripts.run("notify", client=pipe, jid=notify)
         result, acked, *_ = pipe.execute()
         self.replication.acked(acked, want)
         return result
 
     def job_lost(self, job_id: str, node: str, code: str, message: str) -> str:
         """The process running a job died: queue it again, or end it (poison, time limit)."""
-        return self._job_lost(args=[self.p, job_id, node, self.settings.max_attempts, code, message])
+        return self.scripts.run("job_lost", jid=job_id, node=node,
+                                max_attempts=self.settings.max_attempts, code=code, message=message)
 
     def executor_lost(self, node: str, job_id: str | None, code: str, message: str,
                       delivery_tag: str | None) -> str:
         """An executor died running ``job_id`` (or none): settle the job as ``job_lost`` does and
-        take its message out of kombu's unacked hash (see ``keys.EXECUTOR_LOST``)."""
-        return self._executor_lost(args=[self.p, node, self.settings.max_attempts, job_id or "",
-                                         code, message, delivery_tag or ""])
+        take its message out of kombu's unacked hash (see ``core/lua/executor_lost.lua``)."""
+        return self.scripts.run("executor_lost", node=node, max_attempts=self.settings.max_attempts,
+                                jid=job_id or "", code=code, message=message, tag=delivery_tag or "")
 
     def queue_length(self, backend: str) -> int:
         """Jobs waiting in a backend's shared queue plus sessions waiting for one of its workers."""
@@ -533,22 +548,22 @@ class Store:
 
     def update_tags(self, job_id: str, tags: list[str]) -> str:
         """Replace a job's tags (``job.update_tags``): 'ok' or 'not_found'."""
-        return self._update_tags(args=[self.p, job_id, json.dumps(tags)])
+        return self.scripts.run("update_tags", jid=job_id, tags=json.dumps(tags))
 
     def cancel_job(self, job_id: str) -> str:
         """QUEUED -> CANCELLED (its message is taken off the queue). A running job finishes."""
-        return self._cancel_job(args=[self.p, job_id])
+        return self.scripts.run("cancel_job", jid=job_id)
 
     # ---------------------------------------------------------------- sessions: end
     def close_session(self, sid: str) -> str:
         """-> ``pending_closed`` (jobs drain, nothing new accepted), or ``closed`` if idle.
         Returns once the close would survive a Redis crash (``_lasting``)."""
-        return self._lasting(sid, self._close)
+        return self._lasting(sid, "close_session")
 
     def cancel_session(self, sid: str) -> str:
         """-> ``closed``: queued jobs become CANCELLED and never run; running ones finish.
         Returns once the cancel would survive a Redis crash (``_lasting``)."""
-        return self._lasting(sid, self._cancel)
+        return self._lasting(sid, "cancel_session")
 
     # An acknowledged close must not be lost. A Redis that crashes with ``appendfsync
     # everysec`` restarts from an AOF that is a consistent prefix of history, the last second
@@ -562,9 +577,9 @@ class Store:
     FSYNC_WINDOW = 2.0  # s: everysec fsyncs once a second; one more for a postponed write
     _fsync_seen: tuple[float, float] | None = None  # (when looked, window)
 
-    def _lasting(self, sid: str, script) -> str:
+    def _lasting(self, sid: str, script: str) -> str:
         ended = {"pending_closed": 1, "closed": 2}  # how far a close (1) or a cancel (2) takes it
-        state = self._replicated(script, [self.p, sid])
+        state = self._replicated(script, {"sid": sid})
         while state and not self.replication.wanted() and self._fsync_window():
             time.sleep(self._fsync_window())
             now = self.redis.hget(self.keys.session(sid), "state")
@@ -572,7 +587,7 @@ class Store:
                 return state  # it lasted (or Redis lost the whole session: nothing to end)
             log.warning("Redis lost the end of session %s (it came back %s, not %s: restarted "
                         "from an older AOF); ending it again", sid, now, state)
-            state = self._replicated(script, [self.p, sid])
+            state = self._replicated(script, {"sid": sid})
         return state
 
     def _fsync_window(self) -> float:
@@ -592,11 +607,11 @@ class Store:
 
     def tick(self, sid: str) -> str:
         """Apply the session's expired timers (max time, interactive, open-session)."""
-        return self._tick(args=[self.p, sid])
+        return self.scripts.run("tick_session", sid=sid)
 
     def sweep_deadlines(self, limit: int = 100) -> int:
         """Tick every session whose earliest timer is due. Workers run this continually."""
-        return self._sweep(args=[self.p, limit])
+        return self.scripts.run("sweep_deadlines", limit=limit)
 
     # ---------------------------------------------------------------- reads
     def session(self, sid: str, *, tick: bool = True) -> dict[str, str]:
@@ -667,12 +682,14 @@ class Store:
 
         ``executor`` names the ready executor (its pid): a pin it leaves unserved for
         ``unserved_pin_timeout`` is taken from this node and that executor reported stalled
-        (see ``keys.WORKER_TICK``)."""
+        (see ``core/lua/worker_tick.lua``)."""
         s = self.settings
-        pin, epoch, stalled, released = self._worker_tick(args=[
-            self.p, node, backend, int(s.heartbeat_ttl * 1000), hostname(), pid, started,
-            concurrency, device, *(getattr(s, f) for f in self.SYSTEM_FIELDS),
-            "1" if consuming else "0", executor, s.unserved_pin_timeout])
+        pin, epoch, stalled, released = self.scripts.run(
+            "worker_tick", node=node, backend=backend, ttl_ms=int(s.heartbeat_ttl * 1000),
+            host=hostname(), pid=pid, started=started, concurrency=concurrency, device=device,
+            **{f: getattr(s, f) for f in self.SYSTEM_FIELDS},
+            consuming="1" if consuming else "0", executor=executor,
+            unserved_after=s.unserved_pin_timeout)
         return WorkerTick(pin, epoch, stalled, released)
 
     def keep_alive(self, node: str) -> bool:
@@ -682,32 +699,34 @@ class Store:
         return bool(self.redis.pexpire(self.keys.worker(node), int(self.settings.heartbeat_ttl * 1000)))
 
     def dead_workers(self) -> list[str]:
-        return self._dead(args=[self.p])
+        return self.scripts.run("dead_workers")
 
     def rescue_unacked(self, min_age: float, limit: int = 100) -> tuple[int, int]:
         """Give back jobs whose fetched message was orphaned in kombu's unacked hash.
 
         Reads ``limit`` entries of the index from where the previous call stopped (a cursor
         in Redis), so repeated calls cover the whole hash. Returns (given back, inspected)."""
-        rescued, seen = self._rescue(args=[self.p, min_age, limit])
+        rescued, seen = self.scripts.run("rescue_unacked", min_age=min_age, limit=limit)
         return int(rescued), int(seen)
 
     def reconcile_worker(self, node: str, suspects: dict[str, str], held: list[str],
-                         stale_fetch: list[str]) -> tuple[int, dict[str, str], int, list[str]]:
+                         stale_fetch: list[str]) -> Reconciled:
         """Square a live worker's run set and fetch list with what its process holds.
 
         ``held``: the job ids of the requests the worker process holds, read before this
-        call. ``suspects`` and ``stale_fetch``: what the previous call returned. Returns
-        (jobs requeued, suspects for the next call, fetched messages given back, the fetch
-        list now). See ``keys.RECONCILE_WORKER``."""
-        requeued, again, given, fetch = self._reconcile(args=[
-            self.p, node, self.settings.max_attempts, json.dumps(suspects or {}),
-            json.dumps(sorted(held)), json.dumps(list(stale_fetch))])
-        return int(requeued), (json.loads(again) or {}), int(given), list(json.loads(fetch) or [])
+        call. ``suspects`` and ``stale_fetch``: what the previous call returned (its
+        ``suspects`` and ``fetch``). See ``core/lua/reconcile_worker.lua``."""
+        requeued, again, given, fetch = self.scripts.run(
+            "reconcile_worker", node=node, max_attempts=self.settings.max_attempts,
+            suspects=json.dumps(suspects or {}), held=json.dumps(sorted(held)),
+            stale_fetch=json.dumps(list(stale_fetch)))
+        return Reconciled(int(requeued), json.loads(again) or {}, int(given),
+                          list(json.loads(fetch) or []))
 
     def reap_worker(self, node: str, keep_pin: bool = False) -> int:
         """Requeue a dead worker's running jobs and give its session to the next worker."""
-        return self._reap(args=[self.p, node, self.settings.max_attempts, "1" if keep_pin else "0"])
+        return self.scripts.run("reap_worker", node=node, max_attempts=self.settings.max_attempts,
+                                keep_pin="1" if keep_pin else "0")
 
 
 _HOST = socket.gethostname()

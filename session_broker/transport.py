@@ -18,7 +18,7 @@ by ``session-broker worker``, which names its node in ``SESSION_BROKER_WORKER_NO
 fetches with ``BLMOVE queue -> P:w:<node>:fetch`` instead: the message is in Redis at every
 instant. Handing it to kombu's ``unacked`` hash and taking it off the fetch list are one
 MULTI/EXEC (``QoS.append``). A worker that dies in between leaves it on its fetch list,
-which the reaper gives back (``keys.REAP_WORKER``), as it does the jobs the worker ran.
+which the reaper gives back (``core/lua/reap_worker.lua``), as it does the jobs the worker ran.
 Cost: the same one blocking command per fetch, and one LREM more inside the MULTI kombu
 already sends; no extra round trip. BLMOVE takes one source list, so a worker reads the
 base list of one queue per poll (round robin over its queues), not kombu's priority
@@ -208,7 +208,7 @@ class Channel(kombu_redis.Channel):
                     self._settle_fetched(raw, queue)
                     raise
                 # Redis filled up between the fetch and the hand-over: the message stays on
-                # our fetch list, which the agent's reconcile gives back (keys.RECONCILE_WORKER)
+                # our fetch list, which the agent's reconcile gives back (core/lua/reconcile_worker.lua)
                 self._fetched = None
                 self._out_of_memory(exc)
                 return True

@@ -100,10 +100,10 @@ def run_job(task: Task, job_id, primitive: str) -> str:
     node = task.request.hostname
     backend = node_backend()
     claim = s.claim(job_id, node, os.getpid(), backends.context_fingerprint(backend))
-    if claim[0] != "run":
-        log.info("job %s not run here: %s", job_id, claim[1])
-        return claim[1]
-    payload, token = claim[1], claim[2]
+    if not claim.run:
+        log.info("job %s not run here: %s", job_id, claim.reason)
+        return claim.reason
+    payload, token = claim.payload, claim.claim
     started = time.perf_counter()
     status, result, code, error = "DONE", "", "", ""
     try:

@@ -11,7 +11,7 @@ one session. This process holds no Celery and no simulator; it runs one ``Agent`
   ERROR (``max_execution_time``), and a new executor starts.
 - **a job that kills its process** (a segfault, the OOM killer, a test's SIGKILL): the job
   goes back to its queue, or ends in ERROR ``worker_lost`` once it has killed
-  ``SESSION_BROKER_MAX_ATTEMPTS`` executors (``keys.EXECUTOR_LOST``); a new executor starts.
+  ``SESSION_BROKER_MAX_ATTEMPTS`` executors (``core/lua/executor_lost.lua``); a new executor starts.
 - **the node lives on** while its executor restarts: the agent keeps beating, so the pin
   stays and no other worker takes the session; the executor comes back consuming the
   session's queue.

@@ -127,7 +127,7 @@ class Agent(threading.Thread):
             self.stopping.wait(self.settings.tick)
 
     def unserved(self, released: str, stalled: str) -> None:
-        """Our pin went unserved past the bound (``keys.WORKER_TICK``): the session went back
+        """Our pin went unserved past the bound (``core/lua/worker_tick.lua``): the session went back
         to the front of the line; replace the executor that held it."""
         if released:
             log.warning("%s: session %s had jobs queued and none claimed here for %g s: it goes "
@@ -164,12 +164,13 @@ class Agent(threading.Thread):
 
     def reconcile(self) -> None:
         """Requeue jobs our run set lists but this process does not run (see the module doc)."""
-        held = self.link.held_job_ids()  # read before the script: see keys.RECONCILE_WORKER
-        requeued, self._suspects, given, self._fetch_seen = self.store.reconcile_worker(
-            self.node, self._suspects, held, self._fetch_seen)
-        if requeued or given:
+        held = self.link.held_job_ids()  # read before the script: see core/lua/reconcile_worker.lua
+        done = self.store.reconcile_worker(self.node, self._suspects, held, self._fetch_seen)
+        self._suspects, self._fetch_seen = done.suspects, done.fetch
+        if done.requeued or done.given:
             log.warning("reconciled with Redis: requeued %d job(s) recorded as running here that "
-                        "this worker does not run; gave back %d fetched message(s)", requeued, given)
+                        "this worker does not run; gave back %d fetched message(s)", done.requeued,
+                        done.given)
 
     # ------------------------------------------------------------------ consumer
     def follow_pin(self) -> None:

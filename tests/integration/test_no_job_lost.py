@@ -128,7 +128,7 @@ def test_a_bounced_copy_and_the_original_do_not_share_one_unacked_record(fresh):
     assert copy1 is not None and copy1.headers["id"] == jid
     # the worker that took it is pinned to a session: its claim puts the message back
     c.store.redis.set(c.store.keys.worker_pin("bouncer@test"), "some-session")
-    assert c.store.claim(jid, "bouncer@test", 1, "ctx")[1].startswith("worker pinned")
+    assert c.store.claim(jid, "bouncer@test", 1, "ctx").reason.startswith("worker pinned")
     second = Connection(c.url, transport_options=options)
     ch2 = second.channel()
     copy2 = ch2.basic_get(queue, no_ack=False)
