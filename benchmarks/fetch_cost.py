@@ -6,7 +6,7 @@ A worker's consumer does, per job, what kombu's Redis transport does, in one of 
 
 - ``brpop`` (kombu): BRPOP the queue, then one MULTI recording the message in the
   ``unacked`` hash and index. Between the two the message exists only in the process.
-- ``blmove`` (ours, ``session_broker/transport.py``): BLMOVE the queue onto the worker's
+- ``blmove`` (ours, ``session_broker/core/transport.py``): BLMOVE the queue onto the worker's
   fetch list, then the same MULTI plus an LREM taking it off that list.
 
 Both then acknowledge (the MULTI that deletes the unacked entry). Producer pushes are done
@@ -29,8 +29,8 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from session_broker.embedded import Stack  # noqa: E402
-from session_broker.messages import task_message  # noqa: E402
+from session_broker.ops.embedded import Stack  # noqa: E402
+from session_broker.core.messages import task_message  # noqa: E402
 
 
 def consume(r: redis.Redis, way: str, queue: str, fetch: str, jobs: int) -> float:

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import RESULTS, format_table, log, machine_info  # noqa: E402
+from benchmarks.common import RESULTS, format_table, log, machine_info  # noqa: E402
 
 PRECISION = 1 / 64          # IBM's default: 4096 shots
 TARGETS = {("ghz5-readout", 1): 0.5, ("ising5-trotter", 2): 0.5}
@@ -89,7 +89,7 @@ def run(quick: bool) -> dict:
     for name in list(os.environ):
         if name.startswith("SESSION_BROKER_"):
             os.environ.pop(name)
-    from session_broker.embedded import Stack, wait_for
+    from session_broker.ops.embedded import Stack, wait_for
 
     state = Path(tempfile.mkdtemp(prefix="sb-mitigation-"))
     stack = Stack(state)
@@ -99,7 +99,7 @@ def run(quick: bool) -> dict:
     try:
         url = stack.start_redis(name="redis")
         os.environ["SESSION_BROKER_URL"] = url
-        from session_broker.config import get_settings
+        from session_broker.core.config import get_settings
 
         get_settings.cache_clear()
         from session_broker import EstimatorV2, QiskitRuntimeService

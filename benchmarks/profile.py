@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import RESULTS, format_table, log, machine_info, percentile, ratio, summarize  # noqa: E402
+from benchmarks.common import RESULTS, format_table, log, machine_info, percentile, ratio, summarize  # noqa: E402
 
 BACKEND = "aer_simulator"
 PY_SPY = Path(sys.executable).parent / "py-spy"
@@ -152,7 +152,7 @@ def fast_result(job):
     """A one-round-trip ``result()``: rotate the latch onto itself (BLMOVE takes the token
     and puts it back in one command, so other waiters still see it and no RPUSH/EXPIRE
     follows) pipelined with the record's HMGET, which Redis runs as soon as BLMOVE returns."""
-    from session_broker import codec
+    from session_broker.core import codec
 
     store = job._store
     latch, record = store.keys.job_done(job.job_id()), store.keys.job(job.job_id())
@@ -252,13 +252,13 @@ class Profile:
         for name in list(os.environ):
             if name.startswith("SESSION_BROKER_"):
                 os.environ.pop(name)
-        from session_broker.embedded import Stack
+        from session_broker.ops.embedded import Stack
 
         self.stack = Stack(self.state)
         self.url = self.stack.start_redis(name="redis")
         os.environ["SESSION_BROKER_URL"] = self.url
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        from session_broker.config import get_settings
+        from session_broker.core.config import get_settings
 
         get_settings.cache_clear()
         from session_broker import QiskitRuntimeService
@@ -272,7 +272,7 @@ class Profile:
         self.direct = C.Direct()
         self.circuit = C.bell()
         self.worker = self.start_worker("shipped")
-        from session_broker.embedded import wait_for
+        from session_broker.ops.embedded import wait_for
 
         wait_for(lambda: len(self.store.live_workers(BACKEND)) == 1, 60, "one live worker")
         self.session, _ = self.pinned_session()
@@ -282,7 +282,7 @@ class Profile:
 
         The shipped worker's executor is traced by a ``sitecustomize`` on its PYTHONPATH
         (benchmark-only: the product has no tracing hook)."""
-        from session_broker.embedded import wait_for
+        from session_broker.ops.embedded import wait_for
 
         node = f"{BACKEND}-{variant}@profile"
         trace = self.state / f"trace-{variant}"
@@ -291,7 +291,7 @@ class Profile:
             hook = self.state / "trace-hook"
             hook.mkdir(exist_ok=True)
             (hook / "sitecustomize.py").write_text(TRACE_HOOK)
-            argv = [sys.executable, "-m", "session_broker.cli", "worker", "--backend", BACKEND,
+            argv = [sys.executable, "-m", "session_broker.ops.cli", "worker", "--backend", BACKEND,
                     "--name", node]
             env = {"SESSION_BROKER_URL": self.url, "PYTHONPATH": str(hook), "SB_BENCH_ROOT": str(ROOT),
                    "SB_BENCH_TRACE_DIR": str(trace), **extra}

@@ -25,11 +25,9 @@ synthetic data by ``tests/unit/test_bench_smoke.py``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -41,46 +39,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.common import (  # noqa: E402  (after the sys.path line above)
+    RESULTS, fmt, format_table, log, machine_info, percentile, ratio, summarize)
 ALL_SCENARIOS = (1, 2, 3, 4, 5, 6)
 CONTENDERS = ("direct", "plain_celery", "ibm_local", "sb_job", "sb_session")
 
 # ====================================================================== pure helpers
-def percentile(values, q: float) -> float:
-    """The q-th percentile (0..100), linear between closest ranks (numpy's default)."""
-    data = sorted(float(v) for v in values)
-    if not data:
-        return math.nan
-    if len(data) == 1:
-        return data[0]
-    pos = (len(data) - 1) * min(max(q, 0.0), 100.0) / 100.0
-    lo = int(math.floor(pos))
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
-def summarize(seconds) -> dict:
-    """n, median, p90, p99, mean, min, max of durations given in seconds, as milliseconds."""
-    data = [float(s) for s in seconds]
-    if not data:
-        return {"n": 0}
-    ms = [s * 1000.0 for s in data]
-    return {"n": len(ms), "median_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90),
-            "p99_ms": percentile(ms, 99), "mean_ms": sum(ms) / len(ms), "min_ms": min(ms),
-            "max_ms": max(ms)}
-
-
-def ratio(value, base):
-    """value / base, or None when either is missing or base is not positive."""
-    try:
-        value, base = float(value), float(base)
-    except (TypeError, ValueError):
-        return None
-    if base <= 0 or math.isnan(base) or math.isnan(value):
-        return None
-    return value / base
-
-
 def with_ratios(summary: dict, base: dict) -> dict:
     """A summary plus its median and p99 as ratios to ``base``'s (the direct call's)."""
     out = dict(summary)
@@ -99,31 +63,6 @@ def verdict(value, limit, op: str = "<=") -> str:
         return "n/a"
     ok = value <= limit if op == "<=" else value >= limit
     return "PASS" if ok else "MISS"
-
-
-def fmt(value, unit: str = "", digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if unit == "x":
-        return f"{value:.{digits}f}x"
-    if unit == "B":
-        return f"{value:,.0f} B"
-    return f"{value:.{digits}f}{unit}"
-
-
-def format_table(headers, rows, title: str | None = None) -> str:
-    """A plain-text table (markdown pipes, so it pastes into an issue as is)."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(row):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
-
-    out = [f"\n{title}"] if title else []
-    out.append(line(cells[0]))
-    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    out += [line(r) for r in cells[1:]]
-    return "\n".join(out)
 
 
 def compute_targets(results: dict) -> list[dict]:
@@ -292,46 +231,6 @@ MODES = {
 }
 
 
-def machine_info() -> dict:
-    from importlib import metadata
-
-    info = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "hostname": platform.node(), "platform": platform.platform(),
-            "python": platform.python_version(), "cpus": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()
-        info["mem_total_gib"] = round(int(mem[1]) / 2**20, 1)
-    except OSError:
-        pass
-    versions = {}
-    for dist in ("qiskit", "qiskit-aer", "qiskit-ibm-runtime", "celery", "kombu", "billiard",
-                 "redis", "numpy", "session-broker"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    info["versions"] = versions
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                            capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        info["git_dirty"] = bool(dirty)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 # ====================================================================== the run
 class Flood:
     """The competing producer (benchmarks/flood.py) in its own process."""
@@ -388,14 +287,14 @@ class Bench:
         for name in list(os.environ):
             if name.startswith("SESSION_BROKER_"):
                 os.environ.pop(name)  # the product's defaults, whatever this shell has set
-        from session_broker.embedded import Stack
+        from session_broker.ops.embedded import Stack
 
         self.stack = Stack(self.state_dir)
         self.url = self.stack.start_redis(name="redis")
         os.environ["SESSION_BROKER_URL"] = self.url
         os.environ["BENCH_PLAIN_URL"] = self.url
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        from session_broker.config import get_settings
+        from session_broker.core.config import get_settings
 
         get_settings.cache_clear()
         from benchmarks import plain_celery
@@ -430,7 +329,7 @@ class Bench:
             stack.stop(grace=15)
 
     def ensure_sb_workers(self, n: int, warm: bool = True) -> None:
-        from session_broker.embedded import wait_for
+        from session_broker.ops.embedded import wait_for
 
         n = max(1, n)
         changed = False
@@ -840,13 +739,13 @@ class Bench:
     def scenario6(self) -> dict:
         """The stock client (its own process, REST) and the Python API, same worker, same run:
         Python block, REST block, Python block; the ratio uses both Python blocks' median."""
-        from session_broker.embedded import free_port, wait_for
+        from session_broker.ops.embedded import free_port, wait_for
 
         C, reps = self.C, self.cfg["s6_reps"]
         self.ensure_sb_workers(1)
         port, key = free_port(), "bench-key-0123456789"
         crn = "crn:v1:bluemix:public:quantum-computing:us-east:a/bench:bench::"
-        api = self.stack.spawn("api", [sys.executable, "-m", "session_broker.cli", "api", "--port", str(port)],
+        api = self.stack.spawn("api", [sys.executable, "-m", "session_broker.ops.cli", "api", "--port", str(port)],
                                {"SESSION_BROKER_URL": self.url, "SESSION_BROKER_API_KEYS": key,
                                 "SESSION_BROKER_API_INSTANCE": crn})
         import urllib.request

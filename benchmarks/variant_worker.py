@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     os.environ["SESSION_BROKER_WORKER_CONCURRENCY"] = "1"
     os.environ["SESSION_BROKER_WORKER_DEVICE"] = "CPU"
     from session_broker.celery_app import app
-    from session_broker.state import Store
+    from session_broker.core.store import Store
 
     if args.no_events:
         app.conf.worker_send_task_events = False
@@ -59,12 +59,12 @@ def main(argv=None) -> None:
     store.ping()
     link = ConsumerLink()
     from celery import signals
-    from tasks.worker import Agent
+    from tasks.agent import Agent
 
     signals.worker_ready.connect(lambda sender=None, **_: setattr(link, "consumer", sender), weak=False)
     Agent(link, args.name, args.backend, 1, "CPU").start()
     if args.pool != "prefork":
-        from tasks.execute import warm_up
+        from tasks.simulate import warm_up
 
         warm_up(args.backend)  # worker_process_init only fires for prefork children
     argv = ["worker", f"--pool={args.pool}", "--concurrency=1", f"--hostname={args.name}",
@@ -94,7 +94,7 @@ class ConsumerLink:
         return sorted({r._job_id() for r in requests if getattr(r, "_job_id", None) and r._job_id()})
 
     def follow(self, queue: str) -> bool:
-        from tasks.worker import switch_queues
+        from tasks.executor import switch_queues
 
         task_consumer = getattr(self.consumer, "task_consumer", None)
         current = None if task_consumer is None else {q.name for q in task_consumer.queues}

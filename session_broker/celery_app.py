@@ -38,14 +38,14 @@ from celery.app.control import Control
 from kombu import Queue, pidbox
 from kombu.transport import TRANSPORT_ALIASES
 
-from session_broker import sentinel
-from session_broker.config import Settings, get_settings
-from session_broker.keys import Keys
-from session_broker.state import split_tls_options
+from session_broker.core import sentinel
+from session_broker.core.config import Settings, get_settings
+from session_broker.core.keys import Keys
+from session_broker.core.urls import split_tls_options
 
 # kombu's Redis transport, hardened against malformed envelopes (see transport.py)
-TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = "session_broker.transport:Transport"
-TRANSPORT_ALIASES["sentinel"] = "session_broker.transport:SentinelTransport"
+TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = "session_broker.core.transport:Transport"
+TRANSPORT_ALIASES["sentinel"] = "session_broker.core.transport:SentinelTransport"
 
 
 class TenantMailbox(pidbox.Mailbox):
@@ -142,7 +142,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_enable_remote_control=True,
         worker_consumer="session_broker.celery_app:Consumer",
-        imports=["tasks.primitives", "tasks.executor"],
+        imports=["tasks.celery_tasks", "tasks.executor"],
         timezone="UTC",
     )
     if tls:

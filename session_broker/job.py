@@ -17,12 +17,13 @@ from typing import Any, Callable
 
 from qiskit.primitives import BasePrimitiveJob, PrimitiveResult
 
-from session_broker import codec
+from session_broker.core import codec
 from session_broker.errors import (
     InvalidInputError, JobNotFoundError, JobTimeoutError, error_for_code,
 )
 from session_broker.results import v1_transform
-from session_broker.state import FINAL_JOB_STATUSES, Store, iso
+from session_broker.core.ids import iso
+from session_broker.core.store import FINAL_JOB_STATUSES, Store
 
 
 class RuntimeJobV2(BasePrimitiveJob):

@@ -14,10 +14,13 @@ from typing import Callable
 
 from session_broker import backends as catalog
 from session_broker.backends import BrokerBackend
-from session_broker.config import get_settings, with_url
+from session_broker.core.config import get_settings, with_url
+from session_broker.inputs import jobs_filters
 from session_broker.job import RuntimeJobV2
-from session_broker.messages import task_message
-from session_broker.state import Store, new_id, redis_client
+from session_broker.core.messages import task_message
+from session_broker.core.connection import redis_client
+from session_broker.core.ids import new_id
+from session_broker.core.store import Store
 
 
 class QiskitRuntimeService:
@@ -125,8 +128,6 @@ class QiskitRuntimeService:
         ``pending`` means QUEUED or RUNNING; ``job_tags`` keeps jobs that have all of them;
         naive datetimes are local time, as IBM's client reads them.
         """
-        from session_broker.inputs import jobs_filters
-
         limit, skip, after, before = jobs_filters(limit, skip, created_after, created_before)
         backend_name = backend_name or backend
         store = self._store
@@ -199,7 +200,7 @@ class QiskitRuntimeService:
         return job
 
     def __repr__(self) -> str:
-        from session_broker.state import redact
+        from session_broker.core.connection import redact
 
         return f"<QiskitRuntimeService({redact(self.url)!r})>"
 

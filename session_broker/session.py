@@ -22,7 +22,8 @@ from session_broker import backends as catalog
 from session_broker.backends import BrokerBackend
 from session_broker.errors import InvalidInputError, InvalidMaxTimeError, SessionNotFoundError
 from session_broker.service import QiskitRuntimeService, default_service
-from session_broker.state import SESSION_STATUS, iso, new_id
+from session_broker.core.ids import iso, new_id
+from session_broker.core.store import SESSION_STATUS
 
 _current: ContextVar["Session | None"] = ContextVar("session_broker_session", default=None)
 _entered: list["Session"] = []

@@ -37,44 +37,9 @@ from celery import signals
 log = logging.getLogger("session_broker.worker")
 logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs every pass at INFO
 
-# environment the supervisor sets for its executors
-from tasks.supervisor import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR  # noqa: E402
+from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, link, open_link  # noqa: E402
 # seconds events stay on after the last request for them (Flower asks every 5 s)
 EVENTS_LINGER = float(os.environ.get("SESSION_BROKER_EVENTS_LINGER", "15"))
-
-
-class Link:
-    """This process's end of the pipes to its supervisor."""
-
-    def __init__(self, status_fd: int, command_fd: int):
-        self.status_fd, self.command_fd = status_fd, command_fd
-        self._lock = threading.Lock()
-
-    def send(self, *words) -> None:
-        line = " ".join(str(w).replace(" ", "_").replace("\n", "_") or "-" for w in words) + "\n"
-        with self._lock:   # one write per line: atomic on a pipe (< PIPE_BUF)
-            os.write(self.status_fd, line.encode())
-
-    def running(self, job_id: str | None, hard_limit: float | None, delivery_tag) -> None:
-        self.send("run", job_id or "-", f"{float(hard_limit or 0):g}", delivery_tag or "-")
-
-    def idle(self) -> None:
-        self.send("idle")
-
-    def commands(self):
-        """Lines from the supervisor, until it closes its end."""
-        with os.fdopen(self.command_fd, "r", buffering=1) as pipe:
-            for line in pipe:
-                yield line.split()
-
-
-_link: Link | None = None
-
-
-def link() -> Link | None:
-    """The supervisor link, or None in a process the supervisor did not start (a plain
-    ``celery worker``, a test importing the tasks)."""
-    return _link
 
 
 # ---------------------------------------------------------------------- events on demand
@@ -140,7 +105,7 @@ def _warm(**_):
     """Build the simulator before the first job (the solo pool sends this at start-up)."""
     backend = os.environ.get("SESSION_BROKER_WORKER_BACKEND")
     if backend:
-        from tasks.execute import warm_up
+        from tasks.simulate import warm_up
 
         warm_up(backend)
 
@@ -148,14 +113,14 @@ def _warm(**_):
 @signals.task_postrun.connect
 def _ended(**_):
     """The job handed over by ``JobRequest.on_accepted`` has ended (its result is stored)."""
-    if _link is not None:
-        _link.idle()
+    if link() is not None:
+        link().idle()
 
 
 @signals.worker_ready.connect
 def _ready(sender=None, **_):
     global _events
-    if _link is None:
+    if link() is None:
         return
     consumer = sender
     node = os.environ.get("SESSION_BROKER_WORKER_NODE", "")
@@ -163,7 +128,7 @@ def _ready(sender=None, **_):
         # the claim compares Celery's node name with the registry's: they must be one name
         log.critical("executor's Celery node %r is not its registered node %r", consumer.hostname, node)
         os._exit(3)
-    from tasks.primitives import store
+    from tasks.celery_tasks import store
 
     _events = Events(consumer, store(), os.environ.get("SESSION_BROKER_TASK_EVENTS") == "always")
     _events.apply()  # a monitor already open: events from the first job
@@ -171,24 +136,35 @@ def _ready(sender=None, **_):
     threading.Thread(target=_follow_commands, args=(consumer,), name="executor-commands",
                      daemon=True).start()
     threading.Thread(target=_events_loop, name="executor-events", daemon=True).start()
-    _link.send("ready", queue)
+    link().send("ready", queue)
 
 
 def _follow_commands(consumer) -> None:
-    for words in _link.commands():
+    for words in link().commands():
         if len(words) == 2 and words[0] == "queue":
             consumer.call_soon(_switch, consumer, words[1])
     # the supervisor is gone (PR_SET_PDEATHSIG kills us too; this is the belt to its braces)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def switch_queues(consumer, wanted: str) -> None:
+    """Make ``consumer`` fetch from ``wanted`` only. Runs in the consumer's event loop (the
+    executor's command thread hands it over with ``call_soon``), never from another thread."""
+    if consumer.task_consumer is None:
+        return
+    current = {q.name for q in consumer.task_consumer.queues}
+    if wanted not in current:
+        consumer.add_task_queue(wanted)
+    for name in current - {wanted}:
+        consumer.cancel_task_queue(name)
+        consumer.app.amqp.queues.pop(name, None)  # forget session queues: no growth per session
+
+
 def _switch(consumer, queue: str) -> None:
     """In the consumer's loop: consume ``queue`` only, and tell the supervisor it does."""
-    from tasks.worker import switch_queues
-
     switch_queues(consumer, queue)
     if consumer.task_consumer is not None:
-        _link.send("consuming", ",".join(sorted(q.name for q in consumer.task_consumer.queues)))
+        link().send("consuming", ",".join(sorted(q.name for q in consumer.task_consumer.queues)))
 
 
 def _events_loop() -> None:
@@ -216,7 +192,7 @@ def _wait_registered(node: str) -> None:
     first, to boot them while it checks Redis, and registers meanwhile)."""
     import redis
 
-    from session_broker.state import Store
+    from session_broker.core.store import Store
 
     store = Store()
     key = store.keys.worker(node)
@@ -231,10 +207,9 @@ def _wait_registered(node: str) -> None:
 
 def main() -> None:
     """``python -m tasks.executor``: started by the supervisor, never by hand."""
-    global _link
     _die_with_parent()
-    _link = Link(int(os.environ[ENV_STATUS_FD]), int(os.environ[ENV_COMMAND_FD]))
-    for fd in (_link.status_fd, _link.command_fd):
+    open_link(int(os.environ[ENV_STATUS_FD]), int(os.environ[ENV_COMMAND_FD]))
+    for fd in (link().status_fd, link().command_fd):
         os.set_inheritable(fd, False)   # nothing this process starts keeps the supervisor's pipes
     _watch_enable_events()
     from session_broker.celery_app import app

@@ -40,15 +40,11 @@ import uuid
 
 import redis
 
-from session_broker.state import Store
-from tasks.worker import Agent
+from session_broker.core.store import Store
+from tasks.agent import Agent
+from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR
 
 log = logging.getLogger("session_broker.worker")
-# what the supervisor tells an executor in its environment (read by executor.py)
-ENV_STATUS_FD = "SESSION_BROKER_EXECUTOR_STATUS_FD"
-ENV_COMMAND_FD = "SESSION_BROKER_EXECUTOR_COMMAND_FD"
-ENV_QUEUE = "SESSION_BROKER_EXECUTOR_QUEUE"
-ENV_SUPERVISOR = "SESSION_BROKER_SUPERVISOR_PID"
 BOOT_FAILURES = 5
 RESEND_AFTER = 2.0   # s: ask an executor again to switch queues if it has not said it did
 
@@ -364,6 +360,14 @@ class Supervisor:
                     return "not settled"
                 log.warning("%s: cannot reach Redis to settle a lost executor: %s", node, exc)
                 time.sleep(0.5)
+
+
+def start_worker(backend: str, *, concurrency: int = 1, name: str | None = None,
+                 device: str = "CPU", loglevel: str = "WARNING") -> int:
+    """``session-broker worker``: a supervisor and ``concurrency`` executors (blocks; returns
+    the exit status)."""
+    return Supervisor(backend, concurrency=concurrency, name=name, device=device,
+                      loglevel=loglevel).run()
 
 
 def _describe(code: int | None) -> str:

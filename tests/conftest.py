@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from session_broker.config import load_settings
-from session_broker.embedded import Stack, wait_for
-from session_broker.state import Store
+from session_broker.core.config import load_settings
+from session_broker.ops.embedded import Stack, wait_for
+from session_broker.core.store import Store
 from tasks.supervisor import node_name
 
 HOST = socket.gethostname()   # what Celery's %h expands to: the node names tests compare with
@@ -102,7 +102,7 @@ def make_cluster(stack, redis_url, env=None) -> Cluster:
     """Point this process's defaults (``QiskitRuntimeService()``, ``mode="name"``) at the
     module's Redis: each module has its own server."""
     import session_broker.service as service_module
-    from session_broker.config import get_settings
+    from session_broker.core.config import get_settings
 
     os.environ["SESSION_BROKER_URL"] = redis_url
     get_settings.cache_clear()

@@ -2,7 +2,7 @@
 
 ``session-broker api`` (and ``web``, and ``up``) serve ``app.create_app()`` with uvicorn.
 The stock ``qiskit_ibm_runtime`` client talks to the routes in ``runtime.py`` and ``jobs.py`` (after a
-token from ``identity.py``); operators use the pages in ``session_broker.web``. Modules:
+token from ``identity.py``); operators use the pages in ``session_broker.ops.web``. Modules:
 
 ``settings``  SESSION_BROKER_API_* (keys, instance CRN, token secret, resource limits)
 ``limits``    body size and time, header deadline, tag limits

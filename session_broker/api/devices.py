@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from session_broker import backends as catalog
-from session_broker.state import Store
+from session_broker.core.store import Store
 
 ONLINE_DATE = "2024-01-01T00:00:00Z"
 _NON_GATES = {"measure", "reset", "delay", "if_else", "for_loop", "while_loop", "switch_case",

@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from session_broker.config import validate_prefix
+from session_broker.core.config import validate_prefix
 from session_broker.errors import ConfigurationError
 
 DEFAULT_INSTANCE = "crn:v1:bluemix:public:quantum-computing:us-east:a/session-broker:local::"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from session_broker.config import Settings
+from session_broker.core.config import Settings
 from session_broker.service import QiskitRuntimeService
-from session_broker.state import Store
+from session_broker.core.store import Store
 
 
 class TenantService(QiskitRuntimeService):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from session_broker.keys import HISTOGRAM_BOUNDS, Keys
+from session_broker.core.keys import HISTOGRAM_BOUNDS, Keys
 
 # The helpers of lua/lib, in the order they are defined (each uses only those before it).
 LIB = ("clock", "records", "metrics", "jobs", "pins", "timers", "sessions", "messages", "lost")
@@ -142,7 +142,7 @@ def key_header() -> str:
     real values, so a member a template cannot express fails here, not in Redis."""
     marked = Keys(f"{_MARK}P{_MARK}")
     real = Keys("pfx")
-    lines = [("-- GENERATED from session_broker/keys.py by session_broker/core/scripts.py: "
+    lines = [("-- GENERATED from session_broker/core/keys.py by session_broker/core/scripts.py: "
               "the key schema (do not write key names in the Lua)"),
              "local P = ARGV[1]",
              "local K = {}"]

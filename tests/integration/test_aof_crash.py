@@ -16,7 +16,7 @@ import time
 import pytest
 
 from session_broker import SamplerV2, Session, SessionBrokerError
-from session_broker.embedded import free_port, wait_for
+from session_broker.ops.embedded import free_port, wait_for
 from tests.support.faults import BACKEND, bell_circuit
 
 

@@ -23,8 +23,8 @@ from session_broker import (BackendMismatchError, Batch, CircuitTooWideError, Es
                             OptionNotSupportedError, Options, PayloadTooLargeError,
                             QiskitRuntimeService, Sampler, SamplerV2, Session,
                             SessionClosedError, SessionNotFoundError, UnknownBackendError)
-from session_broker.config import load_settings
-from session_broker.state import Store
+from session_broker.core.config import load_settings
+from session_broker.core.store import Store
 from tests.support.faults import queue_lengths
 
 QASM = "ibmq_qasm_simulator"

@@ -6,7 +6,7 @@ import sys
 
 
 def test_demo_runs_every_guide_example(cluster, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "session_broker.cli", "demo", "--state-dir", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "session_broker.ops.cli", "demo", "--state-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "SESSION_BROKER_URL": cluster.url})
     text = out.stdout

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from session_broker import SamplerV2, EstimatorV2, Session
-from session_broker.embedded import wait_for
+from session_broker.ops.embedded import wait_for
 from tests.conftest import HOST, make_cluster
 from tests.support.faults import SlowEstimatorJob, bell_circuit, read_until_ready
 
@@ -43,7 +43,7 @@ def c(stack, ha):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    from session_broker.config import get_settings
+    from session_broker.core.config import get_settings
 
     get_settings.cache_clear()   # later modules must not inherit WAIT_REPLICAS=1
 
@@ -137,12 +137,12 @@ def test_up_ha_stack_follows_a_failover_workers_flower_and_web_front(tmp_path):
 
     import psutil
 
-    from session_broker.embedded import free_port
+    from session_broker.ops.embedded import free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_BROKER_")}
     env.update(PYTHONUNBUFFERED="1", SESSION_BROKER_FLOWER_AUTH="admin:ha-secret")
     flower, web = free_port(), free_port()
-    up = subprocess.Popen([sys.executable, "-m", "session_broker.cli", "up", "--ha",
+    up = subprocess.Popen([sys.executable, "-m", "session_broker.ops.cli", "up", "--ha",
                            "--flower-port", str(flower), "--web-port", str(web),
                            "--state-dir", str(tmp_path / "state")],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -173,7 +173,7 @@ def test_up_ha_stack_follows_a_failover_workers_flower_and_web_front(tmp_path):
         children = psutil.Process(up.pid).children(recursive=True)
         servers = [p for p in children if p.name() == "redis-server"]
         assert len(servers) == 5, [p.name() for p in children]   # master, replica, 3 Sentinels
-        from session_broker import sentinel
+        from session_broker.core import sentinel
 
         parsed = sentinel.parse(url)
         import redis

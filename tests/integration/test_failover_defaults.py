@@ -21,7 +21,7 @@ import time
 import pytest
 
 from session_broker import SamplerV2, Session
-from session_broker.embedded import Stack, wait_for
+from session_broker.ops.embedded import Stack, wait_for
 from tests.conftest import make_cluster
 from tests.support.faults import bell_circuit
 
@@ -35,7 +35,7 @@ def defaults():
              if k in ("SESSION_BROKER_WAIT_REPLICAS", "SESSION_BROKER_WAIT_TIMEOUT_MS")}
     yield
     os.environ.update(saved)
-    from session_broker.config import get_settings
+    from session_broker.core.config import get_settings
 
     get_settings.cache_clear()
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from session_broker import EstimatorV2, SamplerV2, Session, WorkerLostError
-from session_broker.embedded import free_port, redis_answers, wait_for
+from session_broker.ops.embedded import free_port, redis_answers, wait_for
 from tests.conftest import Cluster
 from tests.support.faults import (BACKEND, SlowEstimatorJob, assert_bell_counts, bell_circuit,
                                   kill_pool_child, log_tail, log_text, orphan_in_unacked,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from session_broker.embedded import free_port, wait_for
+from session_broker.ops.embedded import free_port, wait_for
 from tests.conftest import HOST, make_cluster
 
 USER = "ops.admin"
@@ -121,7 +121,7 @@ def _cmdlines() -> list[str]:
 def test_the_password_is_on_no_command_line(flower):
     _, child = flower
     lines = _cmdlines()
-    assert any("session_broker.flower_login" in line for line in lines)
+    assert any("session_broker.ops.flower_login" in line for line in lines)
     assert not [line for line in lines if PASSWORD in line or "basic-auth" in line]
     environ = Path(f"/proc/{child.proc.pid}/environ")
     assert oct(environ.stat().st_mode & 0o777) == "0o400"  # only the owner reads the environment
@@ -130,7 +130,7 @@ def test_the_password_is_on_no_command_line(flower):
 @pytest.mark.parametrize("auth", ["admin:abc,XYZsecret", "admin:with space", "admin"])
 def test_a_login_flower_would_split_is_refused_before_it_starts(auth, redis_url):
     env = {**os.environ, "SESSION_BROKER_URL": redis_url, "SESSION_BROKER_FLOWER_AUTH": auth}
-    proc = subprocess.run([sys.executable, "-m", "session_broker.cli", "flower", "--port", str(free_port())],
+    proc = subprocess.run([sys.executable, "-m", "session_broker.ops.cli", "flower", "--port", str(free_port())],
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "SESSION_BROKER_FLOWER_AUTH" in proc.stderr and "','" in proc.stderr, proc.stderr

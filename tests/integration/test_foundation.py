@@ -12,14 +12,14 @@ import time
 import psutil
 import pytest
 
-from session_broker.embedded import wait_for
+from session_broker.ops.embedded import wait_for
 from tests.support.faults import read_until_ready
 
 PY = sys.executable
 
 
 def cli(*args, env=None, timeout=60):
-    return subprocess.run([PY, "-m", "session_broker.cli", *args], capture_output=True, text=True,
+    return subprocess.run([PY, "-m", "session_broker.ops.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -110,7 +110,7 @@ def test_up_without_redis_starts_embedded_stack_and_leaves_nothing_behind(tmp_pa
         env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_BROKER_")}
         env["SESSION_BROKER_FLOWER_AUTH"] = "admin:secret"
         env["PYTHONUNBUFFERED"] = "1"
-        up = subprocess.Popen(["ip", "netns", "exec", ns, PY, "-m", "session_broker.cli", "up",
+        up = subprocess.Popen(["ip", "netns", "exec", ns, PY, "-m", "session_broker.ops.cli", "up",
                                "--state-dir", str(tmp_path / "state"), "--no-web"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         out = read_until_ready(up)

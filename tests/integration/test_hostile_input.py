@@ -23,9 +23,9 @@ import pytest
 from qiskit.primitives.containers import SamplerPub
 
 from session_broker import InvalidPayloadError, SamplerV2, codec
-from session_broker.embedded import wait_for
-from session_broker.messages import task_message
-from session_broker.state import FINAL_JOB_STATUSES
+from session_broker.ops.embedded import wait_for
+from session_broker.core.messages import task_message
+from session_broker.core.store import FINAL_JOB_STATUSES
 from tests.conftest import make_cluster
 from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log_tail,
                                   plant_job)
@@ -348,7 +348,7 @@ def test_remote_control_and_events_still_pass_through_the_hardened_transport(hc,
     broadcasts and their replies (``inspect().ping()``, revoke, add_consumer) and task/worker
     events (what Flower shows) have no task header, and must still arrive."""
     from session_broker.celery_app import make_app
-    from session_broker.config import load_settings
+    from session_broker.core.config import load_settings
 
     app = make_app(load_settings({"SESSION_BROKER_URL": hc.url}))
     replies = app.control.inspect(timeout=5, destination=[worker.node]).ping()

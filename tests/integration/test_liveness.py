@@ -12,7 +12,6 @@ that freed it is the liveness check (counted, logged), not the heartbeat's expir
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import psutil
 import pytest
 
 from session_broker import SamplerV2, Session
-from session_broker.embedded import wait_for
+from session_broker.ops.embedded import wait_for
 from tests.support.faults import BACKEND, assert_bell_counts, bell_circuit, log_text
 from tests.support.proxy import Proxy
 from tasks.supervisor import node_name
@@ -176,7 +175,7 @@ def test_a_worker_named_the_celery_way_is_one_node_everywhere(fresh):
 @pytest.mark.parametrize("name", ["w1@%z", "%%h", "w1@%h%"])
 def test_a_name_that_is_no_node_name_is_refused_at_start(name):
     out = subprocess.run(
-        [sys.executable, "-m", "session_broker.cli", "worker", "--backend", BACKEND, "--name", name],
+        [sys.executable, "-m", "session_broker.ops.cli", "worker", "--backend", BACKEND, "--name", name],
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "SESSION_BROKER_URL": "redis://127.0.0.1:1/0"})
     assert out.returncode == 2, out.stderr
@@ -188,5 +187,5 @@ def test_node_names_expand_as_celery_expands_them():
     short, _, domain = host.partition(".")
     assert node_name("w1@%h") == f"w1@{host}"
     assert node_name("w1@%n") == f"w1@{short}"
-    assert node_name("plain") == f"celery@plain"        # Celery: a name without @ is a host
+    assert node_name("plain") == "celery@plain"        # Celery: a name without @ is a host
     assert node_name("w-%n@%h") == f"w-{short}@{host}"

@@ -1,4 +1,4 @@
-"""``session_broker.metrics.BrokerCollector``: scraped with prometheus_client's own exposition
+"""``session_broker.ops.metrics.BrokerCollector``: scraped with prometheus_client's own exposition
 (and parsed back with its parser) after real jobs ran on a real worker."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-from session_broker import keys as K
-from session_broker.config import load_settings
-from session_broker.metrics import METRIC_NAMES, BrokerCollector, cumulative_buckets
-from session_broker.state import Store
+from session_broker.core import keys as K
+from session_broker.core.config import load_settings
+from session_broker.ops.metrics import METRIC_NAMES, BrokerCollector, cumulative_buckets
+from session_broker.core.store import Store
 
 IDLE_BACKEND = "aer_simulator"  # no worker serves it in this module: its jobs stay QUEUED
 
@@ -65,7 +65,7 @@ def ran(cluster, bell):
 
 
 def test_every_documented_metric_is_emitted(cluster, ran):
-    import session_broker.metrics as metrics
+    import session_broker.ops.metrics as metrics
 
     text, _ = scrape(cluster.store)
     for name in METRIC_NAMES:

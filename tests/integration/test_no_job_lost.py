@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from session_broker import SamplerV2, Session
-from session_broker.embedded import wait_for
+from session_broker.ops.embedded import wait_for
 from tests.conftest import Cluster, signal_group
 from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log_text, orphan_in_unacked,
                                   redis_now, start_logged_worker)
@@ -214,7 +214,7 @@ def test_worker_refuses_an_eviction_policy_that_can_drop_our_keys(fresh, policy)
     import sys
 
     c = fresh(extra=["--maxmemory", "200mb", "--maxmemory-policy", policy])
-    out = subprocess.run([sys.executable, "-m", "session_broker.cli", "worker", "--backend", BACKEND,
+    out = subprocess.run([sys.executable, "-m", "session_broker.ops.cli", "worker", "--backend", BACKEND,
                           "--name", "evict@test"], env={**os.environ, **c.env, "SESSION_BROKER_URL": c.url},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0, out
@@ -226,9 +226,9 @@ def test_worker_refuses_an_eviction_policy_that_can_drop_our_keys(fresh, policy)
 def test_redis_settings_are_read_even_where_config_is_refused(fresh):
     """Managed Redis and ACL users often refuse CONFIG: the check falls back to INFO, still
     sees the eviction policy, and says what it could not see."""
-    from session_broker.config import load_settings
+    from session_broker.core.config import load_settings
     from session_broker.errors import ConfigurationError
-    from session_broker.state import Store
+    from session_broker.core.store import Store
 
     c = fresh(extra=["--maxmemory", "200mb", "--maxmemory-policy", "allkeys-lru"])
     c.store.redis.execute_command("ACL", "SETUSER", "app", "on", ">secret", "~*", "&*", "+@all", "-config")
@@ -245,7 +245,7 @@ def test_redis_settings_are_read_even_where_config_is_refused(fresh):
 
 @pytest.mark.timeout(120)
 def test_nothing_persisted_is_a_loud_warning_naming_the_setting(fresh):
-    from session_broker.state import Store
+    from session_broker.core.store import Store
 
     bare = fresh()  # the tests' Redis: --save "" --appendonly no
     with pytest.warns(RuntimeWarning, match="persists nothing.*appendonly"):
@@ -264,7 +264,7 @@ def test_redis_back_empty_waiters_get_typed_errors_and_workers_republish_setting
     import threading
 
     from session_broker import JobNotFoundError, SessionBrokerError
-    from session_broker.embedded import free_port
+    from session_broker.ops.embedded import free_port
 
     port = free_port()
     c = fresh(env={"SESSION_BROKER_INTERACTIVE_TIMEOUT": "60", "SESSION_BROKER_MAX_TIME": "600"},

@@ -1,4 +1,4 @@
-"""The operator's commands, run as a user runs them: ``python -m session_broker.cli ...``
+"""The operator's commands, run as a user runs them: ``python -m session_broker.ops.cli ...``
 subprocesses against a real Redis and a real worker.
 
 Jobs that must stay QUEUED go to a session on ``aer_simulator``, a backend with no worker
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from session_broker.embedded import free_port, wait_for
+from session_broker.ops.embedded import free_port, wait_for
 from tests.conftest import FAST
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def cli_env(url: str) -> dict:
 
 
 def cli(url: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "session_broker.cli", *argv], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "session_broker.ops.cli", *argv], cwd=REPO,
                           env=cli_env(url), capture_output=True, text=True, timeout=timeout)
 
 
@@ -49,7 +49,7 @@ def cli_json(url: str, *argv: str):
 # preexec_fn would do it too, but is unsafe in a process with threads, as this one is).
 CLI = [sys.executable, "-c",
        ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-        "os.execv(sys.executable, [sys.executable, '-m', 'session_broker.cli', *sys.argv[1:]])")]
+        "os.execv(sys.executable, [sys.executable, '-m', 'session_broker.ops.cli', *sys.argv[1:]])")]
 
 
 class Running:

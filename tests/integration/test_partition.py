@@ -24,7 +24,7 @@ import time
 import pytest
 
 from session_broker import SamplerV2, EstimatorV2, Session
-from session_broker.embedded import free_port, wait_for
+from session_broker.ops.embedded import free_port, wait_for
 from tests.conftest import Cluster
 from tests.support.faults import (BACKEND, SlowEstimatorJob, assert_bell_counts, bell_circuit,
                                   log_tail, log_text, records, redis_now,

@@ -20,7 +20,7 @@ from qiskit_aer.primitives import SamplerV2 as AerSampler
 
 from session_broker import (Estimator, EstimatorV2, JobCancelledError, MaxExecutionTimeExceededError,
                             Options, Sampler, SamplerV2, Session)
-from session_broker.embedded import wait_for
+from session_broker.ops.embedded import wait_for
 from tests.conftest import make_cluster, slow_pub
 from tests.support.faults import ansatz
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from session_broker.embedded import wait_for
+from session_broker.ops.embedded import wait_for
 from tests.support.rest import ApiServer, run_client
 
 BACKEND = "ibmq_qasm_simulator"
@@ -213,7 +213,7 @@ def test_max_execution_time_and_a_failed_job(server, cluster):
 def test_tenant_key_uses_its_own_prefix(server, cluster, stack):
     """``KEY@tenant1``: that key's sessions live under the tenant's Redis prefix, where the
     server's own prefix does not see them."""
-    from session_broker.state import Store
+    from session_broker.core.store import Store
     from tests.support.rest import TENANT_KEY
 
     out = run_client(server, f'''

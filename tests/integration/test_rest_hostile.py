@@ -39,8 +39,8 @@ def server(stack, redis_url):
 
 @pytest.fixture(scope="module")
 def store(server):
-    from session_broker.config import load_settings
-    from session_broker.state import Store
+    from session_broker.core.config import load_settings
+    from session_broker.core.store import Store
 
     return Store(load_settings({"SESSION_BROKER_URL": server.redis_url}))
 

@@ -19,7 +19,7 @@ import time
 import psutil
 import pytest
 
-from session_broker.embedded import free_port, wait_for
+from session_broker.ops.embedded import free_port, wait_for
 from tests.integration.test_rest_hostile import nothing_queued, sampler_params, submit
 from tests.support.rest import KEY, ApiServer, auth_headers, get_token, http
 
@@ -40,8 +40,8 @@ def server(stack, redis_url):
 
 @pytest.fixture(scope="module")
 def store(server):
-    from session_broker.config import load_settings
-    from session_broker.state import Store
+    from session_broker.core.config import load_settings
+    from session_broker.core.store import Store
 
     return Store(load_settings({"SESSION_BROKER_URL": server.redis_url}))
 
@@ -62,7 +62,7 @@ def test_a_key_tenant_follows_the_key_prefix_rule(tenant):
     """``KEY@a.session`` would be served under prefix ``a.session``, whose keys are tenant
     ``a``'s session queues: refused like SESSION_BROKER_KEY_PREFIX=a.session."""
     from session_broker.api.settings import load_api_settings
-    from session_broker.config import KEY_PREFIX_RULE
+    from session_broker.core.config import KEY_PREFIX_RULE
     from session_broker.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError) as err:
@@ -76,7 +76,7 @@ def test_a_key_tenant_follows_the_key_prefix_rule(tenant):
 def test_the_api_refuses_to_start_with_a_tenant_that_is_not_a_prefix(stack, redis_url):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "session_broker.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "session_broker.ops.cli", "api", "--port", str(port)],
         env={**os.environ, "SESSION_BROKER_URL": redis_url,
              "SESSION_BROKER_API_KEYS": f"{KEY}@a.session"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

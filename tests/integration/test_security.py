@@ -30,8 +30,8 @@ import pytest
 
 from session_broker import (BrokerConnectionError, EstimatorV2, QiskitRuntimeService, SamplerV2,
                             Session)
-from session_broker.embedded import free_port, wait_for
-from session_broker.messages import task_message
+from session_broker.ops.embedded import free_port, wait_for
+from session_broker.core.messages import task_message
 from tests.conftest import HOST, Cluster
 from tests.support.pki import make_pki
 from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log_tail, plant_job,
@@ -88,7 +88,7 @@ def test_service_with_bad_password_fails_fast_and_clearly(auth, variant):
 def test_worker_with_wrong_password_exits_nonzero_with_a_clear_message(auth):
     env = {**os.environ, **auth.env, "SESSION_BROKER_URL": wrong_password_url(auth.url)}
     t0 = time.monotonic()
-    proc = subprocess.run([PY, "-m", "session_broker.cli", "worker", "--backend", BACKEND],
+    proc = subprocess.run([PY, "-m", "session_broker.ops.cli", "worker", "--backend", BACKEND],
                           capture_output=True, text=True, timeout=120, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 4, (proc.returncode, out[-2000:])
@@ -180,7 +180,7 @@ def test_pickled_message_on_a_backend_queue_is_refused(auth, tmp_path):
     marker = tmp_path / "pickle-ran"
     queue = auth.store.keys.backend_queue(BACKEND)
     from qiskit.primitives.containers import SamplerPub
-    from session_broker import codec
+    from session_broker.core import codec
 
     good = codec.encode_payload("sampler", codec.encode_sampler_pubs([SamplerPub.coerce(bell_circuit(), 8)]),
                                 {"api": "v2", "seed_simulator": None, "max_execution_time": None},

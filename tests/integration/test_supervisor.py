@@ -14,7 +14,7 @@ import time
 
 import psutil
 from session_broker import EstimatorV2, SamplerV2, Session
-from session_broker.embedded import wait_for
+from session_broker.ops.embedded import wait_for
 from tests.conftest import slow_pub
 from tests.support.faults import assert_bell_counts, bell_circuit
 

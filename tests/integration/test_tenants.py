@@ -24,11 +24,11 @@ import pytest
 import redis
 
 from session_broker import QiskitRuntimeService, SamplerV2, Session
-from session_broker.acl import ROLES
-from session_broker.config import get_settings, load_settings
-from session_broker.embedded import free_port, wait_for
-from session_broker.keys import Keys
-from session_broker.state import Store
+from session_broker.ops.acl import ROLES
+from session_broker.core.config import get_settings, load_settings
+from session_broker.ops.embedded import free_port, wait_for
+from session_broker.core.keys import Keys
+from session_broker.core.store import Store
 from tests.conftest import HOST, Cluster
 from tests.support.faults import BACKEND, assert_bell_counts, bell_circuit, log_tail
 
@@ -64,7 +64,7 @@ def prefix_env(prefix: str):
 
 def apply_acl(admin: redis.Redis, tenant: str, password_file) -> None:
     """Run ``session-broker acl TENANT`` and execute every ACL SETUSER line it prints."""
-    proc = subprocess.run([sys.executable, "-m", "session_broker.cli", "acl", tenant,
+    proc = subprocess.run([sys.executable, "-m", "session_broker.ops.cli", "acl", tenant,
                            "--password-file", str(password_file)],
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "SESSION_BROKER_URL": "redis://127.0.0.1:1/0"})

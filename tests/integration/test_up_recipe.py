@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from session_broker.embedded import free_port, wait_for
+from session_broker.ops.embedded import free_port, wait_for
 from tests.conftest import FAST
 from tests.support.rest import PRELUDE, REPO
 
@@ -25,7 +25,7 @@ def up(redis_url, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_BROKER_")}
     env.update({**FAST, "SESSION_BROKER_URL": redis_url, "SESSION_BROKER_FLOWER_AUTH": "admin:secret",
                 "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)})
-    proc = subprocess.Popen([sys.executable, "-m", "session_broker.cli", "up", "--no-flower",
+    proc = subprocess.Popen([sys.executable, "-m", "session_broker.ops.cli", "up", "--no-flower",
                              "--web-port", str(port), "--state-dir", str(tmp_path_factory.mktemp("up"))],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

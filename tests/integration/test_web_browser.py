@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from session_broker.embedded import free_port, wait_for
+from session_broker.ops.embedded import free_port, wait_for
 from tests.conftest import ARTIFACTS, FAST
 
 pytestmark = pytest.mark.browser
@@ -99,7 +99,7 @@ class Up:
                "SESSION_BROKER_FLOWER_AUTH": f"{USER}:{PASSWORD}", "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "session_broker.cli", "up", "--flower-port", str(self.flower_port),
+            [sys.executable, "-m", "session_broker.ops.cli", "up", "--flower-port", str(self.flower_port),
              "--web-port", str(self.web_port), "--state-dir", str(state_dir)],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []

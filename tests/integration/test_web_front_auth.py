@@ -37,10 +37,10 @@ def server(stack, redis_url):
 
 def app_routes(redis_url) -> list[tuple[str, str]]:
     """(method, path) of every route of the app, path parameters filled in."""
-    from session_broker.api.app import create_app, route_table
+    from session_broker.ops.front import create_app, route_table
     from session_broker.api.settings import load_api_settings
-    from session_broker.config import load_settings
-    from session_broker.state import Store
+    from session_broker.core.config import load_settings
+    from session_broker.core.store import Store
 
     app = create_app(Store(load_settings({"SESSION_BROKER_URL": redis_url})), load_api_settings({}), "a:b")
     return [(method, re.sub(r"\{[^}]+\}", "some-id", path)) for method, path in route_table(app)
@@ -120,7 +120,7 @@ def test_api_refuses_to_start_without_keys(stack, redis_url):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "session_broker.cli", "api", "--port", "1"],
+    proc = subprocess.run([sys.executable, "-m", "session_broker.ops.cli", "api", "--port", "1"],
                           env={"SESSION_BROKER_URL": redis_url, "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "SESSION_BROKER_API_KEYS" in proc.stderr

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from session_broker.core.scripts import Scripts
-from session_broker.keys import Keys
+from session_broker.core.keys import Keys
 
 PREFIX = "t"
 BACKEND = "b1"

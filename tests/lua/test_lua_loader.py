@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from session_broker.core import scripts
-from session_broker.keys import HISTOGRAM_BOUNDS, KOMBU_PRIORITY_SEP, Keys
+from session_broker.core.keys import HISTOGRAM_BOUNDS, KOMBU_PRIORITY_SEP, Keys
 
 LUA = Path(scripts.__file__).with_name("lua")
 TRANSITIONS = {"open_session", "submit", "claim", "finish", "job_lost", "executor_lost", "notify",

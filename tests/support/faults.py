@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from session_broker.embedded import wait_for
-from session_broker.messages import task_message
-from session_broker.state import FINAL_JOB_STATUSES, Store, new_id
+from session_broker.ops.embedded import wait_for
+from session_broker.core.messages import task_message
+from session_broker.core.ids import new_id
+from session_broker.core.store import FINAL_JOB_STATUSES, Store
 
 BACKEND = "ibmq_qasm_simulator"
 
@@ -243,7 +244,7 @@ def start_logged_worker(c, name: str, *, backend: str = BACKEND, env: dict | Non
     ``argv_prefix`` runs it under e.g. ``ip netns exec NS``; ``url`` overrides the cluster's."""
     import sys
 
-    argv = [sys.executable, "-m", "session_broker.cli", "worker", "--backend", backend,
+    argv = [sys.executable, "-m", "session_broker.ops.cli", "worker", "--backend", backend,
             "--concurrency", "1", "--name", name, "--loglevel", loglevel]
     child = c.stack.spawn(f"worker-{name}", [*(argv_prefix or []), *argv],
                           {**c.env, **(env or {}), "SESSION_BROKER_URL": url or c.url})

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from session_broker.embedded import free_port, wait_for
+from session_broker.ops.embedded import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRN = "crn:v1:bluemix:public:quantum-computing:us-east:a/test-account:test-instance::"
@@ -45,7 +45,7 @@ class ApiServer:
         return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> "ApiServer":
-        argv = [sys.executable, "-m", "session_broker.cli", "api", "--port", str(self.port), *self.args]
+        argv = [sys.executable, "-m", "session_broker.ops.cli", "api", "--port", str(self.port), *self.args]
         self.child = self.stack.spawn(f"api-{self.port}", argv, self.env)
         if wait:
             wait_for(self.healthy, 60, f"the API on port {self.port}; log: {self.log()}", interval=0.1)

@@ -11,9 +11,9 @@ import pytest
 from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 
-from session_broker import codec
+from session_broker.core import codec
 from session_broker.errors import InvalidInputError
-from session_broker.memo import BoundedMemo
+from session_broker.core.memo import BoundedMemo
 
 MAX = 1 << 20
 

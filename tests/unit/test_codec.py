@@ -1,4 +1,4 @@
-"""Round trips and rejections of the wire format (session_broker.codec)."""
+"""Round trips and rejections of the wire format (session_broker.core.codec)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from qiskit.primitives.containers import (
 )
 from qiskit.quantum_info import Pauli, SparseObservable, SparsePauliOp
 
-from session_broker import codec
+from session_broker.core import codec
 from session_broker.errors import InvalidInputError, InvalidPayloadError, PayloadTooLargeError
 
 MAX = 1 << 20

@@ -26,7 +26,7 @@ from qiskit.circuit.library import PauliEvolutionGate, UnitaryGate
 from qiskit.primitives.containers import EstimatorPub, SamplerPub
 from qiskit.quantum_info import SparsePauliOp
 
-from session_broker import codec
+from session_broker.core import codec
 from session_broker.errors import InvalidPayloadError
 
 EXAMPLES = int(os.environ.get("SB_FUZZ_EXAMPLES", "300"))

@@ -256,7 +256,7 @@ def test_dockerfile_is_slim_non_root_and_runs_the_cli():
     entrypoint = [json.loads(rest) for word, rest in steps if word == "ENTRYPOINT"]
     assert entrypoint and entrypoint[-1] == ["session-broker"], \
         "ENTRYPOINT must be the exec form [\"session-broker\"] so compose commands are CLI args"
-    assert 'session-broker = "session_broker.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    assert 'session-broker = "session_broker.ops.cli:main"' in (ROOT / "pyproject.toml").read_text()
 
     cmd = [json.loads(rest) for word, rest in steps if word == "CMD"]
     assert cmd and cmd[-1] == ["--help"], cmd
@@ -431,7 +431,7 @@ def test_ha_override_points_every_app_at_three_sentinels(tmp_path):
     gets a sentinel:// URL our own parser accepts and WAITs for one replica."""
     import yaml
 
-    from session_broker import sentinel
+    from session_broker.core import sentinel
 
     env = tmp_path / ".env"
     env.write_text((ROOT / ".env.example").read_text())

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from session_broker.messages import task_message
-from session_broker.transport import envelope_problem
+from session_broker.core.messages import task_message
+from session_broker.core.transport import envelope_problem
 
 
 def good():

@@ -33,9 +33,9 @@ import secrets
 import stat
 from pathlib import Path
 
-from session_broker.config import validate_prefix
+from session_broker.core.config import validate_prefix
 from session_broker.errors import ConfigurationError
-from session_broker.keys import Keys
+from session_broker.core.keys import Keys
 
 ROLES = ("producer", "worker", "web")
 RW, R, NONE = "rw", "r", ""
@@ -164,7 +164,7 @@ def recipe(prefix: str, db: int = 0, passwords: dict[str, str] | None = None) ->
     """The lines ``session-broker acl`` prints: comments and one ``ACL SETUSER`` per role."""
     validate_prefix(prefix, "TENANT")  # the same grammar as SESSION_BROKER_KEY_PREFIX
     lines = [f"# Redis ACL users of tenant {prefix!r} (SESSION_BROKER_KEY_PREFIX={prefix}, "
-             f"database {db}), generated from session_broker/keys.py. Redis >= 7.0.",
+             f"database {db}), generated from session_broker/core/keys.py. Redis >= 7.0.",
              "# Run each line with redis-cli as an admin (then ACL SAVE if you use an aclfile)."]
     if passwords is None:
         lines.append("# No --password-file: the users have no password and cannot log in until "

@@ -11,7 +11,7 @@ second until Ctrl-C (or SIGTERM), and both end with exit code 0.
 
 Transitions (close, cancel, timers) go through ``Store``'s scripts; reads are plain
 HGETALL/LRANGE/TTL. The ``*_rows``/``*_view`` functions below are shared with the Jobs page
-(``session_broker.web``), which calls them with ``tick=False`` so it never writes.
+(``session_broker.ops.web``), which calls them with ``tick=False`` so it never writes.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from session_broker.config import get_settings
+from session_broker.core.config import get_settings
 from session_broker.errors import BrokerConnectionError, JobNotFoundError, SessionNotFoundError
-from session_broker.state import (FINAL_JOB_STATUSES, SESSION_STATUS, Store, iso, redact,
-                                  connect as redis_connect)
+from session_broker.core.connection import connect as redis_connect, redact
+from session_broker.core.ids import iso
+from session_broker.core.store import FINAL_JOB_STATUSES, SESSION_STATUS, Store
 
 EXIT_OK, EXIT_FAIL = 0, 1
 CLEAR = "\x1b[H\x1b[2J"  # cursor home + clear screen
@@ -293,7 +294,7 @@ def result_summary(encoded: str, top: int = 8) -> dict:
     import numpy as np
     from qiskit.primitives.containers import BitArray
 
-    from session_broker import codec
+    from session_broker.core import codec
 
     try:
         result = codec.decode_result(encoded)

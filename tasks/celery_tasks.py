@@ -22,11 +22,13 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 
-from session_broker import backends, codec, transport
+from session_broker import backends
+from session_broker.core import codec
+from session_broker.core import transport
 from session_broker.celery_app import app
-from session_broker.state import Store
-from tasks import executor
-from tasks.execute import execute
+from session_broker.core.store import Store
+from tasks.link import link
+from tasks.simulate import execute
 
 log = logging.getLogger("session_broker.worker")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -56,10 +58,10 @@ class JobRequest(Request):
         ``execute_using_pool``: Celery replaces that one in the class it builds per task."""
         global _delivery_tag
         _delivery_tag = getattr(self._message, "delivery_tag", None) or ""
-        link = executor.link()
-        if link is not None:
+        pipe = link()
+        if pipe is not None:
             hard, _soft = self.time_limits
-            link.running(self._job_id(), hard, _delivery_tag)
+            pipe.running(self._job_id(), hard, _delivery_tag)
         super().on_accepted(pid, time_accepted)
 
     def _job_id(self) -> str | None:
@@ -127,7 +129,7 @@ def run_job(task: Task, job_id, primitive: str) -> str:
         log.warning("job %s failed: %s", job_id, error)
     # the solo pool runs the job in the process that accepted it: its message's tag is known
     # here, and FINISH acknowledges it (one round trip fewer); under prefork kombu acks
-    tag = _delivery_tag if executor.link() is not None else ""
+    tag = _delivery_tag if link() is not None else ""
     outcome = s.finish(job_id, token, status, result, code, error, time.perf_counter() - started, ack=tag)
     if tag:
         transport.ACKED_BY_FINISH.add(tag)

@@ -52,7 +52,7 @@ from qiskit.primitives.containers import (
 from qiskit.qpy.common import QPY_VERSION
 
 from session_broker.errors import InvalidInputError, InvalidPayloadError, PayloadTooLargeError
-from session_broker.memo import BoundedMemo
+from session_broker.core.memo import BoundedMemo
 
 __all__ = [
     "DecodedJob", "check_payload", "check_result_size", "decode_circuit", "decode_payload",

@@ -50,8 +50,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.utils import floatToGoString
 
-from session_broker import keys as K
-from session_broker.state import Store
+from session_broker.core import keys as K
+from session_broker.core.store import Store
 
 CHUNK = 1000  # sessions per pipelined round trip
 

@@ -167,11 +167,11 @@ def run_examples() -> None:
 
 
 def run_demo(state_dir: str = ".sb-state") -> int:
-    from session_broker.cli import start_stack
-    from session_broker.config import DEFAULT_URL
-    from session_broker.embedded import Stack, redis_answers
-    from session_broker.state import Store
-    from session_broker.config import load_settings
+    from session_broker.ops.embedded import start_stack
+    from session_broker.core.config import DEFAULT_URL
+    from session_broker.ops.embedded import Stack, redis_answers
+    from session_broker.core.store import Store
+    from session_broker.core.config import load_settings
 
     global STATE_DIR
     STATE_DIR = Path(state_dir)

@@ -1,5 +1,5 @@
 """The Jobs page: a small, read-only view of sessions and jobs, served by the one web front
-(``session_broker.api.app``) beside the REST API and ``/metrics``.
+(``session_broker.ops.front``) beside the REST API and ``/metrics``.
 
 Pages (all behind HTTP basic auth with Flower's ``user:password``,
 ``SESSION_BROKER_FLOWER_AUTH``, except ``/healthcheck``):
@@ -8,7 +8,7 @@ Pages (all behind HTTP basic auth with Flower's ``user:password``,
                      live workers and the newest jobs; refreshes every 2 s
 ``/session/<id>``    the session's ``Session.details()`` and its jobs
 ``/job/<id>``        a job: status, timings, attempts, worker, error, result summary
-``/metrics``         Prometheus metrics (``session_broker.metrics``), classic text format
+``/metrics``         Prometheus metrics (``session_broker.ops.metrics``), classic text format
 
 It only reads Redis (HGETALL, LRANGE, TTL, TIME...): it never applies timers or changes
 anything. Routes are plain functions, which FastAPI runs in its thread pool, so a slow or
@@ -30,12 +30,14 @@ from fastapi import APIRouter, Depends, Path as PathParam, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 
-from session_broker import ops
+from session_broker.ops import commands as ops
 from session_broker.errors import JobNotFoundError, SessionNotFoundError
-from session_broker.metrics import BrokerCollector, snapshot
-from session_broker.state import FINAL_JOB_STATUSES, Store, iso, redact
+from session_broker.ops.metrics import BrokerCollector, snapshot
+from session_broker.core.connection import redact
+from session_broker.core.ids import iso
+from session_broker.core.store import FINAL_JOB_STATUSES, Store
 
-log = logging.getLogger("session_broker.web")
+log = logging.getLogger("session_broker.ops.web")
 
 HERE = Path(__file__).parent
 ID = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -182,10 +184,3 @@ def metrics(p: Pages = Depends(pages)):
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         return PlainTextResponse(f"Redis did not answer: {exc}\n", status_code=503)
     return Response(body, media_type=METRICS_CONTENT_TYPE, headers={"Cache-Control": "no-store"})
-
-
-def serve(address: str = "127.0.0.1", port: int = 5556) -> None:
-    """``session-broker web``: the one web front (Jobs page, /metrics and the REST API)."""
-    from session_broker.api.app import serve as serve_front
-
-    serve_front(address, port, require_pages=True)

@@ -19,35 +19,26 @@ The public status strings (``session.status()`` and ``job.status()``) are define
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import socket
-import ssl
 import time
-import uuid
 import warnings
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from functools import lru_cache
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import redis
 import redis.client
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from session_broker import keys as K
-from session_broker import sentinel
-from session_broker.config import Settings, get_settings
+from session_broker.core import keys as K
+from session_broker.core import sentinel
+from session_broker.core.config import Settings, get_settings
+from session_broker.core.connection import Replication, broker_errors, connect, redact, redis_client
+from session_broker.core.ids import hostname
 from session_broker.core.scripts import Scripts
 from session_broker.errors import (
     BackendMismatchError,
     BrokerConnectionError,
-    BrokerOutOfMemoryError,
     ConfigurationError,
     JobNotFoundError,
     SessionClosedError,
@@ -68,228 +59,10 @@ JOB_STATUSES = ("INITIALIZING", "QUEUED", "RUNNING", "DONE", "ERROR", "CANCELLED
 FINAL_JOB_STATUSES = frozenset({"DONE", "ERROR", "CANCELLED"})
 
 
-def iso(ts: str | float | None) -> str | None:
-    """Redis server seconds -> '2023-10-09T19:37:42.004Z' (the guide's format), or None."""
-    if ts in (None, ""):
-        return None
-    dt = datetime.fromtimestamp(float(ts), tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def new_id() -> str:
-    """Ids like IBM's: 20 lowercase base32-ish characters."""
-    return uuid.uuid4().hex[:20]
-
-
-def redis_client(settings: Settings, *, typed_errors: bool = False) -> redis.Redis:
-    """A redis-py client for our own keys: retries through short outages (Redis restarts,
-    a Sentinel failover). With ``typed_errors`` (producers: ``QiskitRuntimeService``), every
-    command, script and pipeline raises our typed errors (``TypedErrorsRedis``)."""
-    client = connect(settings.url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 40),
-                     health_check_interval=10, socket_connect_timeout=5, socket_keepalive=True,
-                     redis_class=TypedErrorsRedis if typed_errors else redis.Redis)
-    if typed_errors:
-        client.broker_url = settings.url
-    return client
-
-
-def connect(url: str, redis_class: type[redis.Redis] = redis.Redis, **kwargs) -> redis.Redis:
-    """Every redis-py client we make: ``redis://``, ``rediss://`` (TLS options from the URL)
-    or ``sentinel://`` (bound to the current master). ``decode_responses`` unless told."""
-    kwargs.setdefault("decode_responses", True)
-    kwargs.setdefault("retry_on_error", [redis.ConnectionError, redis.TimeoutError])
-    bare, ssl_kwargs = split_tls_options(url)
-    if sentinel.is_sentinel(url):
-        return sentinel.client(url, ssl_kwargs, redis_class=redis_class, **kwargs)
-    return redis_class.from_url(bare, **kwargs, **ssl_kwargs)
-
-
-def split_tls_options(url: str) -> tuple[str, dict]:
-    """Take ``ssl_*`` query options off a ``rediss://`` URL and return them as kwargs.
-
-    redis-py, kombu and Celery's result backend each read TLS options differently; we parse
-    them once here and hand each the form it wants (see ``celery_app.py``).
-    """
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    opts = {k: v for k, v in query.items() if k.startswith("ssl_")}
-    rest = "&".join(f"{k}={v}" for k, v in query.items() if not k.startswith("ssl_"))
-    bare = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment))
-    if parts.scheme not in ("rediss", "sentinels"):
-        return bare, {}
-    reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
-    kwargs: dict[str, Any] = {"ssl_cert_reqs": reqs.get(opts.get("ssl_cert_reqs", "required"), ssl.CERT_REQUIRED)}
-    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-        if name in opts:
-            kwargs[name] = opts[name]
-    return bare, kwargs
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Redis refused a write for ``maxmemory``: a plain command raises OutOfMemoryError; a
-    script whose write was refused raises a ResponseError quoting ``-OOM`` (Redis 6)."""
-    return isinstance(exc, redis.OutOfMemoryError) or (
-        isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc))
-
-
-#: What the innermost ``broker_errors`` block is doing, for the typed client's messages.
-_DOING: ContextVar[str | None] = ContextVar("session_broker_redis_doing", default=None)
-
-
-@contextmanager
-def broker_errors(settings: Settings, what: str):
-    """Redis's own exceptions -> our typed ones, for the calls producers make.
-
-    A producer meets a Redis that is out of memory or gone (after the client's retries) as
-    ``BrokerOutOfMemoryError`` / ``BrokerConnectionError``, each saying what failed and what
-    to do, never as a bare redis-py exception. A producer's client (``TypedErrorsRedis``)
-    maps every call itself; this block only names what the calls inside it do."""
-    token = _DOING.set(what)
-    try:
-        with _typed_errors(settings.url, what):
-            yield
-    finally:
-        _DOING.reset(token)
-
-
-@contextmanager
-def _typed_errors(url: str, what):
-    """The mapping itself; ``what`` is a string or, on hot paths, a callable giving it."""
-    try:
-        yield
-    except redis.ResponseError as exc:
-        if not is_out_of_memory(exc):
-            raise
-        what = what() if callable(what) else what
-        raise BrokerOutOfMemoryError(
-            f"Redis at {redact(url)} is out of memory and refused to {what} ({exc}); "
-            "nothing was changed: raise Redis's maxmemory or free memory, then retry") from exc
-    except redis.BusyLoadingError as exc:
-        what = what() if callable(what) else what
-        raise BrokerConnectionError(
-            f"Redis at {redact(url)} is still loading its data and could not {what}; "
-            "retry in a moment") from exc
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        what = what() if callable(what) else what
-        raise BrokerConnectionError(
-            f"lost Redis at {redact(url)} and could not {what} ({exc}); the job records "
-            "are in Redis: retry when it is back") from exc
-
-
-@lru_cache(maxsize=1)
-def _script_names() -> dict[str, str]:
-    """SHA1 -> name (``close_session``...) of our Lua scripts, for messages."""
-    return {hashlib.sha1(text.encode()).hexdigest(): name.lower() for name, text in vars(K).items()
-            if name.isupper() and isinstance(text, str) and text.startswith(K.PRELUDE)}
-
-
-def _doing(args: tuple) -> str:
-    """What a failed command was doing: the enclosing ``broker_errors`` block's words, else
-    the script's or command's name."""
-    what = _DOING.get()
-    if what:
-        return what
-    command = str(args[0]).upper() if args else "a command"
-    if command == "EVALSHA" and len(args) > 1:
-        name = _script_names().get(str(args[1]))
-        if name:
-            return f"run its {name} script"
-    return f"run {command}"
-
-
-class TypedErrorsRedis(redis.Redis):
-    """The producer's client: every command (scripts included) and every pipeline raises
-    ``BrokerOutOfMemoryError`` / ``BrokerConnectionError`` where redis-py raises its own
-    out-of-memory and connection errors (after its retries), so no call a producer makes,
-    from ``Session.__exit__`` to ``service.jobs()``, can leak a bare redis-py exception.
-    Workers keep plain clients: their loops handle redis-py's errors themselves."""
-
-    broker_url = ""
-
-    def execute_command(self, *args, **options):
-        with _typed_errors(self.broker_url, lambda: _doing(args)):
-            return super().execute_command(*args, **options)
-
-    def pipeline(self, transaction=True, shard_hint=None) -> redis.client.Pipeline:
-        pipe = _TypedErrorsPipeline(self.connection_pool, self.response_callbacks,
-                                    transaction, shard_hint)
-        pipe.broker_url = self.broker_url
-        return pipe
-
-
-class _TypedErrorsPipeline(redis.client.Pipeline):
-    broker_url = ""
-
-    def immediate_execute_command(self, *args, **options):
-        with _typed_errors(self.broker_url, lambda: _doing(args)):
-            return super().immediate_execute_command(*args, **options)
-
-    def execute(self, raise_on_error: bool = True):
-        stack = list(self.command_stack)   # execute() empties it, even when it fails
-
-        def doing() -> str:
-            names = sorted({_doing(c[0]) for c in stack if c[0]})
-            return _DOING.get() or " and ".join(names) or "run a pipeline"
-
-        with _typed_errors(self.broker_url, doing):
-            return super().execute(raise_on_error)
-
-
-# Redis settings we read at start, and what each bad value costs (see ``Store.check_server``).
 EVICTION_HELP = ("an eviction policy drops our keys when Redis is full: results vanish before "
                  "they are read, sessions disappear, and an evicted timer key reads as an expired "
                  "one (a session closed as max_time hours early). Set maxmemory-policy noeviction "
                  "(Redis then refuses new jobs when full, with BrokerOutOfMemoryError)")
-
-
-class Replication:
-    """How many replicas a write waits for now: ``settings.replicas_wanted``, but never more
-    than are connected. Waiting for a replica that is not there would stall every submit and
-    result for ``wait_timeout_ms`` (after a failover that left no replica: 40 jobs took 42 to
-    78 s). So when a WAIT comes back short, ``INFO replication`` says how many replicas are
-    connected; with none, this process is *degraded*: it warns once, counts it in
-    ``P:counts`` (``replication_degraded``), writes without waiting, and looks again at most
-    once a second, waiting again as soon as a replica is back."""
-
-    RECHECK = 1.0  # s between looks at INFO while degraded
-
-    def __init__(self, client: redis.Redis, settings: Settings):
-        self.client, self.settings = client, settings
-        self.want = settings.replicas_wanted
-        self.connected: int | None = None  # replicas seen connected at the last look (None: not looked)
-        self.next_look = 0.0
-
-    def wanted(self) -> int:
-        if not self.want:
-            return 0
-        if self.connected == 0:
-            if time.monotonic() < self.next_look:
-                return 0
-            self.look()
-        return min(self.want, self.connected) if self.connected is not None else self.want
-
-    def acked(self, acked: int, want: int) -> None:
-        if acked is not None and int(acked) < want:
-            self.look()
-
-    def look(self) -> None:
-        self.next_look = time.monotonic() + self.RECHECK
-        was = self.connected
-        try:
-            self.connected = int(self.client.info("replication").get("connected_slaves", 0))
-        except (redis.RedisError, BrokerConnectionError, BrokerOutOfMemoryError):
-            return   # INFO refused (an ACL) or Redis away: keep what we knew
-        if self.connected == 0 and was != 0:
-            log.warning("no Redis replica is connected: writes no longer wait for one "
-                        "(SESSION_BROKER_WAIT_REPLICAS=%d); a failover now can lose the last "
-                        "jobs and results; bring a replica back", self.want)
-            try:
-                prefix = self.settings.key_prefix
-                self.client.hincrby(K.Keys(prefix).counts, "replication_degraded", 1)
-            except (redis.RedisError, BrokerConnectionError, BrokerOutOfMemoryError):
-                pass
-        elif self.connected and was == 0:
-            log.warning("a Redis replica is connected again: writes wait for it again")
 
 
 @dataclass
@@ -729,18 +502,5 @@ class Store:
                                 keep_pin="1" if keep_pin else "0")
 
 
-_HOST = socket.gethostname()
 _CHECKED: set[str] = set()  # URLs whose settings this process has checked
 
-
-def hostname() -> str:
-    return _HOST
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ***, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))

@@ -106,7 +106,7 @@ def envelope_problem(message) -> str | None:
     return None
 
 
-# Delivery tags whose unacked entry our FINISH script already removed (tasks.primitives):
+# Delivery tags whose unacked entry our FINISH script already removed (tasks.celery_tasks):
 # kombu's ack of them is bookkeeping in this process only, no round trip.
 ACKED_BY_FINISH: set[str] = set()
 
@@ -142,8 +142,8 @@ class Channel(kombu_redis.Channel):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from session_broker.config import get_settings
-        from session_broker.keys import Keys
+        from session_broker.core.config import get_settings
+        from session_broker.core.keys import Keys
 
         node = os.environ.get("SESSION_BROKER_WORKER_NODE", "")
         self.fetch_key = Keys(get_settings().key_prefix).worker_fetch(node) if node else None
@@ -244,8 +244,8 @@ class Channel(kombu_redis.Channel):
             pipe.lrem(self.fetch_key, 1, raw).execute()
 
     def _dead_letter(self, raw, why: str) -> None:
-        from session_broker.config import get_settings
-        from session_broker.keys import Keys
+        from session_broker.core.config import get_settings
+        from session_broker.core.keys import Keys
 
         log.error("refused a message that is not a well-formed task message: %s", why)
         try:
@@ -265,7 +265,7 @@ class Transport(kombu_redis.Transport):
         # Only our task queues carry task messages. Remote-control broadcasts (ping, revoke),
         # their replies and Celery events (what Flower shows) arrive here too and have no
         # task header: they pass untouched.
-        from session_broker.config import get_settings
+        from session_broker.core.config import get_settings
 
         prefix = get_settings().key_prefix
         if not (queue or "").startswith((f"{prefix}.backend.", f"{prefix}.session.")):
@@ -289,7 +289,7 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
 
 
 class SentinelTransport(Transport):
-    """``sentinel://`` URLs (see ``session_broker.sentinel``): ``Transport`` with kombu's
+    """``sentinel://`` URLs (see ``session_broker.core.sentinel``): ``Transport`` with kombu's
     Sentinel connection handling."""
 
     Channel = SentinelChannel

@@ -1,4 +1,5 @@
-"""Assemble the web front and run it with uvicorn.
+"""The web front: IBM's REST API (``session_broker.api``), the Jobs page and ``/metrics`` in
+one FastAPI app, run with uvicorn.
 
 Why FastAPI + uvicorn: request bodies are validated by pydantic models before route code
 runs (a wrong field is a 400 that names it), the OpenAPI document that the fuzz test walks
@@ -19,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from session_broker import web
+from session_broker.ops import web
 from session_broker.api import identity, jobs, runtime
 from session_broker.api.auth import Authority
 from session_broker.api.errors import ApiError, error_response, from_broker_error
@@ -27,7 +28,7 @@ from session_broker.api.limits import RequestGuard, guarded_protocol
 from session_broker.api.settings import ApiSettings, load_api_settings
 from session_broker.api.tenants import Tenants
 from session_broker.errors import ConfigurationError, SessionBrokerError
-from session_broker.state import Store
+from session_broker.core.store import Store
 
 log = logging.getLogger("session_broker.api")
 API_PREFIXES = ("/api/", "/experimental/", "/identity/", "/v3/")
@@ -154,8 +155,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, certfile: str | None = None
     """Run the web front until SIGTERM/SIGINT."""
     import uvicorn
 
-    from session_broker import ops
-    from session_broker.config import get_settings
+    from session_broker.ops import commands as ops
+    from session_broker.core.config import get_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()

@@ -86,7 +86,7 @@ def keep_events_on() -> None:
     import time
 
     from session_broker.celery_app import app
-    from session_broker.state import Store
+    from session_broker.core.store import Store
 
     store, asked = Store(), False
     while True:
@@ -101,8 +101,8 @@ def keep_events_on() -> None:
 
 
 def main() -> None:
-    """``python -m session_broker.flower_login [FLOWER OPTIONS]``: ``celery flower`` for our app."""
-    from session_broker.config import get_settings
+    """``python -m session_broker.ops.flower_login [FLOWER OPTIONS]``: ``celery flower`` for our app."""
+    from session_broker.core.config import get_settings
     from session_broker.errors import ConfigurationError
 
     auth = get_settings().flower_auth

@@ -26,7 +26,7 @@ from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
 from qiskit_aer.primitives import SamplerV2 as AerSamplerV2
 
 from session_broker import backends
-from session_broker.codec import MAX_RESULT_BYTES, DecodedJob, result_bytes
+from session_broker.core.codec import MAX_RESULT_BYTES, DecodedJob, result_bytes
 from tasks import mitigation
 
 

@@ -137,7 +137,7 @@ def kombu_options(url: str) -> dict:
     if parsed.sentinel_password:
         sentinel_kwargs["password"] = parsed.sentinel_password
     if parsed.tls:   # the master's TLS comes from broker_use_ssl; the Sentinels' from here
-        from session_broker.state import split_tls_options
+        from session_broker.core.urls import split_tls_options
 
         sentinel_kwargs.update(ssl=True, **split_tls_options(url)[1])
     if sentinel_kwargs:

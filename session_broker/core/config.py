@@ -51,7 +51,7 @@ class Settings:
         """How many replicas a submit or a result waits for (``wait_replicas`` resolved)."""
         if self.wait_replicas >= 0:
             return self.wait_replicas
-        from session_broker import sentinel
+        from session_broker.core import sentinel
 
         return 1 if sentinel.is_sentinel(self.url) else 0
 
@@ -92,7 +92,7 @@ def _bad(field: str, value: object, allowed: str) -> ConfigurationError:
 def validate_url(url: str, field: str = "url") -> str:
     """Accept ``redis://`` and ``rediss://`` URLs (with optional user:password@ and /db), and
     ``sentinel://`` / ``sentinels://`` URLs naming Sentinels and a master (see ``sentinel``)."""
-    from session_broker import sentinel
+    from session_broker.core import sentinel
 
     if sentinel.is_sentinel(url):
         try:

