@@ -287,7 +287,7 @@ def phases(store, trace) -> dict[str, list[float]]:
     pipe = store.redis.pipeline(transaction=False)
     for jid, *_ in trace:
         pipe.hmget(store.keys.job(jid), ["created", "running", "finished", "usage"])
-    for (jid, t0, t1, t2), rec in zip(trace, pipe.execute()):
+    for (_jid, t0, t1, t2), rec in zip(trace, pipe.execute()):
         try:
             created, running, finished, usage = (float(x) for x in rec)
         except (TypeError, ValueError):

@@ -29,8 +29,8 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from session_broker.ops.embedded import Stack  # noqa: E402
 from session_broker.core.messages import task_message  # noqa: E402
+from session_broker.ops.embedded import Stack  # noqa: E402
 
 
 def consume(r: redis.Redis, way: str, queue: str, fetch: str, jobs: int) -> float:

@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from benchmarks.common import (  # noqa: E402  (after the sys.path line above)
-    RESULTS, fmt, format_table, log, machine_info, percentile, ratio, summarize)
+from benchmarks.common import RESULTS, fmt, format_table, log, machine_info, percentile, ratio, summarize  # noqa: E402  (after the sys.path line above)
+
 ALL_SCENARIOS = (1, 2, 3, 4, 5, 6)
 CONTENDERS = ("direct", "plain_celery", "ibm_local", "sb_job", "sb_session")
 

@@ -59,6 +59,7 @@ def main(argv=None) -> None:
     store.ping()
     link = ConsumerLink()
     from celery import signals
+
     from tasks.agent import Agent
 
     signals.worker_ready.connect(lambda sender=None, **_: setattr(link, "consumer", sender), weak=False)

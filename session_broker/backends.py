@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from qiskit.providers import BackendV2, Options
@@ -122,7 +122,7 @@ def get_spec(name: str) -> BackendSpec:
     return spec
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fake(snapshot: str) -> Any:
     """The one fake backend instance per snapshot class; it loads its JSON snapshot once."""
     return getattr(importlib.import_module("qiskit_ibm_runtime.fake_provider"), snapshot)()
@@ -143,7 +143,7 @@ def snapshot_info(name: str) -> dict[str, str] | None:
     }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _aer_basis(method: str) -> frozenset[str]:
     """Every instruction name Aer's ``method`` executes (standard and Aer-specific)."""
     from qiskit_aer import AerSimulator
@@ -161,7 +161,7 @@ def build_target(name: str) -> Target:
     return _build_target(get_spec(name))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _build_target(spec: BackendSpec) -> Target:
     if spec.kind == "device":
         return _fake(spec.snapshot).target
@@ -189,7 +189,7 @@ def simulator(name: str) -> AerSimulator:
     return _simulator(get_spec(name))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _simulator(spec: BackendSpec) -> AerSimulator:
     import os
 
@@ -239,7 +239,7 @@ def context_fingerprint(name: str) -> str:
     return _fingerprint(get_spec(name).name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fingerprint(name: str) -> str:
     import qiskit_aer
 
@@ -487,7 +487,7 @@ def name_of(backend) -> str:
         "(method automatic, statevector or matrix_product_state)")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fake_name(snapshot: str) -> str:
     """``fake_manila`` for ``FakeManilaV2``: the name a fake backend (and Aer's copy) reports."""
     cls = getattr(importlib.import_module("qiskit_ibm_runtime.fake_provider"), snapshot)

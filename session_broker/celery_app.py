@@ -33,8 +33,8 @@ from __future__ import annotations
 import functools
 
 from celery import Celery
-from celery.worker import consumer as celery_consumer
 from celery.app.control import Control
+from celery.worker import consumer as celery_consumer
 from kombu import Queue, pidbox
 from kombu.transport import TRANSPORT_ALIASES
 

@@ -2,7 +2,17 @@
 
 from session_broker.errors import *  # noqa: F401,F403
 from session_broker.errors import (  # noqa: F401  (the aliases are not in errors' star export)
-    IBMBackendError, IBMBackendValueError, IBMError, IBMInputValueError, IBMNotAuthorizedError,
-    IBMRuntimeError, JobError, RuntimeInvalidStateError, RuntimeJobFailureError,
-    RuntimeJobMaxTimeoutError, RuntimeJobNotFound, RuntimeJobTimeoutError, RuntimeProgramNotFound,
+    IBMBackendError,
+    IBMBackendValueError,
+    IBMError,
+    IBMInputValueError,
+    IBMNotAuthorizedError,
+    IBMRuntimeError,
+    JobError,
+    RuntimeInvalidStateError,
+    RuntimeJobFailureError,
+    RuntimeJobMaxTimeoutError,
+    RuntimeJobNotFound,
+    RuntimeJobTimeoutError,
+    RuntimeProgramNotFound,
 )

@@ -6,7 +6,7 @@ them (numpy integers included), and PUBs coerced and validated by Qiskit's own r
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from qiskit.circuit import QuantumCircuit

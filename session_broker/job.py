@@ -12,18 +12,22 @@ import json
 import math
 import numbers
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from qiskit.primitives import BasePrimitiveJob, PrimitiveResult
 
 from session_broker.core import codec
-from session_broker.errors import (
-    InvalidInputError, JobNotFoundError, JobTimeoutError, error_for_code,
-)
-from session_broker.results import v1_transform
 from session_broker.core.ids import iso
 from session_broker.core.store import FINAL_JOB_STATUSES, Store
+from session_broker.errors import (
+    InvalidInputError,
+    JobNotFoundError,
+    JobTimeoutError,
+    error_for_code,
+)
+from session_broker.results import v1_transform
 
 
 class RuntimeJobV2(BasePrimitiveJob):
@@ -44,7 +48,7 @@ class RuntimeJobV2(BasePrimitiveJob):
         self._queued = False               # run() queued it just now (result() waits at once)
 
     @classmethod
-    def attach(cls, job_id: str, store: Store, service=None) -> "RuntimeJobV2":
+    def attach(cls, job_id: str, store: Store, service=None) -> RuntimeJobV2:
         rec = store.job(job_id, "backend", "session", "primitive", "summary")
         if not rec:
             raise JobNotFoundError(f"job {job_id!r} does not exist (or its record expired)")

@@ -19,21 +19,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 from qiskit.circuit import QuantumCircuit
 from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2
 from qiskit.primitives.containers import EstimatorPub, SamplerPub
 
 from session_broker import backends as catalog
+from session_broker import options as opts
 from session_broker import v1
 from session_broker.core import codec
-from session_broker import options as opts
+from session_broker.core.memo import BoundedMemo
 from session_broker.errors import InvalidInputError, InvalidMaxTimeError
 from session_broker.inputs import coerce_pubs, non_negative, positive_int
-from session_broker.modes import resolve_mode
 from session_broker.job import RuntimeJobV2
-from session_broker.core.memo import BoundedMemo
+from session_broker.modes import resolve_mode
 from session_broker.session import Session
 
 __all__ = ["Estimator", "EstimatorV2", "Sampler", "SamplerV2"]

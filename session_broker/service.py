@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 from session_broker import backends as catalog
 from session_broker.backends import BrokerBackend
 from session_broker.core.config import get_settings, with_url
-from session_broker.inputs import jobs_filters
-from session_broker.job import RuntimeJobV2
-from session_broker.core.messages import task_message
 from session_broker.core.connection import redis_client
 from session_broker.core.ids import new_id
+from session_broker.core.messages import task_message
 from session_broker.core.store import Store
+from session_broker.inputs import jobs_filters
+from session_broker.job import RuntimeJobV2
 
 
 class QiskitRuntimeService:

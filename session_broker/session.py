@@ -20,13 +20,13 @@ from contextvars import ContextVar
 
 from session_broker import backends as catalog
 from session_broker.backends import BrokerBackend
-from session_broker.errors import InvalidInputError, InvalidMaxTimeError, SessionNotFoundError
-from session_broker.service import QiskitRuntimeService, default_service
 from session_broker.core.ids import iso, new_id
 from session_broker.core.store import SESSION_STATUS
+from session_broker.errors import InvalidInputError, InvalidMaxTimeError, SessionNotFoundError
+from session_broker.service import QiskitRuntimeService, default_service
 
-_current: ContextVar["Session | None"] = ContextVar("session_broker_session", default=None)
-_entered: list["Session"] = []
+_current: ContextVar[Session | None] = ContextVar("session_broker_session", default=None)
+_entered: list[Session] = []
 _entered_lock = threading.Lock()
 
 _MAX_TIME = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
@@ -51,12 +51,12 @@ def parse_max_time(value, system_max: int) -> int:
     return seconds
 
 
-def current_context_session() -> "Session | None":
+def current_context_session() -> Session | None:
     """The session of this thread's (or asyncio task's) own ``with`` block, if any."""
     return _current.get()
 
 
-def current_session() -> "Session | None":
+def current_session() -> Session | None:
     session = _current.get()
     if session is not None:
         return session
@@ -137,7 +137,7 @@ class Session:
         return self._backend
 
     @classmethod
-    def from_id(cls, session_id: str, service: QiskitRuntimeService | None = None) -> "Session":
+    def from_id(cls, session_id: str, service: QiskitRuntimeService | None = None) -> Session:
         """Attach to an existing session; an unknown id raises and creates nothing."""
         service = service or default_service()
         if not isinstance(session_id, str) or not session_id:
@@ -195,7 +195,7 @@ class Session:
         self._store.cancel_session(self._session_id)
 
     # ------------------------------------------------------------------ context manager
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         if not hasattr(self, "_tokens"):
             self._tokens = []
         self._tokens.append(_current.set(self))

@@ -14,13 +14,13 @@ from qiskit.circuit import QuantumCircuit
 from qiskit.primitives.containers import EstimatorPub, SamplerPub
 from qiskit.quantum_info import SparsePauliOp
 
-from session_broker.core import codec
 from session_broker import options as opts
+from session_broker.core import codec
 from session_broker.errors import BackendMismatchError, InvalidInputError
 from session_broker.inputs import coerce_pubs, positive_int
 from session_broker.modes import resolve_mode
-from session_broker.session import Session
 from session_broker.results import _estimator_v1, _sampler_v1
+from session_broker.session import Session
 
 #: Top-level option names only V1 has: a dict with one of them is V1 options.
 V1_ONLY_KEYS = frozenset({"optimization_level", "transpilation"})

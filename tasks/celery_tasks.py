@@ -23,9 +23,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 
 from session_broker import backends
-from session_broker.core import codec
-from session_broker.core import transport
 from session_broker.celery_app import app
+from session_broker.core import codec, transport
 from session_broker.core.store import Store
 from tasks.link import link
 from tasks.simulate import execute

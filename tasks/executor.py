@@ -38,6 +38,7 @@ log = logging.getLogger("session_broker.worker")
 logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs every pass at INFO
 
 from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, link, open_link  # noqa: E402
+
 # seconds events stay on after the last request for them (Flower asks every 5 s)
 EVENTS_LINGER = float(os.environ.get("SESSION_BROKER_EVENTS_LINGER", "15"))
 

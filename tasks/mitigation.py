@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -208,7 +208,7 @@ def twirl_gates(circuit: QuantumCircuit, target, seed: int) -> QuantumCircuit:
     return pauli_twirl_2q_gates(circuit, twirling_gate=names, seed=seed, target=target)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dd_target(backend: str):
     """The device target plus a ``y`` gate timed as ``x``: Qiskit's DD pass only places gates
     its target has, and IBM's basis has no Y; we insert Y and then write it as X·RZ(pi)
@@ -234,8 +234,12 @@ def schedule(circuit: QuantumCircuit, backend: str, dd: dict | None) -> QuantumC
     the same unitary as XX up to a global phase, so it is simulated as XX).
     """
     from qiskit.transpiler import PassManager
-    from qiskit.transpiler.passes import (ALAPScheduleAnalysis, ASAPScheduleAnalysis,
-                                          PadDelay, PadDynamicalDecoupling)
+    from qiskit.transpiler.passes import (
+        ALAPScheduleAnalysis,
+        ASAPScheduleAnalysis,
+        PadDelay,
+        PadDynamicalDecoupling,
+    )
 
     if any(getattr(inst.operation, "blocks", ()) for inst in circuit.data):
         return circuit   # Qiskit's scheduling passes do not see inside control flow
@@ -723,14 +727,14 @@ def run_sampler(backend: str, pubs: list[SamplerPub], s: Settings, seed: int | N
     executed.twirled_circuits = len(runs) if (s.twirl_gates or s.twirl_measure) else 0
     results = []
     k = 0
-    for p, (pub, nrand, per, pshape, nparams) in enumerate(plans):
+    for pub, nrand, _per, _pshape, nparams in plans:
         circuit = pub.circuit
         regs = {}
         for creg in circuit.cregs:
             regs[creg.name] = np.zeros((nparams, pub.shots, creg.size), dtype=bool)
         for pi in range(nparams):
             rows = []
-            for r in range(nrand):
+            for _ in range(nrand):
                 _, _, _, _, _, flips = runs[k]
                 mem = counts_mem[k]
                 k += 1

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from session_broker.core.config import load_settings
-from session_broker.ops.embedded import Stack, wait_for
 from session_broker.core.store import Store
+from session_broker.ops.embedded import Stack, wait_for
 from tasks.supervisor import node_name
 
 HOST = socket.gethostname()   # what Celery's %h expands to: the node names tests compare with

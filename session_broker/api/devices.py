@@ -17,7 +17,7 @@ Status comes from the live workers registered in Redis and the backend's queue l
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from session_broker import backends as catalog
@@ -34,7 +34,7 @@ def _snapshot_file(name: str, kind: str) -> dict:
     return json.loads(path.read_text())
 
 
-@lru_cache(maxsize=None)
+@cache
 def configuration(name: str) -> dict:
     """The QasmBackendConfiguration dict the client builds ``backend(name)`` from."""
     spec = catalog.get_spec(name)
@@ -60,7 +60,7 @@ def configuration(name: str) -> dict:
     return conf
 
 
-@lru_cache(maxsize=None)
+@cache
 def properties(name: str) -> dict:
     """The snapshot's BackendProperties dict (devices); for ideal backends a minimal one (a
     zero readout error per qubit, no gate entries: the same all-to-all target as ``{}``).

@@ -20,16 +20,16 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import PlainTextResponse
 from qiskit_ibm_runtime import RuntimeEncoder
 
-from session_broker.core import codec
 from session_broker.api import reader
 from session_broker.api.errors import ApiError, from_broker_error
 from session_broker.api.limits import check_tags
 from session_broker.api.models import JobCreate, TagsUpdate
 from session_broker.api.runtime import Ctx, runtime_ctx, session_of, valid_id
-from session_broker.errors import SessionBrokerError
-from session_broker.primitives import EstimatorV2, SamplerV2
+from session_broker.core import codec
 from session_broker.core.ids import iso
 from session_broker.core.store import FINAL_JOB_STATUSES
+from session_broker.errors import SessionBrokerError
+from session_broker.primitives import EstimatorV2, SamplerV2
 
 log = logging.getLogger("session_broker.api")
 

@@ -28,8 +28,8 @@ import numpy as np
 from qiskit.primitives.containers.bindings_array import BindingsArray
 from qiskit.primitives.containers.observables_array import ObservablesArray
 
-from session_broker.core import codec
 from session_broker.api.errors import ApiError
+from session_broker.core import codec
 from session_broker.errors import InvalidPayloadError
 
 TOP_KEYS = {"pubs", "options", "version", "support_qiskit", "resilience_level"}

@@ -12,8 +12,8 @@ import threading
 from dataclasses import replace
 
 from session_broker.core.config import Settings
-from session_broker.service import QiskitRuntimeService
 from session_broker.core.store import Store
+from session_broker.service import QiskitRuntimeService
 
 
 class TenantService(QiskitRuntimeService):

@@ -46,13 +46,20 @@ from dataclasses import dataclass
 import numpy as np
 from qiskit import QuantumCircuit, qpy
 from qiskit.primitives.containers import (
-    BindingsArray, BitArray, DataBin, EstimatorPub, ObservablesArray, PrimitiveResult,
-    PubResult, SamplerPub, SamplerPubResult,
+    BindingsArray,
+    BitArray,
+    DataBin,
+    EstimatorPub,
+    ObservablesArray,
+    PrimitiveResult,
+    PubResult,
+    SamplerPub,
+    SamplerPubResult,
 )
 from qiskit.qpy.common import QPY_VERSION
 
-from session_broker.errors import InvalidInputError, InvalidPayloadError, PayloadTooLargeError
 from session_broker.core.memo import BoundedMemo
+from session_broker.errors import InvalidInputError, InvalidPayloadError, PayloadTooLargeError
 
 __all__ = [
     "DecodedJob", "check_payload", "check_result_size", "decode_circuit", "decode_payload",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -104,7 +105,7 @@ def validate_url(url: str, field: str = "url") -> str:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise _bad(field, url, f"a Redis URL such as redis://[:password@]host:6379/0 ({exc})")
+        raise _bad(field, url, f"a Redis URL such as redis://[:password@]host:6379/0 ({exc})") from None
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise _bad(field, url, "expected redis://[user:password@]host[:port][/db], rediss://... "
                                "for TLS, or sentinel://host:26379[,host:26379...]/db?master=NAME")
@@ -123,7 +124,7 @@ def validate_prefix(prefix: str, name: str | None = None) -> str:
     return prefix
 
 
-def _coerce(field: str, raw: str):
+def _coerce(field: str, raw: str) -> object:
     if field in _POSITIVE_INT:
         try:
             value = int(raw)
@@ -140,12 +141,12 @@ def _coerce(field: str, raw: str):
         return int(raw)
     if field in _POSITIVE_FLOAT:
         try:
-            value = float(raw)
+            seconds = float(raw)
         except ValueError:
             raise _bad(field, raw, "a positive number of seconds") from None
-        if not value > 0 or value != value or value == float("inf"):
+        if not seconds > 0 or seconds != seconds or seconds == float("inf"):
             raise _bad(field, raw, "a positive number of seconds")
-        return value
+        return seconds
     if field == "url":
         return validate_url(raw)
     if field == "key_prefix":
@@ -160,10 +161,10 @@ def _coerce(field: str, raw: str):
     return raw
 
 
-def load_settings(environ: dict | None = None, **overrides) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build settings from ``environ`` (default: the process environment) plus overrides."""
     environ = os.environ if environ is None else environ
-    values = {}
+    values: dict[str, object] = {}
     for f in fields(Settings):
         raw = environ.get(env_name(f.name))
         if raw is not None and raw != "":
@@ -171,7 +172,7 @@ def load_settings(environ: dict | None = None, **overrides) -> Settings:
     for name, value in overrides.items():
         if value is not None:
             values[name] = _coerce(name, str(value))
-    settings = Settings(**values)
+    settings = Settings(**values)  # type: ignore[arg-type]  # each value coerced for its field
     if settings.interactive_timeout > settings.max_time:
         raise _bad("interactive_timeout", settings.interactive_timeout,
                    f"at most SESSION_BROKER_MAX_TIME ({settings.max_time})")

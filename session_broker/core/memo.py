@@ -14,7 +14,8 @@ oldest out first: a producer that sends ever new circuits pays a few dict operat
 from __future__ import annotations
 
 import threading
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 
 class BoundedMemo:

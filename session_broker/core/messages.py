@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import uuid
+from typing import Any
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 # Built once: json.dumps with keyword arguments builds a new encoder on every call.
@@ -22,7 +23,7 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def task_message(task: str, job_id: str, queue: str, kwargs: dict, *, argsrepr: str,
+def task_message(task: str, job_id: str, queue: str, kwargs: dict[str, Any], *, argsrepr: str,
                  soft_time_limit: float | None = None, time_limit: float | None = None) -> str:
     """The kombu/Celery protocol-2 message that ``apply_async`` would push, as JSON text.
 

@@ -21,9 +21,15 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Any
+
+import redis
+from redis.client import Pipeline
 
 from session_broker.core.keys import HISTOGRAM_BOUNDS, Keys
 
@@ -38,7 +44,7 @@ _CONTRACT = re.compile(r"\A\s*--\[\[(.*?)\]\]\n", re.DOTALL)
 _MARK = "\x00"  # placeholders in the sample key names: \x00name\x00
 
 
-def _lua_dir():
+def _lua_dir() -> Traversable:
     return resources.files("session_broker.core") / "lua"
 
 
@@ -105,7 +111,7 @@ def _lua_concat(sample: str, params: set[str]) -> str:
     return " .. ".join(pieces) or "''"
 
 
-def _lua_value(value, params: set[str]) -> str:
+def _lua_value(value: object, params: set[str]) -> str:
     if isinstance(value, str):
         return _lua_concat(value, params)
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -113,7 +119,7 @@ def _lua_value(value, params: set[str]) -> str:
     raise TypeError(f"a Keys member gave {value!r}: only names and lists of names translate")
 
 
-def _members():
+def _members() -> Iterator[tuple[str, list[str] | None]]:
     """(name, parameter names or None for a property) of every member of Keys that the
     header translates. Methods with optional parameters (``channel``: two shapes) are left
     out: a template cannot say 'this part only when given'."""
@@ -169,7 +175,7 @@ def key_header() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fill(value, samples: dict[str, str]):
+def _fill(value: str | list[str], samples: dict[str, str]) -> str | list[str]:
     def one(s: str) -> str:
         parts = s.split(_MARK)
         return "".join(samples[p] if i % 2 else p for i, p in enumerate(parts))
@@ -184,7 +190,8 @@ def names() -> list[str]:
 
 @cache
 def _read(rel: str) -> str:
-    return (_lua_dir() / rel).read_text(encoding="utf-8")
+    text: str = (_lua_dir() / rel).read_text(encoding="utf-8")
+    return text
 
 
 @cache
@@ -236,24 +243,25 @@ def source(name: str) -> str:
 class Scripts:
     """The scripts for one Redis client and key prefix: ``run(name, **argv)``."""
 
-    def __init__(self, client, prefix: str):
+    def __init__(self, client: redis.Redis, prefix: str):
         self.client, self.prefix = client, prefix
-        self._registered: dict[str, object] = {}
+        self._registered: dict[str, Any] = {}
 
-    def run(self, script: str, /, *, client=None, **argv):
+    def run(self, script: str, /, *, client: redis.Redis | Pipeline | None = None, **argv: object) -> Any:
         """Run ``script`` with its ARGV by name; ``client``: a pipeline to queue it on."""
         c = contract(script)
         missing = [a for a in c.argv if a not in argv]
         unknown = [a for a in argv if a not in c.argv]
         if missing or unknown:
             raise TypeError(f"Lua script {script!r} takes ARGV {', '.join(c.argv) or 'none'}: "
-                            + "; ".join(filter(None, [
-                                missing and f"missing {', '.join(missing)}",
-                                unknown and f"unknown {', '.join(unknown)}"])))
+                            + "; ".join(
+                                ([f"missing {', '.join(missing)}"] if missing else [])
+                                + ([f"unknown {', '.join(unknown)}"] if unknown else [])))
         nones = [a for a in c.argv if argv[a] is None]
         if nones:
             raise TypeError(f"Lua script {script!r}: ARGV {', '.join(nones)} is None (pass '')")
         registered = self._registered.get(script)
         if registered is None:
             registered = self._registered[script] = self.client.register_script(source(script))
-        return registered(keys=[], args=[self.prefix, *(argv[a] for a in c.argv)], client=client)
+        args: list[Any] = [self.prefix, *(argv[a] for a in c.argv)]
+        return registered(keys=[], args=args, client=client)

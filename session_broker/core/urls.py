@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 
-def split_tls_options(url: str) -> tuple[str, dict]:
+def split_tls_options(url: str) -> tuple[str, dict[str, Any]]:
     """Take ``ssl_*`` query options off a ``rediss://`` URL and return them as kwargs.
 
     redis-py, kombu and Celery's result backend each read TLS options differently; we parse

@@ -34,8 +34,8 @@ import stat
 from pathlib import Path
 
 from session_broker.core.config import validate_prefix
-from session_broker.errors import ConfigurationError
 from session_broker.core.keys import Keys
+from session_broker.errors import ConfigurationError
 
 ROLES = ("producer", "worker", "web")
 RW, R, NONE = "rw", "r", ""

@@ -102,8 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from session_broker.errors import (BrokerConnectionError, ConfigurationError, JobNotFoundError,
-                                       SessionBrokerError, SessionNotFoundError, UnknownBackendError)
+    from session_broker.errors import (
+        BrokerConnectionError,
+        ConfigurationError,
+        JobNotFoundError,
+        SessionBrokerError,
+        SessionNotFoundError,
+        UnknownBackendError,
+    )
 
     try:
         return int(COMMANDS[args.command](args) or 0)
@@ -170,8 +176,8 @@ def cmd_up(args) -> int:
                           None if args.no_web else args.web_port, say=print, ha=args.ha)
         print(f"\nready. Producers use:  export SESSION_BROKER_URL={url}")
         if not args.no_web:
-            from session_broker.ops.front import recipe
             from session_broker.api.settings import load_api_settings
+            from session_broker.ops.front import recipe
 
             print("\n".join(recipe(f"http://127.0.0.1:{args.web_port}", load_api_settings().instance,
                                    stack.api_key())))
@@ -227,8 +233,8 @@ def cmd_acl(args) -> int:
     from pathlib import Path
     from urllib.parse import urlsplit
 
-    from session_broker.ops.acl import recipe
     from session_broker.core.config import get_settings
+    from session_broker.ops.acl import recipe
 
     db = args.db if args.db is not None else int(urlsplit(get_settings().url).path.lstrip("/") or 0)
     passwords = None

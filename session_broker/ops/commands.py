@@ -21,18 +21,19 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from typing import Callable, Iterable
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from session_broker.core.config import get_settings
-from session_broker.errors import BrokerConnectionError, JobNotFoundError, SessionNotFoundError
-from session_broker.core.connection import connect as redis_connect, redact
+from session_broker.core.connection import connect as redis_connect
+from session_broker.core.connection import redact
 from session_broker.core.ids import iso
 from session_broker.core.store import FINAL_JOB_STATUSES, SESSION_STATUS, Store
+from session_broker.errors import BrokerConnectionError, JobNotFoundError, SessionNotFoundError
 
 EXIT_OK, EXIT_FAIL = 0, 1
 CLEAR = "\x1b[H\x1b[2J"  # cursor home + clear screen

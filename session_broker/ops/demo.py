@@ -38,6 +38,7 @@ def run_examples() -> None:
 
     from qiskit.circuit.random import random_circuit
     from qiskit.quantum_info import SparsePauliOp
+
     from session_broker import Estimator, Options, Sampler, Session
 
     circuit = random_circuit(2, 2, seed=1).decompose(reps=1)
@@ -167,11 +168,9 @@ def run_examples() -> None:
 
 
 def run_demo(state_dir: str = ".sb-state") -> int:
-    from session_broker.ops.embedded import start_stack
-    from session_broker.core.config import DEFAULT_URL
-    from session_broker.ops.embedded import Stack, redis_answers
+    from session_broker.core.config import DEFAULT_URL, load_settings
     from session_broker.core.store import Store
-    from session_broker.core.config import load_settings
+    from session_broker.ops.embedded import Stack, redis_answers, start_stack
 
     global STATE_DIR
     STATE_DIR = Path(state_dir)

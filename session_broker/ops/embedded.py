@@ -128,7 +128,7 @@ class Stack:
 
     def start_ha(self, password: str | None = None, master: str = "mymaster", *,
                  tls: dict | None = None, down_after_ms: int = 1000,
-                 failover_timeout_ms: int = 3000) -> "HA":
+                 failover_timeout_ms: int = 3000) -> HA:
         """A master, one replica and three Sentinels (quorum 2) on loopback, each with its
         AOF (``appendfsync everysec``, the documented setting); returns their handles and the
         ``sentinel://`` URL clients and workers use. For ``up --ha`` and the failover tests.
@@ -274,7 +274,7 @@ class Stack:
             self.stop_child(child, grace)
         self.children.clear()
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -358,7 +358,7 @@ def start_stack(stack, backend_names: list[str], workers: int, flower_port: int 
         for i in range(workers):
             stack.start_worker(name, url)
             say(f"[worker] starting a worker for {name} ({i + 1}/{workers})...")
-        wait_for(lambda: len(store.live_workers(name)) >= workers, 90, f"workers for {name}")
+        wait_for(lambda name=name: len(store.live_workers(name)) >= workers, 90, f"workers for {name}")
         say(f"[worker] {name}: {workers} worker(s) registered")
     auth = stack.flower_auth()
     if flower_port:

@@ -15,20 +15,20 @@ import sys
 
 import redis
 from fastapi import Depends, FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from session_broker.ops import web
 from session_broker.api import identity, jobs, runtime
 from session_broker.api.auth import Authority
 from session_broker.api.errors import ApiError, error_response, from_broker_error
 from session_broker.api.limits import RequestGuard, guarded_protocol
 from session_broker.api.settings import ApiSettings, load_api_settings
 from session_broker.api.tenants import Tenants
-from session_broker.errors import ConfigurationError, SessionBrokerError
 from session_broker.core.store import Store
+from session_broker.errors import ConfigurationError, SessionBrokerError
+from session_broker.ops import web
 
 log = logging.getLogger("session_broker.api")
 API_PREFIXES = ("/api/", "/experimental/", "/identity/", "/v3/")
@@ -155,8 +155,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, certfile: str | None = None
     """Run the web front until SIGTERM/SIGINT."""
     import uvicorn
 
-    from session_broker.ops import commands as ops
     from session_broker.core.config import get_settings
+    from session_broker.ops import commands as ops
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from qiskit import QuantumCircuit
 
-from session_broker import (Estimator, EstimatorV2, Sampler, SamplerV2, SessionBrokerError)
+from session_broker import Estimator, EstimatorV2, Sampler, SamplerV2, SessionBrokerError
 from tests.support.faults import ansatz, bell_circuit
 
 QASM = "ibmq_qasm_simulator"

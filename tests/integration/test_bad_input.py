@@ -18,11 +18,26 @@ from qiskit import QuantumCircuit
 from qiskit.circuit import ParameterVector
 from qiskit.quantum_info import SparsePauliOp
 
-from session_broker import (BackendMismatchError, Batch, CircuitTooWideError, Estimator,
-                            EstimatorV2, InvalidInputError, InvalidMaxTimeError, NotISAError,
-                            OptionNotSupportedError, Options, PayloadTooLargeError,
-                            QiskitRuntimeService, Sampler, SamplerV2, Session,
-                            SessionClosedError, SessionNotFoundError, UnknownBackendError)
+from session_broker import (
+    BackendMismatchError,
+    Batch,
+    CircuitTooWideError,
+    Estimator,
+    EstimatorV2,
+    InvalidInputError,
+    InvalidMaxTimeError,
+    NotISAError,
+    OptionNotSupportedError,
+    Options,
+    PayloadTooLargeError,
+    QiskitRuntimeService,
+    Sampler,
+    SamplerV2,
+    Session,
+    SessionClosedError,
+    SessionNotFoundError,
+    UnknownBackendError,
+)
 from session_broker.core.config import load_settings
 from session_broker.core.store import Store
 from tests.support.faults import queue_lengths

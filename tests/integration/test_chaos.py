@@ -22,8 +22,8 @@ import psutil
 import pytest
 
 from session_broker import SamplerV2, Session
-from session_broker.ops.embedded import wait_for
 from session_broker.core.store import FINAL_JOB_STATUSES
+from session_broker.ops.embedded import wait_for
 from tests.conftest import signal_group
 from tests.support.faults import BACKEND, bell_circuit, log_text, wait_final
 

@@ -12,10 +12,17 @@ from qiskit import QuantumCircuit, QuantumRegister
 from qiskit.quantum_info import SparsePauliOp
 from qiskit.transpiler import generate_preset_pass_manager
 
-from session_broker import (CircuitTooWideError, EstimatorV2, NotISAError, OptionNotSupportedError,
-                            SamplerV2, Session, codec)
-from session_broker.errors import JobCancelledError, JobTimeoutError
+from session_broker import (
+    CircuitTooWideError,
+    EstimatorV2,
+    NotISAError,
+    OptionNotSupportedError,
+    SamplerV2,
+    Session,
+    codec,
+)
 from session_broker.backends import get_spec
+from session_broker.errors import JobCancelledError, JobTimeoutError
 from tests.conftest import make_cluster
 from tests.support.faults import bell_circuit, queue_lengths
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from session_broker import SamplerV2, EstimatorV2, Session
+from session_broker import EstimatorV2, SamplerV2, Session
 from session_broker.ops.embedded import wait_for
 from tests.conftest import HOST, make_cluster
 from tests.support.faults import SlowEstimatorJob, bell_circuit, read_until_ready

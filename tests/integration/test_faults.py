@@ -19,10 +19,21 @@ import pytest
 from session_broker import EstimatorV2, SamplerV2, Session, WorkerLostError
 from session_broker.ops.embedded import free_port, redis_answers, wait_for
 from tests.conftest import Cluster
-from tests.support.faults import (BACKEND, SlowEstimatorJob, assert_bell_counts, bell_circuit,
-                                  kill_pool_child, log_tail, log_text, orphan_in_unacked,
-                                  pool_children, records,
-                                  redis_now, start_logged_worker, wait_final)
+from tests.support.faults import (
+    BACKEND,
+    SlowEstimatorJob,
+    assert_bell_counts,
+    bell_circuit,
+    kill_pool_child,
+    log_tail,
+    log_text,
+    orphan_in_unacked,
+    pool_children,
+    records,
+    redis_now,
+    start_logged_worker,
+    wait_final,
+)
 
 
 def session_of(c: Cluster, sid: str) -> dict:
@@ -144,6 +155,7 @@ def test_job_longer_than_the_visibility_timeout_runs_once(fresh, hold):
         assert c.store.job(jid, "status")["status"] == "RUNNING", \
             "the job ended before the redelivery could be tested: make it longer"
         from kombu import Connection
+
         from session_broker.celery_app import make_app
 
         options = {**make_app(c.settings).conf.broker_transport_options, "visibility_timeout": 2}

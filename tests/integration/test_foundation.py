@@ -24,8 +24,8 @@ def cli(*args, env=None, timeout=60):
 
 
 def test_worker_registers_runs_and_deregisters_on_sigterm(stack, redis_url, bell):
-    from tests.conftest import make_cluster
     from session_broker import SamplerV2
+    from tests.conftest import make_cluster
 
     c = make_cluster(stack, redis_url)
     w = c.start_worker("ibmq_qasm_simulator", name="reg-test@host1")

@@ -23,12 +23,11 @@ import pytest
 from qiskit.primitives.containers import SamplerPub
 
 from session_broker import InvalidPayloadError, SamplerV2, codec
-from session_broker.ops.embedded import wait_for
 from session_broker.core.messages import task_message
 from session_broker.core.store import FINAL_JOB_STATUSES
+from session_broker.ops.embedded import wait_for
 from tests.conftest import make_cluster
-from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log_tail,
-                                  plant_job)
+from tests.support.faults import BACKEND, assert_bell_counts, bell_circuit, log_tail, plant_job
 
 LIMIT = 200_000  # the workers' SESSION_BROKER_MAX_PAYLOAD_BYTES in this module
 OPTIONS = {"api": "v2", "seed_simulator": None, "max_execution_time": None}
@@ -157,8 +156,8 @@ def _huge_payload() -> str:
 
 def _lying_array() -> str:
     """Parameter bindings claiming a 10**9-element array backed by 8 bytes."""
-    from qiskit.circuit import Parameter
     from qiskit import QuantumCircuit
+    from qiskit.circuit import Parameter
 
     theta = Parameter("t")
     qc = QuantumCircuit(1)
@@ -171,8 +170,8 @@ def _lying_array() -> str:
 
 
 def _estimator_payload_for_sampler_task() -> str:
-    from qiskit.primitives.containers import EstimatorPub
     from qiskit import QuantumCircuit
+    from qiskit.primitives.containers import EstimatorPub
 
     qc = QuantumCircuit(2)
     qc.h(0)

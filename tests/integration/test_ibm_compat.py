@@ -22,9 +22,18 @@ from qiskit_aer import AerSimulator
 from qiskit_ibm_runtime import options as ibm_options
 from qiskit_ibm_runtime.execution_span import ExecutionSpans
 
-from session_broker import (CircuitTooWideError, Estimator, EstimatorV2, InvalidInputError,
-                            OptionNotSupportedError, QiskitRuntimeService, Sampler, SamplerV2,
-                            Session, UnknownBackendError)
+from session_broker import (
+    CircuitTooWideError,
+    Estimator,
+    EstimatorV2,
+    InvalidInputError,
+    OptionNotSupportedError,
+    QiskitRuntimeService,
+    Sampler,
+    SamplerV2,
+    Session,
+    UnknownBackendError,
+)
 from session_broker.fake_provider import FakeManilaV2
 from session_broker.options import EstimatorOptions, SamplerOptions
 from session_broker.results import EstimatorResult, SamplerResult

@@ -22,9 +22,9 @@ import pytest
 
 from session_broker import SamplerV2, Session
 from session_broker.ops.embedded import wait_for
+from tasks.supervisor import node_name
 from tests.support.faults import BACKEND, assert_bell_counts, bell_circuit, log_text
 from tests.support.proxy import Proxy
-from tasks.supervisor import node_name
 
 BOUND = 3.0   # the tests' liveness bound (s); the default is 10
 ENV = {"SESSION_BROKER_UNSERVED_PIN_TIMEOUT": str(BOUND)}

@@ -12,8 +12,8 @@ from prometheus_client.utils import floatToGoString
 
 from session_broker.core import keys as K
 from session_broker.core.config import load_settings
-from session_broker.ops.metrics import METRIC_NAMES, BrokerCollector, cumulative_buckets
 from session_broker.core.store import Store
+from session_broker.ops.metrics import METRIC_NAMES, BrokerCollector, cumulative_buckets
 
 IDLE_BACKEND = "aer_simulator"  # no worker serves it in this module: its jobs stay QUEUED
 

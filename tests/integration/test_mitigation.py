@@ -15,8 +15,7 @@ from qiskit import QuantumCircuit
 from qiskit.quantum_info import Operator, SparsePauliOp
 from qiskit.transpiler import generate_preset_pass_manager
 
-from session_broker import EstimatorV2, OptionNotSupportedError, SamplerV2
-from session_broker import backends
+from session_broker import EstimatorV2, OptionNotSupportedError, SamplerV2, backends
 from tasks import mitigation as m
 from tests.conftest import make_cluster
 

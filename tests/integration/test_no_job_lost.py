@@ -18,8 +18,15 @@ import redis
 from session_broker import SamplerV2, Session
 from session_broker.ops.embedded import wait_for
 from tests.conftest import Cluster, signal_group
-from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log_text, orphan_in_unacked,
-                                  redis_now, start_logged_worker)
+from tests.support.faults import (
+    BACKEND,
+    assert_bell_counts,
+    bell_circuit,
+    log_text,
+    orphan_in_unacked,
+    redis_now,
+    start_logged_worker,
+)
 
 
 def _signal(child, sig) -> None:
@@ -44,7 +51,7 @@ def test_worker_frozen_after_taking_a_message_then_killed_loses_nothing(fresh):
     sampler = SamplerV2(mode=c.service.backend(BACKEND))
     bell = bell_circuit()
     taken = None
-    for attempt in range(20):
+    for attempt in range(20):  # noqa: B007  (named in the failure message)
         _signal(a, signal.SIGSTOP)
         job = sampler.run([bell], shots=32)
         # the frozen worker's pending fetch takes it (or had just timed out: try again)
@@ -227,8 +234,8 @@ def test_redis_settings_are_read_even_where_config_is_refused(fresh):
     """Managed Redis and ACL users often refuse CONFIG: the check falls back to INFO, still
     sees the eviction policy, and says what it could not see."""
     from session_broker.core.config import load_settings
-    from session_broker.errors import ConfigurationError
     from session_broker.core.store import Store
+    from session_broker.errors import ConfigurationError
 
     c = fresh(extra=["--maxmemory", "200mb", "--maxmemory-policy", "allkeys-lru"])
     c.store.redis.execute_command("ACL", "SETUSER", "app", "on", ">secret", "~*", "&*", "+@all", "-config")

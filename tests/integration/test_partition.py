@@ -23,12 +23,21 @@ import time
 
 import pytest
 
-from session_broker import SamplerV2, EstimatorV2, Session
+from session_broker import EstimatorV2, SamplerV2, Session
 from session_broker.ops.embedded import free_port, wait_for
 from tests.conftest import Cluster
-from tests.support.faults import (BACKEND, SlowEstimatorJob, assert_bell_counts, bell_circuit,
-                                  log_tail, log_text, records, redis_now,
-                                  start_logged_worker, wait_final)
+from tests.support.faults import (
+    BACKEND,
+    SlowEstimatorJob,
+    assert_bell_counts,
+    bell_circuit,
+    log_tail,
+    log_text,
+    records,
+    redis_now,
+    start_logged_worker,
+    wait_final,
+)
 from tests.support.netns import NetLab, NetnsUnavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

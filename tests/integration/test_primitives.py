@@ -18,9 +18,16 @@ from qiskit_aer import AerSimulator
 from qiskit_aer.primitives import EstimatorV2 as AerEstimator
 from qiskit_aer.primitives import SamplerV2 as AerSampler
 
-from session_broker import (Estimator, EstimatorV2, JobCancelledError, MaxExecutionTimeExceededError,
-                            Options, Sampler, SamplerV2, Session)
-from session_broker.ops.embedded import wait_for
+from session_broker import (
+    Estimator,
+    EstimatorV2,
+    JobCancelledError,
+    MaxExecutionTimeExceededError,
+    Options,
+    Sampler,
+    SamplerV2,
+    Session,
+)
 from tests.conftest import make_cluster, slow_pub
 from tests.support.faults import ansatz
 

@@ -7,7 +7,6 @@ tests wait on conditions with deadlines, never on fixed sleeps.
 
 from __future__ import annotations
 
-from http.client import HTTPConnection
 import json
 import os
 import socket
@@ -15,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.client import HTTPConnection
 
 import psutil
 import pytest

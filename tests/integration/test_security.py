@@ -28,14 +28,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from session_broker import (BrokerConnectionError, EstimatorV2, QiskitRuntimeService, SamplerV2,
-                            Session)
-from session_broker.ops.embedded import free_port, wait_for
+from session_broker import BrokerConnectionError, EstimatorV2, QiskitRuntimeService, SamplerV2, Session
 from session_broker.core.messages import task_message
+from session_broker.ops.embedded import free_port, wait_for
 from tests.conftest import HOST, Cluster
+from tests.support.faults import BACKEND, assert_bell_counts, bell_circuit, log_tail, plant_job, records
 from tests.support.pki import make_pki
-from tests.support.faults import (BACKEND, assert_bell_counts, bell_circuit, log_tail, plant_job,
-                                  records)
 
 PASSWORD = "s3cret-" + base64.b32encode(os.urandom(10)).decode().lower()
 PY = sys.executable
@@ -180,6 +178,7 @@ def test_pickled_message_on_a_backend_queue_is_refused(auth, tmp_path):
     marker = tmp_path / "pickle-ran"
     queue = auth.store.keys.backend_queue(BACKEND)
     from qiskit.primitives.containers import SamplerPub
+
     from session_broker.core import codec
 
     good = codec.encode_payload("sampler", codec.encode_sampler_pubs([SamplerPub.coerce(bell_circuit(), 8)]),

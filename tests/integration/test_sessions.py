@@ -12,11 +12,22 @@ import threading
 import time
 
 import pytest
-from qiskit.quantum_info import SparsePauliOp
 
-from session_broker import (Batch, Estimator, EstimatorV2, FirstJobCancelledError, InvalidMaxTimeError,
-                            JobCancelledError, Sampler, SamplerV2, Session, SessionClosedError,
-                            SessionMaxTimeError, SessionNotFoundError, BackendMismatchError)
+from session_broker import (
+    BackendMismatchError,
+    Batch,
+    Estimator,
+    EstimatorV2,
+    FirstJobCancelledError,
+    InvalidMaxTimeError,
+    JobCancelledError,
+    Sampler,
+    SamplerV2,
+    Session,
+    SessionClosedError,
+    SessionMaxTimeError,
+    SessionNotFoundError,
+)
 from session_broker.ops.embedded import wait_for
 from session_broker.session import parse_max_time
 from tests.conftest import HOST, make_cluster, slow_pub

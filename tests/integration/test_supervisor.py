@@ -13,6 +13,7 @@ import threading
 import time
 
 import psutil
+
 from session_broker import EstimatorV2, SamplerV2, Session
 from session_broker.ops.embedded import wait_for
 from tests.conftest import slow_pub

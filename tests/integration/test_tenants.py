@@ -24,11 +24,11 @@ import pytest
 import redis
 
 from session_broker import QiskitRuntimeService, SamplerV2, Session
-from session_broker.ops.acl import ROLES
 from session_broker.core.config import get_settings, load_settings
-from session_broker.ops.embedded import free_port, wait_for
 from session_broker.core.keys import Keys
 from session_broker.core.store import Store
+from session_broker.ops.acl import ROLES
+from session_broker.ops.embedded import free_port, wait_for
 from tests.conftest import HOST, Cluster
 from tests.support.faults import BACKEND, assert_bell_counts, bell_circuit, log_tail
 

@@ -10,8 +10,13 @@ import pytest
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from session_broker import (BrokerConnectionError, BrokerOutOfMemoryError, QiskitRuntimeService,
-                            SamplerV2, Session)
+from session_broker import (
+    BrokerConnectionError,
+    BrokerOutOfMemoryError,
+    QiskitRuntimeService,
+    SamplerV2,
+    Session,
+)
 from tests.support.faults import bell_circuit
 
 BACKEND = "ibmq_qasm_simulator"

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -150,7 +149,7 @@ def up(redis_url, tmp_path_factory):
             stack.proc.kill()
             for pid in descendants(stack.proc.pid):
                 os.kill(pid, signal.SIGKILL)
-            raise AssertionError(f"`session-broker up` ignored SIGTERM for 120 s:\n{stack.output}")
+            raise AssertionError(f"`session-broker up` ignored SIGTERM for 120 s:\n{stack.output}") from None
         stack._reader.join(10)
     # after the tests: the stack stopped cleanly and left nothing behind
     assert rc == 0, f"`session-broker up` exited with {rc} after SIGTERM:\n{stack.output}"

@@ -37,10 +37,10 @@ def server(stack, redis_url):
 
 def app_routes(redis_url) -> list[tuple[str, str]]:
     """(method, path) of every route of the app, path parameters filled in."""
-    from session_broker.ops.front import create_app, route_table
     from session_broker.api.settings import load_api_settings
     from session_broker.core.config import load_settings
     from session_broker.core.store import Store
+    from session_broker.ops.front import create_app, route_table
 
     app = create_app(Store(load_settings({"SESSION_BROKER_URL": redis_url})), load_api_settings({}), "a:b")
     return [(method, re.sub(r"\{[^}]+\}", "some-id", path)) for method, path in route_table(app)

@@ -13,8 +13,8 @@ import json
 import pytest
 import redis
 
-from session_broker.core.scripts import Scripts
 from session_broker.core.keys import Keys
+from session_broker.core.scripts import Scripts
 
 PREFIX = "t"
 BACKEND = "b1"

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from session_broker.ops.embedded import wait_for
-from session_broker.core.messages import task_message
 from session_broker.core.ids import new_id
+from session_broker.core.messages import task_message
 from session_broker.core.store import FINAL_JOB_STATUSES, Store
+from session_broker.ops.embedded import wait_for
 
 BACKEND = "ibmq_qasm_simulator"
 

@@ -44,7 +44,7 @@ class ApiServer:
         scheme = "https" if "--certfile" in self.args else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> "ApiServer":
+    def start(self, wait: bool = True) -> ApiServer:
         argv = [sys.executable, "-m", "session_broker.ops.cli", "api", "--port", str(self.port), *self.args]
         self.child = self.stack.spawn(f"api-{self.port}", argv, self.env)
         if wait:

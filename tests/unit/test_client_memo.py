@@ -12,8 +12,8 @@ from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 
 from session_broker.core import codec
-from session_broker.errors import InvalidInputError
 from session_broker.core.memo import BoundedMemo
+from session_broker.errors import InvalidInputError
 
 MAX = 1 << 20
 

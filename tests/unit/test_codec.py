@@ -14,7 +14,13 @@ import pytest
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister, qpy
 from qiskit.circuit import Parameter, ParameterVector, Qubit
 from qiskit.primitives.containers import (
-    BindingsArray, BitArray, DataBin, EstimatorPub, PrimitiveResult, PubResult, SamplerPub,
+    BindingsArray,
+    BitArray,
+    DataBin,
+    EstimatorPub,
+    PrimitiveResult,
+    PubResult,
+    SamplerPub,
 )
 from qiskit.quantum_info import Pauli, SparseObservable, SparsePauliOp
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from session_broker.ops import acl
 from session_broker.core.config import load_settings
-from session_broker.errors import ConfigurationError
 from session_broker.core.keys import Keys
+from session_broker.errors import ConfigurationError
+from session_broker.ops import acl
 
 NEAR = ("a", "ax", "a_x", "a-x", "x")  # prefixes as close to each other as the grammar allows
 

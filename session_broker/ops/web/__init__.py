@@ -26,16 +26,17 @@ from pathlib import Path
 
 import redis
 import tornado.template
-from fastapi import APIRouter, Depends, Path as PathParam, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 
-from session_broker.ops import commands as ops
-from session_broker.errors import JobNotFoundError, SessionNotFoundError
-from session_broker.ops.metrics import BrokerCollector, snapshot
 from session_broker.core.connection import redact
 from session_broker.core.ids import iso
 from session_broker.core.store import FINAL_JOB_STATUSES, Store
+from session_broker.errors import JobNotFoundError, SessionNotFoundError
+from session_broker.ops import commands as ops
+from session_broker.ops.metrics import BrokerCollector, snapshot
 
 log = logging.getLogger("session_broker.ops.web")
 
