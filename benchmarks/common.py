@@ -35,9 +35,15 @@ def summarize(seconds) -> dict:
     if not data:
         return {"n": 0}
     ms = [s * 1000.0 for s in data]
-    return {"n": len(ms), "median_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90),
-            "p99_ms": percentile(ms, 99), "mean_ms": sum(ms) / len(ms), "min_ms": min(ms),
-            "max_ms": max(ms)}
+    return {
+        "n": len(ms),
+        "median_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": sum(ms) / len(ms),
+        "min_ms": min(ms),
+        "max_ms": max(ms),
+    }
 
 
 def ratio(value, base):
@@ -79,11 +85,15 @@ def format_table(headers, rows, title: str | None = None) -> str:
 def machine_info() -> dict:
     from importlib import metadata
 
-    info = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "hostname": platform.node(), "platform": platform.platform(),
-            "python": platform.python_version(), "cpus": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    info = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -94,18 +104,33 @@ def machine_info() -> dict:
     except OSError:
         pass
     versions = {}
-    for dist in ("qiskit", "qiskit-aer", "qiskit-ibm-runtime", "celery", "kombu", "billiard",
-                 "redis", "numpy", "session-broker"):
+    for dist in (
+        "qiskit",
+        "qiskit-aer",
+        "qiskit-ibm-runtime",
+        "celery",
+        "kombu",
+        "billiard",
+        "redis",
+        "numpy",
+        "session-broker",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
     info["versions"] = versions
     try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                            capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         info["git_dirty"] = bool(dirty)
     except (OSError, subprocess.SubprocessError):
         pass

@@ -279,9 +279,17 @@ def phases(store, trace) -> dict[str, list[float]]:
     worker_usage: the worker's own measure of decode + execute + encode
     finish_to_client: finish script -> ``result()`` returned (latch wake-up, read, decode)
     """
-    out: dict[str, list[float]] = {k: [] for k in (
-        "client_submit", "queued_to_claim", "claim_to_finish", "worker_usage", "finish_to_client",
-        "total")}
+    out: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "client_submit",
+            "queued_to_claim",
+            "claim_to_finish",
+            "worker_usage",
+            "finish_to_client",
+            "total",
+        )
+    }
     if not trace:
         return out
     pipe = store.redis.pipeline(transaction=False)

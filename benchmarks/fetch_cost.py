@@ -69,13 +69,18 @@ def main(argv=None) -> dict:
             times[way].append(consume(r, way, queue, fetch, args.jobs))
         assert r.llen(queue) == 0 and r.llen(fetch) == 0 and r.hlen("unacked") == 0
     per_job = {way: statistics.median(t) / args.jobs * 1e6 for way, t in times.items()}
-    out = {"jobs_per_round": args.jobs, "rounds": args.rounds,
-           "us_per_job": {k: round(v, 1) for k, v in per_job.items()},
-           "extra_us_per_job": round(per_job["blmove"] - per_job["brpop"], 1),
-           "extra_ratio": round(per_job["blmove"] / per_job["brpop"], 3)}
-    print(f"fetch + record + ack, per job (median of {args.rounds} rounds of {args.jobs}): "
-          f"kombu BRPOP {per_job['brpop']:.1f} us, reliable BLMOVE {per_job['blmove']:.1f} us "
-          f"(+{out['extra_us_per_job']} us, x{out['extra_ratio']})")
+    out = {
+        "jobs_per_round": args.jobs,
+        "rounds": args.rounds,
+        "us_per_job": {k: round(v, 1) for k, v in per_job.items()},
+        "extra_us_per_job": round(per_job["blmove"] - per_job["brpop"], 1),
+        "extra_ratio": round(per_job["blmove"] / per_job["brpop"], 3),
+    }
+    print(
+        f"fetch + record + ack, per job (median of {args.rounds} rounds of {args.jobs}): "
+        f"kombu BRPOP {per_job['brpop']:.1f} us, reliable BLMOVE {per_job['blmove']:.1f} us "
+        f"(+{out['extra_us_per_job']} us, x{out['extra_ratio']})"
+    )
     return out
 
 

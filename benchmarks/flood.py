@@ -68,8 +68,12 @@ def main(argv=None) -> int:
             wait(h)
         except Exception:  # noqa: BLE001 - counted and reported, the flood goes on
             errors += 1
-    print(json.dumps({"jobs": args.jobs, "submit_s": submitted,
-                      "drain_s": time.perf_counter() - t0, "errors": errors}), flush=True)
+    print(
+        json.dumps(
+            {"jobs": args.jobs, "submit_s": submitted, "drain_s": time.perf_counter() - t0, "errors": errors}
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.common import RESULTS, format_table, log, machine_info  # noqa: E402
 
-PRECISION = 1 / 64          # IBM's default: 4096 shots
+PRECISION = 1 / 64  # IBM's default: 4096 shots
 TARGETS = {("ghz5-readout", 1): 0.5, ("ising5-trotter", 2): 0.5}
 
 
@@ -75,9 +75,10 @@ def circuits():
     echo.h(0)
     out = []
     for name, backend, qc, obs, why in (
-            ("ghz5-readout", "ibm_manila", ghz, parities, "readout"),
-            ("ising5-trotter", "ibm_nairobi", ising, magnetisation, "2q gates"),
-            ("idle-echo", "ibm_nairobi", echo, SparsePauliOp("IIIIZ"), "idle (T1/T2)")):
+        ("ghz5-readout", "ibm_manila", ghz, parities, "readout"),
+        ("ising5-trotter", "ibm_nairobi", ising, magnetisation, "2q gates"),
+        ("idle-echo", "ibm_nairobi", echo, SparsePauliOp("IIIIZ"), "idle (T1/T2)"),
+    ):
         ideal = float(Statevector(qc).expectation_value(obs).real)
         out.append((name, backend, qc, obs, ideal, why))
     return out
@@ -94,8 +95,13 @@ def run(quick: bool) -> dict:
     state = Path(tempfile.mkdtemp(prefix="sb-mitigation-"))
     stack = Stack(state)
     seeds = [11, 12, 13] if quick else [11, 12, 13, 14, 15]
-    results = {"mode": "quick" if quick else "full", "meta": machine_info(),
-               "precision": PRECISION, "seeds": seeds, "rows": []}
+    results = {
+        "mode": "quick" if quick else "full",
+        "meta": machine_info(),
+        "precision": PRECISION,
+        "seeds": seeds,
+        "rows": [],
+    }
     try:
         url = stack.start_redis(name="redis")
         os.environ["SESSION_BROKER_URL"] = url
@@ -113,12 +119,14 @@ def run(quick: bool) -> dict:
             key = store.keys.worker(f"{backend}@mitigation")
             wait_for(lambda: store.redis.hget(key, "heartbeat"), 240, f"worker {backend}")
         for name, backend, qc, obs, ideal, why in cases:
-            isa = generate_preset_pass_manager(1, backend=service.backend(backend),
-                                               seed_transpiler=7).run(qc)
+            isa = generate_preset_pass_manager(1, backend=service.backend(backend), seed_transpiler=7).run(qc)
             pub = (isa, obs.apply_layout(isa.layout))
             log(f"{name} on {backend}: ideal {ideal:.4f}, {isa.count_ops()}")
-            variants = ([(1, None), (1, "XX"), (1, "XY4")] if name == "idle-echo"
-                        else [(0, None), (1, None), (2, None)])
+            variants = (
+                [(1, None), (1, "XX"), (1, "XY4")]
+                if name == "idle-echo"
+                else [(0, None), (1, None), (2, None)]
+            )
             for level, dd in variants:
                 errors, stds, seconds, values = [], [], [], []
                 options = {"resilience_level": level}
@@ -134,13 +142,28 @@ def run(quick: bool) -> dict:
                     errors.append(abs(ev - ideal))
                     stds.append(float(result[0].data.stds))
                 mean = sum(errors) / len(errors)
-                sem = (math.sqrt(sum((e - mean) ** 2 for e in errors) / (len(errors) - 1))
-                       / math.sqrt(len(errors))) if len(errors) > 1 else float("nan")
-                row = {"circuit": name, "backend": backend, "dominated_by": why, "level": level,
-                       "dd": dd,
-                       "ideal": ideal, "values": values, "abs_error": mean, "abs_error_sem": sem,
-                       "reported_std": sum(stds) / len(stds),
-                       "median_job_s": sorted(seconds)[len(seconds) // 2], "job_s": seconds}
+                sem = (
+                    (
+                        math.sqrt(sum((e - mean) ** 2 for e in errors) / (len(errors) - 1))
+                        / math.sqrt(len(errors))
+                    )
+                    if len(errors) > 1
+                    else float("nan")
+                )
+                row = {
+                    "circuit": name,
+                    "backend": backend,
+                    "dominated_by": why,
+                    "level": level,
+                    "dd": dd,
+                    "ideal": ideal,
+                    "values": values,
+                    "abs_error": mean,
+                    "abs_error_sem": sem,
+                    "reported_std": sum(stds) / len(stds),
+                    "median_job_s": sorted(seconds)[len(seconds) // 2],
+                    "job_s": seconds,
+                }
                 results["rows"].append(row)
                 log(f"  level {level} dd {dd}: error {mean:.4f} +- {sem:.4f}, {row['median_job_s']:.1f} s")
     finally:
@@ -169,16 +192,37 @@ def render(results: dict) -> str:
     for r in results["rows"]:
         target = "" if "target" not in r else f"{r['target']}: {'met' if r['met'] else 'MISSED'}"
         level = str(r["level"]) + (f" + DD {r['dd']}" if r.get("dd") else "")
-        rows.append([r["circuit"], r["backend"], level, f"{r['ideal']:.4f}",
-                     f"{sum(r['values']) / len(r['values']):.4f}",
-                     f"{r['abs_error']:.4f} ± {r['abs_error_sem']:.4f}",
-                     f"{r['reported_std']:.4f}", f"{r['error_vs_level0']:.2f}x",
-                     f"{r['median_job_s']:.1f} s ({r['time_vs_level0']:.0f}x)", target])
+        rows.append(
+            [
+                r["circuit"],
+                r["backend"],
+                level,
+                f"{r['ideal']:.4f}",
+                f"{sum(r['values']) / len(r['values']):.4f}",
+                f"{r['abs_error']:.4f} ± {r['abs_error_sem']:.4f}",
+                f"{r['reported_std']:.4f}",
+                f"{r['error_vs_level0']:.2f}x",
+                f"{r['median_job_s']:.1f} s ({r['time_vs_level0']:.0f}x)",
+                target,
+            ]
+        )
     return format_table(
-        ["circuit", "backend", "level", "ideal", "mean value", "abs error ± s.e.", "reported std",
-         "error vs first row", "job time (vs first)", "target"], rows,
+        [
+            "circuit",
+            "backend",
+            "level",
+            "ideal",
+            "mean value",
+            "abs error ± s.e.",
+            "reported std",
+            "error vs first row",
+            "job time (vs first)",
+            "target",
+        ],
+        rows,
         title=f"Error mitigation ({results['mode']}: {len(results['seeds'])} seeds, "
-              f"precision {results['precision']:.4f})")
+        f"precision {results['precision']:.4f})",
+    )
 
 
 def main(quick: bool = False, out: Path | None = None) -> int:

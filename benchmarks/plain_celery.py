@@ -93,9 +93,25 @@ def noop() -> int:
 
 def worker_argv(name: str = "plain@bench") -> list[str]:
     """The command line of the contender's one worker (prefork, concurrency 1)."""
-    return [sys.executable, "-m", "celery", "-A", "benchmarks.plain_celery", "worker",
-            "-P", "prefork", "-c", "1", "-Q", QUEUE, "-n", name, "--loglevel=WARNING",
-            "--without-gossip", "--without-mingle"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "benchmarks.plain_celery",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        "1",
+        "-Q",
+        QUEUE,
+        "-n",
+        name,
+        "--loglevel=WARNING",
+        "--without-gossip",
+        "--without-mingle",
+    ]
 
 
 # ------------------------------------------------------------------ client side

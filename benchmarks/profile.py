@@ -48,16 +48,32 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 # variables; "legacy": ``variant_worker.py`` (the one-process prefork worker of before issue 13)
 # with these arguments. Each runs beside the shipped worker, jobs interleaved.
 VARIANTS = {
-    "shipped": ("as shipped: supervisor + solo executor, task events on demand (off), "
-                "OMP_WAIT_POLICY=passive", "cli", {}),
-    "before": ("before issue 13: one process, prefork pool child, task events on, "
-               "task_track_started, Aer's OpenMP threads spinning", "legacy", []),
-    "before_passive": ("as 'before' but OMP_WAIT_POLICY=passive (what the pool hand-over and "
-                       "events alone cost)", "legacy", ["--omp-passive"]),
-    "events_on": ("task events on (SESSION_BROKER_TASK_EVENTS=always: as while Flower is open)",
-                  "cli", {"SESSION_BROKER_TASK_EVENTS": "always"}),
-    "omp_spin": ("Aer's OpenMP threads spin after each job (OMP_WAIT_POLICY=active)", "cli",
-                 {"OMP_WAIT_POLICY": "active"}),
+    "shipped": (
+        "as shipped: supervisor + solo executor, task events on demand (off), OMP_WAIT_POLICY=passive",
+        "cli",
+        {},
+    ),
+    "before": (
+        "before issue 13: one process, prefork pool child, task events on, "
+        "task_track_started, Aer's OpenMP threads spinning",
+        "legacy",
+        [],
+    ),
+    "before_passive": (
+        "as 'before' but OMP_WAIT_POLICY=passive (what the pool hand-over and events alone cost)",
+        "legacy",
+        ["--omp-passive"],
+    ),
+    "events_on": (
+        "task events on (SESSION_BROKER_TASK_EVENTS=always: as while Flower is open)",
+        "cli",
+        {"SESSION_BROKER_TASK_EVENTS": "always"},
+    ),
+    "omp_spin": (
+        "Aer's OpenMP threads spin after each job (OMP_WAIT_POLICY=active)",
+        "cli",
+        {"OMP_WAIT_POLICY": "active"},
+    ),
 }
 TRACE_HOOK = """import os
 if os.environ.get("SB_BENCH_TRACE_DIR"):
@@ -144,7 +160,8 @@ def collapse(raw_path: Path, top: int = 25, per_job: int = 1, rate: int = 1000) 
         out["threads"][thread] = {
             "ms_per_job": ms(total),
             "inclusive": [[f, ms(n), round(100 * n / total, 1)] for f, n in incl],
-            "self": [[f, ms(n), round(100 * n / total, 1)] for f, n in selfs[thread].most_common(12)]}
+            "self": [[f, ms(n), round(100 * n / total, 1)] for f, n in selfs[thread].most_common(12)],
+        }
     return out
 
 
@@ -167,9 +184,18 @@ def fast_result(job):
             raise RuntimeError(f"job {job.job_id()} {status}: {error}")
 
 
-PHASES = ("client_submit", "redis_to_fetch", "fetch_to_received", "received_to_dispatch",
-          "dispatch_to_prerun", "prerun_to_claim", "claim_to_finish", "worker_usage",
-          "finish_to_client", "total")
+PHASES = (
+    "client_submit",
+    "redis_to_fetch",
+    "fetch_to_received",
+    "received_to_dispatch",
+    "dispatch_to_prerun",
+    "prerun_to_claim",
+    "claim_to_finish",
+    "worker_usage",
+    "finish_to_client",
+    "total",
+)
 
 
 def read_traces(directory: Path) -> dict[str, dict[str, float]]:
@@ -207,12 +233,18 @@ def trace_phases(store, trace, trace_dir) -> dict[str, list[float]]:
             fetch, received, dispatch, prerun = (ev[k] for k in ("fetch", "received", "dispatch", "prerun"))
         except (TypeError, ValueError, KeyError):
             continue
-        for key, value in (("client_submit", t1 - t0), ("redis_to_fetch", fetch - created),
-                           ("fetch_to_received", received - fetch),
-                           ("received_to_dispatch", dispatch - received),
-                           ("dispatch_to_prerun", prerun - dispatch), ("prerun_to_claim", running - prerun),
-                           ("claim_to_finish", finished - running), ("worker_usage", usage),
-                           ("finish_to_client", t2 - finished), ("total", t2 - t0)):
+        for key, value in (
+            ("client_submit", t1 - t0),
+            ("redis_to_fetch", fetch - created),
+            ("fetch_to_received", received - fetch),
+            ("received_to_dispatch", dispatch - received),
+            ("dispatch_to_prerun", prerun - dispatch),
+            ("prerun_to_claim", running - prerun),
+            ("claim_to_finish", finished - running),
+            ("worker_usage", usage),
+            ("finish_to_client", t2 - finished),
+            ("total", t2 - t0),
+        ):
             out[key].append(value)
     return out
 
@@ -232,8 +264,9 @@ class Monitor(threading.Thread):
                 except Exception:  # noqa: BLE001 - connection closed at the end
                     break
                 if cmd:
-                    self.rows.append((cmd["time"], cmd.get("client_port") or cmd.get("client_type"),
-                                      cmd["command"]))
+                    self.rows.append(
+                        (cmd["time"], cmd.get("client_port") or cmd.get("client_type"), cmd["command"])
+                    )
 
 
 # ---------------------------------------------------------------------- the profile
@@ -291,13 +324,35 @@ class Profile:
             hook = self.state / "trace-hook"
             hook.mkdir(exist_ok=True)
             (hook / "sitecustomize.py").write_text(TRACE_HOOK)
-            argv = [sys.executable, "-m", "session_broker.ops.cli", "worker", "--backend", BACKEND,
-                    "--name", node]
-            env = {"SESSION_BROKER_URL": self.url, "PYTHONPATH": str(hook), "SB_BENCH_ROOT": str(ROOT),
-                   "SB_BENCH_TRACE_DIR": str(trace), **extra}
+            argv = [
+                sys.executable,
+                "-m",
+                "session_broker.ops.cli",
+                "worker",
+                "--backend",
+                BACKEND,
+                "--name",
+                node,
+            ]
+            env = {
+                "SESSION_BROKER_URL": self.url,
+                "PYTHONPATH": str(hook),
+                "SB_BENCH_ROOT": str(ROOT),
+                "SB_BENCH_TRACE_DIR": str(trace),
+                **extra,
+            }
         else:
-            argv = [sys.executable, str(ROOT / "benchmarks" / "variant_worker.py"), "--backend", BACKEND,
-                    "--name", node, "--trace-dir", str(trace), *extra]
+            argv = [
+                sys.executable,
+                str(ROOT / "benchmarks" / "variant_worker.py"),
+                "--backend",
+                BACKEND,
+                "--name",
+                node,
+                "--trace-dir",
+                str(trace),
+                *extra,
+            ]
             env = {"SESSION_BROKER_URL": self.url}
         child = self.stack.spawn(f"worker-{variant}", argv, env)
         child.node, child.trace = node, trace
@@ -369,8 +424,10 @@ class Profile:
         out = {}
         for k in pids:
             background = (after[k] - mid[k]) / idle * busy if idle > 0 else 0
-            out[k] = {"cpu_ms_per_job": (mid[k] - before[k] - background) / self.n * 1000,
-                      "background_ms_per_s": (after[k] - mid[k]) / idle * 1000 if idle > 0 else None}
+            out[k] = {
+                "cpu_ms_per_job": (mid[k] - before[k] - background) / self.n * 1000,
+                "background_ms_per_s": (after[k] - mid[k]) / idle * 1000 if idle > 0 else None,
+            }
         out["wall_ms_per_job"] = busy / self.n * 1000
         out["note"] = "client CPU includes this profiler's loop; /proc ticks are 10 ms, so use >= 100 jobs"
         self.report["cpu"] = out
@@ -379,8 +436,11 @@ class Profile:
     def redis_traffic(self):
         log("C. Redis commands per job (MONITOR + commandstats)")
         r = self.store.redis
-        shas = {getattr(self.store, a).sha: a.lstrip("_") for a in vars(self.store)
-                if hasattr(getattr(self.store, a), "sha")}
+        shas = {
+            getattr(self.store, a).sha: a.lstrip("_")
+            for a in vars(self.store)
+            if hasattr(getattr(self.store, a), "sha")
+        }
         # commandstats: background first, then jobs
         n = max(self.n // 2, 50)
         r.config_resetstat()
@@ -399,8 +459,11 @@ class Profile:
             calls = (v["calls"] - bg["calls"] * scale) / n
             usec = (v["usec"] - bg["usec"] * scale) / n
             if calls > 0.05:
-                stats[cmd.replace("cmdstat_", "")] = {"calls_per_job": round(calls, 2), "usec_per_job": round(usec, 1),
-                                                       "usec_per_call": v.get("usec_per_call")}
+                stats[cmd.replace("cmdstat_", "")] = {
+                    "calls_per_job": round(calls, 2),
+                    "usec_per_job": round(usec, 1),
+                    "usec_per_call": v.get("usec_per_call"),
+                }
         self.report["commandstats"] = dict(sorted(stats.items(), key=lambda kv: -kv[1]["calls_per_job"]))
 
         # MONITOR: a few jobs, spaced out, attributed to processes by their socket
@@ -441,8 +504,13 @@ class Profile:
         timeline = []
         for i, (a, b) in enumerate(windows):
             rows = [x for x in mon.rows if a - 0.0005 <= x[0] <= b + 0.002]
-            counts = Counter((role(p), short(c).split(" ")[0] if role(p) != "  (in Lua)" else "lua:" + short(c).split(" ")[0])
-                             for _, p, c in rows)
+            counts = Counter(
+                (
+                    role(p),
+                    short(c).split(" ")[0] if role(p) != "  (in Lua)" else "lua:" + short(c).split(" ")[0],
+                )
+                for _, p, c in rows
+            )
             per_job.append(counts)
             if i == 2:
                 start = rows[0][0] if rows else a
@@ -455,10 +523,15 @@ class Profile:
             by_role[rl][cmd] = round(v / len(per_job), 2)
         self.report["monitor"] = {
             "jobs": len(per_job),
-            "round_trips_per_job": {rl: round(sum(v for k, v in cmds.items() if not k.startswith("lua:")), 2)
-                                    for rl, cmds in by_role.items() if rl != "  (in Lua)"},
-            "commands_per_job": by_role, "timeline_one_job_ms": timeline,
-            "note": "window = client's run() to result() return; the agent's 0.1 s ticks fall in it at random"}
+            "round_trips_per_job": {
+                rl: round(sum(v for k, v in cmds.items() if not k.startswith("lua:")), 2)
+                for rl, cmds in by_role.items()
+                if rl != "  (in Lua)"
+            },
+            "commands_per_job": by_role,
+            "timeline_one_job_ms": timeline,
+            "note": "window = client's run() to result() return; the agent's 0.1 s ticks fall in it at random",
+        }
 
     # D --------------------------------------------------------------------------------
     def pyspy(self):
@@ -471,10 +544,33 @@ class Profile:
             if role not in pids:
                 continue
             out = self.state / f"pyspy-{role}.raw"
-            procs.append((role, out, subprocess.Popen(
-                [str(PY_SPY), "record", "--pid", str(pids[role]), "--rate", str(rate), "--format", "raw",
-                 "--nonblocking", "--threads", "--function", "-d", str(dur), "-o", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+            procs.append(
+                (
+                    role,
+                    out,
+                    subprocess.Popen(
+                        [
+                            str(PY_SPY),
+                            "record",
+                            "--pid",
+                            str(pids[role]),
+                            "--rate",
+                            str(rate),
+                            "--format",
+                            "raw",
+                            "--nonblocking",
+                            "--threads",
+                            "--function",
+                            "-d",
+                            str(dur),
+                            "-o",
+                            str(out),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                    ),
+                )
+            )
         time.sleep(1.5)
         self.jobs(self.n)
         for _, _, p in procs:
@@ -487,9 +583,11 @@ class Profile:
                 p.kill()
             result[role] = collapse(out, per_job=self.n, rate=rate)
             result[role]["raw"] = str(out)
-        result["note"] = ("samples of threads running or runnable (no --idle): on a saturated machine a "
-                          "runnable thread waiting for a core counts too, so ms_per_job overstates CPU; use the "
-                          "shares, scaled by section B's CPU ms/job. The window also holds ~1.5 s before the jobs")
+        result["note"] = (
+            "samples of threads running or runnable (no --idle): on a saturated machine a "
+            "runnable thread waiting for a core counts too, so ms_per_job overstates CPU; use the "
+            "shares, scaled by section B's CPU ms/job. The window also holds ~1.5 s before the jobs"
+        )
         self.report["pyspy"] = result
 
     # E --------------------------------------------------------------------------------
@@ -520,7 +618,8 @@ class Profile:
         self.report["pyinstrument"] = {
             "wall_ms_per_job": wall / self.n * 1000,
             "inclusive_ms_per_job": [[k, round(v / self.n * 1000, 3)] for k, v in incl.most_common(40)],
-            "text": str(self.state / "pyinstrument.txt")}
+            "text": str(self.state / "pyinstrument.txt"),
+        }
 
     # F --------------------------------------------------------------------------------
     def variants(self, names):
@@ -540,9 +639,11 @@ class Profile:
                 s_x, node = self.pinned_session(child.node)
                 samples = {"direct": [], "shipped": [], name: []}
                 s_ship.trace, s_x.trace = [], []
-                calls = [("direct", lambda: self.direct.sample(self.circuit, 1024)),
-                         ("shipped", lambda: s_ship.sample(self.circuit, 1024)),
-                         (name, lambda: s_x.sample(self.circuit, 1024))]
+                calls = [
+                    ("direct", lambda: self.direct.sample(self.circuit, 1024)),
+                    ("shipped", lambda: s_ship.sample(self.circuit, 1024)),
+                    (name, lambda: s_x.sample(self.circuit, 1024)),
+                ]
                 for _ in range(reps):
                     order = list(calls)
                     self.rng.shuffle(order)
@@ -550,8 +651,10 @@ class Profile:
                         t0 = time.perf_counter()
                         call()
                         samples[key].append(time.perf_counter() - t0)
-                ph = {"shipped": trace_phases(self.store, s_ship.trace, self.worker.trace),
-                      name: trace_phases(self.store, s_x.trace, child.trace)}
+                ph = {
+                    "shipped": trace_phases(self.store, s_ship.trace, self.worker.trace),
+                    name: trace_phases(self.store, s_x.trace, child.trace),
+                }
                 s_ship.trace = s_x.trace = None
                 # pipelined throughput into each session (one worker each), alternated
                 tput = {"shipped": [], name: []}
@@ -582,16 +685,22 @@ class Profile:
                 self.stop_worker(child)
             summ = {k: summarize(v) for k, v in samples.items()}
             out[name] = {
-                "what": VARIANTS[name][0], "latency": summ,
+                "what": VARIANTS[name][0],
+                "latency": summ,
                 "ratio_to_shipped": ratio(summ[name]["median_ms"], summ["shipped"]["median_ms"]),
                 "shipped_over_direct": ratio(summ["shipped"]["median_ms"], summ["direct"]["median_ms"]),
                 "variant_over_direct": ratio(summ[name]["median_ms"], summ["direct"]["median_ms"]),
-                "phases_median_ms": {k: {p: percentile([x * 1000 for x in v], 50) for p, v in d.items() if v}
-                                     for k, d in ph.items()},
+                "phases_median_ms": {
+                    k: {p: percentile([x * 1000 for x in v], 50) for p, v in d.items() if v}
+                    for k, d in ph.items()
+                },
                 "first_job_of_session_ms": {k: summarize(v) for k, v in firsts.items()},
                 "pipelined_jobs_per_s": {k: percentile(v, 50) for k, v in tput.items()},
                 "worker_cpu_ms_per_job": {k: percentile(v, 50) for k, v in wcpu.items()},
-                "pipelined_ratio_to_shipped": ratio(percentile(tput[name], 50), percentile(tput["shipped"], 50))}
+                "pipelined_ratio_to_shipped": ratio(
+                    percentile(tput[name], 50), percentile(tput["shipped"], 50)
+                ),
+            }
         self.report["variants"] = out
 
     def first_job(self) -> float:
@@ -640,9 +749,13 @@ class Profile:
             "what": "result(): HMGET, BLPOP, RPUSH+EXPIRE, HMGET (shipped) vs pipeline[BLMOVE latch latch, HMGET]",
             "latency": summ,
             "ratio_to_shipped": ratio(summ["pipelined"]["median_ms"], summ["shipped"]["median_ms"]),
-            "finish_to_client_ms": {k: percentile([x * 1000 for x in
-                                                   trace_phases(self.store, v, self.worker.trace)["finish_to_client"]], 50)
-                                    for k, v in traces.items()}}
+            "finish_to_client_ms": {
+                k: percentile(
+                    [x * 1000 for x in trace_phases(self.store, v, self.worker.trace)["finish_to_client"]], 50
+                )
+                for k, v in traces.items()
+            },
+        }
 
     def stop(self):
         stack = getattr(self, "stack", None)
@@ -654,28 +767,58 @@ def render(rep: dict) -> str:
     parts = []
     ph = rep.get("phases", {})
     if ph:
-        rows = [[k, fmt_ms(v.get("median_ms")), fmt_ms(v.get("p90_ms")), fmt_ms(v.get("p99_ms"))] for k, v in ph.items()]
-        parts.append(format_table(["phase", "median ms", "p90 ms", "p99 ms"], rows,
-                                  "A. session Bell-sampler job, phases (server timestamps)"))
+        rows = [
+            [k, fmt_ms(v.get("median_ms")), fmt_ms(v.get("p90_ms")), fmt_ms(v.get("p99_ms"))]
+            for k, v in ph.items()
+        ]
+        parts.append(
+            format_table(
+                ["phase", "median ms", "p90 ms", "p99 ms"],
+                rows,
+                "A. session Bell-sampler job, phases (server timestamps)",
+            )
+        )
     cpu = rep.get("cpu", {})
     if cpu:
-        rows = [[k, fmt_ms(v["cpu_ms_per_job"]), fmt_ms(v.get("background_ms_per_s"))]
-                for k, v in cpu.items() if isinstance(v, dict)]
-        parts.append(format_table(["process", "CPU ms/job", "idle CPU ms/s"], rows,
-                                  f"B. CPU per job (wall {fmt_ms(cpu.get('wall_ms_per_job'))} ms/job)"))
+        rows = [
+            [k, fmt_ms(v["cpu_ms_per_job"]), fmt_ms(v.get("background_ms_per_s"))]
+            for k, v in cpu.items()
+            if isinstance(v, dict)
+        ]
+        parts.append(
+            format_table(
+                ["process", "CPU ms/job", "idle CPU ms/s"],
+                rows,
+                f"B. CPU per job (wall {fmt_ms(cpu.get('wall_ms_per_job'))} ms/job)",
+            )
+        )
     mon = rep.get("monitor", {})
     if mon:
-        rows = [[rl, ", ".join(f"{c} {v:g}" for c, v in cmds.items())] for rl, cmds in mon["commands_per_job"].items()]
-        parts.append(format_table(["process", "commands per job"], rows,
-                                  f"C. Redis commands per job (MONITOR, {mon['jobs']} jobs); round trips: "
-                                  f"{mon['round_trips_per_job']}"))
-        parts.append(format_table(["ms", "process", "command"], mon["timeline_one_job_ms"],
-                                  "C. timeline of one job"))
+        rows = [
+            [rl, ", ".join(f"{c} {v:g}" for c, v in cmds.items())]
+            for rl, cmds in mon["commands_per_job"].items()
+        ]
+        parts.append(
+            format_table(
+                ["process", "commands per job"],
+                rows,
+                f"C. Redis commands per job (MONITOR, {mon['jobs']} jobs); round trips: "
+                f"{mon['round_trips_per_job']}",
+            )
+        )
+        parts.append(
+            format_table(["ms", "process", "command"], mon["timeline_one_job_ms"], "C. timeline of one job")
+        )
     cs = rep.get("commandstats", {})
     if cs:
         rows = [[k, v["calls_per_job"], v["usec_per_job"]] for k, v in list(cs.items())[:25]]
-        parts.append(format_table(["command", "calls/job", "usec/job"], rows,
-                                  "C. INFO commandstats per job (background subtracted)"))
+        parts.append(
+            format_table(
+                ["command", "calls/job", "usec/job"],
+                rows,
+                "C. INFO commandstats per job (background subtracted)",
+            )
+        )
     for role, d in rep.get("pyspy", {}).items():
         if not isinstance(d, dict) or not d.get("samples"):
             continue
@@ -683,37 +826,76 @@ def render(rep: dict) -> str:
             if t["ms_per_job"] < 0.2:
                 continue
             rows = [[f[:100], ms, pct] for f, ms, pct in t["inclusive"][:18]]
-            parts.append(format_table(["function (inclusive, below the loop)", "active ms/job", "% of thread"], rows,
-                                      f"D. py-spy {role} / {thread}: {t['ms_per_job']} active ms/job "
-                                      f"(process {d['ms_per_job']}; running or runnable, see B for CPU)"))
+            parts.append(
+                format_table(
+                    ["function (inclusive, below the loop)", "active ms/job", "% of thread"],
+                    rows,
+                    f"D. py-spy {role} / {thread}: {t['ms_per_job']} active ms/job "
+                    f"(process {d['ms_per_job']}; running or runnable, see B for CPU)",
+                )
+            )
     pi = rep.get("pyinstrument", {})
     if pi:
         rows = [[k[:100], v] for k, v in pi["inclusive_ms_per_job"][:30]]
-        parts.append(format_table(["function (inclusive)", "ms/job"], rows,
-                                  f"E. pyinstrument client ({fmt_ms(pi['wall_ms_per_job'])} ms/job wall)"))
+        parts.append(
+            format_table(
+                ["function (inclusive)", "ms/job"],
+                rows,
+                f"E. pyinstrument client ({fmt_ms(pi['wall_ms_per_job'])} ms/job wall)",
+            )
+        )
     cv = rep.get("client_variant")
     if cv:
         lat = cv["latency"]
-        rows = [[k, fmt_ms(v.get("median_ms")), fmt_ms(v.get("p99_ms")), fmt_ms(cv["finish_to_client_ms"].get(k))]
-                for k, v in lat.items()]
-        parts.append(format_table(["client", "median ms", "p99 ms", "finish->client ms"], rows,
-                                  f"G. {cv['what']}: pipelined/shipped = {cv['ratio_to_shipped']:.2f}x"))
+        rows = [
+            [k, fmt_ms(v.get("median_ms")), fmt_ms(v.get("p99_ms")), fmt_ms(cv["finish_to_client_ms"].get(k))]
+            for k, v in lat.items()
+        ]
+        parts.append(
+            format_table(
+                ["client", "median ms", "p99 ms", "finish->client ms"],
+                rows,
+                f"G. {cv['what']}: pipelined/shipped = {cv['ratio_to_shipped']:.2f}x",
+            )
+        )
     var = rep.get("variants", {})
     if var:
         rows = []
         for k, v in var.items():
             lat, first = v["latency"], v["first_job_of_session_ms"]
-            rows.append([k, v["what"], fmt_ms(lat["direct"]["median_ms"]), fmt_ms(lat["shipped"]["median_ms"]),
-                         fmt_ms(lat[k]["median_ms"]), f"{v['ratio_to_shipped']:.2f}x",
-                         f"{v['shipped_over_direct']:.2f}x -> {v['variant_over_direct']:.2f}x",
-                         f"{fmt_ms(first['shipped'].get('median_ms'))} -> {fmt_ms(first[k].get('median_ms'))}",
-                         f"{v['pipelined_jobs_per_s']['shipped']:.1f} -> {v['pipelined_jobs_per_s'][k]:.1f} "
-                         f"({v['pipelined_ratio_to_shipped']:.2f}x)",
-                         f"{v['worker_cpu_ms_per_job']['shipped']:.1f} -> {v['worker_cpu_ms_per_job'][k]:.1f}"])
-        parts.append(format_table(["variant", "change", "direct ms", "shipped ms", "variant ms", "variant/shipped",
-                                   "x direct", "1st job of a session ms", "pipelined jobs/s",
-                                   "worker CPU ms/job"], rows,
-                                  "F. worker variants, each beside a shipped worker, jobs interleaved (medians)"))
+            rows.append(
+                [
+                    k,
+                    v["what"],
+                    fmt_ms(lat["direct"]["median_ms"]),
+                    fmt_ms(lat["shipped"]["median_ms"]),
+                    fmt_ms(lat[k]["median_ms"]),
+                    f"{v['ratio_to_shipped']:.2f}x",
+                    f"{v['shipped_over_direct']:.2f}x -> {v['variant_over_direct']:.2f}x",
+                    f"{fmt_ms(first['shipped'].get('median_ms'))} -> {fmt_ms(first[k].get('median_ms'))}",
+                    f"{v['pipelined_jobs_per_s']['shipped']:.1f} -> {v['pipelined_jobs_per_s'][k]:.1f} "
+                    f"({v['pipelined_ratio_to_shipped']:.2f}x)",
+                    f"{v['worker_cpu_ms_per_job']['shipped']:.1f} -> {v['worker_cpu_ms_per_job'][k]:.1f}",
+                ]
+            )
+        parts.append(
+            format_table(
+                [
+                    "variant",
+                    "change",
+                    "direct ms",
+                    "shipped ms",
+                    "variant ms",
+                    "variant/shipped",
+                    "x direct",
+                    "1st job of a session ms",
+                    "pipelined jobs/s",
+                    "worker CPU ms/job",
+                ],
+                rows,
+                "F. worker variants, each beside a shipped worker, jobs interleaved (medians)",
+            )
+        )
         rows = []
         for k, v in var.items():
             for who, ph in v["phases_median_ms"].items():

@@ -22,8 +22,13 @@ def main(url: str, key: str, crn: str, backend_name: str, reps: int, warmup: int
     from qiskit.transpiler import generate_preset_pass_manager
     from qiskit_ibm_runtime import QiskitRuntimeService, SamplerV2, Session
 
-    service = QiskitRuntimeService(channel="ibm_quantum_platform", token=key, instance=crn, url=url,
-                                   url_resolver=lambda u, *_: f"{u}/api/v1")
+    service = QiskitRuntimeService(
+        channel="ibm_quantum_platform",
+        token=key,
+        instance=crn,
+        url=url,
+        url_resolver=lambda u, *_: f"{u}/api/v1",
+    )
     backend = service.backend(backend_name)
     qc = QuantumCircuit(2)
     qc.h(0)

@@ -44,6 +44,7 @@ from benchmarks.common import RESULTS, fmt, format_table, log, machine_info, per
 ALL_SCENARIOS = (1, 2, 3, 4, 5, 6)
 CONTENDERS = ("direct", "plain_celery", "ibm_local", "sb_job", "sb_session")
 
+
 # ====================================================================== pure helpers
 def with_ratios(summary: dict, base: dict) -> dict:
     """A summary plus its median and p99 as ratios to ``base``'s (the direct call's)."""
@@ -71,128 +72,330 @@ def compute_targets(results: dict) -> list[dict]:
     out = []
 
     def add(tid, what, value, limit, op, unit="x"):
-        out.append({"id": tid, "what": what, "value": value, "limit": limit, "op": op,
-                    "unit": unit, "verdict": verdict(value, limit, op)})
+        out.append(
+            {
+                "id": tid,
+                "what": what,
+                "value": value,
+                "limit": limit,
+                "op": op,
+                "unit": unit,
+                "verdict": verdict(value, limit, op),
+            }
+        )
 
     w1 = sc.get("1", {}).get("workloads", {})
     s1 = w1.get("bell_sampler", {}).get("contenders", {})
-    add("latency", "session Bell-sampler latency vs direct (median)",
-        s1.get("sb_session", {}).get("ratio_median"), 1.4, "<=")
+    add(
+        "latency",
+        "session Bell-sampler latency vs direct (median)",
+        s1.get("sb_session", {}).get("ratio_median"),
+        1.4,
+        "<=",
+    )
     ibm = s1.get("ibm_local", {}).get("ratio_median")
     ours = s1.get("sb_session", {}).get("ratio_median")
-    add("vs_ibm_local", "session Bell-sampler latency vs IBM local mode's (median ratios)",
-        ratio(ours, ibm), 1.0, "<=")
+    add(
+        "vs_ibm_local",
+        "session Bell-sampler latency vs IBM local mode's (median ratios)",
+        ratio(ours, ibm),
+        1.0,
+        "<=",
+    )
     e1 = w1.get("bell_estimator", {}).get("contenders", {})
-    add("latency_estimator", "session Bell-estimator latency vs direct (median)",
-        e1.get("sb_session", {}).get("ratio_median"), 1.6, "<=")
+    add(
+        "latency_estimator",
+        "session Bell-estimator latency vs direct (median)",
+        e1.get("sb_session", {}).get("ratio_median"),
+        1.6,
+        "<=",
+    )
     s2 = sc.get("2", {}).get("contenders", {})
-    add("throughput", "pipelined session throughput vs direct sequential",
-        s2.get("sb_session", {}).get("ratio_to_direct"), 1.0, ">=")
+    add(
+        "throughput",
+        "pipelined session throughput vs direct sequential",
+        s2.get("sb_session", {}).get("ratio_to_direct"),
+        1.0,
+        ">=",
+    )
     s3 = sc.get("3", {}).get("contenders", {})
-    add("flood", "loop in session under flood vs unloaded (median)",
-        s3.get("sb_session", {}).get("loaded_over_unloaded"), 1.2, "<=")
+    add(
+        "flood",
+        "loop in session under flood vs unloaded (median)",
+        s3.get("sb_session", {}).get("loaded_over_unloaded"),
+        1.2,
+        "<=",
+    )
     s4 = sc.get("4", {})
     lat = s4.get("latency", [])
     big = lat[-1] if len(lat) > 1 else {}
-    add("open_sessions", f"per-job latency with {big.get('open_sessions', '?')} open sessions vs 1 "
+    add(
+        "open_sessions",
+        f"per-job latency with {big.get('open_sessions', '?')} open sessions vs 1 "
         "(median, each block / its interleaved direct)",
-        big.get("ratio_to_one_session_direct_normalized", big.get("ratio_to_one_session")), 1.2, "<=")
+        big.get("ratio_to_one_session_direct_normalized", big.get("ratio_to_one_session")),
+        1.2,
+        "<=",
+    )
     mem = s4.get("memory", [])
     m = mem[-1] if mem else {}
-    add("memory_idle", f"Redis memory per idle open session ({m.get('sessions', '?')} sessions)",
-        m.get("bytes_per_idle_session"), 2048, "<=", "B")
-    add("memory_closed", "Redis memory left per session after all closed (baseline = 64 B noise)",
-        m.get("bytes_left_per_closed_session"), 64, "<=", "B")
+    add(
+        "memory_idle",
+        f"Redis memory per idle open session ({m.get('sessions', '?')} sessions)",
+        m.get("bytes_per_idle_session"),
+        2048,
+        "<=",
+        "B",
+    )
+    add(
+        "memory_closed",
+        "Redis memory left per session after all closed (baseline = 64 B noise)",
+        m.get("bytes_left_per_closed_session"),
+        64,
+        "<=",
+        "B",
+    )
     s6 = sc.get("6", {})
-    add("rest_client", "stock client via REST vs Python API, session Bell sampler (median)",
-        s6.get("ratio_rest_to_python"), 4.0, "<=")
+    add(
+        "rest_client",
+        "stock client via REST vs Python API, session Bell sampler (median)",
+        s6.get("ratio_rest_to_python"),
+        4.0,
+        "<=",
+    )
     return out
 
 
 def render(results: dict) -> str:
     """The whole text report of a results dict (as written to JSON)."""
     meta = results.get("meta", {})
-    parts = [f"session-broker benchmark ({results.get('mode', '?')}) {meta.get('date', '')} "
-             f"on {meta.get('cpu_model', '?')} x{meta.get('cpus', '?')} "
-             f"(load {meta.get('loadavg_start', '?')} -> {meta.get('loadavg_end', '?')})"]
+    parts = [
+        f"session-broker benchmark ({results.get('mode', '?')}) {meta.get('date', '')} "
+        f"on {meta.get('cpu_model', '?')} x{meta.get('cpus', '?')} "
+        f"(load {meta.get('loadavg_start', '?')} -> {meta.get('loadavg_end', '?')})"
+    ]
     sc = results.get("scenarios", {})
     if "1" in sc:
         rows, prow = [], []
         for wkey, w in sc["1"]["workloads"].items():
             for name, s in w["contenders"].items():
-                rows.append([wkey, name, s.get("n", 0), fmt(s.get("median_ms")), fmt(s.get("p99_ms")),
-                             fmt(s.get("ratio_median"), "x"), fmt(s.get("ratio_p99"), "x")])
+                rows.append(
+                    [
+                        wkey,
+                        name,
+                        s.get("n", 0),
+                        fmt(s.get("median_ms")),
+                        fmt(s.get("p99_ms")),
+                        fmt(s.get("ratio_median"), "x"),
+                        fmt(s.get("ratio_p99"), "x"),
+                    ]
+                )
             for name, ph in w.get("phases", {}).items():
-                prow.append([wkey, name] + [fmt(ph.get(k, {}).get("median_ms")) for k in (
-                    "client_submit", "queued_to_claim", "claim_to_finish", "worker_usage",
-                    "finish_to_client", "total")])
-        parts.append(format_table(["workload", "contender", "n", "median ms", "p99 ms",
-                                   "median/direct", "p99/direct"], rows,
-                                  "Scenario 1 - sequential latency, submit to result"))
+                prow.append(
+                    [wkey, name]
+                    + [
+                        fmt(ph.get(k, {}).get("median_ms"))
+                        for k in (
+                            "client_submit",
+                            "queued_to_claim",
+                            "claim_to_finish",
+                            "worker_usage",
+                            "finish_to_client",
+                            "total",
+                        )
+                    ]
+                )
+        parts.append(
+            format_table(
+                ["workload", "contender", "n", "median ms", "p99 ms", "median/direct", "p99/direct"],
+                rows,
+                "Scenario 1 - sequential latency, submit to result",
+            )
+        )
         if prow:
-            parts.append(format_table(
-                ["workload", "contender", "submit", "queued->claim", "claim->finish",
-                 "(worker usage)", "finish->client", "total"], prow,
-                "Scenario 1 - where a session-broker job's time goes (medians, ms; server timestamps)"))
+            parts.append(
+                format_table(
+                    [
+                        "workload",
+                        "contender",
+                        "submit",
+                        "queued->claim",
+                        "claim->finish",
+                        "(worker usage)",
+                        "finish->client",
+                        "total",
+                    ],
+                    prow,
+                    "Scenario 1 - where a session-broker job's time goes (medians, ms; server timestamps)",
+                )
+            )
     if "2" in sc:
         s = sc["2"]
-        rows = [[name, c.get("mode"), c.get("jobs"), fmt(c.get("seconds")), fmt(c.get("jobs_per_s"), digits=1),
-                 fmt(c.get("ratio_to_direct"), "x")] for name, c in s["contenders"].items()]
-        parts.append(format_table(["contender", "mode", "jobs", "s", "jobs/s", "/direct seq"], rows,
-                                  f"Scenario 2 - pipelined throughput ({s.get('jobs')} jobs, one worker)"))
+        rows = [
+            [
+                name,
+                c.get("mode"),
+                c.get("jobs"),
+                fmt(c.get("seconds")),
+                fmt(c.get("jobs_per_s"), digits=1),
+                fmt(c.get("ratio_to_direct"), "x"),
+            ]
+            for name, c in s["contenders"].items()
+        ]
+        parts.append(
+            format_table(
+                ["contender", "mode", "jobs", "s", "jobs/s", "/direct seq"],
+                rows,
+                f"Scenario 2 - pipelined throughput ({s.get('jobs')} jobs, one worker)",
+            )
+        )
     if "3" in sc:
         s = sc["3"]
         rows = []
         for name, c in s["contenders"].items():
-            rows.append([name, fmt(c.get("unloaded_median_s"), digits=3), c.get("unloaded_n"),
-                         fmt(c.get("loaded_median_s"), digits=3), c.get("loaded_n"),
-                         fmt(c.get("loaded_over_unloaded"), "x"),
-                         fmt(c.get("loaded_over_unloaded_vs_direct"), "x"), fmt(c.get("unloaded_over_direct"), "x"),
-                         fmt(c.get("loaded_over_direct_unloaded"), "x"),
-                         f"{fmt(c.get('first_step_unloaded_ms'), digits=0)} / {fmt(c.get('first_step_loaded_ms'), digits=0)}",
-                         fmt(c.get("steady_loaded_over_unloaded"), "x"), c.get("load", "")])
-        parts.append(format_table(
-            ["contender", "unloaded s", "n", "flooded s", "n", "flooded/unloaded", "... / direct's", "unloaded/direct",
-             "flooded/direct", "1st step ms unl./fl.", "steps 2..N fl./unl.", "competing load"], rows,
-            f"Scenario 3 - {s.get('steps')}-step loop, flood of {s.get('flood_jobs')} jobs "
-            f"from another process on {s.get('workers')} workers"))
+            rows.append(
+                [
+                    name,
+                    fmt(c.get("unloaded_median_s"), digits=3),
+                    c.get("unloaded_n"),
+                    fmt(c.get("loaded_median_s"), digits=3),
+                    c.get("loaded_n"),
+                    fmt(c.get("loaded_over_unloaded"), "x"),
+                    fmt(c.get("loaded_over_unloaded_vs_direct"), "x"),
+                    fmt(c.get("unloaded_over_direct"), "x"),
+                    fmt(c.get("loaded_over_direct_unloaded"), "x"),
+                    f"{fmt(c.get('first_step_unloaded_ms'), digits=0)} / {fmt(c.get('first_step_loaded_ms'), digits=0)}",
+                    fmt(c.get("steady_loaded_over_unloaded"), "x"),
+                    c.get("load", ""),
+                ]
+            )
+        parts.append(
+            format_table(
+                [
+                    "contender",
+                    "unloaded s",
+                    "n",
+                    "flooded s",
+                    "n",
+                    "flooded/unloaded",
+                    "... / direct's",
+                    "unloaded/direct",
+                    "flooded/direct",
+                    "1st step ms unl./fl.",
+                    "steps 2..N fl./unl.",
+                    "competing load",
+                ],
+                rows,
+                f"Scenario 3 - {s.get('steps')}-step loop, flood of {s.get('flood_jobs')} jobs "
+                f"from another process on {s.get('workers')} workers",
+            )
+        )
     if "4" in sc:
         s = sc["4"]
-        rows = [[r["open_sessions"], r["n"], fmt(r["median_ms"]), fmt(r["p99_ms"]),
-                 fmt(r.get("ratio_to_one_session"), "x"), fmt(r.get("ratio_to_one_session_direct_normalized"), "x"),
-                 fmt(r.get("ratio_to_direct"), "x"), fmt(r.get("open_s"), digits=2)] for r in s.get("latency", [])]
-        parts.append(format_table(["open sessions", "n", "median ms", "p99 ms", "/1 session",
-                                   "/1 session (each /direct)", "/direct", "open all s"], rows,
-                                  "Scenario 4 - Bell sampler in a session while others are open"))
-        rows = [[m["sessions"], fmt(m["baseline_bytes"], "B"), fmt(m["bytes_per_idle_session"], "B"),
-                 fmt(m["bytes_left_per_closed_session"], "B"), m.get("keys_per_idle_session"),
-                 m.get("keys_left_per_closed_session"),
-                 ", ".join(f"{k} {v:.0f}" for k, v in (m.get("memory_usage_per_key_open") or {}).items()),
-                 ", ".join(f"{k} {v:.0f}" for k, v in (m.get("memory_usage_per_key_closed") or {}).items())]
-                for m in s.get("memory", [])]
-        parts.append(format_table(["sessions", "baseline used_memory", "per idle open session",
-                                   "left per closed session", "keys/open", "keys left/closed",
-                                   "MEMORY USAGE open (B)", "closed (B)"], rows,
-                                  "Scenario 4 - Redis memory (INFO used_memory deltas / sessions)"))
+        rows = [
+            [
+                r["open_sessions"],
+                r["n"],
+                fmt(r["median_ms"]),
+                fmt(r["p99_ms"]),
+                fmt(r.get("ratio_to_one_session"), "x"),
+                fmt(r.get("ratio_to_one_session_direct_normalized"), "x"),
+                fmt(r.get("ratio_to_direct"), "x"),
+                fmt(r.get("open_s"), digits=2),
+            ]
+            for r in s.get("latency", [])
+        ]
+        parts.append(
+            format_table(
+                [
+                    "open sessions",
+                    "n",
+                    "median ms",
+                    "p99 ms",
+                    "/1 session",
+                    "/1 session (each /direct)",
+                    "/direct",
+                    "open all s",
+                ],
+                rows,
+                "Scenario 4 - Bell sampler in a session while others are open",
+            )
+        )
+        rows = [
+            [
+                m["sessions"],
+                fmt(m["baseline_bytes"], "B"),
+                fmt(m["bytes_per_idle_session"], "B"),
+                fmt(m["bytes_left_per_closed_session"], "B"),
+                m.get("keys_per_idle_session"),
+                m.get("keys_left_per_closed_session"),
+                ", ".join(f"{k} {v:.0f}" for k, v in (m.get("memory_usage_per_key_open") or {}).items()),
+                ", ".join(f"{k} {v:.0f}" for k, v in (m.get("memory_usage_per_key_closed") or {}).items()),
+            ]
+            for m in s.get("memory", [])
+        ]
+        parts.append(
+            format_table(
+                [
+                    "sessions",
+                    "baseline used_memory",
+                    "per idle open session",
+                    "left per closed session",
+                    "keys/open",
+                    "keys left/closed",
+                    "MEMORY USAGE open (B)",
+                    "closed (B)",
+                ],
+                rows,
+                "Scenario 4 - Redis memory (INFO used_memory deltas / sessions)",
+            )
+        )
     if "5" in sc:
         s = sc["5"]
-        rows = [[r["workers"], r["jobs"], fmt(r["seconds"]), fmt(r["jobs_per_s"], digits=1),
-                 fmt(r.get("ratio_to_direct"), "x"), fmt(r.get("ratio_to_one_worker"), "x"),
-                 r.get("jobs_per_worker", "")] for r in s.get("rows", [])]
-        parts.append(format_table(["workers", "jobs", "s", "jobs/s", "/direct seq", "/1 worker",
-                                   "jobs per worker"], rows,
-                                  f"Scenario 5 - non-session Bell jobs, pipelined "
-                                  f"(direct sequential: {fmt(s.get('direct_jobs_per_s'), digits=1)} jobs/s)"))
+        rows = [
+            [
+                r["workers"],
+                r["jobs"],
+                fmt(r["seconds"]),
+                fmt(r["jobs_per_s"], digits=1),
+                fmt(r.get("ratio_to_direct"), "x"),
+                fmt(r.get("ratio_to_one_worker"), "x"),
+                r.get("jobs_per_worker", ""),
+            ]
+            for r in s.get("rows", [])
+        ]
+        parts.append(
+            format_table(
+                ["workers", "jobs", "s", "jobs/s", "/direct seq", "/1 worker", "jobs per worker"],
+                rows,
+                f"Scenario 5 - non-session Bell jobs, pipelined "
+                f"(direct sequential: {fmt(s.get('direct_jobs_per_s'), digits=1)} jobs/s)",
+            )
+        )
     if "6" in sc:
         s = sc["6"]
-        rows = [[name, c.get("n"), fmt(c.get("median_ms")), fmt(c.get("p90_ms")), fmt(c.get("ratio_median"), "x")]
-                for name, c in s["contenders"].items()]
-        parts.append(format_table(["contender", "n", "median ms", "p90 ms", "/direct"], rows,
-                                  "Scenario 6 - Bell sampler in a session: IBM's stock client via the REST API "
-                                  f"vs the Python API (ratio {fmt(s.get('ratio_rest_to_python'), 'x')})"))
+        rows = [
+            [name, c.get("n"), fmt(c.get("median_ms")), fmt(c.get("p90_ms")), fmt(c.get("ratio_median"), "x")]
+            for name, c in s["contenders"].items()
+        ]
+        parts.append(
+            format_table(
+                ["contender", "n", "median ms", "p90 ms", "/direct"],
+                rows,
+                "Scenario 6 - Bell sampler in a session: IBM's stock client via the REST API "
+                f"vs the Python API (ratio {fmt(s.get('ratio_rest_to_python'), 'x')})",
+            )
+        )
     targets = results.get("targets") or compute_targets(results)
-    rows = [[t["what"], fmt(t["value"], t.get("unit", "x")),
-             f"{t['op']} {fmt(t['limit'], t.get('unit', 'x'))}", t["verdict"]] for t in targets]
+    rows = [
+        [
+            t["what"],
+            fmt(t["value"], t.get("unit", "x")),
+            f"{t['op']} {fmt(t['limit'], t.get('unit', 'x'))}",
+            t["verdict"],
+        ]
+        for t in targets
+    ]
     parts.append(format_table(["target", "measured", "limit", "verdict"], rows, "Targets (same-run medians)"))
     return "\n".join(parts)
 
@@ -222,12 +425,38 @@ def parse_scenarios(text: str | None) -> list[int]:
 
 # ====================================================================== settings per mode
 MODES = {
-    "quick": {"s6_reps": 20, "s1_reps": 20, "s1_reps_big": 3, "s1_warmup": 4, "s1_warmup_big": 0, "s2_jobs": 200, "s3_steps": 20,
-              "s3_flood": 200, "s3_unloaded_rounds": 2, "s3_loaded_rounds": 2,
-              "s4_sessions": [1, 100], "s4_reps": 40, "s4_memory_sessions": 1000, "s5_jobs": 200},
-    "full": {"s6_reps": 100, "s1_reps": 200, "s1_reps_big": 20, "s1_warmup": 10, "s1_warmup_big": 1, "s2_jobs": 1000, "s3_steps": 50,
-             "s3_flood": 500, "s3_unloaded_rounds": 3, "s3_loaded_rounds": 3,
-             "s4_sessions": [1, 100, 1000], "s4_reps": 100, "s4_memory_sessions": 1000, "s5_jobs": 1000},
+    "quick": {
+        "s6_reps": 20,
+        "s1_reps": 20,
+        "s1_reps_big": 3,
+        "s1_warmup": 4,
+        "s1_warmup_big": 0,
+        "s2_jobs": 200,
+        "s3_steps": 20,
+        "s3_flood": 200,
+        "s3_unloaded_rounds": 2,
+        "s3_loaded_rounds": 2,
+        "s4_sessions": [1, 100],
+        "s4_reps": 40,
+        "s4_memory_sessions": 1000,
+        "s5_jobs": 200,
+    },
+    "full": {
+        "s6_reps": 100,
+        "s1_reps": 200,
+        "s1_reps_big": 20,
+        "s1_warmup": 10,
+        "s1_warmup_big": 1,
+        "s2_jobs": 1000,
+        "s3_steps": 50,
+        "s3_flood": 500,
+        "s3_unloaded_rounds": 3,
+        "s3_loaded_rounds": 3,
+        "s4_sessions": [1, 100, 1000],
+        "s4_reps": 100,
+        "s4_memory_sessions": 1000,
+        "s5_jobs": 1000,
+    },
 }
 
 
@@ -239,7 +468,11 @@ class Flood:
         self.kind, self.jobs, self.queue_key, self.store = kind, jobs, queue_key, store
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.flood", "--kind", kind, "--jobs", str(jobs)],
-            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self._started = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -279,8 +512,13 @@ class Bench:
         self.sb_workers: list = []
         self.floods: list[Flood] = []
         self._wseq = 0
-        self.results: dict = {"mode": mode, "meta": machine_info(), "config": dict(cfg),
-                              "scenarios": {}, "timings_s": {}}
+        self.results: dict = {
+            "mode": mode,
+            "meta": machine_info(),
+            "config": dict(cfg),
+            "scenarios": {},
+            "timings_s": {},
+        }
 
     # ------------------------------------------------------------------ stack
     def start(self) -> None:
@@ -316,8 +554,10 @@ class Bench:
         self.plain.sample(C.bell(), 16)  # waits for the plain worker (and warms it)
         self.warm_sb(len(self.sb_workers))
         self.results["meta"]["redis_version"] = self.store.redis.info("server").get("redis_version")
-        self.results["meta"]["settings"] = {k: getattr(self.store.settings, k) for k in (
-            "tick", "heartbeat_interval", "interactive_timeout", "result_ttl", "key_prefix")}
+        self.results["meta"]["settings"] = {
+            k: getattr(self.store.settings, k)
+            for k in ("tick", "heartbeat_interval", "interactive_timeout", "result_ttl", "key_prefix")
+        }
 
     def stop(self) -> None:
         for flood in self.floods:
@@ -348,8 +588,11 @@ class Bench:
             started.append(child)
         for child in started:
             key = self.store.keys.worker(child.node)
-            wait_for(lambda: self.store.redis.hget(key, "heartbeat") or not child.alive(), 180,
-                     f"worker {child.node}")
+            wait_for(
+                lambda: self.store.redis.hget(key, "heartbeat") or not child.alive(),
+                180,
+                f"worker {child.node}",
+            )
             if not child.alive():
                 raise RuntimeError(f"worker {child.node} exited; see {child.log}")
         if started or changed:
@@ -396,15 +639,37 @@ class Bench:
             assert sum(C.counts_of(out).values()) == 1024
 
         workloads = [
-            ("bell_sampler", "Bell sampler, 1024 shots", cfg["s1_reps"], cfg["s1_warmup"],
-             lambda c: c.sample(bell_m, 1024), check_bell),
-            ("bell_estimator", "Bell estimator, <ZZ>", cfg["s1_reps"], cfg["s1_warmup"],
-             lambda c: c.estimate(bell_e, obs), check_ev),
-            ("random20_sampler", f"random_circuit(20, 10) transpiled (depth {rc.depth()}), 1024 shots",
-             cfg["s1_reps_big"], cfg["s1_warmup_big"], lambda c: c.sample(rc, 1024), check_any),
+            (
+                "bell_sampler",
+                "Bell sampler, 1024 shots",
+                cfg["s1_reps"],
+                cfg["s1_warmup"],
+                lambda c: c.sample(bell_m, 1024),
+                check_bell,
+            ),
+            (
+                "bell_estimator",
+                "Bell estimator, <ZZ>",
+                cfg["s1_reps"],
+                cfg["s1_warmup"],
+                lambda c: c.estimate(bell_e, obs),
+                check_ev,
+            ),
+            (
+                "random20_sampler",
+                f"random_circuit(20, 10) transpiled (depth {rc.depth()}), 1024 shots",
+                cfg["s1_reps_big"],
+                cfg["s1_warmup_big"],
+                lambda c: c.sample(rc, 1024),
+                check_any,
+            ),
         ]
-        out = {"title": "sequential latency, submit to result", "workers": 2 if two else 1,
-               "interleaved": two, "workloads": {}}
+        out = {
+            "title": "sequential latency, submit to result",
+            "workers": 2 if two else 1,
+            "interleaved": two,
+            "workloads": {},
+        }
         for key, title, reps, warmup, fn, check in workloads:
             log(f"s1 {key}: {reps} rounds x {len(everyone)} contenders")
             samples = {c.name: [] for c in everyone}
@@ -428,8 +693,11 @@ class Bench:
                         samples[c.name].append(time.perf_counter() - t0)
                     check(res)
             base = summarize(samples["direct"])
-            w = {"title": title, "contenders": {name: with_ratios(summarize(v), base)
-                                                for name, v in samples.items()}, "phases": {}}
+            w = {
+                "title": title,
+                "contenders": {name: with_ratios(summarize(v), base) for name, v in samples.items()},
+                "phases": {},
+            }
             for c in (self.sb_job, sbs):
                 ph = C.phases(self.store, c.trace)
                 w["phases"][c.name] = {k: summarize(v) for k, v in ph.items()}
@@ -472,7 +740,12 @@ class Bench:
         sequential(self.sb_session, 3)  # the first job pins the worker
         total, sub = pipelined(self.sb_session)
         self.sb_session.close()
-        contenders["sb_session"] = {"mode": "pipelined, one session", "jobs": n, "seconds": total, "submit_s": sub}
+        contenders["sb_session"] = {
+            "mode": "pipelined, one session",
+            "jobs": n,
+            "seconds": total,
+            "submit_s": sub,
+        }
         log(f"s2 sb_job: {n} jobs pipelined")
         sequential(self.sb_job, 3)
         total, sub = pipelined(self.sb_job)
@@ -560,11 +833,21 @@ class Bench:
             return percentile([r[key] for r in rs], 50) if rs else None
 
         direct_unloaded = med(unloaded["direct"])
-        loads = {"direct": "flood A (CPU only)", "ibm_local": "flood A (CPU only)",
-                 "sb_session": "flood A (same backend)", "sb_job": "flood B (same backend)",
-                 "plain_celery": "flood C (same queue)"}
-        out = {"title": "iterative loop under a flood", "steps": steps, "flood_jobs": flood_jobs,
-               "workers": workers, "floods": floods, "contenders": {}}
+        loads = {
+            "direct": "flood A (CPU only)",
+            "ibm_local": "flood A (CPU only)",
+            "sb_session": "flood A (same backend)",
+            "sb_job": "flood B (same backend)",
+            "plain_celery": "flood C (same queue)",
+        }
+        out = {
+            "title": "iterative loop under a flood",
+            "steps": steps,
+            "flood_jobs": flood_jobs,
+            "workers": workers,
+            "floods": floods,
+            "contenders": {},
+        }
         for c in everyone:
             runs = loaded[c.name]
             covered = [r for r in runs if r.get("flood_active_at_end")] or runs
@@ -573,15 +856,22 @@ class Bench:
             u, l_ = med(unloaded[c.name]), med(covered)
             us, ls = med(unloaded[c.name], "steady_s"), med(covered, "steady_s")
             out["contenders"][c.name] = {
-                "unloaded_median_s": u, "unloaded_n": len(unloaded[c.name]),
-                "loaded_median_s": l_, "loaded_n": len(covered),
-                "loaded_over_unloaded": ratio(l_, u), "unloaded_over_direct": ratio(u, direct_unloaded),
-                "steady_unloaded_median_s": us, "steady_loaded_median_s": ls,
+                "unloaded_median_s": u,
+                "unloaded_n": len(unloaded[c.name]),
+                "loaded_median_s": l_,
+                "loaded_n": len(covered),
+                "loaded_over_unloaded": ratio(l_, u),
+                "unloaded_over_direct": ratio(u, direct_unloaded),
+                "steady_unloaded_median_s": us,
+                "steady_loaded_median_s": ls,
                 "steady_loaded_over_unloaded": ratio(ls, us),
                 "loaded_over_direct_unloaded": ratio(l_, direct_unloaded),
                 "first_step_unloaded_ms": (med(unloaded[c.name], "first_step_s") or 0) * 1000,
                 "first_step_loaded_ms": (med(covered, "first_step_s") or 0) * 1000 if covered else None,
-                "load": loads[c.name], "unloaded_runs": unloaded[c.name], "loaded_runs": runs}
+                "load": loads[c.name],
+                "unloaded_runs": unloaded[c.name],
+                "loaded_runs": runs,
+            }
         control = out["contenders"]["direct"]["loaded_over_unloaded"]
         for c in out["contenders"].values():
             c["loaded_over_unloaded_vs_direct"] = ratio(c["loaded_over_unloaded"], control)
@@ -609,7 +899,7 @@ class Bench:
         per_key: dict[str, list[int]] = {}
         for sid in sids:
             for key in r.keys(f"{keys.prefix}:s:{sid}*"):
-                kind = key[len(keys.session(sid)):] or "hash"
+                kind = key[len(keys.session(sid)) :] or "hash"
                 per_key.setdefault(kind, []).append(r.memory_usage(key, samples=0) or 0)
         return {k: percentile(v, 50) for k, v in per_key.items()}
 
@@ -631,7 +921,9 @@ class Bench:
             for _ in range(3):
                 sbs.sample(circuit, 1024)
             for _ in range(per_block):
-                for c, acc in self.rng.sample([(sbs, blocks[k]["sb"]), (self.direct, blocks[k]["direct"])], 2):
+                for c, acc in self.rng.sample(
+                    [(sbs, blocks[k]["sb"]), (self.direct, blocks[k]["direct"])], 2
+                ):
                     t = time.perf_counter()
                     c.sample(circuit, 1024)
                     acc.append(time.perf_counter() - t)
@@ -642,18 +934,27 @@ class Bench:
         one = None
         for k in sizes:
             b = blocks[k]
-            row = {"open_sessions": k, **summarize(b["sb"]), "direct": summarize(b["direct"]),
-                   "open_s": percentile(b["open_s"], 50)}
+            row = {
+                "open_sessions": k,
+                **summarize(b["sb"]),
+                "direct": summarize(b["direct"]),
+                "open_s": percentile(b["open_s"], 50),
+            }
             row["ratio_to_direct"] = ratio(row["median_ms"], row["direct"]["median_ms"])
             one = one or row
             row["ratio_to_one_session"] = ratio(row["median_ms"], one["median_ms"])
-            row["ratio_to_one_session_direct_normalized"] = ratio(row["ratio_to_direct"], one["ratio_to_direct"])
+            row["ratio_to_one_session_direct_normalized"] = ratio(
+                row["ratio_to_direct"], one["ratio_to_direct"]
+            )
             out["latency"].append(row)
         k = cfg["s4_memory_sessions"]
         log(f"s4 memory: {k} idle sessions")
         r = self.store.redis
         m0, keys0 = self.used_memory(), r.dbsize()
-        z0 = {z: r.memory_usage(z, samples=0) or 0 for z in (self.store.keys.sessions, self.store.keys.deadlines)}
+        z0 = {
+            z: r.memory_usage(z, samples=0) or 0
+            for z in (self.store.keys.sessions, self.store.keys.deadlines)
+        }
         sessions = self.open_idle(k)
         m1, keys1 = self.used_memory(), r.dbsize()
         z1 = {z: r.memory_usage(z, samples=0) or 0 for z in z0}
@@ -664,17 +965,25 @@ class Bench:
         m2, keys2 = self.used_memory(), r.dbsize()
         z2 = {z: r.memory_usage(z, samples=0) or 0 for z in z0}
         closed_keys = self.session_footprint(sids[:20])
-        out["memory"].append({
-            "sessions": k, "baseline_bytes": m0, "open_bytes": m1, "closed_bytes": m2,
-            "bytes_per_idle_session": (m1 - m0) / k, "bytes_left_per_closed_session": (m2 - m0) / k,
-            "keys_per_idle_session": round((keys1 - keys0) / k, 2),
-            "keys_left_per_closed_session": round((keys2 - keys0) / k, 2),
-            "memory_usage_per_key_open": open_keys, "memory_usage_per_key_closed": closed_keys,
-            "index_zsets_bytes_per_session_open": {z: (z1[z] - z0[z]) / k for z in z0},
-            "index_zsets_bytes_per_session_closed": {z: (z2[z] - z0[z]) / k for z in z0},
-            "ttl_of_closed_session_hash_s": r.ttl(self.store.keys.session(sids[0])),
-            "note": "used_memory deltas (1 s settle, median of 5 reads); MEMORY USAGE per key "
-                    "(median of 20 sessions) says which keys they are"})
+        out["memory"].append(
+            {
+                "sessions": k,
+                "baseline_bytes": m0,
+                "open_bytes": m1,
+                "closed_bytes": m2,
+                "bytes_per_idle_session": (m1 - m0) / k,
+                "bytes_left_per_closed_session": (m2 - m0) / k,
+                "keys_per_idle_session": round((keys1 - keys0) / k, 2),
+                "keys_left_per_closed_session": round((keys2 - keys0) / k, 2),
+                "memory_usage_per_key_open": open_keys,
+                "memory_usage_per_key_closed": closed_keys,
+                "index_zsets_bytes_per_session_open": {z: (z1[z] - z0[z]) / k for z in z0},
+                "index_zsets_bytes_per_session_closed": {z: (z2[z] - z0[z]) / k for z in z0},
+                "ttl_of_closed_session_hash_s": r.ttl(self.store.keys.session(sids[0])),
+                "note": "used_memory deltas (1 s settle, median of 5 reads); MEMORY USAGE per key "
+                "(median of 20 sessions) says which keys they are",
+            }
+        )
         return out
 
     # ------------------------------------------------------------------ scenario 5
@@ -702,8 +1011,15 @@ class Bench:
             per = {}
             for w in pipe.execute():
                 per[w] = per.get(w, 0) + 1
-            rows.append({"workers": k, "jobs": n, "seconds": seconds, "jobs_per_s": rate(n, seconds),
-                         "jobs_per_worker": sorted(per.values(), reverse=True)})
+            rows.append(
+                {
+                    "workers": k,
+                    "jobs": n,
+                    "seconds": seconds,
+                    "jobs_per_s": rate(n, seconds),
+                    "jobs_per_worker": sorted(per.values(), reverse=True),
+                }
+            )
         for r in rows:
             r["ratio_to_direct"] = ratio(r["jobs_per_s"], direct_rate)
             r["ratio_to_one_worker"] = ratio(r["jobs_per_s"], rows[0]["jobs_per_s"])
@@ -734,7 +1050,6 @@ class Bench:
         self.results["targets"] = compute_targets(self.results)
         return self.results
 
-
     # ------------------------------------------------------------------ scenario 6
     def scenario6(self) -> dict:
         """The stock client (its own process, REST) and the Python API, same worker, same run:
@@ -745,9 +1060,15 @@ class Bench:
         self.ensure_sb_workers(1)
         port, key = free_port(), "bench-key-0123456789"
         crn = "crn:v1:bluemix:public:quantum-computing:us-east:a/bench:bench::"
-        api = self.stack.spawn("api", [sys.executable, "-m", "session_broker.ops.cli", "api", "--port", str(port)],
-                               {"SESSION_BROKER_URL": self.url, "SESSION_BROKER_API_KEYS": key,
-                                "SESSION_BROKER_API_INSTANCE": crn})
+        api = self.stack.spawn(
+            "api",
+            [sys.executable, "-m", "session_broker.ops.cli", "api", "--port", str(port)],
+            {
+                "SESSION_BROKER_URL": self.url,
+                "SESSION_BROKER_API_KEYS": key,
+                "SESSION_BROKER_API_INSTANCE": crn,
+            },
+        )
         import urllib.request
 
         def up():
@@ -757,11 +1078,13 @@ class Bench:
                 return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=1).status == 200
             except OSError:
                 return False
+
         wait_for(up, 60, "the REST API")
         bell = C.bell()
         sbs = self.sb_session
         python, direct = [], []
         try:
+
             def python_block():
                 # a session of its own, closed before the REST block: with one worker, an open
                 # session would hold it and the REST session's jobs would wait for its timeout
@@ -776,12 +1099,27 @@ class Bench:
                     self.direct.sample(bell, 1024)
                     direct.append(time.perf_counter() - t0)
                 sbs.close()
+
             python_block()
             log(f"s6: stock client, {reps} jobs in a session")
             env = {k: v for k, v in os.environ.items() if not k.startswith(("SESSION_BROKER", "PYTHONPATH"))}
-            proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rest_client.py"),
-                                   f"http://127.0.0.1:{port}", key, crn, self.C_BACKEND, str(reps), "3"],
-                                  env=env, cwd="/", capture_output=True, text=True, timeout=1800)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "benchmarks" / "rest_client.py"),
+                    f"http://127.0.0.1:{port}",
+                    key,
+                    crn,
+                    self.C_BACKEND,
+                    str(reps),
+                    "3",
+                ],
+                env=env,
+                cwd="/",
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
             if proc.returncode != 0:
                 raise RuntimeError(f"the REST client failed: {proc.stderr[-3000:]}")
             rest = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
@@ -792,25 +1130,40 @@ class Bench:
             self.stack.stop_child(api)
             self.stack.children.remove(api)
         base = summarize(direct)
-        contenders = {"direct": with_ratios(base, base), "sb_session": with_ratios(summarize(python), base),
-                      "ibm_client_rest": with_ratios(summarize(rest), base)}
-        return {"title": "stock client via REST vs Python API", "reps": reps, "contenders": contenders,
-                "ratio_rest_to_python": ratio(contenders["ibm_client_rest"]["median_ms"],
-                                              contenders["sb_session"]["median_ms"])}
+        contenders = {
+            "direct": with_ratios(base, base),
+            "sb_session": with_ratios(summarize(python), base),
+            "ibm_client_rest": with_ratios(summarize(rest), base),
+        }
+        return {
+            "title": "stock client via REST vs Python API",
+            "reps": reps,
+            "contenders": contenders,
+            "ratio_rest_to_python": ratio(
+                contenders["ibm_client_rest"]["median_ms"], contenders["sb_session"]["median_ms"]
+            ),
+        }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="fewer repetitions: under 2 minutes")
     p.add_argument("--workers", type=int, default=2, help="most session-broker workers to use (default 2)")
     p.add_argument("--scenarios", type=parse_scenarios, default=None, help="e.g. 1,3 (default: all)")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/bench-<time>-<mode>.json)")
     p.add_argument("--show", type=Path, metavar="JSON", help="print the tables of a results file and exit")
-    p.add_argument("--profile", action="store_true",
-                   help="profile the session-broker Bell-sampler path instead (benchmarks/profile.py)")
-    p.add_argument("--mitigation", action="store_true",
-                   help="error mitigation levels 0-2 on noisy devices instead (benchmarks/mitigation.py)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the session-broker Bell-sampler path instead (benchmarks/profile.py)",
+    )
+    p.add_argument(
+        "--mitigation",
+        action="store_true",
+        help="error mitigation levels 0-2 on noisy devices instead (benchmarks/mitigation.py)",
+    )
     return p
 
 

@@ -33,13 +33,15 @@ def main(argv=None) -> None:
     p.add_argument("--prefetch-multiplier", type=int, default=1)
     p.add_argument("--loglevel", default="WARNING")
     p.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=passive, as shipped")
-    p.add_argument("--trace-dir", help="write per-job timestamps (fetch, received, dispatch, prerun, "
-                                       "postrun) to DIR/<pid>.trace")
+    p.add_argument(
+        "--trace-dir",
+        help="write per-job timestamps (fetch, received, dispatch, prerun, postrun) to DIR/<pid>.trace",
+    )
     args = p.parse_args(argv)
     if args.trace_dir:
         install_tracing(Path(args.trace_dir))
     if args.omp_passive:
-        os.environ["OMP_WAIT_POLICY"] = "passive"   # before Aer loads libgomp
+        os.environ["OMP_WAIT_POLICY"] = "passive"  # before Aer loads libgomp
     else:
         os.environ.pop("OMP_WAIT_POLICY", None)
 
@@ -53,8 +55,10 @@ def main(argv=None) -> None:
         app.conf.worker_send_task_events = False
         app.conf.task_track_started = False
     if args.polling_interval:
-        app.conf.broker_transport_options = {**app.conf.broker_transport_options,
-                                             "polling_interval": args.polling_interval}
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            "polling_interval": args.polling_interval,
+        }
     store = Store()
     store.ping()
     link = ConsumerLink()
@@ -68,9 +72,17 @@ def main(argv=None) -> None:
         from tasks.simulate import warm_up
 
         warm_up(args.backend)  # worker_process_init only fires for prefork children
-    argv = ["worker", f"--pool={args.pool}", "--concurrency=1", f"--hostname={args.name}",
-            f"--queues={store.keys.backend_queue(args.backend)}", "--without-gossip", "--without-mingle",
-            f"--loglevel={args.loglevel}", f"--prefetch-multiplier={args.prefetch_multiplier}"]
+    argv = [
+        "worker",
+        f"--pool={args.pool}",
+        "--concurrency=1",
+        f"--hostname={args.name}",
+        f"--queues={store.keys.backend_queue(args.backend)}",
+        "--without-gossip",
+        "--without-mingle",
+        f"--loglevel={args.loglevel}",
+        f"--prefetch-multiplier={args.prefetch_multiplier}",
+    ]
     if not args.no_events:
         argv.append("--task-events")
         app.conf.worker_send_task_events = True
@@ -134,6 +146,7 @@ def install_tracing(directory: Path) -> None:
         def deliver(self, message, queue):
             last_fetch[0] = time.time()
             return orig(self, message, queue)
+
         return deliver
 
     kredis.Transport._deliver = _deliver_wrap(kredis.Transport._deliver)

@@ -50,15 +50,22 @@ from session_broker.errors import (
 # RuntimeEncoder/RuntimeDecoder (IBM's JSON for results; never decode untrusted input with it).
 _LAZY = {
     "BrokerBackend": "session_broker.backends",
-    "RuntimeJob": "session_broker.job", "RuntimeJobV2": "session_broker.job",
+    "RuntimeJob": "session_broker.job",
+    "RuntimeJobV2": "session_broker.job",
     "Options": "session_broker.options",
-    "Estimator": "session_broker.primitives", "EstimatorV2": "session_broker.primitives",
-    "Sampler": "session_broker.primitives", "SamplerV2": "session_broker.primitives",
-    "EstimatorResult": "session_broker.results", "SamplerResult": "session_broker.results",
+    "Estimator": "session_broker.primitives",
+    "EstimatorV2": "session_broker.primitives",
+    "Sampler": "session_broker.primitives",
+    "SamplerV2": "session_broker.primitives",
+    "EstimatorResult": "session_broker.results",
+    "SamplerResult": "session_broker.results",
     "QiskitRuntimeService": "session_broker.service",
-    "Batch": "session_broker.session", "Session": "session_broker.session",
-    "SamplerOptions": "session_broker.options", "EstimatorOptions": "session_broker.options",
-    "OptionsV2": "session_broker.options", "RuntimeEncoder": "qiskit_ibm_runtime",
+    "Batch": "session_broker.session",
+    "Session": "session_broker.session",
+    "SamplerOptions": "session_broker.options",
+    "EstimatorOptions": "session_broker.options",
+    "OptionsV2": "session_broker.options",
+    "RuntimeEncoder": "qiskit_ibm_runtime",
     "RuntimeDecoder": "qiskit_ibm_runtime",
 }
 _SUBMODULES = {"batch", "exceptions", "options", "session", "fake_provider"}
@@ -74,7 +81,7 @@ def __getattr__(name: str):
     else:
         raise AttributeError(f"module 'session_broker' has no attribute {name!r}")
     if name not in _SUBMODULES or name not in globals():
-        globals()[name] = value   # once: later lookups do not come here
+        globals()[name] = value  # once: later lookups do not come here
     return value
 
 
@@ -82,6 +89,5 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
 
 
-__all__ = sorted([name for name in dir() if not name.startswith("_") and name[0].isupper()]
-                 + list(_LAZY))
+__all__ = sorted([name for name in dir() if not name.startswith("_") and name[0].isupper()] + list(_LAZY))
 __version__ = "0.1.0"

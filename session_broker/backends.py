@@ -58,11 +58,15 @@ def _ideal(name: str, method: str, n: int, why: str, fixed_width: bool = False) 
     return BackendSpec(name, "ideal", method, n, why, fixed_width=fixed_width)
 
 
-def _device(name: str, fake: str, n: int, calibrated: str, version: str,
-            method: str = "automatic") -> BackendSpec:
+def _device(
+    name: str, fake: str, n: int, calibrated: str, version: str, method: str = "automatic"
+) -> BackendSpec:
     how = "" if method == "automatic" else f", simulated with Aer's {method} method"
     return BackendSpec(
-        name, "device", method, n,
+        name,
+        "device",
+        method,
+        n,
         f"{n}-qubit noisy simulator of {name} from the {fake} calibration snapshot "
         f"(qiskit-ibm-runtime fake_provider, calibrated {calibrated}, backend_version {version}{how})",
         fake,
@@ -79,15 +83,26 @@ def _device(name: str, fake: str, n: int, calibrated: str, version: str,
 CATALOG: dict[str, BackendSpec] = {
     s.name: s
     for s in (
-        _ideal("ibmq_qasm_simulator", "automatic", 32,
-               "ideal Aer simulator, method chosen per circuit (like IBM's ibmq_qasm_simulator)",
-               fixed_width=True),   # a named 32-qubit system, as IBM's: no wider circuit
-        _ideal("aer_simulator", "automatic", 32,
-               "ideal Aer simulator, method chosen per circuit"),
-        _ideal("aer_simulator_statevector", "statevector", 30,
-               "ideal dense statevector; 30 qubits = 16 GiB, the most a 24 GiB worker holds"),
-        _ideal("aer_simulator_mps", "matrix_product_state", 100,
-               "ideal matrix-product-state simulator for wide, weakly entangled circuits"),
+        _ideal(
+            "ibmq_qasm_simulator",
+            "automatic",
+            32,
+            "ideal Aer simulator, method chosen per circuit (like IBM's ibmq_qasm_simulator)",
+            fixed_width=True,
+        ),  # a named 32-qubit system, as IBM's: no wider circuit
+        _ideal("aer_simulator", "automatic", 32, "ideal Aer simulator, method chosen per circuit"),
+        _ideal(
+            "aer_simulator_statevector",
+            "statevector",
+            30,
+            "ideal dense statevector; 30 qubits = 16 GiB, the most a 24 GiB worker holds",
+        ),
+        _ideal(
+            "aer_simulator_mps",
+            "matrix_product_state",
+            100,
+            "ideal matrix-product-state simulator for wide, weakly entangled circuits",
+        ),
         _device("ibm_manila", "FakeManilaV2", 5, "2024-05-27", "1.2.6"),
         _device("ibm_lima", "FakeLimaV2", 5, "2021-03-15", "1.0.5"),
         _device("ibm_nairobi", "FakeNairobiV2", 7, "2024-05-27", "1.3.5"),
@@ -95,14 +110,17 @@ CATALOG: dict[str, BackendSpec] = {
         # Eagle and Heron processors. A statevector or density matrix of 127+ qubits cannot
         # exist; Aer drops idle qubits (truncation), and matrix-product states keep the
         # typical 100+ qubit tutorial circuits (GHZ chains, shallow layers) in memory.
-        _device("ibm_sherbrooke", "FakeSherbrooke", 127, "2025-02-26", "1.6.58",
-                "matrix_product_state"),
+        _device("ibm_sherbrooke", "FakeSherbrooke", 127, "2025-02-26", "1.6.58", "matrix_product_state"),
         _device("ibm_torino", "FakeTorino", 133, "2025-02-26", "1.0.54", "matrix_product_state"),
     )
 }
 
 _TRANSPILE_OPTIONS = (
-    "initial_layout", "layout_method", "routing_method", "approximation_degree", "seed_transpiler",
+    "initial_layout",
+    "layout_method",
+    "routing_method",
+    "approximation_degree",
+    "seed_transpiler",
 )
 _IGNORED = frozenset({"barrier"})
 
@@ -116,9 +134,7 @@ def get_spec(name: str) -> BackendSpec:
     """The spec of ``name``; ``UnknownBackendError`` listing the known names otherwise."""
     spec = CATALOG.get(name) if isinstance(name, str) else None
     if spec is None:
-        raise UnknownBackendError(
-            f"unknown backend {name!r}; known backends: {', '.join(CATALOG)}"
-        )
+        raise UnknownBackendError(f"unknown backend {name!r}; known backends: {', '.join(CATALOG)}")
     return spec
 
 
@@ -173,9 +189,14 @@ def _build_target(spec: BackendSpec) -> Target:
     for gate_name, gate in get_standard_gate_name_mapping().items():
         if gate_name in aer:
             target.add_instruction(gate, name=gate_name)
-    control_flow = {"if_else": cf.IfElseOp, "for_loop": cf.ForLoopOp, "while_loop": cf.WhileLoopOp,
-                    "switch_case": cf.SwitchCaseOp, "break_loop": cf.BreakLoopOp,
-                    "continue_loop": cf.ContinueLoopOp}  # all Aer executes (not ``box``)
+    control_flow = {
+        "if_else": cf.IfElseOp,
+        "for_loop": cf.ForLoopOp,
+        "while_loop": cf.WhileLoopOp,
+        "switch_case": cf.SwitchCaseOp,
+        "break_loop": cf.BreakLoopOp,
+        "continue_loop": cf.ContinueLoopOp,
+    }  # all Aer executes (not ``box``)
     for cf_name, cls in control_flow.items():
         target.add_instruction(cls, name=cf_name)
     return target
@@ -227,7 +248,8 @@ def check_gpu() -> None:
         raise ConfigurationError(
             f"--device GPU: no GPU is usable by this qiskit-aer build (available devices: "
             f"{', '.join(devices)}). On a machine with an NVIDIA GPU and CUDA 12, install "
-            "qiskit-aer-gpu in place of qiskit-aer (pip install qiskit-aer-gpu), or run with --device CPU")
+            "qiskit-aer-gpu in place of qiskit-aer (pip install qiskit-aer-gpu), or run with --device CPU"
+        )
 
 
 def context_fingerprint(name: str) -> str:
@@ -245,15 +267,22 @@ def _fingerprint(name: str) -> str:
 
     spec = CATALOG[name]
     info = snapshot_info(name) or {}
-    parts = [spec.name, spec.kind, spec.method, str(spec.num_qubits), spec.snapshot or "-",
-             info.get("backend_version", "-"), info.get("calibrated", "-"), qiskit_aer.__version__]
+    parts = [
+        spec.name,
+        spec.kind,
+        spec.method,
+        str(spec.num_qubits),
+        spec.snapshot or "-",
+        info.get("backend_version", "-"),
+        info.get("calibrated", "-"),
+        qiskit_aer.__version__,
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _widest_hint(name: str, width: int) -> str:
-    kind = CATALOG[name].kind   # an ideal circuit is not helped by a noisy device, nor vice versa
-    fits = [s for s in CATALOG.values()
-            if s.num_qubits >= width and s.name != name and s.kind == kind]
+    kind = CATALOG[name].kind  # an ideal circuit is not helped by a noisy device, nor vice versa
+    fits = [s for s in CATALOG.values() if s.num_qubits >= width and s.name != name and s.kind == kind]
     if not fits:
         return "Use a smaller circuit."
     wide = max(fits, key=lambda s: s.num_qubits)
@@ -300,19 +329,29 @@ def check_circuit(name: str, circuit, *, require_isa: bool) -> None:
         hint = _widest_hint(name, width)
         if spec.kind == "ideal" and spec.fixed_width:
             active = active_qubits(circuit)
-            roomy = [s.name for s in CATALOG.values() if s.kind == "ideal" and not s.fixed_width
-                     and s.method == spec.method and s.num_qubits >= active]
+            roomy = [
+                s.name
+                for s in CATALOG.values()
+                if s.kind == "ideal"
+                and not s.fixed_width
+                and s.method == spec.method
+                and s.num_qubits >= active
+            ]
             if roomy:
-                hint = (f"It acts on {active} of them: {roomy[0]} counts only those (Aer drops "
-                        f"idle qubits). {hint}")
+                hint = (
+                    f"It acts on {active} of them: {roomy[0]} counts only those (Aer drops "
+                    f"idle qubits). {hint}"
+                )
         raise CircuitTooWideError(
             f"circuit {circuit.name!r} {'uses' if spec.fixed_width else 'acts on'} {width} "
             f"qubits; backend {name!r} has {spec.num_qubits}. {hint}"
         )
     if not require_isa:
         return
-    hint = (f"transpile first: generate_preset_pass_manager(backend=service.backend({name!r}), "
-            f"optimization_level=1).run(circuit)")
+    hint = (
+        f"transpile first: generate_preset_pass_manager(backend=service.backend({name!r}), "
+        f"optimization_level=1).run(circuit)"
+    )
     target = build_target(name)
     if spec.kind == "ideal":
         allowed = _aer_basis(spec.method) | set(target.operation_names) | _IGNORED
@@ -346,21 +385,29 @@ def _frozen_options(name: str, transpilation: dict[str, Any]) -> tuple:
     """Validate transpilation options; return them hashable (the pass-manager cache key)."""
     bad = sorted(set(transpilation) - set(_TRANSPILE_OPTIONS))
     if bad:
-        raise OptionNotSupportedError(f"transpilation option(s) {', '.join(bad)} not supported; "
-                                      f"allowed: {', '.join(_TRANSPILE_OPTIONS)}")
+        raise OptionNotSupportedError(
+            f"transpilation option(s) {', '.join(bad)} not supported; "
+            f"allowed: {', '.join(_TRANSPILE_OPTIONS)}"
+        )
     out = {k: v for k, v in transpilation.items() if v is not None}
     n, layout = CATALOG[name].num_qubits, out.get("initial_layout")
     if layout is not None:
-        if (not isinstance(layout, (list, tuple)) or len(set(layout)) != len(layout)
-                or not all(_is_int(q) and 0 <= q < n for q in layout)):
-            raise OptionNotSupportedError(f"initial_layout must be a list of distinct qubit "
-                                          f"indices in 0..{n - 1}, got {layout!r}")
+        if (
+            not isinstance(layout, (list, tuple))
+            or len(set(layout)) != len(layout)
+            or not all(_is_int(q) and 0 <= q < n for q in layout)
+        ):
+            raise OptionNotSupportedError(
+                f"initial_layout must be a list of distinct qubit indices in 0..{n - 1}, got {layout!r}"
+            )
         out["initial_layout"] = tuple(layout)
     checks = {
         "layout_method": (lambda v: isinstance(v, str), "a plugin name (str)"),
         "routing_method": (lambda v: isinstance(v, str), "a plugin name (str)"),
-        "approximation_degree": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                                 and 0.0 <= v <= 1.0, "a number in [0, 1]"),
+        "approximation_degree": (
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0,
+            "a number in [0, 1]",
+        ),
         "seed_transpiler": (lambda v: _is_int(v) and v >= 0, "a non-negative int"),
     }
     for key, (ok, what) in checks.items():
@@ -373,9 +420,7 @@ def pass_manager(name: str, optimization_level: int, **transpilation) -> StagedP
     """The preset pass manager for ``name`` (cached by name, level and options; read-only)."""
     name = get_spec(name).name
     if not (_is_int(optimization_level) and 0 <= optimization_level <= 3):
-        raise OptionNotSupportedError(
-            f"optimization_level must be 0, 1, 2 or 3, got {optimization_level!r}"
-        )
+        raise OptionNotSupportedError(f"optimization_level must be 0, 1, 2 or 3, got {optimization_level!r}")
     return _pass_manager(name, optimization_level, _frozen_options(name, transpilation))
 
 
@@ -475,8 +520,11 @@ def name_of(backend) -> str:
             return fakes[inner]
         if getattr(backend.options, "noise_model", None) is None:
             method = backend.options.method
-            ideal = {"automatic": "aer_simulator", "statevector": "aer_simulator_statevector",
-                     "matrix_product_state": "aer_simulator_mps"}
+            ideal = {
+                "automatic": "aer_simulator",
+                "statevector": "aer_simulator_statevector",
+                "matrix_product_state": "aer_simulator_mps",
+            }
             if method in ideal:
                 return ideal[method]
     devices = ", ".join(f"{snap} -> {n}" for snap, n in snapshots.items())
@@ -484,7 +532,8 @@ def name_of(backend) -> str:
         f"backend object {name or cls!r} ({cls}) is not simulated here. A mode may be a backend "
         f"name ({', '.join(CATALOG)}), a fake backend whose snapshot the catalog simulates "
         f"({devices}), an AerSimulator built from one of those, or a noiseless AerSimulator "
-        "(method automatic, statevector or matrix_product_state)")
+        "(method automatic, statevector or matrix_product_state)"
+    )
 
 
 @cache

@@ -57,16 +57,30 @@ class TenantMailbox(pidbox.Mailbox):
     reply_exchange_fmt = "%s.reply"  # Keys.reply_exchange: <control_exchange>.reply
 
     def _queue(self, name: str, exchange, expires, ttl, **kw) -> Queue:
-        return Queue(name, exchange=exchange, durable=self.queue_durable, exclusive=self.queue_exclusive,
-                     auto_delete=not self.queue_durable, expires=expires, message_ttl=ttl, **kw)
+        return Queue(
+            name,
+            exchange=exchange,
+            durable=self.queue_durable,
+            exclusive=self.queue_exclusive,
+            auto_delete=not self.queue_durable,
+            expires=expires,
+            message_ttl=ttl,
+            **kw,
+        )
 
     def get_queue(self, hostname):
-        return self._queue(self.keys.mailbox_queue(hostname), self.exchange, self.queue_expires,
-                           self.queue_ttl)
+        return self._queue(
+            self.keys.mailbox_queue(hostname), self.exchange, self.queue_expires, self.queue_ttl
+        )
 
     def get_reply_queue(self):
-        return self._queue(self.keys.reply_queue(self.oid), self.reply_exchange,
-                           self.reply_queue_expires, self.reply_queue_ttl, routing_key=self.oid)
+        return self._queue(
+            self.keys.reply_queue(self.oid),
+            self.reply_exchange,
+            self.reply_queue_expires,
+            self.reply_queue_ttl,
+            routing_key=self.oid,
+        )
 
 
 class Consumer(celery_consumer.Consumer):
@@ -79,14 +93,15 @@ class Consumer(celery_consumer.Consumer):
 
     def ensure_connected(self, conn):
         conn.ensure_connection = functools.partial(
-            conn.ensure_connection, interval_start=0.25, interval_step=0.5, interval_max=2)
+            conn.ensure_connection, interval_start=0.25, interval_step=0.5, interval_max=2
+        )
         return super().ensure_connected(conn)
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     url, tls = split_tls_options(settings.url)
-    high_availability = {}   # Sentinel: kombu's and Celery's own sentinel support, our channel
+    high_availability = {}  # Sentinel: kombu's and Celery's own sentinel support, our channel
     if sentinel.is_sentinel(settings.url):
         url, high_availability = sentinel.kombu_url(settings.url), sentinel.kombu_options(settings.url)
     keys = Keys(settings.key_prefix)
@@ -134,9 +149,11 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_connection_max_retries=None,
         broker_channel_error_retry=True,
         broker_transport_options=transport,
-        result_backend_transport_options={"retry_policy": {"max_retries": 20},
-                                          "global_keyprefix": keys.result_prefix,
-                                          **high_availability},
+        result_backend_transport_options={
+            "retry_policy": {"max_retries": 20},
+            "global_keyprefix": keys.result_prefix,
+            **high_availability,
+        },
         redis_backend_health_check_interval=5,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,

@@ -28,18 +28,28 @@ def positive_int(value, name: str) -> int | None:
 def non_negative(value, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or value < 0:
-        raise InvalidInputError(f"{name}={value!r} must be a finite number >= 0 "
-                                "(0 asks for the exact expectation value)")
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidInputError(
+            f"{name}={value!r} must be a finite number >= 0 (0 asks for the exact expectation value)"
+        )
     return float(value)
 
 
 def coerce_pubs(pubs, coerce, what: str) -> list:
-    if isinstance(pubs, (QuantumCircuit, tuple, str, bytes, dict)) or not isinstance(pubs, Iterable) \
-            or (isinstance(pubs, np.ndarray) and pubs.ndim == 0):
-        raise InvalidInputError(f"run() takes a list of {what} PUBs, e.g. run([circuit]) or "
-                                f"run([(circuit, ...)]), not {type(pubs).__name__}")
+    if (
+        isinstance(pubs, (QuantumCircuit, tuple, str, bytes, dict))
+        or not isinstance(pubs, Iterable)
+        or (isinstance(pubs, np.ndarray) and pubs.ndim == 0)
+    ):
+        raise InvalidInputError(
+            f"run() takes a list of {what} PUBs, e.g. run([circuit]) or "
+            f"run([(circuit, ...)]), not {type(pubs).__name__}"
+        )
     out = []
     for i, pub in enumerate(pubs):
         try:
@@ -47,14 +57,17 @@ def coerce_pubs(pubs, coerce, what: str) -> list:
             coerced.validate()
         except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
             raise InvalidInputError(f"{what} PUB {i} is malformed: {exc}") from None
-        if 0 in coerced.shape:   # Qiskit allows it; Aer crashes on it (SIGSEGV with parameters)
+        if 0 in coerced.shape:  # Qiskit allows it; Aer crashes on it (SIGSEGV with parameters)
             raise InvalidInputError(
                 f"{what} PUB {i} has shape {coerced.shape}: no parameter value sets to run (an "
-                "axis of length 0); give at least one set of parameter values per PUB")
+                "axis of length 0); give at least one set of parameter values per PUB"
+            )
         for value in coerced.parameter_values.data.values():
             if value.dtype.kind not in "biuf" or not np.all(np.isfinite(value)):
-                raise InvalidInputError(f"{what} PUB {i}: parameter values must be finite real "
-                                        "numbers (found NaN, inf or a non-number)")
+                raise InvalidInputError(
+                    f"{what} PUB {i}: parameter values must be finite real "
+                    "numbers (found NaN, inf or a non-number)"
+                )
         out.append(coerced)
     if not out:
         raise InvalidInputError(f"run() needs at least one {what} PUB")
@@ -65,8 +78,9 @@ def _count(value, name: str, allow_none: bool) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise InvalidInputError(f"{name}={value!r:.40} must be an int >= 0"
-                                + (" or None" if allow_none else ""))
+        raise InvalidInputError(
+            f"{name}={value!r:.40} must be an int >= 0" + (" or None" if allow_none else "")
+        )
     return int(value)
 
 
@@ -78,10 +92,14 @@ def _epoch(value, name: str) -> float | None:
 
     if not isinstance(value, datetime):
         raise InvalidInputError(f"{name} must be a datetime, not {type(value).__name__}")
-    return value.timestamp()   # naive: local time, by Python's own rule
+    return value.timestamp()  # naive: local time, by Python's own rule
 
 
 def jobs_filters(limit, skip, created_after, created_before):
     """``service.jobs()``'s numeric and time filters, checked: (limit, skip, after, before)."""
-    return (_count(limit, "limit", True), _count(skip, "skip", False),
-            _epoch(created_after, "created_after"), _epoch(created_before, "created_before"))
+    return (
+        _count(limit, "limit", True),
+        _count(skip, "skip", False),
+        _epoch(created_after, "created_after"),
+        _epoch(created_before, "created_before"),
+    )

@@ -33,9 +33,17 @@ from session_broker.results import v1_transform
 class RuntimeJobV2(BasePrimitiveJob):
     """A primitive job. Status strings: INITIALIZING, QUEUED, RUNNING, DONE, ERROR, CANCELLED."""
 
-    def __init__(self, job_id: str, store: Store, *, service=None, backend: str | None = None,
-                 session_id: str | None = None, primitive: str | None = None,
-                 transform: Callable[[PrimitiveResult], Any] | None = None):
+    def __init__(
+        self,
+        job_id: str,
+        store: Store,
+        *,
+        service=None,
+        backend: str | None = None,
+        session_id: str | None = None,
+        primitive: str | None = None,
+        transform: Callable[[PrimitiveResult], Any] | None = None,
+    ):
         super().__init__(job_id)
         self._store = store
         self._service = service
@@ -44,8 +52,8 @@ class RuntimeJobV2(BasePrimitiveJob):
         self.primitive_id = primitive
         self._transform = transform
         self._result: Any = None
-        self._inputs: dict | None = None   # kept by the object run() returned
-        self._queued = False               # run() queued it just now (result() waits at once)
+        self._inputs: dict | None = None  # kept by the object run() returned
+        self._queued = False  # run() queued it just now (result() waits at once)
 
     @classmethod
     def attach(cls, job_id: str, store: Store, service=None) -> RuntimeJobV2:
@@ -56,9 +64,15 @@ class RuntimeJobV2(BasePrimitiveJob):
         summary = json.loads(rec.get("summary") or "{}")
         if summary.get("api") == "v1":
             transform = v1_transform(rec.get("primitive", ""))
-        return cls(job_id, store, service=service, backend=rec.get("backend"),
-                   session_id=rec.get("session") or None, primitive=rec.get("primitive"),
-                   transform=transform)
+        return cls(
+            job_id,
+            store,
+            service=service,
+            backend=rec.get("backend"),
+            session_id=rec.get("session") or None,
+            primitive=rec.get("primitive"),
+            transform=transform,
+        )
 
     # ------------------------------------------------------------------ status
     def status(self) -> str:
@@ -87,10 +101,15 @@ class RuntimeJobV2(BasePrimitiveJob):
         """Wait for the job and return its result; raise its typed error if it failed."""
         if self._result is not None:
             return self._result
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
-                                    or not math.isfinite(timeout) or timeout < 0):
-            raise InvalidInputError(f"timeout={timeout!r:.60} must be None or a finite number of "
-                                    "seconds >= 0")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, numbers.Real)
+            or not math.isfinite(timeout)
+            or timeout < 0
+        ):
+            raise InvalidInputError(
+                f"timeout={timeout!r:.60} must be None or a finite number of seconds >= 0"
+            )
         timeout = None if timeout is None else float(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         fields = ("status", "result", "error_code", "error")
@@ -98,8 +117,9 @@ class RuntimeJobV2(BasePrimitiveJob):
         if self._queued and (timeout is None or timeout > 0):
             # run() just queued it: it exists and has not ended, so skip the read that would
             # say so and wait at once (the wait reads the record in its own round trip)
-            rec = self._store.wait_job(self._job_id, 5.0 if timeout is None else min(timeout, 5.0),
-                                       *fields, latched=latched)
+            rec = self._store.wait_job(
+                self._job_id, 5.0 if timeout is None else min(timeout, 5.0), *fields, latched=latched
+            )
         else:
             rec = self._store.job(self._job_id, *fields)
         self._queued = False
@@ -107,14 +127,21 @@ class RuntimeJobV2(BasePrimitiveJob):
             status = rec.get("status")
             if status is None:
                 raise JobNotFoundError(f"job {self._job_id!r} does not exist (or its record expired)")
-            if (status in FINAL_JOB_STATUSES and self._store.replication.want
-                    and not (latched and latched[-1])):
+            if (
+                status in FINAL_JOB_STATUSES
+                and self._store.replication.want
+                and not (latched and latched[-1])
+            ):
                 # replicated writes: a worker wakes waiters only once a replica holds the
                 # result (FINISH, WAIT, NOTIFY); a final status read before that could be
                 # lost by a failover, so wait for the announcement (bounded by the WAIT's)
                 latched.append(True)
-                rec = self._store.wait_job(
-                    self._job_id, self._store.settings.wait_timeout_ms / 1000 + 1.0, *fields) or rec
+                rec = (
+                    self._store.wait_job(
+                        self._job_id, self._store.settings.wait_timeout_ms / 1000 + 1.0, *fields
+                    )
+                    or rec
+                )
                 continue
             if status == "DONE":
                 result = codec.decode_result(rec["result"])
@@ -126,8 +153,9 @@ class RuntimeJobV2(BasePrimitiveJob):
             if left is not None and left <= 0:
                 raise JobTimeoutError(f"job {self._job_id} is still {status} after {timeout} s")
             # wait on the job's latch and re-read in the same round trip; re-check every 5 s
-            rec = self._store.wait_job(self._job_id, 5.0 if left is None else min(left, 5.0), *fields,
-                                       latched=latched)
+            rec = self._store.wait_job(
+                self._job_id, 5.0 if left is None else min(left, 5.0), *fields, latched=latched
+            )
 
     def cancel(self) -> bool:
         """Cancel a queued job (it never runs). A running job finishes: returns False."""
@@ -148,12 +176,14 @@ class RuntimeJobV2(BasePrimitiveJob):
 
     def metrics(self) -> dict:
         """Timestamps (ISO-8601 UTC) and the seconds the job ran on a worker."""
-        rec = self._store.job(self._job_id, "created", "running", "finished", "usage", "attempts",
-                              "worker")
+        rec = self._store.job(self._job_id, "created", "running", "finished", "usage", "attempts", "worker")
         usage = float(rec["usage"]) if rec.get("usage") else None
         return {
-            "timestamps": {"created": iso(rec.get("created")), "running": iso(rec.get("running")),
-                           "finished": iso(rec.get("finished"))},
+            "timestamps": {
+                "created": iso(rec.get("created")),
+                "running": iso(rec.get("running")),
+                "finished": iso(rec.get("finished")),
+            },
             "usage": {"seconds": usage, "quantum_seconds": usage},
             "attempts": int(rec.get("attempts") or 0),
             "worker": rec.get("worker") or None,
@@ -170,7 +200,7 @@ class RuntimeJobV2(BasePrimitiveJob):
     def tags(self) -> list[str]:
         """The job's tags (``options.environment.job_tags`` at submit, or ``update_tags``)."""
         tags = self._summary().get("tags") or []
-        return list(tags) if isinstance(tags, list) else []   # cjson writes [] as {}
+        return list(tags) if isinstance(tags, list) else []  # cjson writes [] as {}
 
     def update_tags(self, new_tags: list[str]) -> list[str]:
         """Replace the job's tags, as IBM's; returns the new tags."""
@@ -197,10 +227,10 @@ class RuntimeJobV2(BasePrimitiveJob):
         if not payload:
             raise JobNotFoundError(
                 f"the inputs of job {self._job_id} are no longer stored: a job's payload is "
-                "deleted when it ends; use the job object that run() returned")
+                "deleted when it ends; use the job object that run() returned"
+            )
         job = codec.decode_payload(payload, max_bytes=None)
-        ibm = job.options.get("ibm") or {"options": {k: v for k, v in job.options.items()
-                                                     if k != "api"}}
+        ibm = job.options.get("ibm") or {"options": {k: v for k, v in job.options.items() if k != "api"}}
         return {"pubs": job.pubs, **ibm}
 
     @property
@@ -221,7 +251,7 @@ class RuntimeJobV2(BasePrimitiveJob):
             self.result(timeout=timeout)
         except JobTimeoutError:
             raise
-        except Exception:   # failed or cancelled: final, which is all this waits for
+        except Exception:  # failed or cancelled: final, which is all this waits for
             pass
 
     @property

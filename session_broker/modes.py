@@ -23,7 +23,8 @@ def resolve_mode(mode, kind: str) -> tuple[QiskitRuntimeService, str, Session | 
         if ambient is None:
             raise InvalidInputError(
                 f"{kind} needs a mode: pass mode=session, mode=batch, mode=backend or a backend "
-                "name, or create it inside `with Session(...)`")
+                "name, or create it inside `with Session(...)`"
+            )
         return ambient.service, ambient.backend(), ambient
     if isinstance(mode, Session):
         return mode.service, mode.backend(), mode
@@ -34,12 +35,14 @@ def resolve_mode(mode, kind: str) -> tuple[QiskitRuntimeService, str, Session | 
         name, service = catalog.name_of(mode), getattr(mode, "service", None)
     else:
         raise InvalidInputError(
-            f"mode must be a Session, Batch, backend object or backend name, not {type(mode).__name__}")
+            f"mode must be a Session, Batch, backend object or backend name, not {type(mode).__name__}"
+        )
     ambient = current_context_session()
     if ambient is not None:
         if ambient.backend() != name:
             raise BackendMismatchError(
                 f"{kind} targets backend {name!r} inside a session on {ambient.backend()!r}; "
-                "a session has exactly one backend")
+                "a session has exactly one backend"
+            )
         return ambient.service, name, ambient
     return service or default_service(), name, None

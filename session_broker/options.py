@@ -30,10 +30,22 @@ from session_broker import backends as catalog
 from session_broker.errors import OptionNotSupportedError
 
 __all__ = [
-    "DynamicalDecouplingOptions", "EnvironmentOptions", "EstimatorOptions", "ExecutionOptionsV2",
-    "LayerNoiseLearningOptions", "MeasureNoiseLearningOptions", "NoiseLearnerOptions", "Options",
-    "OptionsV2", "PecOptions", "ResilienceOptionsV2", "SamplerExecutionOptionsV2",
-    "SamplerOptions", "SimulatorOptions", "TwirlingOptions", "ZneOptions",
+    "DynamicalDecouplingOptions",
+    "EnvironmentOptions",
+    "EstimatorOptions",
+    "ExecutionOptionsV2",
+    "LayerNoiseLearningOptions",
+    "MeasureNoiseLearningOptions",
+    "NoiseLearnerOptions",
+    "Options",
+    "OptionsV2",
+    "PecOptions",
+    "ResilienceOptionsV2",
+    "SamplerExecutionOptionsV2",
+    "SamplerOptions",
+    "SimulatorOptions",
+    "TwirlingOptions",
+    "ZneOptions",
 ]
 
 _IBM_NAMES = frozenset(__all__) - {"Options"}
@@ -69,13 +81,13 @@ def sampler_default_shots(set_options: dict) -> int:
     twirling = set_options.get("twirling") or {}
     num, per = twirling.get("num_randomizations"), twirling.get("shots_per_randomization")
     if _sampler_twirled(set_options) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in (num, per)):
+        isinstance(v, int) and not isinstance(v, bool) for v in (num, per)
+    ):
         return num * per
     return set_options.get("default_shots") or DEFAULT_SHOTS
 
 
-def sampler_randomizations(num_randomizations, shots_per_randomization, shots: int
-                           ) -> tuple[int, int]:
+def sampler_randomizations(num_randomizations, shots_per_randomization, shots: int) -> tuple[int, int]:
     """(randomizations, shots each) for a twirled sampler PUB of ``shots``: IBM's "auto"
     rules (its own ``calculate_twirling_shots``), and the PUB's shots always obeyed: where
     both are integers whose product falls short of them, more randomizations of
@@ -102,7 +114,9 @@ def check_sampler_randomizations(set_options: dict, pubs) -> None:
                 f"sampler PUB {i}: {pub.shots} shots at twirling.shots_per_randomization="
                 f"{each} need {nrand} randomizations, more than {MAX_RANDOMIZATIONS} (each is a "
                 "circuit the worker builds and runs): raise shots_per_randomization or lower "
-                "the shots")
+                "the shots"
+            )
+
 
 def coerce(kind: str, options):
     """``options=`` as IBM's primitives take it: None, a dict (merged over the defaults, so
@@ -115,7 +129,7 @@ def coerce(kind: str, options):
     if isinstance(options, dict):
         from qiskit_ibm_runtime.options.utils import merge_options_v2
 
-        if "seed_simulator" in options:   # session-broker 0.1 took it at the top level
+        if "seed_simulator" in options:  # session-broker 0.1 took it at the top level
             seed = options["seed_simulator"]
             options = {k: v for k, v in options.items() if k != "seed_simulator"}
             options["simulator"] = {**options.get("simulator", {}), "seed_simulator": seed}
@@ -142,8 +156,12 @@ _NO_EFFECT = {
 }
 #: Honoured everywhere (the worker applies them): dotted option names.
 _HONOURED = {
-    "default_shots", "default_precision", "seed_estimator", "simulator.seed_simulator",
-    "execution.init_qubits", "execution.meas_type",
+    "default_shots",
+    "default_precision",
+    "seed_estimator",
+    "simulator.seed_simulator",
+    "execution.init_qubits",
+    "execution.meas_type",
 }
 #: Error suppression and mitigation (``tasks/mitigation.py`` runs them): the groups, and
 #: what within them no simulator here does (refused by name).
@@ -156,7 +174,8 @@ _MITIGATION_SUPPORTED = (
     "dynamical_decoupling.* (sequence_type XX/XpXm/XY4, on device backends), "
     "twirling.* (strategy 'active'), resilience_level 0-2, resilience.measure_mitigation and "
     "measure_noise_learning.*, resilience.zne_mitigation and zne.* (amplifier gate_folding, "
-    "gate_folding_front, gate_folding_back)")
+    "gate_folding_front, gate_folding_back)"
+)
 
 
 def _flatten(options: dict, prefix: str = "") -> dict[str, Any]:
@@ -178,8 +197,8 @@ def _truthy(value) -> bool:
 class Plan:
     """What the worker is asked to do, decided on the client from the options given."""
 
-    options: dict           # IBM's job params (the full set that was given)
-    runtime: dict           # max_execution_time, job_tags, ...
+    options: dict  # IBM's job params (the full set that was given)
+    runtime: dict  # max_execution_time, job_tags, ...
     no_effect: list = field(default_factory=list)
 
 
@@ -189,10 +208,11 @@ def plan(kind: str, backend: str, options) -> Plan:
     inputs, runtime = program_inputs(options)
     spec = catalog.get_spec(backend)
     ideal = spec.kind == "ideal"
-    supported = ("supported: default_shots, default_precision, seed_estimator, "
-                 "simulator.seed_simulator, max_execution_time, environment.job_tags, "
-                 "execution.init_qubits=True, execution.meas_type='classified', "
-                 + _MITIGATION_SUPPORTED)
+    supported = (
+        "supported: default_shots, default_precision, seed_estimator, "
+        "simulator.seed_simulator, max_execution_time, environment.job_tags, "
+        "execution.init_qubits=True, execution.meas_type='classified', " + _MITIGATION_SUPPORTED
+    )
     no_effect = []
     set_options = _flatten(inputs["options"])
     level = inputs.get("resilience_level")
@@ -205,7 +225,8 @@ def plan(kind: str, backend: str, options) -> Plan:
             no_effect.append(f"{name}={value!r}: {_NO_EFFECT[name]}")
         elif name in _NEVER and _truthy(value):
             raise OptionNotSupportedError(
-                f"option {name}={_short(value)} ({_NEVER[name]}) is not implemented; {supported}")
+                f"option {name}={_short(value)} ({_NEVER[name]}) is not implemented; {supported}"
+            )
         elif name.split(".")[0] in _MITIGATION_GROUPS:
             why = _mitigation(kind, name, value, set_options, ideal)
             if why:
@@ -213,18 +234,26 @@ def plan(kind: str, backend: str, options) -> Plan:
         else:  # simulator.noise_model / coupling_map / basis_gates, experimental.*
             raise OptionNotSupportedError(
                 f"option {name}={_short(value)} is not supported: "
-                + ("each backend simulates one fixed device; choose a device backend "
-                   f"({', '.join(n for n in catalog.known_backends() if catalog.get_spec(n).kind == 'device')}) "
-                   "instead of a custom noise model, coupling map or basis"
-                   if name.startswith("simulator.") else "experimental options are not available")
-                + f"; {supported}")
+                + (
+                    "each backend simulates one fixed device; choose a device backend "
+                    f"({', '.join(n for n in catalog.known_backends() if catalog.get_spec(n).kind == 'device')}) "
+                    "instead of a custom noise model, coupling map or basis"
+                    if name.startswith("simulator.")
+                    else "experimental options are not available"
+                )
+                + f"; {supported}"
+            )
     if runtime.get("private"):
         no_effect.append(f"environment.private=True: {_NO_EFFECT['environment.private']}")
     if runtime.get("log_level", "WARNING") != "WARNING":
-        no_effect.append(f"environment.log_level={runtime['log_level']!r}: "
-                         f"{_NO_EFFECT['environment.log_level']}")
-    if kind == "estimator" and set_options.get("default_shots") is not None \
-            and "default_precision" in set_options:
+        no_effect.append(
+            f"environment.log_level={runtime['log_level']!r}: {_NO_EFFECT['environment.log_level']}"
+        )
+    if (
+        kind == "estimator"
+        and set_options.get("default_shots") is not None
+        and "default_precision" in set_options
+    ):
         no_effect.append("default_precision: default_shots is set and overrides it (as IBM)")
     return Plan(inputs, runtime, no_effect)
 
@@ -253,7 +282,7 @@ def _snap(value):
         try:
             d = value.__dict__
             return t, tuple([_snap(d[n]) for n in names])
-        except (AttributeError, KeyError):   # a field kept elsewhere: no snapshot
+        except (AttributeError, KeyError):  # a field kept elsewhere: no snapshot
             raise _NotPlain(t.__name__) from None
     if t is float:
         return t, repr(value)
@@ -293,7 +322,7 @@ def plan_memo(kind: str, backend: str, options) -> Plan:
     """
     from qiskit_ibm_runtime.options.utils import UnsetType
 
-    _FIELD_NAMES.setdefault(UnsetType, ())   # IBM's singleton for "not set": no fields
+    _FIELD_NAMES.setdefault(UnsetType, ())  # IBM's singleton for "not set": no fields
     try:
         key = (kind, backend, _snap(options))
     except _NotPlain:
@@ -310,19 +339,21 @@ def plan_memo(kind: str, backend: str, options) -> Plan:
 
 def _inert(name: str, set_options: dict) -> bool:
     """A sub-option of a technique that is not switched on (IBM ignores those too)."""
-    switches = {"dynamical_decoupling": ("dynamical_decoupling.enable",),
-                "twirling": ("twirling.enable_gates", "twirling.enable_measure"),
-                "resilience.measure_noise_learning": ("resilience.measure_mitigation",),
-                "resilience.zne": ("resilience.zne_mitigation",),
-                "resilience.pec": ("resilience.pec_mitigation",),
-                "resilience.layer_noise_learning": ("resilience.pec_mitigation",)}
-    group = next((g for g in sorted(switches, key=len, reverse=True)
-                  if name == g or name.startswith(g + ".")), None)
+    switches = {
+        "dynamical_decoupling": ("dynamical_decoupling.enable",),
+        "twirling": ("twirling.enable_gates", "twirling.enable_measure"),
+        "resilience.measure_noise_learning": ("resilience.measure_mitigation",),
+        "resilience.zne": ("resilience.zne_mitigation",),
+        "resilience.pec": ("resilience.pec_mitigation",),
+        "resilience.layer_noise_learning": ("resilience.pec_mitigation",),
+    }
+    group = next(
+        (g for g in sorted(switches, key=len, reverse=True) if name == g or name.startswith(g + ".")), None
+    )
     if group is None or name in switches[group]:
         return False
-    if group == "twirling" and name in ("twirling.num_randomizations",
-                                        "twirling.shots_per_randomization"):
-        return False   # they also size TREX's and the estimator's default twirling
+    if group == "twirling" and name in ("twirling.num_randomizations", "twirling.shots_per_randomization"):
+        return False  # they also size TREX's and the estimator's default twirling
     return not any(_truthy(set_options.get(s)) for s in switches[group])
 
 
@@ -333,24 +364,33 @@ def _mitigation(kind: str, name: str, value, set_options: dict, ideal: bool) -> 
         raise OptionNotSupportedError(
             "option resilience.zne.amplifier='pea' (probabilistic error amplification, which "
             "needs layer noise learning) is not implemented; supported amplifiers: "
-            "gate_folding, gate_folding_front, gate_folding_back")
+            "gate_folding, gate_folding_front, gate_folding_back"
+        )
     if name.startswith("resilience.layer_noise_learning") and _truthy(
-            set_options.get("resilience.zne_mitigation")):
+        set_options.get("resilience.zne_mitigation")
+    ):
         raise OptionNotSupportedError(
             f"option {name}={value!r} (layer noise learning, used by PEA and PEC) is not "
-            f"implemented; ZNE here amplifies noise by gate folding; supported: "
-            + _MITIGATION_SUPPORTED)
-    if name == "twirling.strategy" and value != "active" and (
-            not _inert(name, set_options) or kind == "estimator"):
+            f"implemented; ZNE here amplifies noise by gate folding; supported: " + _MITIGATION_SUPPORTED
+        )
+    if (
+        name == "twirling.strategy"
+        and value != "active"
+        and (not _inert(name, set_options) or kind == "estimator")
+    ):
         raise OptionNotSupportedError(
             f"option twirling.strategy={value!r} is not implemented: twirling here dresses "
-            f"each 2-qubit gate's own qubits, which is strategy 'active'; supported: "
-            + _MITIGATION_SUPPORTED)
+            f"each 2-qubit gate's own qubits, which is strategy 'active'; supported: " + _MITIGATION_SUPPORTED
+        )
     _check_mitigation_value(name, value)
-    if not _truthy(value) and name in ("dynamical_decoupling.enable", "twirling.enable_gates",
-                                       "twirling.enable_measure", "resilience.measure_mitigation",
-                                       "resilience.zne_mitigation"):
-        return None   # switched off: honoured as off
+    if not _truthy(value) and name in (
+        "dynamical_decoupling.enable",
+        "twirling.enable_gates",
+        "twirling.enable_measure",
+        "resilience.measure_mitigation",
+        "resilience.zne_mitigation",
+    ):
+        return None  # switched off: honoured as off
     if _inert(name, set_options):
         return "technique not enabled"
     if name.startswith("dynamical_decoupling") and ideal:
@@ -366,22 +406,30 @@ MAX_NOISE_FACTOR = 99
 
 def _check_mitigation_value(name: str, value) -> None:
     def finite(v):
-        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+        return (
+            isinstance(v, (int, float, np.integer, np.floating))
+            and not isinstance(v, bool)
             and math.isfinite(v)
+        )
 
-    if name in ("twirling.num_randomizations", "resilience.measure_noise_learning.num_randomizations") \
-            and isinstance(value, int) and value > MAX_RANDOMIZATIONS:
+    if (
+        name in ("twirling.num_randomizations", "resilience.measure_noise_learning.num_randomizations")
+        and isinstance(value, int)
+        and value > MAX_RANDOMIZATIONS
+    ):
         raise OptionNotSupportedError(
             f"{name}={value} is more than {MAX_RANDOMIZATIONS}: each randomization is a circuit "
-            "the worker builds and runs; use fewer with more shots each")
-    if name == "resilience.zne.noise_factors" and not all(
-            finite(f) and f <= MAX_NOISE_FACTOR for f in value):
+            "the worker builds and runs; use fewer with more shots each"
+        )
+    if name == "resilience.zne.noise_factors" and not all(finite(f) and f <= MAX_NOISE_FACTOR for f in value):
         raise OptionNotSupportedError(
             f"resilience.zne.noise_factors={_short(value)} must be finite numbers from 1 to "
-            f"{MAX_NOISE_FACTOR} (a factor k runs k times the circuit's 2-qubit gates)")
+            f"{MAX_NOISE_FACTOR} (a factor k runs k times the circuit's 2-qubit gates)"
+        )
     if name == "resilience.zne.extrapolated_noise_factors" and not all(finite(f) for f in value):
         raise OptionNotSupportedError(
-            f"resilience.zne.extrapolated_noise_factors={_short(value)} must be finite numbers")
+            f"resilience.zne.extrapolated_noise_factors={_short(value)} must be finite numbers"
+        )
 
 
 #: Seeds every path of the worker takes: Aer's (a signed 64-bit int) and numpy's generators
@@ -394,11 +442,15 @@ def check_seed(name: str, value) -> int | None:
     naming what is allowed otherwise."""
     if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or not 0 <= value <= MAX_SEED:
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, np.integer))
+        or not 0 <= value <= MAX_SEED
+    ):
         raise OptionNotSupportedError(
             f"{name}={_short(value)} is not a valid seed: expected an int from 0 to 2**63 - 1 "
-            "(Aer takes a 64-bit seed; the worker's random generators take no negative one)")
+            "(Aer takes a 64-bit seed; the worker's random generators take no negative one)"
+        )
     return int(value)
 
 
@@ -409,12 +461,13 @@ def _check_value(name: str, value, supported: str) -> None:
         check_seed(name, value)
     if name == "execution.init_qubits" and value is not True:
         raise OptionNotSupportedError(
-            "execution.init_qubits=False is not supported: every simulated shot starts in |0>; "
-            + supported)
+            "execution.init_qubits=False is not supported: every simulated shot starts in |0>; " + supported
+        )
     if name == "execution.meas_type" and value != "classified":
         raise OptionNotSupportedError(
             f"execution.meas_type={value!r} is not supported: Aer returns classified bits, "
-            f"not IQ data (kerneled); {supported}")
+            f"not IQ data (kerneled); {supported}"
+        )
 
 
 def _short(value) -> str:
@@ -440,7 +493,8 @@ class _Group:
         if key not in self._values:
             raise OptionNotSupportedError(
                 f"option {self._name}.{key} is not supported; supported: "
-                + ", ".join(f"{self._name}.{k}" for k in self._values))
+                + ", ".join(f"{self._name}.{k}" for k in self._values)
+            )
         self._values[key] = value
 
     def to_dict(self) -> dict:
@@ -456,9 +510,17 @@ class _OptionsData:
     resilience_level: int = 0
     max_execution_time: int | None = None
     execution: _Group = field(default_factory=lambda: _Group("execution", shots=4000, init_qubits=True))
-    transpilation: _Group = field(default_factory=lambda: _Group(
-        "transpilation", skip_transpilation=False, initial_layout=None, layout_method=None,
-        routing_method=None, approximation_degree=None, seed_transpiler=None))
+    transpilation: _Group = field(
+        default_factory=lambda: _Group(
+            "transpilation",
+            skip_transpilation=False,
+            initial_layout=None,
+            layout_method=None,
+            routing_method=None,
+            approximation_degree=None,
+            seed_transpiler=None,
+        )
+    )
     simulator: _Group = field(default_factory=lambda: _Group("simulator", seed_simulator=None))
 
 
@@ -471,8 +533,14 @@ class Options(_OptionsData):
     True (simulators always start from |0>).
     """
 
-    _TOP = ("optimization_level", "resilience_level", "max_execution_time", "execution",
-            "transpilation", "simulator")
+    _TOP = (
+        "optimization_level",
+        "resilience_level",
+        "max_execution_time",
+        "execution",
+        "transpilation",
+        "simulator",
+    )
 
     def __init__(self, **kwargs):
         super().__init__()
@@ -485,11 +553,14 @@ class Options(_OptionsData):
 
     def __setattr__(self, key, value):
         if key not in self._TOP:
-            raise OptionNotSupportedError(f"option {key!r} is not supported; supported: {', '.join(self._TOP)}")
+            raise OptionNotSupportedError(
+                f"option {key!r} is not supported; supported: {', '.join(self._TOP)}"
+            )
         object.__setattr__(self, key, value)
 
     def validated(self, backend: str) -> dict:
         """The options as the worker gets them, checked against the backend."""
+
         def level(name, value):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 3:
                 raise OptionNotSupportedError(f"{name}={value!r} is not valid: expected an int from 0 to 3")
@@ -502,12 +573,15 @@ class Options(_OptionsData):
                 f"resilience_level={res} is not available on device backend {backend!r} with the V1 "
                 "primitives: error mitigation runs for V2 jobs (EstimatorV2(mode=backend, "
                 "options={'resilience_level': 1}).run([(circuit, observable)])); use "
-                "resilience_level=0 here (ideal simulators accept 0-3)")
+                "resilience_level=0 here (ideal simulators accept 0-3)"
+            )
         shots = self.execution.shots
         if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots <= 0:
             raise OptionNotSupportedError(f"execution.shots={shots!r} must be a positive int")
         if self.execution.init_qubits is not True:
-            raise OptionNotSupportedError("execution.init_qubits must be True: simulators always start in |0>")
+            raise OptionNotSupportedError(
+                "execution.init_qubits must be True: simulators always start in |0>"
+            )
         met = self.max_execution_time
         if met is not None and (isinstance(met, bool) or not isinstance(met, (int, np.integer)) or met <= 0):
             raise OptionNotSupportedError(f"max_execution_time={met!r} must be a positive int of seconds")
@@ -516,6 +590,13 @@ class Options(_OptionsData):
         if not skip:
             catalog.pass_manager(backend, opt, **transpilation)  # refuses unknown methods now
         seed = check_seed("simulator.seed_simulator", self.simulator.seed_simulator)
-        return {"api": "v1", "optimization_level": opt, "resilience_level": res, "shots": int(shots),
-                "max_execution_time": int(met) if met else None, "skip_transpilation": skip,
-                "transpilation": transpilation, "seed_simulator": seed}
+        return {
+            "api": "v1",
+            "optimization_level": opt,
+            "resilience_level": res,
+            "shots": int(shots),
+            "max_execution_time": int(met) if met else None,
+            "skip_transpilation": skip,
+            "transpilation": transpilation,
+            "seed_simulator": seed,
+        }

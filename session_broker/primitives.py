@@ -97,18 +97,25 @@ class _Primitive:
         if met and self._session is not None and met >= self._session.max_time:
             raise InvalidMaxTimeError(
                 f"max_execution_time={met} s must be less than the session's "
-                f"max_time ({self._session.max_time} s)")
+                f"max_time ({self._session.max_time} s)"
+            )
         return met
 
-    def _submit(self, pubs_json: list[dict], options: dict, summary: dict, transform=None,
-                inputs: dict | None = None) -> RuntimeJobV2:
+    def _submit(
+        self, pubs_json: list[dict], options: dict, summary: dict, transform=None, inputs: dict | None = None
+    ) -> RuntimeJobV2:
         limit = self._service._store.settings.max_payload_bytes
         payload = codec.encode_payload(self._kind, pubs_json, options, max_bytes=limit)
-        codec.check_payload(payload, max_bytes=limit)   # the worker's decoder, here and now
+        codec.check_payload(payload, max_bytes=limit)  # the worker's decoder, here and now
         job = self._service._submit(
-            primitive=self._kind, backend=self._backend, session=self._session, payload=payload,
-            summary=summary, max_execution_time=options.get("max_execution_time"),
-            transform=transform)
+            primitive=self._kind,
+            backend=self._backend,
+            session=self._session,
+            payload=payload,
+            summary=summary,
+            max_execution_time=options.get("max_execution_time"),
+            transform=transform,
+        )
         job._inputs = inputs
         return job
 
@@ -121,15 +128,22 @@ class _Primitive:
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise InvalidInputError(f"environment.job_tags={tags!r} must be a list of strings")
         seed = set_options.get("simulator", {}).get("seed_simulator")
-        options = {"api": "v2", "seed_simulator": seed, "max_execution_time": met,
-                   "ibm": plan.options, "no_effect": plan.no_effect}
+        options = {
+            "api": "v2",
+            "seed_simulator": seed,
+            "max_execution_time": met,
+            "ibm": plan.options,
+            "no_effect": plan.no_effect,
+        }
         return options, {"api": "v2", "tags": tags}
 
 
 def _no_dry_run(dry_run) -> None:
     if dry_run:
-        raise InvalidInputError("dry_run=True is not available: IBM's dry run returns random "
-                                "mock data from its server; here, run the job itself (a simulator)")
+        raise InvalidInputError(
+            "dry_run=True is not available: IBM's dry run returns random "
+            "mock data from its server; here, run the job itself (a simulator)"
+        )
 
 
 # ---------------------------------------------------------------------- V2
@@ -147,15 +161,18 @@ class SamplerV2(_Primitive, BaseSamplerV2):
         shots = positive_int(shots, "shots")
         options, summary = self._v2_options()
         set_options = options["ibm"]["options"]
-        default = shots or opts.sampler_default_shots(set_options)   # IBM's precedence rules
+        default = shots or opts.sampler_default_shots(set_options)  # IBM's precedence rules
         coerced = coerce_pubs(pubs, lambda p: SamplerPub.coerce(p, default), "sampler")
         opts.check_sampler_randomizations(set_options, coerced)
         for i, pub in enumerate(coerced):
-            if pub.circuit.num_clbits == 0:   # as Qiskit, Aer and IBM: a warning, empty data
-                warnings.warn(f"sampler PUB {i}: the circuit has no classical bits, so its "
-                              "result holds no measurement data", UserWarning, stacklevel=2)
-        pubs_json = self._encode_checked(coerced, codec.encode_sampler_pubs,
-                                         then=codec.check_result_size)
+            if pub.circuit.num_clbits == 0:  # as Qiskit, Aer and IBM: a warning, empty data
+                warnings.warn(
+                    f"sampler PUB {i}: the circuit has no classical bits, so its "
+                    "result holds no measurement data",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        pubs_json = self._encode_checked(coerced, codec.encode_sampler_pubs, then=codec.check_result_size)
         summary.update(pubs=len(coerced), shots=int(max(p.shots for p in coerced)))
         return self._submit(pubs_json, options, summary, inputs={"pubs": coerced, **options["ibm"]})
 
@@ -175,10 +192,13 @@ class EstimatorV2(_Primitive, BaseEstimatorV2):
         precision = non_negative(precision, "precision")
         options, summary = self._v2_options()
         set_options = options["ibm"]["options"]
-        if precision is None:   # IBM: default_shots, when set, overrides default_precision
+        if precision is None:  # IBM: default_shots, when set, overrides default_precision
             shots = set_options.get("default_shots")
-            precision = (1 / math.sqrt(shots) if shots else
-                         set_options.get("default_precision", opts.DEFAULT_PRECISION))
+            precision = (
+                1 / math.sqrt(shots)
+                if shots
+                else set_options.get("default_precision", opts.DEFAULT_PRECISION)
+            )
         coerced = coerce_pubs(pubs, lambda p: EstimatorPub.coerce(p, precision), "estimator")
         pubs_json = self._encode_checked(coerced, codec.encode_estimator_pubs)
         summary.update(pubs=len(coerced), shots=None)
@@ -189,8 +209,13 @@ class EstimatorV2(_Primitive, BaseEstimatorV2):
 def _is_v1_call(args: tuple, kwargs: dict, positional_v1: int) -> bool:
     """The guide's V1 calls: a bare circuit, ``parameter_values=``, ``observables=``, or (the
     estimator) circuits and observables as two positional arguments."""
-    return (bool(args) and isinstance(args[0], QuantumCircuit)) or len(args) >= positional_v1 \
-        or "parameter_values" in kwargs or "observables" in kwargs or "circuits" in kwargs
+    return (
+        (bool(args) and isinstance(args[0], QuantumCircuit))
+        or len(args) >= positional_v1
+        or "parameter_values" in kwargs
+        or "observables" in kwargs
+        or "circuits" in kwargs
+    )
 
 
 class _Dual:
@@ -198,12 +223,13 @@ class _Dual:
 
     def __init__(self, mode=None, options=None, *, backend=None, session=None):
         v1_options = isinstance(options, opts.Options) or (
-            isinstance(options, dict) and bool(v1.V1_ONLY_KEYS & set(options)))
+            isinstance(options, dict) and bool(v1.V1_ONLY_KEYS & set(options))
+        )
         self._v1 = session is not None or backend is not None or v1_options
         if self._v1:
             v1.setup(self, mode if backend is None else backend, session, options)
         else:
-            super().__init__(mode, options)   # type: ignore[call-arg]
+            super().__init__(mode, options)  # type: ignore[call-arg]
             self._v1_options = opts.Options()
 
     @property
@@ -213,8 +239,10 @@ class _Dual:
     @options.setter
     def options(self, value):
         if not self._v1:
-            raise AttributeError("options of a V2 primitive are set field by field "
-                                 "(primitive.options.default_shots = ...) or with update()")
+            raise AttributeError(
+                "options of a V2 primitive are set field by field "
+                "(primitive.options.default_shots = ...) or with update()"
+            )
         self._v1_options = v1.coerce_options(value)
 
 

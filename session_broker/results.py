@@ -53,8 +53,7 @@ def _estimator_v1(result: PrimitiveResult) -> EstimatorResult:
     for pub in result:
         values.append(float(np.asarray(pub.data.evs).reshape(-1)[0]))
         variance = float(np.asarray(pub.data.variances).reshape(-1)[0])
-        meta.append({"variance": variance, "shots": pub.metadata.get("shots"),
-                     "backend": _backend(result)})
+        meta.append({"variance": variance, "shots": pub.metadata.get("shots"), "backend": _backend(result)})
     return EstimatorResult(np.array(values), meta)
 
 

@@ -30,8 +30,14 @@ class QiskitRuntimeService:
     control here is Redis's own (password, TLS, ACL users): see the README's trust model.
     """
 
-    def __init__(self, url: str | None = None, channel: str | None = None,
-                 token: str | None = None, instance: str | None = None, **_ignored):
+    def __init__(
+        self,
+        url: str | None = None,
+        channel: str | None = None,
+        token: str | None = None,
+        instance: str | None = None,
+        **_ignored,
+    ):
         self._settings = with_url(get_settings(), url)
         # every call a producer makes raises our typed errors, never redis-py's
         self._store = Store(self._settings, client=redis_client(self._settings, typed_errors=True))
@@ -43,11 +49,18 @@ class QiskitRuntimeService:
         return self._settings.url
 
     # ------------------------------------------------------------------ backends
-    def backends(self, name: str | None = None, min_num_qubits: int | None = None,
-                 instance: str | None = None, dynamic_circuits: bool | None = None,
-                 filters: Callable[[BrokerBackend], bool] | None = None, *,
-                 simulator: bool | None = None, operational: bool | None = True,
-                 **_ignored) -> list[BrokerBackend]:
+    def backends(
+        self,
+        name: str | None = None,
+        min_num_qubits: int | None = None,
+        instance: str | None = None,
+        dynamic_circuits: bool | None = None,
+        filters: Callable[[BrokerBackend], bool] | None = None,
+        *,
+        simulator: bool | None = None,
+        operational: bool | None = True,
+        **_ignored,
+    ) -> list[BrokerBackend]:
         """Catalog backends, as IBM's ``service.backends()`` filters them.
 
         ``operational=True`` (the default) keeps backends with at least one live worker;
@@ -77,32 +90,37 @@ class QiskitRuntimeService:
             out.append(obj)
         return out
 
-    def backend(self, name: str = "ibmq_qasm_simulator", instance: str | None = None,
-                **_kw) -> BrokerBackend:
+    def backend(self, name: str = "ibmq_qasm_simulator", instance: str | None = None, **_kw) -> BrokerBackend:
         """The catalog backend ``name`` (its jobs queue until a worker for it is up)."""
         catalog.get_spec(name)
         return BrokerBackend(name, service=self)
 
     get_backend = backend
 
-    def least_busy(self, min_num_qubits: int | None = None, instance: str | None = None,
-                   filters: Callable[[BrokerBackend], bool] | None = None,
-                   **kwargs) -> BrokerBackend:
+    def least_busy(
+        self,
+        min_num_qubits: int | None = None,
+        instance: str | None = None,
+        filters: Callable[[BrokerBackend], bool] | None = None,
+        **kwargs,
+    ) -> BrokerBackend:
         """The operational backend with the fewest jobs waiting per live worker."""
         kwargs.setdefault("operational", True)
         found = self.backends(min_num_qubits=min_num_qubits, filters=filters, **kwargs)
         if not found:
             from session_broker.errors import UnknownBackendError
 
-            asked = ", ".join(f"{k}={v!r}" for k, v in
-                              {"min_num_qubits": min_num_qubits, **kwargs}.items() if v is not None)
+            asked = ", ".join(
+                f"{k}={v!r}" for k, v in {"min_num_qubits": min_num_qubits, **kwargs}.items() if v is not None
+            )
             live = sorted({w.get("backend") for w in self._store.live_workers()})
             widths = ", ".join(f"{n} ({catalog.get_spec(n).num_qubits} qubits)" for n in live)
             raise UnknownBackendError(
                 f"no backend matches {asked or 'the filters'}"
                 f"{' and ' + repr(filters) if filters else ''}. Backends with a live worker: "
                 f"{widths or 'none'}; start one with `session-broker worker --backend NAME` "
-                f"(catalog: {', '.join(catalog.known_backends())})")
+                f"(catalog: {', '.join(catalog.known_backends())})"
+            )
         workers: dict[str, int] = {}
         for w in self._store.live_workers():
             workers[w.get("backend")] = workers.get(w.get("backend"), 0) + 1
@@ -117,12 +135,22 @@ class QiskitRuntimeService:
             raise JobNotFoundError(f"job id must be a string, not {type(job_id).__name__}")
         return RuntimeJobV2.attach(job_id, self._store, service=self)
 
-    def jobs(self, limit: int | None = 10, skip: int = 0, backend_name: str | None = None,
-             pending: bool | None = None, program_id: str | None = None,
-             instance: str | None = None, job_tags: list[str] | None = None,
-             session_id: str | None = None, created_after: datetime | None = None,
-             created_before: datetime | None = None, descending: bool = True,
-             backend: str | None = None, **_ignored) -> list[RuntimeJobV2]:
+    def jobs(
+        self,
+        limit: int | None = 10,
+        skip: int = 0,
+        backend_name: str | None = None,
+        pending: bool | None = None,
+        program_id: str | None = None,
+        instance: str | None = None,
+        job_tags: list[str] | None = None,
+        session_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        descending: bool = True,
+        backend: str | None = None,
+        **_ignored,
+    ) -> list[RuntimeJobV2]:
         """Jobs, as IBM's ``service.jobs()`` filters them (``backend=`` is ``backend_name=``).
 
         ``pending`` means QUEUED or RUNNING; ``job_tags`` keeps jobs that have all of them;
@@ -136,12 +164,15 @@ class QiskitRuntimeService:
             ids = list(reversed(ids)) if descending else ids
         else:
             lo, hi = ("-inf" if after is None else after), ("+inf" if before is None else before)
-            ids = (store.redis.zrevrangebyscore(store.keys.jobs, hi, lo) if descending
-                   else store.redis.zrangebyscore(store.keys.jobs, lo, hi))
+            ids = (
+                store.redis.zrevrangebyscore(store.keys.jobs, hi, lo)
+                if descending
+                else store.redis.zrangebyscore(store.keys.jobs, lo, hi)
+            )
         wanted = set(job_tags or [])
         out = []
         for chunk in range(0, len(ids), 200):
-            batch = ids[chunk:chunk + 200]
+            batch = ids[chunk : chunk + 200]
             pipe = store.redis.pipeline(transaction=False)
             for jid in batch:
                 pipe.hmget(store.keys.job(jid), "backend", "status", "primitive", "summary", "created")
@@ -169,13 +200,25 @@ class QiskitRuntimeService:
 
     def usage(self) -> dict:
         """IBM's instance usage: seconds that jobs ran on workers here (no limit)."""
-        return {"usage_consumed_seconds": self._store.usage_seconds(),
-                "usage_limit_seconds": None, "usage_limit_reached": False,
-                "usage_remaining_seconds": None}
+        return {
+            "usage_consumed_seconds": self._store.usage_seconds(),
+            "usage_limit_seconds": None,
+            "usage_limit_reached": False,
+            "usage_remaining_seconds": None,
+        }
 
     # ------------------------------------------------------------------ the submit path
-    def _submit(self, *, primitive: str, backend: str, session, payload: str, summary: dict,
-                max_execution_time: int | None, transform=None) -> RuntimeJobV2:
+    def _submit(
+        self,
+        *,
+        primitive: str,
+        backend: str,
+        session,
+        payload: str,
+        summary: dict,
+        max_execution_time: int | None,
+        transform=None,
+    ) -> RuntimeJobV2:
         """Record and queue one job in one atomic step (see ``state.Store.submit``)."""
         store = self._store
         job_id = new_id()
@@ -184,18 +227,38 @@ class QiskitRuntimeService:
             queue = store.keys.session_queue(sid)
         else:
             queue = store.keys.backend_queue(backend)
-        flower = {"session": sid or None, "backend": backend, "pubs": summary.get("pubs"),
-                  "shots": summary.get("shots")}
-        argsrepr = (f"job={job_id} session={sid or '-'} backend={backend} "
-                    f"pubs={summary.get('pubs')} shots={summary.get('shots')}")
+        flower = {
+            "session": sid or None,
+            "backend": backend,
+            "pubs": summary.get("pubs"),
+            "shots": summary.get("shots"),
+        }
+        argsrepr = (
+            f"job={job_id} session={sid or '-'} backend={backend} "
+            f"pubs={summary.get('pubs')} shots={summary.get('shots')}"
+        )
         # Aer runs in C++, which a soft limit cannot interrupt: the hard limit (1 s later)
         # kills the pool process, and the worker records the job as ERROR (tasks.JobRequest).
         soft = float(max_execution_time) if max_execution_time else None
-        message = task_message(primitive, job_id, queue, flower, argsrepr=argsrepr,
-                               soft_time_limit=soft, time_limit=soft + 1 if soft else None)
+        message = task_message(
+            primitive,
+            job_id,
+            queue,
+            flower,
+            argsrepr=argsrepr,
+            soft_time_limit=soft,
+            time_limit=soft + 1 if soft else None,
+        )
         submitted = store.submit(job_id, sid, backend, primitive, payload, message, queue, summary)
-        job = RuntimeJobV2(job_id, store, service=self, backend=backend, session_id=sid or None,
-                           primitive=primitive, transform=transform)
+        job = RuntimeJobV2(
+            job_id,
+            store,
+            service=self,
+            backend=backend,
+            session_id=sid or None,
+            primitive=primitive,
+            transform=transform,
+        )
         job._queued = submitted.status == "QUEUED"
         return job
 

@@ -34,8 +34,10 @@ _MAX_TIME = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*
 
 def parse_max_time(value, system_max: int) -> int:
     """``max_time`` as seconds: an int, or a string of d/h/m/s parts such as "2h 30m 40s"."""
-    allowed = (f"an int of seconds or a string of d/h/m/s parts such as '2h 30m 40s' or '1d', "
-               f"greater than 0 and at most the system max_time ({system_max} s)")
+    allowed = (
+        f"an int of seconds or a string of d/h/m/s parts such as '2h 30m 40s' or '1d', "
+        f"greater than 0 and at most the system max_time ({system_max} s)"
+    )
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InvalidMaxTimeError(f"max_time={value!r} is not valid: expected {allowed}")
     if isinstance(value, str):
@@ -67,7 +69,8 @@ def current_session() -> Session | None:
     if len(live) > 1:
         raise InvalidInputError(
             f"{len(live)} sessions are open in `with` blocks of other threads; this thread has none "
-            "of its own, so pass the session explicitly: SamplerV2(mode=session) / Estimator(session=session)")
+            "of its own, so pass the session explicitly: SamplerV2(mode=session) / Estimator(session=session)"
+        )
     return None
 
 
@@ -76,9 +79,15 @@ class Session:
 
     mode = "session"
 
-    def __init__(self, backend=None, max_time: int | str | None = None, *legacy,
-                 service: QiskitRuntimeService | None = None, create_new: bool = True,
-                 _session_id: str | None = None):
+    def __init__(
+        self,
+        backend=None,
+        max_time: int | str | None = None,
+        *legacy,
+        service: QiskitRuntimeService | None = None,
+        create_new: bool = True,
+        _session_id: str | None = None,
+    ):
         """``Session(backend, max_time)`` as qiskit-ibm-runtime 0.51, or the guide's
         ``Session(service=service, backend=name)`` (also positionally: service first).
 
@@ -86,11 +95,12 @@ class Session:
         ``AerSimulator`` as IBM's local testing mode passes them (mapped to the catalog
         backend that simulates it).
         """
-        if isinstance(backend, QiskitRuntimeService):   # the old order: (service, backend, max_time)
+        if isinstance(backend, QiskitRuntimeService):  # the old order: (service, backend, max_time)
             service, backend, max_time = backend, max_time, (legacy[0] if legacy else None)
         elif legacy:
-            raise InvalidInputError("Session takes (backend, max_time) positionally; pass "
-                                    "service= and other arguments by keyword")
+            raise InvalidInputError(
+                "Session takes (backend, max_time) positionally; pass service= and other arguments by keyword"
+            )
         if isinstance(backend, BrokerBackend):
             service = service or backend.service
             name = backend.name
@@ -99,11 +109,14 @@ class Session:
         elif backend is None:
             raise InvalidInputError(
                 f"{type(self).__name__} needs a backend: a name such as 'ibmq_qasm_simulator' or "
-                "service.backend(name); known backends: " + ", ".join(catalog.known_backends()))
+                "service.backend(name); known backends: " + ", ".join(catalog.known_backends())
+            )
         elif hasattr(backend, "target") or type(backend).__name__ == "AerSimulator":
             name = catalog.name_of(backend)
         else:
-            raise InvalidInputError(f"backend must be a name or a backend object, not {type(backend).__name__}")
+            raise InvalidInputError(
+                f"backend must be a name or a backend object, not {type(backend).__name__}"
+            )
         catalog.get_spec(name)
         if service is not None and not isinstance(service, QiskitRuntimeService):
             raise InvalidInputError(f"service must be a QiskitRuntimeService, not {type(service).__name__}")

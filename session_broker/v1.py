@@ -45,9 +45,11 @@ def setup(prim, backend, session, options) -> None:
         if name != session.backend():
             raise BackendMismatchError(
                 f"{type(prim).__name__} targets backend {name!r} but its session runs on "
-                f"{session.backend()!r}; a session has exactly one backend")
+                f"{session.backend()!r}; a session has exactly one backend"
+            )
     prim._service, prim._backend, prim._session = resolve_mode(
-        session if session is not None else backend, type(prim).__name__)
+        session if session is not None else backend, type(prim).__name__
+    )
     prim._options = opts.coerce(prim._kind, None)
     prim._v1_options = coerce_options(options)
 
@@ -77,12 +79,15 @@ def _params(parameter_values, n: int) -> list:
     try:
         values = list(parameter_values)
     except TypeError:
-        raise InvalidInputError(f"parameter_values must be a sequence, not "
-                                f"{type(parameter_values).__name__}") from None
+        raise InvalidInputError(
+            f"parameter_values must be a sequence, not {type(parameter_values).__name__}"
+        ) from None
     if n == 1 and values and not isinstance(values[0], (list, tuple, np.ndarray)):
         values = [values]
     if len(values) != n:
-        raise InvalidInputError(f"got {len(values)} parameter value sets for {n} circuits; give one per circuit")
+        raise InvalidInputError(
+            f"got {len(values)} parameter value sets for {n} circuits; give one per circuit"
+        )
     return values
 
 
@@ -96,11 +101,15 @@ def run_sampler(prim, circuits=None, parameter_values=None, shots=None, **_kw):
     options = _validated(prim, shots)
     circuits = _as_list(circuits)
     _check_circuits(circuits)
-    pubs = [(c, p) if p is not None else (c,) for c, p in zip(circuits, _params(parameter_values, len(circuits)))]
+    pubs = [
+        (c, p) if p is not None else (c,) for c, p in zip(circuits, _params(parameter_values, len(circuits)))
+    ]
     coerced = coerce_pubs(pubs, lambda p: SamplerPub.coerce(p, options["shots"]), "sampler")
     for i, pub in enumerate(coerced):
         if pub.circuit.num_clbits == 0:
-            raise InvalidInputError(f"circuit {i} has no classical bits to sample; add measurements (circuit.measure_all())")
+            raise InvalidInputError(
+                f"circuit {i} has no classical bits to sample; add measurements (circuit.measure_all())"
+            )
     prim._check_circuits((p.circuit for p in coerced), require_isa=options["skip_transpilation"])
     codec.check_result_size(coerced)
     summary = {"api": "v1", "pubs": len(coerced), "shots": options["shots"]}
@@ -112,8 +121,10 @@ def run_estimator(prim, circuits=None, observables=None, parameter_values=None, 
     circuits, observables = _as_list(circuits), _as_list(observables)
     _check_circuits(circuits)
     if len(circuits) != len(observables):
-        raise InvalidInputError(f"got {len(circuits)} circuits and {len(observables)} observables; "
-                                "give one observable per circuit")
+        raise InvalidInputError(
+            f"got {len(circuits)} circuits and {len(observables)} observables; "
+            "give one observable per circuit"
+        )
     pubs = []
     for c, o, p in zip(circuits, observables, _params(parameter_values, len(circuits))):
         pubs.append((c, o) if p is None else (c, o, p))

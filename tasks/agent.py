@@ -87,9 +87,15 @@ class Agent(threading.Thread):
                 began = time.monotonic()
                 try:
                     beat = self.store.worker_tick(
-                        self.node, self.backend, os.getpid(), self.started_at,
-                        self.concurrency, self.device, consuming=self.link.ready,
-                        executor=self.link.executor_id())
+                        self.node,
+                        self.backend,
+                        os.getpid(),
+                        self.started_at,
+                        self.concurrency,
+                        self.device,
+                        consuming=self.link.ready,
+                        executor=self.link.executor_id(),
+                    )
                     self.pin = beat.pin
                     self._oom_warned = False
                     if beat.released or beat.stalled:
@@ -101,8 +107,11 @@ class Agent(threading.Thread):
                     # alive so nobody reaps a live worker, and run nothing new meanwhile
                     self.store.keep_alive(self.node)
                     if not self._oom_warned:
-                        log.error("Redis is out of memory (%s): heartbeat kept alive with PEXPIRE "
-                                  "only; raise maxmemory or free memory", exc)
+                        log.error(
+                            "Redis is out of memory (%s): heartbeat kept alive with PEXPIRE "
+                            "only; raise maxmemory or free memory",
+                            exc,
+                        )
                         self._oom_warned = True
                     self.stopping.wait(self.settings.tick)
                     continue
@@ -131,12 +140,20 @@ class Agent(threading.Thread):
         """Our pin went unserved past the bound (``core/lua/worker_tick.lua``): the session went back
         to the front of the line; replace the executor that held it."""
         if released:
-            log.warning("%s: session %s had jobs queued and none claimed here for %g s: it goes "
-                        "to the next free worker (liveness bound SESSION_BROKER_UNSERVED_PIN_TIMEOUT)",
-                        self.node, released, self.settings.unserved_pin_timeout)
+            log.warning(
+                "%s: session %s had jobs queued and none claimed here for %g s: it goes "
+                "to the next free worker (liveness bound SESSION_BROKER_UNSERVED_PIN_TIMEOUT)",
+                self.node,
+                released,
+                self.settings.unserved_pin_timeout,
+            )
         if stalled and self.link.replace(stalled, "it left its session's jobs unclaimed"):
-            log.warning("%s: replacing executor pid %s: it left its pinned session's jobs "
-                        "unclaimed for %g s", self.node, stalled, self.settings.unserved_pin_timeout)
+            log.warning(
+                "%s: replacing executor pid %s: it left its pinned session's jobs unclaimed for %g s",
+                self.node,
+                stalled,
+                self.settings.unserved_pin_timeout,
+            )
 
     def sweep(self) -> None:
         """Reap dead workers and apply due timers. Only after we have been connected for a
@@ -169,9 +186,12 @@ class Agent(threading.Thread):
         done = self.store.reconcile_worker(self.node, self._suspects, held, self._fetch_seen)
         self._suspects, self._fetch_seen = done.suspects, done.fetch
         if done.requeued or done.given:
-            log.warning("reconciled with Redis: requeued %d job(s) recorded as running here that "
-                        "this worker does not run; gave back %d fetched message(s)", done.requeued,
-                        done.given)
+            log.warning(
+                "reconciled with Redis: requeued %d job(s) recorded as running here that "
+                "this worker does not run; gave back %d fetched message(s)",
+                done.requeued,
+                done.given,
+            )
 
     # ------------------------------------------------------------------ consumer
     def follow_pin(self) -> None:

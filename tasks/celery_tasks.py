@@ -34,7 +34,7 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 _store: Store | None = None
 _store_pid = 0
-_delivery_tag = ""   # of the message the solo pool runs now (JobRequest.on_accepted)
+_delivery_tag = ""  # of the message the solo pool runs now (JobRequest.on_accepted)
 
 
 def store() -> Store:
@@ -72,17 +72,22 @@ class JobRequest(Request):
         super().on_timeout(soft, timeout)
         jid = self._job_id()
         if not soft and jid:
-            store().job_lost(jid, self.hostname, "max_execution_time",
-                             f"job {jid} exceeded its max_execution_time and was stopped "
-                             f"after {timeout:g} s; raise max_execution_time or split the job")
+            store().job_lost(
+                jid,
+                self.hostname,
+                "max_execution_time",
+                f"job {jid} exceeded its max_execution_time and was stopped "
+                f"after {timeout:g} s; raise max_execution_time or split the job",
+            )
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
         jid = self._job_id()
         exc = getattr(exc_info.exception, "exc", exc_info.exception)  # billiard wraps it
         if jid and isinstance(exc, WorkerLostError):
-            outcome = store().job_lost(jid, self.hostname, "worker_lost",
-                                       f"the process running it died ({exc})")
+            outcome = store().job_lost(
+                jid, self.hostname, "worker_lost", f"the process running it died ({exc})"
+            )
             log.warning("job %s lost its process: %s", jid, outcome)
 
 
@@ -111,7 +116,8 @@ def run_job(task: Task, job_id, primitive: str) -> str:
         job = codec.decode_payload(payload, max_bytes=s.settings.max_payload_bytes)
         if job.primitive != primitive:
             raise codec.InvalidPayloadError(
-                f"payload is for {job.primitive!r} but was sent to the {primitive!r} task")
+                f"payload is for {job.primitive!r} but was sent to the {primitive!r} task"
+            )
         result = codec.encode_result(execute(backend, job))
         limit = job.options.get("max_execution_time")
         if limit and time.perf_counter() - started > float(limit):
@@ -120,8 +126,10 @@ def run_job(task: Task, job_id, primitive: str) -> str:
         status, code, error = "ERROR", "invalid_payload", f"job {job_id} could not be decoded: {exc}"
     except SoftTimeLimitExceeded:
         status, result, code = "ERROR", "", "max_execution_time"
-        error = (f"job {job_id} exceeded its max_execution_time and was stopped after "
-                 f"{time.perf_counter() - started:.1f} s; raise max_execution_time or split the job")
+        error = (
+            f"job {job_id} exceeded its max_execution_time and was stopped after "
+            f"{time.perf_counter() - started:.1f} s; raise max_execution_time or split the job"
+        )
     except Exception as exc:  # an Aer or transpiler failure is the job's, not the worker's
         status, code = "ERROR", "failed"
         error = f"{type(exc).__name__}: {exc}"
@@ -135,8 +143,11 @@ def run_job(task: Task, job_id, primitive: str) -> str:
     if outcome == "stale":
         # the record moved on while we ran (requeued after we were taken for dead, or Redis
         # lost our claim): the fence kept our result out. The chaos test counts these lines.
-        log.warning("job %s ran to completion here but its record had moved on (claim %s): "
-                    "result dropped", job_id, token)
+        log.warning(
+            "job %s ran to completion here but its record had moved on (claim %s): result dropped",
+            job_id,
+            token,
+        )
         return "stale"
     return status
 

@@ -134,8 +134,7 @@ def _ready(sender=None, **_):
     _events = Events(consumer, store(), os.environ.get("SESSION_BROKER_TASK_EVENTS") == "always")
     _events.apply()  # a monitor already open: events from the first job
     queue = os.environ.get(ENV_QUEUE, "")
-    threading.Thread(target=_follow_commands, args=(consumer,), name="executor-commands",
-                     daemon=True).start()
+    threading.Thread(target=_follow_commands, args=(consumer,), name="executor-commands", daemon=True).start()
     threading.Thread(target=_events_loop, name="executor-events", daemon=True).start()
     link().send("ready", queue)
 
@@ -180,7 +179,7 @@ def _die_with_parent() -> None:
     """SIGKILL this process when the supervisor dies, however it dies (Linux)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:  # pragma: no cover - not Linux: the command pipe's EOF still ends us
         pass
     if os.getppid() != int(os.environ.get(ENV_SUPERVISOR, "0") or 0):
@@ -201,7 +200,7 @@ def _wait_registered(node: str) -> None:
         try:
             if store.redis.exists(key):
                 return
-        except redis.RedisError:   # Redis away: the supervisor waits for it too
+        except redis.RedisError:  # Redis away: the supervisor waits for it too
             pass
         time.sleep(0.02)
 
@@ -211,18 +210,25 @@ def main() -> None:
     _die_with_parent()
     open_link(int(os.environ[ENV_STATUS_FD]), int(os.environ[ENV_COMMAND_FD]))
     for fd in (link().status_fd, link().command_fd):
-        os.set_inheritable(fd, False)   # nothing this process starts keeps the supervisor's pipes
+        os.set_inheritable(fd, False)  # nothing this process starts keeps the supervisor's pipes
     _watch_enable_events()
     from session_broker.celery_app import app
 
     node = os.environ["SESSION_BROKER_WORKER_NODE"]
     _wait_registered(node)
-    app.worker_main([
-        "worker", "--pool=solo", "--concurrency=1", f"--hostname={node}", f"--queues={os.environ[ENV_QUEUE]}",
-        "--without-gossip", "--without-mingle",
-        f"--loglevel={os.environ.get('SESSION_BROKER_EXECUTOR_LOGLEVEL', 'WARNING')}",
-        "--prefetch-multiplier=1",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            f"--hostname={node}",
+            f"--queues={os.environ[ENV_QUEUE]}",
+            "--without-gossip",
+            "--without-mingle",
+            f"--loglevel={os.environ.get('SESSION_BROKER_EXECUTOR_LOGLEVEL', 'WARNING')}",
+            "--prefetch-multiplier=1",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """The pipes between a supervisor and its executor, one short line per message::
 
-    executor -> supervisor   ready <queue>                  consuming, after start-up
-                             run <job id> <hard limit s> <delivery tag>   a job starts here
-                             idle                           ... and has ended
-                             consuming <queues>             after a switch of queues
-    supervisor -> executor   queue <name>                   consume this queue (the pin)
+executor -> supervisor   ready <queue>                  consuming, after start-up
+                         run <job id> <hard limit s> <delivery tag>   a job starts here
+                         idle                           ... and has ended
+                         consuming <queues>             after a switch of queues
+supervisor -> executor   queue <name>                   consume this queue (the pin)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Link:
 
     def send(self, *words) -> None:
         line = " ".join(str(w).replace(" ", "_").replace("\n", "_") or "-" for w in words) + "\n"
-        with self._lock:   # one write per line: atomic on a pipe (< PIPE_BUF)
+        with self._lock:  # one write per line: atomic on a pipe (< PIPE_BUF)
             os.write(self.status_fd, line.encode())
 
     def running(self, job_id: str | None, hard_limit: float | None, delivery_tag) -> None:

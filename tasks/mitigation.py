@@ -48,10 +48,20 @@ from session_broker.options import sampler_randomizations
 
 #: 2-qubit gates of IBM's ISAs; each is its own inverse, so a fold G -> G G G stays ISA.
 _TWO_Q = ("cx", "ecr", "cz")
-EXTRAPOLATORS = ("linear", "exponential", "double_exponential", "fallback",
-                 *(f"polynomial_degree_{k}" for k in range(1, 8)))
-_REQUIRED_FACTORS = {"linear": 2, "exponential": 2, "double_exponential": 4, "fallback": 2,
-                     **{f"polynomial_degree_{k}": k + 1 for k in range(1, 8)}}
+EXTRAPOLATORS = (
+    "linear",
+    "exponential",
+    "double_exponential",
+    "fallback",
+    *(f"polynomial_degree_{k}" for k in range(1, 8)),
+)
+_REQUIRED_FACTORS = {
+    "linear": 2,
+    "exponential": 2,
+    "double_exponential": 4,
+    "fallback": 2,
+    **{f"polynomial_degree_{k}": k + 1 for k in range(1, 8)},
+}
 
 
 # ---------------------------------------------------------------------- settings
@@ -61,17 +71,17 @@ class Settings:
 
     kind: str
     level: int = 0
-    dd: dict | None = None                 # sequence_type, extra_slack_distribution, ...
+    dd: dict | None = None  # sequence_type, extra_slack_distribution, ...
     twirl_gates: bool = False
     twirl_measure: bool = False
     num_randomizations: Any = "auto"
     shots_per_randomization: Any = "auto"
-    strategy: str = "active"              # what pauli_twirl_2q_gates does (options refuse others)
+    strategy: str = "active"  # what pauli_twirl_2q_gates does (options refuse others)
     trex: bool = False
     trex_randomizations: int = 32
     trex_shots: Any = "auto"
-    zne: dict | None = None                # noise_factors, extrapolators, extrapolated, amplifier
-    schedule: bool = False                 # device backends: idle windows become delays
+    zne: dict | None = None  # noise_factors, extrapolators, extrapolated, amplifier
+    schedule: bool = False  # device backends: idle windows become delays
 
     @property
     def any(self) -> bool:
@@ -83,21 +93,27 @@ class Settings:
         if self.dd:
             meta["dynamical_decoupling"] = {"enable": True, **self.dd}
         if self.twirl_gates or self.twirl_measure or self.kind == "estimator":
-            meta["twirling"] = {"enable_gates": self.twirl_gates,
-                                "enable_measure": self.twirl_measure,
-                                "num_randomizations": self.num_randomizations,
-                                "shots_per_randomization": self.shots_per_randomization,
-                                "interleave_randomizations": True,
-                                "strategy": self.strategy}
+            meta["twirling"] = {
+                "enable_gates": self.twirl_gates,
+                "enable_measure": self.twirl_measure,
+                "num_randomizations": self.num_randomizations,
+                "shots_per_randomization": self.shots_per_randomization,
+                "interleave_randomizations": True,
+                "strategy": self.strategy,
+            }
         if self.kind == "estimator":
-            meta["resilience"] = {"measure_mitigation": self.trex,
-                                  "zne_mitigation": bool(self.zne), "pec_mitigation": False}
+            meta["resilience"] = {
+                "measure_mitigation": self.trex,
+                "zne_mitigation": bool(self.zne),
+                "pec_mitigation": False,
+            }
             if self.zne:
                 meta["resilience"]["zne"] = {
                     "noise_factors": list(self.zne["noise_factors"]),
                     "extrapolator": list(self.zne["extrapolators"]),
                     "extrapolated_noise_factors": list(self.zne["extrapolated"]),
-                    "amplifier": self.zne["amplifier"]}
+                    "amplifier": self.zne["amplifier"],
+                }
         return meta
 
 
@@ -134,10 +150,12 @@ def settings(kind: str, backend: str, ibm: dict) -> Settings:
             factors = [float(f) for f in zne.get("noise_factors", (1, 3, 5))]
             extrap = zne.get("extrapolator", ("exponential", "linear"))
             extrap = [extrap] if isinstance(extrap, str) else list(extrap)
-            s.zne = {"noise_factors": factors, "extrapolators": extrap,
-                     "extrapolated": [float(f) for f in zne.get("extrapolated_noise_factors",
-                                                               [0.0, *factors])],
-                     "amplifier": zne.get("amplifier", "gate_folding")}
+            s.zne = {
+                "noise_factors": factors,
+                "extrapolators": extrap,
+                "extrapolated": [float(f) for f in zne.get("extrapolated_noise_factors", [0.0, *factors])],
+                "amplifier": zne.get("amplifier", "gate_folding"),
+            }
     else:
         s.twirl_gates = bool(_get(o, "twirling.enable_gates", False))
         s.twirl_measure = bool(_get(o, "twirling.enable_measure", False))
@@ -146,10 +164,12 @@ def settings(kind: str, backend: str, ibm: dict) -> Settings:
     s.strategy = _get(o, "twirling.strategy", "active")
     if _get(o, "dynamical_decoupling.enable", False):
         dd = _get(o, "dynamical_decoupling", {})
-        s.dd = {"sequence_type": dd.get("sequence_type", "XX"),
-                "extra_slack_distribution": dd.get("extra_slack_distribution", "middle"),
-                "scheduling_method": dd.get("scheduling_method", "alap"),
-                "skip_reset_qubits": dd.get("skip_reset_qubits", False)}
+        s.dd = {
+            "sequence_type": dd.get("sequence_type", "XX"),
+            "extra_slack_distribution": dd.get("extra_slack_distribution", "middle"),
+            "scheduling_method": dd.get("scheduling_method", "alap"),
+            "skip_reset_qubits": dd.get("skip_reset_qubits", False),
+        }
     return s
 
 
@@ -165,8 +185,12 @@ def randomizations(s: Settings, shots: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------- transformations
-def fold_gates(circuit: QuantumCircuit, factor: float, amplifier: str = "gate_folding",
-               rng: np.random.Generator | None = None) -> QuantumCircuit:
+def fold_gates(
+    circuit: QuantumCircuit,
+    factor: float,
+    amplifier: str = "gate_folding",
+    rng: np.random.Generator | None = None,
+) -> QuantumCircuit:
     """Amplify 2-qubit gate noise ``factor``-fold: every 2q gate G becomes G (G^-1 G)^k.
 
     ``factor = 1 + 2k`` folds every gate k times; a factor between odd integers folds a
@@ -181,7 +205,7 @@ def fold_gates(circuit: QuantumCircuit, factor: float, amplifier: str = "gate_fo
     if amplifier == "gate_folding_front":
         chosen = set(positions[:extra])
     elif amplifier == "gate_folding_back":
-        chosen = set(positions[n - extra:]) if extra else set()
+        chosen = set(positions[n - extra :]) if extra else set()
     else:
         rng = rng or np.random.default_rng()
         chosen = set(rng.choice(positions, size=extra, replace=False).tolist()) if extra else set()
@@ -217,8 +241,10 @@ def _dd_target(backend: str):
 
     target = copy.deepcopy(backends.build_target(backend))
     x = target["x"]
-    target.add_instruction(YGate(), {q: InstructionProperties(duration=p.duration, error=p.error)
-                                     for q, p in x.items() if p is not None})
+    target.add_instruction(
+        YGate(),
+        {q: InstructionProperties(duration=p.duration, error=p.error) for q, p in x.items() if p is not None},
+    )
     return target
 
 
@@ -242,22 +268,35 @@ def schedule(circuit: QuantumCircuit, backend: str, dd: dict | None) -> QuantumC
     )
 
     if any(getattr(inst.operation, "blocks", ()) for inst in circuit.data):
-        return circuit   # Qiskit's scheduling passes do not see inside control flow
+        return circuit  # Qiskit's scheduling passes do not see inside control flow
     target = backends.build_target(backend)
     method = (dd or {}).get("scheduling_method", "alap")
     analysis = ASAPScheduleAnalysis if method == "asap" else ALAPScheduleAnalysis
     if not dd:
-        return _drop_idle_delays(
-            PassManager([analysis(target=target), PadDelay(target=target)]).run(circuit))
+        return _drop_idle_delays(PassManager([analysis(target=target), PadDelay(target=target)]).run(circuit))
     seq = [YGate() if g == "Y" else XGate() for g in _SEQUENCES[dd["sequence_type"]]]
-    active = sorted({circuit.find_bit(q).index for inst in circuit.data
-                     if inst.operation.name not in ("delay", "barrier") for q in inst.qubits})
+    active = sorted(
+        {
+            circuit.find_bit(q).index
+            for inst in circuit.data
+            if inst.operation.name not in ("delay", "barrier")
+            for q in inst.qubits
+        }
+    )
     dd_target = _dd_target(backend) if "Y" in _SEQUENCES[dd["sequence_type"]] else target
-    pm = PassManager([analysis(target=dd_target),
-                      PadDynamicalDecoupling(target=dd_target, dd_sequence=seq, qubits=active,
-                                             extra_slack_distribution=dd["extra_slack_distribution"],
-                                             skip_reset_qubits=dd["skip_reset_qubits"])])
-    out = _drop_idle_delays(pm.run(circuit))   # DD only where the circuit acts (see above)
+    pm = PassManager(
+        [
+            analysis(target=dd_target),
+            PadDynamicalDecoupling(
+                target=dd_target,
+                dd_sequence=seq,
+                qubits=active,
+                extra_slack_distribution=dd["extra_slack_distribution"],
+                skip_reset_qubits=dd["skip_reset_qubits"],
+            ),
+        ]
+    )
+    out = _drop_idle_delays(pm.run(circuit))  # DD only where the circuit acts (see above)
     if "Y" in _SEQUENCES[dd["sequence_type"]]:
         out = _y_as_x_rz(out)
     return out
@@ -267,14 +306,15 @@ def _drop_idle_delays(circuit: QuantumCircuit) -> QuantumCircuit:
     """Remove the delays padding put on qubits nothing else touches: they would decay a
     qubit that stays |0> anyway, and they stop Aer dropping idle qubits (on a 127-qubit
     device that doubles the run time for nothing)."""
-    used = {q for inst in circuit.data if inst.operation.name not in ("delay", "barrier")
-            for q in inst.qubits}
+    used = {
+        q for inst in circuit.data if inst.operation.name not in ("delay", "barrier") for q in inst.qubits
+    }
     if all(q in used for inst in circuit.data if inst.operation.name == "delay" for q in inst.qubits):
         return circuit
     out = circuit.copy_empty_like()
     for inst in circuit.data:
         if inst.operation.name != "delay" or any(q in used for q in inst.qubits):
-            out._append(inst)   # already valid instructions: skip append's checks
+            out._append(inst)  # already valid instructions: skip append's checks
     return out
 
 
@@ -350,15 +390,15 @@ def _groups(paulis: list[str]) -> list[tuple[str, list[str]]]:
     out = []
     for group in PauliList(paulis).group_qubit_wise_commuting():
         labels = group.to_labels()
-        basis = "".join(next((lab[i] for lab in labels if lab[i] != "I"), "I")
-                        for i in range(len(labels[0])))
+        basis = "".join(next((lab[i] for lab in labels if lab[i] != "I"), "I") for i in range(len(labels[0])))
         out.append((basis, labels))
     return out
 
 
 # ---------------------------------------------------------------------- extrapolation
-def extrapolate(name: str, x: np.ndarray, y: np.ndarray, sigma: np.ndarray,
-                at: np.ndarray, bound: float) -> tuple[np.ndarray, np.ndarray, bool]:
+def extrapolate(
+    name: str, x: np.ndarray, y: np.ndarray, sigma: np.ndarray, at: np.ndarray, bound: float
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Fit ``name`` (IBM's extrapolator names) to (x, y +- sigma); values and standard errors
     at ``at``, and whether the fit is trusted (finite, within the observable's bound at 0,
     error not larger than the bound): IBM's "first successful extrapolator" heuristic."""
@@ -380,16 +420,22 @@ def extrapolate(name: str, x: np.ndarray, y: np.ndarray, sigma: np.ndarray,
             bounds = ([-np.inf, 1e-6, -np.inf, 1e-6], [np.inf] * 4)
         from scipy.optimize import curve_fit
 
-        popt, pcov = curve_fit(model, x, y, p0=p0, sigma=sigma, absolute_sigma=True,
-                               bounds=bounds, maxfev=5000)
+        popt, pcov = curve_fit(
+            model, x, y, p0=p0, sigma=sigma, absolute_sigma=True, bounds=bounds, maxfev=5000
+        )
         values = model(at, *popt)
         eps = 1e-6
-        grads = np.array([(model(at, *(popt + eps * np.eye(len(popt))[j])) - values) / eps
-                          for j in range(len(popt))])
+        grads = np.array(
+            [(model(at, *(popt + eps * np.eye(len(popt))[j])) - values) / eps for j in range(len(popt))]
+        )
         var = np.einsum("ia,ij,ja->a", grads, pcov, grads)
         stds = np.sqrt(np.clip(var, 0, None))
-        ok = bool(np.all(np.isfinite(values)) and np.all(np.isfinite(stds))
-                  and abs(model(0.0, *popt)) <= bound * 1.05 and np.all(stds < 2 * bound + 1e-12))
+        ok = bool(
+            np.all(np.isfinite(values))
+            and np.all(np.isfinite(stds))
+            and abs(model(0.0, *popt)) <= bound * 1.05
+            and np.all(stds < 2 * bound + 1e-12)
+        )
         return values, stds, ok
     except Exception:  # a fit that does not converge is an unsuccessful extrapolator
         return np.full(at.shape, np.nan), np.full(at.shape, np.nan), False
@@ -403,8 +449,7 @@ def _poly(k, x, y, sigma, at, bound):
     ev = np.vander(at, k + 1, increasing=True)
     values = ev @ beta
     stds = np.sqrt(np.clip(np.einsum("ai,ij,aj->a", ev, cov, ev), 0, None))
-    ok = bool(np.all(np.isfinite(values)) and np.all(np.isfinite(stds))
-              and abs(beta[0]) <= bound * 1.05)
+    ok = bool(np.all(np.isfinite(values)) and np.all(np.isfinite(stds)) and abs(beta[0]) <= bound * 1.05)
     return values, stds, ok
 
 
@@ -432,7 +477,7 @@ class Executed:
     circuits: int = 0
     shots: int = 0
     dd_gates: int = 0
-    folded_2q_gates: list = field(default_factory=list)   # per noise factor, first circuit
+    folded_2q_gates: list = field(default_factory=list)  # per noise factor, first circuit
     twirled_circuits: int = 0
     trex_circuits: int = 0
 
@@ -444,8 +489,14 @@ def _seeds(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _prepare(circuit: QuantumCircuit, backend: str, s: Settings, factor: float,
-             rng: np.random.Generator, twirl_seed: int | None) -> QuantumCircuit:
+def _prepare(
+    circuit: QuantumCircuit,
+    backend: str,
+    s: Settings,
+    factor: float,
+    rng: np.random.Generator,
+    twirl_seed: int | None,
+) -> QuantumCircuit:
     out = circuit
     if factor != 1:
         out = fold_gates(out, factor, s.zne["amplifier"], rng)
@@ -455,13 +506,14 @@ def _prepare(circuit: QuantumCircuit, backend: str, s: Settings, factor: float,
 
 
 def _finish(circuit: QuantumCircuit, backend: str, s: Settings) -> QuantumCircuit:
-    if not s.schedule:   # ideal backends: no durations, no idle noise, any gate runs
+    if not s.schedule:  # ideal backends: no durations, no idle noise, any gate runs
         return circuit
     return schedule(_to_isa(circuit, backend), backend, s.dd)
 
 
-def run_estimator(backend: str, pubs: list[EstimatorPub], s: Settings, seed: int | None
-                  ) -> tuple[list[PubResult], Executed]:
+def run_estimator(
+    backend: str, pubs: list[EstimatorPub], s: Settings, seed: int | None
+) -> tuple[list[PubResult], Executed]:
     """Estimate every PUB by sampling, with the techniques of ``s``; see the module doc."""
     rng = _seeds(seed)
     executed = Executed()
@@ -475,8 +527,7 @@ def run_estimator(backend: str, pubs: list[EstimatorPub], s: Settings, seed: int
         pshape = params.shape
         arr = params.as_array(pub.circuit.parameters) if pub.circuit.num_parameters else None
         nparams = int(np.prod(pshape, dtype=int)) if pshape else 1
-        labels = sorted({lab for obs in pub.observables.ravel() for lab in obs
-                         if set(lab) != {"I"}})
+        labels = sorted({lab for obs in pub.observables.ravel() for lab in obs if set(lab) != {"I"}})
         groups = _groups(labels)
         plans.append((pub, nrand, per, pshape, nparams, groups))
         for pi in range(nparams):
@@ -490,12 +541,14 @@ def run_estimator(backend: str, pubs: list[EstimatorPub], s: Settings, seed: int
                     twirl_seed = int(rng.integers(2**31)) if s.twirl_gates else None
                     body = _prepare(bound, backend, s, factor, rng, twirl_seed)
                     if r == 0 and pi == 0 and p == 0:
-                        executed.folded_2q_gates.append(
-                            sum(body.count_ops().get(g, 0) for g in _TWO_Q))
+                        executed.folded_2q_gates.append(sum(body.count_ops().get(g, 0) for g in _TWO_Q))
                     for gi, (basis, glabels) in enumerate(groups):
                         width = sum(c != "I" for c in basis)
-                        flips = (rng.integers(0, 2, width).astype(bool)
-                                 if (s.twirl_measure or s.trex) else np.zeros(width, bool))
+                        flips = (
+                            rng.integers(0, 2, width).astype(bool)
+                            if (s.twirl_measure or s.trex)
+                            else np.zeros(width, bool)
+                        )
                         measured, qubits = _measured(body, basis, flips)
                         final = _finish(measured, backend, s)
                         if s.dd and not executed.dd_gates:
@@ -508,11 +561,11 @@ def run_estimator(backend: str, pubs: list[EstimatorPub], s: Settings, seed: int
     executed.circuits = len(circuits)
     executed.shots = int(sum(shots))
     executed.twirled_circuits = sum(1 for _ in runs) if (s.twirl_gates or s.twirl_measure) else 0
-    fidelity = _trex_fidelities(cal, counts[len(runs):]) if cal else None
+    fidelity = _trex_fidelities(cal, counts[len(runs) :]) if cal else None
     executed.trex_circuits = len(cal[0]) if cal else 0
     # per (pub, param, factor, rand): Pauli label -> estimate
     estimates: dict = {}
-    for run, cnt in zip(runs, counts[:len(runs)]):
+    for run, cnt in zip(runs, counts[: len(runs)]):
         mat, weights = _bits(cnt, len(run.qubits))
         mat ^= run.flips[None, :]
         bucket = estimates.setdefault((run.pub, run.param, run.factor, run.rand), {})
@@ -532,8 +585,7 @@ def _finish_no_dd(circuit, backend, s):
     return _finish(circuit, backend, plain)
 
 
-def _execute(backend: str, circuits: list, shots: list[int], seed: int | None,
-             memory: bool = False) -> list:
+def _execute(backend: str, circuits: list, shots: list[int], seed: int | None, memory: bool = False) -> list:
     """Run every circuit on the backend's simulator in one call per distinct shot count
     (Aer seeds circuit i of a call with seed + i: the same numbers twice). Counts, or with
     ``memory`` each shot's bitstring."""
@@ -599,8 +651,9 @@ def _trex_fidelities(cal, counts):
             cols = [index[q] for q in sorted(support)]
             num = sum(_parity_mean(m, w, cols) * w.sum() for m, w in data)
             den = sum(w.sum() for _, w in data)
-            cache[support] = max(num / den, 1e-3)   # a dead qubit must not divide by ~0
+            cache[support] = max(num / den, 1e-3)  # a dead qubit must not divide by ~0
         return cache[support]
+
     return fidelity
 
 
@@ -610,8 +663,9 @@ def _estimator_pub_result(p, plan, s: Settings, estimates, fidelity) -> PubResul
     obs = pub.observables
     shape = pub.shape
     param_index = np.arange(nparams).reshape(pshape) if pshape else np.array(0)
-    bc_param, bc_obs = np.broadcast_arrays(param_index, obs) if obs.shape else (
-        np.broadcast_to(param_index, shape), None)
+    bc_param, bc_obs = (
+        np.broadcast_arrays(param_index, obs) if obs.shape else (np.broadcast_to(param_index, shape), None)
+    )
     nf = len(factors)
     evs_nf = np.zeros((*shape, nf))
     stds_nf = np.zeros((*shape, nf))
@@ -643,13 +697,16 @@ def _estimator_pub_result(p, plan, s: Settings, estimates, fidelity) -> PubResul
             ens = math.sqrt(ens_var)
             ens_nf[(*index, fi)] = ens
             stds_nf[(*index, fi)] = max(spread, ens) if nrand > 1 else ens
-    meta = {"shots": nrand * per, "target_precision": float(pub.precision),
-            "circuit_metadata": pub.circuit.metadata or {}, "num_randomizations": nrand,
-            "resilience": {}}
+    meta = {
+        "shots": nrand * per,
+        "target_precision": float(pub.precision),
+        "circuit_metadata": pub.circuit.metadata or {},
+        "num_randomizations": nrand,
+        "resilience": {},
+    }
     if not s.zne:
         evs, stds, ens = evs_nf[..., 0], stds_nf[..., 0], ens_nf[..., 0]
-        return PubResult(DataBin(evs=evs, stds=stds, ensemble_standard_error=ens, shape=shape),
-                         metadata=meta)
+        return PubResult(DataBin(evs=evs, stds=stds, ensemble_standard_error=ens, shape=shape), metadata=meta)
     x = np.array(factors, dtype=float)
     at = np.array(s.zne["extrapolated"], dtype=float)
     names = s.zne["extrapolators"]
@@ -671,21 +728,29 @@ def _estimator_pub_result(p, plan, s: Settings, estimates, fidelity) -> PubResul
             if ok and picked is None:
                 v0, e0, _ = extrapolate(name, x, y, sig, zero, bound)
                 picked = (name, float(v0[0]), float(e0[0]))
-        if picked is None:   # nothing succeeded: the least-noisy data, as IBM's fallback
+        if picked is None:  # nothing succeeded: the least-noisy data, as IBM's fallback
             i = int(np.argmin(x))
             picked = ("fallback", float(y[i]), float(sig[i]))
         chosen[index], evs[index], stds[index] = picked
     meta["resilience"] = {"zne": {"extrapolator": chosen if shape else chosen[()]}}
-    data = DataBin(evs=evs, stds=stds, ensemble_standard_error=stds.copy(),
-                   evs_extrapolated=evs_ex, stds_extrapolated=stds_ex,
-                   evs_noise_factors=evs_nf, stds_noise_factors=stds_nf,
-                   ensemble_stds_noise_factors=ens_nf, shape=shape)
+    data = DataBin(
+        evs=evs,
+        stds=stds,
+        ensemble_standard_error=stds.copy(),
+        evs_extrapolated=evs_ex,
+        stds_extrapolated=stds_ex,
+        evs_noise_factors=evs_nf,
+        stds_noise_factors=stds_nf,
+        ensemble_stds_noise_factors=ens_nf,
+        shape=shape,
+    )
     return PubResult(data, metadata=meta)
 
 
 # ---------------------------------------------------------------------- sampler
-def run_sampler(backend: str, pubs: list[SamplerPub], s: Settings, seed: int | None
-                ) -> tuple[list[PubResult], Executed]:
+def run_sampler(
+    backend: str, pubs: list[SamplerPub], s: Settings, seed: int | None
+) -> tuple[list[PubResult], Executed]:
     """Sample every PUB with DD and/or twirling: each randomization runs its share of the
     shots; measured bits are flipped back (measurement twirling) and the shots concatenated
     in randomization order, so ``data.<creg>`` has exactly the PUB's shots."""
@@ -693,13 +758,16 @@ def run_sampler(backend: str, pubs: list[SamplerPub], s: Settings, seed: int | N
 
     rng = _seeds(seed)
     executed = Executed()
-    runs = []   # (pub, param, rand, circuit, shots, flips per clbit index)
+    runs = []  # (pub, param, rand, circuit, shots, flips per clbit index)
     plans = []
     for p, pub in enumerate(pubs):
         twirled = s.twirl_gates or s.twirl_measure
         # the PUB's shots are always obeyed (IBM): more randomizations where both are fixed
-        nrand, per = (sampler_randomizations(s.num_randomizations, s.shots_per_randomization,
-                                             pub.shots) if twirled else (1, pub.shots))
+        nrand, per = (
+            sampler_randomizations(s.num_randomizations, s.shots_per_randomization, pub.shots)
+            if twirled
+            else (1, pub.shots)
+        )
         params = pub.parameter_values
         pshape = params.shape
         nparams = int(np.prod(pshape, dtype=int)) if pshape else 1
@@ -712,8 +780,9 @@ def run_sampler(backend: str, pubs: list[SamplerPub], s: Settings, seed: int | N
             for r in range(nrand):
                 body = bound
                 if s.twirl_gates:
-                    body = twirl_gates(body, backends.build_target(backend) if s.schedule else None,
-                                       int(rng.integers(2**31)))
+                    body = twirl_gates(
+                        body, backends.build_target(backend) if s.schedule else None, int(rng.integers(2**31))
+                    )
                 flips = np.zeros(bound.num_clbits, dtype=bool)
                 if s.twirl_measure:
                     body, flips = _twirl_measures(body, rng)
@@ -738,10 +807,11 @@ def run_sampler(backend: str, pubs: list[SamplerPub], s: Settings, seed: int | N
                 _, _, _, _, _, flips = runs[k]
                 mem = counts_mem[k]
                 k += 1
-                bits = np.array([[c == "1" for c in word.replace(" ", "")[::-1]] for word in mem],
-                                dtype=bool).reshape(len(mem), circuit.num_clbits)
+                bits = np.array(
+                    [[c == "1" for c in word.replace(" ", "")[::-1]] for word in mem], dtype=bool
+                ).reshape(len(mem), circuit.num_clbits)
                 rows.append(bits ^ flips[None, :])
-            allbits = np.concatenate(rows)[:pub.shots]
+            allbits = np.concatenate(rows)[: pub.shots]
             for creg in circuit.cregs:
                 cols = [circuit.find_bit(b).index for b in creg]
                 regs[creg.name][pi] = allbits[:, cols]
@@ -749,8 +819,7 @@ def run_sampler(backend: str, pubs: list[SamplerPub], s: Settings, seed: int | N
         for creg in circuit.cregs:
             arr = regs[creg.name].reshape((*pshape, pub.shots, creg.size))
             data[creg.name] = BitArray.from_bool_array(arr, order="little")
-        meta = {"shots": pub.shots, "circuit_metadata": circuit.metadata or {},
-                "num_randomizations": nrand}
+        meta = {"shots": pub.shots, "circuit_metadata": circuit.metadata or {}, "num_randomizations": nrand}
         results.append(PubResult(DataBin(**data, shape=pshape), metadata=meta))
     return results, executed
 
@@ -760,13 +829,13 @@ def _twirl_measures(circuit: QuantumCircuit, rng) -> tuple[QuantumCircuit, np.nd
     flip back (by classical bit index)."""
     flips = np.zeros(circuit.num_clbits, dtype=bool)
     if any(getattr(inst.operation, "blocks", ()) for inst in circuit.data):
-        return circuit, flips   # bits may feed conditions: IBM leaves those unflipped too
+        return circuit, flips  # bits may feed conditions: IBM leaves those unflipped too
     out = circuit.copy_empty_like()
     for inst in circuit.data:
         if inst.operation.name == "measure":
             flip = bool(rng.integers(2))
             if flip:
                 out.x(inst.qubits[0])
-            flips[circuit.find_bit(inst.clbits[0]).index] = flip   # the last write wins
+            flips[circuit.find_bit(inst.clbits[0]).index] = flip  # the last write wins
         out.append(inst)
     return out, flips

@@ -38,8 +38,7 @@ def aer_sampler(backend: str, seed: int | None) -> AerSamplerV2:
 @lru_cache(maxsize=64)
 def aer_estimator(backend: str, seed: int | None) -> AerEstimatorV2:
     run_options = {} if seed is None else {"seed_simulator": seed}
-    return AerEstimatorV2.from_backend(backends.simulator(backend),
-                                       options={"run_options": run_options})
+    return AerEstimatorV2.from_backend(backends.simulator(backend), options={"run_options": run_options})
 
 
 def warm_up(backend: str) -> None:
@@ -64,17 +63,25 @@ def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
     techniques: dict = {}
     if job.primitive == "sampler":
         if result_bytes(pubs) > MAX_RESULT_BYTES:  # a producer that bypassed the client's check
-            raise ValueError(f"the job would return {result_bytes(pubs)} bytes of bits; "
-                             f"the limit is {MAX_RESULT_BYTES}")
+            raise ValueError(
+                f"the job would return {result_bytes(pubs)} bytes of bits; the limit is {MAX_RESULT_BYTES}"
+            )
         s = None if v1 else mitigation.settings("sampler", backend, options.get("ibm", {}))
         if s is not None and (s.twirl_gates or s.twirl_measure or (s.dd and s.schedule)):
             results, executed = mitigation.run_sampler(backend, pubs, s, seed)
             result = PrimitiveResult(results)
             techniques, ours["executed"] = s.metadata(), executed.as_dict()
         else:
-            if s is not None and s.schedule:   # idle qubits decay on a device: delays do here
-                pubs = [SamplerPub(mitigation.schedule(p.circuit, backend, None), p.parameter_values,
-                                   p.shots, validate=False) for p in pubs]
+            if s is not None and s.schedule:  # idle qubits decay on a device: delays do here
+                pubs = [
+                    SamplerPub(
+                        mitigation.schedule(p.circuit, backend, None),
+                        p.parameter_values,
+                        p.shots,
+                        validate=False,
+                    )
+                    for p in pubs
+                ]
             result = aer_sampler(backend, seed)._run(pubs)
     elif v1:
         result = _estimate_v1(backend, seed, pubs, options.get("shots"))
@@ -89,16 +96,22 @@ def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
         if executed is not None:
             ours["executed"] = executed.as_dict()
         if exact and (s.any or s.schedule):
-            no_effect.append(f"precision=0 (PUBs {', '.join(map(str, exact))}): exact expectation "
-                             "values of the simulated state, no readout and no shots, so "
-                             "measurement twirling, TREX and ZNE did not run on them")
+            no_effect.append(
+                f"precision=0 (PUBs {', '.join(map(str, exact))}): exact expectation "
+                "values of the simulated state, no readout and no shots, so "
+                "measurement twirling, TREX and ZNE did not run on them"
+            )
     stopped = datetime.now(timezone.utc)
-    if v1 and options.get("resilience_level"):   # V1 accepts it on ideal backends only
+    if v1 and options.get("resilience_level"):  # V1 accepts it on ideal backends only
         ours["resilience"] = "ideal simulator: no noise to mitigate; results are exact up to sampling"
     if no_effect:
         ours["no_effect"] = no_effect
-    meta = {"execution": {"execution_spans": [_span(started, stopped, result, pubs)]},
-            **techniques, "version": 2, "session_broker": ours}
+    meta = {
+        "execution": {"execution_spans": [_span(started, stopped, result, pubs)]},
+        **techniques,
+        "version": 2,
+        "session_broker": ours,
+    }
     return PrimitiveResult(list(result), metadata=meta)
 
 
@@ -157,18 +170,31 @@ def _with_ibm_fields(result: PrimitiveResult) -> PrimitiveResult:
         precision = float(pub.metadata.get("target_precision", 0.0))
         data = pub.data
         shots = int(round(1 / precision**2)) if precision > 0 else None
-        meta = {"shots": shots, "target_precision": precision,
-                "circuit_metadata": pub.metadata.get("circuit_metadata", {}),
-                "resilience": {}, "num_randomizations": 1}
-        out.append(PubResult(DataBin(evs=data.evs, stds=data.stds,
-                                     ensemble_standard_error=np.array(data.stds, copy=True),
-                                     shape=data.shape), metadata=meta))
+        meta = {
+            "shots": shots,
+            "target_precision": precision,
+            "circuit_metadata": pub.metadata.get("circuit_metadata", {}),
+            "resilience": {},
+            "num_randomizations": 1,
+        }
+        out.append(
+            PubResult(
+                DataBin(
+                    evs=data.evs,
+                    stds=data.stds,
+                    ensemble_standard_error=np.array(data.stds, copy=True),
+                    shape=data.shape,
+                ),
+                metadata=meta,
+            )
+        )
     return PrimitiveResult(out, metadata=result.metadata)
 
 
 def _transpile(backend: str, pubs: list, options: dict) -> list:
-    pm = backends.pass_manager(backend, int(options.get("optimization_level", 1)),
-                               **options.get("transpilation", {}))
+    pm = backends.pass_manager(
+        backend, int(options.get("optimization_level", 1)), **options.get("transpilation", {})
+    )
     out = []
     for pub in pubs:
         circuit = pm.run(pub.circuit)
@@ -205,14 +231,19 @@ def _estimate_v1(backend: str, seed: int | None, pubs: list, shots: int | None) 
     results = []
     for pub in pubs:
         exact = estimator._run([pub])[0]
-        squared = estimator._run([EstimatorPub(pub.circuit, _square(pub.observables),
-                                               pub.parameter_values, 0.0)])[0]
+        squared = estimator._run(
+            [EstimatorPub(pub.circuit, _square(pub.observables), pub.parameter_values, 0.0)]
+        )[0]
         evs = np.real(exact.data.evs)
         variance = np.clip(np.real(squared.data.evs) - evs**2, 0.0, None)
         stds = np.zeros_like(evs)
         if shots:
             stds = np.sqrt(variance / shots)
             evs = evs + rng.normal(0.0, 1.0, evs.shape) * stds
-        results.append(PubResult(DataBin(evs=evs, stds=stds, variances=variance, shape=evs.shape),
-                                 metadata={"shots": shots, "target_precision": 0.0}))
+        results.append(
+            PubResult(
+                DataBin(evs=evs, stds=stds, variances=variance, shape=evs.shape),
+                metadata={"shots": shots, "target_precision": 0.0},
+            )
+        )
     return PrimitiveResult(results, metadata={"version": 2})

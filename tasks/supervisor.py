@@ -46,7 +46,7 @@ from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR
 
 log = logging.getLogger("session_broker.worker")
 BOOT_FAILURES = 5
-RESEND_AFTER = 2.0   # s: ask an executor again to switch queues if it has not said it did
+RESEND_AFTER = 2.0  # s: ask an executor again to switch queues if it has not said it did
 
 
 def node_name(name: str) -> str:
@@ -59,14 +59,15 @@ def node_name(name: str) -> str:
 
     try:
         node = host_format(default_nodename(name))
-    except ValueError:   # Celery's "Unknown format %z in string ..."
+    except ValueError:  # Celery's "Unknown format %z in string ..."
         node = name
     local, _, host = node.partition("@")
     if "%" in node or not local or not host:
         raise ConfigurationError(
             f"worker name {name!r} expands to {node!r}, which is not a node name: write NAME@HOST, "
             "where Celery's %h (host name), %n (its first label) and %d (domain) are expanded; "
-            "no other '%' may remain")
+            "no other '%' may remain"
+        )
     return node
 
 
@@ -80,13 +81,13 @@ class Slot:
         self.status_fd: int | None = None
         self.command_fd: int | None = None
         self.buffer = b""
-        self.ready = False        # the executor's consumer is up
-        self.consuming = ""       # the queue it said it consumes
-        self.wanted = ""          # the queue the agent wants consumed
-        self.asked, self.asked_at = "", 0.0   # the last queue asked for, and when
+        self.ready = False  # the executor's consumer is up
+        self.consuming = ""  # the queue it said it consumes
+        self.wanted = ""  # the queue the agent wants consumed
+        self.asked, self.asked_at = "", 0.0  # the last queue asked for, and when
         self.job: tuple[str, str, float | None, float] | None = None  # (id, delivery tag, deadline, limit)
-        self.overran: tuple[str, float] | None = None           # (job id, its limit) killed for time
-        self.replaced = ""        # why the agent had this executor killed (an unserved pin)
+        self.overran: tuple[str, float] | None = None  # (job id, its limit) killed for time
+        self.replaced = ""  # why the agent had this executor killed (an unserved pin)
         self.boot_failures = 0
         self.restart_at: float | None = None
         self.lock = threading.Lock()
@@ -105,7 +106,7 @@ class Slot:
             if proc is None or str(proc.pid) != executor or proc.poll() is not None:
                 return False
             self.replaced = why
-            proc.kill()   # SIGKILL works on a frozen (SIGSTOPped) process too
+            proc.kill()  # SIGKILL works on a frozen (SIGSTOPped) process too
             return True
 
     def held_job_ids(self) -> list[str]:
@@ -122,15 +123,22 @@ class Slot:
                 return False
             try:
                 os.write(self.command_fd, f"queue {queue}\n".encode())
-            except OSError:   # gone (the next one starts on `wanted`), or frozen with a full pipe
+            except OSError:  # gone (the next one starts on `wanted`), or frozen with a full pipe
                 return False
             self.asked, self.asked_at = queue, time.monotonic()
             return True
 
 
 class Supervisor:
-    def __init__(self, backend: str, *, concurrency: int = 1, name: str | None = None,
-                 device: str = "CPU", loglevel: str = "WARNING"):
+    def __init__(
+        self,
+        backend: str,
+        *,
+        concurrency: int = 1,
+        name: str | None = None,
+        device: str = "CPU",
+        loglevel: str = "WARNING",
+    ):
         self.backend, self.device, self.loglevel = backend, device, loglevel
         base = node_name(name or f"{backend}-{uuid.uuid4().hex[:6]}@%h")
         if concurrency == 1:
@@ -141,14 +149,15 @@ class Supervisor:
         self.slots = [Slot(n) for n in nodes]
         self.agents: list[Agent] = []
         self.store: Store | None = None
-        self.stopping = 0          # signals received
+        self.stopping = 0  # signals received
         self.selector = selectors.DefaultSelector()
         self.exit_code = 0
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> int:
-        logging.basicConfig(level=self.loglevel.upper(),
-                            format="[%(asctime)s: %(levelname)s/Supervisor] %(message)s")
+        logging.basicConfig(
+            level=self.loglevel.upper(), format="[%(asctime)s: %(levelname)s/Supervisor] %(message)s"
+        )
         os.environ["SESSION_BROKER_WORKER_BACKEND"] = self.backend
         os.environ["SESSION_BROKER_WORKER_DEVICE"] = self.device
         self.store = Store()
@@ -206,11 +215,11 @@ class Supervisor:
                     timeout = min(timeout, max(slot.restart_at - now, 0.0))
             for key, _ in self.selector.select(timeout):
                 if key.data is None:
-                    os.read(wake_r, 512)   # a signal arrived: its handler already ran
+                    os.read(wake_r, 512)  # a signal arrived: its handler already ran
                 else:
                     self.read(key.data)
             self.enforce_limits()
-            for slot in self.slots:   # an executor's exit is seen as its status pipe's EOF (read)
+            for slot in self.slots:  # an executor's exit is seen as its status pipe's EOF (read)
                 if slot.restart_at is not None and time.monotonic() >= slot.restart_at and not self.stopping:
                     slot.restart_at = None
                     self.start(slot)
@@ -218,13 +227,15 @@ class Supervisor:
     def _on_signal(self, signum, _frame) -> None:
         self.stopping += 1
         for slot in self.slots:
-            slot.ready = False          # take no new session meanwhile
+            slot.ready = False  # take no new session meanwhile
             slot.restart_at = None
             if slot.proc is not None and slot.proc.poll() is None:
                 # first signal: Celery's warm shutdown (the job in hand finishes); then at once
                 slot.proc.send_signal(signal.SIGTERM if self.stopping == 1 else signal.SIGKILL)
         if self.stopping == 1:
-            log.warning("%s: stopping after the running jobs (again to stop now)", signal.Signals(signum).name)
+            log.warning(
+                "%s: stopping after the running jobs (again to stop now)", signal.Signals(signum).name
+            )
 
     def deregister(self) -> None:
         """A clean exit deregisters at once and hands any pinned session to another worker."""
@@ -243,9 +254,11 @@ class Supervisor:
         queue = slot.wanted or self.store.keys.backend_queue(self.backend)
         env = {
             **os.environ,
-            "SESSION_BROKER_WORKER_NODE": slot.node,   # the transport's fetch list (reliable fetch)
-            ENV_STATUS_FD: str(status_w), ENV_COMMAND_FD: str(command_r),
-            ENV_QUEUE: queue, ENV_SUPERVISOR: str(os.getpid()),
+            "SESSION_BROKER_WORKER_NODE": slot.node,  # the transport's fetch list (reliable fetch)
+            ENV_STATUS_FD: str(status_w),
+            ENV_COMMAND_FD: str(command_r),
+            ENV_QUEUE: queue,
+            ENV_SUPERVISOR: str(os.getpid()),
             "SESSION_BROKER_EXECUTOR_LOGLEVEL": self.loglevel,
             # Aer's OpenMP threads otherwise spin for a while after each parallel region: on
             # a small machine they take the CPU the producer and Redis need (see README)
@@ -253,8 +266,11 @@ class Supervisor:
         }
         # in this process's group: a signal to the worker's group (a terminal's Ctrl-C, a
         # SIGSTOP for a hung host, SIGKILL) reaches its executors as it reached pool children
-        slot.proc = subprocess.Popen([sys.executable, "-c", "from tasks.executor import main; main()"],
-                                     env=env, pass_fds=(status_w, command_r))
+        slot.proc = subprocess.Popen(
+            [sys.executable, "-c", "from tasks.executor import main; main()"],
+            env=env,
+            pass_fds=(status_w, command_r),
+        )
         os.close(status_w)
         os.close(command_r)
         os.set_blocking(status_r, False)
@@ -270,7 +286,7 @@ class Supervisor:
             data = os.read(slot.status_fd, 65536)
         except BlockingIOError:
             return
-        if not data:   # the executor is gone (it held the only write end)
+        if not data:  # the executor is gone (it held the only write end)
             self.selector.unregister(slot.status_fd)
             os.close(slot.status_fd)
             slot.status_fd = None
@@ -304,8 +320,13 @@ class Supervisor:
             job = slot.job
             if job and job[2] is not None and now >= job[2] and slot.overran is None:
                 slot.overran = (job[0], job[3])
-                log.warning("%s: job %s overran its hard time limit (%g s): stopping its executor "
-                            "(pid %d)", slot.node, job[0], job[3], slot.proc.pid)
+                log.warning(
+                    "%s: job %s overran its hard time limit (%g s): stopping its executor (pid %d)",
+                    slot.node,
+                    job[0],
+                    job[3],
+                    slot.proc.pid,
+                )
                 slot.proc.kill()
 
     def exited(self, slot: Slot) -> None:
@@ -324,15 +345,20 @@ class Supervisor:
         jid = job[0] if job and job[0] != "-" else None
         tag = job[1] if job and job[1] != "-" else None
         if overran:
-            outcome = self._settle(slot.node, jid, "max_execution_time",
-                                   f"job {jid} exceeded its max_execution_time and was stopped after "
-                                   f"{overran[1]:g} s; raise max_execution_time or split the job", tag)
+            outcome = self._settle(
+                slot.node,
+                jid,
+                "max_execution_time",
+                f"job {jid} exceeded its max_execution_time and was stopped after "
+                f"{overran[1]:g} s; raise max_execution_time or split the job",
+                tag,
+            )
         else:
-            outcome = self._settle(slot.node, jid, "worker_lost",
-                                   f"the process running it died ({how})", tag)
+            outcome = self._settle(slot.node, jid, "worker_lost", f"the process running it died ({how})", tag)
         if jid:
-            log.warning("%s: executor %s while running job %s (%s); starting another",
-                        slot.node, how, jid, outcome)
+            log.warning(
+                "%s: executor %s while running job %s (%s); starting another", slot.node, how, jid, outcome
+            )
         else:
             log.warning("%s: executor %s; starting another", slot.node, how)
         if was_ready or replaced:
@@ -340,8 +366,12 @@ class Supervisor:
             return
         slot.boot_failures += 1
         if slot.boot_failures >= BOOT_FAILURES:
-            log.error("%s: the executor failed %d times in a row before it was ready; stopping "
-                      "the worker (its log above says why)", slot.node, slot.boot_failures)
+            log.error(
+                "%s: the executor failed %d times in a row before it was ready; stopping "
+                "the worker (its log above says why)",
+                slot.node,
+                slot.boot_failures,
+            )
             self.exit_code = 1
             self._on_signal(signal.SIGTERM, None)
             return
@@ -362,12 +392,17 @@ class Supervisor:
                 time.sleep(0.5)
 
 
-def start_worker(backend: str, *, concurrency: int = 1, name: str | None = None,
-                 device: str = "CPU", loglevel: str = "WARNING") -> int:
+def start_worker(
+    backend: str,
+    *,
+    concurrency: int = 1,
+    name: str | None = None,
+    device: str = "CPU",
+    loglevel: str = "WARNING",
+) -> int:
     """``session-broker worker``: a supervisor and ``concurrency`` executors (blocks; returns
     the exit status)."""
-    return Supervisor(backend, concurrency=concurrency, name=name, device=device,
-                      loglevel=loglevel).run()
+    return Supervisor(backend, concurrency=concurrency, name=name, device=device, loglevel=loglevel).run()
 
 
 def _describe(code: int | None) -> str:

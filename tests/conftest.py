@@ -20,7 +20,7 @@ from session_broker.core.store import Store
 from session_broker.ops.embedded import Stack, wait_for
 from tasks.supervisor import node_name
 
-HOST = socket.gethostname()   # what Celery's %h expands to: the node names tests compare with
+HOST = socket.gethostname()  # what Celery's %h expands to: the node names tests compare with
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
@@ -52,14 +52,21 @@ class Cluster:
             self._service = QiskitRuntimeService(self.url)
         return self._service
 
-    def start_worker(self, backend: str = "ibmq_qasm_simulator", name: str | None = None,
-                     concurrency: int = 1, env: dict | None = None, wait: bool = True):
+    def start_worker(
+        self,
+        backend: str = "ibmq_qasm_simulator",
+        name: str | None = None,
+        concurrency: int = 1,
+        env: dict | None = None,
+        wait: bool = True,
+    ):
         import uuid
 
         # named as Celery's docs name workers (NAME@%h): the worker expands it, as Celery does
         name = name or f"{backend}-{uuid.uuid4().hex[:6]}@%h"
-        child = self.stack.start_worker(backend, self.url, name=name, concurrency=concurrency,
-                                        env={**self.env, **(env or {})})
+        child = self.stack.start_worker(
+            backend, self.url, name=name, concurrency=concurrency, env={**self.env, **(env or {})}
+        )
         child.node = name = node_name(name)
         self.workers[name] = child
         if wait:
@@ -67,9 +74,14 @@ class Cluster:
         return child
 
     def wait_registered(self, node: str, timeout: float = 90):
-        wait_for(lambda: self.store.redis.exists(self.store.keys.worker(node))
-                 and self.store.redis.hget(self.store.keys.worker(node), "heartbeat"),
-                 timeout, f"worker {node} to register")
+        wait_for(
+            lambda: (
+                self.store.redis.exists(self.store.keys.worker(node))
+                and self.store.redis.hget(self.store.keys.worker(node), "heartbeat")
+            ),
+            timeout,
+            f"worker {node} to register",
+        )
 
     def stop_worker(self, child, grace: float = 30):
         self.stack.stop_child(child, grace)
@@ -178,8 +190,9 @@ class Hold:
         def running():
             r = store.job(job_id, "status", "pid")
             if r.get("status") not in ("QUEUED", "RUNNING", None):
-                raise AssertionError(f"job {job_id} ended ({r.get('status')}) before it could be "
-                                     "held: give it more work")
+                raise AssertionError(
+                    f"job {job_id} ended ({r.get('status')}) before it could be held: give it more work"
+                )
             return r if r.get("status") == "RUNNING" and r.get("pid") else None
 
         self.pid = int(wait_for(running, timeout, f"job {job_id} to run")["pid"])

@@ -67,24 +67,46 @@ class Authority:
     def issue(self, key: ApiKey) -> dict:
         now = int(time.time())
         exp = now + self.api.token_ttl
-        claims = {"iss": ISSUER, "sub": key.sha256[:32], "tnt": key.prefix or "", "iat": now,
-                  "exp": exp, "jti": uuid.uuid4().hex}
+        claims = {
+            "iss": ISSUER,
+            "sub": key.sha256[:32],
+            "tnt": key.prefix or "",
+            "iat": now,
+            "exp": exp,
+            "jti": uuid.uuid4().hex,
+        }
         token = jwt.encode(claims, self.secret(), algorithm="HS256")
-        return {"access_token": token, "refresh_token": "not_supported", "ims_user_id": 0,
-                "token_type": "Bearer", "expires_in": self.api.token_ttl, "expiration": exp,
-                "scope": "ibm openid"}
+        return {
+            "access_token": token,
+            "refresh_token": "not_supported",
+            "ims_user_id": 0,
+            "token_type": "Bearer",
+            "expires_in": self.api.token_ttl,
+            "expiration": exp,
+            "scope": "ibm openid",
+        }
 
     def verify(self, token: str) -> ApiKey:
         try:
-            claims = jwt.decode(token, self.secret(), algorithms=["HS256"], issuer=ISSUER,
-                                options={"require": ["exp", "iat", "sub", "iss"]}, leeway=5)
+            claims = jwt.decode(
+                token,
+                self.secret(),
+                algorithms=["HS256"],
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "sub", "iss"]},
+                leeway=5,
+            )
         except jwt.ExpiredSignatureError:
-            raise ApiError(401, "the token has expired: request a new one at /identity/token",
-                           "token_expired") from None
+            raise ApiError(
+                401, "the token has expired: request a new one at /identity/token", "token_expired"
+            ) from None
         except jwt.PyJWTError:
-            raise ApiError(401, "the token is not valid (bad signature, issuer or format): "
-                                "request one at /identity/token with your API key",
-                           "invalid_token") from None
+            raise ApiError(
+                401,
+                "the token is not valid (bad signature, issuer or format): "
+                "request one at /identity/token with your API key",
+                "invalid_token",
+            ) from None
         key = self._key_by_sub(str(claims.get("sub", "")))
         if key is None:
             raise ApiError(401, "the token's API key is no longer accepted", "invalid_token")
@@ -95,11 +117,18 @@ class Authority:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "missing 'Authorization: Bearer <token>'; get a token at "
-                                "POST /identity/token with your API key", "missing_token")
+            raise ApiError(
+                401,
+                "missing 'Authorization: Bearer <token>'; get a token at "
+                "POST /identity/token with your API key",
+                "missing_token",
+            )
         key = self.verify(token.strip())
         crn = request.headers.get("service-crn", "")
         if not hmac.compare_digest(crn.encode("utf-8", "replace"), self.api.instance.encode()):
-            raise ApiError(403, f"Service-CRN does not name this server's instance; the instance "
-                                f"here is {self.api.instance}", "instance_mismatch")
+            raise ApiError(
+                403,
+                f"Service-CRN does not name this server's instance; the instance here is {self.api.instance}",
+                "instance_mismatch",
+            )
         return key

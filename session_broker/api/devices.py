@@ -24,8 +24,17 @@ from session_broker import backends as catalog
 from session_broker.core.store import Store
 
 ONLINE_DATE = "2024-01-01T00:00:00Z"
-_NON_GATES = {"measure", "reset", "delay", "if_else", "for_loop", "while_loop", "switch_case",
-              "break_loop", "continue_loop"}
+_NON_GATES = {
+    "measure",
+    "reset",
+    "delay",
+    "if_else",
+    "for_loop",
+    "while_loop",
+    "switch_case",
+    "break_loop",
+    "continue_loop",
+}
 
 
 def _snapshot_file(name: str, kind: str) -> dict:
@@ -45,15 +54,28 @@ def configuration(name: str) -> dict:
         target = catalog.build_target(name)
         names = sorted(target.operation_names)
         conf = {
-            "backend_version": "1.0.0", "n_qubits": spec.num_qubits,
-            "basis_gates": [n for n in names if n not in _NON_GATES], "gates": [],
-            "local": False, "conditional": True, "open_pulse": False, "memory": True,
-            "max_shots": 10_000_000, "max_experiments": 10_000, "coupling_map": None,
-            "supported_instructions": names, "online_date": ONLINE_DATE,
-            "description": spec.description, "processor_type": {"family": "Aer", "revision": 1},
-            "dynamic_reprate_enabled": False, "rep_delay_range": [0.0, 500.0],
-            "default_rep_delay": 250.0, "n_registers": 1, "credits_required": False,
-            "sample_name": spec.method, "meas_levels": [2],
+            "backend_version": "1.0.0",
+            "n_qubits": spec.num_qubits,
+            "basis_gates": [n for n in names if n not in _NON_GATES],
+            "gates": [],
+            "local": False,
+            "conditional": True,
+            "open_pulse": False,
+            "memory": True,
+            "max_shots": 10_000_000,
+            "max_experiments": 10_000,
+            "coupling_map": None,
+            "supported_instructions": names,
+            "online_date": ONLINE_DATE,
+            "description": spec.description,
+            "processor_type": {"family": "Aer", "revision": 1},
+            "dynamic_reprate_enabled": False,
+            "rep_delay_range": [0.0, 500.0],
+            "default_rep_delay": 250.0,
+            "n_registers": 1,
+            "credits_required": False,
+            "sample_name": spec.method,
+            "meas_levels": [2],
         }
     conf["backend_name"] = name
     conf["simulator"] = False  # see the module docstring
@@ -69,8 +91,14 @@ def properties(name: str) -> dict:
     spec = catalog.get_spec(name)
     if spec.kind != "device":
         zero = [{"date": ONLINE_DATE, "name": "readout_error", "unit": "", "value": 0.0}]
-        return {"backend_name": name, "backend_version": "1.0.0", "last_update_date": ONLINE_DATE,
-                "qubits": [zero for _ in range(spec.num_qubits)], "gates": [], "general": []}
+        return {
+            "backend_name": name,
+            "backend_version": "1.0.0",
+            "last_update_date": ONLINE_DATE,
+            "qubits": [zero for _ in range(spec.num_qubits)],
+            "gates": [],
+            "general": [],
+        }
     props = _snapshot_file(name, "props")
     props["backend_name"] = name
     return props
@@ -81,10 +109,13 @@ def status(store: Store, name: str) -> dict:
     live = store.live_workers(name)
     queued = store.redis.llen(store.keys.backend_queue(name))
     return {
-        "backend_name": name, "backend_version": configuration(name)["backend_version"],
-        "state": bool(live), "status": "active" if live else "internal",
+        "backend_name": name,
+        "backend_version": configuration(name)["backend_version"],
+        "state": bool(live),
+        "status": "active" if live else "internal",
         "message": f"{len(live)} live worker(s)" if live else "no live worker: jobs wait in the queue",
-        "length_queue": int(queued), "kind": spec.kind,
+        "length_queue": int(queued),
+        "kind": spec.kind,
     }
 
 
@@ -94,11 +125,17 @@ def listing(store: Store) -> dict:
     for name in catalog.known_backends():
         st = status(store, name)
         spec = catalog.get_spec(name)
-        devices.append({
-            "name": name, "qubits": spec.num_qubits, "physical_qubits": spec.num_qubits,
-            "status": {"name": "online" if st["state"] else "offline", "reason": st["message"]},
-            "queue_length": st["length_queue"], "is_simulator": False,
-            "processor_type": {"family": "Aer" if spec.kind == "ideal" else "Snapshot"},
-            "performance_metrics": {}, "wait_time_seconds": None,
-        })
+        devices.append(
+            {
+                "name": name,
+                "qubits": spec.num_qubits,
+                "physical_qubits": spec.num_qubits,
+                "status": {"name": "online" if st["state"] else "offline", "reason": st["message"]},
+                "queue_length": st["length_queue"],
+                "is_simulator": False,
+                "processor_type": {"family": "Aer" if spec.kind == "ideal" else "Snapshot"},
+                "performance_metrics": {},
+                "wait_time_seconds": None,
+            }
+        )
     return {"devices": devices}

@@ -26,8 +26,12 @@ class ApiError(Exception):
 
 def error_response(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
     trace = uuid.uuid4().hex[:16]
-    body = {"errors": [{"code": code, "message": message, "more_info": DOCS}], "trace": trace,
-            "error": {"code": code, "message": message}, "status_code": status}
+    body = {
+        "errors": [{"code": code, "message": message, "more_info": DOCS}],
+        "trace": trace,
+        "error": {"code": code, "message": message},
+        "status_code": status,
+    }
     return JSONResponse(body, status_code=status, headers=headers)
 
 

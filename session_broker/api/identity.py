@@ -26,9 +26,16 @@ class TokenRequest(BaseModel):
     response_type: str | None = Field(default=None, max_length=64)
 
 
-@router.post("/identity/token", tags=["identity"],
-             openapi_extra={"requestBody": {"content": {"application/x-www-form-urlencoded": {
-                 "schema": TokenRequest.model_json_schema()}}, "required": True}})
+@router.post(
+    "/identity/token",
+    tags=["identity"],
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/x-www-form-urlencoded": {"schema": TokenRequest.model_json_schema()}},
+            "required": True,
+        }
+    },
+)
 async def token(request: Request):
     raw = await request.body()
     if len(raw) > 8192:
@@ -37,15 +44,21 @@ async def token(request: Request):
         form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8"), strict_parsing=False).items()}
         body = TokenRequest(**form)
     except (UnicodeDecodeError, ValidationError, TypeError):
-        raise ApiError(400, "expected a form body grant_type=urn:ibm:params:oauth:grant-type:apikey"
-                            "&apikey=<your API key>", "BXNIM0109E") from None
+        raise ApiError(
+            400,
+            "expected a form body grant_type=urn:ibm:params:oauth:grant-type:apikey&apikey=<your API key>",
+            "BXNIM0109E",
+        ) from None
     if body.grant_type != GRANT:
         raise ApiError(400, f"grant_type must be {GRANT}", "BXNIM0109E")
     front = request.app.state.front
     key = front.authority.match_key(body.apikey)
     if key is None:
-        raise ApiError(400, "Provided API key could not be found (it is not one of "
-                            "SESSION_BROKER_API_KEYS)", "BXNIM0415E")
+        raise ApiError(
+            400,
+            "Provided API key could not be found (it is not one of SESSION_BROKER_API_KEYS)",
+            "BXNIM0415E",
+        )
     return front.authority.issue(key)
 
 
@@ -62,13 +75,25 @@ def search(body: SearchRequest, request: Request):
     """The one instance this server answers for, as Global Search lists it."""
     _bearer(request)
     crn = request.app.state.front.api.instance
-    return {"items": [{"crn": crn, "name": "session-broker", "service_plan_unique_id": "session-broker",
-                       "tags": [], "doc": {"extensions": {"session_broker": True}}}],
-            "limit": 100}
+    return {
+        "items": [
+            {
+                "crn": crn,
+                "name": "session-broker",
+                "service_plan_unique_id": "session-broker",
+                "tags": [],
+                "doc": {"extensions": {"session_broker": True}},
+            }
+        ],
+        "limit": 100,
+    }
 
 
 @router.get("/api/v1/catalog/{plan_id}", tags=["global search"])
 def catalog_entry(plan_id: str, request: Request):
     _bearer(request)
-    return {"id": plan_id[:64], "overview_ui": {"en": {"display_name": "session-broker"}},
-            "metadata": {"pricing": {"type": "free"}}}
+    return {
+        "id": plan_id[:64],
+        "overview_ui": {"en": {"display_name": "session-broker"}},
+        "metadata": {"pricing": {"type": "free"}},
+    }

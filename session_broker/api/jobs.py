@@ -33,11 +33,30 @@ from session_broker.primitives import EstimatorV2, SamplerV2
 
 log = logging.getLogger("session_broker.api")
 
-IBM_STATUS = {"INITIALIZING": "Queued", "QUEUED": "Queued", "RUNNING": "Running",
-              "DONE": "Completed", "ERROR": "Failed", "CANCELLED": "Cancelled"}
+IBM_STATUS = {
+    "INITIALIZING": "Queued",
+    "QUEUED": "Queued",
+    "RUNNING": "Running",
+    "DONE": "Completed",
+    "ERROR": "Failed",
+    "CANCELLED": "Cancelled",
+}
 REASON_MAX_EXECUTION_TIME = 1305
-JOB_FIELDS = ("status", "backend", "session", "primitive", "created", "running", "finished",
-              "error_code", "error", "summary", "usage", "api_private", "mode")
+JOB_FIELDS = (
+    "status",
+    "backend",
+    "session",
+    "primitive",
+    "created",
+    "running",
+    "finished",
+    "error_code",
+    "error",
+    "summary",
+    "usage",
+    "api_private",
+    "mode",
+)
 PROGRAMS = {"sampler": SamplerV2, "estimator": EstimatorV2}
 HOLD_S = 0.1
 
@@ -49,8 +68,12 @@ router = APIRouter()
 def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
     primitive_cls = PROGRAMS.get(body.program_id)
     if primitive_cls is None:
-        raise ApiError(400, f"program {body.program_id[:64]!r} is not served here; programs: "
-                            "sampler, estimator (SamplerV2/EstimatorV2)", "unknown_program")
+        raise ApiError(
+            400,
+            f"program {body.program_id[:64]!r} is not served here; programs: "
+            "sampler, estimator (SamplerV2/EstimatorV2)",
+            "unknown_program",
+        )
     pubs, options = reader.read_params(body.program_id, body.params)
     if body.cost is not None:
         options["max_execution_time"] = body.cost
@@ -65,8 +88,11 @@ def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
         if body.session_id:
             mode = session_of(ctx, body.session_id)
             if body.backend and body.backend != mode.backend():
-                raise ApiError(400, f"backend {body.backend[:64]!r} differs from the session's "
-                                    f"backend {mode.backend()!r}", "backend_mismatch")
+                raise ApiError(
+                    400,
+                    f"backend {body.backend[:64]!r} differs from the session's backend {mode.backend()!r}",
+                    "backend_mismatch",
+                )
         else:
             if not body.backend:
                 raise ApiError(400, "a job outside a session needs a backend", "missing_backend")
@@ -78,12 +104,10 @@ def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
         raise ApiError(400, f"options not accepted: {str(exc)[:300]}", "invalid_options") from None
     # the job is recorded: from here on, never an error status (a retry would submit twice)
     try:
-        ctx.store.redis.hset(ctx.store.keys.job(job.job_id()), "api_private",
-                             "1" if body.private else "0")
+        ctx.store.redis.hset(ctx.store.keys.job(job.job_id()), "api_private", "1" if body.private else "0")
     except Exception:  # noqa: BLE001 - the flag is cosmetic; the job is what matters
         log.warning("could not store the private flag of job %s", job.job_id(), exc_info=True)
-    return {"id": job.job_id(), "backend": body.backend or mode.backend(),
-            "session_id": body.session_id}
+    return {"id": job.job_id(), "backend": body.backend or mode.backend(), "session_id": body.session_id}
 
 
 # ---------------------------------------------------------------------- jobs: read
@@ -130,12 +154,19 @@ def job_view(jid: str, rec: dict) -> dict:
     summary = _summary(rec)
     usage = float(rec["usage"]) if rec.get("usage") else 0.0
     return {
-        "id": jid, "backend": rec.get("backend"), "status": word,
+        "id": jid,
+        "backend": rec.get("backend"),
+        "status": word,
         "state": {"status": word, "reason": reason, "reason_code": code},
-        "program": {"id": rec.get("primitive")}, "created": iso(rec.get("created")),
-        "session_id": rec.get("session") or None, "tags": _tags(summary),
-        "private": rec.get("api_private") == "1", "runtime": "", "user_id": "session-broker",
-        "estimated_running_time_seconds": None, "cost": 0,
+        "program": {"id": rec.get("primitive")},
+        "created": iso(rec.get("created")),
+        "session_id": rec.get("session") or None,
+        "tags": _tags(summary),
+        "private": rec.get("api_private") == "1",
+        "runtime": "",
+        "user_id": "session-broker",
+        "estimated_running_time_seconds": None,
+        "cost": 0,
         "usage": {"seconds": usage, "quantum_seconds": usage},
         "summary": summary,
     }
@@ -153,8 +184,11 @@ def job_results(jid: str, ctx: Ctx = Depends(runtime_ctx)):
     if status in ("ERROR", "CANCELLED"):
         return PlainTextResponse(rec.get("error") or f"job {jid} was {status.lower()}")
     if status != "DONE":
-        raise ApiError(409, f"job {jid} is {IBM_STATUS.get(status, status)}: results exist once "
-                            "it is Completed", "job_not_final")
+        raise ApiError(
+            409,
+            f"job {jid} is {IBM_STATUS.get(status, status)}: results exist once it is Completed",
+            "job_not_final",
+        )
     raw = ctx.store.job(jid, "result").get("result")
     if raw is None:
         raise ApiError(404, f"the result of job {jid} has expired", "not_found")
@@ -166,10 +200,17 @@ def job_results(jid: str, ctx: Ctx = Depends(runtime_ctx)):
 def job_metrics(jid: str, ctx: Ctx = Depends(runtime_ctx)):
     rec = _record(ctx, jid)
     usage = float(rec["usage"]) if rec.get("usage") else 0.0
-    return {"timestamps": {"created": iso(rec.get("created")), "running": iso(rec.get("running")),
-                           "finished": iso(rec.get("finished"))},
-            "bss": {"seconds": usage}, "usage": {"seconds": usage, "quantum_seconds": usage},
-            "qiskit_version": "", "executions": None}
+    return {
+        "timestamps": {
+            "created": iso(rec.get("created")),
+            "running": iso(rec.get("running")),
+            "finished": iso(rec.get("finished")),
+        },
+        "bss": {"seconds": usage},
+        "usage": {"seconds": usage, "quantum_seconds": usage},
+        "qiskit_version": "",
+        "executions": None,
+    }
 
 
 @router.get("/jobs/{jid}/logs", tags=["jobs"], response_class=PlainTextResponse)
@@ -201,16 +242,21 @@ def cancel_job(jid: str, ctx: Ctx = Depends(runtime_ctx)):
     if outcome == "not_found":
         raise ApiError(404, f"job {jid!r} does not exist", "not_found")
     if outcome == "running":
-        raise ApiError(409, f"job {jid} is running and cannot be cancelled: a running job "
-                            "finishes here (only queued jobs can be cancelled)", "job_running")
+        raise ApiError(
+            409,
+            f"job {jid} is running and cannot be cancelled: a running job "
+            "finishes here (only queued jobs can be cancelled)",
+            "job_running",
+        )
     raise ApiError(409, f"job {jid} already ended ({IBM_STATUS.get(outcome, outcome)})", "job_final")
 
 
 @router.delete("/jobs/{jid}", status_code=204, tags=["jobs"])
 def delete_job(jid: str, ctx: Ctx = Depends(runtime_ctx)):
     _record(ctx, jid)
-    raise ApiError(403, "deleting jobs is not supported: records expire after "
-                        "SESSION_BROKER_RESULT_TTL", "not_supported")
+    raise ApiError(
+        403, "deleting jobs is not supported: records expire after SESSION_BROKER_RESULT_TTL", "not_supported"
+    )
 
 
 # ---------------------------------------------------------------------- jobs: listing
@@ -225,12 +271,20 @@ def _ts(value: str | None, name: str) -> float | None:
 
 
 @router.get("/jobs", tags=["jobs"])
-def list_jobs(ctx: Ctx = Depends(runtime_ctx), limit: int = Query(10, ge=1, le=200),
-              offset: int = Query(0, ge=0), backend: str | None = None,
-              pending: bool | None = None, program: str | None = None,
-              tags: list[str] | None = Query(None), session_id: str | None = None,
-              created_after: str | None = None, created_before: str | None = None,
-              sort: str = Query("DESC", pattern="^(ASC|DESC)$"), exclude_params: bool = True):
+def list_jobs(
+    ctx: Ctx = Depends(runtime_ctx),
+    limit: int = Query(10, ge=1, le=200),
+    offset: int = Query(0, ge=0),
+    backend: str | None = None,
+    pending: bool | None = None,
+    program: str | None = None,
+    tags: list[str] | None = Query(None),
+    session_id: str | None = None,
+    created_after: str | None = None,
+    created_before: str | None = None,
+    sort: str = Query("DESC", pattern="^(ASC|DESC)$"),
+    exclude_params: bool = True,
+):
     """Newest first (``sort=ASC``: oldest first); ``count`` is the exact number that match."""
     after, before = _ts(created_after, "created_after"), _ts(created_before, "created_before")
     store = ctx.store
@@ -258,6 +312,10 @@ def list_jobs(ctx: Ctx = Depends(runtime_ctx), limit: int = Query(10, ge=1, le=2
         matched.append((jid, rec))
     if sort == "ASC":
         matched.reverse()
-    page = matched[offset:offset + limit]
-    return {"jobs": [job_view(j, r) for j, r in page], "count": len(matched),
-            "limit": limit, "offset": offset}
+    page = matched[offset : offset + limit]
+    return {
+        "jobs": [job_view(j, r) for j, r in page],
+        "count": len(matched),
+        "limit": limit,
+        "offset": offset,
+    }

@@ -54,29 +54,45 @@ class RequestGuard:
                 return await self._refuse(exc.status, exc.message, exc.code, scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await self._refuse(413, f"the body of {what} is over the {limit} byte limit",
-                                      "payload_too_large", scope, receive, send)
+            return await self._refuse(
+                413,
+                f"the body of {what} is over the {limit} byte limit",
+                "payload_too_large",
+                scope,
+                receive,
+                send,
+            )
         chunks, seen = [], 0
         try:
             async with asyncio.timeout(self.read_timeout):
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        return None   # the client left: nothing to answer
+                        return None  # the client left: nothing to answer
                     chunk = message.get("body", b"")
                     seen += len(chunk)
                     if seen > limit:
                         return await self._refuse(
-                            413, f"the body of {what} is over the {limit} byte limit",
-                            "payload_too_large", scope, receive, send)
+                            413,
+                            f"the body of {what} is over the {limit} byte limit",
+                            "payload_too_large",
+                            scope,
+                            receive,
+                            send,
+                        )
                     if chunk:
                         chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            return await self._refuse(408, f"the request body did not arrive within "
-                                           f"{self.read_timeout:g} s", "request_timeout",
-                                      scope, receive, send)
+            return await self._refuse(
+                408,
+                f"the request body did not arrive within {self.read_timeout:g} s",
+                "request_timeout",
+                scope,
+                receive,
+                send,
+            )
         body = b"".join(chunks)
         del chunks
         replayed = False
@@ -86,14 +102,14 @@ class RequestGuard:
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()   # after the body: wait for the client to leave
+            return await receive()  # after the body: wait for the client to leave
 
         await self.app(scope, replay, send)
 
     async def _check_token(self, scope) -> None:
         from starlette.requests import Request
 
-        if self.authority._secret is None:   # first request only: the secret is in Redis
+        if self.authority._secret is None:  # first request only: the secret is in Redis
             try:
                 await asyncio.to_thread(self.authority.secret)
             except Exception:  # noqa: BLE001 - Redis down: the route answers that (503)
@@ -105,8 +121,9 @@ class RequestGuard:
         # a 413 leaves the connection open: uvicorn reads and drops the rest of the body (no
         # memory held; the header deadline bounds the time), so its sender gets to read the
         # answer instead of a reset. A body too slow to arrive is not waited for again.
-        await error_response(status, message, code,
-                             headers=CLOSE if status == 408 else None)(scope, receive, send)
+        await error_response(status, message, code, headers=CLOSE if status == 408 else None)(
+            scope, receive, send
+        )
 
 
 def guarded_protocol(header_timeout: float) -> type:
@@ -136,14 +153,14 @@ def guarded_protocol(header_timeout: float) -> type:
             cycle = self.cycle
             super().handle_events()
             if self.cycle is not cycle:
-                self._cancel_deadline()   # the next request's line and headers are in
+                self._cancel_deadline()  # the next request's line and headers are in
 
         def on_response_complete(self) -> None:
             # from here: what is left of this request's body (a refused one is read and
             # dropped, so that its sender reads our answer) and the next request's head
             if not self.transport.is_closing():
                 self._arm_deadline()
-            super().on_response_complete()   # may start a pipelined request: that cancels it
+            super().on_response_complete()  # may start a pipelined request: that cancels it
 
         def connection_lost(self, exc) -> None:
             self._cancel_deadline()
@@ -159,10 +176,17 @@ def check_tags(tags, max_tags: int, max_length: int) -> list[str]:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ApiError(400, "tags must be a list of strings", "invalid_tags")
     if len(tags) > max_tags:
-        raise ApiError(400, f"a job may have at most {max_tags} tags, not {len(tags)} "
-                            "(SESSION_BROKER_API_MAX_TAGS)", "invalid_tags")
+        raise ApiError(
+            400,
+            f"a job may have at most {max_tags} tags, not {len(tags)} (SESSION_BROKER_API_MAX_TAGS)",
+            "invalid_tags",
+        )
     for i, tag in enumerate(tags):
         if len(tag) > max_length:
-            raise ApiError(400, f"tags[{i}] has {len(tag)} characters; a tag may have at most "
-                                f"{max_length} (SESSION_BROKER_API_MAX_TAG_LENGTH)", "invalid_tags")
+            raise ApiError(
+                400,
+                f"tags[{i}] has {len(tag)} characters; a tag may have at most "
+                f"{max_length} (SESSION_BROKER_API_MAX_TAG_LENGTH)",
+                "invalid_tags",
+            )
     return tags

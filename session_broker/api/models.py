@@ -36,7 +36,7 @@ class JobCreate(Strict):
     backend: str | None = Field(default=None, max_length=64)
     params: dict[str, Any]
     session_id: str | None = Field(default=None, pattern=ID)
-    tags: list[str] | None = None   # limits: SESSION_BROKER_API_MAX_TAGS, _MAX_TAG_LENGTH
+    tags: list[str] | None = None  # limits: SESSION_BROKER_API_MAX_TAGS, _MAX_TAG_LENGTH
     cost: StrictInt | None = Field(default=None, ge=1)
     log_level: str | None = Field(default=None, max_length=16)
     private: StrictBool | None = None
@@ -47,7 +47,7 @@ class JobCreate(Strict):
 
 
 class TagsUpdate(Strict):
-    tags: list[str]   # limits: SESSION_BROKER_API_MAX_TAGS, _MAX_TAG_LENGTH
+    tags: list[str]  # limits: SESSION_BROKER_API_MAX_TAGS, _MAX_TAG_LENGTH
 
 
 class SearchRequest(BaseModel):

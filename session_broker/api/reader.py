@@ -87,8 +87,10 @@ def read_array(obj, where: str) -> np.ndarray:
     buf = io.BytesIO(raw)
     try:
         version = np.lib.format.read_magic(buf)
-        reader = {(1, 0): np.lib.format.read_array_header_1_0,
-                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        reader = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
         if reader is None:
             raise ValueError(f".npy version {version} is not supported")
         shape, fortran, dtype = reader(buf)
@@ -97,8 +99,11 @@ def read_array(obj, where: str) -> np.ndarray:
     if dtype.hasobject or dtype.kind not in "fiu" or dtype.itemsize > 8:
         raise bad(where, f"array dtype {dtype.str!r} is not allowed; parameter values are real numbers")
     if len(shape) > codec.MAX_NDIM or math.prod(shape) > codec.MAX_ARRAY_ELEMENTS:
-        raise bad(where, f"array shape {shape} is too large (at most {codec.MAX_ARRAY_ELEMENTS} "
-                         f"elements, {codec.MAX_NDIM} dimensions)")
+        raise bad(
+            where,
+            f"array shape {shape} is too large (at most {codec.MAX_ARRAY_ELEMENTS} "
+            f"elements, {codec.MAX_NDIM} dimensions)",
+        )
     if buf.tell() + math.prod(shape) * dtype.itemsize != len(raw):
         raise bad(where, "the .npy data does not match its header's shape and dtype")
     buf.seek(0)
@@ -111,8 +116,11 @@ def read_array(obj, where: str) -> np.ndarray:
 def _bindings(circuit, values: np.ndarray, where: str) -> BindingsArray:
     n = circuit.num_parameters
     if values.ndim == 0 or values.shape[-1] != n:
-        raise bad(where, f"parameter values have shape {values.shape}; the circuit has {n} "
-                         f"parameters, so the last dimension must be {n}")
+        raise bad(
+            where,
+            f"parameter values have shape {values.shape}; the circuit has {n} "
+            f"parameters, so the last dimension must be {n}",
+        )
     data = {tuple(circuit.parameters): values} if n else {}
     return BindingsArray(data, shape=values.shape[:-1])
 
@@ -133,8 +141,12 @@ def _observables(obj, where: str, depth: int = 0):
         return obj
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) \
-                    or not math.isfinite(v):
+            if (
+                not isinstance(k, str)
+                or isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+            ):
                 raise bad(where, "an observable is a {pauli label: real coefficient} object")
         return obj
     if isinstance(obj, list):
@@ -148,8 +160,11 @@ def plain_json(obj, where: str, depth: int = 0):
         raise bad(where, "options are nested too deeply")
     if isinstance(obj, dict):
         if "__type__" in obj:
-            raise bad(where, f"typed objects ({str(obj['__type__'])[:40]!r}) are not accepted in "
-                             "options; send plain JSON values")
+            raise bad(
+                where,
+                f"typed objects ({str(obj['__type__'])[:40]!r}) are not accepted in "
+                "options; send plain JSON values",
+            )
         return {str(k): plain_json(v, f"{where}.{k}", depth + 1) for k, v in obj.items()}
     if isinstance(obj, list):
         return [plain_json(v, where, depth + 1) for v in obj]

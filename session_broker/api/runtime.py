@@ -48,12 +48,14 @@ async def runtime_ctx(request: Request) -> Ctx:
 
 def broker_errors(fn):
     """Our typed errors (raised before anything is queued) -> 4xx."""
+
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except SessionBrokerError as exc:
             raise from_broker_error(exc) from None
+
     return wrapped
 
 
@@ -69,8 +71,11 @@ def list_backends(ctx: Ctx = Depends(runtime_ctx), include_mocks: bool = False):
 
 def _known(name: str) -> str:
     if name not in catalog.CATALOG:
-        raise ApiError(404, f"unknown backend {name[:64]!r}; known backends: "
-                            f"{', '.join(catalog.known_backends())}", "backend_not_found")
+        raise ApiError(
+            404,
+            f"unknown backend {name[:64]!r}; known backends: {', '.join(catalog.known_backends())}",
+            "backend_not_found",
+        )
     return name
 
 
@@ -92,11 +97,17 @@ def backend_status(name: str, ctx: Ctx = Depends(runtime_ctx)):
 
 @router.get("/instances/usage", tags=["instances"])
 def instance_usage(ctx: Ctx = Depends(runtime_ctx)):
-    used = ctx.store.usage_seconds()   # every job's run time (the execution histogram's sum)
-    return {"instance_id": ctx.front.api.instance, "plan_id": "session-broker",
-            "usage_consumed_seconds": used, "usage_limit_seconds": None,
-            "usage_allocation_seconds": None, "usage_remaining_seconds": None,
-            "usage_limit_reached": False, "usage_period": None}
+    used = ctx.store.usage_seconds()  # every job's run time (the execution histogram's sum)
+    return {
+        "instance_id": ctx.front.api.instance,
+        "plan_id": "session-broker",
+        "usage_consumed_seconds": used,
+        "usage_limit_seconds": None,
+        "usage_allocation_seconds": None,
+        "usage_remaining_seconds": None,
+        "usage_limit_reached": False,
+        "usage_period": None,
+    }
 
 
 # ---------------------------------------------------------------------- sessions
@@ -123,14 +134,24 @@ def _session_view(session: Session) -> dict:
     d = session.details()
     started = d["started_at"]
     return {
-        "id": d["id"], "backend_name": d["backend_name"], "state": d["state"],
-        "accepting_jobs": d["accepting_jobs"], "interactive_ttl": d["interactive_timeout"],
-        "max_ttl": d["max_time"], "active_ttl": d["active_timeout"],
-        "last_job_started": d["last_job_started"], "last_job_completed": d["last_job_completed"],
-        "started_at": started, "activated_at": started, "closed_at": d["closed_at"],
-        "mode": "batch" if d["mode"] == "batch" else "dedicated", "elapsed_time": d["usage_time"],
+        "id": d["id"],
+        "backend_name": d["backend_name"],
+        "state": d["state"],
+        "accepting_jobs": d["accepting_jobs"],
+        "interactive_ttl": d["interactive_timeout"],
+        "max_ttl": d["max_time"],
+        "active_ttl": d["active_timeout"],
+        "last_job_started": d["last_job_started"],
+        "last_job_completed": d["last_job_completed"],
+        "started_at": started,
+        "activated_at": started,
+        "closed_at": d["closed_at"],
+        "mode": "batch" if d["mode"] == "batch" else "dedicated",
+        "elapsed_time": d["usage_time"],
         "timestamps": [{"status": "active", "timestamp": started}] if started else [],
-        "jobs": d["jobs"], "worker": d["worker"], "closed_reason": d["closed_reason"],
+        "jobs": d["jobs"],
+        "worker": d["worker"],
+        "closed_reason": d["closed_reason"],
     }
 
 

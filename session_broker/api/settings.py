@@ -37,8 +37,8 @@ def digest(key: str) -> str:
 
 @dataclass(frozen=True)
 class ApiKey:
-    sha256: str          # hex digest of the key
-    prefix: str | None   # tenant: the Redis key prefix, None = the server's
+    sha256: str  # hex digest of the key
+    prefix: str | None  # tenant: the Redis key prefix, None = the server's
 
 
 @dataclass(frozen=True)
@@ -47,30 +47,50 @@ class ApiSettings:
     instance: str = DEFAULT_INSTANCE
     secret: str = ""
     token_ttl: int = 3600
-    max_body_bytes: int = 64 * 1024 * 1024   # POST /jobs: 2 x SESSION_BROKER_MAX_PAYLOAD_BYTES
-    max_request_bytes: int = 64 * 1024       # every other request's body
-    max_tags: int = 8                        # IBM's API: at most 8 tags a job ...
-    max_tag_length: int = 86                 # ... of at most 86 characters each
-    header_timeout: float = 10.0             # a request's line and headers arrive within this (s)
-    read_timeout: float = 30.0               # ... and its body within this after them (s)
-    keep_alive: int = 5                      # an idle connection is closed after this (s)
-    max_connections: int = 1000              # open connections + running requests (uvicorn: 503)
+    max_body_bytes: int = 64 * 1024 * 1024  # POST /jobs: 2 x SESSION_BROKER_MAX_PAYLOAD_BYTES
+    max_request_bytes: int = 64 * 1024  # every other request's body
+    max_tags: int = 8  # IBM's API: at most 8 tags a job ...
+    max_tag_length: int = 86  # ... of at most 86 characters each
+    header_timeout: float = 10.0  # a request's line and headers arrive within this (s)
+    read_timeout: float = 30.0  # ... and its body within this after them (s)
+    keep_alive: int = 5  # an idle connection is closed after this (s)
+    max_connections: int = 1000  # open connections + running requests (uvicorn: 503)
 
 
 # field -> (environment variable, lowest, highest, what it is): each checked at start
 LIMITS = {
-    "max_request_bytes": ("SESSION_BROKER_API_MAX_REQUEST_BYTES", 1024, 1 << 30,
-                          "bytes of a request body other than a job submission"),
+    "max_request_bytes": (
+        "SESSION_BROKER_API_MAX_REQUEST_BYTES",
+        1024,
+        1 << 30,
+        "bytes of a request body other than a job submission",
+    ),
     "max_tags": ("SESSION_BROKER_API_MAX_TAGS", 0, 1000, "tags a job may have"),
     "max_tag_length": ("SESSION_BROKER_API_MAX_TAG_LENGTH", 1, 4096, "characters of one tag"),
-    "header_timeout": ("SESSION_BROKER_API_HEADER_TIMEOUT", 0.1, 3600,
-                       "seconds a request line and its headers may take to arrive"),
-    "read_timeout": ("SESSION_BROKER_API_READ_TIMEOUT", 0.1, 3600,
-                     "seconds a request body may take to arrive"),
-    "keep_alive": ("SESSION_BROKER_API_KEEP_ALIVE", 1, 3600,
-                   "seconds an idle keep-alive connection stays open"),
-    "max_connections": ("SESSION_BROKER_API_MAX_CONNECTIONS", 1, 1_000_000,
-                        "open connections and running requests before new requests get 503"),
+    "header_timeout": (
+        "SESSION_BROKER_API_HEADER_TIMEOUT",
+        0.1,
+        3600,
+        "seconds a request line and its headers may take to arrive",
+    ),
+    "read_timeout": (
+        "SESSION_BROKER_API_READ_TIMEOUT",
+        0.1,
+        3600,
+        "seconds a request body may take to arrive",
+    ),
+    "keep_alive": (
+        "SESSION_BROKER_API_KEEP_ALIVE",
+        1,
+        3600,
+        "seconds an idle keep-alive connection stays open",
+    ),
+    "max_connections": (
+        "SESSION_BROKER_API_MAX_CONNECTIONS",
+        1,
+        1_000_000,
+        "open connections and running requests before new requests get 503",
+    ),
 }
 
 
@@ -87,8 +107,9 @@ def _limit(env, field: str):
         value = None
     if value is None or value != value or not low <= value <= high:
         number = "a whole number" if kind is int else "a number"
-        raise ConfigurationError(f"{name}={raw!r} is not valid: {number} from {low} to {high} "
-                                 f"({what}; default {default})")
+        raise ConfigurationError(
+            f"{name}={raw!r} is not valid: {number} from {low} to {high} ({what}; default {default})"
+        )
     return value
 
 
@@ -108,11 +129,13 @@ def parse_keys(raw: str) -> tuple[ApiKey, ...]:
             hexdigest = key[7:].lower()
             if not _HEX.match(hexdigest):
                 raise ConfigurationError(
-                    f"SESSION_BROKER_API_KEYS entry {n + 1}: 'sha256:' must be followed by 64 hex digits")
+                    f"SESSION_BROKER_API_KEYS entry {n + 1}: 'sha256:' must be followed by 64 hex digits"
+                )
         else:
             if len(key) < 8:
                 raise ConfigurationError(
-                    f"SESSION_BROKER_API_KEYS entry {n + 1}: an API key needs at least 8 characters")
+                    f"SESSION_BROKER_API_KEYS entry {n + 1}: an API key needs at least 8 characters"
+                )
             hexdigest = digest(key)
         out.append(ApiKey(hexdigest, prefix))
     return tuple(out)
@@ -131,6 +154,11 @@ def load_api_settings(environ=None, max_payload_bytes: int = 16 * 1024 * 1024) -
         raise ConfigurationError("SESSION_BROKER_API_SECRET needs at least 32 characters")
     # the client's params are base64 of zlib data inside JSON: allow some headroom over the
     # encoded job limit the Python API enforces (the primitives check it again exactly)
-    return ApiSettings(keys=parse_keys(env.get("SESSION_BROKER_API_KEYS") or ""), instance=instance,
-                       secret=secret, token_ttl=int(ttl_raw), max_body_bytes=2 * max_payload_bytes,
-                       **{field: _limit(env, field) for field in LIMITS})
+    return ApiSettings(
+        keys=parse_keys(env.get("SESSION_BROKER_API_KEYS") or ""),
+        instance=instance,
+        secret=secret,
+        token_ttl=int(ttl_raw),
+        max_body_bytes=2 * max_payload_bytes,
+        **{field: _limit(env, field) for field in LIMITS},
+    )

@@ -62,9 +62,18 @@ from session_broker.core.memo import BoundedMemo
 from session_broker.errors import InvalidInputError, InvalidPayloadError, PayloadTooLargeError
 
 __all__ = [
-    "DecodedJob", "check_payload", "check_result_size", "decode_circuit", "decode_payload",
-    "decode_result", "encode_circuit", "encode_estimator_pubs", "encode_payload",
-    "encode_result", "encode_sampler_pubs", "result_bytes",
+    "DecodedJob",
+    "check_payload",
+    "check_result_size",
+    "decode_circuit",
+    "decode_payload",
+    "decode_result",
+    "encode_circuit",
+    "encode_estimator_pubs",
+    "encode_payload",
+    "encode_result",
+    "encode_sampler_pubs",
+    "result_bytes",
 ]
 
 WIRE_VERSION = 1
@@ -72,8 +81,8 @@ PRIMITIVES = ("sampler", "estimator")
 MAX_QUBITS = 1000
 MAX_CLBITS = 100_000
 MAX_SHOTS = 10_000_000
-MAX_PUB_SIZE = 1_000_000          # elements of one PUB's (broadcast) shape
-MAX_ARRAY_ELEMENTS = 10_000_000   # elements of one parameter array
+MAX_PUB_SIZE = 1_000_000  # elements of one PUB's (broadcast) shape
+MAX_ARRAY_ELEMENTS = 10_000_000  # elements of one parameter array
 MAX_NDIM = 32
 
 # QPY 13 is the first version qiskit reads with its Rust reader (older ones go through the
@@ -82,12 +91,12 @@ MAX_NDIM = 32
 # qiskit 2.x releases still understand each other. Bump both after checking the header layout.
 _QPY_MIN_READ = 13
 _QPY_MAX_READ = min(QPY_VERSION, 18)
-_QPY_FILE_HEADER = struct.Struct("!6sBBBBQc")          # FILE_HEADER_V10
-_QPY_CIRCUIT_HEADER = struct.Struct("!H1cHIIQIQI")     # CIRCUIT_HEADER_V12
-_QPY_MIN_INSTRUCTION, _QPY_MIN_REGISTER, _QPY_MIN_VAR = 25, 8, 19   # smallest record sizes
+_QPY_FILE_HEADER = struct.Struct("!6sBBBBQc")  # FILE_HEADER_V10
+_QPY_CIRCUIT_HEADER = struct.Struct("!H1cHIIQIQI")  # CIRCUIT_HEADER_V12
+_QPY_MIN_INSTRUCTION, _QPY_MIN_REGISTER, _QPY_MIN_VAR = 25, 8, 19  # smallest record sizes
 
 _PHASE_TYPES = np.zeros(256, bool)
-_PHASE_TYPES[list(b"fpve")] = True     # global-phase types qiskit accepts (others fail early)
+_PHASE_TYPES[list(b"fpve")] = True  # global-phase types qiskit accepts (others fail early)
 _LABEL = re.compile(r"[IXYZ01+\-rl]{1,%d}" % MAX_QUBITS)
 _RESULT_DTYPE = re.compile(r"[<|][biufc](1|2|4|8|16)")
 # ANSI colours (raw or repr-escaped), escaped newlines and box drawing in QPY's Rust errors.
@@ -133,7 +142,7 @@ def _fields(obj, keys: tuple[str, ...], where: str) -> list:
 
 
 def _int(value, where: str, low: int, high: int) -> int:
-    if type(value) is not int:        # bool is an int subclass; so is nothing else from JSON
+    if type(value) is not int:  # bool is an int subclass; so is nothing else from JSON
         raise _bad(where, f"expected an integer, got {type(value).__name__}")
     if not low <= value <= high:
         raise _bad(where, f"{value} is outside the allowed range {low}..{high}")
@@ -156,7 +165,7 @@ def _enc_array(arr: np.ndarray) -> dict:
     """Raw little-endian bytes, base64: no per-element Python objects on either side."""
     dtype = arr.dtype.newbyteorder("<")
     # asarray keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d: evs of shape ())
-    arr = np.asarray(arr, dtype=dtype, order="C")          # a no-op for the usual arrays
+    arr = np.asarray(arr, dtype=dtype, order="C")  # a no-op for the usual arrays
     b64 = binascii.b2a_base64(arr.data, newline=False).decode("ascii")
     return {"dtype": dtype.str, "shape": list(arr.shape), "b64": b64}
 
@@ -179,12 +188,15 @@ def _dec_array(obj, where: str, dtypes: tuple[str, ...] | None, max_size: int | 
     # Compare lengths before decoding: a lying shape is refused without allocating anything.
     if not isinstance(b64, str) or len(b64) != 4 * ((nbytes + 2) // 3):
         got = len(b64) if isinstance(b64, str) else type(b64).__name__
-        raise _bad(f"{where}.b64", f"length {got} does not match shape {list(shape)} of "
-                                   f"{dtype_str} ({nbytes} bytes)")
+        raise _bad(
+            f"{where}.b64", f"length {got} does not match shape {list(shape)} of {dtype_str} ({nbytes} bytes)"
+        )
     raw = _b64decode(b64, f"{where}.b64")
     if len(raw) != nbytes:
-        raise _bad(f"{where}.b64", f"{len(raw)} bytes do not match shape {list(shape)} "
-                                   f"of {dtype_str} ({nbytes} bytes)")
+        raise _bad(
+            f"{where}.b64",
+            f"{len(raw)} bytes do not match shape {list(shape)} of {dtype_str} ({nbytes} bytes)",
+        )
     # bytearray: callers get ordinary writable arrays, not read-only views of a bytes object.
     return np.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
 
@@ -192,7 +204,7 @@ def _dec_array(obj, where: str, dtypes: tuple[str, ...] | None, max_size: int | 
 def _b64decode(text: str, where: str) -> bytes:
     try:
         return binascii.a2b_base64(text, strict_mode=True)
-    except ValueError as exc:        # binascii.Error, or non-ASCII text
+    except ValueError as exc:  # binascii.Error, or non-ASCII text
         raise _bad(where, f"invalid base64 ({exc})") from None
 
 
@@ -225,42 +237,55 @@ def _check_qpy(raw: bytes, where: str) -> None:
     if magic != b"QISKIT":
         raise _bad(where, "not QPY data (no QISKIT magic)")
     if not _QPY_MIN_READ <= version <= _QPY_MAX_READ:
-        raise _bad(where, f"QPY version {version} is not supported "
-                          f"(this worker reads {_QPY_MIN_READ}..{_QPY_MAX_READ})")
+        raise _bad(
+            where,
+            f"QPY version {version} is not supported (this worker reads {_QPY_MIN_READ}..{_QPY_MAX_READ})",
+        )
     if programs != 1:
         raise _bad(where, f"QPY must hold exactly one circuit, not {programs}")
     if raw[_QPY_FILE_HEADER.size] != ord("q"):
         raise _bad(where, "QPY program is not a circuit")
     top = _QPY_FILE_HEADER.size + 1
-    if version >= 16:                                    # a table of program offsets
+    if version >= 16:  # a table of program offsets
         (top,) = struct.unpack_from("!Q", raw, top)
     if top + _QPY_CIRCUIT_HEADER.size > len(raw):
         raise _bad(where, "truncated QPY (circuit header out of bounds)")
     qubits, clbits = _QPY_CIRCUIT_HEADER.unpack_from(raw, top)[3:5]
     if qubits > MAX_QUBITS or clbits > MAX_CLBITS:
-        raise _bad(where, f"circuit has {qubits} qubits and {clbits} clbits; at most "
-                          f"{MAX_QUBITS} qubits and {MAX_CLBITS} clbits are allowed")
+        raise _bad(
+            where,
+            f"circuit has {qubits} qubits and {clbits} clbits; at most "
+            f"{MAX_QUBITS} qubits and {MAX_CLBITS} clbits are allowed",
+        )
     if _header_overflows(raw, top):
         raise _bad(where, "QPY header declares more data than it holds (truncated or corrupt)")
     total = 0
     for h in _nested_headers(raw, top):
         nq, nc = _QPY_CIRCUIT_HEADER.unpack_from(raw, h)[3:5]
         if nq > qubits or nc > clbits or _header_overflows(raw, h):
-            raise _bad(where, f"a nested circuit (byte {h}) declares {nq} qubits and {nc} "
-                              f"clbits (its circuit has {qubits} and {clbits}) or more data "
-                              f"than the QPY holds")
+            raise _bad(
+                where,
+                f"a nested circuit (byte {h}) declares {nq} qubits and {nc} "
+                f"clbits (its circuit has {qubits} and {clbits}) or more data "
+                f"than the QPY holds",
+            )
         total += nq + nc
     if total > len(raw) // 4:
-        raise _bad(where, f"nested circuits declare {total} bits in all, more than "
-                          f"{len(raw)} bytes of QPY can hold")
+        raise _bad(
+            where, f"nested circuits declare {total} bits in all, more than {len(raw)} bytes of QPY can hold"
+        )
 
 
 def _header_overflows(raw: bytes, h: int) -> bool:
     """Whether the circuit header at ``h`` declares more records than the bytes after it."""
     name, _, phase, _, _, meta, regs, instrs, nvars = _QPY_CIRCUIT_HEADER.unpack_from(raw, h)
     rest = len(raw) - h - _QPY_CIRCUIT_HEADER.size
-    return (name + phase + meta > rest or instrs * _QPY_MIN_INSTRUCTION > rest
-            or regs * _QPY_MIN_REGISTER > rest or nvars * _QPY_MIN_VAR > rest)
+    return (
+        name + phase + meta > rest
+        or instrs * _QPY_MIN_INSTRUCTION > rest
+        or regs * _QPY_MIN_REGISTER > rest
+        or nvars * _QPY_MIN_VAR > rest
+    )
 
 
 def _nested_headers(raw: bytes, top: int) -> list[int]:
@@ -277,21 +302,24 @@ def _nested_headers(raw: bytes, top: int) -> list[int]:
     if count <= 9:
         return []
     a = np.frombuffer(raw, np.uint8)
-    screen = _PHASE_TYPES[a[2:2 + count]] & (np.ndarray((count,), "u4", raw, 13, (1,)) == 0)
+    screen = _PHASE_TYPES[a[2 : 2 + count]] & (np.ndarray((count,), "u4", raw, 13, (1,)) == 0)
     found = []
     for h in np.flatnonzero(screen).tolist():
         name, phase_type, phase, _, _, meta = _QPY_CIRCUIT_HEADER.unpack_from(raw, h)[:6]
-        if (h != top and name + phase + meta <= n - h - size
-                and (phase == 8 if phase_type == b"f" else phase > 0)):
+        if (
+            h != top
+            and name + phase + meta <= n - h - size
+            and (phase == 8 if phase_type == b"f" else phase > 0)
+        ):
             found.append(h)
     if not found:
         return []
     reachable = np.zeros(n + 9, bool)
-    tag = (a[:n - 8] == ord("q")) & (np.ndarray((n - 8,), ">u8", raw, 1, (1,)) <= n)
-    reachable[np.flatnonzero(tag) + 9] = True                   # INSTRUCTION_PARAM 'q'
-    k = n - 35                                                  # CUSTOM_CIRCUIT_INST_DEF_V2
+    tag = (a[: n - 8] == ord("q")) & (np.ndarray((n - 8,), ">u8", raw, 1, (1,)) <= n)
+    reachable[np.flatnonzero(tag) + 9] = True  # INSTRUCTION_PARAM 'q'
+    k = n - 35  # CUSTOM_CIRCUIT_INST_DEF_V2
     starts = np.arange(k) + 36 + np.ndarray((k,), ">u2", raw, 0, (1,))
-    ok = (a[11:11 + k] == 1) & (np.ndarray((k,), ">u8", raw, 12, (1,)) <= n) & (starts < n)
+    ok = (a[11 : 11 + k] == 1) & (np.ndarray((k,), ">u8", raw, 12, (1,)) <= n) & (starts < n)
     reachable[starts[ok]] = True
     return [h for h in found if reachable[h]]
 
@@ -310,7 +338,7 @@ def _load_circuit(data: str, where: str) -> QuantumCircuit:
         circuits = qpy.load(io.BytesIO(raw))
     except Exception as exc:
         raise _bad(where, f"corrupt QPY ({_short(exc)})") from None
-    except BaseException as exc:     # a Rust panic surfaces as pyo3's PanicException
+    except BaseException as exc:  # a Rust panic surfaces as pyo3's PanicException
         if type(exc).__name__ != "PanicException":
             raise
         raise _bad(where, f"corrupt QPY ({_short(exc)})") from None
@@ -327,8 +355,8 @@ def _load_circuit(data: str, where: str) -> QuantumCircuit:
 def _enc_bindings(bindings: BindingsArray) -> dict:
     data = []
     for names, arr in bindings.data.items():
-        if not names:   # `[]`, `[[]]`, np.zeros((3, 0)) on a parameterless circuit: the shape
-            continue    # is all they carry, and it travels in "shape"
+        if not names:  # `[]`, `[[]]`, np.zeros((3, 0)) on a parameterless circuit: the shape
+            continue  # is all they carry, and it travels in "shape"
         if not np.isfinite(arr).all():
             raise InvalidInputError(f"parameter values for {list(names)[:3]} contain NaN or inf")
         data.append({"names": list(names), "array": _enc_array(arr.astype(np.float64, copy=False))})
@@ -341,11 +369,13 @@ def _circuit_encoder():
 
     def encode(circuit: QuantumCircuit) -> str:
         if circuit.num_qubits > MAX_QUBITS:
-            raise InvalidInputError(f"circuit has {circuit.num_qubits} qubits; "
-                                    f"at most {MAX_QUBITS} are allowed")
+            raise InvalidInputError(
+                f"circuit has {circuit.num_qubits} qubits; at most {MAX_QUBITS} are allowed"
+            )
         if id(circuit) not in memo:
-            memo[id(circuit)] = (circuit, encode_circuit(circuit))   # alive: ids stay unique
+            memo[id(circuit)] = (circuit, encode_circuit(circuit))  # alive: ids stay unique
         return memo[id(circuit)][1]
+
     return encode
 
 
@@ -362,8 +392,13 @@ def encode_sampler_pubs(pubs: Sequence[SamplerPub]) -> list[dict]:
     for pub in map(lambda p: _coerce(SamplerPub, p), pubs):
         if pub.shots is not None and not 0 < pub.shots <= MAX_SHOTS:
             raise InvalidInputError(f"shots must be in 1..{MAX_SHOTS}, got {pub.shots}")
-        out.append({"circuit": encode(pub.circuit), "params": _enc_bindings(pub.parameter_values),
-                    "shots": None if pub.shots is None else int(pub.shots)})
+        out.append(
+            {
+                "circuit": encode(pub.circuit),
+                "params": _enc_bindings(pub.parameter_values),
+                "shots": None if pub.shots is None else int(pub.shots),
+            }
+        )
     return out
 
 
@@ -371,12 +406,15 @@ def encode_estimator_pubs(pubs: Sequence[EstimatorPub]) -> list[dict]:
     encode = _circuit_encoder()
     out = []
     for pub in map(lambda p: _coerce(EstimatorPub, p), pubs):
-        terms = [{str(k): float(v) for k, v in d.items()}
-                 for d in np.asarray(pub.observables).reshape(-1)]
-        out.append({"circuit": encode(pub.circuit),
-                    "observables": {"shape": list(pub.observables.shape), "terms": terms},
-                    "params": _enc_bindings(pub.parameter_values),
-                    "precision": None if pub.precision is None else float(pub.precision)})
+        terms = [{str(k): float(v) for k, v in d.items()} for d in np.asarray(pub.observables).reshape(-1)]
+        out.append(
+            {
+                "circuit": encode(pub.circuit),
+                "observables": {"shape": list(pub.observables.shape), "terms": terms},
+                "params": _enc_bindings(pub.parameter_values),
+                "precision": None if pub.precision is None else float(pub.precision),
+            }
+        )
     return out
 
 
@@ -396,16 +434,18 @@ def _dec_bindings(obj, where: str, circuit: QuantumCircuit) -> BindingsArray:
         seen.update(names)
         arr = _dec_array(array, f"{at}.array", ("<f8",), MAX_ARRAY_ELEMENTS)
         if arr.shape != shape + (len(names),):
-            raise _bad(f"{at}.array", f"shape {list(arr.shape)} is not the bindings shape "
-                                      f"{list(shape)} + [{len(names)} parameters]")
+            raise _bad(
+                f"{at}.array",
+                f"shape {list(arr.shape)} is not the bindings shape "
+                f"{list(shape)} + [{len(names)} parameters]",
+            )
         if not np.isfinite(arr).all():
             raise _bad(f"{at}.array", "parameter values contain NaN or inf")
         data[tuple(names)] = arr
     expected = {p.name for p in circuit.parameters} if seen or circuit.num_parameters else seen
     if seen != expected:
         unknown = sorted(seen - expected) or sorted(expected - seen)
-        raise _bad(where, f"parameter names do not match the circuit's "
-                          f"(first mismatch: {unknown[0][:40]!r})")
+        raise _bad(where, f"parameter names do not match the circuit's (first mismatch: {unknown[0][:40]!r})")
     return BindingsArray(data, shape=shape)
 
 
@@ -420,8 +460,10 @@ def _dec_observables(obj, where: str) -> ObservablesArray:
             raise _bad(f"{where}.terms[{i}]", "expected a non-empty object {label: coeff}")
         for label, coeff in term.items():
             if not _LABEL.fullmatch(label):
-                raise _bad(f"{where}.terms[{i}]", f"invalid Pauli label {label[:40]!r} "
-                                                  f"(allowed: IXYZ01+-rl, up to {MAX_QUBITS})")
+                raise _bad(
+                    f"{where}.terms[{i}]",
+                    f"invalid Pauli label {label[:40]!r} (allowed: IXYZ01+-rl, up to {MAX_QUBITS})",
+                )
             if type(coeff) not in (int, float) or abs(coeff) > 1e300:
                 raise _bad(f"{where}.terms[{i}]", f"coeff of {label[:40]!r} is not a finite number")
         flat[i] = term
@@ -435,13 +477,13 @@ def _dec_pub(obj, where: str, primitive: str, circuits: BoundedMemo):
             shots = _int(shots, f"{where}.shots", 1, MAX_SHOTS)
     else:
         qpy_b64, observables, params, precision = _fields(
-            obj, ("circuit", "observables", "params", "precision"), where)
-        if precision is not None and (type(precision) not in (int, float) or
-                                      not 0 <= precision <= 1e300):
+            obj, ("circuit", "observables", "params", "precision"), where
+        )
+        if precision is not None and (type(precision) not in (int, float) or not 0 <= precision <= 1e300):
             raise _bad(f"{where}.precision", "expected null or a non-negative finite number")
     if not isinstance(qpy_b64, str):
         raise _bad(f"{where}.circuit", f"expected a base64 string, got {type(qpy_b64).__name__}")
-    circuit = circuits.get(qpy_b64)             # PUBs often repeat one circuit: load it once
+    circuit = circuits.get(qpy_b64)  # PUBs often repeat one circuit: load it once
     if circuit is None:
         circuit = _load_circuit(qpy_b64, f"{where}.circuit")
         circuits.put(qpy_b64, circuit, len(qpy_b64))
@@ -455,9 +497,9 @@ def _dec_pub(obj, where: str, primitive: str, circuits: BoundedMemo):
             pub = EstimatorPub(circuit, obs, bindings, precision)
     except InvalidPayloadError:
         raise
-    except Exception as exc:           # qiskit's own validation: qubit counts, broadcasting ...
+    except Exception as exc:  # qiskit's own validation: qubit counts, broadcasting ...
         raise _bad(where, _short(exc)) from None
-    if math.prod(pub.shape) > MAX_PUB_SIZE:      # math.prod: np.prod costs ~5 us here
+    if math.prod(pub.shape) > MAX_PUB_SIZE:  # math.prod: np.prod costs ~5 us here
         raise _bad(where, f"PUB shape {list(pub.shape)} has more than {MAX_PUB_SIZE} elements")
     return pub
 
@@ -467,8 +509,9 @@ MAX_RESULT_BYTES = 1 << 30  # a sampler job's bit arrays: PUB size x shots x byt
 
 def result_bytes(pubs) -> int:
     """Bytes of the BitArrays a sampler job returns (client and worker check the same bound)."""
-    return sum(int(np.prod(p.shape, dtype=np.int64)) * int(p.shots) * -(-p.circuit.num_clbits // 8)
-               for p in pubs)
+    return sum(
+        int(np.prod(p.shape, dtype=np.int64)) * int(p.shots) * -(-p.circuit.num_clbits // 8) for p in pubs
+    )
 
 
 def check_result_size(pubs) -> None:
@@ -476,7 +519,8 @@ def check_result_size(pubs) -> None:
     if size > MAX_RESULT_BYTES:
         raise InvalidInputError(
             f"this sampler job would return {size / 2**20:.0f} MiB of bits (PUB size x shots x "
-            f"bytes per shot); the limit is {MAX_RESULT_BYTES >> 20} MiB: use fewer shots or split the job")
+            f"bytes per shot); the limit is {MAX_RESULT_BYTES >> 20} MiB: use fewer shots or split the job"
+        )
 
 
 #: Circuits the client's run of the decoder already loaded, by their base64 QPY text.
@@ -504,23 +548,22 @@ def encode_payload(primitive: str, pubs: list[dict], options: dict, *, max_bytes
     if primitive not in PRIMITIVES:
         raise InvalidInputError(f"primitive must be one of {PRIMITIVES}, not {primitive!r}")
     try:
-        text = _ENCODER.encode({"v": WIRE_VERSION, "primitive": primitive, "pubs": pubs,
-                                "options": options})
+        text = _ENCODER.encode({"v": WIRE_VERSION, "primitive": primitive, "pubs": pubs, "options": options})
     except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"options are not JSON-safe (finite numbers, str keys): "
-                                f"{exc}") from exc
-    if len(text) > max_bytes:        # ensure_ascii: characters == bytes
+        raise InvalidInputError(f"options are not JSON-safe (finite numbers, str keys): {exc}") from exc
+    if len(text) > max_bytes:  # ensure_ascii: characters == bytes
         raise PayloadTooLargeError(
             f"the encoded job is {len(text)} bytes, over the limit of {max_bytes} bytes; "
-            "send fewer or smaller PUBs, or raise SESSION_BROKER_MAX_PAYLOAD_BYTES")
+            "send fewer or smaller PUBs, or raise SESSION_BROKER_MAX_PAYLOAD_BYTES"
+        )
     return text
 
 
 @dataclass(frozen=True)
 class DecodedJob:
-    primitive: str      # "sampler" | "estimator"
-    pubs: list          # validated SamplerPub or EstimatorPub objects
-    options: dict       # JSON-safe, as sent
+    primitive: str  # "sampler" | "estimator"
+    pubs: list  # validated SamplerPub or EstimatorPub objects
+    options: dict  # JSON-safe, as sent
 
 
 def _parse_json(data, max_bytes: int | None, what: str):
@@ -531,19 +574,19 @@ def _parse_json(data, max_bytes: int | None, what: str):
         data = bytes(data)
         size = len(data)
     else:
-        raise InvalidPayloadError(f"invalid {what}: expected str or bytes, "
-                                  f"got {type(data).__name__}")
+        raise InvalidPayloadError(f"invalid {what}: expected str or bytes, got {type(data).__name__}")
     if max_bytes is not None and size > max_bytes:
-        raise InvalidPayloadError(f"invalid {what}: {size} bytes is over the limit of {max_bytes} "
-                                  "(SESSION_BROKER_MAX_PAYLOAD_BYTES)")
+        raise InvalidPayloadError(
+            f"invalid {what}: {size} bytes is over the limit of {max_bytes} "
+            "(SESSION_BROKER_MAX_PAYLOAD_BYTES)"
+        )
     if isinstance(data, bytes):
         if data[:1] == b"\x80":
             raise InvalidPayloadError(f"invalid {what}: looks like a pickle; only JSON is accepted")
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidPayloadError(f"invalid {what}: not valid UTF-8 "
-                                      f"(byte {exc.start})") from None
+            raise InvalidPayloadError(f"invalid {what}: not valid UTF-8 (byte {exc.start})") from None
     try:
         return _DECODER.decode(data)
     except RecursionError:
@@ -568,12 +611,15 @@ def _decode_payload(data, max_bytes: int | None, circuits: BoundedMemo) -> Decod
         if not isinstance(obj, dict):
             raise _bad("top level", f"expected a JSON object, got {type(obj).__name__}")
         if "v" not in obj or type(obj["v"]) is not int or obj["v"] != WIRE_VERSION:
-            raise _bad("v", f"unsupported wire version {obj.get('v')!r:.40}; "
-                            f"this worker reads version {WIRE_VERSION}")
+            raise _bad(
+                "v",
+                f"unsupported wire version {obj.get('v')!r:.40}; this worker reads version {WIRE_VERSION}",
+            )
         _, primitive, pubs, options = _fields(obj, ("v", "primitive", "pubs", "options"), "payload")
         if primitive not in PRIMITIVES:
-            raise _bad("primitive", f"unknown primitive {primitive!r:.40}; expected one of "
-                                    f"{list(PRIMITIVES)}")
+            raise _bad(
+                "primitive", f"unknown primitive {primitive!r:.40}; expected one of {list(PRIMITIVES)}"
+            )
         if not isinstance(pubs, list) or not pubs:
             raise _bad("pubs", "expected a non-empty list of PUBs")
         if not isinstance(options, dict):
@@ -600,8 +646,7 @@ def _jsonable(value, depth: int = 0):
     if isinstance(value, (np.generic, np.ndarray)):
         return _jsonable(value.tolist(), depth)
     if depth < 32 and isinstance(value, dict):
-        return {k if isinstance(k, str) else str(k): _jsonable(v, depth + 1)
-                for k, v in value.items()}
+        return {k if isinstance(k, str) else str(k): _jsonable(v, depth + 1) for k, v in value.items()}
     if depth < 32 and isinstance(value, (list, tuple, set, frozenset)):
         return [_jsonable(v, depth + 1) for v in value]
     try:
@@ -612,20 +657,23 @@ def _jsonable(value, depth: int = 0):
 
 def _enc_field(name: str, value) -> dict:
     if isinstance(value, BitArray):
-        return {"name": name, "type": "bits", "num_bits": value.num_bits,
-                "array": _enc_array(value.array)}
+        return {"name": name, "type": "bits", "num_bits": value.num_bits, "array": _enc_array(value.array)}
     if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
         return {"name": name, "type": "array", "array": _enc_array(value)}
     return {"name": name, "type": "json", "value": _jsonable(value)}
 
 
 def encode_result(result: PrimitiveResult) -> str:
-    pubs = [{"kind": "sampler" if isinstance(pr, SamplerPubResult) else "pub",
-             "shape": list(pr.data.shape), "metadata": _jsonable(pr.metadata),
-             "fields": [_enc_field(name, value) for name, value in pr.data.items()]}
-            for pr in result]
-    return _ENCODER.encode({"v": WIRE_VERSION, "metadata": _jsonable(result.metadata),
-                            "pubs": pubs})
+    pubs = [
+        {
+            "kind": "sampler" if isinstance(pr, SamplerPubResult) else "pub",
+            "shape": list(pr.data.shape),
+            "metadata": _jsonable(pr.metadata),
+            "fields": [_enc_field(name, value) for name, value in pr.data.items()],
+        }
+        for pr in result
+    ]
+    return _ENCODER.encode({"v": WIRE_VERSION, "metadata": _jsonable(result.metadata), "pubs": pubs})
 
 
 def _dec_field(obj, where: str):
@@ -657,13 +705,13 @@ def decode_result(data: str) -> PrimitiveResult:
         out = []
         for i, pub in enumerate(pubs):
             where = f"result.pubs[{i}]"
-            kind, shape, pub_meta, fields = _fields(
-                pub, ("kind", "shape", "metadata", "fields"), where)
+            kind, shape, pub_meta, fields = _fields(pub, ("kind", "shape", "metadata", "fields"), where)
             if kind not in ("sampler", "pub") or not isinstance(fields, list):
                 raise _bad(where, "expected kind sampler|pub and a list of fields")
-            data_bin = DataBin(shape=_shape(shape, f"{where}.shape", None),
-                               **dict(_dec_field(f, f"{where}.fields[{j}]")
-                                      for j, f in enumerate(fields)))
+            data_bin = DataBin(
+                shape=_shape(shape, f"{where}.shape", None),
+                **dict(_dec_field(f, f"{where}.fields[{j}]") for j, f in enumerate(fields)),
+            )
             out.append((SamplerPubResult if kind == "sampler" else PubResult)(data_bin, pub_meta))
         return PrimitiveResult(out, metadata=_with_spans(metadata))
     except InvalidPayloadError:
@@ -679,8 +727,11 @@ def _with_spans(metadata: dict) -> dict:
     [shape, start, stop]}}`` (IBM's ``SliceSpan`` fields); here they become IBM's objects,
     so code that reads ``result.metadata["execution"]["execution_spans"]`` runs unchanged.
     """
-    spans = metadata.get("execution", {}).get("execution_spans") if isinstance(
-        metadata.get("execution"), dict) else None
+    spans = (
+        metadata.get("execution", {}).get("execution_spans")
+        if isinstance(metadata.get("execution"), dict)
+        else None
+    )
     if not isinstance(spans, list):
         return metadata
     from datetime import datetime
@@ -689,10 +740,13 @@ def _with_spans(metadata: dict) -> dict:
 
     objects = []
     for span in spans:
-        slices = {int(i): (tuple(shape), slice(start, stop))
-                  for i, (shape, start, stop) in span["data_slices"].items()}
-        objects.append(SliceSpan(datetime.fromisoformat(span["start"]),
-                                 datetime.fromisoformat(span["stop"]), slices))
+        slices = {
+            int(i): (tuple(shape), slice(start, stop))
+            for i, (shape, start, stop) in span["data_slices"].items()
+        }
+        objects.append(
+            SliceSpan(datetime.fromisoformat(span["start"]), datetime.fromisoformat(span["stop"]), slices)
+        )
     metadata = dict(metadata)
     metadata["execution"] = {**metadata["execution"], "execution_spans": ExecutionSpans(objects)}
     return metadata

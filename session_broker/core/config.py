@@ -66,18 +66,30 @@ class Settings:
 # the first "." or ":" ends the prefix and no tenant's names can start with another's
 # ("a" and "a.x" would collide: the ACL rule "~a.*" also matches "a.x.session.1").
 KEY_PREFIX = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-KEY_PREFIX_RULE = ("1 to 32 characters: lower-case letters, digits, '_' or '-', starting with a "
-                   "letter or digit (no '.' or ':', so that no tenant's prefix can begin another's keys)")
+KEY_PREFIX_RULE = (
+    "1 to 32 characters: lower-case letters, digits, '_' or '-', starting with a "
+    "letter or digit (no '.' or ':', so that no tenant's prefix can begin another's keys)"
+)
 # Flower compares "user:password" with each entry of a comma-separated list, and HTTP basic
 # auth ends the user at the first ":": a "," anywhere, a ":" in the user, or a space (often
 # lost on the way through shells and .env files) would split or change the login.
 FLOWER_USER = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 FLOWER_PASSWORD = re.compile(r"[!-+\--~]{1,256}")  # printable ASCII without space and ","
-FLOWER_AUTH_RULE = ("user:password, the user 1-64 of A-Z a-z 0-9 . _ @ -, the password 1-256 "
-                    "printable ASCII characters without spaces or ','")
+FLOWER_AUTH_RULE = (
+    "user:password, the user 1-64 of A-Z a-z 0-9 . _ @ -, the password 1-256 "
+    "printable ASCII characters without spaces or ','"
+)
 
-_POSITIVE_INT = {"max_time", "interactive_timeout", "open_session_timeout", "result_ttl",
-                 "max_payload_bytes", "visibility_timeout", "max_attempts", "heartbeat_misses"}
+_POSITIVE_INT = {
+    "max_time",
+    "interactive_timeout",
+    "open_session_timeout",
+    "result_ttl",
+    "max_payload_bytes",
+    "visibility_timeout",
+    "max_attempts",
+    "heartbeat_misses",
+}
 _POSITIVE_FLOAT = {"heartbeat_interval", "tick", "unserved_pin_timeout"}
 _NON_NEGATIVE_INT = {"aer_threads", "wait_replicas", "wait_timeout_ms"}
 
@@ -107,8 +119,12 @@ def validate_url(url: str, field: str = "url") -> str:
     except ValueError as exc:
         raise _bad(field, url, f"a Redis URL such as redis://[:password@]host:6379/0 ({exc})") from None
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise _bad(field, url, "expected redis://[user:password@]host[:port][/db], rediss://... "
-                               "for TLS, or sentinel://host:26379[,host:26379...]/db?master=NAME")
+        raise _bad(
+            field,
+            url,
+            "expected redis://[user:password@]host[:port][/db], rediss://... "
+            "for TLS, or sentinel://host:26379[,host:26379...]/db?master=NAME",
+        )
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
         raise _bad(field, url, f"the database number must be an integer, not {db!r}")
@@ -174,8 +190,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
             values[name] = _coerce(name, str(value))
     settings = Settings(**values)  # type: ignore[arg-type]  # each value coerced for its field
     if settings.interactive_timeout > settings.max_time:
-        raise _bad("interactive_timeout", settings.interactive_timeout,
-                   f"at most SESSION_BROKER_MAX_TIME ({settings.max_time})")
+        raise _bad(
+            "interactive_timeout",
+            settings.interactive_timeout,
+            f"at most SESSION_BROKER_MAX_TIME ({settings.max_time})",
+        )
     return settings
 
 

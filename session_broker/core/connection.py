@@ -29,9 +29,14 @@ def redis_client(settings: Settings, *, typed_errors: bool = False) -> redis.Red
     """A redis-py client for our own keys: retries through short outages (Redis restarts,
     a Sentinel failover). With ``typed_errors`` (producers: ``QiskitRuntimeService``), every
     command, script and pipeline raises our typed errors (``TypedErrorsRedis``)."""
-    client = connect(settings.url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 40),
-                     health_check_interval=10, socket_connect_timeout=5, socket_keepalive=True,
-                     redis_class=TypedErrorsRedis if typed_errors else redis.Redis)
+    client = connect(
+        settings.url,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 40),
+        health_check_interval=10,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        redis_class=TypedErrorsRedis if typed_errors else redis.Redis,
+    )
     if typed_errors:
         client.broker_url = settings.url
     return client
@@ -52,7 +57,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """Redis refused a write for ``maxmemory``: a plain command raises OutOfMemoryError; a
     script whose write was refused raises a ResponseError quoting ``-OOM`` (Redis 6)."""
     return isinstance(exc, redis.OutOfMemoryError) or (
-        isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc))
+        isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc)
+    )
 
 
 #: What the innermost ``broker_errors`` block is doing, for the typed client's messages.
@@ -88,17 +94,19 @@ def _typed_errors(url: str, what):
         what = what() if callable(what) else what
         raise BrokerOutOfMemoryError(
             f"Redis at {redact(url)} is out of memory and refused to {what} ({exc}); "
-            "nothing was changed: raise Redis's maxmemory or free memory, then retry") from exc
+            "nothing was changed: raise Redis's maxmemory or free memory, then retry"
+        ) from exc
     except redis.BusyLoadingError as exc:
         what = what() if callable(what) else what
         raise BrokerConnectionError(
-            f"Redis at {redact(url)} is still loading its data and could not {what}; "
-            "retry in a moment") from exc
+            f"Redis at {redact(url)} is still loading its data and could not {what}; retry in a moment"
+        ) from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         what = what() if callable(what) else what
         raise BrokerConnectionError(
             f"lost Redis at {redact(url)} and could not {what} ({exc}); the job records "
-            "are in Redis: retry when it is back") from exc
+            "are in Redis: retry when it is back"
+        ) from exc
 
 
 @lru_cache(maxsize=1)
@@ -135,8 +143,7 @@ class TypedErrorsRedis(redis.Redis):
             return super().execute_command(*args, **options)
 
     def pipeline(self, transaction=True, shard_hint=None) -> redis.client.Pipeline:
-        pipe = _TypedErrorsPipeline(self.connection_pool, self.response_callbacks,
-                                    transaction, shard_hint)
+        pipe = _TypedErrorsPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
         pipe.broker_url = self.broker_url
         return pipe
 
@@ -149,7 +156,7 @@ class _TypedErrorsPipeline(redis.client.Pipeline):
             return super().immediate_execute_command(*args, **options)
 
     def execute(self, raise_on_error: bool = True):
-        stack = list(self.command_stack)   # execute() empties it, even when it fails
+        stack = list(self.command_stack)  # execute() empties it, even when it fails
 
         def doing() -> str:
             names = sorted({_doing(c[0]) for c in stack if c[0]})
@@ -198,11 +205,14 @@ class Replication:
         try:
             self.connected = int(self.client.info("replication").get("connected_slaves", 0))
         except (redis.RedisError, BrokerConnectionError, BrokerOutOfMemoryError):
-            return   # INFO refused (an ACL) or Redis away: keep what we knew
+            return  # INFO refused (an ACL) or Redis away: keep what we knew
         if self.connected == 0 and was != 0:
-            log.warning("no Redis replica is connected: writes no longer wait for one "
-                        "(SESSION_BROKER_WAIT_REPLICAS=%d); a failover now can lose the last "
-                        "jobs and results; bring a replica back", self.want)
+            log.warning(
+                "no Redis replica is connected: writes no longer wait for one "
+                "(SESSION_BROKER_WAIT_REPLICAS=%d); a failover now can lose the last "
+                "jobs and results; bring a replica back",
+                self.want,
+            )
             try:
                 prefix = self.settings.key_prefix
                 self.client.hincrby(K.Keys(prefix).counts, "replication_degraded", 1)

@@ -73,8 +73,7 @@ from __future__ import annotations
 KOMBU_PRIORITY_SEP = "\x06\x16"
 KOMBU_PRIORITY_STEPS = (3, 6, 9)  # sub-lists kombu adds for priorities other than 0
 # Histogram bucket upper bounds (seconds), shared by the Lua that fills them and /metrics.
-HISTOGRAM_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-                    30, 60, 300, 1800)
+HISTOGRAM_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 HISTOGRAMS = ("queue_wait", "execution", "session_idle")
 
 
@@ -246,5 +245,8 @@ class Keys:
 
     def queue_keys(self, queue: str) -> list[str]:
         """The Redis keys kombu uses for one queue: the list, its priority sub-lists, its bindings."""
-        return [queue, *(f"{queue}{KOMBU_PRIORITY_SEP}{p}" for p in KOMBU_PRIORITY_STEPS),
-                *self.bindings(queue)]
+        return [
+            queue,
+            *(f"{queue}{KOMBU_PRIORITY_SEP}{p}" for p in KOMBU_PRIORITY_STEPS),
+            *self.bindings(queue),
+        ]

@@ -40,8 +40,7 @@ class BoundedMemo:
             old = self._data.pop(key, None)
             if old is not None:
                 self._chars -= old[1]
-            while self._data and (len(self._data) >= self.max_entries
-                                  or self._chars + size > self.max_chars):
+            while self._data and (len(self._data) >= self.max_entries or self._chars + size > self.max_chars):
                 _, dropped = self._data.pop(next(iter(self._data)))
                 self._chars -= dropped
             self._data[key] = (value, size)

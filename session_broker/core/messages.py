@@ -23,8 +23,16 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def task_message(task: str, job_id: str, queue: str, kwargs: dict[str, Any], *, argsrepr: str,
-                 soft_time_limit: float | None = None, time_limit: float | None = None) -> str:
+def task_message(
+    task: str,
+    job_id: str,
+    queue: str,
+    kwargs: dict[str, Any],
+    *,
+    argsrepr: str,
+    soft_time_limit: float | None = None,
+    time_limit: float | None = None,
+) -> str:
     """The kombu/Celery protocol-2 message that ``apply_async`` would push, as JSON text.
 
     The body carries only the job id and a short summary (shown by Flower); the job itself
@@ -36,17 +44,34 @@ def task_message(task: str, job_id: str, queue: str, kwargs: dict[str, Any], *, 
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
-            "lang": "py", "task": task, "id": job_id, "shadow": None, "eta": None,
-            "expires": None, "group": None, "group_index": None, "retries": 0,
-            "timelimit": [time_limit, soft_time_limit], "root_id": job_id, "parent_id": None,
-            "argsrepr": argsrepr, "kwargsrepr": "{}", "origin": _ORIGIN,
-            "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None,
+            "lang": "py",
+            "task": task,
+            "id": job_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [time_limit, soft_time_limit],
+            "root_id": job_id,
+            "parent_id": None,
+            "argsrepr": argsrepr,
+            "kwargsrepr": "{}",
+            "origin": _ORIGIN,
+            "ignore_result": True,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
             "stamps": {},
         },
         "properties": {
-            "correlation_id": job_id, "reply_to": "", "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+            "correlation_id": job_id,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
         },
     }
     return _ENCODE(message)

@@ -36,9 +36,31 @@ from session_broker.core.keys import HISTOGRAM_BOUNDS, Keys
 # The helpers of lua/lib, in the order they are defined (each uses only those before it).
 LIB = ("clock", "records", "metrics", "jobs", "pins", "timers", "sessions", "messages", "lost")
 
-_LUA_KEYWORDS = frozenset({
-    "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "if", "in",
-    "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while"})
+_LUA_KEYWORDS = frozenset(
+    {
+        "and",
+        "break",
+        "do",
+        "else",
+        "elseif",
+        "end",
+        "false",
+        "for",
+        "function",
+        "if",
+        "in",
+        "local",
+        "nil",
+        "not",
+        "or",
+        "repeat",
+        "return",
+        "then",
+        "true",
+        "until",
+        "while",
+    }
+)
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONTRACT = re.compile(r"\A\s*--\[\[(.*?)\]\]\n", re.DOTALL)
 _MARK = "\x00"  # placeholders in the sample key names: \x00name\x00
@@ -51,6 +73,7 @@ def _lua_dir() -> Traversable:
 @dataclass(frozen=True)
 class Contract:
     """A script's contract block: its description, ARGV names (after P) and return value."""
+
     name: str
     text: str
     argv: tuple[str, ...]
@@ -129,8 +152,10 @@ def _members() -> Iterator[tuple[str, list[str] | None]]:
             yield name, None
         elif inspect.isfunction(attr):
             params = list(inspect.signature(attr).parameters.values())[1:]
-            if any(p.default is not p.empty or p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                   for p in params):
+            if any(
+                p.default is not p.empty or p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                for p in params
+            ):
                 continue
             yield name, [p.name for p in params]
 
@@ -148,10 +173,14 @@ def key_header() -> str:
     real values, so a member a template cannot express fails here, not in Redis."""
     marked = Keys(f"{_MARK}P{_MARK}")
     real = Keys("pfx")
-    lines = [("-- GENERATED from session_broker/core/keys.py by session_broker/core/scripts.py: "
-              "the key schema (do not write key names in the Lua)"),
-             "local P = ARGV[1]",
-             "local K = {}"]
+    lines = [
+        (
+            "-- GENERATED from session_broker/core/keys.py by session_broker/core/scripts.py: "
+            "the key schema (do not write key names in the Lua)"
+        ),
+        "local P = ARGV[1]",
+        "local K = {}",
+    ]
     for name, params in _members():
         if params is None:
             value, check = getattr(marked, name), getattr(real, name)
@@ -168,8 +197,10 @@ def key_header() -> str:
             lines.append(f"K.{name} = function({', '.join(params)}) return {body} end")
         filled = _fill(value, samples)
         if filled != (list(check) if isinstance(check, tuple) else check):
-            raise ValueError(f"Keys.{name} is not a plain template of its arguments "
-                             f"({filled!r} != {check!r}): write it so, or leave it out of the Lua")
+            raise ValueError(
+                f"Keys.{name} is not a plain template of its arguments "
+                f"({filled!r} != {check!r}): write it so, or leave it out of the Lua"
+            )
     bounds = ", ".join(repr(b) for b in HISTOGRAM_BOUNDS)
     lines.append(f"local BOUNDS = {{{bounds}}}  -- keys.HISTOGRAM_BOUNDS: bucket upper bounds (s)")
     return "\n".join(lines) + "\n"
@@ -179,6 +210,7 @@ def _fill(value: str | list[str], samples: dict[str, str]) -> str | list[str]:
     def one(s: str) -> str:
         parts = s.split(_MARK)
         return "".join(samples[p] if i % 2 else p for i, p in enumerate(parts))
+
     return one(value) if isinstance(value, str) else [one(v) for v in value]
 
 
@@ -219,8 +251,9 @@ def contract(name: str) -> Contract:
     c = parse_contract(name, _read(f"{name}.lua"))
     clash = sorted(set(c.argv) & _defined())
     if clash:
-        raise ValueError(f"lua/{name}.lua: ARGV names {clash} hide a name of the key header or "
-                         "the helpers: rename them")
+        raise ValueError(
+            f"lua/{name}.lua: ARGV names {clash} hide a name of the key header or the helpers: rename them"
+        )
     return c
 
 
@@ -228,16 +261,14 @@ def binding(c: Contract) -> str:
     """``local jid, node = ARGV[2], ARGV[3]``: ARGV[1] is the prefix P (in the key header)."""
     if not c.argv:
         return "-- ARGV: none but P"
-    return (f"local {', '.join(c.argv)} = "
-            + ", ".join(f"ARGV[{i}]" for i in range(2, len(c.argv) + 2)))
+    return f"local {', '.join(c.argv)} = " + ", ".join(f"ARGV[{i}]" for i in range(2, len(c.argv) + 2))
 
 
 @cache
 def source(name: str) -> str:
     """The whole text of one script as Redis runs it."""
     c = contract(name)
-    return (key_header() + lib_source()
-            + f"\n-- {name}.lua\n{binding(c)}\n" + _read(f"{name}.lua"))
+    return key_header() + lib_source() + f"\n-- {name}.lua\n{binding(c)}\n" + _read(f"{name}.lua")
 
 
 class Scripts:
@@ -253,10 +284,13 @@ class Scripts:
         missing = [a for a in c.argv if a not in argv]
         unknown = [a for a in argv if a not in c.argv]
         if missing or unknown:
-            raise TypeError(f"Lua script {script!r} takes ARGV {', '.join(c.argv) or 'none'}: "
-                            + "; ".join(
-                                ([f"missing {', '.join(missing)}"] if missing else [])
-                                + ([f"unknown {', '.join(unknown)}"] if unknown else [])))
+            raise TypeError(
+                f"Lua script {script!r} takes ARGV {', '.join(c.argv) or 'none'}: "
+                + "; ".join(
+                    ([f"missing {', '.join(missing)}"] if missing else [])
+                    + ([f"unknown {', '.join(unknown)}"] if unknown else [])
+                )
+            )
         nones = [a for a in c.argv if argv[a] is None]
         if nones:
             raise TypeError(f"Lua script {script!r}: ARGV {', '.join(nones)} is None (pass '')")

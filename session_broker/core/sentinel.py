@@ -41,7 +41,7 @@ class SentinelURL:
     password: str | None = None
     sentinel_password: str | None = None
     tls: bool = False
-    ssl: dict = field(default_factory=dict)   # ssl_* query options, as for rediss://
+    ssl: dict = field(default_factory=dict)  # ssl_* query options, as for rediss://
 
 
 def is_sentinel(url: str) -> bool:
@@ -74,11 +74,20 @@ def parse(url: str) -> SentinelURL:
     ssl = {k: v for k, v in query.items() if k.startswith("ssl_")}
     unknown = set(query) - set(ssl) - {"sentinel_password"}
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: master, "
-                         "sentinel_password, ssl_cert_reqs, ssl_ca_certs, ssl_certfile, ssl_keyfile")
-    return SentinelURL(tuple(hosts), master, int(db), unquote(user) or None,
-                       unquote(password) or None, query.get("sentinel_password"),
-                       scheme == "sentinels", ssl)
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)}; allowed: master, "
+            "sentinel_password, ssl_cert_reqs, ssl_ca_certs, ssl_certfile, ssl_keyfile"
+        )
+    return SentinelURL(
+        tuple(hosts),
+        master,
+        int(db),
+        unquote(user) or None,
+        unquote(password) or None,
+        query.get("sentinel_password"),
+        scheme == "sentinels",
+        ssl,
+    )
 
 
 class _MasterConnection(SentinelManagedConnection):
@@ -92,30 +101,34 @@ class _MasterConnection(SentinelManagedConnection):
         if self._sock is None and retry_socket_connect:
             # connect_to() comes back here with retry_socket_connect=False
             return self.retry.call_with_retry(self._connect_retry, lambda error: None)
-        return super().connect_check_health(check_health=check_health,
-                                            retry_socket_connect=retry_socket_connect)
+        return super().connect_check_health(
+            check_health=check_health, retry_socket_connect=retry_socket_connect
+        )
 
 
 class _MasterSSLConnection(_MasterConnection, SSLConnection):
     pass
 
 
-def client(url: str, tls_kwargs: dict, redis_class: type[redis.Redis] = redis.Redis,
-           **kwargs) -> redis.Redis:
+def client(url: str, tls_kwargs: dict, redis_class: type[redis.Redis] = redis.Redis, **kwargs) -> redis.Redis:
     """A redis-py client (of ``redis_class``) bound to the current master (``kwargs`` as for
     ``redis.Redis``)."""
     parsed = parse(url)
-    sentinel_kwargs = {"socket_connect_timeout": kwargs.get("socket_connect_timeout", 5),
-                       "socket_timeout": 5}
+    sentinel_kwargs = {"socket_connect_timeout": kwargs.get("socket_connect_timeout", 5), "socket_timeout": 5}
     if parsed.sentinel_password:
         sentinel_kwargs["password"] = parsed.sentinel_password
-    if parsed.tls:   # sentinels://: TLS to the Sentinels and to the master
+    if parsed.tls:  # sentinels://: TLS to the Sentinels and to the master
         kwargs = {**kwargs, "ssl": True, **tls_kwargs}
         sentinel_kwargs.update(ssl=True, **tls_kwargs)
     manager = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
-    return manager.master_for(parsed.master, redis_class=redis_class, db=parsed.db,
-                              username=parsed.username, password=parsed.password,
-                              connection_class=_MasterSSLConnection if parsed.tls else _MasterConnection)
+    return manager.master_for(
+        parsed.master,
+        redis_class=redis_class,
+        db=parsed.db,
+        username=parsed.username,
+        password=parsed.password,
+        connection_class=_MasterSSLConnection if parsed.tls else _MasterConnection,
+    )
 
 
 def kombu_url(url: str) -> str:
@@ -136,7 +149,7 @@ def kombu_options(url: str) -> dict:
     sentinel_kwargs: dict = {}
     if parsed.sentinel_password:
         sentinel_kwargs["password"] = parsed.sentinel_password
-    if parsed.tls:   # the master's TLS comes from broker_use_ssl; the Sentinels' from here
+    if parsed.tls:  # the master's TLS comes from broker_use_ssl; the Sentinels' from here
         from session_broker.core.urls import split_tls_options
 
         sentinel_kwargs.update(ssl=True, **split_tls_options(url)[1])

@@ -59,16 +59,19 @@ JOB_STATUSES = ("INITIALIZING", "QUEUED", "RUNNING", "DONE", "ERROR", "CANCELLED
 FINAL_JOB_STATUSES = frozenset({"DONE", "ERROR", "CANCELLED"})
 
 
-EVICTION_HELP = ("an eviction policy drops our keys when Redis is full: results vanish before "
-                 "they are read, sessions disappear, and an evicted timer key reads as an expired "
-                 "one (a session closed as max_time hours early). Set maxmemory-policy noeviction "
-                 "(Redis then refuses new jobs when full, with BrokerOutOfMemoryError)")
+EVICTION_HELP = (
+    "an eviction policy drops our keys when Redis is full: results vanish before "
+    "they are read, sessions disappear, and an evicted timer key reads as an expired "
+    "one (a session closed as max_time hours early). Set maxmemory-policy noeviction "
+    "(Redis then refuses new jobs when full, with BrokerOutOfMemoryError)"
+)
 
 
 @dataclass
 class WorkerTick:
     """What one heartbeat found: the pin (session id or ''), its epoch, the executor (pid)
     that left a pin unserved and must be replaced (or ''), the session it released (or '')."""
+
     pin: str
     epoch: str
     stalled: str = ""
@@ -86,6 +89,7 @@ class Claim:
     """What CLAIM decided (``core/lua/claim.lua``): ``run`` the job (its ``payload``, the
     ``claim`` token that fences FINISH, its ``session`` id or '' and the pin ``epoch``), or
     not, and why (``reason``)."""
+
     run: bool
     payload: str = ""
     claim: str = ""
@@ -98,6 +102,7 @@ class Claim:
 class Reconciled:
     """What RECONCILE_WORKER did: jobs requeued, the suspects to pass to the next call,
     fetched messages given back, and the fetch list now (the next call's ``stale_fetch``)."""
+
     requeued: int
     suspects: dict[str, str]
     given: int
@@ -124,25 +129,32 @@ class Store:
         With ``check``, also warn (once a process) about Redis settings that can lose jobs.
         With Sentinel, a failover in progress (no master for a few seconds) is waited out."""
         tries = 15 if sentinel.is_sentinel(self.settings.url) else 2
-        quick = connect(self.settings.url, socket_connect_timeout=3, socket_timeout=5,
-                        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), tries),
-                        decode_responses=False)
+        quick = connect(
+            self.settings.url,
+            socket_connect_timeout=3,
+            socket_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), tries),
+            decode_responses=False,
+        )
         try:
             quick.ping()
         except redis.AuthenticationError as exc:
             raise BrokerConnectionError(
                 f"Redis at {redact(self.settings.url)} refused the credentials: {exc}. "
-                "Check the password in SESSION_BROKER_URL (redis://:PASSWORD@host:port/0)") from exc
+                "Check the password in SESSION_BROKER_URL (redis://:PASSWORD@host:port/0)"
+            ) from exc
         except redis.ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
                 raise BrokerConnectionError(
                     f"Redis at {redact(self.settings.url)} needs a password: {exc}. "
-                    "Put it in SESSION_BROKER_URL (redis://:PASSWORD@host:port/0)") from exc
+                    "Put it in SESSION_BROKER_URL (redis://:PASSWORD@host:port/0)"
+                ) from exc
             raise
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:   # incl. no master
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:  # incl. no master
             raise BrokerConnectionError(
                 f"cannot reach Redis at {redact(self.settings.url)}: {str(exc).rstrip('.')}. "
-                "Start one (session-broker up) or set SESSION_BROKER_URL") from exc
+                "Start one (session-broker up) or set SESSION_BROKER_URL"
+            ) from exc
         finally:
             quick.close()
         if check and self.settings.url not in _CHECKED:  # once a process: producers warn, workers refuse
@@ -165,30 +177,42 @@ class Store:
             try:
                 info = {**self.redis.info("memory"), **self.redis.info("persistence")}
             except redis.ResponseError as exc2:
-                warn.append(f"could not read Redis's settings (CONFIG GET: {exc}; INFO: {exc2}): "
-                            "make sure maxmemory-policy is noeviction and appendonly is yes")
+                warn.append(
+                    f"could not read Redis's settings (CONFIG GET: {exc}; INFO: {exc2}): "
+                    "make sure maxmemory-policy is noeviction and appendonly is yes"
+                )
                 return fatal, warn
-            cfg = {"maxmemory": str(info.get("maxmemory", "")),
-                   "maxmemory-policy": str(info.get("maxmemory_policy", "")),
-                   "appendonly": "yes" if str(info.get("aof_enabled", "")) == "1" else "no"}
-            warn.append(f"CONFIG GET was refused ({exc}); read INFO instead, which does not show "
-                        "RDB snapshot settings")
+            cfg = {
+                "maxmemory": str(info.get("maxmemory", "")),
+                "maxmemory-policy": str(info.get("maxmemory_policy", "")),
+                "appendonly": "yes" if str(info.get("aof_enabled", "")) == "1" else "no",
+            }
+            warn.append(
+                f"CONFIG GET was refused ({exc}); read INFO instead, which does not show "
+                "RDB snapshot settings"
+            )
         policy = cfg.get("maxmemory-policy", "")
         limit = int(cfg.get("maxmemory") or 0)
         if policy and policy != "noeviction":
             if limit > 0:
                 fatal.append(f"Redis has maxmemory-policy {policy} with maxmemory {limit}: {EVICTION_HELP}")
             else:
-                warn.append(f"Redis has maxmemory-policy {policy} (maxmemory 0, so nothing is evicted "
-                            f"yet); should maxmemory be set, {EVICTION_HELP}")
+                warn.append(
+                    f"Redis has maxmemory-policy {policy} (maxmemory 0, so nothing is evicted "
+                    f"yet); should maxmemory be set, {EVICTION_HELP}"
+                )
         if cfg.get("appendonly") != "yes":
             if "save" in cfg and not cfg["save"].strip():
-                warn.append("Redis persists nothing (appendonly no, save \"\"): a Redis restart "
-                            "loses every queued job, result and session. Set appendonly yes "
-                            "(appendfsync everysec or always)")
+                warn.append(
+                    'Redis persists nothing (appendonly no, save ""): a Redis restart '
+                    "loses every queued job, result and session. Set appendonly yes "
+                    "(appendfsync everysec or always)"
+                )
             elif "save" in cfg:
-                warn.append(f"Redis persists only RDB snapshots (appendonly no, save {cfg['save']!r}): "
-                            "a Redis crash loses what changed since the last snapshot. Set appendonly yes")
+                warn.append(
+                    f"Redis persists only RDB snapshots (appendonly no, save {cfg['save']!r}): "
+                    "a Redis crash loses what changed since the last snapshot. Set appendonly yes"
+                )
         return fatal, warn
 
     def check_server(self, strict: bool) -> list[str]:
@@ -220,13 +244,29 @@ class Store:
         """A new session is ``open``: no worker yet; its open-session timer starts now."""
         s = self.settings
         with broker_errors(s, f"open session {sid}"):
-            self.scripts.run("open_session", sid=sid, backend=backend, mode=mode, max_time=max_time,
-                             interactive_timeout=s.interactive_timeout,
-                             open_session_timeout=s.open_session_timeout, ttl=s.result_ttl)
+            self.scripts.run(
+                "open_session",
+                sid=sid,
+                backend=backend,
+                mode=mode,
+                max_time=max_time,
+                interactive_timeout=s.interactive_timeout,
+                open_session_timeout=s.open_session_timeout,
+                ttl=s.result_ttl,
+            )
 
     # ---------------------------------------------------------------- jobs: submit
-    def submit(self, job_id: str, session_id: str | None, backend: str, primitive: str,
-               payload: str, message: str, queue: str, summary: dict) -> Submitted:
+    def submit(
+        self,
+        job_id: str,
+        session_id: str | None,
+        backend: str,
+        primitive: str,
+        payload: str,
+        message: str,
+        queue: str,
+        summary: dict,
+    ) -> Submitted:
         """Record a job and queue its message, atomically.
 
         For a session job this also refuses closing/closed sessions, applies due timers,
@@ -234,10 +274,20 @@ class Store:
         line. A later job of a session whose first job was cancelled is recorded as ERROR.
         """
         with broker_errors(self.settings, f"queue job {job_id}"):
-            res = self._replicated("submit", {
-                "jid": job_id, "sid": session_id or "", "backend": backend, "primitive": primitive,
-                "payload": payload, "message": message, "queue": queue,
-                "ttl": self.settings.result_ttl, "summary": json.dumps(summary, separators=(",", ":"))})
+            res = self._replicated(
+                "submit",
+                {
+                    "jid": job_id,
+                    "sid": session_id or "",
+                    "backend": backend,
+                    "primitive": primitive,
+                    "payload": payload,
+                    "message": message,
+                    "queue": queue,
+                    "ttl": self.settings.result_ttl,
+                    "summary": json.dumps(summary, separators=(",", ":")),
+                },
+            )
         if res[0] == "ok":
             return Submitted(job_id, res[1])
         kind, detail = res[1], res[2]
@@ -246,13 +296,15 @@ class Store:
         if kind == "backend_mismatch":
             raise BackendMismatchError(
                 f"this primitive targets backend {backend!r} but its session runs on {detail!r}; "
-                "a session has exactly one backend: open a new session for another backend")
+                "a session has exactly one backend: open a new session for another backend"
+            )
         if kind == "closed":
             state, _, reason = detail.partition(":")
             why = f" ({reason.replace('_', ' ')})" if reason else ""
             raise SessionClosedError(
                 f"session {session_id} is {SESSION_STATUS[state]!r}{why} and accepts no new jobs; "
-                "open a new Session to submit more")
+                "open a new Session to submit more"
+            )
         raise RuntimeError(f"job id collision: {detail}")
 
     # ---------------------------------------------------------------- jobs: on a worker
@@ -267,14 +319,33 @@ class Store:
             return Claim(True, payload=res[1], claim=res[2], session=res[3], epoch=res[4])
         return Claim(False, reason=res[1])
 
-    def finish(self, job_id: str, claim: str, status: str, result: str = "",
-               error_code: str = "", error: str = "", usage: float = 0.0, ack: str = "") -> str:
+    def finish(
+        self,
+        job_id: str,
+        claim: str,
+        status: str,
+        result: str = "",
+        error_code: str = "",
+        error: str = "",
+        usage: float = 0.0,
+        ack: str = "",
+    ) -> str:
         """RUNNING -> DONE/ERROR, fenced by the claim token; may close or idle the session.
         ``ack``: the delivery tag of the job's message, acknowledged in the same script."""
-        return self._replicated("finish", {
-            "jid": job_id, "claim": claim, "status": status, "result": result,
-            "error_code": error_code, "error_message": error, "usage": f"{usage:.6f}",
-            "tag": ack or ""}, notify=job_id)
+        return self._replicated(
+            "finish",
+            {
+                "jid": job_id,
+                "claim": claim,
+                "status": status,
+                "result": result,
+                "error_code": error_code,
+                "error_message": error,
+                "usage": f"{usage:.6f}",
+                "tag": ack or "",
+            },
+            notify=job_id,
+        )
 
     def _replicated(self, script: str, argv: dict, notify: str | None = None):
         """Run ``script``, then Redis ``WAIT`` on the same connection (one pipeline) until the
@@ -297,15 +368,29 @@ class Store:
 
     def job_lost(self, job_id: str, node: str, code: str, message: str) -> str:
         """The process running a job died: queue it again, or end it (poison, time limit)."""
-        return self.scripts.run("job_lost", jid=job_id, node=node,
-                                max_attempts=self.settings.max_attempts, code=code, message=message)
+        return self.scripts.run(
+            "job_lost",
+            jid=job_id,
+            node=node,
+            max_attempts=self.settings.max_attempts,
+            code=code,
+            message=message,
+        )
 
-    def executor_lost(self, node: str, job_id: str | None, code: str, message: str,
-                      delivery_tag: str | None) -> str:
+    def executor_lost(
+        self, node: str, job_id: str | None, code: str, message: str, delivery_tag: str | None
+    ) -> str:
         """An executor died running ``job_id`` (or none): settle the job as ``job_lost`` does and
         take its message out of kombu's unacked hash (see ``core/lua/executor_lost.lua``)."""
-        return self.scripts.run("executor_lost", node=node, max_attempts=self.settings.max_attempts,
-                                jid=job_id or "", code=code, message=message, tag=delivery_tag or "")
+        return self.scripts.run(
+            "executor_lost",
+            node=node,
+            max_attempts=self.settings.max_attempts,
+            jid=job_id or "",
+            code=code,
+            message=message,
+            tag=delivery_tag or "",
+        )
 
     def queue_length(self, backend: str) -> int:
         """Jobs waiting in a backend's shared queue plus sessions waiting for one of its workers."""
@@ -358,8 +443,13 @@ class Store:
             now = self.redis.hget(self.keys.session(sid), "state")
             if now is None or ended.get(now, 0) >= ended.get(state, 0):
                 return state  # it lasted (or Redis lost the whole session: nothing to end)
-            log.warning("Redis lost the end of session %s (it came back %s, not %s: restarted "
-                        "from an older AOF); ending it again", sid, now, state)
+            log.warning(
+                "Redis lost the end of session %s (it came back %s, not %s: restarted "
+                "from an older AOF); ending it again",
+                sid,
+                now,
+                state,
+            )
             state = self._replicated(script, {"sid": sid})
         return state
 
@@ -406,8 +496,9 @@ class Store:
     def session_job_ids(self, sid: str) -> list[str]:
         return self.redis.lrange(self.keys.session_jobs(sid), 0, -1)
 
-    def wait_job(self, job_id: str, timeout: float, *fields: str,
-                 latched: list | None = None) -> dict[str, str]:
+    def wait_job(
+        self, job_id: str, timeout: float, *fields: str, latched: list | None = None
+    ) -> dict[str, str]:
         """Block until the job ended (or ``timeout``), then read ``fields``: one round trip.
 
         The latch list holds one token from the moment the job ends; BRPOPLPUSH onto the
@@ -435,7 +526,8 @@ class Store:
             raise JobNotFoundError(
                 f"job {job_id}'s record is gone while it was being waited for: it expired, or "
                 f"Redis at {redact(self.settings.url)} lost its data (restarted without "
-                "persistence, or evicted keys); the job cannot be recovered: submit it again")
+                "persistence, or evicted keys); the job cannot be recovered: submit it again"
+            )
         return {f: v for f, v in zip(fields, values) if v is not None}
 
     def live_workers(self, backend: str | None = None) -> list[dict[str, str]]:
@@ -447,9 +539,17 @@ class Store:
         return [w for w in pipe.execute() if w]
 
     # ---------------------------------------------------------------- workers
-    def worker_tick(self, node: str, backend: str, pid: int, started: float,
-                    concurrency: int, device: str, consuming: bool = True,
-                    executor: str = "") -> WorkerTick:
+    def worker_tick(
+        self,
+        node: str,
+        backend: str,
+        pid: int,
+        started: float,
+        concurrency: int,
+        device: str,
+        consuming: bool = True,
+        executor: str = "",
+    ) -> WorkerTick:
         """Heartbeat + pin follow-up + take the next waiting session when free (and
         ``consuming``: a worker still starting its consumer beats but takes no session).
 
@@ -458,11 +558,20 @@ class Store:
         (see ``core/lua/worker_tick.lua``)."""
         s = self.settings
         pin, epoch, stalled, released = self.scripts.run(
-            "worker_tick", node=node, backend=backend, ttl_ms=int(s.heartbeat_ttl * 1000),
-            host=hostname(), pid=pid, started=started, concurrency=concurrency, device=device,
+            "worker_tick",
+            node=node,
+            backend=backend,
+            ttl_ms=int(s.heartbeat_ttl * 1000),
+            host=hostname(),
+            pid=pid,
+            started=started,
+            concurrency=concurrency,
+            device=device,
             **{f: getattr(s, f) for f in self.SYSTEM_FIELDS},
-            consuming="1" if consuming else "0", executor=executor,
-            unserved_after=s.unserved_pin_timeout)
+            consuming="1" if consuming else "0",
+            executor=executor,
+            unserved_after=s.unserved_pin_timeout,
+        )
         return WorkerTick(pin, epoch, stalled, released)
 
     def keep_alive(self, node: str) -> bool:
@@ -482,25 +591,32 @@ class Store:
         rescued, seen = self.scripts.run("rescue_unacked", min_age=min_age, limit=limit)
         return int(rescued), int(seen)
 
-    def reconcile_worker(self, node: str, suspects: dict[str, str], held: list[str],
-                         stale_fetch: list[str]) -> Reconciled:
+    def reconcile_worker(
+        self, node: str, suspects: dict[str, str], held: list[str], stale_fetch: list[str]
+    ) -> Reconciled:
         """Square a live worker's run set and fetch list with what its process holds.
 
         ``held``: the job ids of the requests the worker process holds, read before this
         call. ``suspects`` and ``stale_fetch``: what the previous call returned (its
         ``suspects`` and ``fetch``). See ``core/lua/reconcile_worker.lua``."""
         requeued, again, given, fetch = self.scripts.run(
-            "reconcile_worker", node=node, max_attempts=self.settings.max_attempts,
-            suspects=json.dumps(suspects or {}), held=json.dumps(sorted(held)),
-            stale_fetch=json.dumps(list(stale_fetch)))
-        return Reconciled(int(requeued), json.loads(again) or {}, int(given),
-                          list(json.loads(fetch) or []))
+            "reconcile_worker",
+            node=node,
+            max_attempts=self.settings.max_attempts,
+            suspects=json.dumps(suspects or {}),
+            held=json.dumps(sorted(held)),
+            stale_fetch=json.dumps(list(stale_fetch)),
+        )
+        return Reconciled(int(requeued), json.loads(again) or {}, int(given), list(json.loads(fetch) or []))
 
     def reap_worker(self, node: str, keep_pin: bool = False) -> int:
         """Requeue a dead worker's running jobs and give its session to the next worker."""
-        return self.scripts.run("reap_worker", node=node, max_attempts=self.settings.max_attempts,
-                                keep_pin="1" if keep_pin else "0")
+        return self.scripts.run(
+            "reap_worker",
+            node=node,
+            max_attempts=self.settings.max_attempts,
+            keep_pin="1" if keep_pin else "0",
+        )
 
 
 _CHECKED: set[str] = set()  # URLs whose settings this process has checked
-

@@ -62,9 +62,13 @@ def envelope_problem(message) -> str | None:
         if not isinstance(headers.get(name), str):
             return f"headers.{name} missing or not a string"
     limits = headers.get("timelimit", [None, None])
-    if limits is not None and not (isinstance(limits, list) and len(limits) == 2 and all(
-            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0)
-            for v in limits)):
+    if limits is not None and not (
+        isinstance(limits, list)
+        and len(limits) == 2
+        and all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0) for v in limits
+        )
+    ):
         return "headers.timelimit is not [hard, soft] seconds"
     for name in ("eta", "expires", "group", "chord", "callbacks", "errbacks", "chain"):
         if headers.get(name) is not None:
@@ -98,8 +102,13 @@ def envelope_problem(message) -> str | None:
         decoded = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         return f"body is not JSON ({exc})"
-    if not (isinstance(decoded, list) and len(decoded) == 3 and isinstance(decoded[0], list)
-            and isinstance(decoded[1], dict) and isinstance(decoded[2], (dict, type(None)))):
+    if not (
+        isinstance(decoded, list)
+        and len(decoded) == 3
+        and isinstance(decoded[0], list)
+        and isinstance(decoded[1], dict)
+        and isinstance(decoded[2], (dict, type(None)))
+    ):
         return "body is not [args, kwargs, embed] (Celery protocol 2)"
     if decoded[2] and any(v is not None for v in decoded[2].values()):
         return "body embeds callbacks, errbacks, a chain or a chord: session-broker tasks never use them"
@@ -126,11 +135,11 @@ class QoS(kombu_redis.QoS):
         # is in exactly one of the two at every instant
         delivery = message.delivery_info
         with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time()}) \
-                .hset(self.unacked_key, delivery_tag,
-                      dumps([message._raw, delivery["exchange"], delivery["routing_key"]])) \
-                .lrem(self.channel.fetch_key, 1, fetched) \
-                .execute()
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time()}).hset(
+                self.unacked_key,
+                delivery_tag,
+                dumps([message._raw, delivery["exchange"], delivery["routing_key"]]),
+            ).lrem(self.channel.fetch_key, 1, fetched).execute()
         virtual.QoS.append(self, message, delivery_tag)
 
 
@@ -165,8 +174,9 @@ class Channel(kombu_redis.Channel):
         self._fetch_queue = queues[0]
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
-        self.client.connection.send_command("BLMOVE", queues[0], self.fetch_key, "RIGHT", "LEFT",
-                                            timeout or 0)
+        self.client.connection.send_command(
+            "BLMOVE", queues[0], self.fetch_key, "RIGHT", "LEFT", timeout or 0
+        )
 
     def _brpop_read(self, **options):
         if self.fetch_key is None:
@@ -284,8 +294,9 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
     """Our channel (envelope checks, the tenant's bookkeeping keys) on kombu's Sentinel
     pool: every command goes to the master the Sentinels name, found again after a failover."""
 
-    from_transport_options = tuple(dict.fromkeys(
-        Channel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options))
+    from_transport_options = tuple(
+        dict.fromkeys(Channel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options)
+    )
 
 
 class SentinelTransport(Transport):

@@ -21,7 +21,9 @@ def split_tls_options(url: str) -> tuple[str, dict[str, Any]]:
     if parts.scheme not in ("rediss", "sentinels"):
         return bare, {}
     reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
-    kwargs: dict[str, Any] = {"ssl_cert_reqs": reqs.get(opts.get("ssl_cert_reqs", "required"), ssl.CERT_REQUIRED)}
+    kwargs: dict[str, Any] = {
+        "ssl_cert_reqs": reqs.get(opts.get("ssl_cert_reqs", "required"), ssl.CERT_REQUIRED)
+    }
     for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
         if name in opts:
             kwargs[name] = opts[name]

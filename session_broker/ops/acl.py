@@ -45,29 +45,56 @@ RW, R, NONE = "rw", "r", ""
 # closing a session gives back its worker's pin (core/lua/lib/pins.lua: release_pin), and node names are
 # free-form, so "P:w:*" cannot be split into registry entries, pins and running sets.
 ACCESS: dict[str, tuple[str, str, str] | None] = {
-    "session": (RW, RW, R), "session_jobs": (RW, RW, R), "timer": (RW, RW, R),
-    "session_queue": (RW, RW, R), "backend_queue": (RW, RW, R),
-    "job": (RW, RW, R), "job_done": (RW, RW, R),
-    "jobs": (RW, RW, R), "sessions": (RW, RW, R), "deadlines": (RW, RW, R),
-    "waiting": (RW, RW, R), "counts": (RW, RW, R),
-    "worker": (RW, RW, R), "worker_pin": (RW, RW, R), "worker_running": (RW, RW, R),
-    "worker_fetch": (NONE, RW, R), "worker_stalled": (NONE, RW, R), "rescue_cursor": (NONE, RW, NONE),
-    "workers": (R, RW, R), "config": (R, RW, R), "epoch": (NONE, RW, R),
-    "histogram": (NONE, RW, R), "dead": (NONE, RW, R), "monitor": (NONE, R, RW),
-    "default_queue": (NONE, RW, R), "mailbox_queue": (NONE, RW, NONE),
-    "reply_queue": (NONE, RW, RW), "event_queue": (NONE, NONE, RW),
+    "session": (RW, RW, R),
+    "session_jobs": (RW, RW, R),
+    "timer": (RW, RW, R),
+    "session_queue": (RW, RW, R),
+    "backend_queue": (RW, RW, R),
+    "job": (RW, RW, R),
+    "job_done": (RW, RW, R),
+    "jobs": (RW, RW, R),
+    "sessions": (RW, RW, R),
+    "deadlines": (RW, RW, R),
+    "waiting": (RW, RW, R),
+    "counts": (RW, RW, R),
+    "worker": (RW, RW, R),
+    "worker_pin": (RW, RW, R),
+    "worker_running": (RW, RW, R),
+    "worker_fetch": (NONE, RW, R),
+    "worker_stalled": (NONE, RW, R),
+    "rescue_cursor": (NONE, RW, NONE),
+    "workers": (R, RW, R),
+    "config": (R, RW, R),
+    "epoch": (NONE, RW, R),
+    "histogram": (NONE, RW, R),
+    "dead": (NONE, RW, R),
+    "monitor": (NONE, R, RW),
+    "default_queue": (NONE, RW, R),
+    "mailbox_queue": (NONE, RW, NONE),
+    "reply_queue": (NONE, RW, RW),
+    "event_queue": (NONE, NONE, RW),
     "binding_deadlines": (NONE, RW, RW),
-    "unacked": (NONE, RW, NONE), "unacked_index": (NONE, RW, NONE), "unacked_mutex": (NONE, RW, NONE),
+    "unacked": (NONE, RW, NONE),
+    "unacked_index": (NONE, RW, NONE),
+    "unacked_mutex": (NONE, RW, NONE),
     "result": (NONE, RW, R),
     # not keys
-    "prefix": None, "control_exchange": None, "mailbox_exchange": None, "reply_exchange": None,
-    "event_exchange": None, "result_prefix": None, "fanout_prefix": None, "channel": None,
-    "queue_keys": None, "bindings": None,
+    "prefix": None,
+    "control_exchange": None,
+    "mailbox_exchange": None,
+    "reply_exchange": None,
+    "event_exchange": None,
+    "result_prefix": None,
+    "fanout_prefix": None,
+    "channel": None,
+    "queue_keys": None,
+    "bindings": None,
 }
-QUEUES = {"session_queue", "backend_queue", "default_queue", "mailbox_queue", "reply_queue",
-          "event_queue"}
-COMMANDS = ("+@all -@admin -@dangerous -scan -randomkey -dbsize -pubsub -function +fcall +fcall_ro "
-            "-script|flush -script|kill -client|tracking -memory")
+QUEUES = {"session_queue", "backend_queue", "default_queue", "mailbox_queue", "reply_queue", "event_queue"}
+COMMANDS = (
+    "+@all -@admin -@dangerous -scan -randomkey -dbsize -pubsub -function +fcall +fcall_ro "
+    "-script|flush -script|kill -client|tracking -memory"
+)
 
 
 def key_members() -> list[str]:
@@ -85,7 +112,8 @@ def _names(keys: Keys, member: str) -> list[str]:
     if member in QUEUES:  # the list, its priority sub-lists and kombu's routing tables
         exchange = attr if member != "reply_queue" else keys.reply_exchange
         exchange = {"mailbox_queue": keys.mailbox_exchange, "event_queue": keys.event_exchange}.get(
-            member, exchange)
+            member, exchange
+        )
         names = [attr if attr.endswith("*") else f"{attr}*", *keys.bindings(exchange)]
     return names
 
@@ -93,8 +121,11 @@ def _names(keys: Keys, member: str) -> list[str]:
 def _compact(patterns: list[str]) -> list[str]:
     """Drop duplicates and patterns that another one matches (``a:s:*:jobs`` by ``a:s:*``)."""
     unique = list(dict.fromkeys(patterns))
-    return [p for p in unique if not any(q != p and fnmatch.fnmatchcase(p, q)
-                                         and not fnmatch.fnmatchcase(q, p) for q in unique)]
+    return [
+        p
+        for p in unique
+        if not any(q != p and fnmatch.fnmatchcase(p, q) and not fnmatch.fnmatchcase(q, p) for q in unique)
+    ]
 
 
 def key_rules(prefix: str, role: str) -> tuple[list[str], list[str]]:
@@ -142,8 +173,9 @@ def read_passwords(path: Path) -> dict[str, str]:
     if path.exists():
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigurationError(f"{path} can be read by others (mode {stat.filemode(mode)}): "
-                                     f"chmod 600 {path}")
+            raise ConfigurationError(
+                f"{path} can be read by others (mode {stat.filemode(mode)}): chmod 600 {path}"
+            )
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if line.strip() and not line.startswith("#"):
                 role, sep, pw = line.partition("=")
@@ -163,16 +195,22 @@ def read_passwords(path: Path) -> dict[str, str]:
 def recipe(prefix: str, db: int = 0, passwords: dict[str, str] | None = None) -> list[str]:
     """The lines ``session-broker acl`` prints: comments and one ``ACL SETUSER`` per role."""
     validate_prefix(prefix, "TENANT")  # the same grammar as SESSION_BROKER_KEY_PREFIX
-    lines = [f"# Redis ACL users of tenant {prefix!r} (SESSION_BROKER_KEY_PREFIX={prefix}, "
-             f"database {db}), generated from session_broker/core/keys.py. Redis >= 7.0.",
-             "# Run each line with redis-cli as an admin (then ACL SAVE if you use an aclfile)."]
+    lines = [
+        f"# Redis ACL users of tenant {prefix!r} (SESSION_BROKER_KEY_PREFIX={prefix}, "
+        f"database {db}), generated from session_broker/core/keys.py. Redis >= 7.0.",
+        "# Run each line with redis-cli as an admin (then ACL SAVE if you use an aclfile).",
+    ]
     if passwords is None:
-        lines.append("# No --password-file: the users have no password and cannot log in until "
-                     "you give them one (ACL SETUSER NAME >PASSWORD).")
+        lines.append(
+            "# No --password-file: the users have no password and cannot log in until "
+            "you give them one (ACL SETUSER NAME >PASSWORD)."
+        )
     for role in ROLES:
         words = setuser(prefix, role, db, (passwords or {}).get(role) if passwords else None)
         who = {"producer": "producers", "worker": "workers", "web": "Flower and the Jobs page"}[role]
-        lines.append(f"# {who}: SESSION_BROKER_URL=redis://{prefix}-{role}:PASSWORD@HOST:PORT/{db} "
-                     f"SESSION_BROKER_KEY_PREFIX={prefix}")
+        lines.append(
+            f"# {who}: SESSION_BROKER_URL=redis://{prefix}-{role}:PASSWORD@HOST:PORT/{db} "
+            f"SESSION_BROKER_KEY_PREFIX={prefix}"
+        )
         lines.append("ACL SETUSER " + " ".join(words))
     return lines

@@ -20,35 +20,56 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="session-broker",
-                                description="Qiskit Runtime-style sessions on Celery + Redis")
+    p = argparse.ArgumentParser(
+        prog="session-broker", description="Qiskit Runtime-style sessions on Celery + Redis"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run Redis (if none), workers, Flower and the Jobs page in the foreground")
-    up.add_argument("--backend", action="append", help="backend to start workers for (repeatable; default ibmq_qasm_simulator)")
+    up.add_argument(
+        "--backend",
+        action="append",
+        help="backend to start workers for (repeatable; default ibmq_qasm_simulator)",
+    )
     up.add_argument("--workers", type=int, default=1, help="workers per backend (default 1)")
     up.add_argument("--flower-port", type=int, default=5555)
-    up.add_argument("--web-port", type=int, default=5556,
-                    help="the web front: Jobs page, /metrics and IBM's REST API (default 5556)")
+    up.add_argument(
+        "--web-port",
+        type=int,
+        default=5556,
+        help="the web front: Jobs page, /metrics and IBM's REST API (default 5556)",
+    )
     up.add_argument("--no-flower", action="store_true")
     up.add_argument("--no-web", action="store_true")
-    up.add_argument("--ha", action="store_true",
-                    help="start a Sentinel-managed Redis (master, replica, three Sentinels) instead of one Redis")
-    up.add_argument("--state-dir", default=".sb-state", help="logs and embedded Redis data (default .sb-state)")
+    up.add_argument(
+        "--ha",
+        action="store_true",
+        help="start a Sentinel-managed Redis (master, replica, three Sentinels) instead of one Redis",
+    )
+    up.add_argument(
+        "--state-dir", default=".sb-state", help="logs and embedded Redis data (default .sb-state)"
+    )
 
     w = sub.add_parser("worker", help="start a worker serving one backend")
     w.add_argument("--backend", required=True)
     w.add_argument("--concurrency", type=int, default=1)
-    w.add_argument("--name", help="node name (default BACKEND-RANDOM@HOST); reuse it to keep a pin across restarts")
+    w.add_argument(
+        "--name", help="node name (default BACKEND-RANDOM@HOST); reuse it to keep a pin across restarts"
+    )
     w.add_argument("--device", choices=["CPU", "GPU"], default="CPU")
-    w.add_argument("--loglevel", default="WARNING",
-                   help="default WARNING: INFO logs two lines per job (Flower and the Jobs page show them)")
+    w.add_argument(
+        "--loglevel",
+        default="WARNING",
+        help="default WARNING: INFO logs two lines per job (Flower and the Jobs page show them)",
+    )
 
     f = sub.add_parser("flower", help="run Flower (every page but /healthcheck needs the login)")
     f.add_argument("--address", default="127.0.0.1")
     f.add_argument("--port", type=int, default=5555)
 
-    web = sub.add_parser("web", help="serve the web front (Jobs page, /metrics, REST API); needs the Flower login")
+    web = sub.add_parser(
+        "web", help="serve the web front (Jobs page, /metrics, REST API); needs the Flower login"
+    )
     web.add_argument("--address", default="127.0.0.1")
     web.add_argument("--port", type=int, default=5556)
 
@@ -94,8 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     acl = sub.add_parser("acl", help="print the Redis ACL users (producer, worker, web) of a tenant")
     acl.add_argument("tenant", help="the tenant's SESSION_BROKER_KEY_PREFIX")
-    acl.add_argument("--password-file", help="ROLE=PASSWORD lines, mode 0600; missing roles get a "
-                     "random password written there. Only hashes are printed")
+    acl.add_argument(
+        "--password-file",
+        help="ROLE=PASSWORD lines, mode 0600; missing roles get a "
+        "random password written there. Only hashes are printed",
+    )
     acl.add_argument("--db", type=int, help="Redis database (default: the one in SESSION_BROKER_URL)")
     return p
 
@@ -140,8 +164,9 @@ def cmd_worker(args) -> int:
     # the supervisor checks the backend, the GPU and Redis while its executors boot
     from tasks.supervisor import start_worker
 
-    return start_worker(args.backend, concurrency=args.concurrency, name=args.name,
-                        device=args.device, loglevel=args.loglevel)
+    return start_worker(
+        args.backend, concurrency=args.concurrency, name=args.name, device=args.device, loglevel=args.loglevel
+    )
 
 
 def cmd_flower(args) -> int:
@@ -151,9 +176,18 @@ def cmd_flower(args) -> int:
     settings = get_settings()
     # the login stays in the environment (flower_login.py): argv is visible to every local user
     os.environ["SESSION_BROKER_FLOWER_AUTH"] = settings.flower_auth or Stack().flower_auth()
-    os.execvp(sys.executable, [sys.executable, "-m", "session_broker.ops.flower_login",
-                               f"--address={args.address}", f"--port={args.port}",
-                               "--persistent=False", FLOWER_COLUMNS])
+    os.execvp(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "session_broker.ops.flower_login",
+            f"--address={args.address}",
+            f"--port={args.port}",
+            "--persistent=False",
+            FLOWER_COLUMNS,
+        ],
+    )
 
 
 def cmd_up(args) -> int:
@@ -172,15 +206,25 @@ def cmd_up(args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        url = start_stack(stack, names, args.workers, None if args.no_flower else args.flower_port,
-                          None if args.no_web else args.web_port, say=print, ha=args.ha)
+        url = start_stack(
+            stack,
+            names,
+            args.workers,
+            None if args.no_flower else args.flower_port,
+            None if args.no_web else args.web_port,
+            say=print,
+            ha=args.ha,
+        )
         print(f"\nready. Producers use:  export SESSION_BROKER_URL={url}")
         if not args.no_web:
             from session_broker.api.settings import load_api_settings
             from session_broker.ops.front import recipe
 
-            print("\n".join(recipe(f"http://127.0.0.1:{args.web_port}", load_api_settings().instance,
-                                   stack.api_key())))
+            print(
+                "\n".join(
+                    recipe(f"http://127.0.0.1:{args.web_port}", load_api_settings().instance, stack.api_key())
+                )
+            )
         print("Ctrl-C stops everything.", flush=True)
         reported: set[str] = set()
         while not stopping["now"]:
@@ -251,13 +295,24 @@ def _ops(name):
         from session_broker.ops import commands as ops
 
         return getattr(ops, name)(args)
+
     return run
 
 
 COMMANDS = {
-    "up": cmd_up, "worker": cmd_worker, "flower": cmd_flower, "web": cmd_web, "api": cmd_api, "demo": cmd_demo,
-    "bench": cmd_bench, "sessions": _ops("sessions"), "session": _ops("session"),
-    "jobs": _ops("jobs"), "job": _ops("job"), "workers": _ops("workers"), "acl": cmd_acl,
+    "up": cmd_up,
+    "worker": cmd_worker,
+    "flower": cmd_flower,
+    "web": cmd_web,
+    "api": cmd_api,
+    "demo": cmd_demo,
+    "bench": cmd_bench,
+    "sessions": _ops("sessions"),
+    "session": _ops("session"),
+    "jobs": _ops("jobs"),
+    "job": _ops("job"),
+    "workers": _ops("workers"),
+    "acl": cmd_acl,
 }
 
 if __name__ == "__main__":

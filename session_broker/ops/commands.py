@@ -38,12 +38,45 @@ from session_broker.errors import BrokerConnectionError, JobNotFoundError, Sessi
 EXIT_OK, EXIT_FAIL = 0, 1
 CLEAR = "\x1b[H\x1b[2J"  # cursor home + clear screen
 
-SESSION_FIELDS = ("id", "mode", "backend", "state", "worker", "max_time", "started_at",
-                  "created_at", "closed_at", "closed_reason", "queued", "running", "done",
-                  "failed", "cancelled", "interactive_timeout", "accepting")
-JOB_FIELDS = ("id", "session", "mode", "backend", "primitive", "status", "created", "running",
-              "finished", "worker", "pid", "attempts", "error_code", "error", "summary", "usage",
-              "queue", "requeued_at")
+SESSION_FIELDS = (
+    "id",
+    "mode",
+    "backend",
+    "state",
+    "worker",
+    "max_time",
+    "started_at",
+    "created_at",
+    "closed_at",
+    "closed_reason",
+    "queued",
+    "running",
+    "done",
+    "failed",
+    "cancelled",
+    "interactive_timeout",
+    "accepting",
+)
+JOB_FIELDS = (
+    "id",
+    "session",
+    "mode",
+    "backend",
+    "primitive",
+    "status",
+    "created",
+    "running",
+    "finished",
+    "worker",
+    "pid",
+    "attempts",
+    "error_code",
+    "error",
+    "summary",
+    "usage",
+    "queue",
+    "requeued_at",
+)
 COUNT_FIELDS = ("queued", "running", "done", "failed", "cancelled")
 
 
@@ -59,8 +92,13 @@ def quick_store() -> Store:
     """A Store that fails fast (a few retries, not the library's ~40 s of them): an operator's
     command or a web page should say "unreachable" within seconds."""
     settings = get_settings()
-    client = redis_connect(settings.url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-                     socket_connect_timeout=3, socket_timeout=15, health_check_interval=10)
+    client = redis_connect(
+        settings.url,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        socket_connect_timeout=3,
+        socket_timeout=15,
+        health_check_interval=10,
+    )
     return Store(settings, client=client)
 
 
@@ -149,8 +187,9 @@ def time_left(data: dict, ttl: int | None) -> int:
     return max(int(ttl or 0), 0)
 
 
-def session_rows(store: Store, limit: int = 50, *, tick: bool = True,
-                 ids: list[str] | None = None) -> list[dict]:
+def session_rows(
+    store: Store, limit: int = 50, *, tick: bool = True, ids: list[str] | None = None
+) -> list[dict]:
     """The newest ``limit`` sessions (or ``ids``), as flat dicts. ``tick`` applies due timers."""
     if ids is None:
         ids = store.redis.zrevrange(store.keys.sessions, 0, max(limit, 1) - 1)
@@ -168,22 +207,24 @@ def session_rows(store: Store, limit: int = 50, *, tick: bool = True,
         if not data.get("state"):
             continue  # expired between the listing and the read
         state = data["state"]
-        rows.append({
-            "id": sid,
-            "mode": data.get("mode"),
-            "backend": data.get("backend"),
-            "status": SESSION_STATUS.get(state, state),
-            "state": state,
-            "accepting_jobs": data.get("accepting") == "1",
-            "worker": data.get("worker") or None,
-            "time_left": time_left(data, ttl),
-            "max_time": _int(data.get("max_time")),
-            **{k: _int(data.get(k)) for k in COUNT_FIELDS},
-            "created": iso(data.get("created_at")),
-            "started": iso(data.get("started_at")),
-            "closed": iso(data.get("closed_at")),
-            "closed_reason": data.get("closed_reason") or None,
-        })
+        rows.append(
+            {
+                "id": sid,
+                "mode": data.get("mode"),
+                "backend": data.get("backend"),
+                "status": SESSION_STATUS.get(state, state),
+                "state": state,
+                "accepting_jobs": data.get("accepting") == "1",
+                "worker": data.get("worker") or None,
+                "time_left": time_left(data, ttl),
+                "max_time": _int(data.get("max_time")),
+                **{k: _int(data.get(k)) for k in COUNT_FIELDS},
+                "created": iso(data.get("created_at")),
+                "started": iso(data.get("started_at")),
+                "closed": iso(data.get("closed_at")),
+                "closed_reason": data.get("closed_reason") or None,
+            }
+        )
     return rows
 
 
@@ -222,7 +263,7 @@ def job_rows(store: Store, *, session: str | None = None, limit: int = 50) -> li
         ids = store.session_job_ids(session)
         if not ids and not store.redis.exists(store.keys.session(session)):
             raise SessionNotFoundError(f"session {session!r} does not exist (or its record expired)")
-        ids = list(reversed(ids))[:max(limit, 1)]
+        ids = list(reversed(ids))[: max(limit, 1)]
     else:
         ids = store.redis.zrevrange(store.keys.jobs, 0, max(limit, 1) - 1)
     pipe = store.redis.pipeline(transaction=False)
@@ -313,14 +354,18 @@ def result_summary(encoded: str, top: int = 8) -> dict:
         name, value = bits[0]
         counts = value.get_counts()
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        out.update(kind="sampler", register=name, num_bits=value.num_bits,
-                   shots=int(value.num_shots) * int(max(math.prod(value.shape), 1)),
-                   outcomes=len(counts), top=[[k, int(v)] for k, v in ranked[:top]])
+        out.update(
+            kind="sampler",
+            register=name,
+            num_bits=value.num_bits,
+            shots=int(value.num_shots) * int(max(math.prod(value.shape), 1)),
+            outcomes=len(counts),
+            top=[[k, int(v)] for k, v in ranked[:top]],
+        )
         return out
     if "evs" in fields:
         evs = np.asarray(data["evs"])
-        out.update(kind="estimator", evs_shape=list(evs.shape),
-                   evs=[_num(v) for v in evs.ravel()[:top]])
+        out.update(kind="estimator", evs_shape=list(evs.shape), evs=[_num(v) for v in evs.ravel()[:top]])
         if "stds" in fields:
             out["stds"] = [_num(v) for v in np.asarray(data["stds"]).ravel()[:top]]
         return out
@@ -342,8 +387,10 @@ def result_text(summary: dict) -> str:
     if kind == "sampler":
         top = ", ".join(f"{k}: {v}" for k, v in summary["top"])
         more = summary["outcomes"] - len(summary["top"])
-        return (f"{pubs} PUB(s); first PUB, register {summary['register']} ({summary['num_bits']} bits, "
-                f"{summary['shots']} shots): {top}" + (f" (+{more} more outcomes)" if more > 0 else ""))
+        return (
+            f"{pubs} PUB(s); first PUB, register {summary['register']} ({summary['num_bits']} bits, "
+            f"{summary['shots']} shots): {top}" + (f" (+{more} more outcomes)" if more > 0 else "")
+        )
     if kind == "estimator":
         text = f"{pubs} PUB(s); first PUB evs shape {tuple(summary['evs_shape'])}: {summary['evs']}"
         if summary.get("stds") is not None:
@@ -369,20 +416,22 @@ def worker_rows(store: Store) -> list[dict]:
     for n, info, running, pin in zip(names, replies[::3], replies[1::3], replies[2::3]):
         beat = _float(info.get("heartbeat"))
         started = _float(info.get("started"))
-        rows.append({
-            "node": n,
-            "alive": bool(info),
-            "backend": info.get("backend") or nodes[n],
-            "device": info.get("device") or None,
-            "host": info.get("host") or None,
-            "pid": _int(info.get("pid")) or None,
-            "concurrency": _int(info.get("concurrency")) or None,
-            "pin": (info.get("pin") if info else pin) or None,
-            "heartbeat_age": None if beat is None else round(max(now - beat, 0), 3),
-            "heartbeat": iso(beat),
-            "uptime_seconds": None if started is None else round(max(now - started, 0), 1),
-            "running": sorted(running),
-        })
+        rows.append(
+            {
+                "node": n,
+                "alive": bool(info),
+                "backend": info.get("backend") or nodes[n],
+                "device": info.get("device") or None,
+                "host": info.get("host") or None,
+                "pid": _int(info.get("pid")) or None,
+                "concurrency": _int(info.get("concurrency")) or None,
+                "pin": (info.get("pin") if info else pin) or None,
+                "heartbeat_age": None if beat is None else round(max(now - beat, 0), 3),
+                "heartbeat": iso(beat),
+                "uptime_seconds": None if started is None else round(max(now - started, 0), 1),
+                "running": sorted(running),
+            }
+        )
     rows.sort(key=lambda r: (not r["alive"], r["backend"], r["node"]))
     return rows
 
@@ -391,24 +440,80 @@ def worker_rows(store: Store) -> list[dict]:
 def sessions_table(rows: list[dict]) -> str:
     if not rows:
         return "no sessions"
-    headers = ["ID", "MODE", "BACKEND", "STATUS", "STATE", "WORKER", "TIME LEFT", "QUEUED",
-               "RUNNING", "DONE", "FAILED", "CANCELLED", "CREATED (UTC)"]
-    body = [[r["id"], r["mode"], r["backend"], r["status"], r["state"], r["worker"],
-             fmt_duration(r["time_left"]), r["queued"], r["running"], r["done"], r["failed"],
-             r["cancelled"], fmt_time_iso(r["created"])] for r in rows]
-    return render_table(headers, body, right={"TIME LEFT", "QUEUED", "RUNNING", "DONE", "FAILED",
-                                              "CANCELLED"})
+    headers = [
+        "ID",
+        "MODE",
+        "BACKEND",
+        "STATUS",
+        "STATE",
+        "WORKER",
+        "TIME LEFT",
+        "QUEUED",
+        "RUNNING",
+        "DONE",
+        "FAILED",
+        "CANCELLED",
+        "CREATED (UTC)",
+    ]
+    body = [
+        [
+            r["id"],
+            r["mode"],
+            r["backend"],
+            r["status"],
+            r["state"],
+            r["worker"],
+            fmt_duration(r["time_left"]),
+            r["queued"],
+            r["running"],
+            r["done"],
+            r["failed"],
+            r["cancelled"],
+            fmt_time_iso(r["created"]),
+        ]
+        for r in rows
+    ]
+    return render_table(
+        headers, body, right={"TIME LEFT", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELLED"}
+    )
 
 
 def jobs_table(rows: list[dict]) -> str:
     if not rows:
         return "no jobs"
-    headers = ["ID", "PRIMITIVE", "STATUS", "SESSION", "BACKEND", "WORKER", "PUBS", "SHOTS",
-               "ATTEMPTS", "CREATED (UTC)", "QUEUED", "RAN", "ERROR"]
-    body = [[r["id"], r["primitive"], r["status"], r["session"], r["backend"], r["worker"],
-             r["pubs"], r["shots"], r["attempts"], fmt_time_iso(r["created"]),
-             fmt_duration(r["queued_seconds"]), fmt_duration(r["run_seconds"]),
-             _shorten(r["error"], 60)] for r in rows]
+    headers = [
+        "ID",
+        "PRIMITIVE",
+        "STATUS",
+        "SESSION",
+        "BACKEND",
+        "WORKER",
+        "PUBS",
+        "SHOTS",
+        "ATTEMPTS",
+        "CREATED (UTC)",
+        "QUEUED",
+        "RAN",
+        "ERROR",
+    ]
+    body = [
+        [
+            r["id"],
+            r["primitive"],
+            r["status"],
+            r["session"],
+            r["backend"],
+            r["worker"],
+            r["pubs"],
+            r["shots"],
+            r["attempts"],
+            fmt_time_iso(r["created"]),
+            fmt_duration(r["queued_seconds"]),
+            fmt_duration(r["run_seconds"]),
+            _shorten(r["error"], 60),
+        ]
+        for r in rows
+    ]
     return render_table(headers, body, right={"PUBS", "SHOTS", "ATTEMPTS", "QUEUED", "RAN"})
 
 
@@ -419,8 +524,19 @@ def workers_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
         beat = "expired (dead)" if not r["alive"] else f"{r['heartbeat_age']:.1f}s ago"
-        body.append([r["node"], r["backend"], r["device"], r["host"], r["pid"], r["pin"], beat,
-                     fmt_duration(r["uptime_seconds"]), ", ".join(r["running"]) or "-"])
+        body.append(
+            [
+                r["node"],
+                r["backend"],
+                r["device"],
+                r["host"],
+                r["pid"],
+                r["pin"],
+                beat,
+                fmt_duration(r["uptime_seconds"]),
+                ", ".join(r["running"]) or "-",
+            ]
+        )
     return render_table(headers, body, right={"PID", "UP"})
 
 
@@ -444,8 +560,9 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, raise_interrupt)
 
 
-def _show(store: Store, args, title: str, collect: Callable[[], list[dict]],
-          table: Callable[[list[dict]], str]) -> int:
+def _show(
+    store: Store, args, title: str, collect: Callable[[], list[dict]], table: Callable[[list[dict]], str]
+) -> int:
     """Print once, or (``--watch``) redraw every second until Ctrl-C/SIGTERM."""
     if not getattr(args, "watch", False):
         with redis_errors(store):
@@ -461,7 +578,10 @@ def _show(store: Store, args, title: str, collect: Callable[[], list[dict]],
             try:
                 rows, problem = collect(), None
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                rows, problem = None, f"Redis at {redact(store.settings.url)} is unreachable ({exc}); retrying"
+                rows, problem = (
+                    None,
+                    f"Redis at {redact(store.settings.url)} is unreachable ({exc}); retrying",
+                )
             if args.json:
                 _print_json(rows if problem is None else {"error": problem}, compact=True)
             else:
@@ -482,8 +602,9 @@ def sessions(args) -> int:
     """``session-broker sessions [--limit N] [--json] [--watch]``"""
     store = connect()
     limit = getattr(args, "limit", 50)
-    return _show(store, args, f"sessions (newest {limit})",
-                 lambda: session_rows(store, limit), sessions_table)
+    return _show(
+        store, args, f"sessions (newest {limit})", lambda: session_rows(store, limit), sessions_table
+    )
 
 
 def jobs(args) -> int:
@@ -528,9 +649,14 @@ def session(args) -> int:
         if args.wait:
             final = _wait_session(store, sid, args.action, quiet=args.json)
             if args.json:
-                _print_json({**report, "state": final["state"],
-                             "status": SESSION_STATUS.get(final["state"], final["state"]),
-                             **{k: _int(final.get(k)) for k in COUNT_FIELDS}})
+                _print_json(
+                    {
+                        **report,
+                        "state": final["state"],
+                        "status": SESSION_STATUS.get(final["state"], final["state"]),
+                        **{k: _int(final.get(k)) for k in COUNT_FIELDS},
+                    }
+                )
         return EXIT_OK
 
 
@@ -542,15 +668,22 @@ def _session_show(store: Store, sid: str, as_json: bool) -> int:
         return EXIT_OK
     counts = details["jobs"]
     pairs = [
-        ("id", details["id"]), ("status", details["status"]), ("state", details["state"]),
-        ("mode", details["mode"]), ("backend", details["backend_name"]),
-        ("worker", details["worker"]), ("accepting jobs", "yes" if details["accepting_jobs"] else "no"),
+        ("id", details["id"]),
+        ("status", details["status"]),
+        ("state", details["state"]),
+        ("mode", details["mode"]),
+        ("backend", details["backend_name"]),
+        ("worker", details["worker"]),
+        ("accepting jobs", "yes" if details["accepting_jobs"] else "no"),
         ("max time", fmt_duration(details["max_time"])),
         ("time left", fmt_duration(details["active_timeout"])),
         ("interactive timeout", fmt_duration(details["interactive_timeout"])),
-        ("started at", details["started_at"]), ("last job started", details["last_job_started"]),
-        ("last job completed", details["last_job_completed"]), ("closed at", details["closed_at"]),
-        ("closed reason", details["closed_reason"]), ("usage", f"{details['usage_time']:.3f} s"),
+        ("started at", details["started_at"]),
+        ("last job started", details["last_job_started"]),
+        ("last job completed", details["last_job_completed"]),
+        ("closed at", details["closed_at"]),
+        ("closed reason", details["closed_reason"]),
+        ("usage", f"{details['usage_time']:.3f} s"),
         ("jobs", ", ".join(f"{v} {k}" for k, v in counts.items())),
     ]
     print(render_fields(pairs))
@@ -569,16 +702,25 @@ def _transition_report(action: str, sid: str, before: dict, after: dict) -> dict
     elif action == "close" and state == "closed":
         message = f"session {sid} closed (it had no queued or running jobs)"
     elif action == "close":
-        message = (f"session {sid} is closing: it accepts no new jobs; {queued} queued and "
-                   f"{running} running job(s) will finish first")
+        message = (
+            f"session {sid} is closing: it accepts no new jobs; {queued} queued and "
+            f"{running} running job(s) will finish first"
+        )
     else:
         cancelled = _int(after.get("cancelled")) - _int(before.get("cancelled"))
         message = f"session {sid} cancelled: {cancelled} queued job(s) cancelled"
         if running:
             message += f"; {running} running job(s) will finish"
-    return {"id": sid, "action": action, "state": state, "status": status,
-            "already_closed": was_closed, "queued": queued, "running": running,
-            "message": message}
+    return {
+        "id": sid,
+        "action": action,
+        "state": state,
+        "status": status,
+        "already_closed": was_closed,
+        "queued": queued,
+        "running": running,
+        "message": message,
+    }
 
 
 def _progress(line: str, elapsed: float, tty: bool, last: list) -> None:
@@ -603,16 +745,21 @@ def _wait_session(store: Store, sid: str, action: str, quiet: bool) -> dict:
             break
         if not quiet:
             left = queued + running
-            line = (f"session {sid}: {SESSION_STATUS.get(data['state'], data['state'])}; "
-                    f"{left} job(s) left ({running} running, {queued} queued)")
+            line = (
+                f"session {sid}: {SESSION_STATUS.get(data['state'], data['state'])}; "
+                f"{left} job(s) left ({running} running, {queued} queued)"
+            )
             _progress(line, time.monotonic() - started, tty, last)
         time.sleep(0.25)
     if not quiet:
         if tty:
             sys.stdout.write("\r\x1b[K")
         counts = ", ".join(f"{_int(data.get(k))} {k}" for k in ("done", "failed", "cancelled"))
-        print(f"session {sid}: Closed ({data.get('closed_reason') or action}) after "
-              f"{time.monotonic() - started:.1f}s; jobs: {counts}", flush=True)
+        print(
+            f"session {sid}: Closed ({data.get('closed_reason') or action}) after "
+            f"{time.monotonic() - started:.1f}s; jobs: {counts}",
+            flush=True,
+        )
     return data
 
 
@@ -678,11 +825,17 @@ def _wait_job(store: Store, jid: str, as_json: bool) -> int:
 
 def job_text(view: dict) -> str:
     pairs = [
-        ("id", view["id"]), ("status", view["status"]), ("primitive", view["primitive"]),
-        ("session", view["session"]), ("backend", view["backend"]),
+        ("id", view["id"]),
+        ("status", view["status"]),
+        ("primitive", view["primitive"]),
+        ("session", view["session"]),
+        ("backend", view["backend"]),
         ("worker", f"{view['worker']} (pid {view['pid']})" if view["worker"] else None),
-        ("attempts", view["attempts"]), ("pubs", view["pubs"]), ("shots", view["shots"]),
-        ("created", view["created"]), ("running", view["running"]),
+        ("attempts", view["attempts"]),
+        ("pubs", view["pubs"]),
+        ("shots", view["shots"]),
+        ("created", view["created"]),
+        ("running", view["running"]),
         ("finished", view["finished"]),
         ("queued for", fmt_duration(view["queued_seconds"])),
         ("ran for", fmt_duration(view["run_seconds"])),

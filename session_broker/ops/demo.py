@@ -178,9 +178,14 @@ def run_demo(state_dir: str = ".sb-state") -> int:
     url = os.environ.get("SESSION_BROKER_URL") or DEFAULT_URL
     stack = Stack(STATE_DIR)
     try:
-        if not (redis_answers(url) and Store(load_settings({"SESSION_BROKER_URL": url})).live_workers("ibmq_qasm_simulator")):
+        if not (
+            redis_answers(url)
+            and Store(load_settings({"SESSION_BROKER_URL": url})).live_workers("ibmq_qasm_simulator")
+        ):
             step("No worker for ibmq_qasm_simulator answers: starting a local stack")
-            start_stack(stack, ["ibmq_qasm_simulator"], 1, None, None, say=lambda m: print("  " + m, flush=True))
+            start_stack(
+                stack, ["ibmq_qasm_simulator"], 1, None, None, say=lambda m: print("  " + m, flush=True)
+            )
         else:
             os.environ["SESSION_BROKER_URL"] = url
         run_examples()

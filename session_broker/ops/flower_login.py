@@ -70,12 +70,13 @@ def protect(handlers: list, expected: str) -> list:
             spec = URLSpec(*spec)
         if spec.regex.pattern.rstrip("$") in OPEN:
             continue
-        handlers[i] = URLSpec(spec.regex.pattern, guarded(spec.handler_class, expected),
-                              spec.kwargs, spec.name)
+        handlers[i] = URLSpec(
+            spec.regex.pattern, guarded(spec.handler_class, expected), spec.kwargs, spec.name
+        )
     return handlers
 
 
-MONITOR_TTL = 15   # s; refreshed every MONITOR_TTL / 3
+MONITOR_TTL = 15  # s; refreshed every MONITOR_TTL / 3
 
 
 def keep_events_on() -> None:

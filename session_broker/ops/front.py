@@ -50,13 +50,22 @@ def _is_api(path: str) -> bool:
 
 
 def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
-    app = FastAPI(title="session-broker", version="0.1.0", docs_url=None, redoc_url=None,
-                  openapi_url=None,
-                  description="The Qiskit Runtime REST API over session-broker, the Jobs page and "
-                              "Prometheus metrics.")
+    app = FastAPI(
+        title="session-broker",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        description="The Qiskit Runtime REST API over session-broker, the Jobs page and Prometheus metrics.",
+    )
     app.state.front = Front(store, api, flower_auth)
-    app.add_middleware(RequestGuard, job_limit=api.max_body_bytes, limit=api.max_request_bytes,
-                       read_timeout=api.read_timeout, authority=app.state.front.authority)
+    app.add_middleware(
+        RequestGuard,
+        job_limit=api.max_body_bytes,
+        limit=api.max_request_bytes,
+        read_timeout=api.read_timeout,
+        authority=app.state.front.authority,
+    )
 
     # the API's description is for operators: behind the Jobs page's login like the pages
     @app.get("/openapi.json", include_in_schema=False)
@@ -73,8 +82,10 @@ def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
         return "OK"
 
     app.state.included = [("", identity.router), ("", web.router)] + [
-        (prefix, router) for prefix in ("/api/v1", "/experimental/api/v1")
-        for router in (runtime.router, jobs.router)]
+        (prefix, router)
+        for prefix in ("/api/v1", "/experimental/api/v1")
+        for router in (runtime.router, jobs.router)
+    ]
     for prefix, router in app.state.included:
         app.include_router(router, prefix=prefix, include_in_schema=prefix != "/experimental/api/v1")
 
@@ -97,16 +108,24 @@ def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
 
     @app.exception_handler(web.NeedLogin)
     async def need_login(_request: Request, _exc):
-        return PlainTextResponse(web.LOGIN_HELP, status_code=401, headers={
-            **web.SECURITY_HEADERS,
-            "WWW-Authenticate": 'Basic realm="session-broker", charset="UTF-8"'})
+        return PlainTextResponse(
+            web.LOGIN_HELP,
+            status_code=401,
+            headers={
+                **web.SECURITY_HEADERS,
+                "WWW-Authenticate": 'Basic realm="session-broker", charset="UTF-8"',
+            },
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         path = request.url.path
         if _is_api(path):
-            return error_response(exc.status_code, f"{exc.detail}: {request.method} {path[:100]}",
-                                  "not_found" if exc.status_code == 404 else "invalid_request")
+            return error_response(
+                exc.status_code,
+                f"{exc.detail}: {request.method} {path[:100]}",
+                "not_found" if exc.status_code == 404 else "invalid_request",
+            )
         pages = request.app.state.front.pages
         if not pages.authorized(request.headers.get("authorization", "")):
             return await need_login(request, None)
@@ -150,8 +169,15 @@ def recipe(url: str, instance: str, key: str = "<your API key>") -> list[str]:
     ]
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, certfile: str | None = None,
-          keyfile: str | None = None, *, require_pages: bool = False, require_keys: bool = False) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    *,
+    require_pages: bool = False,
+    require_keys: bool = False,
+) -> None:
     """Run the web front until SIGTERM/SIGINT."""
     import uvicorn
 
@@ -168,12 +194,14 @@ def serve(host: str = "127.0.0.1", port: int = 8000, certfile: str | None = None
     if require_pages and not settings.flower_auth:
         raise ConfigurationError(
             "SESSION_BROKER_FLOWER_AUTH is not set: the Jobs page refuses to start without a login. "
-            "Set it to user:password (the same as Flower's; `session-broker up` sets it for you)")
+            "Set it to user:password (the same as Flower's; `session-broker up` sets it for you)"
+        )
     api = load_api_settings(max_payload_bytes=settings.max_payload_bytes)
     if require_keys and not api.keys:
         raise ConfigurationError(
             "SESSION_BROKER_API_KEYS is not set: the REST API refuses to start without API keys "
-            "(comma-separated keys, or sha256:<hex> digests, optionally KEY@TENANT_PREFIX)")
+            "(comma-separated keys, or sha256:<hex> digests, optionally KEY@TENANT_PREFIX)"
+        )
     store = ops.quick_store()
     try:
         store.redis.ping()
@@ -185,13 +213,25 @@ def serve(host: str = "127.0.0.1", port: int = 8000, certfile: str | None = None
     app = create_app(store, api, settings.flower_auth)
     scheme = "https" if certfile else "http"
     url = f"{scheme}://{host}:{port}"
-    print(f"session-broker web front: {url}/ (Jobs page, /metrics, REST API at /api/v1, "
-          f"OpenAPI at /docs)", flush=True)
+    print(
+        f"session-broker web front: {url}/ (Jobs page, /metrics, REST API at /api/v1, OpenAPI at /docs)",
+        flush=True,
+    )
     print(f"instance CRN: {api.instance}", flush=True)
     if not api.keys:
         print("REST API: no SESSION_BROKER_API_KEYS, so every runtime route answers 401", flush=True)
-    uvicorn.run(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=10,
-                server_header=False, http=guarded_protocol(api.header_timeout),
-                timeout_keep_alive=api.keep_alive, limit_concurrency=api.max_connections)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+        http=guarded_protocol(api.header_timeout),
+        timeout_keep_alive=api.keep_alive,
+        limit_concurrency=api.max_connections,
+    )
     sys.stdout.flush()

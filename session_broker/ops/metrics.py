@@ -55,8 +55,11 @@ from session_broker.core.store import Store
 CHUNK = 1000  # sessions per pipelined round trip
 
 METRIC_NAMES = (
-    "session_broker_sessions", "session_broker_queue_length",
-    "session_broker_session_queue_length", "session_broker_jobs_total", "session_broker_jobs_current",
+    "session_broker_sessions",
+    "session_broker_queue_length",
+    "session_broker_session_queue_length",
+    "session_broker_jobs_total",
+    "session_broker_jobs_current",
     "session_broker_workers",
     *(f"session_broker_{name}_seconds" for name in K.HISTOGRAMS),
 )
@@ -102,14 +105,14 @@ def cumulative_buckets(fields: dict[str, str]) -> tuple[list[tuple[str, float]],
 class Snapshot:
     """Everything the metrics report, read from Redis in a few pipelined round trips."""
 
-    sessions: Counter = field(default_factory=Counter)   # (state, backend, mode) -> count
-    queues: dict = field(default_factory=dict)           # backend -> messages in its shared queue
-    session_queues: list = field(default_factory=list)   # (session, backend, messages)
-    totals: dict = field(default_factory=dict)           # P:counts: submitted, DONE, ERROR, CANCELLED
-    queued: int = 0                                      # jobs QUEUED now
-    running: int = 0                                     # jobs RUNNING now
-    workers: Counter = field(default_factory=Counter)    # (backend, "true"|"false") -> live workers
-    histograms: dict = field(default_factory=dict)       # name -> raw P:hist:<name> hash
+    sessions: Counter = field(default_factory=Counter)  # (state, backend, mode) -> count
+    queues: dict = field(default_factory=dict)  # backend -> messages in its shared queue
+    session_queues: list = field(default_factory=list)  # (session, backend, messages)
+    totals: dict = field(default_factory=dict)  # P:counts: submitted, DONE, ERROR, CANCELLED
+    queued: int = 0  # jobs QUEUED now
+    running: int = 0  # jobs RUNNING now
+    workers: Counter = field(default_factory=Counter)  # (backend, "true"|"false") -> live workers
+    histograms: dict = field(default_factory=dict)  # name -> raw P:hist:<name> hash
 
     @property
     def open_sessions(self) -> int:
@@ -132,7 +135,7 @@ def snapshot(store: Store) -> Snapshot:
     live_session_queues: list[tuple[str, str]] = []
     batch_queued = 0
     for start in range(0, len(sids), CHUNK):
-        chunk = sids[start:start + CHUNK]
+        chunk = sids[start : start + CHUNK]
         pipe = r.pipeline(transaction=False)
         for sid in chunk:
             pipe.hmget(keys.session(sid), "state", "backend", "mode", "queued", "running")
@@ -149,8 +152,9 @@ def snapshot(store: Store) -> Snapshot:
 
     workers = store.live_workers()
     registered = r.hgetall(keys.workers)
-    backends = sorted((set(known_backends()) | set(registered.values())
-                       | {w.get("backend", "") for w in workers}) - {""})
+    backends = sorted(
+        (set(known_backends()) | set(registered.values()) | {w.get("backend", "") for w in workers}) - {""}
+    )
 
     pipe = r.pipeline(transaction=False)
     for backend in backends:
@@ -205,34 +209,43 @@ class BrokerCollector:
     def _families(self) -> dict:
         fams = {
             "sessions": GaugeMetricFamily(
-                "session_broker_sessions", "Sessions and batches by state, backend and mode",
-                labels=["state", "backend", "mode"]),
+                "session_broker_sessions",
+                "Sessions and batches by state, backend and mode",
+                labels=["state", "backend", "mode"],
+            ),
             "queue": GaugeMetricFamily(
-                "session_broker_queue_length", "Messages waiting in a backend's shared queue",
-                labels=["backend"]),
+                "session_broker_queue_length",
+                "Messages waiting in a backend's shared queue",
+                labels=["backend"],
+            ),
             "session_queue": GaugeMetricFamily(
                 "session_broker_session_queue_length",
                 "Messages waiting in the queue of a session that is not closed",
-                labels=["session", "backend"]),
+                labels=["session", "backend"],
+            ),
             "jobs_total": CounterMetricFamily(
-                "session_broker_jobs", "Jobs submitted, and jobs ended by final status",
-                labels=["status"]),
+                "session_broker_jobs", "Jobs submitted, and jobs ended by final status", labels=["status"]
+            ),
             "unserved_pins": CounterMetricFamily(
                 "session_broker_unserved_pins",
                 "Pins taken from a worker that left its session's queued jobs unclaimed past "
-                "SESSION_BROKER_UNSERVED_PIN_TIMEOUT (its executor is replaced)"),
+                "SESSION_BROKER_UNSERVED_PIN_TIMEOUT (its executor is replaced)",
+            ),
             "replication_degraded": CounterMetricFamily(
                 "session_broker_replication_degraded",
-                "Times a process found no replica connected and stopped waiting for one (WAIT)"),
+                "Times a process found no replica connected and stopped waiting for one (WAIT)",
+            ),
             "jobs": GaugeMetricFamily(
-                "session_broker_jobs_current", "Jobs QUEUED and RUNNING now", labels=["status"]),
+                "session_broker_jobs_current", "Jobs QUEUED and RUNNING now", labels=["status"]
+            ),
             "workers": GaugeMetricFamily(
-                "session_broker_workers", "Live workers by backend and whether they hold a session",
-                labels=["backend", "pinned"]),
+                "session_broker_workers",
+                "Live workers by backend and whether they hold a session",
+                labels=["backend", "pinned"],
+            ),
         }
         for name in K.HISTOGRAMS:
-            fams[name] = HistogramMetricFamily(f"session_broker_{name}_seconds",
-                                               _HELP.get(name, name))
+            fams[name] = HistogramMetricFamily(f"session_broker_{name}_seconds", _HELP.get(name, name))
         return fams
 
     def collect(self):

@@ -76,8 +76,8 @@ def test_sessions_closed_just_before_redis_crashes_end_closed(stack, fresh, capl
     bell = bell_circuit()
     stop = threading.Event()
     lock = threading.Lock()
-    opened: list[str] = []   # every session a producer opened
-    left: list[str] = []     # ... and whose `with` block it left: close() returned
+    opened: list[str] = []  # every session a producer opened
+    left: list[str] = []  # ... and whose `with` block it left: close() returned
     errors: list[BaseException] = []
 
     def producer():
@@ -134,8 +134,10 @@ def test_sessions_closed_just_before_redis_crashes_end_closed(stack, fresh, capl
             t.join(180)
         watch.stopping.set()
     again = [r for r in caplog.records if "Redis lost the end of session" in r.getMessage()]
-    print(f"\n[aof crash] 5 crashes; bytes cut: {cuts}; {len(left)} sessions left; "
-          f"{len(again)} closes made again; producer errors: {[type(e).__name__ for e in errors]}")
+    print(
+        f"\n[aof crash] 5 crashes; bytes cut: {cuts}; {len(left)} sessions left; "
+        f"{len(again)} closes made again; producer errors: {[type(e).__name__ for e in errors]}"
+    )
 
     def not_closed():
         out = {}
@@ -164,5 +166,7 @@ def test_sessions_closed_just_before_redis_crashes_end_closed(stack, fresh, capl
         if c.store.redis.hget(k.session(sid), "state") == "closed":
             continue
         timers = [w for w in ("max", "idle", "open") if c.store.redis.pttl(k.timer(sid, w)) > 0]
-        assert timers and c.store.redis.zscore(k.deadlines, sid) is not None, \
-            (sid, c.store.redis.hgetall(k.session(sid)))
+        assert timers and c.store.redis.zscore(k.deadlines, sid) is not None, (
+            sid,
+            c.store.redis.hgetall(k.session(sid)),
+        )

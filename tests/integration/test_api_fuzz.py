@@ -25,20 +25,53 @@ EXAMPLES = int(os.environ.get("SB_API_FUZZ_EXAMPLES", "120"))
 SEED = int(os.environ.get("SB_API_FUZZ_SEED", "20261130"))
 
 numbers = st.one_of(
-    st.integers(-3, 5000), st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0, -1, 1e308, -1e308, 1e-320, 2**63, np.int64(7), np.int32(100),
-                     np.float32(0.5), np.float64("nan"), np.uint8(3), True, 1j, "10", None]),
+    st.integers(-3, 5000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            0,
+            -1,
+            1e308,
+            -1e308,
+            1e-320,
+            2**63,
+            np.int64(7),
+            np.int32(100),
+            np.float32(0.5),
+            np.float64("nan"),
+            np.uint8(3),
+            True,
+            1j,
+            "10",
+            None,
+        ]
+    ),
 )
 param_rows = st.one_of(
     st.lists(numbers, max_size=3),
-    st.sampled_from([[], [[]], np.array([]), np.zeros((2, 0)), np.array(1.0), np.zeros((2, 2)),
-                     np.full((3, 2), np.nan), np.array([["a", "b"]]), np.ones((1, 2), complex),
-                     [[0.1, 0.2], [0.3]], np.ones((2, 1, 2))]),
+    st.sampled_from(
+        [
+            [],
+            [[]],
+            np.array([]),
+            np.zeros((2, 0)),
+            np.array(1.0),
+            np.zeros((2, 2)),
+            np.full((3, 2), np.nan),
+            np.array([["a", "b"]]),
+            np.ones((1, 2), complex),
+            [[0.1, 0.2], [0.3]],
+            np.ones((2, 1, 2)),
+        ]
+    ),
 )
-labels = st.one_of(st.text(alphabet="IXYZ01+-rlQ ", max_size=4),
-                   st.sampled_from(["ZZ", "XI", "", "ZZZ", "zz", "IY"]))
+labels = st.one_of(
+    st.text(alphabet="IXYZ01+-rlQ ", max_size=4), st.sampled_from(["ZZ", "XI", "", "ZZZ", "zz", "IY"])
+)
 observables = st.one_of(
-    labels, st.dictionaries(labels, numbers, max_size=2), st.lists(labels, max_size=3),
+    labels,
+    st.dictionaries(labels, numbers, max_size=2),
+    st.lists(labels, max_size=3),
     st.sampled_from([None, 3, np.array(1), [["ZZ"], ["XX"]], {"ZZ": 1e308, "XX": 1e308}]),
 )
 
@@ -64,9 +97,11 @@ def make(name: str) -> QuantumCircuit:
 
 
 pub_like = st.one_of(
-    st.tuples(circuits()), st.tuples(circuits(), param_rows),
+    st.tuples(circuits()),
+    st.tuples(circuits(), param_rows),
     st.tuples(circuits(), param_rows, numbers),
-    st.tuples(circuits(), observables), st.tuples(circuits(), observables, param_rows),
+    st.tuples(circuits(), observables),
+    st.tuples(circuits(), observables, param_rows),
     st.tuples(circuits(), observables, param_rows, numbers),
     numbers,
 )
@@ -118,8 +153,7 @@ def test_every_call_ends_done_or_is_refused_typed_before_queueing(c):
     outcomes = {"done": 0, "refused": 0}
 
     @seed(SEED)
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(calls)
     def check(call):
         kind, a, b = call
@@ -133,7 +167,7 @@ def test_every_call_ends_done_or_is_refused_typed_before_queueing(c):
             outcomes["refused"] += 1
             return
         if job is not None:
-            job.result(timeout=120)     # raises JobFailedError if it failed on the worker
+            job.result(timeout=120)  # raises JobFailedError if it failed on the worker
             assert job.status() == "DONE"
             outcomes["done"] += 1
 

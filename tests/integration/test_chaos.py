@@ -63,7 +63,7 @@ def _thaw(procs) -> None:
     for p in procs:
         try:
             p.resume()
-        except psutil.Error:   # replaced (killed) meanwhile
+        except psutil.Error:  # replaced (killed) meanwhile
             pass
 
 
@@ -72,9 +72,19 @@ def allowed_without_expiry(key: str, p: str, live: set[str]) -> bool:
     Celery's own (named by keys.Keys), and the registry of workers that are alive.
     Everything of a job, a session (its queue's bindings included) or a dead worker must
     expire or be gone."""
-    if key in {f"{p}:jobs", f"{p}:sessions", f"{p}:deadlines", f"{p}:workers", f"{p}:epoch",
-               f"{p}:config", f"{p}:counts", f"{p}:dead", f"{p}:unacked", f"{p}:unacked_index",
-               f"{p}:kombu.binding_deadlines"}:
+    if key in {
+        f"{p}:jobs",
+        f"{p}:sessions",
+        f"{p}:deadlines",
+        f"{p}:workers",
+        f"{p}:epoch",
+        f"{p}:config",
+        f"{p}:counts",
+        f"{p}:dead",
+        f"{p}:unacked",
+        f"{p}:unacked_index",
+        f"{p}:kombu.binding_deadlines",
+    }:
         return True
     if key.startswith((f"_kombu.binding.{p}.session.", f"_kombu.binding_permanent.{p}.session.")):
         return False
@@ -91,9 +101,13 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
     rng = random.Random(seed)
     n_sessions = max(3, round(SECONDS / 6))
     per_session, n_loose = 30, round(5 * SECONDS)
-    c = fresh(env={"SESSION_BROKER_MAX_ATTEMPTS": "100",  # kills are not poison: retry them all
-                   "SESSION_BROKER_INTERACTIVE_TIMEOUT": "2",  # sessions idle, leave, come back
-                   "SESSION_BROKER_UNSERVED_PIN_TIMEOUT": "3"})  # frozen executors: the liveness bound
+    c = fresh(
+        env={
+            "SESSION_BROKER_MAX_ATTEMPTS": "100",  # kills are not poison: retry them all
+            "SESSION_BROKER_INTERACTIVE_TIMEOUT": "2",  # sessions idle, leave, come back
+            "SESSION_BROKER_UNSERVED_PIN_TIMEOUT": "3",
+        }
+    )  # frozen executors: the liveness bound
     live = [c.start_worker(BACKEND, name=f"chaos-{i}@%h") for i in range(WORKERS)]
     born = WORKERS
     bell = bell_circuit()
@@ -117,7 +131,9 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
                 sessions.append(s.session_id)
             sampler = SamplerV2(mode=s)
             for k in range(per_session):
-                jid = (sampler.run([ghz], shots=4096) if k % 4 == 3 else sampler.run([bell], shots=16)).job_id()
+                jid = (
+                    sampler.run([ghz], shots=4096) if k % 4 == 3 else sampler.run([bell], shots=16)
+                ).job_id()
                 with lock:
                     jobs.append(jid)
                 pace(r, per_session - k)
@@ -130,7 +146,9 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
         try:
             sampler = SamplerV2(mode=svc.backend(BACKEND))
             for k in range(n_loose):
-                jid = (sampler.run([ghz], shots=4096) if k % 4 == 3 else sampler.run([bell], shots=16)).job_id()
+                jid = (
+                    sampler.run([ghz], shots=4096) if k % 4 == 3 else sampler.run([bell], shots=16)
+                ).job_id()
                 with lock:
                     jobs.append(jid)
                 pace(r, n_loose - k)
@@ -142,8 +160,7 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
     for t in threads:
         t.start()
 
-    kills = {"SIGKILL": 0, "SIGSTOP then SIGKILL": 0, "SIGKILL right after a submit": 0,
-             "executor frozen": 0}
+    kills = {"SIGKILL": 0, "SIGSTOP then SIGKILL": 0, "SIGKILL right after a submit": 0, "executor frozen": 0}
     frozen: list[psutil.Process] = []
     loose = SamplerV2(mode=svc.backend(BACKEND))
     while time.monotonic() < t_end:
@@ -183,7 +200,7 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
         live.remove(victim)
         born += 1
         live.append(c.start_worker(BACKEND, name=f"chaos-{born - 1}@%h", wait=False))
-    _thaw(frozen)   # a worker must not be left with a frozen executor for the checks below
+    _thaw(frozen)  # a worker must not be left with a frozen executor for the checks below
     for t in threads:
         t.join(SECONDS + 120)
     assert not errors, f"producers failed: {errors[:3]}"
@@ -194,13 +211,16 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
         recs = wait_final(c.store, jobs, 240 + SECONDS * 2, "chaos jobs")
     except AssertionError as exc:
         pending = [j for j in jobs if c.store.job(j, "status").get("status") not in FINAL_JOB_STATUSES]
-        raise AssertionError(f"seed {seed}: {exc}\n" + "\n".join(where_is(c, j) for j in pending[:5])
-                             + f"\nkills: {kills}") from None
+        raise AssertionError(
+            f"seed {seed}: {exc}\n" + "\n".join(where_is(c, j) for j in pending[:5]) + f"\nkills: {kills}"
+        ) from None
     drained = time.monotonic() - chaos_over
     attempts = sum(int(r["attempts"]) for r in recs.values())
-    print(f"[chaos] {len(jobs)} jobs ({n_sessions} sessions x {per_session} + loose), "
-          f"{sum(kills.values())} kills {kills}; all final {drained:.1f} s after the chaos phase; "
-          f"{attempts - len(jobs)} re-runs of interrupted attempts")
+    print(
+        f"[chaos] {len(jobs)} jobs ({n_sessions} sessions x {per_session} + loose), "
+        f"{sum(kills.values())} kills {kills}; all final {drained:.1f} s after the chaos phase; "
+        f"{attempts - len(jobs)} re-runs of interrupted attempts"
+    )
 
     # every job ended, and ended DONE (a kill is retried, never a failure here)
     bad = {j: (r.get("status"), r.get("error")) for j, r in recs.items() if r.get("status") != "DONE"}
@@ -215,14 +235,16 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
     for jid, r in recs.items():
         if r.get("session"):
             by_session.setdefault(r["session"], []).append(
-                (float(r["running"]), float(r["finished"]), r["worker"], jid))
+                (float(r["running"]), float(r["finished"]), r["worker"], jid)
+            )
     for sid, runs in by_session.items():
         runs.sort()
         for (s1, f1, w1, j1), (s2, f2, w2, j2) in zip(runs, runs[1:]):
             assert f1 <= s2, f"session {sid}: {j1} on {w1} [{s1}, {f1}] overlaps {j2} on {w2} [{s2}, {f2}]"
     # sessions all closed; counters balance
-    wait_for(lambda: all(c.store.session(s)["state"] == "closed" for s in sessions), 120,
-             "every session to close")
+    wait_for(
+        lambda: all(c.store.session(s)["state"] == "closed" for s in sessions), 120, "every session to close"
+    )
     counts = {k: int(v) for k, v in c.store.redis.hgetall(c.store.keys.counts).items()}
     ended = sum(counts.get(s, 0) for s in FINAL_JOB_STATUSES)
     assert counts.get("submitted") == ended == len(jobs), counts
@@ -242,5 +264,4 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
     except TimeoutError:
         raise AssertionError(f"keys without an expiry: {leaks()[:20]}") from None
     assert all(w.alive() for w in live)
-    print(f"[chaos] seed {seed}: nothing lost, nothing run twice, no session on two workers, "
-          f"counts {counts}")
+    print(f"[chaos] seed {seed}: nothing lost, nothing run twice, no session on two workers, counts {counts}")

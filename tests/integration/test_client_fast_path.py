@@ -49,9 +49,9 @@ def test_a_circuit_changed_after_a_run_is_checked_again(svc):
     isa = generate_preset_pass_manager(backend=backend, optimization_level=1).run(bell_circuit())
     sampler = SamplerV2(mode=backend)
     sampler.run([isa], shots=10)
-    sampler.run([isa], shots=10)                   # the memoised check
+    sampler.run([isa], shots=10)  # the memoised check
     before = _queued(svc._store)
-    isa.h(0)                                       # not in the device's basis
+    isa.h(0)  # not in the device's basis
     with pytest.raises(NotISAError, match="'h'"):
         sampler.run([isa], shots=10)
     assert _queued(svc._store) == before
@@ -66,7 +66,7 @@ def test_a_circuit_grown_too_wide_is_refused(svc):
     wide = QuantumCircuit(width + 1)
     wide.h(range(width + 1))
     qc.add_register(QuantumRegister(width + 1 - qc.num_qubits))
-    qc.compose(wide, inplace=True)                 # the same object, now acting on width+1 qubits
+    qc.compose(wide, inplace=True)  # the same object, now acting on width+1 qubits
     with pytest.raises(CircuitTooWideError):
         sampler.run([qc], shots=10)
     assert _queued(svc._store) == before
@@ -80,7 +80,7 @@ def test_options_changed_between_runs_reach_the_job(svc):
         sampler.options.default_shots = 77
         sampler.options.environment.job_tags = ["a"]
         second = sampler.run([qc])
-        sampler.options.environment.job_tags.append("b")   # changed in place
+        sampler.options.environment.job_tags.append("b")  # changed in place
         third = sampler.run([qc])
         assert "default_shots" not in _payload_options(svc, first)["ibm"]["options"]
         assert _payload_options(svc, second)["ibm"]["options"]["default_shots"] == 77
@@ -115,8 +115,9 @@ def test_result_of_a_job_that_ended_is_one_round_trip(svc):
     redis.config_resetstat()
     with pytest.raises(JobCancelledError):
         job.result(timeout=60)
-    calls = {name.removeprefix("cmdstat_"): stats["calls"]
-             for name, stats in redis.info("commandstats").items()}
+    calls = {
+        name.removeprefix("cmdstat_"): stats["calls"] for name, stats in redis.info("commandstats").items()
+    }
     assert calls.get("brpoplpush") == 1 and calls.get("hmget") == 1, calls
 
 
@@ -135,7 +136,7 @@ def test_a_wait_on_a_job_redis_forgot_ends_in_one_chunk(svc):
     from session_broker.errors import JobNotFoundError
 
     store = svc._store
-    for attempt in range(2):   # twice: a first reply that beat the client's timeout is luck
+    for attempt in range(2):  # twice: a first reply that beat the client's timeout is luck
         t0 = time.monotonic()
         with pytest.raises(JobNotFoundError, match="lost its data"):
             store.wait_job(f"forgotten-job-{attempt}", 5.0, "status")

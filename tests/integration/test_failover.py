@@ -21,8 +21,8 @@ from tests.conftest import HOST, make_cluster
 from tests.support.faults import SlowEstimatorJob, bell_circuit, read_until_ready
 
 BACKEND = "ibmq_qasm_simulator"
-STALL = 1.0          # a call slower than this counts as part of the outage
-BOUND = 15.0         # no call may take longer than the failover itself plus this
+STALL = 1.0  # a call slower than this counts as part of the outage
+BOUND = 15.0  # no call may take longer than the failover itself plus this
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def c(stack, ha):
             os.environ[k] = v
     from session_broker.core.config import get_settings
 
-    get_settings.cache_clear()   # later modules must not inherit WAIT_REPLICAS=1
+    get_settings.cache_clear()  # later modules must not inherit WAIT_REPLICAS=1
 
 
 class Probe(threading.Thread):
@@ -87,7 +87,9 @@ def test_master_killed_mid_session_everything_ends_once(c, ha, stack, hold):
         first = SamplerV2(mode=session).run([bell_circuit()], shots=50)
         first.result(timeout=120)
         running = EstimatorV2(mode=session).run([slow.pub])
-        held = hold(c.store, running.job_id())  # still running when the master dies, however fast this machine
+        held = hold(
+            c.store, running.job_id()
+        )  # still running when the master dies, however fast this machine
         queued = [SamplerV2(mode=session).run([bell_circuit()], shots=50) for _ in range(20)]
         probe = Probe(service, first.job_id(), session)
         probe.start()
@@ -105,8 +107,10 @@ def test_master_killed_mid_session_everything_ends_once(c, ha, stack, hold):
         probe.stop.set()
         probe.join(30)
         outage, longest = probe.outage(killed)
-        print(f"\nfailover: promoted after {promoted:.1f} s; producer outage {outage:.1f} s; "
-              f"longest call {longest:.1f} s")
+        print(
+            f"\nfailover: promoted after {promoted:.1f} s; producer outage {outage:.1f} s; "
+            f"longest call {longest:.1f} s"
+        )
         assert longest < promoted + BOUND, (longest, promoted)
         assert outage < promoted + BOUND, (outage, promoted)
         jobs = [first, running, *queued]
@@ -142,24 +146,48 @@ def test_up_ha_stack_follows_a_failover_workers_flower_and_web_front(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_BROKER_")}
     env.update(PYTHONUNBUFFERED="1", SESSION_BROKER_FLOWER_AUTH="admin:ha-secret")
     flower, web = free_port(), free_port()
-    up = subprocess.Popen([sys.executable, "-m", "session_broker.ops.cli", "up", "--ha",
-                           "--flower-port", str(flower), "--web-port", str(web),
-                           "--state-dir", str(tmp_path / "state")],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "session_broker.ops.cli",
+            "up",
+            "--ha",
+            "--flower-port",
+            str(flower),
+            "--web-port",
+            str(web),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
     def get(port: int, path: str) -> str:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={
-            "Authorization": "Basic " + base64.b64encode(b"admin:ha-secret").decode()})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}",
+            headers={"Authorization": "Basic " + base64.b64encode(b"admin:ha-secret").decode()},
+        )
         with urllib.request.urlopen(request, timeout=10) as reply:
             return reply.read().decode()
 
     def run_job() -> str:
-        code = ("import sys; from session_broker import QiskitRuntimeService, SamplerV2; "
-                "from tests.support.faults import bell_circuit; s = QiskitRuntimeService(sys.argv[1]); "
-                "j = SamplerV2(mode='ibmq_qasm_simulator').run([bell_circuit()], shots=9); "
-                "print(j.result(timeout=120)[0].data.meas.num_shots, j.job_id())")
-        run = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
-                             timeout=180, env={**env, "SESSION_BROKER_URL": url, "PYTHONPATH": "."})
+        code = (
+            "import sys; from session_broker import QiskitRuntimeService, SamplerV2; "
+            "from tests.support.faults import bell_circuit; s = QiskitRuntimeService(sys.argv[1]); "
+            "j = SamplerV2(mode='ibmq_qasm_simulator').run([bell_circuit()], shots=9); "
+            "print(j.result(timeout=120)[0].data.meas.num_shots, j.job_id())"
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", code, url],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**env, "SESSION_BROKER_URL": url, "PYTHONPATH": "."},
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         shots, job_id = run.stdout.strip().splitlines()[-1].split()
         assert shots == "9", run.stderr[-2000:]
@@ -172,30 +200,40 @@ def test_up_ha_stack_follows_a_failover_workers_flower_and_web_front(tmp_path):
         assert url.startswith("sentinel://") and "master=mymaster" in url
         children = psutil.Process(up.pid).children(recursive=True)
         servers = [p for p in children if p.name() == "redis-server"]
-        assert len(servers) == 5, [p.name() for p in children]   # master, replica, 3 Sentinels
+        assert len(servers) == 5, [p.name() for p in children]  # master, replica, 3 Sentinels
         from session_broker.core import sentinel
 
         parsed = sentinel.parse(url)
         import redis
 
         host, port = redis.Redis(host=parsed.hosts[0][0], port=parsed.hosts[0][1]).execute_command(
-            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", parsed.master)
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", parsed.master
+        )
         master = next(p for p in servers if p.cmdline()[0].endswith(f":{int(port)}"))
         before = run_job()
         master.kill()
         after = run_job()
-        wait_for(lambda: after in get(web, f"/job/{after}") and before in get(web, f"/job/{before}"),
-                 60, "the web front to show the jobs from the new master")
+        wait_for(
+            lambda: after in get(web, f"/job/{after}") and before in get(web, f"/job/{before}"),
+            60,
+            "the web front to show the jobs from the new master",
+        )
         assert "session_broker_workers" in get(web, "/metrics")
-        wait_for(lambda: "ibmq_qasm_simulator" in get(flower, "/api/workers?refresh=1"), 60,
-                 "Flower to see the worker through the new master")
+        wait_for(
+            lambda: "ibmq_qasm_simulator" in get(flower, "/api/workers?refresh=1"),
+            60,
+            "Flower to see the worker through the new master",
+        )
         descendants = psutil.Process(up.pid).children(recursive=True)
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
-        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-                                 for p in descendants), 30, "every process of up to exit")
+        wait_for(
+            lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in descendants),
+            30,
+            "every process of up to exit",
+        )
     finally:
-        if up.poll() is None:   # SIGTERM first: up stops its stack (its children have own groups)
+        if up.poll() is None:  # SIGTERM first: up stops its stack (its children have own groups)
             up.send_signal(signal.SIGTERM)
             try:
                 up.wait(60)
@@ -209,9 +247,11 @@ def test_tls_sentinel_stack_with_a_password_follows_a_failover(stack, tmp_path):
     from tests.support.pki import make_pki
 
     pki = make_pki(tmp_path / "pki")
-    ha = stack.start_ha(password="tls-s3cret", master="tlsmaster",
-                        tls={"cert": str(pki["server.pem"]), "key": str(pki["server.key"]),
-                             "ca": str(pki["ca.pem"])})
+    ha = stack.start_ha(
+        password="tls-s3cret",
+        master="tlsmaster",
+        tls={"cert": str(pki["server.pem"]), "key": str(pki["server.key"]), "ca": str(pki["ca.pem"])},
+    )
     assert ha.url.startswith("sentinels://")
     c = make_cluster(stack, ha.url)
     c.start_worker(BACKEND, name="tls-ha-worker@%h")

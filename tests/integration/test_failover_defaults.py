@@ -26,13 +26,16 @@ from tests.conftest import make_cluster
 from tests.support.faults import bell_circuit
 
 BACKEND = "ibmq_qasm_simulator"
-BEFORE, AFTER = 15, 15   # jobs timed before the kill and after the promotion
+BEFORE, AFTER = 15, 15  # jobs timed before the kill and after the promotion
 
 
 @pytest.fixture
 def defaults():
-    saved = {k: os.environ.pop(k) for k in list(os.environ)
-             if k in ("SESSION_BROKER_WAIT_REPLICAS", "SESSION_BROKER_WAIT_TIMEOUT_MS")}
+    saved = {
+        k: os.environ.pop(k)
+        for k in list(os.environ)
+        if k in ("SESSION_BROKER_WAIT_REPLICAS", "SESSION_BROKER_WAIT_TIMEOUT_MS")
+    }
     yield
     os.environ.update(saved)
     from session_broker.core.config import get_settings
@@ -42,7 +45,7 @@ def defaults():
 
 @pytest.mark.parametrize("round_", range(3))
 def test_failover_with_default_settings_keeps_every_delivered_result(tmp_path, defaults, round_):
-    stack = Stack(tmp_path)   # a stack per round: each failover leaves no replica behind
+    stack = Stack(tmp_path)  # a stack per round: each failover leaves no replica behind
     try:
         failover_round(stack, round_)
     finally:
@@ -54,9 +57,9 @@ def failover_round(stack: Stack, round_: int) -> None:
     c = make_cluster(stack, ha.url)
     c.start_worker(BACKEND)
     service = c.service
-    assert service._store.settings.replicas_wanted == 1   # the default with sentinel://
+    assert service._store.settings.replicas_wanted == 1  # the default with sentinel://
     bell = bell_circuit()
-    delivered: list[tuple[str, float, float]] = []   # (job id, started, took)
+    delivered: list[tuple[str, float, float]] = []  # (job id, started, took)
     errors: list[BaseException] = []
     stop = threading.Event()
 
@@ -70,7 +73,7 @@ def failover_round(stack: Stack, round_: int) -> None:
                     job = sampler.run([bell], shots=20)
                     assert job.result(timeout=180)[0].data.meas.num_shots == 20
                     delivered.append((job.job_id(), t0, time.monotonic() - t0))
-            except BaseException as exc:   # asserted below
+            except BaseException as exc:  # asserted below
                 errors.append(exc)
 
         producer = threading.Thread(target=produce, daemon=True)
@@ -81,21 +84,25 @@ def failover_round(stack: Stack, round_: int) -> None:
         stack.kill_child(ha.nodes["master"])
         wait_for(lambda: ha.master_address() not in (None, old), 60, "a Sentinel to promote the replica")
         promoted = time.monotonic()
-        wait_for(lambda: sum(1 for _, t0, _ in delivered if t0 > promoted + 2) >= AFTER or errors,
-                 180, "the jobs after the failover")
+        wait_for(
+            lambda: sum(1 for _, t0, _ in delivered if t0 > promoted + 2) >= AFTER or errors,
+            180,
+            "the jobs after the failover",
+        )
         stop.set()
         producer.join(60)
     assert not errors, errors[:3]
 
     # every result the producer received is DONE on the new master
     statuses = {jid: c.store.job(jid, "status").get("status") for jid, _, _ in delivered}
-    assert all(s == "DONE" for s in statuses.values()), \
-        {j: s for j, s in statuses.items() if s != "DONE"}
+    assert all(s == "DONE" for s in statuses.values()), {j: s for j, s in statuses.items() if s != "DONE"}
     before = [took for _, t0, took in delivered if t0 < killed][-BEFORE:]
     after = [took for _, t0, took in delivered if t0 > promoted + 2][:AFTER]
     m_before, m_after = statistics.median(before), statistics.median(after)
-    print(f"\nround {round_}: median job {m_before * 1000:.1f} ms before the failover, "
-          f"{m_after * 1000:.1f} ms after (no replica left); {len(delivered)} results, all DONE")
+    print(
+        f"\nround {round_}: median job {m_before * 1000:.1f} ms before the failover, "
+        f"{m_after * 1000:.1f} ms after (no replica left); {len(delivered)} results, all DONE"
+    )
     assert m_after <= 2 * m_before, (m_before, m_after)
     # the processes noticed they had no replica to wait for, and said so
     assert int(c.store.redis.hget(c.store.keys.counts, "replication_degraded") or 0) >= 1

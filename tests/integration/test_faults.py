@@ -76,23 +76,31 @@ def test_worker_killed_mid_job_session_moves_and_every_job_runs_once(fresh, hold
         killed_at = time.monotonic()
         c.kill_worker(a)  # SIGKILL to A's whole process group: a machine that dies
         last_beat = float(c.store.redis.hget(c.store.keys.worker(a.node), "heartbeat"))
-        moved = wait_for(lambda: session_of(c, sid)["worker"] == b.node, 60,
-                         "the session to move to worker B")
+        moved = wait_for(
+            lambda: session_of(c, sid)["worker"] == b.node, 60, "the session to move to worker B"
+        )
         recovery = time.monotonic() - killed_at
         after_expiry = redis_now(c.store) - (last_beat + ttl)
         assert moved
-        rerun = wait_for(lambda: (lambda r: r if r.get("attempts") == "2" and r.get("status") in
-                                  ("RUNNING", "DONE") else None)(c.store.job(victim.job_id())), 60,
-                         "the interrupted job to start again on B")
+        rerun = wait_for(
+            lambda: (
+                lambda r: r if r.get("attempts") == "2" and r.get("status") in ("RUNNING", "DONE") else None
+            )(c.store.job(victim.job_id())),
+            60,
+            "the interrupted job to start again on B",
+        )
         rerun_after = time.monotonic() - killed_at
-        print(f"\n[worker kill] session moved to B {recovery:.2f} s after SIGKILL, {after_expiry:.2f} s "
-              f"after A's registry entry expired (heartbeat TTL {ttl:.1f} s; kombu visibility timeout "
-              f"{c.settings.visibility_timeout} s); interrupted job restarted {rerun_after:.2f} s after SIGKILL")
+        print(
+            f"\n[worker kill] session moved to B {recovery:.2f} s after SIGKILL, {after_expiry:.2f} s "
+            f"after A's registry entry expired (heartbeat TTL {ttl:.1f} s; kombu visibility timeout "
+            f"{c.settings.visibility_timeout} s); interrupted job restarted {rerun_after:.2f} s after SIGKILL"
+        )
         assert rerun["worker"] == b.node
         # heartbeat-driven: seconds after A's registry entry expired, not kombu's visibility
         # timeout (an hour); the margin is for a loaded machine's stalls, not for the mechanism
-        assert recovery < ttl + 20 and after_expiry < 15, \
+        assert recovery < ttl + 20 and after_expiry < 15, (
             f"recovery took {recovery:.1f} s, {after_expiry:.1f} s after A's entry expired (TTL {ttl} s)"
+        )
 
         slow.check(victim.result(timeout=300))
         for job in queued:
@@ -151,9 +159,12 @@ def test_job_longer_than_the_visibility_timeout_runs_once(fresh, hold):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        wait_for(lambda: time.monotonic() - t_start > 3, 10, "the job to be older than the visibility timeout")
-        assert c.store.job(jid, "status")["status"] == "RUNNING", \
+        wait_for(
+            lambda: time.monotonic() - t_start > 3, 10, "the job to be older than the visibility timeout"
+        )
+        assert c.store.job(jid, "status")["status"] == "RUNNING", (
             "the job ended before the redelivery could be tested: make it longer"
+        )
         from kombu import Connection
 
         from session_broker.celery_app import make_app
@@ -162,8 +173,11 @@ def test_job_longer_than_the_visibility_timeout_runs_once(fresh, hold):
         with Connection(c.url, transport_options=options) as conn:
             conn.default_channel.qos.restore_visible(num=100, interval=1)
         # the redelivered message reaches the idle worker while the job is still running
-        wait_for(lambda: f"job {jid} not run here: job is RUNNING" in log_text(other.log), 30,
-                 "the idle worker to receive the redelivered message")
+        wait_for(
+            lambda: f"job {jid} not run here: job is RUNNING" in log_text(other.log),
+            30,
+            "the idle worker to receive the redelivered message",
+        )
         assert c.store.job(jid, "status")["status"] == "RUNNING"
         wait_for(lambda: time.monotonic() - t_start > 4.5, 10, "the job to be well past the timeout")
         held.release()
@@ -174,15 +188,18 @@ def test_job_longer_than_the_visibility_timeout_runs_once(fresh, hold):
         watcher.join(5)
 
     rec = c.store.job(jid)
-    print(f"\n[visibility] a {run_time:.1f} s job with visibility_timeout=2 s was redelivered to the "
-          f"other worker while running and ran once (attempts {rec['attempts']})")
+    print(
+        f"\n[visibility] a {run_time:.1f} s job with visibility_timeout=2 s was redelivered to the "
+        f"other worker while running and ran once (attempts {rec['attempts']})"
+    )
     assert run_time > 4, "the job must run well past the visibility timeout"
     assert rec["status"] == "DONE" and rec["attempts"] == "1", rec
     assert seen["attempts"] == {"1"}, seen
     assert seen["claims"] == {f"{runner}/1"}, seen
     assert seen["workers"] == {runner}, seen
-    assert seen["statuses"][0] == "RUNNING" and set(seen["statuses"]) <= {"RUNNING", "DONE"}, \
+    assert seen["statuses"][0] == "RUNNING" and set(seen["statuses"]) <= {"RUNNING", "DONE"}, (
         f"the job left RUNNING for something else than DONE: {seen}"
+    )
     assert int(c.store.redis.hget(c.store.keys.counts, "DONE") or 0) == done_before + 1
     long.check(job.result(timeout=10))
     assert w1.proc.poll() is None and w2.proc.poll() is None
@@ -214,10 +231,12 @@ def test_poison_job_that_kills_its_process_ends_in_error_and_the_session_goes_on
                 killed.append((attempt, int(rec["pid"])))
                 last_kill = time.monotonic()
             elif rec.get("status") == "RUNNING" and killed and time.monotonic() - last_kill > 60:
-                pytest.fail(f"attempt {attempt} of the job was killed {time.monotonic() - last_kill:.0f} s "
-                            f"ago and the job is still RUNNING: the worker never handled the death of "
-                            f"its pool process (no requeue, no ERROR); killed so far: {killed}\n"
-                            f"{log_tail(w.log, 30)}")
+                pytest.fail(
+                    f"attempt {attempt} of the job was killed {time.monotonic() - last_kill:.0f} s "
+                    f"ago and the job is still RUNNING: the worker never handled the death of "
+                    f"its pool process (no requeue, no ERROR); killed so far: {killed}\n"
+                    f"{log_tail(w.log, 30)}"
+                )
             assert time.monotonic() < deadline, f"poison job still {rec} after 400 s (killed {killed})"
             time.sleep(0.02)
 
@@ -240,8 +259,10 @@ def test_poison_job_that_kills_its_process_ends_in_error_and_the_session_goes_on
     assert w.proc.poll() is None and w.proc.pid == main_pid, "the worker's main process survived"
     s = session_of(c, session.session_id)
     assert s["failed"] == "1" and s["done"] == "2", s
-    print(f"\n[poison] job killed its pool process {len(killed)} times, then ERROR worker_lost; "
-          f"the session's next job ran DONE on the same worker (pid {main_pid})")
+    print(
+        f"\n[poison] job killed its pool process {len(killed)} times, then ERROR worker_lost; "
+        f"the session's next job ran DONE on the same worker (pid {main_pid})"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -318,22 +339,29 @@ def test_redis_restart_mid_session(stack, fresh, hold):
 
     wait_for(registered_again, 60, "both workers to heartbeat again")
     workers_back = time.monotonic() - up_at
-    wait_for(lambda: any(c.store.job(j, "status").get("status") == "DONE"
-                         for j in ids if j not in done_before), 120, "a job to finish after the restart")
+    wait_for(
+        lambda: any(c.store.job(j, "status").get("status") == "DONE" for j in ids if j not in done_before),
+        120,
+        "a job to finish after the restart",
+    )
     first_done = time.monotonic() - up_at
     for t in waiters:
         t.join(timeout=max(1.0, 300 - (time.monotonic() - up_at)))
     all_done = time.monotonic() - up_at
-    print(f"[redis restart] workers heartbeating {workers_back:.2f} s after Redis came back; first job "
-          f"DONE after {first_done:.2f} s; all {len(jobs)} in-flight jobs DONE after {all_done:.2f} s")
+    print(
+        f"[redis restart] workers heartbeating {workers_back:.2f} s after Redis came back; first job "
+        f"DONE after {first_done:.2f} s; all {len(jobs)} in-flight jobs DONE after {all_done:.2f} s"
+    )
 
     reaped = [line for w in (a, b) for line in log_text(w.log).splitlines() if "reaped dead worker" in line]
     assert not reaped, f"a live worker was reaped after the Redis restart: {reaped}"
     errors = {j: r for j, r in results.items() if isinstance(r, Exception)}
     assert not errors, f"producers' result() failed across the restart: {errors}"
     missing = [j for j in ids if j not in results]
-    assert not missing, f"producers' result() never returned for {missing}: " \
+    assert not missing, (
+        f"producers' result() never returned for {missing}: "
         f"{ {j: c.store.job(j, 'status', 'attempts', 'worker') for j in missing} }"
+    )
     slow.check(results[first.job_id()])
     slow.check(results[plain_slow.job_id()])
     for job in bells + plain:
@@ -342,19 +370,23 @@ def test_redis_restart_mid_session(stack, fresh, hold):
     recs = records(c.store, ids)
     assert len([r for r in recs.values() if r]) == n_records == len(jobs), "a job record was lost"
     assert all(r["status"] == "DONE" and r["result"] for r in recs.values())
-    assert {r["attempts"] for r in recs.values()} == {"1"}, \
-        {j: r["attempts"] for j, r in recs.items() if r["attempts"] != "1"}
+    assert {r["attempts"] for r in recs.values()} == {"1"}, {
+        j: r["attempts"] for j, r in recs.items() if r["attempts"] != "1"
+    }
 
     after = session_of(c, sid)
     assert after["state"] == "active" and after["started_at"] == before["started_at"], after
-    assert after["worker"] == pinned and after["epoch"] == before["epoch"], \
-        f"the session was taken from its live worker: {before['worker']}/{before['epoch']} -> " \
+    assert after["worker"] == pinned and after["epoch"] == before["epoch"], (
+        f"the session was taken from its live worker: {before['worker']}/{before['epoch']} -> "
         f"{after['worker']}/{after['epoch']}"
+    )
     ttl = c.store.redis.ttl(c.store.keys.timer(sid, "max"))
     elapsed = redis_now(c.store) - float(after["started_at"])
     assert 0 < ttl <= 600 and abs(ttl - (600 - elapsed)) < 5, (ttl, elapsed)
-    print(f"[redis restart] session pinned to {pinned} before and after; max-time timer "
-          f"{ttl} s left after {elapsed:.0f} s of a 600 s max_time")
+    print(
+        f"[redis restart] session pinned to {pinned} before and after; max-time timer "
+        f"{ttl} s left after {elapsed:.0f} s of a 600 s max_time"
+    )
 
     # the workers carry on: the session takes new jobs, and so does the shared queue
     more = [sampler.run([bell], shots=10) for _ in range(3)]
@@ -383,14 +415,21 @@ def test_message_taken_by_a_consumer_that_vanished_is_not_stuck(fresh):
     t0 = time.monotonic()
     limit = 4 * c.settings.heartbeat_ttl + 20
     try:
-        wait_for(lambda: c.store.job(job.job_id(), "status").get("status") == "DONE", limit,
-                 "the orphaned job to run")
+        wait_for(
+            lambda: c.store.job(job.job_id(), "status").get("status") == "DONE",
+            limit,
+            "the orphaned job to run",
+        )
     except TimeoutError:
-        pytest.fail(f"job {job.job_id()} is still {c.store.job(job.job_id(), 'status')['status']} "
-                    f"{limit:.0f} s later: its message waits in kombu's unacked hash for the "
-                    f"visibility timeout ({c.settings.visibility_timeout} s)")
-    print(f"\n[orphan] a message taken by a vanished consumer ran {time.monotonic() - t0:.1f} s "
-          f"after a worker started")
+        pytest.fail(
+            f"job {job.job_id()} is still {c.store.job(job.job_id(), 'status')['status']} "
+            f"{limit:.0f} s later: its message waits in kombu's unacked hash for the "
+            f"visibility timeout ({c.settings.visibility_timeout} s)"
+        )
+    print(
+        f"\n[orphan] a message taken by a vanished consumer ran {time.monotonic() - t0:.1f} s "
+        f"after a worker started"
+    )
     assert_bell_counts(job.result(timeout=10), 64)
     assert c.store.job(job.job_id())["attempts"] == "1"
 
@@ -429,9 +468,11 @@ def test_load_50_sessions_and_500_plain_jobs_on_two_workers(fresh):
     assert len(all_ids) == len(set(all_ids)) == n_sessions * per_session + n_plain
     recs = wait_final(c.store, all_ids, 900, "load-test jobs")
     wall = time.monotonic() - t0
-    print(f"\n[load] {n_sessions} sessions x {per_session} + {n_plain} plain Bell jobs on 2 workers: "
-          f"submitted in {submitted:.1f} s, all DONE after {wall:.1f} s "
-          f"({len(all_ids) / wall:.0f} jobs/s)")
+    print(
+        f"\n[load] {n_sessions} sessions x {per_session} + {n_plain} plain Bell jobs on 2 workers: "
+        f"submitted in {submitted:.1f} s, all DONE after {wall:.1f} s "
+        f"({len(all_ids) / wall:.0f} jobs/s)"
+    )
 
     bad = {j: (r.get("status"), r.get("error")) for j, r in recs.items() if r.get("status") != "DONE"}
     assert not bad, f"{len(bad)} jobs did not end DONE: {dict(list(bad.items())[:5])}"
@@ -454,9 +495,11 @@ def test_load_50_sessions_and_500_plain_jobs_on_two_workers(fresh):
         owners = [session_of_job.get(j, "") for _, _, j in runs]
         for sid in set(owners) - {""}:
             where = [i for i, o in enumerate(owners) if o == sid]
-            inside = set(owners[where[0]:where[-1] + 1])
-            assert inside == {sid}, (f"on {node}, between the first and last job of session {sid} "
-                                     f"ran jobs of {sorted(inside - {sid}) or 'no session'}")
+            inside = set(owners[where[0] : where[-1] + 1])
+            assert inside == {sid}, (
+                f"on {node}, between the first and last job of session {sid} "
+                f"ran jobs of {sorted(inside - {sid}) or 'no session'}"
+            )
     for sid, ids in sessions.items():
         assert len({recs[j]["worker"] for j in ids}) == 1, f"session {sid} ran on two workers"
         s = session_of(c, sid)
@@ -500,8 +543,11 @@ def test_explicit_backend_mode_is_not_taken_over_by_another_threads_session(fres
         release.set()
         for th in threads:
             th.join(30)
-        assert "error" not in outcome, f"with {holders} session(s) open in other threads: {outcome['error']!r}"
+        assert "error" not in outcome, (
+            f"with {holders} session(s) open in other threads: {outcome['error']!r}"
+        )
         job = outcome["job"]
         assert job.session_id is None and c.store.job(job.job_id())["session"] == "", (
             f"with {holders} session(s) open in other threads, an explicit mode=backend job joined "
-            f"session {job.session_id}")
+            f"session {job.session_id}"
+        )

@@ -59,10 +59,16 @@ def b64(text: str) -> str:
 
 
 BAD = {
-    "none": None, "wrong password": b64(f"{USER}:not-it"), "user only": b64(USER),
-    "user and colon": b64(f"{USER}:"), "password only": b64(PASSWORD),
-    "password prefix": b64(f"{USER}:{PASSWORD[:-1]}"), "password plus": b64(f"{GOOD},x"),
-    "other user": b64(f"admin:{PASSWORD}"), "empty": "", "garbage": "!!!not-base64",
+    "none": None,
+    "wrong password": b64(f"{USER}:not-it"),
+    "user only": b64(USER),
+    "user and colon": b64(f"{USER}:"),
+    "password only": b64(PASSWORD),
+    "password prefix": b64(f"{USER}:{PASSWORD[:-1]}"),
+    "password plus": b64(f"{GOOD},x"),
+    "other user": b64(f"admin:{PASSWORD}"),
+    "empty": "",
+    "garbage": "!!!not-base64",
     "bearer": "bearer",
 }
 
@@ -103,8 +109,11 @@ def test_the_right_login_opens_every_page(flower):
     for path in ("/", "/workers", "/tasks", "/broker", "/api/workers", "/api/tasks"):
         assert status(base + path, auth) == 200, path
     req = urllib.request.Request(base + "/metrics", headers={"Authorization": f"Basic {auth}"})
-    wait_for(lambda: f"flower-login@{HOST}" in urllib.request.urlopen(req, timeout=30).read().decode(),
-             60, "the worker's metrics on /metrics")
+    wait_for(
+        lambda: f"flower-login@{HOST}" in urllib.request.urlopen(req, timeout=30).read().decode(),
+        60,
+        "the worker's metrics on /metrics",
+    )
 
 
 def _cmdlines() -> list[str]:
@@ -130,8 +139,13 @@ def test_the_password_is_on_no_command_line(flower):
 @pytest.mark.parametrize("auth", ["admin:abc,XYZsecret", "admin:with space", "admin"])
 def test_a_login_flower_would_split_is_refused_before_it_starts(auth, redis_url):
     env = {**os.environ, "SESSION_BROKER_URL": redis_url, "SESSION_BROKER_FLOWER_AUTH": auth}
-    proc = subprocess.run([sys.executable, "-m", "session_broker.ops.cli", "flower", "--port", str(free_port())],
-                          capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "session_broker.ops.cli", "flower", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "SESSION_BROKER_FLOWER_AUTH" in proc.stderr and "','" in proc.stderr, proc.stderr
     assert "XYZsecret" not in proc.stderr + proc.stdout

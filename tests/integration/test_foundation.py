@@ -19,8 +19,13 @@ PY = sys.executable
 
 
 def cli(*args, env=None, timeout=60):
-    return subprocess.run([PY, "-m", "session_broker.ops.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [PY, "-m", "session_broker.ops.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_worker_registers_runs_and_deregisters_on_sigterm(stack, redis_url, bell):
@@ -75,15 +80,18 @@ def test_unknown_backend_is_refused_listing_known_ones(redis_url):
     assert "ibmq_qasm_simulator" in r.stderr and "ibm_algiers" in r.stderr
 
 
-@pytest.mark.parametrize("var,value", [
-    ("SESSION_BROKER_URL", "http://localhost:6379"),
-    ("SESSION_BROKER_URL", "redis://"),
-    ("SESSION_BROKER_URL", "redis://localhost:6379/zero"),
-    ("SESSION_BROKER_INTERACTIVE_TIMEOUT", "-5"),
-    ("SESSION_BROKER_MAX_TIME", "0"),
-    ("SESSION_BROKER_HEARTBEAT_INTERVAL", "soon"),
-    ("SESSION_BROKER_OPEN_SESSION_TIMEOUT", "1.5"),
-])
+@pytest.mark.parametrize(
+    "var,value",
+    [
+        ("SESSION_BROKER_URL", "http://localhost:6379"),
+        ("SESSION_BROKER_URL", "redis://"),
+        ("SESSION_BROKER_URL", "redis://localhost:6379/zero"),
+        ("SESSION_BROKER_INTERACTIVE_TIMEOUT", "-5"),
+        ("SESSION_BROKER_MAX_TIME", "0"),
+        ("SESSION_BROKER_HEARTBEAT_INTERVAL", "soon"),
+        ("SESSION_BROKER_OPEN_SESSION_TIMEOUT", "1.5"),
+    ],
+)
 def test_bad_configuration_fails_at_start_naming_the_variable(var, value):
     r = cli("worker", "--backend", "ibmq_qasm_simulator", env={var: value})
     assert r.returncode == 2, r.stderr
@@ -110,17 +118,44 @@ def test_up_without_redis_starts_embedded_stack_and_leaves_nothing_behind(tmp_pa
         env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_BROKER_")}
         env["SESSION_BROKER_FLOWER_AUTH"] = "admin:secret"
         env["PYTHONUNBUFFERED"] = "1"
-        up = subprocess.Popen(["ip", "netns", "exec", ns, PY, "-m", "session_broker.ops.cli", "up",
-                               "--state-dir", str(tmp_path / "state"), "--no-web"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        up = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                PY,
+                "-m",
+                "session_broker.ops.cli",
+                "up",
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--no-web",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         out = read_until_ready(up)
         assert "starting the embedded Redis" in out, out
         assert "ibmq_qasm_simulator: 1 worker(s) registered" in out, out
         assert "[flower] http://127.0.0.1:5555" in out, out
-        health = subprocess.run(["ip", "netns", "exec", ns, PY, "-c",
-                                 "import urllib.request;print(urllib.request.urlopen("
-                                 "'http://127.0.0.1:5555/healthcheck',timeout=5).read().decode())"],
-                                capture_output=True, text=True, timeout=30)
+        health = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                PY,
+                "-c",
+                "import urllib.request;print(urllib.request.urlopen("
+                "'http://127.0.0.1:5555/healthcheck',timeout=5).read().decode())",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert health.stdout.strip() == "OK", health.stderr
         descendants = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(p.name() for p in descendants)
@@ -140,8 +175,14 @@ def test_up_without_redis_starts_embedded_stack_and_leaves_nothing_behind(tmp_pa
 def test_gpu_worker_is_refused_clearly_without_a_gpu(redis_url):
     from qiskit_aer import AerSimulator
 
-    r = cli("worker", "--backend", "aer_simulator_statevector", "--device", "GPU",
-            env={"SESSION_BROKER_URL": redis_url})
+    r = cli(
+        "worker",
+        "--backend",
+        "aer_simulator_statevector",
+        "--device",
+        "GPU",
+        env={"SESSION_BROKER_URL": redis_url},
+    )
     if "GPU" in AerSimulator().available_devices():  # a GPU machine: it must start instead
         raise AssertionError("run the GPU benchmark (benchmarks/run.py --gpu) on this machine")
     assert r.returncode == 2

@@ -84,31 +84,45 @@ def assert_survives(c, w, what: str) -> None:
     """The hostile message left the queue, the worker process is alive, and it still runs a
     normal job to DONE (submitted after the hostile message, so it is fetched after it)."""
     try:
-        wait_for(lambda: c.store.redis.llen(queue(c)) == 0 or w.proc.poll() is not None, 60,
-                 f"the worker to take the message ({what})")
+        wait_for(
+            lambda: c.store.redis.llen(queue(c)) == 0 or w.proc.poll() is not None,
+            60,
+            f"the worker to take the message ({what})",
+        )
     except TimeoutError:
         pytest.fail(f"{what}: the worker did not take the hostile message within 60 s\n{log_tail(w.log)}")
     job = SamplerV2(mode=c.service.backend(BACKEND)).run([bell_circuit()], shots=64)
     try:
-        wait_for(lambda: w.proc.poll() is not None or job.status() in FINAL_JOB_STATUSES, 90,
-                 f"a normal job after {what}")
+        wait_for(
+            lambda: w.proc.poll() is not None or job.status() in FINAL_JOB_STATUSES,
+            90,
+            f"a normal job after {what}",
+        )
     except TimeoutError:
-        pytest.fail(f"{what}: a normal job submitted after it did not finish within 90 s; the "
-                    f"worker hangs\n{log_tail(w.log)}")
+        pytest.fail(
+            f"{what}: a normal job submitted after it did not finish within 90 s; the "
+            f"worker hangs\n{log_tail(w.log)}"
+        )
     assert w.proc.poll() is None, (
         f"{what}: the worker process exited (code {w.proc.returncode}): a hostile producer can stop "
-        f"every worker of a backend with one message\n{log_tail(w.log, 60)}")
+        f"every worker of a backend with one message\n{log_tail(w.log, 60)}"
+    )
     assert job.status() == "DONE", c.store.job(job.job_id())
     assert_bell_counts(job.result(timeout=10), 64)
 
 
 def wait_job_final(c, jid: str, timeout: float = 60) -> dict:
     try:
-        wait_for(lambda: c.store.job(jid, "status").get("status") in FINAL_JOB_STATUSES, timeout,
-                 f"job {jid} to end")
+        wait_for(
+            lambda: c.store.job(jid, "status").get("status") in FINAL_JOB_STATUSES,
+            timeout,
+            f"job {jid} to end",
+        )
     except TimeoutError:
-        pytest.fail(f"planted job {jid} still {c.store.job(jid, 'status')} after {timeout} s\n"
-                    f"{log_tail(c.current.log)}")
+        pytest.fail(
+            f"planted job {jid} still {c.store.job(jid, 'status')} after {timeout} s\n"
+            f"{log_tail(c.current.log)}"
+        )
     return c.store.job(jid)
 
 
@@ -189,19 +203,30 @@ BAD_PAYLOADS = {
     # (b) JSON, wrong schema
     "top_level_list": ("[1, 2, 3]", "expected a JSON object"),
     "wrong_version": (bell_payload().replace('"v":1', '"v":2'), "wire version"),
-    "unknown_primitive": (bell_payload().replace('"primitive":"sampler"', '"primitive":"qaoa"'),
-                          "unknown primitive"),
-    "empty_pubs": (json.dumps({"v": 1, "primitive": "sampler", "pubs": [], "options": {}}),
-                   "non-empty list of PUBs"),
-    "pub_wrong_keys": (json.dumps({"v": 1, "primitive": "sampler", "pubs": [{"foo": 1}],
-                                   "options": {}}), "missing key"),
+    "unknown_primitive": (
+        bell_payload().replace('"primitive":"sampler"', '"primitive":"qaoa"'),
+        "unknown primitive",
+    ),
+    "empty_pubs": (
+        json.dumps({"v": 1, "primitive": "sampler", "pubs": [], "options": {}}),
+        "non-empty list of PUBs",
+    ),
+    "pub_wrong_keys": (
+        json.dumps({"v": 1, "primitive": "sampler", "pubs": [{"foo": 1}], "options": {}}),
+        "missing key",
+    ),
     "extra_top_key": (bell_payload()[:-1] + ',"exec":"import os"}', "unknown key"),
     "shots_negative": (bell_payload().replace('"shots":32', '"shots":-5'), "outside the allowed range"),
-    "options_not_object": (bell_payload().replace('"options":{"api":"v2","seed_simulator":null,'
-                                                  '"max_execution_time":null}', '"options":[1]'),
-                           "expected a JSON object"),
-    "estimator_payload_to_sampler_task": (_estimator_payload_for_sampler_task(),
-                                          "sent to the 'sampler' task"),
+    "options_not_object": (
+        bell_payload().replace(
+            '"options":{"api":"v2","seed_simulator":null,"max_execution_time":null}', '"options":[1]'
+        ),
+        "expected a JSON object",
+    ),
+    "estimator_payload_to_sampler_task": (
+        _estimator_payload_for_sampler_task(),
+        "sent to the 'sampler' task",
+    ),
     "lying_array_shape": (_lying_array(), "elements"),
     # (c) corrupt QPY
     "qpy_not_base64": (with_circuit("@@@ not base64 @@@"), "invalid base64"),
@@ -230,8 +255,7 @@ def test_bad_payload_ends_in_error_and_worker_goes_on(hc, worker, case):
 
 
 # ------------------------------------------------------------------------------ bad messages
-def _message(jid: str, *, task: str = "sampler", body=None, raw_body: str | None = None,
-             **fields) -> str:
+def _message(jid: str, *, task: str = "sampler", body=None, raw_body: str | None = None, **fields) -> str:
     obj = json.loads(task_message(task, jid, "x", {}, argsrepr=f"job={jid}"))
     obj["properties"]["delivery_info"]["routing_key"] = "sb.backend." + BACKEND
     if body is not None:
@@ -247,7 +271,9 @@ EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 # name -> function(jid of a planted, well-formed QUEUED job) -> the raw text to LPUSH
 BAD_MESSAGES = {
     # (e) the Celery body is not JSON / not base64 / not [args, kwargs, embed]
-    "body_not_json": lambda j: _message(j, raw_body=base64.b64encode(b"[[\"" + j.encode() + b"\"], {").decode()),
+    "body_not_json": lambda j: _message(
+        j, raw_body=base64.b64encode(b'[["' + j.encode() + b'"], {').decode()
+    ),
     "body_not_base64": lambda j: _message(j, raw_body="!!! not base64 !!!"),
     "body_json_string": lambda j: _message(j, body="x"),
     "body_json_number": lambda j: _message(j, body=5),
@@ -301,8 +327,9 @@ def test_replayed_message_of_a_finished_job_does_not_run_again(hc, worker):
     job.result(timeout=60)
     before = hc.store.job(job.job_id())
     for _ in range(3):
-        hc.store.redis.lpush(queue(hc), task_message("sampler", job.job_id(), queue(hc), {},
-                                                     argsrepr="replay"))
+        hc.store.redis.lpush(
+            queue(hc), task_message("sampler", job.job_id(), queue(hc), {}, argsrepr="replay")
+        )
     assert_survives(hc, worker, "a replayed message")
     after = hc.store.job(job.job_id())
     assert after == before, "a replayed message changed a finished job's record"
@@ -325,8 +352,11 @@ def test_pickle_message_is_refused(hc, worker, tmp_path):
     marker = tmp_path / "pwned"
     jid = plant_job(hc.store, payload=bell_payload(), push=False)
     body = pickle.dumps(([jid], {"x": _Gadget(str(marker))}, EMBED), protocol=2)
-    msg = _message(jid, raw_body=base64.b64encode(body).decode(),
-                   **{"content-type": "application/x-python-serialize", "content-encoding": "binary"})
+    msg = _message(
+        jid,
+        raw_body=base64.b64encode(body).decode(),
+        **{"content-type": "application/x-python-serialize", "content-encoding": "binary"},
+    )
     hc.store.redis.lpush(queue(hc), msg)
     assert_survives(hc, worker, "a pickled message")
     assert not marker.exists(), "the worker unpickled a message: remote code execution"
@@ -339,7 +369,8 @@ def test_the_same_worker_survived_every_case(hc):
     """Summary: every case above ran against one worker process unless a case killed it."""
     assert hc.current.proc.poll() is None
     assert hc.generation == 0, (
-        f"{hc.generation} hostile message(s) stopped a worker process (see the failed cases)")
+        f"{hc.generation} hostile message(s) stopped a worker process (see the failed cases)"
+    )
 
 
 def test_remote_control_and_events_still_pass_through_the_hardened_transport(hc, worker):
@@ -362,5 +393,6 @@ def test_remote_control_and_events_still_pass_through_the_hardened_transport(hc,
                 receiver.capture(limit=5, timeout=5, wakeup=True)
             except TimeoutError:
                 pass
-    assert "worker-heartbeat" in seen or "worker-online" in seen, \
+    assert "worker-heartbeat" in seen or "worker-online" in seen, (
         f"no worker event reached an event consumer within 15 s (saw {seen})"
+    )

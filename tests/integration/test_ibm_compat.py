@@ -75,19 +75,19 @@ def test_estimator_default_shots_set_every_documented_way(c):
     pub = (bell(False), SparsePauliOp("ZZ"))
     ways = []
     est = EstimatorV2(mode=backend)
-    est.options.default_shots = 100                       # attribute
+    est.options.default_shots = 100  # attribute
     ways.append(est)
-    ways.append(EstimatorV2(mode=backend, options={"default_shots": 100}))     # dict
+    ways.append(EstimatorV2(mode=backend, options={"default_shots": 100}))  # dict
     obj = EstimatorOptions()
     obj.default_shots = 100
-    ways.append(EstimatorV2(mode=backend, options=obj))   # options object
+    ways.append(EstimatorV2(mode=backend, options=obj))  # options object
     est = EstimatorV2(mode=backend)
-    est.options.update(default_shots=100)                 # update()
+    est.options.update(default_shots=100)  # update()
     ways.append(est)
     for est in ways:
         result = est.run([pub]).result(timeout=90)
         assert result[0].metadata["shots"] == 100
-        np.testing.assert_allclose(result[0].data.stds, 0.1)   # 1 / sqrt(shots), as IBM
+        np.testing.assert_allclose(result[0].data.stds, 0.1)  # 1 / sqrt(shots), as IBM
         assert abs(result[0].data.evs - 1.0) < 0.6
 
 
@@ -117,17 +117,20 @@ def test_seed_estimator_repeats_estimates(c):
     a = est.run([pub]).result(timeout=90)[0].data.evs
     b = est.run([pub]).result(timeout=90)[0].data.evs
     np.testing.assert_array_equal(a, b)
-    assert a.std() > 0    # default precision 1/64: noisy, but reproducibly so
+    assert a.std() > 0  # default precision 1/64: noisy, but reproducibly so
 
 
-@pytest.mark.parametrize("options", [
-    {"resilience_level": 0},
-    {"resilience_level": 1},
-    {"dynamical_decoupling": {"enable": True, "sequence_type": "XY4"}},
-    {"twirling": {"enable_gates": True, "num_randomizations": "auto"}},
-    {"execution": {"rep_delay": 0.0002, "init_qubits": True}},
-    {"environment": {"log_level": "INFO", "private": True}},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"resilience_level": 0},
+        {"resilience_level": 1},
+        {"dynamical_decoupling": {"enable": True, "sequence_type": "XY4"}},
+        {"twirling": {"enable_gates": True, "num_randomizations": "auto"}},
+        {"execution": {"rep_delay": 0.0002, "init_qubits": True}},
+        {"environment": {"log_level": "INFO", "private": True}},
+    ],
+)
 def test_options_accepted_on_ideal_backends_are_recorded(c, options):
     est = EstimatorV2(mode=c.service.backend(QASM), options=options)
     result = est.run([(bell(False), "ZZ")], precision=0).result(timeout=90)
@@ -137,29 +140,40 @@ def test_options_accepted_on_ideal_backends_are_recorded(c, options):
         assert no_effect, "an accepted option without effect must be recorded"
 
 
-@pytest.mark.parametrize("options, group", [
-    ({"resilience_level": 1}, "resilience"),
-    ({"dynamical_decoupling": {"enable": True}}, "dynamical_decoupling"),
-    ({"twirling": {"enable_measure": True}, "resilience_level": 0}, "twirling"),
-    ({"resilience": {"measure_mitigation": True}}, "resilience"),
-])
+@pytest.mark.parametrize(
+    "options, group",
+    [
+        ({"resilience_level": 1}, "resilience"),
+        ({"dynamical_decoupling": {"enable": True}}, "dynamical_decoupling"),
+        ({"twirling": {"enable_measure": True}, "resilience_level": 0}, "twirling"),
+        ({"resilience": {"measure_mitigation": True}}, "resilience"),
+    ],
+)
 def test_mitigation_on_devices_runs_and_is_recorded_as_ibm_records_it(c, options, group):
     est = EstimatorV2(mode=c.service.backend("ibm_manila"), options=options)
-    result = est.run([(manila_isa(bell(False)), SparsePauliOp("ZZIII"))], precision=1 / 16).result(timeout=180)
+    result = est.run([(manila_isa(bell(False)), SparsePauliOp("ZZIII"))], precision=1 / 16).result(
+        timeout=180
+    )
     assert group in result.metadata and result.metadata["version"] == 2
     assert -1 <= float(result[0].data.evs) <= 1.2
     assert not result.metadata["session_broker"].get("no_effect")
 
 
-@pytest.mark.parametrize("kind, options, name", [
-    ("estimator", {"resilience": {"pec_mitigation": True}}, "resilience.pec_mitigation"),
-    ("estimator", {"resilience": {"zne_mitigation": True, "zne": {"amplifier": "pea"}}},
-     "resilience.zne.amplifier"),
-    ("sampler", {"execution": {"meas_type": "kerneled"}}, "execution.meas_type"),
-    ("sampler", {"execution": {"init_qubits": False}}, "execution.init_qubits"),
-    ("sampler", {"simulator": {"basis_gates": ["cx", "rz"]}}, "simulator.basis_gates"),
-    ("sampler", {"experimental": {"foo": 1}}, "experimental"),
-])
+@pytest.mark.parametrize(
+    "kind, options, name",
+    [
+        ("estimator", {"resilience": {"pec_mitigation": True}}, "resilience.pec_mitigation"),
+        (
+            "estimator",
+            {"resilience": {"zne_mitigation": True, "zne": {"amplifier": "pea"}}},
+            "resilience.zne.amplifier",
+        ),
+        ("sampler", {"execution": {"meas_type": "kerneled"}}, "execution.meas_type"),
+        ("sampler", {"execution": {"init_qubits": False}}, "execution.init_qubits"),
+        ("sampler", {"simulator": {"basis_gates": ["cx", "rz"]}}, "simulator.basis_gates"),
+        ("sampler", {"experimental": {"foo": 1}}, "experimental"),
+    ],
+)
 def test_options_a_simulator_cannot_honour_are_refused(c, kind, options, name):
     cls = SamplerV2 if kind == "sampler" else EstimatorV2
     prim = cls(mode=c.service.backend(QASM), options=options)
@@ -174,11 +188,11 @@ def test_sampler_and_estimator_are_the_v2_classes_and_run_both_styles(c):
     backend = c.service.backend(QASM)
     v2 = Sampler(mode=backend).run([bell()], shots=100).result(timeout=90)
     assert isinstance(v2, PrimitiveResult) and v2[0].data.meas.num_shots == 100
-    v1 = Sampler(mode=backend).run(bell()).result(timeout=90)          # a bare circuit: V1
+    v1 = Sampler(mode=backend).run(bell()).result(timeout=90)  # a bare circuit: V1
     assert isinstance(v1, SamplerResult) and set(v1.quasi_dists[0]) <= {0, 3}
     with Session(backend=backend):
-        values = Estimator().run(bell(False), SparsePauliOp("ZZ")).result(timeout=90)   # V1
-        evs = Estimator().run([(bell(False), "ZZ")], precision=0).result(timeout=90)   # V2
+        values = Estimator().run(bell(False), SparsePauliOp("ZZ")).result(timeout=90)  # V1
+        evs = Estimator().run([(bell(False), "ZZ")], precision=0).result(timeout=90)  # V2
     assert isinstance(values, EstimatorResult) and values.values[0] == pytest.approx(1.0)
     assert float(evs[0].data.evs) == pytest.approx(1.0)
 
@@ -201,10 +215,10 @@ def test_tags_update_usage_inputs_and_listing_filters(c):
     service = c.service
     sampler = SamplerV2(mode=service.backend(QASM))
     sampler.options.environment.job_tags = ["exp-1", "vqe"]
-    tagged = sampler.run([bell()], shots=np.int64(50))     # numpy shots are ordinary input
+    tagged = sampler.run([bell()], shots=np.int64(50))  # numpy shots are ordinary input
     other = EstimatorV2(mode=service.backend(QASM)).run([(bell(False), "ZZ")])
     tagged.result(timeout=90), other.result(timeout=90)
-    start = tagged.creation_date - timedelta(microseconds=10)   # the two jobs of this test
+    start = tagged.creation_date - timedelta(microseconds=10)  # the two jobs of this test
     assert tagged.tags == ["exp-1", "vqe"] and tagged.primitive_id == "sampler"
     assert tagged.inputs["pubs"][0].shots == 50
     assert tagged.usage() > 0 and isinstance(tagged.creation_date, datetime)
@@ -216,10 +230,14 @@ def test_tags_update_usage_inputs_and_listing_filters(c):
     assert service.jobs(job_tags=["vqe"], limit=None) == []
     assert other.job_id() in ids(service.jobs(program_id="estimator", limit=None))
     assert tagged.job_id() not in ids(service.jobs(program_id="estimator", limit=None))
-    assert ids(service.jobs(backend_name=QASM, created_after=start, limit=2)) == \
-        [other.job_id(), tagged.job_id()]
-    assert ids(service.jobs(created_after=start, descending=False, limit=2)) == \
-        [tagged.job_id(), other.job_id()]
+    assert ids(service.jobs(backend_name=QASM, created_after=start, limit=2)) == [
+        other.job_id(),
+        tagged.job_id(),
+    ]
+    assert ids(service.jobs(created_after=start, descending=False, limit=2)) == [
+        tagged.job_id(),
+        other.job_id(),
+    ]
     assert service.jobs(created_before=start - timedelta(days=1)) == []
     assert ids(service.jobs(created_after=start, skip=1, limit=1)) == [tagged.job_id()]
     assert service.jobs(pending=True, created_after=start) == []
@@ -287,8 +305,9 @@ def test_fake_backend_and_aer_simulator_objects_as_modes(c):
 
 
 # --------------------------------------------------------------------------- peer-suite bugs
-@pytest.mark.parametrize("values, shape", [([], ()), (np.array([]), ()), ([[]], (1,)),
-                                           (np.zeros((3, 0)), (3,))])
+@pytest.mark.parametrize(
+    "values, shape", [([], ()), (np.array([]), ()), ([[]], (1,)), (np.zeros((3, 0)), (3,))]
+)
 def test_empty_parameter_values_on_a_parameterless_circuit_run(c, values, shape):
     result = SamplerV2(mode=QASM).run([(bell(), values)], shots=16).result(timeout=90)
     assert result[0].data.meas.shape == shape
@@ -310,14 +329,15 @@ def test_idle_qubits_do_not_count_against_an_aer_simulator_backends_width(c):
     qc.h(0)
     for q in range(11):
         qc.cx(q, q + 1)
-    obs = SparsePauliOp("I" * 115 + "Z" * 12)    # Z on qubits 0-11, the GHZ's
+    obs = SparsePauliOp("I" * 115 + "Z" * 12)  # Z on qubits 0-11, the GHZ's
     result = EstimatorV2(mode="aer_simulator").run([(qc, obs)], precision=0).result(timeout=120)
     assert float(result[0].data.evs) == pytest.approx(1.0, abs=1e-9)
     measured = QuantumCircuit(127, 12)
     measured.compose(qc, inplace=True)
     measured.measure(range(12), range(12))
-    counts = SamplerV2(mode="aer_simulator").run([measured], shots=32).result(
-        timeout=120)[0].data.c.get_counts()
+    counts = (
+        SamplerV2(mode="aer_simulator").run([measured], shots=32).result(timeout=120)[0].data.c.get_counts()
+    )
     assert set(counts) <= {"0" * 12, "1" * 12}
     # ibmq_qasm_simulator is a named 32-qubit system: wider circuits are refused, as IBM's
     # client does (issue 20: a 40-qubit circuit ran there)
@@ -327,13 +347,16 @@ def test_idle_qubits_do_not_count_against_an_aer_simulator_backends_width(c):
     assert c.store.redis.zcard(c.store.keys.jobs) == before
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: SamplerV2(mode=QASM).run(5), "list of sampler PUBs"),
-    (lambda: SamplerV2(mode=QASM).run(np.array(1)), "list of sampler PUBs"),
-    (lambda: EstimatorV2(mode=QASM).run([(ansatz(), "ZZ", [["a", "b"]])]), "malformed"),
-    (lambda: EstimatorV2(mode=QASM).run([(ansatz(), "ZZ", [[np.nan, 1]])]), "finite real numbers"),
-    (lambda: EstimatorV2(mode=QASM).run([(bell(False), "ZZ")], precision="high"), "precision"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: SamplerV2(mode=QASM).run(5), "list of sampler PUBs"),
+        (lambda: SamplerV2(mode=QASM).run(np.array(1)), "list of sampler PUBs"),
+        (lambda: EstimatorV2(mode=QASM).run([(ansatz(), "ZZ", [["a", "b"]])]), "malformed"),
+        (lambda: EstimatorV2(mode=QASM).run([(ansatz(), "ZZ", [[np.nan, 1]])]), "finite real numbers"),
+        (lambda: EstimatorV2(mode=QASM).run([(bell(False), "ZZ")], precision="high"), "precision"),
+    ],
+)
 def test_bad_calls_are_typed_before_anything_is_queued(c, call, match):
     before = c.store.redis.zcard(c.store.keys.jobs)
     with pytest.raises(InvalidInputError, match=match):
@@ -356,10 +379,21 @@ def test_service_from_a_second_process_sees_tags(c):
 
     job = SamplerV2(mode=QASM, options={"environment": {"job_tags": ["far"]}}).run([bell()], shots=8)
     job.result(timeout=90)
-    code = ("import json,sys; from session_broker import QiskitRuntimeService as S; "
-            "j = S(sys.argv[1]).job(sys.argv[2]); print(json.dumps([j.tags, j.status(), j.usage() > 0]))")
-    out = subprocess.run([sys.executable, "-c", code, c.url, job.job_id()], capture_output=True,
-                         text=True, timeout=120, check=True).stdout.strip().splitlines()[-1]
+    code = (
+        "import json,sys; from session_broker import QiskitRuntimeService as S; "
+        "j = S(sys.argv[1]).job(sys.argv[2]); print(json.dumps([j.tags, j.status(), j.usage() > 0]))"
+    )
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", code, c.url, job.job_id()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert json.loads(out) == [["far"], "DONE", True]
 
 

@@ -26,7 +26,7 @@ from tasks.supervisor import node_name
 from tests.support.faults import BACKEND, assert_bell_counts, bell_circuit, log_text
 from tests.support.proxy import Proxy
 
-BOUND = 3.0   # the tests' liveness bound (s); the default is 10
+BOUND = 3.0  # the tests' liveness bound (s); the default is 10
 ENV = {"SESSION_BROKER_UNSERVED_PIN_TIMEOUT": str(BOUND)}
 # the bound, plus a few Bell jobs, plus an executor's restart, with room for a loaded machine
 DEADLINE = BOUND + 90
@@ -42,6 +42,7 @@ def wait_executor(worker, not_pid: int | None = None, timeout: float = 90) -> ps
     def ready():
         kids = psutil.Process(worker.proc.pid).children(recursive=False)
         return kids[0] if len(kids) == 1 and kids[0].pid != not_pid else None
+
     return wait_for(ready, timeout, "the worker's executor")
 
 
@@ -72,7 +73,7 @@ def test_a_frozen_executor_loses_its_session_to_another_worker(fresh):
         pinned_session(c, a, session)
         b = c.start_worker(BACKEND, name="frozen-exec-b@%h")
         frozen = executor_of(a)
-        frozen.suspend()   # SIGSTOP: a hung C++ call between jobs; the supervisor keeps beating
+        frozen.suspend()  # SIGSTOP: a hung C++ call between jobs; the supervisor keeps beating
         try:
             jobs, took = run_after_fault(c, session)
         finally:
@@ -85,11 +86,15 @@ def test_a_frozen_executor_loses_its_session_to_another_worker(fresh):
     assert unserved_count(c) == 1
     # A was never taken for dead: it beat throughout; its frozen executor was replaced
     assert c.store.redis.exists(c.store.keys.worker(a.node))
-    wait_for(lambda: not frozen.is_running() or frozen.status() == psutil.STATUS_ZOMBIE, 30,
-             "the frozen executor to be killed")
+    wait_for(
+        lambda: not frozen.is_running() or frozen.status() == psutil.STATUS_ZOMBIE,
+        30,
+        "the frozen executor to be killed",
+    )
     wait_executor(a, not_pid=frozen.pid)
-    wait_for(lambda: "left its pinned session's jobs unclaimed" in log_text(a.log), 30,
-             "the supervisor's log line")
+    wait_for(
+        lambda: "left its pinned session's jobs unclaimed" in log_text(a.log), 30, "the supervisor's log line"
+    )
 
 
 def test_a_frozen_executor_is_replaced_and_its_node_serves_the_session_again(fresh):
@@ -118,7 +123,7 @@ def test_an_executor_whose_redis_connection_went_silent_loses_its_session(fresh)
             pinned_session(c, a, session)
             b = c.start_worker(BACKEND, name="silent-b@%h")
             cut = executor_of(a)
-            assert proxy.cut(cut.pid) >= 1   # its requests vanish; no reply, no reset
+            assert proxy.cut(cut.pid) >= 1  # its requests vanish; no reply, no reset
             jobs, took = run_after_fault(c, session)
             assert {c.job(j.job_id())["worker"] for j in jobs} == {b.node}
             assert c.store.session(session.session_id)["lost_worker"] == a.node
@@ -138,10 +143,23 @@ def test_an_executor_consuming_the_wrong_queue_loses_its_session(fresh):
         pinned_session(c, a, session)
         queue = c.store.keys.session_queue(session.session_id)
         out = subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "session_broker.celery_app", "control",
-             "cancel_consumer", queue, "-d", a.node],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "session_broker.celery_app",
+                "control",
+                "cancel_consumer",
+                queue,
+                "-d",
+                a.node,
+            ],
             env={**os.environ, **c.env, "SESSION_BROKER_URL": c.url},
-            capture_output=True, text=True, timeout=120)
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0 and "no longer consuming" in out.stdout, out.stdout + out.stderr
         jobs, took = run_after_fault(c, session)
         assert took < DEADLINE
@@ -158,16 +176,19 @@ def test_a_worker_named_the_celery_way_is_one_node_everywhere(fresh):
     w1 = c.start_worker(BACKEND, name="accept1@%h")
     assert {w0.node, w1.node} == {f"accept0@{host}", f"accept1@{host}"}
     assert set(c.store.redis.hkeys(c.store.keys.workers)) == {w0.node, w1.node}
-    for _ in range(4):   # sessions land on both workers
+    for _ in range(4):  # sessions land on both workers
         with Session(service=c.service, backend=BACKEND) as session:
             sampler = SamplerV2(mode=session)
             for job in [sampler.run([bell_circuit()], shots=10) for _ in range(2)]:
                 assert_bell_counts(job.result(timeout=120), 10)
             assert c.store.session(session.session_id)["worker"] in (w0.node, w1.node)
     out = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "session_broker.celery_app", "inspect", "ping",
-         "-d", w0.node], env={**os.environ, **c.env, "SESSION_BROKER_URL": c.url},
-        capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "celery", "-A", "session_broker.celery_app", "inspect", "ping", "-d", w0.node],
+        env={**os.environ, **c.env, "SESSION_BROKER_URL": c.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and f"{w0.node}: OK" in out.stdout.replace("->  ", ""), out.stdout + out.stderr
     assert unserved_count(c) == 0
 
@@ -176,8 +197,11 @@ def test_a_worker_named_the_celery_way_is_one_node_everywhere(fresh):
 def test_a_name_that_is_no_node_name_is_refused_at_start(name):
     out = subprocess.run(
         [sys.executable, "-m", "session_broker.ops.cli", "worker", "--backend", BACKEND, "--name", name],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "SESSION_BROKER_URL": "redis://127.0.0.1:1/0"})
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SESSION_BROKER_URL": "redis://127.0.0.1:1/0"},
+    )
     assert out.returncode == 2, out.stderr
     assert "not a node name" in out.stderr and "%h" in out.stderr, out.stderr
 
@@ -187,5 +211,5 @@ def test_node_names_expand_as_celery_expands_them():
     short, _, domain = host.partition(".")
     assert node_name("w1@%h") == f"w1@{host}"
     assert node_name("w1@%n") == f"w1@{short}"
-    assert node_name("plain") == "celery@plain"        # Celery: a name without @ is a host
+    assert node_name("plain") == "celery@plain"  # Celery: a name without @ is a host
     assert node_name("w-%n@%h") == f"w-{short}@{host}"

@@ -60,8 +60,14 @@ def ran(cluster, bell):
     assert cancelled.cancel()
 
     loose = SamplerV2(mode=svc.backend(IDLE_BACKEND)).run([bell], shots=10)
-    return {"session": session, "stuck": stuck, "done": done, "waiting": waiting,
-            "cancelled": cancelled, "loose": loose}
+    return {
+        "session": session,
+        "stuck": stuck,
+        "done": done,
+        "waiting": waiting,
+        "cancelled": cancelled,
+        "loose": loose,
+    }
 
 
 def test_every_documented_metric_is_emitted(cluster, ran):
@@ -87,13 +93,17 @@ def test_job_counters_and_gauges(cluster, ran):
 def test_sessions_queues_and_workers(cluster, ran):
     _, samples = scrape(cluster.store)
     sid, stuck = ran["session"].session_id, ran["stuck"].session_id
-    assert value(samples, "session_broker_sessions", state="active", backend="ibmq_qasm_simulator",
-                 mode="session") == 1
-    assert value(samples, "session_broker_sessions", state="open", backend=IDLE_BACKEND,
-                 mode="session") == 1
+    assert (
+        value(
+            samples, "session_broker_sessions", state="active", backend="ibmq_qasm_simulator", mode="session"
+        )
+        == 1
+    )
+    assert value(samples, "session_broker_sessions", state="open", backend=IDLE_BACKEND, mode="session") == 1
     assert value(samples, "session_broker_session_queue_length", session=stuck, backend=IDLE_BACKEND) == 1
-    assert value(samples, "session_broker_session_queue_length", session=sid,
-                 backend="ibmq_qasm_simulator") == 0
+    assert (
+        value(samples, "session_broker_session_queue_length", session=sid, backend="ibmq_qasm_simulator") == 0
+    )
     assert value(samples, "session_broker_queue_length", backend=IDLE_BACKEND) == 1
     assert value(samples, "session_broker_queue_length", backend="ibmq_qasm_simulator") == 0
     # the active session holds the only worker
@@ -104,8 +114,10 @@ def test_sessions_queues_and_workers(cluster, ran):
     ran["stuck"].cancel()
     _, after = scrape(cluster.store)
     assert value(after, "session_broker_sessions", state="closed", backend=IDLE_BACKEND, mode="session") == 1
-    assert ("session_broker_session_queue_length",
-            tuple(sorted({"session": stuck, "backend": IDLE_BACKEND}.items()))) not in after
+    assert (
+        "session_broker_session_queue_length",
+        tuple(sorted({"session": stuck, "backend": IDLE_BACKEND}.items())),
+    ) not in after
     assert value(after, "session_broker_jobs_current", status="QUEUED") == 1  # the shared-queue job
     assert value(after, "session_broker_jobs_total", status="CANCELLED") == 2
 
@@ -128,8 +140,16 @@ def test_histograms_match_the_jobs(cluster, ran):
 
 
 def test_cumulative_buckets_from_raw_hash():
-    raw = {"0.001": "2", "0.1": "1", "1": "3", "2.5": "1", "1800": "1", "+Inf": "4",
-           "sum": "1234.5", "count": "12"}
+    raw = {
+        "0.001": "2",
+        "0.1": "1",
+        "1": "3",
+        "2.5": "1",
+        "1800": "1",
+        "+Inf": "4",
+        "sum": "1234.5",
+        "count": "12",
+    }
     buckets, total = cumulative_buckets(raw)
     assert total == 1234.5
     table = dict(buckets)
@@ -137,8 +157,10 @@ def test_cumulative_buckets_from_raw_hash():
     assert table["0.001"] == 2 and table["0.05"] == 2 and table["0.1"] == 3
     assert table["1.0"] == 6 and table["2.5"] == 7 and table["300.0"] == 7
     assert table["1800.0"] == 8 and table["+Inf"] == 12
-    assert cumulative_buckets({}) == ([(floatToGoString(b), 0.0) for b in K.HISTOGRAM_BOUNDS]
-                                      + [("+Inf", 0.0)], 0.0)
+    assert cumulative_buckets({}) == (
+        [(floatToGoString(b), 0.0) for b in K.HISTOGRAM_BOUNDS] + [("+Inf", 0.0)],
+        0.0,
+    )
 
 
 def test_thousands_of_sessions_scrape_quickly(cluster):
@@ -149,9 +171,16 @@ def test_thousands_of_sessions_scrape_quickly(cluster):
     for i in range(3000):
         sid = f"s{i:05d}"
         state = ("active", "closed", "inactive")[i % 3]
-        pipe.hset(keys.session(sid), mapping={"state": state, "backend": "ibmq_qasm_simulator",
-                                              "mode": "batch" if i % 2 else "session",
-                                              "queued": 0, "running": 0})
+        pipe.hset(
+            keys.session(sid),
+            mapping={
+                "state": state,
+                "backend": "ibmq_qasm_simulator",
+                "mode": "batch" if i % 2 else "session",
+                "queued": 0,
+                "running": 0,
+            },
+        )
         pipe.zadd(keys.sessions, {sid: i})
     pipe.execute()
     try:
@@ -160,8 +189,16 @@ def test_thousands_of_sessions_scrape_quickly(cluster):
         elapsed = time.monotonic() - started
         total = sum(v for (name, _), v in samples.items() if name == "session_broker_sessions")
         assert total == 3000
-        assert value(samples, "session_broker_sessions", state="closed", backend="ibmq_qasm_simulator",
-                     mode="session") == 500
+        assert (
+            value(
+                samples,
+                "session_broker_sessions",
+                state="closed",
+                backend="ibmq_qasm_simulator",
+                mode="session",
+            )
+            == 500
+        )
         assert elapsed < 10, f"a scrape of 3000 sessions took {elapsed:.1f} s"
     finally:
         for key in store.redis.scan_iter("perf*", count=1000):

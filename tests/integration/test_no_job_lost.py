@@ -69,8 +69,9 @@ def test_worker_frozen_after_taking_a_message_then_killed_loses_nothing(fresh):
     assert _status(c, jid) == "QUEUED"
     assert c.store.redis.hlen(c.store.keys.unacked) == 0, "kombu never saw it: the worker is frozen"
     held = c.store.redis.lrange(fetch, 0, -1)
-    assert [json.loads(m)["headers"]["id"] for m in held] == [jid], \
+    assert [json.loads(m)["headers"]["id"] for m in held] == [jid], (
         "the message must be in Redis, on the frozen worker's fetch list"
+    )
     print(f"\n[fetch window] frozen worker took job {jid} on try {attempt + 1}; it waits on {fetch}")
 
     c.kill_worker(a)
@@ -105,8 +106,10 @@ def test_unacked_rescue_reads_past_a_hundred_older_foreign_entries(fresh):
     c.start_worker(BACKEND, name="rescue@test")
     t0 = time.monotonic()
     assert_bell_counts(job.result(timeout=4 * c.settings.heartbeat_ttl + 60), 16)
-    print(f"\n[rescue] orphan behind 150 foreign unacked entries ran {time.monotonic() - t0:.1f} s "
-          "after a worker started")
+    print(
+        f"\n[rescue] orphan behind 150 foreign unacked entries ran {time.monotonic() - t0:.1f} s "
+        "after a worker started"
+    )
     # the worker acknowledges the rescued copy just after storing the result
     wait_for(lambda: c.store.redis.hlen(c.store.keys.unacked) == 150, 30, "the rescued copy to be acked")
     assert not set(foreign) - set(c.store.redis.hkeys(c.store.keys.unacked)), "foreign entries are left alone"
@@ -181,9 +184,21 @@ def test_job_recorded_running_on_a_live_worker_that_does_not_run_it_is_requeued(
     # live worker (its claim kept, its end lost), the session counting it as running
     j, s = c.store.keys.job(jid), c.store.keys.session(sid)
     pipe = c.store.redis.pipeline()
-    pipe.hset(j, mapping={"status": "RUNNING", "worker": w.node, "claim": f"{w.node}/1",
-                          "attempts": 1, "payload": queued["payload"], "message": queued["message"],
-                          "finished": "", "result": "", "error_code": "", "error": ""})
+    pipe.hset(
+        j,
+        mapping={
+            "status": "RUNNING",
+            "worker": w.node,
+            "claim": f"{w.node}/1",
+            "attempts": 1,
+            "payload": queued["payload"],
+            "message": queued["message"],
+            "finished": "",
+            "result": "",
+            "error_code": "",
+            "error": "",
+        },
+    )
     pipe.persist(j)
     pipe.delete(c.store.keys.job_done(jid))
     pipe.hincrby(s, "running", 1)
@@ -196,8 +211,10 @@ def test_job_recorded_running_on_a_live_worker_that_does_not_run_it_is_requeued(
 
     t0 = time.monotonic()
     wait_for(lambda: _status(c, jid) == "DONE", 60, "the stuck job to run again and end")
-    print(f"\n[reconcile] a job RUNNING in Redis but not on its live worker ran again "
-          f"{time.monotonic() - t0:.1f} s later")
+    print(
+        f"\n[reconcile] a job RUNNING in Redis but not on its live worker ran again "
+        f"{time.monotonic() - t0:.1f} s later"
+    )
     rec = c.store.job(jid)
     assert rec["attempts"] == "2", rec
     wait_for(lambda: c.store.session(sid, tick=False)["state"] == "closed", 30, "the session to close")
@@ -221,9 +238,22 @@ def test_worker_refuses_an_eviction_policy_that_can_drop_our_keys(fresh, policy)
     import sys
 
     c = fresh(extra=["--maxmemory", "200mb", "--maxmemory-policy", policy])
-    out = subprocess.run([sys.executable, "-m", "session_broker.ops.cli", "worker", "--backend", BACKEND,
-                          "--name", "evict@test"], env={**os.environ, **c.env, "SESSION_BROKER_URL": c.url},
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "session_broker.ops.cli",
+            "worker",
+            "--backend",
+            BACKEND,
+            "--name",
+            "evict@test",
+        ],
+        env={**os.environ, **c.env, "SESSION_BROKER_URL": c.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0, out
     assert f"maxmemory-policy {policy}" in out.stderr and "noeviction" in out.stderr, out.stderr
     assert not c.store.redis.hgetall(c.store.keys.workers), "it must not have registered"
@@ -274,8 +304,7 @@ def test_redis_back_empty_waiters_get_typed_errors_and_workers_republish_setting
     from session_broker.ops.embedded import free_port
 
     port = free_port()
-    c = fresh(env={"SESSION_BROKER_INTERACTIVE_TIMEOUT": "60", "SESSION_BROKER_MAX_TIME": "600"},
-              port=port)
+    c = fresh(env={"SESSION_BROKER_INTERACTIVE_TIMEOUT": "60", "SESSION_BROKER_MAX_TIME": "600"}, port=port)
     w = c.start_worker(BACKEND, name="empty@test")
     assert c.store.redis.hget(c.store.keys.config, "max_time") == "600"
     signal_group(w, signal.SIGSTOP)  # the jobs stay queued while producers wait on them
@@ -302,12 +331,17 @@ def test_redis_back_empty_waiters_get_typed_errors_and_workers_republish_setting
     assert not any(t.is_alive() for t in waiters), "a producer still waits on a job Redis forgot"
     kinds = {type(e).__name__ for e in outcome.values()}
     assert all(isinstance(e, SessionBrokerError) for e in outcome.values()), outcome
-    assert all(isinstance(e, JobNotFoundError) and "lost its data" in str(e) or
-               not isinstance(e, JobNotFoundError) for e in outcome.values()), outcome
+    assert all(
+        isinstance(e, JobNotFoundError) and "lost its data" in str(e) or not isinstance(e, JobNotFoundError)
+        for e in outcome.values()
+    ), outcome
     print(f"\n[redis empty] {len(jobs)} waiters ended with {sorted(kinds)}")
 
-    wait_for(lambda: c.store.redis.hget(c.store.keys.config, "interactive_timeout") == "60", 60,
-             "the workers to put the operator's settings back")
+    wait_for(
+        lambda: c.store.redis.hget(c.store.keys.config, "interactive_timeout") == "60",
+        60,
+        "the workers to put the operator's settings back",
+    )
     c.wait_registered(w.node, timeout=60)
     with Session(service=c.service, backend=BACKEND) as s:
         details = c.store.session(s.session_id, tick=False)
@@ -346,8 +380,11 @@ def test_out_of_memory_refuses_submits_with_a_typed_error_and_reaps_no_live_work
         c.store.redis.config_set("maxmemory", 0)
     assert int(c.store.redis.hget(c.store.keys.counts, "submitted")) == submitted, "nothing was queued"
     assert_bell_counts(sampler.run([bell_circuit()], shots=8).result(timeout=120), 8)
-    wait_for(lambda: all(c.store.redis.hget(c.store.keys.worker(n), "heartbeat") for n in (a.node, b.node)),
-             30, "both workers to beat in full again")
+    wait_for(
+        lambda: all(c.store.redis.hget(c.store.keys.worker(n), "heartbeat") for n in (a.node, b.node)),
+        30,
+        "both workers to beat in full again",
+    )
     reaped = [line for w in (a, b) for line in log_text(w.log).splitlines() if "reaped dead worker" in line]
     assert not reaped, reaped
     assert "out of memory" in log_text(a.log) and a.proc.poll() is None and b.proc.poll() is None

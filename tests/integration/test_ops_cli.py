@@ -32,8 +32,14 @@ def cli_env(url: str) -> dict:
 
 
 def cli(url: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "session_broker.ops.cli", *argv], cwd=REPO,
-                          env=cli_env(url), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "session_broker.ops.cli", *argv],
+        cwd=REPO,
+        env=cli_env(url),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def cli_json(url: str, *argv: str):
@@ -47,18 +53,28 @@ def cli_json(url: str, *argv: str):
 # child would inherit that and, as Python does with an ignored SIGINT, keep ignoring it (no
 # KeyboardInterrupt). This launcher resets it and execs the CLI in the same process (a
 # preexec_fn would do it too, but is unsafe in a process with threads, as this one is).
-CLI = [sys.executable, "-c",
-       ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-        "os.execv(sys.executable, [sys.executable, '-m', 'session_broker.ops.cli', *sys.argv[1:]])")]
+CLI = [
+    sys.executable,
+    "-c",
+    (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'session_broker.ops.cli', *sys.argv[1:]])"
+    ),
+]
 
 
 class Running:
     """A CLI subprocess whose stdout is collected by a thread, to wait on with a deadline."""
 
     def __init__(self, url: str, *argv: str):
-        self.proc = subprocess.Popen([*CLI, *argv], cwd=REPO,
-                                     env=cli_env(url), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [*CLI, *argv],
+            cwd=REPO,
+            env=cli_env(url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.out = ""
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -82,9 +98,12 @@ class Running:
                 self._reader.join(5)
                 if predicate(self.text()):
                     return True
-                raise AssertionError(f"the command exited ({self.proc.returncode}) before {what}:\n"
-                                     f"{self.text()}\n{self.proc.stderr.read()}")
+                raise AssertionError(
+                    f"the command exited ({self.proc.returncode}) before {what}:\n"
+                    f"{self.text()}\n{self.proc.stderr.read()}"
+                )
             return predicate(self.text())
+
         wait_for(check, timeout, what, interval=0.1)
 
     def finish(self, timeout: float = 60) -> int:
@@ -143,8 +162,22 @@ def test_sessions_table_and_json(cluster, bell_session):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     header = lines[0].split()
-    for column in ("ID", "MODE", "BACKEND", "STATUS", "STATE", "WORKER", "TIME", "LEFT", "QUEUED",
-                   "RUNNING", "DONE", "FAILED", "CANCELLED", "CREATED"):
+    for column in (
+        "ID",
+        "MODE",
+        "BACKEND",
+        "STATUS",
+        "STATE",
+        "WORKER",
+        "TIME",
+        "LEFT",
+        "QUEUED",
+        "RUNNING",
+        "DONE",
+        "FAILED",
+        "CANCELLED",
+        "CREATED",
+    ):
         assert column in header
     row = next(line for line in lines if line.startswith(sid))
     assert "In progress, accepting new jobs" in row and "active" in row and node in row
@@ -156,7 +189,13 @@ def test_sessions_table_and_json(cluster, bell_session):
     assert mine["status"] == "In progress, accepting new jobs"
     assert mine["state"] == "active" and mine["mode"] == "session"
     assert mine["backend"] == "ibmq_qasm_simulator" and mine["worker"] == node
-    assert (mine["queued"], mine["running"], mine["done"], mine["failed"], mine["cancelled"]) == (0, 0, 2, 0, 0)
+    assert (mine["queued"], mine["running"], mine["done"], mine["failed"], mine["cancelled"]) == (
+        0,
+        0,
+        2,
+        0,
+        0,
+    )
     assert 0 < mine["time_left"] <= mine["max_time"]
     assert mine["created"].endswith("Z")
 
@@ -238,7 +277,9 @@ def test_job_show_estimator_result(cluster, bell_session):
     qc = QuantumCircuit(2)
     qc.h(0)
     qc.cx(0, 1)
-    job = EstimatorV2(mode=session).run([(qc, [SparsePauliOp("ZZ"), SparsePauliOp("XX"), SparsePauliOp("ZI")])], precision=0)
+    job = EstimatorV2(mode=session).run(
+        [(qc, [SparsePauliOp("ZZ"), SparsePauliOp("XX"), SparsePauliOp("ZI")])], precision=0
+    )
     job.result(timeout=120)
     view = cli_json(cluster.url, "job", "show", job.job_id())
     assert view["result"]["kind"] == "estimator" and view["result"]["evs_shape"] == [3]
@@ -258,8 +299,12 @@ def test_job_cancel_and_wait(cluster, bell):
 
         again = cli(cluster.url, "job", "cancel", second, "--json")
         assert again.returncode == 1
-        assert json.loads(again.stdout) == {"id": second, "cancelled": False, "outcome": "CANCELLED",
-                                             "message": f"job {second} already ended (CANCELLED); nothing to cancel"}
+        assert json.loads(again.stdout) == {
+            "id": second,
+            "cancelled": False,
+            "outcome": "CANCELLED",
+            "message": f"job {second} already ended (CANCELLED); nothing to cancel",
+        }
 
         waited = cli(cluster.url, "job", "wait", second)  # already final: returns at once
         assert waited.returncode == 1 and "CANCELLED" in waited.stdout
@@ -305,8 +350,9 @@ def test_session_close_wait_shows_jobs_left(cluster, bell):
     sid = session.session_id
     waiting = Running(cluster.url, "session", "close", sid, "--wait")
     try:
-        waiting.wait_output(lambda out: "2 job(s) left (0 running, 2 queued)" in out, 60,
-                            "the progress line with 2 jobs left")
+        waiting.wait_output(
+            lambda out: "2 job(s) left (0 running, 2 queued)" in out, 60, "the progress line with 2 jobs left"
+        )
         assert f"session {sid} is closing" in waiting.text()
         assert session.status() == "In progress, not accepting new jobs"
         # the jobs end (cancelled here: nothing serves the backend); --wait follows them
@@ -332,12 +378,18 @@ def test_session_close_idle_session(cluster):
 
 
 # ---------------------------------------------------------------------- errors
-@pytest.mark.parametrize("argv", [
-    ("session", "show", "nosuchsession"), ("session", "close", "nosuchsession"),
-    ("session", "cancel", "nosuchsession"), ("job", "show", "nosuchjob"),
-    ("job", "cancel", "nosuchjob"), ("job", "wait", "nosuchjob"),
-    ("jobs", "--session", "nosuchsession"),
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("session", "show", "nosuchsession"),
+        ("session", "close", "nosuchsession"),
+        ("session", "cancel", "nosuchsession"),
+        ("job", "show", "nosuchjob"),
+        ("job", "cancel", "nosuchjob"),
+        ("job", "wait", "nosuchjob"),
+        ("jobs", "--session", "nosuchsession"),
+    ],
+)
 def test_unknown_ids_exit_3(cluster, argv):
     res = cli(cluster.url, *argv)
     assert res.returncode == 3, (res.stdout, res.stderr)
@@ -345,8 +397,10 @@ def test_unknown_ids_exit_3(cluster, argv):
     assert res.stdout == ""
 
 
-@pytest.mark.parametrize("argv", [("sessions",), ("jobs",), ("workers", "--watch"),
-                                  ("session", "show", "x"), ("job", "cancel", "x")])
+@pytest.mark.parametrize(
+    "argv",
+    [("sessions",), ("jobs",), ("workers", "--watch"), ("session", "show", "x"), ("job", "cancel", "x")],
+)
 def test_unreachable_redis_exit_4(argv):
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     started = time.monotonic()

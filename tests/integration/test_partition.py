@@ -57,14 +57,16 @@ def lab(stack):
         except NetnsUnavailable as exc:
             pytest.fail(f"cannot create network namespaces for the partition test: {exc}")
         port = free_port()
-        url = stack.start_redis(port, name="redis-partition",
-                                extra=["--bind", "127.0.0.1", link_a.host_ip, link_b.host_ip])
+        url = stack.start_redis(
+            port, name="redis-partition", extra=["--bind", "127.0.0.1", link_a.host_ip, link_b.host_ip]
+        )
         c = Cluster(stack, url)
 
         def start_worker(link, name):
             # INFO: the test reads "Task estimator[...] succeeded" from A's log
-            child = start_logged_worker(c, name, url=f"redis://{link.host_ip}:{port}/0",
-                                        argv_prefix=link.exec_argv([]))
+            child = start_logged_worker(
+                c, name, url=f"redis://{link.host_ip}:{port}/0", argv_prefix=link.exec_argv([])
+            )
             spawned.append(child)
             return child
 
@@ -114,8 +116,9 @@ def test_partitioned_worker_loses_its_session_and_cannot_finish_its_job(lab, hol
         rest = [sampler.run([bell], shots=100) for _ in range(20)]
         assert store.job(victim.job_id())["worker"] == a.node
         # B reaps others only once it has been connected for 1.5 heartbeat TTLs
-        wait_for(lambda: time.monotonic() - b_up > 1.5 * c.settings.heartbeat_ttl, 30,
-                 "B to be up for 1.5 TTLs")
+        wait_for(
+            lambda: time.monotonic() - b_up > 1.5 * c.settings.heartbeat_ttl, 30, "B to be up for 1.5 TTLs"
+        )
         assert store.job(victim.job_id(), "status")["status"] == "RUNNING"
 
         # watch every job of the session from the cut on: none may start on A
@@ -138,13 +141,16 @@ def test_partitioned_worker_loses_its_session_and_cannot_finish_its_job(lab, hol
         watcher.start()
         try:
             last_beat = float(store.redis.hget(store.keys.worker(a.node), "heartbeat"))
-            wait_for(lambda: store.session(sid, tick=False)["worker"] == b.node, 60,
-                     "the session to move to B")
+            wait_for(
+                lambda: store.session(sid, tick=False)["worker"] == b.node, 60, "the session to move to B"
+            )
             moved = time.monotonic() - cut_at
             ttl = c.settings.heartbeat_ttl
             after_expiry = redis_now(store) - (last_beat + ttl)
-            print(f"\n[partition] session moved from A to B {moved:.2f} s after A's link was cut, "
-                  f"{after_expiry:.2f} s after A's registry entry expired (heartbeat TTL {ttl:.1f} s)")
+            print(
+                f"\n[partition] session moved from A to B {moved:.2f} s after A's link was cut, "
+                f"{after_expiry:.2f} s after A's registry entry expired (heartbeat TTL {ttl:.1f} s)"
+            )
             # heartbeat-driven, not kombu's visibility timeout; margin for a loaded machine
             assert moved < ttl + 20, f"the session took {moved:.1f} s to move"
 
@@ -165,22 +171,32 @@ def test_partitioned_worker_loses_its_session_and_cannot_finish_its_job(lab, hol
             link_a.up()
             healed_at = time.monotonic()
             task_done = f"Task estimator[{victim.job_id()}] succeeded"
-            wait_for(lambda: task_done in log_text(a.log), 180,
-                     "A to finish its copy of the interrupted job after the link came back")
+            wait_for(
+                lambda: task_done in log_text(a.log),
+                180,
+                "A to finish its copy of the interrupted job after the link came back",
+            )
             late = time.monotonic() - healed_at
-            assert store.job(victim.job_id()) == snapshot, \
+            assert store.job(victim.job_id()) == snapshot, (
                 "A's late finish overwrote the record of a job B had already finished"
+            )
 
             # A gives up its pin and goes back to the shared queue
             def a_is_free():
                 w = store.redis.hgetall(store.keys.worker(a.node))
-                return (w and w.get("pin") == "" and not store.redis.exists(store.keys.worker_pin(a.node))
-                        and float(w.get("heartbeat") or 0) > cut_at_redis)
+                return (
+                    w
+                    and w.get("pin") == ""
+                    and not store.redis.exists(store.keys.worker_pin(a.node))
+                    and float(w.get("heartbeat") or 0) > cut_at_redis
+                )
 
             wait_for(a_is_free, 120, "A to re-register without its old pin")
             free_after = time.monotonic() - healed_at
-            print(f"[partition] after the link came back: A's late FINISH was refused "
-                  f"{late:.2f} s later, A re-registered without a pin after {free_after:.2f} s")
+            print(
+                f"[partition] after the link came back: A's late FINISH was refused "
+                f"{late:.2f} s later, A re-registered without a pin after {free_after:.2f} s"
+            )
             assert store.session(sid, tick=False)["worker"] == b.node
 
             # A serves the shared queue again (B is still pinned to the session)

@@ -46,6 +46,7 @@ def test_sampler_v2_matches_direct_aer_exactly_with_a_seed(c, bell):
     qc = bell.copy()
     creg_qc = QuantumCircuit(3, 0)
     from qiskit.circuit import ClassicalRegister
+
     alpha, beta = ClassicalRegister(2, "alpha"), ClassicalRegister(1, "beta")
     creg_qc.add_register(alpha)
     creg_qc.add_register(beta)
@@ -54,7 +55,9 @@ def test_sampler_v2_matches_direct_aer_exactly_with_a_seed(c, bell):
     creg_qc.x(2)
     creg_qc.measure([0, 1], alpha)
     creg_qc.measure([2], beta)
-    sampler = SamplerV2(mode=c.service.backend("ibmq_qasm_simulator"), options={"simulator": {"seed_simulator": 7}})
+    sampler = SamplerV2(
+        mode=c.service.backend("ibmq_qasm_simulator"), options={"simulator": {"seed_simulator": 7}}
+    )
     result = sampler.run([qc, (creg_qc, None, 500)], shots=1000).result(timeout=60)
     direct = AerSampler(seed=7).run([qc, (creg_qc, None, 500)], shots=1000).result()
     assert isinstance(result, PrimitiveResult) and isinstance(result[0], SamplerPubResult)
@@ -93,7 +96,9 @@ def test_estimator_v2_broadcasting_matches_direct(c):
 def test_estimator_v2_precision_gives_noisy_estimates(c):
     qc = ansatz()
     values = np.tile([[0.3, 0.2]], (200, 1))
-    result = EstimatorV2(mode="ibmq_qasm_simulator").run([(qc, "ZZ", values)], precision=0.05).result(timeout=60)
+    result = (
+        EstimatorV2(mode="ibmq_qasm_simulator").run([(qc, "ZZ", values)], precision=0.05).result(timeout=60)
+    )
     exact = AerEstimator().run([(qc, "ZZ", values[:1])]).result()[0].data.evs[0]
     evs = result[0].data.evs
     assert evs.std() == pytest.approx(0.05, rel=0.3)
@@ -103,7 +108,11 @@ def test_estimator_v2_precision_gives_noisy_estimates(c):
 def test_noisy_device_sampler_matches_direct_from_backend(c, bell):
     backend = c.service.backend("ibm_manila")
     isa = generate_preset_pass_manager(backend=backend, optimization_level=1, seed_transpiler=3).run(bell)
-    result = SamplerV2(mode=backend, options={"simulator": {"seed_simulator": 11}}).run([isa], shots=4000).result(timeout=90)
+    result = (
+        SamplerV2(mode=backend, options={"simulator": {"seed_simulator": 11}})
+        .run([isa], shots=4000)
+        .result(timeout=90)
+    )
     from qiskit_ibm_runtime.fake_provider import FakeManilaV2
 
     direct = AerSampler.from_backend(AerSimulator.from_backend(FakeManilaV2()), seed=11)
@@ -135,7 +144,9 @@ def test_v1_sampler_and_estimator_match_direct(c):
     with Session(service=c.service, backend="ibmq_qasm_simulator"):
         sampler, estimator = Sampler(), Estimator()
         sres = sampler.run(measured).result(timeout=60)
-        eres = estimator.run([circuit, circuit], [SparsePauliOp("ZZ"), SparsePauliOp("XX")]).result(timeout=60)
+        eres = estimator.run([circuit, circuit], [SparsePauliOp("ZZ"), SparsePauliOp("XX")]).result(
+            timeout=60
+        )
     exact = AerSampler(default_shots=100000, seed=1).run([measured]).result()[0].data.meas
     probs = {int(k, 2): v / 100000 for k, v in exact.get_counts().items()}
     dist = sres.quasi_dists[0]
@@ -172,11 +183,18 @@ def test_job_api_and_reattach_from_another_process(c, bell):
     metrics = job.metrics()
     ts = metrics["timestamps"]
     assert ts["created"] <= ts["running"] <= ts["finished"] and metrics["usage"]["seconds"] > 0
-    code = ("import sys,json; from session_broker import QiskitRuntimeService as S; "
-            f"j=S('{c.url}').job('{job.job_id()}'); r=j.result(timeout=30); "
-            "print(json.dumps([j.status(), r[0].data.meas.get_counts()]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    code = (
+        "import sys,json; from session_broker import QiskitRuntimeService as S; "
+        f"j=S('{c.url}').job('{job.job_id()}'); r=j.result(timeout=30); "
+        "print(json.dumps([j.status(), r[0].data.meas.get_counts()]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     status, counts = json.loads(out.stdout.strip().splitlines()[-1])
     assert status == "DONE" and counts == job.result()[0].data.meas.get_counts()
     listed = c.service.jobs(backend="ibmq_qasm_simulator", limit=3)

@@ -27,7 +27,9 @@ def server(cluster, stack, redis_url):
 @pytest.fixture(scope="module")
 def flow(server):
     """A session (sampler + estimator), status at each step, listing, a batch, usage."""
-    return run_client(server, f'''
+    return run_client(
+        server,
+        f'''
     svc = service()
     backend = svc.backend("{BACKEND}")
     pm = generate_preset_pass_manager(optimization_level=1, backend=backend)
@@ -59,7 +61,8 @@ def flow(server):
     out["batch_mode"] = batch.details()["mode"]
     out["usage"] = svc.usage()
     emit(**out)
-    ''')
+    ''',
+    )
 
 
 def test_session_flow_with_the_constructor_recipe(flow, cluster):
@@ -67,10 +70,21 @@ def test_session_flow_with_the_constructor_recipe(flow, cluster):
     assert flow["during"] == "In progress, accepting new jobs"
     counts = flow["counts"]
     assert sum(counts.values()) == 500 and set(counts) <= {"00", "11"}, counts
-    assert flow["ev"] == pytest.approx(1.0, abs=5 / 64)   # IBM's default precision, 1/64
+    assert flow["ev"] == pytest.approx(1.0, abs=5 / 64)  # IBM's default precision, 1/64
     details = flow["details"]
-    for key in ("id", "backend_name", "interactive_timeout", "max_time", "active_timeout", "state",
-                "accepting_jobs", "last_job_started", "last_job_completed", "started_at", "closed_at"):
+    for key in (
+        "id",
+        "backend_name",
+        "interactive_timeout",
+        "max_time",
+        "active_timeout",
+        "state",
+        "accepting_jobs",
+        "last_job_started",
+        "last_job_completed",
+        "started_at",
+        "closed_at",
+    ):
         assert key in details, key
     assert details["id"] == flow["sid"] and details["backend_name"] == BACKEND
     assert details["state"] == "active" and details["accepting_jobs"] is True
@@ -105,15 +119,19 @@ def test_batch_through_the_client(flow, cluster):
 def test_zero_code_recipe_attaches_from_a_second_process(flow, server):
     """``QiskitRuntimeService()`` from the environment only; ``service.job(id)`` and
     ``Session.from_id`` find what the first process made."""
-    out = run_client(server, f'''
+    out = run_client(
+        server,
+        f'''
     svc = QiskitRuntimeService()
-    job = svc.job("{flow['job_id']}")
+    job = svc.job("{flow["job_id"]}")
     counts = job.result()[0].data.meas.get_counts()
-    session = Session.from_id("{flow['sid']}", service=svc)
+    session = Session.from_id("{flow["sid"]}", service=svc)
     emit(counts=counts, status=job.status(), session_status=session.status(),
          session_backend=session.details()["backend_name"], session_id=job.session_id,
-         listed=len(svc.jobs(session_id="{flow['sid']}", limit=None)))
-    ''', recipe="env")
+         listed=len(svc.jobs(session_id="{flow["sid"]}", limit=None)))
+    ''',
+        recipe="env",
+    )
     assert out["counts"] == flow["counts"]
     assert out["status"] == "DONE" and out["session_id"] == flow["sid"]
     assert out["session_status"] == "Closed" and out["session_backend"] == BACKEND
@@ -123,7 +141,9 @@ def test_zero_code_recipe_attaches_from_a_second_process(flow, server):
 def test_cancel_queued_and_running_jobs_and_the_session(server, cluster):
     """A queued job cancels (204); a running one cannot (409 -> RuntimeInvalidStateError)
     and finishes; ``session.cancel()`` cancels what is still queued and closes."""
-    out = run_client(server, f'''
+    out = run_client(
+        server,
+        f'''
     from qiskit_ibm_runtime.exceptions import RuntimeInvalidStateError
     svc = service()
     backend = svc.backend("{BACKEND}")
@@ -154,7 +174,8 @@ def test_cancel_queued_and_running_jobs_and_the_session(server, cluster):
     except RuntimeInvalidStateError as exc:
         out["done_cancel"] = type(exc).__name__
     emit(**out, ids=[running.job_id()] + [j.job_id() for j in queued])
-    ''')
+    ''',
+    )
     assert out["first"] == "RUNNING"
     assert out["cancelled"] == "CANCELLED"
     assert out["running_cancel"] == "RuntimeInvalidStateError"
@@ -170,7 +191,9 @@ def test_max_execution_time_and_a_failed_job(server, cluster):
     """Past max_execution_time the client raises RuntimeJobMaxTimeoutError (Cancelled +
     reason 1305 on the wire); a job the worker fails raises RuntimeJobFailureError with
     the worker's message, and its results route answered 200 with that text."""
-    out = run_client(server, f'''
+    out = run_client(
+        server,
+        f'''
     from qiskit_ibm_runtime.exceptions import RuntimeJobFailureError, RuntimeJobMaxTimeoutError
     svc = service()
     backend = svc.backend("{BACKEND}")
@@ -199,7 +222,8 @@ def test_max_execution_time_and_a_failed_job(server, cluster):
     out["bad_status"] = bad.status()
     out["bad_id"] = bad.job_id()
     emit(**out)
-    ''')
+    ''',
+    )
     assert out["slow"] == "RuntimeJobMaxTimeoutError", out
     assert out["slow_status"] == "ERROR"
     assert cluster.job(out["slow_id"])["error_code"] == "max_execution_time"
@@ -216,12 +240,16 @@ def test_tenant_key_uses_its_own_prefix(server, cluster, stack):
     from session_broker.core.store import Store
     from tests.support.rest import TENANT_KEY
 
-    out = run_client(server, f'''
+    out = run_client(
+        server,
+        f'''
     svc = service()
     session = Session(backend=svc.backend("{BACKEND}"))
     emit(sid=session.session_id, status=session.status())
     session.cancel()
-    ''', key=TENANT_KEY)
+    ''',
+        key=TENANT_KEY,
+    )
     assert out["status"] == "Pending"
     from dataclasses import replace
 
@@ -234,12 +262,19 @@ def test_tenant_key_uses_its_own_prefix(server, cluster, stack):
 def test_global_search_recipe_finds_the_instance(server):
     """Recipe A-g: no QISKIT_FUNCTIONS_EXPERIMENTAL and no instance; the client looks the
     instance up in Global Search and the Catalog, both pointed here."""
-    out = run_client(server, '''
+    out = run_client(
+        server,
+        """
     svc = QiskitRuntimeService(channel="ibm_quantum_platform", token=os.environ["SB_KEY"],
                                url=os.environ["SB_SERVER"], url_resolver=lambda url, *_: f"{url}/api/v1")
     emit(instances=svc.instances(), backends=[b.name for b in svc.backends()])
-    ''', extra_env={"QISKIT_FUNCTIONS_EXPERIMENTAL": "", "GLOBAL_SEARCH_URL": server.url,
-                     "GLOBAL_CATALOG_URL": f"{server.url}/api/v1/catalog"})
+    """,
+        extra_env={
+            "QISKIT_FUNCTIONS_EXPERIMENTAL": "",
+            "GLOBAL_SEARCH_URL": server.url,
+            "GLOBAL_CATALOG_URL": f"{server.url}/api/v1/catalog",
+        },
+    )
     from tests.support.rest import CRN
 
     assert [i["crn"] for i in out["instances"]] == [CRN]
@@ -260,7 +295,9 @@ def test_one_set_of_tags_whichever_door(server, cluster):
     bell.measure_all()
     ours = SamplerV2(mode=BACKEND, options={"environment": {"job_tags": ["py-old"]}}).run([bell], shots=8)
     ours.update_tags(["py-a", "py-b"])
-    out = run_client(server, f'''
+    out = run_client(
+        server,
+        f'''
     svc = service()
     theirs = svc.job("{ours.job_id()}")
     out = {{"py_tags": sorted(theirs.tags),
@@ -278,7 +315,8 @@ def test_one_set_of_tags_whichever_door(server, cluster):
     other.update_tags(["rest-c"])
     out["other_tags"] = sorted(svc.job(other.job_id()).tags)
     emit(**out)
-    ''')
+    ''',
+    )
     assert out["py_tags"] == ["py-a", "py-b"]
     assert out["py_listed"] == [ours.job_id()] and out["py_old"] == []
     assert out["rest_listed"] == [out["rest_id"]]
@@ -289,4 +327,4 @@ def test_one_set_of_tags_whichever_door(server, cluster):
     assert [j.job_id() for j in service.jobs(job_tags=["rest-b"], limit=None)] == [out["rest_id"]]
     assert [j.job_id() for j in service.jobs(job_tags=["rest-c"], limit=None)] == [out["other_id"]]
     for jid in (out["rest_id"], out["other_id"]):
-        assert "api_tags" not in cluster.job(jid)   # one store: the job's summary
+        assert "api_tags" not in cluster.job(jid)  # one store: the job's summary

@@ -64,8 +64,7 @@ def sampler_params() -> dict:
     qc.h(0)
     qc.cx(0, 1)
     qc.measure_all()
-    return {"pubs": _enc([SamplerPub.coerce(qc, 100)]), "options": {}, "version": 2,
-            "support_qiskit": True}
+    return {"pubs": _enc([SamplerPub.coerce(qc, 100)]), "options": {}, "version": 2, "support_qiskit": True}
 
 
 def b64z(raw: bytes) -> str:
@@ -89,8 +88,12 @@ def message(body) -> str:
 # ---------------------------------------------------------------------- keys and tokens
 def test_wrong_key_gets_no_token(server):
     form = urlencode({"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": "wrong-key-000"})
-    status, body = http("POST", f"{server.url}/identity/token", raw=form.encode(),
-                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, body = http(
+        "POST",
+        f"{server.url}/identity/token",
+        raw=form.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert status == 400 and "could not be found" in message(body)
     assert "wrong-key-000" not in json.dumps(body)
 
@@ -144,8 +147,8 @@ def _qpy_with_qubits(n: int) -> bytes:
     buf = io.BytesIO()
     qpy.dump(qc, buf, version=17)
     raw = bytearray(buf.getvalue())
-    (top,) = struct.unpack_from("!Q", raw, 20)          # version >= 16: program offset table
-    struct.pack_into("!I", raw, top + 5, n)             # CIRCUIT_HEADER num_qubits
+    (top,) = struct.unpack_from("!Q", raw, 20)  # version >= 16: program offset table
+    struct.pack_into("!I", raw, top + 5, n)  # CIRCUIT_HEADER num_qubits
     return bytes(raw)
 
 
@@ -168,8 +171,16 @@ def hostile_params(case: str) -> tuple[str, dict, str]:
         pub[1]["__value__"] = b64z(buf.getvalue())
         return "sampler", params, "dtype"
     if case == "settings-object":
-        params["options"] = {"simulator": {"__type__": "settings", "__value__": {
-            "__module__": "os", "__class__": "system", "settings": {"command": "touch /tmp/pwned"}}}}
+        params["options"] = {
+            "simulator": {
+                "__type__": "settings",
+                "__value__": {
+                    "__module__": "os",
+                    "__class__": "system",
+                    "settings": {"command": "touch /tmp/pwned"},
+                },
+            }
+        }
         return "sampler", params, "typed objects"
     if case == "typed-circuit-swap":
         pub[0] = {"__type__": "settings", "__value__": {"__module__": "os", "__class__": "system"}}
@@ -193,9 +204,19 @@ def hostile_params(case: str) -> tuple[str, dict, str]:
     raise AssertionError(case)
 
 
-HOSTILE = ["zip-bomb-circuit", "zip-bomb-array", "oversized-qpy-header", "pickled-npy",
-           "settings-object", "typed-circuit-swap", "unknown-option", "unknown-program", "unknown-key",
-           "not-base64", "nan-values"]
+HOSTILE = [
+    "zip-bomb-circuit",
+    "zip-bomb-array",
+    "oversized-qpy-header",
+    "pickled-npy",
+    "settings-object",
+    "typed-circuit-swap",
+    "unknown-option",
+    "unknown-program",
+    "unknown-key",
+    "not-base64",
+    "nan-values",
+]
 
 
 @pytest.mark.parametrize("case", HOSTILE)
@@ -215,8 +236,11 @@ def test_oversized_body_is_413(server, store, token):
 
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     conn.putrequest("POST", "/api/v1/jobs")
-    for name, value in {**auth_headers(token), "Content-Type": "application/json",
-                        "Content-Length": str(3 << 20)}.items():
+    for name, value in {
+        **auth_headers(token),
+        "Content-Type": "application/json",
+        "Content-Length": str(3 << 20),
+    }.items():
         conn.putheader(name, value)
     conn.endheaders()
     try:
@@ -265,10 +289,15 @@ def test_a_valid_job_is_accepted_and_recorded_once(server, store, token):
 
 
 # ---------------------------------------------------------------------- fuzz
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False)
-                    | st.text(max_size=20),
-                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+    max_leaves=12,
+)
 SEGMENT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
 
 
@@ -278,8 +307,12 @@ def operations(server) -> list[tuple[str, str, dict]]:
     auth = {"Authorization": "Basic " + b.b64encode(b"admin:secret").decode()}
     status, doc = http("GET", f"{server.url}/openapi.json", headers=auth)
     assert status == 200, doc
-    return [(method.upper(), path, op) for path, item in doc["paths"].items()
-            for method, op in item.items() if method in ("get", "post", "put", "patch", "delete")]
+    return [
+        (method.upper(), path, op)
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if method in ("get", "post", "put", "patch", "delete")
+    ]
 
 
 @pytest.mark.timeout(900)
@@ -289,8 +322,13 @@ def test_fuzz_every_route_from_the_openapi_document(server, store, token):
     seen: set[str] = set()
 
     @seed(1234)
-    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=300,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(data=st.data())
     def one(data):
         method, path, op = data.draw(st.sampled_from(ops))
@@ -299,12 +337,26 @@ def test_fuzz_every_route_from_the_openapi_document(server, store, token):
         for param in op.get("parameters", []):
             if param["in"] == "path":
                 url = url.replace("{" + param["name"] + "}", quote(data.draw(SEGMENT), safe=""))
-        query = {p["name"]: data.draw(st.text(max_size=20) | st.integers(-5, 500).map(str))
-                 for p in op.get("parameters", []) if p["in"] == "query" and data.draw(st.booleans())}
-        body = data.draw(JSON | st.fixed_dictionaries({}, optional={
-            "program_id": st.sampled_from(["sampler", "estimator", "x"]), "backend": st.text(max_size=20),
-            "params": JSON, "mode": st.sampled_from(["dedicated", "batch", "x"]),
-            "accepting_jobs": JSON, "tags": JSON, "session_id": st.text(max_size=20)}))
+        query = {
+            p["name"]: data.draw(st.text(max_size=20) | st.integers(-5, 500).map(str))
+            for p in op.get("parameters", [])
+            if p["in"] == "query" and data.draw(st.booleans())
+        }
+        body = data.draw(
+            JSON
+            | st.fixed_dictionaries(
+                {},
+                optional={
+                    "program_id": st.sampled_from(["sampler", "estimator", "x"]),
+                    "backend": st.text(max_size=20),
+                    "params": JSON,
+                    "mode": st.sampled_from(["dedicated", "batch", "x"]),
+                    "accepting_jobs": JSON,
+                    "tags": JSON,
+                    "session_id": st.text(max_size=20),
+                },
+            )
+        )
         headers = auth_headers(token) if data.draw(st.integers(0, 9)) else {}
         full = f"{server.url}{url}" + (f"?{urlencode(query)}" if query else "")
         status, reply = http(method, full, body if method in ("POST", "PUT", "PATCH") else None, headers)

@@ -30,10 +30,15 @@ HEADER_S, READ_S = 1.0, 1.0
 def server(stack, redis_url):
     from tests.conftest import make_cluster
 
-    make_cluster(stack, redis_url)   # no worker: submitted jobs stay queued
-    srv = ApiServer(stack, redis_url, env={
-        "SESSION_BROKER_API_HEADER_TIMEOUT": str(HEADER_S),
-        "SESSION_BROKER_API_READ_TIMEOUT": str(READ_S)}).start()
+    make_cluster(stack, redis_url)  # no worker: submitted jobs stay queued
+    srv = ApiServer(
+        stack,
+        redis_url,
+        env={
+            "SESSION_BROKER_API_HEADER_TIMEOUT": str(HEADER_S),
+            "SESSION_BROKER_API_READ_TIMEOUT": str(READ_S),
+        },
+    ).start()
     yield srv
     srv.stop()
 
@@ -77,10 +82,13 @@ def test_the_api_refuses_to_start_with_a_tenant_that_is_not_a_prefix(stack, redi
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "session_broker.ops.cli", "api", "--port", str(port)],
-        env={**os.environ, "SESSION_BROKER_URL": redis_url,
-             "SESSION_BROKER_API_KEYS": f"{KEY}@a.session"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env={**os.environ, "SESSION_BROKER_URL": redis_url, "SESSION_BROKER_API_KEYS": f"{KEY}@a.session"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def ended_or_serving():
             if proc.poll() is not None:
                 return True
@@ -88,6 +96,7 @@ def test_the_api_refuses_to_start_with_a_tenant_that_is_not_a_prefix(stack, redi
                 return http("GET", f"http://127.0.0.1:{port}/healthcheck", timeout=2)[0] == 200
             except OSError:
                 return False
+
         wait_for(ended_or_serving, 120, "the api command to exit or serve")
         assert proc.poll() is not None, "the api served a key whose tenant is not a key prefix"
         _, err = proc.communicate(timeout=30)
@@ -117,8 +126,9 @@ def test_tags_over_the_limits_are_a_clear_400(server, store, token):
     assert status == 400 and "tags[0] has 87 characters" in message(body)
     status, body = http("PUT", url, {"tags": [str(i) for i in range(9)]}, h)
     assert status == 400 and "at most 8 tags" in message(body)
-    status, body = big_request(server, token, "PUT", f"/api/v1/jobs/{jid}/tags", 10 << 20,
-                               chunked=False)   # 10 MB of tags
+    status, body = big_request(
+        server, token, "PUT", f"/api/v1/jobs/{jid}/tags", 10 << 20, chunked=False
+    )  # 10 MB of tags
     assert status == 413 and "65536 byte limit" in message(body)
     assert http("GET", f"{server.url}/api/v1/jobs/{jid}", headers=h)[1]["tags"] == ["x" * 86] * 8
     assert http("PUT", url, {"tags": ["ok"]}, h)[0] == 204
@@ -129,8 +139,9 @@ def test_tags_over_the_limits_are_a_clear_400(server, store, token):
 
 
 # ---------------------------------------------------------------------- bodies
-def big_request(server, token, method: str, path: str, total: int, chunk: int = 1 << 20,
-                chunked: bool = True) -> tuple[int, dict]:
+def big_request(
+    server, token, method: str, path: str, total: int, chunk: int = 1 << 20, chunked: bool = True
+) -> tuple[int, dict]:
     """``total`` bytes of body, chunked (no Content-Length) or declared, sent the way a
     keep-alive client sends them; the answer is read even if the server closed the
     connection while we were still sending."""
@@ -194,8 +205,10 @@ def slow_connections(server, token, n: int) -> list[socket.socket]:
         if kind == 1:
             s.sendall(b"GET /api/v1/backends HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         elif kind == 2:
-            s.sendall(b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{")
+            s.sendall(
+                b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{"
+            )
         socks.append(s)
     return socks
 
@@ -210,7 +223,7 @@ def test_slow_and_idle_connections_are_closed(server, token):
     t0 = time.monotonic()
     stop = threading.Event()
 
-    def drip():   # one header byte every 0.1 s: never finished, never silent
+    def drip():  # one header byte every 0.1 s: never finished, never silent
         while not stop.is_set():
             try:
                 dripper.sendall(b"X")
@@ -222,8 +235,9 @@ def test_slow_and_idle_connections_are_closed(server, token):
     try:
         # meanwhile an honest client is served
         assert http("GET", f"{server.url}/api/v1/backends", headers=auth_headers(token))[0] == 200
-        wait_for(lambda: all(_closed_by_server(s) for s in socks), 30,
-                 "the server to close every slow connection")
+        wait_for(
+            lambda: all(_closed_by_server(s) for s in socks), 30, "the server to close every slow connection"
+        )
         assert time.monotonic() - t0 >= HEADER_S * 0.9
     finally:
         stop.set()
@@ -235,8 +249,10 @@ def test_slow_and_idle_connections_are_closed(server, token):
 def test_a_slow_body_gets_408(server, token):
     s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     try:
-        s.sendall(b"PUT /api/v1/jobs/x/tags HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 100\r\n\r\n{\"tags\"")
+        s.sendall(
+            b"PUT /api/v1/jobs/x/tags HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"tags"'
+        )
         reply = b""
         while True:
             data = s.recv(65536)

@@ -86,15 +86,22 @@ def test_service_with_bad_password_fails_fast_and_clearly(auth, variant):
 def test_worker_with_wrong_password_exits_nonzero_with_a_clear_message(auth):
     env = {**os.environ, **auth.env, "SESSION_BROKER_URL": wrong_password_url(auth.url)}
     t0 = time.monotonic()
-    proc = subprocess.run([PY, "-m", "session_broker.ops.cli", "worker", "--backend", BACKEND],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [PY, "-m", "session_broker.ops.cli", "worker", "--backend", BACKEND],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 4, (proc.returncode, out[-2000:])
     assert "refused the credentials" in proc.stderr, out[-2000:]
     assert "not-the-password" not in out, "the worker printed the password"
     assert "Traceback" not in out, out[-2000:]
-    print(f"worker with a wrong password exited {proc.returncode} after {time.monotonic() - t0:.1f} s: "
-          f"{proc.stderr.strip().splitlines()[-1]}")
+    print(
+        f"worker with a wrong password exited {proc.returncode} after {time.monotonic() - t0:.1f} s: "
+        f"{proc.stderr.strip().splitlines()[-1]}"
+    )
 
 
 # ------------------------------------------------------------------------------ TLS
@@ -105,19 +112,48 @@ def tls(stack, tmp_path_factory):
     pki = make_pki(tmp_path_factory.mktemp("pki"))
     port = free_port()
     data = tmp_path_factory.mktemp("redis-tls-data")
-    stack.spawn("redis-tls", [
-        binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-        "--tls-cert-file", str(pki["server.pem"]), "--tls-key-file", str(pki["server.key"]),
-        "--tls-ca-cert-file", str(pki["ca.pem"]), "--tls-auth-clients", "no",
-        "--dir", str(data), "--save", "", "--appendonly", "no", "--protected-mode", "no"])
-    url = (f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={pki['ca.pem']}&ssl_cert_reqs=required")
+    stack.spawn(
+        "redis-tls",
+        [
+            binary,
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(pki["server.pem"]),
+            "--tls-key-file",
+            str(pki["server.key"]),
+            "--tls-ca-cert-file",
+            str(pki["ca.pem"]),
+            "--tls-auth-clients",
+            "no",
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+    )
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={pki['ca.pem']}&ssl_cert_reqs=required"
 
     def answers():
         import redis
 
         try:
-            return redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(pki["ca.pem"]),
-                               ssl_cert_reqs="required", socket_connect_timeout=1).ping()
+            return redis.Redis(
+                host="127.0.0.1",
+                port=port,
+                ssl=True,
+                ssl_ca_certs=str(pki["ca.pem"]),
+                ssl_cert_reqs="required",
+                socket_connect_timeout=1,
+            ).ping()
         except (redis.RedisError, OSError):
             return False
 
@@ -132,8 +168,7 @@ def test_tls_redis_end_to_end(tls):
 
     # the port speaks only TLS: a plain client gets nothing sensible back
     with pytest.raises((redis.ConnectionError, redis.ResponseError, OSError)):
-        redis.Redis(host="127.0.0.1", port=tls.tls_port, socket_connect_timeout=2,
-                    socket_timeout=2).ping()
+        redis.Redis(host="127.0.0.1", port=tls.tls_port, socket_connect_timeout=2, socket_timeout=2).ping()
     w = tls.start_worker(BACKEND, name="tls-worker@%h")
     service = QiskitRuntimeService(tls.url)
     with Session(service=service, backend=BACKEND) as session:
@@ -181,14 +216,24 @@ def test_pickled_message_on_a_backend_queue_is_refused(auth, tmp_path):
 
     from session_broker.core import codec
 
-    good = codec.encode_payload("sampler", codec.encode_sampler_pubs([SamplerPub.coerce(bell_circuit(), 8)]),
-                                {"api": "v2", "seed_simulator": None, "max_execution_time": None},
-                                max_bytes=10**7)
+    good = codec.encode_payload(
+        "sampler",
+        codec.encode_sampler_pubs([SamplerPub.coerce(bell_circuit(), 8)]),
+        {"api": "v2", "seed_simulator": None, "max_execution_time": None},
+        max_bytes=10**7,
+    )
     jid = plant_job(auth.store, payload=good, push=False)
     envelope = json.loads(task_message("sampler", jid, queue, {}, argsrepr=f"job={jid}"))
-    envelope["body"] = base64.b64encode(pickle.dumps(
-        ([jid], {"x": _Gadget(str(marker))}, {"callbacks": None, "errbacks": None, "chain": None,
-                                               "chord": None}), protocol=2)).decode()
+    envelope["body"] = base64.b64encode(
+        pickle.dumps(
+            (
+                [jid],
+                {"x": _Gadget(str(marker))},
+                {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+            ),
+            protocol=2,
+        )
+    ).decode()
     envelope["content-type"] = "application/x-python-serialize"
     envelope["content-encoding"] = "binary"
     auth.store.redis.lpush(queue, json.dumps(envelope))
@@ -201,8 +246,10 @@ def test_pickled_message_on_a_backend_queue_is_refused(auth, tmp_path):
     assert not marker.exists(), "the worker unpickled a message: remote code execution"
     rec = auth.store.job(jid)
     assert rec["status"] == "QUEUED" and rec["attempts"] == "0", rec
-    assert "ContentDisallowed" in Path(worker.log).read_text() or \
-        "x-python-serialize" in Path(worker.log).read_text(), log_tail(worker.log)
+    assert (
+        "ContentDisallowed" in Path(worker.log).read_text()
+        or "x-python-serialize" in Path(worker.log).read_text()
+    ), log_tail(worker.log)
     auth.store.cancel_job(jid)
 
 
@@ -254,8 +301,12 @@ def test_nothing_on_the_wire_is_pickled(auth, tmp_path):
     port = auth.url.rsplit(":", 1)[1].split("/")[0]
     capture = tmp_path / "monitor.txt"
     with open(capture, "wb") as out:
-        mon = subprocess.Popen([cli, "-p", port, "-a", PASSWORD, "--no-auth-warning", "monitor"],
-                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        mon = subprocess.Popen(
+            [cli, "-p", port, "-a", PASSWORD, "--no-auth-warning", "monitor"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             wait_for(lambda: capture.stat().st_size > 0, 20, "redis-cli monitor to start")
             with Session(service=auth.service, backend=BACKEND) as session:

@@ -39,8 +39,11 @@ PAIR = "ibmq_qasm_simulator"  # served by two workers: batches
 
 @pytest.fixture(scope="module")
 def c(stack, redis_url):
-    cl = make_cluster(stack, redis_url, env={"SESSION_BROKER_INTERACTIVE_TIMEOUT": str(ITL),
-                                            "SESSION_BROKER_OPEN_SESSION_TIMEOUT": "4"})
+    cl = make_cluster(
+        stack,
+        redis_url,
+        env={"SESSION_BROKER_INTERACTIVE_TIMEOUT": str(ITL), "SESSION_BROKER_OPEN_SESSION_TIMEOUT": "4"},
+    )
     cl.solo = cl.start_worker(SOLO, name="solo@%h", wait=False)
     cl.start_worker(PAIR, name="pair-1@%h", wait=False)
     cl.start_worker(PAIR, name="pair-2@%h", wait=False)
@@ -82,8 +85,10 @@ def test_status_strings_and_transitions_through_close(c, bell, hold):
     d = session.details()
     assert d["state"] == "closed" and d["closed_at"] and d["worker"] is None
     assert pin_of(c, f"solo@{HOST}") == ""
-    assert float(c.session(session.session_id)["closed_at"]) - \
-        float(rec(c, queued[-1].job_id())["finished"]) < 1.0
+    assert (
+        float(c.session(session.session_id)["closed_at"]) - float(rec(c, queued[-1].job_id())["finished"])
+        < 1.0
+    )
     with pytest.raises(SessionClosedError, match="Closed"):
         sampler.run([bell])
 
@@ -95,8 +100,19 @@ def test_details_keys_and_formats(c):
     Estimator(backend=SOLO).run(qc, obs, [values[0]]).result(timeout=60)
     session = Session(service=c.service, backend=SOLO, max_time="2h 30m 40s")
     d = session.details()
-    for key in ("id", "backend_name", "interactive_timeout", "max_time", "active_timeout", "state",
-                "accepting_jobs", "last_job_started", "last_job_completed", "started_at", "closed_at"):
+    for key in (
+        "id",
+        "backend_name",
+        "interactive_timeout",
+        "max_time",
+        "active_timeout",
+        "state",
+        "accepting_jobs",
+        "last_job_started",
+        "last_job_completed",
+        "started_at",
+        "closed_at",
+    ):
         assert key in d
     assert d["id"] == session.session_id and d["backend_name"] == SOLO
     assert d["interactive_timeout"] == ITL and d["max_time"] == 9040 and d["active_timeout"] == 9040
@@ -115,14 +131,25 @@ def test_details_keys_and_formats(c):
     assert d["state"] == "closed" and iso.match(d["closed_at"]) and d["active_timeout"] == 0
 
 
-@pytest.mark.parametrize("value,seconds", [(60, 60), ("25m", 1500), ("2h 30m 40s", 9040), ("1h", 3600),
-                                           ("45s", 45), ("1d", 86400), (" 1h30m ", 5400)])
+@pytest.mark.parametrize(
+    "value,seconds",
+    [
+        (60, 60),
+        ("25m", 1500),
+        ("2h 30m 40s", 9040),
+        ("1h", 3600),
+        ("45s", 45),
+        ("1d", 86400),
+        (" 1h30m ", 5400),
+    ],
+)
 def test_max_time_valid_forms(value, seconds):
     assert parse_max_time(value, 86400) == seconds
 
 
-@pytest.mark.parametrize("value", ["90", "2h xyz", "-5m", "1.5h", 0, -1, True, False, "", "m", 1.5,
-                                   None, "30m 2h", 28801])
+@pytest.mark.parametrize(
+    "value", ["90", "2h xyz", "-5m", "1.5h", 0, -1, True, False, "", "m", 1.5, None, "30m 2h", 28801]
+)
 def test_max_time_invalid_forms(c, value):
     if value is None:
         pytest.raises(InvalidMaxTimeError, parse_max_time, value, 28800)
@@ -154,8 +181,10 @@ def test_exclusivity_and_first_come_first_served(c, bell):
     a.close()  # releases the worker at once
     for job in (b_job, c_job, outside):
         job.result(timeout=60)
-    times = {name: float(rec(c, j.job_id())["running"]) for name, j in
-             (("b", b_job), ("c", c_job), ("outside", outside))}
+    times = {
+        name: float(rec(c, j.job_id())["running"])
+        for name, j in (("b", b_job), ("c", c_job), ("outside", outside))
+    }
     a_closed = float(c.session(a.session_id)["closed_at"])
     assert min(times.values()) >= a_closed  # nothing ran on the worker while A held it
     assert times["b"] < times["c"]  # sessions get the worker in arrival order
@@ -251,11 +280,18 @@ def test_cancelled_first_job_fails_every_later_job(c, bell, hold):
 def test_from_id_in_another_process(c, bell):
     session = Session(service=c.service, backend=PAIR)
     SamplerV2(mode=session).run([bell]).result(timeout=60)
-    code = (f"import json; from session_broker import *; s=Session.from_id('{session.session_id}', "
-            f"QiskitRuntimeService('{c.url}')); r=SamplerV2(mode=s).run([__import__('qiskit').QuantumCircuit.from_qasm_str("
-            f"{bell_qasm()!r})]).result(timeout=60); print(json.dumps([s.status(), s.details()['id'], s.backend()]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    code = (
+        f"import json; from session_broker import *; s=Session.from_id('{session.session_id}', "
+        f"QiskitRuntimeService('{c.url}')); r=SamplerV2(mode=s).run([__import__('qiskit').QuantumCircuit.from_qasm_str("
+        f"{bell_qasm()!r})]).result(timeout=60); print(json.dumps([s.status(), s.details()['id'], s.backend()]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert out.returncode == 0, out.stderr
     status, sid, backend = json.loads(out.stdout.strip().splitlines()[-1])
     assert (status, sid, backend) == ("In progress, accepting new jobs", session.session_id, PAIR)
@@ -268,8 +304,7 @@ def test_from_id_in_another_process(c, bell):
 
 
 def bell_qasm():
-    return ('OPENQASM 2.0; include "qelib1.inc"; qreg q[2]; creg c[2]; h q[0]; cx q[0],q[1]; '
-            'measure q -> c;')
+    return 'OPENQASM 2.0; include "qelib1.inc"; qreg q[2]; creg c[2]; h q[0]; cx q[0],q[1]; measure q -> c;'
 
 
 def test_primitives_in_other_threads_of_the_with_block_use_the_session(c, bell):
@@ -318,13 +353,20 @@ def test_no_keys_left_after_1000_sessions(c, bell):
         if i % 100 == 0:
             SamplerV2(mode=s).run([bell]).result(timeout=60)
         s.close()
-    wait_for(lambda: all(r.hget(keys.session(sid), "state") == "closed" for sid in sids[::100]), 30,
-             "sessions to close")
+    wait_for(
+        lambda: all(r.hget(keys.session(sid), "state") == "closed" for sid in sids[::100]),
+        30,
+        "sessions to close",
+    )
     live = set(r.scan_iter(count=10000))
     allowed = re.compile(rf"^{keys.prefix}:(s:[0-9a-f]+(:jobs)?|j:[0-9a-f]+(:done)?)$")
     for sid in sids:
-        for key in (keys.timer(sid, "max"), keys.timer(sid, "idle"), keys.timer(sid, "open"),
-                    *keys.queue_keys(keys.session_queue(sid))):
+        for key in (
+            keys.timer(sid, "max"),
+            keys.timer(sid, "idle"),
+            keys.timer(sid, "open"),
+            *keys.queue_keys(keys.session_queue(sid)),
+        ):
             assert key not in live, key
         assert r.zscore(keys.deadlines, sid) is None
         assert r.ttl(keys.session(sid)) > 0  # the summary is retained, and expires

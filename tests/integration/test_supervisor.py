@@ -34,8 +34,8 @@ def test_the_registry_names_the_supervisor_and_jobs_name_the_executor(fresh):
     job = SamplerV2(mode=c.service.backend(BACKEND)).run([bell_circuit()], shots=50)
     assert_bell_counts(job.result(timeout=120), 50)
     entry = c.store.redis.hgetall(c.store.keys.worker(w.node))
-    assert int(entry["pid"]) == w.proc.pid          # signal this one to stop the worker
-    assert int(c.store.job(job.job_id())["pid"]) == executor_of(w).pid   # it ran the job
+    assert int(entry["pid"]) == w.proc.pid  # signal this one to stop the worker
+    assert int(c.store.job(job.job_id())["pid"]) == executor_of(w).pid  # it ran the job
 
 
 def test_a_killed_executor_is_replaced_and_the_node_keeps_its_session(fresh, hold):
@@ -49,16 +49,26 @@ def test_a_killed_executor_is_replaced_and_the_node_keeps_its_session(fresh, hol
         b = c.start_worker(BACKEND, name="keep-b@%h")
         victim = EstimatorV2(mode=session).run([slow_pub(2)])
         first = executor_of(a)
-        hold(c.store, victim.job_id())          # running on A's executor, frozen
+        hold(c.store, victim.job_id())  # running on A's executor, frozen
         queued = [sampler.run([bell_circuit()], shots=50) for _ in range(5)]
         first.kill()
         killed_at = time.monotonic()
-        replacement = wait_for(lambda: (lambda k: k if k and k[0].pid != first.pid else None)(
-            psutil.Process(a.proc.pid).children()), 120, "a new executor")[0]
-        rec = wait_for(lambda: (lambda r: r if r.get("status") == "DONE" else None)(
-            c.store.job(victim.job_id())), 120, "the interrupted job to run again and end")
-        print(f"\n[executor killed] job DONE on a new executor {time.monotonic() - killed_at:.1f} s "
-              "after the kill")
+        replacement = wait_for(
+            lambda: (lambda k: k if k and k[0].pid != first.pid else None)(
+                psutil.Process(a.proc.pid).children()
+            ),
+            120,
+            "a new executor",
+        )[0]
+        rec = wait_for(
+            lambda: (lambda r: r if r.get("status") == "DONE" else None)(c.store.job(victim.job_id())),
+            120,
+            "the interrupted job to run again and end",
+        )
+        print(
+            f"\n[executor killed] job DONE on a new executor {time.monotonic() - killed_at:.1f} s "
+            "after the kill"
+        )
         assert rec["attempts"] == "2" and rec["worker"] == a.node, rec
         assert int(rec["pid"]) == replacement.pid
         for job in queued:
@@ -73,9 +83,12 @@ def test_nothing_outlives_a_sigkilled_supervisor(fresh):
     c = fresh()
     w = c.start_worker(BACKEND, name="orphan@%h")
     child = wait_for(lambda: psutil.Process(w.proc.pid).children() or None, 60, "the executor")[0]
-    os.kill(w.proc.pid, signal.SIGKILL)        # the supervisor only, not its process group
-    wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 30,
-             "the executor to die with its supervisor")
+    os.kill(w.proc.pid, signal.SIGKILL)  # the supervisor only, not its process group
+    wait_for(
+        lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE,
+        30,
+        "the executor to die with its supervisor",
+    )
 
 
 # ---------------------------------------------------------------------- events on demand
@@ -117,15 +130,21 @@ def test_task_events_flow_only_while_a_monitor_asks(fresh):
     quiet = sampler.run([bell_circuit()], shots=20)
     quiet.result(timeout=120)
     # a worker heartbeat arriving proves the receiver hears this worker
-    wait_for(lambda: any(e["type"] == "worker-heartbeat" for e in monitor.events), 30,
-             "the monitor to hear the worker")
+    wait_for(
+        lambda: any(e["type"] == "worker-heartbeat" for e in monitor.events),
+        30,
+        "the monitor to hear the worker",
+    )
     assert monitor.of(quiet.job_id()) == set(), "task events were on before anyone asked"
 
-    monitor.app.control.enable_events()        # what Flower sends every 5 s
+    monitor.app.control.enable_events()  # what Flower sends every 5 s
     watched = sampler.run([bell_circuit()], shots=20)
     watched.result(timeout=120)
-    wait_for(lambda: {"task-received", "task-started", "task-succeeded"} <= monitor.of(watched.job_id()),
-             30, "the watched job's events")
+    wait_for(
+        lambda: {"task-received", "task-started", "task-succeeded"} <= monitor.of(watched.job_id()),
+        30,
+        "the watched job's events",
+    )
 
     # nobody asks again: after the linger (2 s here, 15 s by default) they go off
     def silent() -> bool:
@@ -135,6 +154,7 @@ def test_task_events_flow_only_while_a_monitor_asks(fresh):
         beats = monitor.count("worker-heartbeat")
         wait_for(lambda: monitor.count("worker-heartbeat") > beats, 30, "the next worker heartbeat")
         return not monitor.of(job.job_id())
+
     wait_for(silent, 60, "task events to go off once no monitor asks")
     monitor.stop.set()
 
@@ -147,8 +167,9 @@ def test_a_worker_started_while_flower_runs_sends_events_from_its_first_job(fres
     c.start_worker(BACKEND, name="late@%h")
     job = SamplerV2(mode=c.service.backend(BACKEND)).run([bell_circuit()], shots=20)
     job.result(timeout=120)
-    wait_for(lambda: {"task-received", "task-succeeded"} <= monitor.of(job.job_id()), 30,
-             "the first job's events")
+    wait_for(
+        lambda: {"task-received", "task-succeeded"} <= monitor.of(job.job_id()), 30, "the first job's events"
+    )
     monitor.stop.set()
 
 

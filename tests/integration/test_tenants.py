@@ -57,17 +57,29 @@ def prefix_env(prefix: str):
     try:
         yield
     finally:
-        os.environ.pop("SESSION_BROKER_KEY_PREFIX") if old is None else \
-            os.environ.__setitem__("SESSION_BROKER_KEY_PREFIX", old)
+        os.environ.pop("SESSION_BROKER_KEY_PREFIX") if old is None else os.environ.__setitem__(
+            "SESSION_BROKER_KEY_PREFIX", old
+        )
         get_settings.cache_clear()
 
 
 def apply_acl(admin: redis.Redis, tenant: str, password_file) -> None:
     """Run ``session-broker acl TENANT`` and execute every ACL SETUSER line it prints."""
-    proc = subprocess.run([sys.executable, "-m", "session_broker.ops.cli", "acl", tenant,
-                           "--password-file", str(password_file)],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "SESSION_BROKER_URL": "redis://127.0.0.1:1/0"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "session_broker.ops.cli",
+            "acl",
+            tenant,
+            "--password-file",
+            str(password_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SESSION_BROKER_URL": "redis://127.0.0.1:1/0"},
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("ACL SETUSER")]
     assert len(lines) == 3, proc.stdout
@@ -81,9 +93,26 @@ def tenants(stack, tmp_path_factory):
     assert binary, "Debian's redis-server (7.x) is needed: ACL read-only key patterns"
     port = free_port()
     data = tmp_path_factory.mktemp("redis-acl-data")
-    stack.spawn("redis-acl", [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                              "--save", "", "--appendonly", "no", "--protected-mode", "no",
-                              "--requirepass", ADMIN])
+    stack.spawn(
+        "redis-acl",
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--requirepass",
+            ADMIN,
+        ],
+    )
     admin_url = f"redis://:{ADMIN}@127.0.0.1:{port}/0"
     admin = redis.Redis.from_url(admin_url, decode_responses=True)
     wait_for(lambda: _pings(admin), 30, f"redis-server on port {port}")
@@ -164,8 +193,10 @@ def _refused(call) -> str:
     text = str(info.value)
     # NOPERM from a command; from inside a script, Redis words it "The user executing the
     # script can't access at least one of the keys" / "can't run this command"
-    assert isinstance(info.value, redis.exceptions.NoPermissionError) or \
-        "The user executing the script can't" in text, text
+    assert (
+        isinstance(info.value, redis.exceptions.NoPermissionError)
+        or "The user executing the script can't" in text
+    ), text
     return text
 
 
@@ -176,11 +207,24 @@ def test_users_are_refused_every_other_tenants_key_and_channel(tenants, mine, ot
     k = them.keys
     assert them.job_id, "needs test_every_tenants_worker_starts_and_runs_its_jobs first"
     admin.hset(k.unacked, "tag", "x")  # so that there is something to read
-    targets = [k.job(them.job_id), k.job_done(them.job_id), k.session(them.session_id),
-               k.session_jobs(them.session_id), k.jobs, k.sessions, k.backend_queue(BACKEND),
-               k.session_queue(them.open_session.session_id), k.worker(f"{other}-worker@{HOST}"),
-               k.workers, k.config, k.unacked, k.result("x"), k.dead, k.binding_deadlines,
-               *k.bindings(k.backend_queue(BACKEND))]
+    targets = [
+        k.job(them.job_id),
+        k.job_done(them.job_id),
+        k.session(them.session_id),
+        k.session_jobs(them.session_id),
+        k.jobs,
+        k.sessions,
+        k.backend_queue(BACKEND),
+        k.session_queue(them.open_session.session_id),
+        k.worker(f"{other}-worker@{HOST}"),
+        k.workers,
+        k.config,
+        k.unacked,
+        k.result("x"),
+        k.dead,
+        k.binding_deadlines,
+        *k.bindings(k.backend_queue(BACKEND)),
+    ]
     stable = targets[:4] + [k.session_queue(them.open_session.session_id), k.unacked]  # not the heartbeats'
     before = {key: admin.dump(key) for key in stable}
     for role in ROLES:
@@ -215,8 +259,11 @@ def test_users_are_refused_every_other_tenants_key_and_channel(tenants, mine, ot
 @pytest.fixture(scope="module", autouse=True)
 def _function(tenants):
     admin, _ = tenants
-    admin.function_load("#!lua name=sbtest\nredis.register_function('sb_test_read', "
-                        "function(keys) return redis.call('TYPE', keys[1]) end)", replace=True)
+    admin.function_load(
+        "#!lua name=sbtest\nredis.register_function('sb_test_read', "
+        "function(keys) return redis.call('TYPE', keys[1]) end)",
+        replace=True,
+    )
 
 
 @pytest.mark.parametrize("mine,other", [("a", "ax"), ("ax", "a_x"), ("a_x", "a")])
@@ -226,9 +273,13 @@ def test_a_tenant_cannot_cancel_or_close_anothers_job_or_session(tenants, mine, 
     me, them = ts[mine], ts[other]
     sid, jid = them.open_session.session_id, them.queued_job
     attacker = Store(load_settings({"SESSION_BROKER_URL": me.url["producer"], **them.env}))
-    for attempt in (lambda: attacker.cancel_job(jid), lambda: attacker.close_session(sid),
-                    lambda: attacker.cancel_session(sid), lambda: attacker.job(jid),
-                    lambda: attacker.session(sid, tick=False)):
+    for attempt in (
+        lambda: attacker.cancel_job(jid),
+        lambda: attacker.close_session(sid),
+        lambda: attacker.cancel_session(sid),
+        lambda: attacker.job(jid),
+        lambda: attacker.session(sid, tick=False),
+    ):
         _refused(attempt)
     with prefix_env(other):
         service = QiskitRuntimeService(me.url["producer"])
@@ -263,12 +314,20 @@ def test_flower_and_the_jobs_page_work_as_the_web_user(tenants, stack):
         except OSError:
             return ""
 
-    wait_for(lambda: f"ax-worker@{HOST}" in get(flower_port, "/api/workers"), 120,
-             "Flower (as the web user) to list the tenant's worker")
+    wait_for(
+        lambda: f"ax-worker@{HOST}" in get(flower_port, "/api/workers"),
+        120,
+        "Flower (as the web user) to list the tenant's worker",
+    )
     assert f"a-worker@{HOST}" not in get(flower_port, "/api/workers")
-    wait_for(lambda: t.keys.backend_queue(BACKEND) in get(flower_port, "/broker"), 60,
-             "Flower's broker page to list the tenant's queue (once its inspector has asked)")
-    wait_for(lambda: f"ax-worker@{HOST}" in get(flower_port, "/metrics"), 60, "the worker in Flower's metrics")
+    wait_for(
+        lambda: t.keys.backend_queue(BACKEND) in get(flower_port, "/broker"),
+        60,
+        "Flower's broker page to list the tenant's queue (once its inspector has asked)",
+    )
+    wait_for(
+        lambda: f"ax-worker@{HOST}" in get(flower_port, "/metrics"), 60, "the worker in Flower's metrics"
+    )
     wait_for(lambda: t.job_id in get(web_port, "/"), 60, "the Jobs page (as the web user)")
     assert other.job_id not in get(web_port, "/")
     assert "session_broker_jobs_total" in get(web_port, "/metrics")

@@ -31,7 +31,7 @@ def test_out_of_memory_is_typed_on_close_cancel_and_job_calls(fresh):
     session = Session(service=service, backend=BACKEND)
     job = SamplerV2(mode=session).run([bell_circuit()], shots=8)
     other = Session(service=service, backend=BACKEND)
-    c.store.redis.config_set("maxmemory", 1)   # noeviction (Redis's default): writes refused
+    c.store.redis.config_set("maxmemory", 1)  # noeviction (Redis's default): writes refused
     try:
         with pytest.raises(BrokerOutOfMemoryError, match="out of memory.*close_session"):
             with session:
@@ -40,7 +40,7 @@ def test_out_of_memory_is_typed_on_close_cancel_and_job_calls(fresh):
             other.cancel()
         with pytest.raises(BrokerOutOfMemoryError, match="out of memory"):
             job.update_tags(["full"])
-        assert job.status() == "QUEUED"          # reads are not refused
+        assert job.status() == "QUEUED"  # reads are not refused
         assert [j.job_id() for j in service.jobs(session_id=session.session_id)] == [job.job_id()]
     finally:
         c.store.redis.config_set("maxmemory", 0)

@@ -23,11 +23,33 @@ from tests.support.rest import PRELUDE, REPO
 def up(redis_url, tmp_path_factory):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_BROKER_")}
-    env.update({**FAST, "SESSION_BROKER_URL": redis_url, "SESSION_BROKER_FLOWER_AUTH": "admin:secret",
-                "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)})
-    proc = subprocess.Popen([sys.executable, "-m", "session_broker.ops.cli", "up", "--no-flower",
-                             "--web-port", str(port), "--state-dir", str(tmp_path_factory.mktemp("up"))],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env.update(
+        {
+            **FAST,
+            "SESSION_BROKER_URL": redis_url,
+            "SESSION_BROKER_FLOWER_AUTH": "admin:secret",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(REPO),
+        }
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "session_broker.ops.cli",
+            "up",
+            "--no-flower",
+            "--web-port",
+            str(port),
+            "--state-dir",
+            str(tmp_path_factory.mktemp("up")),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(ln.rstrip("\n") for ln in proc.stdout), daemon=True)
     reader.start()
@@ -36,6 +58,7 @@ def up(redis_url, tmp_path_factory):
         if proc.poll() is not None:
             raise AssertionError(f"`up` exited {proc.returncode}:\n" + "\n".join(lines))
         return any("QISKIT_IBM_URL=" in ln for ln in lines)
+
     try:
         wait_for(ready, 300, "`session-broker up` to print the client recipe", interval=0.2)
         yield lines
@@ -57,18 +80,30 @@ def exports(lines: list[str], start: str) -> dict:
 
 
 def client_run(env: dict, make_service: str) -> str:
-    script = PRELUDE + f'''
+    script = (
+        PRELUDE
+        + f"""
 svc = {make_service}
 backend = svc.backend("ibmq_qasm_simulator")
 isa = generate_preset_pass_manager(optimization_level=1, backend=backend).run(bell())
 with Session(backend=backend) as session:
     counts = SamplerV2(mode=session).run([isa], shots=200).result()[0].data.meas.get_counts()
 emit(counts=counts)
-'''
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("SESSION_BROKER", "QISKIT_IBM", "PYTHONPATH", "IAM_URL"))}
-    proc = subprocess.run([sys.executable, "-c", script], env={**base, **env}, cwd="/",
-                          capture_output=True, text=True, timeout=300)
+"""
+    )
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SESSION_BROKER", "QISKIT_IBM", "PYTHONPATH", "IAM_URL"))
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**base, **env},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
 
@@ -84,7 +119,7 @@ def test_the_printed_zero_code_recipe_works(up):
 def test_the_printed_constructor_recipe_works(up):
     env = exports(up, "IBM's own client")
     i = next(n for n, ln in enumerate(up) if ln.strip().startswith("QiskitRuntimeService("))
-    constructor = " ".join(ln.strip() for ln in up[i:i + 2])
+    constructor = " ".join(ln.strip() for ln in up[i : i + 2])
     out = client_run(env, constructor)
     counts = json.loads(out.split("RESULT ", 1)[1])["counts"]
     assert sum(counts.values()) == 200 and set(counts) <= {"00", "11"}

@@ -29,8 +29,16 @@ pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 USER, PASSWORD = "admin", "secret"
 BACKEND = "ibmq_qasm_simulator"
 VIEWPORT = {"width": 1440, "height": 900}
@@ -38,8 +46,10 @@ VIEWPORT = {"width": 1440, "height": 900}
 
 def browser_missing() -> str | None:
     if not os.path.exists(CHROMIUM):
-        return (f"{CHROMIUM} is missing: install Debian's Chromium with "
-                "`apt-get update && apt-get install -y chromium` (never `playwright install`)")
+        return (
+            f"{CHROMIUM} is missing: install Debian's Chromium with "
+            "`apt-get update && apt-get install -y chromium` (never `playwright install`)"
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -60,7 +70,7 @@ def _proc_stat(pid: int) -> tuple[int, str] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     if fields[0] == "Z":
         return None
     return int(fields[1]), fields[19]
@@ -94,13 +104,33 @@ class Up:
 
     def __init__(self, redis_url: str, state_dir: Path):
         self.flower_port, self.web_port = free_port(), free_port()
-        env = {**os.environ, **FAST, "SESSION_BROKER_URL": redis_url,
-               "SESSION_BROKER_FLOWER_AUTH": f"{USER}:{PASSWORD}", "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            **FAST,
+            "SESSION_BROKER_URL": redis_url,
+            "SESSION_BROKER_FLOWER_AUTH": f"{USER}:{PASSWORD}",
+            "PYTHONUNBUFFERED": "1",
+        }
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "session_broker.ops.cli", "up", "--flower-port", str(self.flower_port),
-             "--web-port", str(self.web_port), "--state-dir", str(state_dir)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "session_broker.ops.cli",
+                "up",
+                "--flower-port",
+                str(self.flower_port),
+                "--web-port",
+                str(self.web_port),
+                "--state-dir",
+                str(state_dir),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -116,10 +146,17 @@ class Up:
     def wait_ready(self, timeout: float = 300):
         def ready():
             if self.proc.poll() is not None:
-                raise AssertionError(f"`session-broker up` exited with {self.proc.returncode}:\n{self.output}")
+                raise AssertionError(
+                    f"`session-broker up` exited with {self.proc.returncode}:\n{self.output}"
+                )
             return any(line.startswith("ready.") for line in self.lines)
-        wait_for(ready, timeout, f"`session-broker up` to print 'ready.'; output so far:\n{self.output}",
-                 interval=0.2)
+
+        wait_for(
+            ready,
+            timeout,
+            f"`session-broker up` to print 'ready.'; output so far:\n{self.output}",
+            interval=0.2,
+        )
 
     @property
     def flower(self) -> str:
@@ -251,9 +288,13 @@ def test_flower_shows_tasks_and_session_queue(up, browser, redis_url):
         page = new_page(browser)
         # Tasks: the sampler tasks are listed under their job ids (Celery task id = job id)
         first = jobs[0].job_id()
-        poll_page(page, f"{up.flower}/tasks",
-                  lambda p: p.get_by_text(first).count() > 0, 180,
-                  "the session's sampler tasks on Flower's Tasks page")
+        poll_page(
+            page,
+            f"{up.flower}/tasks",
+            lambda p: p.get_by_text(first).count() > 0,
+            180,
+            "the session's sampler tasks on Flower's Tasks page",
+        )
         row = page.locator("tr", has=page.get_by_text(first)).first
         assert "sampler" in row.inner_text()
         shot(page, "flower-tasks.png")
@@ -266,9 +307,14 @@ def test_flower_shows_tasks_and_session_queue(up, browser, redis_url):
         # Broker: Flower lists the queues workers report consuming; the pinned worker consumes
         # the session's queue while the session is active (refresh=1 asks workers again)
         queue = f"sb.session.{sid}"
-        poll_page(page, f"{up.flower}/broker", lambda p: p.locator("#queue-table").get_by_text(queue).count() > 0,
-                  180, f"queue {queue} on Flower's Broker page",
-                  before=lambda: http_get(f"{up.flower}/api/workers?refresh=1", auth=True))
+        poll_page(
+            page,
+            f"{up.flower}/broker",
+            lambda p: p.locator("#queue-table").get_by_text(queue).count() > 0,
+            180,
+            f"queue {queue} on Flower's Broker page",
+            before=lambda: http_get(f"{up.flower}/api/workers?refresh=1", auth=True),
+        )
         shot(page, "flower-broker.png", "flower-broker.png")
 
         for job in jobs:
@@ -325,8 +371,18 @@ def test_jobs_page_session_and_job(up, browser, redis_url):
         page.locator(f"#sessions a[href='/session/{sid}']").click()
         page.wait_for_url(f"**/session/{sid}")
         details = page.locator("#details").inner_text()
-        for key in ("backend_name", "interactive_timeout", "max_time", "active_timeout", "state",
-                    "accepting_jobs", "started_at", "worker", "usage_time", "jobs"):
+        for key in (
+            "backend_name",
+            "interactive_timeout",
+            "max_time",
+            "active_timeout",
+            "state",
+            "accepting_jobs",
+            "started_at",
+            "worker",
+            "usage_time",
+            "jobs",
+        ):
             assert key in details, key
         assert node in details and "active" in details
         for job in [*jobs, estimator_job]:

@@ -43,8 +43,11 @@ def app_routes(redis_url) -> list[tuple[str, str]]:
     from session_broker.ops.front import create_app, route_table
 
     app = create_app(Store(load_settings({"SESSION_BROKER_URL": redis_url})), load_api_settings({}), "a:b")
-    return [(method, re.sub(r"\{[^}]+\}", "some-id", path)) for method, path in route_table(app)
-            if method not in ("HEAD", "OPTIONS")]
+    return [
+        (method, re.sub(r"\{[^}]+\}", "some-id", path))
+        for method, path in route_table(app)
+        if method not in ("HEAD", "OPTIONS")
+    ]
 
 
 def kind(path: str) -> str:
@@ -74,26 +77,44 @@ def test_every_route_needs_its_login(server, redis_url):
             assert http(method, url)[0] == 200
             continue
         if k == "page":
-            for headers in ({}, basic(f"{USER}:wrong"), basic(f"{USER}:"), basic(USER),
-                            basic(f":{PASSWORD}"), {"Authorization": "Basic"},
-                            {"Authorization": "Basic !!!"}, auth_headers(token)):
+            for headers in (
+                {},
+                basic(f"{USER}:wrong"),
+                basic(f"{USER}:"),
+                basic(USER),
+                basic(f":{PASSWORD}"),
+                {"Authorization": "Basic"},
+                {"Authorization": "Basic !!!"},
+                auth_headers(token),
+            ):
                 status, _ = http(method, url, send, headers)
                 assert status == 401, (method, path, headers, status)
             status, _ = http(method, url, send, basic(f"{USER}:{PASSWORD}"))
             assert status in (200, 404), (method, path, status)
             continue
         if k == "key":
-            for form in ({}, {"grant_type": "urn:ibm:params:oauth:grant-type:apikey"},
-                         {"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": KEY[:-1]},
-                         {"grant_type": "password", "apikey": KEY}):
-                status, reply = http(method, url, raw=urlencode(form).encode(),
-                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+            for form in (
+                {},
+                {"grant_type": "urn:ibm:params:oauth:grant-type:apikey"},
+                {"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": KEY[:-1]},
+                {"grant_type": "password", "apikey": KEY},
+            ):
+                status, reply = http(
+                    method,
+                    url,
+                    raw=urlencode(form).encode(),
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                )
                 assert status == 400, (form, status, reply)
                 assert KEY not in str(reply)
             continue
-        wrong = [{}, {"Authorization": f"Bearer {token}x", "Service-CRN": CRN},
-                 {"Authorization": token, "Service-CRN": CRN}, basic(f"{USER}:{PASSWORD}"),
-                 {"Authorization": f"Bearer {KEY}", "Service-CRN": CRN}]
+        wrong = [
+            {},
+            {"Authorization": f"Bearer {token}x", "Service-CRN": CRN},
+            {"Authorization": token, "Service-CRN": CRN},
+            basic(f"{USER}:{PASSWORD}"),
+            {"Authorization": f"Bearer {KEY}", "Service-CRN": CRN},
+        ]
         for headers in wrong:
             status, reply = http(method, url, send, headers)
             assert status == 401, (method, path, headers, status, reply)
@@ -109,8 +130,12 @@ def test_every_route_needs_its_login(server, redis_url):
 def test_keys_never_reach_the_log(server):
     get_token(server)
     form = urlencode({"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": "wrong-key-xyz1"})
-    http("POST", f"{server.url}/identity/token", raw=form.encode(),
-         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    http(
+        "POST",
+        f"{server.url}/identity/token",
+        raw=form.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     log = server.log()
     assert "instance CRN" in log
     assert KEY not in log and "wrong-key-xyz1" not in log
@@ -120,9 +145,13 @@ def test_api_refuses_to_start_without_keys(stack, redis_url):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "session_broker.ops.cli", "api", "--port", "1"],
-                          env={"SESSION_BROKER_URL": redis_url, "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "session_broker.ops.cli", "api", "--port", "1"],
+        env={"SESSION_BROKER_URL": redis_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "SESSION_BROKER_API_KEYS" in proc.stderr
 
 
@@ -133,9 +162,28 @@ def test_tls_when_the_flags_are_given(stack, redis_url, tmp_path):
     import urllib.request
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     srv = ApiServer(stack, redis_url, args=["--certfile", str(cert), "--keyfile", str(key)])
     srv.healthy = lambda: _https_ok(srv, cert)
     try:

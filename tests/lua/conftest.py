@@ -36,43 +36,111 @@ class Lua:
         return sec + usec / 1e6
 
     # ------------------------------------------------------------------ set-ups
-    def open(self, sid: str = "s1", mode: str = "session", backend: str = BACKEND,
-             max_time: int = 600, interactive_timeout: int = 60, open_timeout: int = 300,
-             ttl: int = 3600) -> str:
-        assert self.run("open_session", sid=sid, backend=backend, mode=mode, max_time=max_time,
-                        interactive_timeout=interactive_timeout,
-                        open_session_timeout=open_timeout, ttl=ttl) == "ok"
+    def open(
+        self,
+        sid: str = "s1",
+        mode: str = "session",
+        backend: str = BACKEND,
+        max_time: int = 600,
+        interactive_timeout: int = 60,
+        open_timeout: int = 300,
+        ttl: int = 3600,
+    ) -> str:
+        assert (
+            self.run(
+                "open_session",
+                sid=sid,
+                backend=backend,
+                mode=mode,
+                max_time=max_time,
+                interactive_timeout=interactive_timeout,
+                open_session_timeout=open_timeout,
+                ttl=ttl,
+            )
+            == "ok"
+        )
         return sid
 
     def message(self, jid: str, tag: str | None = None) -> str:
         """A kombu envelope of a job, as the client queues it (compact JSON)."""
-        return json.dumps({"body": "e30=", "headers": {"id": jid, "task": "sampler"},
-                           "properties": {"delivery_tag": tag or f"{jid}.0"}},
-                          separators=(",", ":"))
+        return json.dumps(
+            {
+                "body": "e30=",
+                "headers": {"id": jid, "task": "sampler"},
+                "properties": {"delivery_tag": tag or f"{jid}.0"},
+            },
+            separators=(",", ":"),
+        )
 
     def queue_of(self, sid: str) -> str:
         return self.k.session_queue(sid) if sid else self.k.backend_queue(BACKEND)
 
-    def submit(self, jid: str, sid: str = "", backend: str = BACKEND, ttl: int = 3600,
-               queue: str | None = None, tags=()):
-        return self.run("submit", jid=jid, sid=sid, backend=backend, primitive="sampler",
-                        payload=f"payload-{jid}", message=self.message(jid),
-                        queue=queue or self.queue_of(sid), ttl=ttl,
-                        summary=json.dumps({"tags": list(tags)}))
+    def submit(
+        self,
+        jid: str,
+        sid: str = "",
+        backend: str = BACKEND,
+        ttl: int = 3600,
+        queue: str | None = None,
+        tags=(),
+    ):
+        return self.run(
+            "submit",
+            jid=jid,
+            sid=sid,
+            backend=backend,
+            primitive="sampler",
+            payload=f"payload-{jid}",
+            message=self.message(jid),
+            queue=queue or self.queue_of(sid),
+            ttl=ttl,
+            summary=json.dumps({"tags": list(tags)}),
+        )
 
-    def tick(self, node: str = "w1", backend: str = BACKEND, executor: str = "100",
-             consuming: str = "1", unserved_after: float = 10, ttl_ms: int = 10000):
-        return self.run("worker_tick", node=node, backend=backend, ttl_ms=ttl_ms, host="h",
-                        pid=1, started=0, concurrency=1, device="dev", max_time=600,
-                        interactive_timeout=60, open_session_timeout=300, result_ttl=3600,
-                        consuming=consuming, executor=executor, unserved_after=unserved_after)
+    def tick(
+        self,
+        node: str = "w1",
+        backend: str = BACKEND,
+        executor: str = "100",
+        consuming: str = "1",
+        unserved_after: float = 10,
+        ttl_ms: int = 10000,
+    ):
+        return self.run(
+            "worker_tick",
+            node=node,
+            backend=backend,
+            ttl_ms=ttl_ms,
+            host="h",
+            pid=1,
+            started=0,
+            concurrency=1,
+            device="dev",
+            max_time=600,
+            interactive_timeout=60,
+            open_session_timeout=300,
+            result_ttl=3600,
+            consuming=consuming,
+            executor=executor,
+            unserved_after=unserved_after,
+        )
 
     def claim(self, jid: str, node: str = "w1", context: str = "ctx"):
         return self.run("claim", jid=jid, node=node, pid=4242, context=context)
 
     def finish(self, jid: str, claim: str, status: str = "DONE", tag: str = "", quiet: str = ""):
-        return self.run("finish", jid=jid, claim=claim, status=status, result="R",
-                        error_code="", error_message="", usage="0.5", tag=tag, quiet=quiet)
+        return self.run(
+            "finish",
+            jid=jid,
+            claim=claim,
+            status=status,
+            result="R",
+            error_code="",
+            error_message="",
+            usage="0.5",
+            tag=tag,
+            quiet=quiet,
+        )
 
     def job(self, jid: str) -> dict:
         return self.r.hgetall(self.k.job(jid))

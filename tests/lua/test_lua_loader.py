@@ -15,10 +15,26 @@ from session_broker.core import scripts
 from session_broker.core.keys import HISTOGRAM_BOUNDS, KOMBU_PRIORITY_SEP, Keys
 
 LUA = Path(scripts.__file__).with_name("lua")
-TRANSITIONS = {"open_session", "submit", "claim", "finish", "job_lost", "executor_lost", "notify",
-               "cancel_job", "close_session", "cancel_session", "tick_session", "sweep_deadlines",
-               "worker_tick", "reap_worker", "rescue_unacked", "reconcile_worker", "dead_workers",
-               "update_tags"}
+TRANSITIONS = {
+    "open_session",
+    "submit",
+    "claim",
+    "finish",
+    "job_lost",
+    "executor_lost",
+    "notify",
+    "cancel_job",
+    "close_session",
+    "cancel_session",
+    "tick_session",
+    "sweep_deadlines",
+    "worker_tick",
+    "reap_worker",
+    "rescue_unacked",
+    "reconcile_worker",
+    "dead_workers",
+    "update_tags",
+}
 
 
 def eval_header(r: redis.Redis, prefix: str, expr: str):
@@ -29,8 +45,17 @@ def eval_header(r: redis.Redis, prefix: str, expr: str):
 @pytest.mark.parametrize("prefix", ["t", "sb", "a_x-9"])
 def test_the_key_header_names_every_key_as_keys_does(lua, prefix):
     names = scripts.translated_members()
-    assert {"session", "job", "timer", "worker_pin", "worker_stalled", "queue_keys", "deadlines",
-            "unacked", "bindings"} <= set(names)
+    assert {
+        "session",
+        "job",
+        "timer",
+        "worker_pin",
+        "worker_stalled",
+        "queue_keys",
+        "deadlines",
+        "unacked",
+        "bindings",
+    } <= set(names)
     keys, table = Keys(prefix), []
     expected = {}
     for name in names:

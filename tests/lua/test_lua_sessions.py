@@ -36,8 +36,7 @@ def test_open_session_refuses_a_known_id(lua):
 
 
 def test_the_published_settings_win_over_the_clients(lua):
-    lua.r.hset(lua.k.config, mapping={"interactive_timeout": 7, "open_session_timeout": 9,
-                                      "result_ttl": 99})
+    lua.r.hset(lua.k.config, mapping={"interactive_timeout": 7, "open_session_timeout": 9, "result_ttl": 99})
     lua.open("s1", interactive_timeout=60, open_timeout=300, ttl=3600)
     s = lua.session("s1")
     assert (s["interactive_timeout"], s["ttl"]) == ("7", "99")
@@ -166,7 +165,7 @@ def test_a_stale_finish_of_a_job_queued_again_keeps_its_message_record(lua):
     lua.r.zadd(lua.k.unacked_index, {"tag1": 1})
     assert lua.finish("j1", "w1/1", tag="tag1") == "stale"
     assert lua.r.hexists(lua.k.unacked, "tag1")
-    assert lua.run("rescue_unacked", min_age=0, limit=10) == [1, 1]   # given back
+    assert lua.run("rescue_unacked", min_age=0, limit=10) == [1, 1]  # given back
     assert lua.r.llen(lua.queue_of("")) == 1
 
 

@@ -26,8 +26,12 @@ def test_a_heartbeat_registers_the_worker_and_restores_the_settings(lua):
     assert (w["node"], w["backend"], w["host"], w["pin"]) == ("w1", lua.backend, "h", "")
     assert 0 < lua.r.pttl(lua.k.worker("w1")) <= 5000
     assert lua.r.hget(lua.k.workers, "w1") == lua.backend
-    assert lua.r.hgetall(lua.k.config) == {"max_time": "600", "interactive_timeout": "60",
-                                           "open_session_timeout": "300", "result_ttl": "3600"}
+    assert lua.r.hgetall(lua.k.config) == {
+        "max_time": "600",
+        "interactive_timeout": "60",
+        "open_session_timeout": "300",
+        "result_ttl": "3600",
+    }
 
 
 def test_a_free_worker_takes_the_waiting_session(lua):
@@ -122,13 +126,18 @@ def test_reaping_with_keep_pin_keeps_the_pin_and_registry(lua):
 def test_job_lost_requeues_until_the_attempts_are_used(lua):
     lua.submit("j1")
     lua.claim("j1", "w1")
-    assert lua.run("job_lost", jid="j1", node="w2", max_attempts=2, code="worker_lost",
-                   message="x") == "stale"
-    assert lua.run("job_lost", jid="j1", node="w1", max_attempts=2, code="worker_lost",
-                   message="died") == "requeued"
+    assert (
+        lua.run("job_lost", jid="j1", node="w2", max_attempts=2, code="worker_lost", message="x") == "stale"
+    )
+    assert (
+        lua.run("job_lost", jid="j1", node="w1", max_attempts=2, code="worker_lost", message="died")
+        == "requeued"
+    )
     lua.claim("j1", "w1")
-    assert lua.run("job_lost", jid="j1", node="w1", max_attempts=2, code="worker_lost",
-                   message="died") == "failed"
+    assert (
+        lua.run("job_lost", jid="j1", node="w1", max_attempts=2, code="worker_lost", message="died")
+        == "failed"
+    )
     j = lua.job("j1")
     assert (j["status"], j["error_code"]) == ("ERROR", "worker_lost")
     assert "SESSION_BROKER_MAX_ATTEMPTS=2" in j["error"]
@@ -137,8 +146,12 @@ def test_job_lost_requeues_until_the_attempts_are_used(lua):
 def test_job_lost_over_its_time_limit_is_not_retried(lua):
     lua.submit("j1")
     lua.claim("j1", "w1")
-    assert lua.run("job_lost", jid="j1", node="w1", max_attempts=5, code="max_execution_time",
-                   message="too long") == "failed"
+    assert (
+        lua.run(
+            "job_lost", jid="j1", node="w1", max_attempts=5, code="max_execution_time", message="too long"
+        )
+        == "failed"
+    )
     assert lua.job("j1")["error"] == "too long"
 
 
@@ -147,8 +160,10 @@ def test_a_job_lost_after_its_session_was_cancelled_does_not_run_again(lua):
     lua.tick("w1")
     lua.claim("j1", "w1")
     lua.run("cancel_session", sid="s1")
-    assert lua.run("job_lost", jid="j1", node="w1", max_attempts=3, code="worker_lost",
-                   message="died") == "requeued"
+    assert (
+        lua.run("job_lost", jid="j1", node="w1", max_attempts=3, code="worker_lost", message="died")
+        == "requeued"
+    )
     assert lua.job("j1")["status"] == "CANCELLED"
     assert lua.session("s1")["queued"] == "0"
 
@@ -159,14 +174,23 @@ def test_executor_lost_settles_its_job_and_gives_back_the_message_it_held(lua):
     lua.submit("fetched")
     lua.r.delete(lua.k.backend_queue(lua.backend))  # both messages were fetched
     unacked(lua, "tag-f", "fetched")
-    assert lua.run("executor_lost", node="w1", max_attempts=3, jid="run1", code="worker_lost",
-                   message="killed", tag="tag-f") == "requeued"
+    assert (
+        lua.run(
+            "executor_lost",
+            node="w1",
+            max_attempts=3,
+            jid="run1",
+            code="worker_lost",
+            message="killed",
+            tag="tag-f",
+        )
+        == "requeued"
+    )
     assert lua.job("run1")["status"] == "QUEUED"
     assert not lua.r.hexists(lua.k.unacked, "tag-f")
     queue = lua.r.lrange(lua.k.backend_queue(lua.backend), 0, -1)
     assert queue == [lua.message("run1", "run1.1"), lua.message("fetched", "fetched.1")]
-    assert lua.run("executor_lost", node="w1", max_attempts=3, jid="", code="c",
-                   message="m", tag="") == ""
+    assert lua.run("executor_lost", node="w1", max_attempts=3, jid="", code="c", message="m", tag="") == ""
 
 
 # ------------------------------------------------------------------ rescue / reconcile

@@ -65,8 +65,9 @@ class SlowEstimatorJob:
     checked against ``Statevector``.
     """
 
-    def __init__(self, seconds: float | None = None, num_qubits: int = 14, seed: int = 7, *,
-                 values: int | None = None):
+    def __init__(
+        self, seconds: float | None = None, num_qubits: int = 14, seed: int = 7, *, values: int | None = None
+    ):
         import math
 
         from qiskit.circuit.library import real_amplitudes
@@ -131,18 +132,32 @@ def wait_final(store: Store, ids, timeout: float, what: str = "jobs") -> dict[st
         return dict(zip(ids, pipe.execute()))
 
     try:
-        wait_for(lambda: all(s in FINAL_JOB_STATUSES for s in statuses().values()), timeout,
-                 f"{len(ids)} {what} to end", interval=0.5)
+        wait_for(
+            lambda: all(s in FINAL_JOB_STATUSES for s in statuses().values()),
+            timeout,
+            f"{len(ids)} {what} to end",
+            interval=0.5,
+        )
     except TimeoutError:
         pending = {j: s for j, s in statuses().items() if s not in FINAL_JOB_STATUSES}
-        raise AssertionError(f"{len(pending)} of {len(ids)} {what} not final after {timeout} s: "
-                             f"{dict(list(pending.items())[:10])}") from None
+        raise AssertionError(
+            f"{len(pending)} of {len(ids)} {what} not final after {timeout} s: "
+            f"{dict(list(pending.items())[:10])}"
+        ) from None
     return records(store, ids)
 
 
-def plant_job(store: Store, *, payload: str, backend: str = BACKEND, primitive: str = "sampler",
-              jid: str | None = None, message: str | None = None, push: bool = True,
-              queue: str | None = None) -> str:
+def plant_job(
+    store: Store,
+    *,
+    payload: str,
+    backend: str = BACKEND,
+    primitive: str = "sampler",
+    jid: str | None = None,
+    message: str | None = None,
+    push: bool = True,
+    queue: str | None = None,
+) -> str:
     """Write a job the way a hostile producer would: a record like SUBMIT's, plus a message.
 
     The record has every field the SUBMIT script writes (status QUEUED, queue, message,
@@ -151,16 +166,36 @@ def plant_job(store: Store, *, payload: str, backend: str = BACKEND, primitive: 
     jid = jid or new_id()
     queue = queue or store.keys.backend_queue(backend)
     if message is None:
-        message = task_message(primitive, jid, queue, {"session": None, "backend": backend},
-                               argsrepr=f"job={jid}")
+        message = task_message(
+            primitive, jid, queue, {"session": None, "backend": backend}, argsrepr=f"job={jid}"
+        )
     now = redis_now(store)
-    store.redis.hset(store.keys.job(jid), mapping={
-        "id": jid, "session": "", "mode": "", "backend": backend, "primitive": primitive,
-        "status": "QUEUED", "created": now, "running": "", "finished": "", "worker": "",
-        "pid": "", "attempts": 0, "claim": "", "error_code": "", "error": "", "queue": queue,
-        "ttl": 3600, "summary": json.dumps({"api": "v2", "pubs": 1, "shots": None}), "usage": "",
-        "payload": payload, "message": message,
-    })
+    store.redis.hset(
+        store.keys.job(jid),
+        mapping={
+            "id": jid,
+            "session": "",
+            "mode": "",
+            "backend": backend,
+            "primitive": primitive,
+            "status": "QUEUED",
+            "created": now,
+            "running": "",
+            "finished": "",
+            "worker": "",
+            "pid": "",
+            "attempts": 0,
+            "claim": "",
+            "error_code": "",
+            "error": "",
+            "queue": queue,
+            "ttl": 3600,
+            "summary": json.dumps({"api": "v2", "pubs": 1, "shots": None}),
+            "usage": "",
+            "payload": payload,
+            "message": message,
+        },
+    )
     store.redis.expire(store.keys.job(jid), 3600)
     store.redis.zadd(store.keys.jobs, {jid: now})
     if push:
@@ -210,8 +245,10 @@ def pool_children(pid: int) -> list[int]:
 def kill_pool_child(worker_pid: int, child_pid: int) -> None:
     """SIGKILL ``child_pid``, but only if it really is a pool process of ``worker_pid``."""
     if child_pid not in pool_children(worker_pid):
-        raise AssertionError(f"pid {child_pid} is not a pool process of worker {worker_pid} "
-                             f"(children: {pool_children(worker_pid)}); refusing to kill it")
+        raise AssertionError(
+            f"pid {child_pid} is not a pool process of worker {worker_pid} "
+            f"(children: {pool_children(worker_pid)}); refusing to kill it"
+        )
     os.kill(child_pid, signal.SIGKILL)
 
 
@@ -236,18 +273,40 @@ class Stopwatch:
         return time.monotonic() - self.t0
 
 
-def start_logged_worker(c, name: str, *, backend: str = BACKEND, env: dict | None = None,
-                        loglevel: str = "INFO", argv_prefix: list[str] | None = None,
-                        url: str | None = None):
+def start_logged_worker(
+    c,
+    name: str,
+    *,
+    backend: str = BACKEND,
+    env: dict | None = None,
+    loglevel: str = "INFO",
+    argv_prefix: list[str] | None = None,
+    url: str | None = None,
+):
     """Like ``Cluster.start_worker`` but with ``--loglevel`` (workers log at WARNING by
     default; some tests read the INFO lines: 'job X not run here: ...', 'Task ... succeeded').
     ``argv_prefix`` runs it under e.g. ``ip netns exec NS``; ``url`` overrides the cluster's."""
     import sys
 
-    argv = [sys.executable, "-m", "session_broker.ops.cli", "worker", "--backend", backend,
-            "--concurrency", "1", "--name", name, "--loglevel", loglevel]
-    child = c.stack.spawn(f"worker-{name}", [*(argv_prefix or []), *argv],
-                          {**c.env, **(env or {}), "SESSION_BROKER_URL": url or c.url})
+    argv = [
+        sys.executable,
+        "-m",
+        "session_broker.ops.cli",
+        "worker",
+        "--backend",
+        backend,
+        "--concurrency",
+        "1",
+        "--name",
+        name,
+        "--loglevel",
+        loglevel,
+    ]
+    child = c.stack.spawn(
+        f"worker-{name}",
+        [*(argv_prefix or []), *argv],
+        {**c.env, **(env or {}), "SESSION_BROKER_URL": url or c.url},
+    )
     from tasks.supervisor import node_name
 
     child.node = name = node_name(name)

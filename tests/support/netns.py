@@ -29,8 +29,9 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         raise NetnsUnavailable("the `ip` command (iproute2) is not installed")
     proc = subprocess.run([binary, *args], capture_output=True, text=True, timeout=30)
     if check and proc.returncode != 0:
-        raise NetnsUnavailable(f"`ip {' '.join(args)}` failed ({proc.returncode}): "
-                               f"{proc.stderr.strip() or proc.stdout.strip()}")
+        raise NetnsUnavailable(
+            f"`ip {' '.join(args)}` failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+        )
     return proc
 
 

@@ -60,8 +60,9 @@ class Proxy:
     @staticmethod
     def _owned_by(port: int, pid: int) -> bool:
         try:
-            return any(c.laddr and c.laddr.port == port
-                       for c in psutil.Process(pid).net_connections(kind="tcp"))
+            return any(
+                c.laddr and c.laddr.port == port for c in psutil.Process(pid).net_connections(kind="tcp")
+            )
         except psutil.Error:
             return False
 
@@ -98,7 +99,7 @@ class Proxy:
                         pass
                 return
             if conn["cut"]:
-                continue   # swallowed: no reply, no reset, the connection stays open
+                continue  # swallowed: no reply, no reset, the connection stays open
             try:
                 dst.sendall(data)
             except OSError:

@@ -29,13 +29,24 @@ TENANT_KEY = "tenant-key-0123456789"
 class ApiServer:
     """``session-broker api`` on a free port against ``redis_url``."""
 
-    def __init__(self, stack, redis_url: str, env: dict | None = None, port: int | None = None,
-                 keys: str | None = None, args: list[str] | None = None):
+    def __init__(
+        self,
+        stack,
+        redis_url: str,
+        env: dict | None = None,
+        port: int | None = None,
+        keys: str | None = None,
+        args: list[str] | None = None,
+    ):
         self.stack, self.redis_url = stack, redis_url
         self.port = port or free_port()
-        self.env = {"SESSION_BROKER_URL": redis_url, "SESSION_BROKER_API_INSTANCE": CRN,
-                    "SESSION_BROKER_API_KEYS": keys if keys is not None else f"{KEY},{TENANT_KEY}@tenant1",
-                    "SESSION_BROKER_FLOWER_AUTH": "admin:secret", **(env or {})}
+        self.env = {
+            "SESSION_BROKER_URL": redis_url,
+            "SESSION_BROKER_API_INSTANCE": CRN,
+            "SESSION_BROKER_API_KEYS": keys if keys is not None else f"{KEY},{TENANT_KEY}@tenant1",
+            "SESSION_BROKER_FLOWER_AUTH": "admin:secret",
+            **(env or {}),
+        }
         self.args = args or []
         self.child = None
 
@@ -78,14 +89,30 @@ class ApiServer:
 
 def client_env(server: ApiServer, recipe: str = "constructor", key: str = KEY) -> dict:
     """The environment of a client process: only public configuration of the stock client."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SESSION_BROKER", "QISKIT_IBM", "PYTHONPATH"))}
-    env.update({"IAM_URL": server.url, "QISKIT_FUNCTIONS_EXPERIMENTAL": "1",
-                "SB_SERVER": server.url, "SB_KEY": key,
-                "SB_CIRCUITS": str(REPO / "tests" / "support" / "circuits.py"), "SB_CRN": CRN, "PYTHONWARNINGS": "ignore"})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SESSION_BROKER", "QISKIT_IBM", "PYTHONPATH"))
+    }
+    env.update(
+        {
+            "IAM_URL": server.url,
+            "QISKIT_FUNCTIONS_EXPERIMENTAL": "1",
+            "SB_SERVER": server.url,
+            "SB_KEY": key,
+            "SB_CIRCUITS": str(REPO / "tests" / "support" / "circuits.py"),
+            "SB_CRN": CRN,
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
     if recipe == "env":
-        env.update({"QISKIT_IBM_TOKEN": key, "QISKIT_IBM_INSTANCE": CRN,
-                    "QISKIT_IBM_URL": f"{server.url}/experimental/api/v1"})
+        env.update(
+            {
+                "QISKIT_IBM_TOKEN": key,
+                "QISKIT_IBM_INSTANCE": CRN,
+                "QISKIT_IBM_URL": f"{server.url}/experimental/api/v1",
+            }
+        )
     return env
 
 
@@ -122,23 +149,38 @@ def slow_pub(backend, seconds, qubits=14):
 '''
 
 
-def run_client(server: ApiServer, body: str, recipe: str = "constructor", key: str = KEY,
-               timeout: float = 600, extra_env: dict | None = None) -> dict:
+def run_client(
+    server: ApiServer,
+    body: str,
+    recipe: str = "constructor",
+    key: str = KEY,
+    timeout: float = 600,
+    extra_env: dict | None = None,
+) -> dict:
     """Run ``body`` (after the prelude) with the stock client; return what it ``emit``-ted."""
     script = PRELUDE + textwrap.dedent(body)
     env = {**client_env(server, recipe, key), **(extra_env or {})}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd="/", capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd="/", capture_output=True, text=True, timeout=timeout
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise AssertionError(f"client exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
-                             f"stderr:\n{proc.stderr[-5000:]}\nserver log:\n{server.log()[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+        raise AssertionError(
+            f"client exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+            f"stderr:\n{proc.stderr[-5000:]}\nserver log:\n{server.log()[-4000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 # ---------------------------------------------------------------------- raw HTTP
-def http(method: str, url: str, body=None, headers: dict | None = None, raw: bytes | None = None,
-         timeout: float = 30) -> tuple[int, dict | str]:
+def http(
+    method: str,
+    url: str,
+    body=None,
+    headers: dict | None = None,
+    raw: bytes | None = None,
+    timeout: float = 30,
+) -> tuple[int, dict | str]:
     """One request; returns (status, parsed JSON or text). Never raises for a status."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
@@ -159,8 +201,12 @@ def get_token(server: ApiServer, key: str = KEY) -> str:
     from urllib.parse import urlencode
 
     form = urlencode({"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": key}).encode()
-    status, body = http("POST", f"{server.url}/identity/token", raw=form,
-                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, body = http(
+        "POST",
+        f"{server.url}/identity/token",
+        raw=form,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert status == 200, (status, body)
     return body["access_token"]
 
@@ -171,10 +217,22 @@ def auth_headers(token: str, crn: str = CRN) -> dict:
 
 def wait_status(store, jid: str, statuses, timeout: float = 120) -> str:
     statuses = set(statuses)
-    return wait_for(lambda: (store.job(jid, "status").get("status") in statuses
-                             and store.job(jid, "status")["status"]), timeout,
-                    f"job {jid} to reach {statuses}")
+    return wait_for(
+        lambda: store.job(jid, "status").get("status") in statuses and store.job(jid, "status")["status"],
+        timeout,
+        f"job {jid} to reach {statuses}",
+    )
 
 
-__all__ = ["ApiServer", "CRN", "KEY", "TENANT_KEY", "auth_headers", "get_token", "http",
-           "run_client", "time", "wait_status"]
+__all__ = [
+    "ApiServer",
+    "CRN",
+    "KEY",
+    "TENANT_KEY",
+    "auth_headers",
+    "get_token",
+    "http",
+    "run_client",
+    "time",
+    "wait_status",
+]

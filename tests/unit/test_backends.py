@@ -46,7 +46,7 @@ def bell() -> QuantumCircuit:
 
 def wide(n: int) -> QuantumCircuit:
     qc = QuantumCircuit(n, name="c")
-    for q in range(n):   # every qubit active: ideal backends count only those
+    for q in range(n):  # every qubit active: ideal backends count only those
         qc.h(q)
     return qc
 
@@ -59,8 +59,13 @@ def test_catalog_order_and_contents():
     assert names == list(CATALOG)
     kinds = [CATALOG[n].kind for n in names]
     assert kinds == sorted(kinds, key=lambda k: k != "ideal"), "ideal backends come first"
-    assert {"ibmq_qasm_simulator", "aer_simulator", "aer_simulator_statevector",
-            "aer_simulator_mps", "ibm_algiers"} <= set(names)
+    assert {
+        "ibmq_qasm_simulator",
+        "aer_simulator",
+        "aer_simulator_statevector",
+        "aer_simulator_mps",
+        "ibm_algiers",
+    } <= set(names)
     assert len(DEVICES) >= 3
     for name, spec in CATALOG.items():
         assert isinstance(spec, BackendSpec) and spec.name == name
@@ -131,8 +136,10 @@ def test_transpiled_circuit_is_isa_on_device_and_raw_is_not():
     with pytest.raises(NotISAError) as info:
         check_circuit("ibm_algiers", qc, require_isa=True)
     msg = str(info.value)
-    assert "transpile first: generate_preset_pass_manager(backend=service.backend('ibm_algiers')" \
-           ", optimization_level=1).run(circuit)" in msg
+    assert (
+        "transpile first: generate_preset_pass_manager(backend=service.backend('ibm_algiers')"
+        ", optimization_level=1).run(circuit)" in msg
+    )
     assert "instruction" in msg and "qubits" in msg
     check_circuit("ibm_algiers", qc, require_isa=False)  # V1-style: width only
 
@@ -145,8 +152,7 @@ def test_transpiled_circuit_is_isa_on_device_and_raw_is_not():
 def test_uncoupled_two_qubit_gate_is_not_isa():
     target = build_target("ibm_algiers")
     coupled = set(target["cx"])
-    pair = next((a, b) for a in range(27) for b in range(27)
-                 if a != b and (a, b) not in coupled)
+    pair = next((a, b) for a in range(27) for b in range(27) if a != b and (a, b) not in coupled)
     qc = QuantumCircuit(27, name="far")
     qc.cx(*pair)
     with pytest.raises(NotISAError, match=r"not coupled") as info:
@@ -195,8 +201,9 @@ def test_ideal_isa_accepts_what_aer_runs():
     check_circuit("aer_simulator", bad, require_isa=False)
 
 
-@pytest.mark.parametrize("name", ["ibmq_qasm_simulator", "aer_simulator_statevector",
-                                  "ibm_algiers", "ibm_manila"])
+@pytest.mark.parametrize(
+    "name", ["ibmq_qasm_simulator", "aer_simulator_statevector", "ibm_algiers", "ibm_manila"]
+)
 def test_too_wide_circuit(name):
     n = get_spec(name).num_qubits
     check_circuit(name, wide(n), require_isa=False)
@@ -217,13 +224,15 @@ def test_idle_qubits_do_not_count_on_the_aer_simulator_backends():
     for q in range(12):
         qc.h(q)
     qc.barrier()
-    check_circuit("aer_simulator_statevector", qc, require_isa=True)   # 12 active of 30
+    check_circuit("aer_simulator_statevector", qc, require_isa=True)  # 12 active of 30
     check_circuit("aer_simulator", qc, require_isa=True)
     with pytest.raises(CircuitTooWideError, match="uses 127 qubits"):
-        check_circuit("ibm_algiers", qc, require_isa=False)            # a device's are physical
+        check_circuit("ibm_algiers", qc, require_isa=False)  # a device's are physical
     # ibmq_qasm_simulator is a named 32-qubit system: IBM's client refuses wider circuits
-    with pytest.raises(CircuitTooWideError, match="uses 127 qubits; backend 'ibmq_qasm_simulator' "
-                                                  "has 32. It acts on 12 of them: aer_simulator"):
+    with pytest.raises(
+        CircuitTooWideError,
+        match="uses 127 qubits; backend 'ibmq_qasm_simulator' has 32. It acts on 12 of them: aer_simulator",
+    ):
         check_circuit("ibmq_qasm_simulator", qc, require_isa=True)
 
 
@@ -259,8 +268,7 @@ def test_device_is_noisy_and_ideal_is_not():
     assert counts.get("01", 0) + counts.get("10", 0) > 0, counts
 
     ideal = pass_manager("ibmq_qasm_simulator", 1).run(bell())
-    counts = simulator("ibmq_qasm_simulator").run(ideal, shots=shots,
-                                                  seed_simulator=5).result().get_counts()
+    counts = simulator("ibmq_qasm_simulator").run(ideal, shots=shots, seed_simulator=5).result().get_counts()
     assert set(counts) <= {"00", "11"} and sum(counts.values()) == shots
 
 
@@ -278,10 +286,13 @@ def test_context_fingerprint_stable_and_distinct():
 
 
 def test_context_fingerprint_stable_across_processes():
-    code = ("from session_broker.backends import context_fingerprint as f; "
-            "print(f('ibm_algiers'), f('aer_simulator'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    code = (
+        "from session_broker.backends import context_fingerprint as f; "
+        "print(f('ibm_algiers'), f('aer_simulator'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == [context_fingerprint("ibm_algiers"), context_fingerprint("aer_simulator")]
 
 
@@ -299,8 +310,14 @@ def test_pass_manager_cached_and_options_honoured():
     layout = isa.layout.initial_index_layout(filter_ancillas=True)
     assert layout == [3, 5]
     check_circuit("ibm_algiers", isa, require_isa=True)
-    pass_manager("ibm_algiers", 3, layout_method="sabre", routing_method="sabre",
-                 approximation_degree=0.99, seed_transpiler=1)
+    pass_manager(
+        "ibm_algiers",
+        3,
+        layout_method="sabre",
+        routing_method="sabre",
+        approximation_degree=0.99,
+        seed_transpiler=1,
+    )
     assert pass_manager("aer_simulator", 0, seed_transpiler=None) is pass_manager("aer_simulator", 0)
 
 
@@ -310,19 +327,24 @@ def test_pass_manager_rejects_bad_level(level):
         pass_manager("ibm_algiers", level)
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"optimization_method": "x"}, "allowed: initial_layout, layout_method, routing_method, "
-                                   "approximation_degree, seed_transpiler"),
-    ({"basis_gates": ["cx"]}, "basis_gates"),
-    ({"initial_layout": [0, 0]}, "initial_layout"),
-    ({"initial_layout": [27]}, "initial_layout"),
-    ({"initial_layout": "0,1"}, "initial_layout"),
-    ({"approximation_degree": 1.5}, "approximation_degree"),
-    ({"seed_transpiler": -1}, "seed_transpiler"),
-    ({"seed_transpiler": "1"}, "seed_transpiler"),
-    ({"layout_method": "nope"}, "nope"),
-    ({"routing_method": "nope"}, "nope"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (
+            {"optimization_method": "x"},
+            "allowed: initial_layout, layout_method, routing_method, approximation_degree, seed_transpiler",
+        ),
+        ({"basis_gates": ["cx"]}, "basis_gates"),
+        ({"initial_layout": [0, 0]}, "initial_layout"),
+        ({"initial_layout": [27]}, "initial_layout"),
+        ({"initial_layout": "0,1"}, "initial_layout"),
+        ({"approximation_degree": 1.5}, "approximation_degree"),
+        ({"seed_transpiler": -1}, "seed_transpiler"),
+        ({"seed_transpiler": "1"}, "seed_transpiler"),
+        ({"layout_method": "nope"}, "nope"),
+        ({"routing_method": "nope"}, "nope"),
+    ],
+)
 def test_pass_manager_rejects_bad_options(options, match):
     with pytest.raises(OptionNotSupportedError, match=match):
         pass_manager("ibm_algiers", 1, **options)
@@ -351,8 +373,11 @@ def test_broker_backend():
 
 def test_import_is_cheap():
     """Importing the catalog must not import qiskit-aer or qiskit-ibm-runtime."""
-    code = ("import sys, session_broker.backends; "
-            "print('qiskit_aer' in sys.modules, 'qiskit_ibm_runtime' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    code = (
+        "import sys, session_broker.backends; "
+        "print('qiskit_aer' in sys.modules, 'qiskit_ibm_runtime' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["False", "False"]

@@ -77,35 +77,129 @@ def test_verdicts_respect_direction(bench):
 def synthetic_results(bench) -> dict:
     s = bench.summarize
     direct = s([0.002, 0.0021, 0.0019])
-    c1 = {name: bench.with_ratios(s(v), direct) for name, v in {
-        "direct": [0.002, 0.0021, 0.0019], "plain_celery": [0.004] * 3, "ibm_local": [0.003] * 3,
-        "sb_job": [0.0026] * 3, "sb_session": [0.0025] * 3}.items()}
-    e1 = {name: bench.with_ratios(s(v), direct) for name, v in {
-        "direct": [0.002, 0.0021, 0.0019], "sb_session": [0.0034] * 3}.items()}
-    phases = {k: s([0.001] * 3) for k in ("client_submit", "queued_to_claim", "claim_to_finish",
-                                          "worker_usage", "finish_to_client", "total")}
+    c1 = {
+        name: bench.with_ratios(s(v), direct)
+        for name, v in {
+            "direct": [0.002, 0.0021, 0.0019],
+            "plain_celery": [0.004] * 3,
+            "ibm_local": [0.003] * 3,
+            "sb_job": [0.0026] * 3,
+            "sb_session": [0.0025] * 3,
+        }.items()
+    }
+    e1 = {
+        name: bench.with_ratios(s(v), direct)
+        for name, v in {"direct": [0.002, 0.0021, 0.0019], "sb_session": [0.0034] * 3}.items()
+    }
+    phases = {
+        k: s([0.001] * 3)
+        for k in (
+            "client_submit",
+            "queued_to_claim",
+            "claim_to_finish",
+            "worker_usage",
+            "finish_to_client",
+            "total",
+        )
+    }
     results = {
-        "mode": "quick", "meta": {"date": "2024-01-01T00:00:00+00:00", "cpu_model": "Synthetic", "cpus": 2},
+        "mode": "quick",
+        "meta": {"date": "2024-01-01T00:00:00+00:00", "cpu_model": "Synthetic", "cpus": 2},
         "scenarios": {
-            "1": {"workloads": {"bell_sampler": {"contenders": c1, "phases": {"sb_session": phases}},
-                                "bell_estimator": {"contenders": e1, "phases": {}}}},
-            "2": {"jobs": 10, "contenders": {
-                "direct": {"mode": "sequential", "jobs": 10, "seconds": 1.0, "jobs_per_s": 10.0, "ratio_to_direct": 1.0},
-                "sb_session": {"mode": "pipelined", "jobs": 10, "seconds": 0.8, "jobs_per_s": 12.5, "ratio_to_direct": 1.25}}},
-            "3": {"steps": 5, "flood_jobs": 20, "workers": 2, "contenders": {
-                "sb_session": {"unloaded_median_s": 1.0, "unloaded_n": 2, "loaded_median_s": 1.5, "loaded_n": 2,
-                               "loaded_over_unloaded": 1.5, "unloaded_over_direct": 3.0,
-                               "loaded_over_direct_unloaded": 4.5, "first_step_loaded_ms": 100.0}}},
-            "4": {"latency": [
-                {"open_sessions": 1, "n": 3, "median_ms": 10.0, "p99_ms": 12.0, "ratio_to_one_session": 1.0, "ratio_to_direct": 2.0},
-                {"open_sessions": 1000, "n": 3, "median_ms": 13.0, "p99_ms": 13.0, "ratio_to_one_session": 1.3,
-                 "ratio_to_one_session_direct_normalized": 1.1, "ratio_to_direct": 2.2}],
-                "memory": [{"sessions": 1000, "baseline_bytes": 10**6, "bytes_per_idle_session": 900.0,
-                            "bytes_left_per_closed_session": 1000.0, "keys_per_idle_session": 2,
-                            "keys_left_per_closed_session": 1}]},
-            "5": {"direct_jobs_per_s": 100.0, "rows": [
-                {"workers": 1, "jobs": 10, "seconds": 1.0, "jobs_per_s": 10.0, "ratio_to_direct": 0.1, "ratio_to_one_worker": 1.0},
-                {"workers": 2, "jobs": 10, "seconds": 0.5, "jobs_per_s": 20.0, "ratio_to_direct": 0.2, "ratio_to_one_worker": 2.0}]},
+            "1": {
+                "workloads": {
+                    "bell_sampler": {"contenders": c1, "phases": {"sb_session": phases}},
+                    "bell_estimator": {"contenders": e1, "phases": {}},
+                }
+            },
+            "2": {
+                "jobs": 10,
+                "contenders": {
+                    "direct": {
+                        "mode": "sequential",
+                        "jobs": 10,
+                        "seconds": 1.0,
+                        "jobs_per_s": 10.0,
+                        "ratio_to_direct": 1.0,
+                    },
+                    "sb_session": {
+                        "mode": "pipelined",
+                        "jobs": 10,
+                        "seconds": 0.8,
+                        "jobs_per_s": 12.5,
+                        "ratio_to_direct": 1.25,
+                    },
+                },
+            },
+            "3": {
+                "steps": 5,
+                "flood_jobs": 20,
+                "workers": 2,
+                "contenders": {
+                    "sb_session": {
+                        "unloaded_median_s": 1.0,
+                        "unloaded_n": 2,
+                        "loaded_median_s": 1.5,
+                        "loaded_n": 2,
+                        "loaded_over_unloaded": 1.5,
+                        "unloaded_over_direct": 3.0,
+                        "loaded_over_direct_unloaded": 4.5,
+                        "first_step_loaded_ms": 100.0,
+                    }
+                },
+            },
+            "4": {
+                "latency": [
+                    {
+                        "open_sessions": 1,
+                        "n": 3,
+                        "median_ms": 10.0,
+                        "p99_ms": 12.0,
+                        "ratio_to_one_session": 1.0,
+                        "ratio_to_direct": 2.0,
+                    },
+                    {
+                        "open_sessions": 1000,
+                        "n": 3,
+                        "median_ms": 13.0,
+                        "p99_ms": 13.0,
+                        "ratio_to_one_session": 1.3,
+                        "ratio_to_one_session_direct_normalized": 1.1,
+                        "ratio_to_direct": 2.2,
+                    },
+                ],
+                "memory": [
+                    {
+                        "sessions": 1000,
+                        "baseline_bytes": 10**6,
+                        "bytes_per_idle_session": 900.0,
+                        "bytes_left_per_closed_session": 1000.0,
+                        "keys_per_idle_session": 2,
+                        "keys_left_per_closed_session": 1,
+                    }
+                ],
+            },
+            "5": {
+                "direct_jobs_per_s": 100.0,
+                "rows": [
+                    {
+                        "workers": 1,
+                        "jobs": 10,
+                        "seconds": 1.0,
+                        "jobs_per_s": 10.0,
+                        "ratio_to_direct": 0.1,
+                        "ratio_to_one_worker": 1.0,
+                    },
+                    {
+                        "workers": 2,
+                        "jobs": 10,
+                        "seconds": 0.5,
+                        "jobs_per_s": 20.0,
+                        "ratio_to_direct": 0.2,
+                        "ratio_to_one_worker": 2.0,
+                    },
+                ],
+            },
         },
     }
     results["targets"] = bench.compute_targets(results)
@@ -115,9 +209,17 @@ def synthetic_results(bench) -> dict:
 def test_targets_from_synthetic_results(bench):
     results = synthetic_results(bench)
     verdicts = {t["id"]: t["verdict"] for t in results["targets"]}
-    assert verdicts == {"latency": "PASS", "vs_ibm_local": "PASS", "latency_estimator": "MISS",
-                        "throughput": "PASS", "flood": "MISS", "open_sessions": "PASS",
-                        "memory_idle": "PASS", "memory_closed": "MISS", "rest_client": "n/a"}
+    assert verdicts == {
+        "latency": "PASS",
+        "vs_ibm_local": "PASS",
+        "latency_estimator": "MISS",
+        "throughput": "PASS",
+        "flood": "MISS",
+        "open_sessions": "PASS",
+        "memory_idle": "PASS",
+        "memory_closed": "MISS",
+        "rest_client": "n/a",
+    }
     # ahead of IBM's local mode: our ratio over theirs, both to the same direct calls
     vs_ibm = next(t for t in results["targets"] if t["id"] == "vs_ibm_local")
     assert vs_ibm["value"] == pytest.approx(0.0025 / 0.003)
@@ -134,8 +236,18 @@ def test_targets_from_synthetic_results(bench):
 def test_render_and_json_round_trip(bench, tmp_path):
     results = synthetic_results(bench)
     text = bench.render(results)
-    for needle in ("Scenario 1", "Scenario 2", "Scenario 3", "Scenario 4", "Scenario 5", "Targets",
-                   "sb_session", "1.25x", "PASS", "MISS"):
+    for needle in (
+        "Scenario 1",
+        "Scenario 2",
+        "Scenario 3",
+        "Scenario 4",
+        "Scenario 5",
+        "Targets",
+        "sb_session",
+        "1.25x",
+        "PASS",
+        "MISS",
+    ):
         assert needle in text
     out, latest = tmp_path / "run.json", tmp_path / "latest-quick.json"
     assert bench.write_results(results, out, latest) == [out, latest]
@@ -164,14 +276,34 @@ def test_mitigation_table_judges_each_circuit_against_its_first_row():
     from benchmarks.mitigation import judge, render
 
     def row(circuit, level, error, seconds, dd=None):
-        return {"circuit": circuit, "backend": "ibm_manila", "level": level, "dd": dd,
-                "ideal": 1.0, "values": [1 - error], "abs_error": error, "abs_error_sem": 0.001,
-                "reported_std": 0.01, "median_job_s": seconds}
+        return {
+            "circuit": circuit,
+            "backend": "ibm_manila",
+            "level": level,
+            "dd": dd,
+            "ideal": 1.0,
+            "values": [1 - error],
+            "abs_error": error,
+            "abs_error_sem": 0.001,
+            "reported_std": 0.01,
+            "median_job_s": seconds,
+        }
 
-    results = judge({"mode": "quick", "seeds": [1], "precision": 1 / 64, "rows": [
-        row("ghz5-readout", 0, 0.2, 1.0), row("ghz5-readout", 1, 0.12, 3.0),
-        row("ising5-trotter", 0, 0.06, 1.0), row("ising5-trotter", 2, 0.01, 50.0),
-        row("idle-echo", 1, 0.1, 2.0), row("idle-echo", 1, 0.1, 4.0, dd="XX")]})
+    results = judge(
+        {
+            "mode": "quick",
+            "seeds": [1],
+            "precision": 1 / 64,
+            "rows": [
+                row("ghz5-readout", 0, 0.2, 1.0),
+                row("ghz5-readout", 1, 0.12, 3.0),
+                row("ising5-trotter", 0, 0.06, 1.0),
+                row("ising5-trotter", 2, 0.01, 50.0),
+                row("idle-echo", 1, 0.1, 2.0),
+                row("idle-echo", 1, 0.1, 4.0, dd="XX"),
+            ],
+        }
+    )
     rows = results["rows"]
     assert rows[1]["error_vs_level0"] == pytest.approx(0.6) and rows[1]["met"] is False
     assert rows[3]["met"] is True and rows[3]["time_vs_level0"] == 50.0

@@ -25,11 +25,11 @@ def test_memo_forgets_the_oldest_beyond_its_entries_and_characters():
         memo.put(key, key.upper(), 1)
     memo.put("d", "D", 1)
     assert memo.get("a") is None and [memo.get(k) for k in "bcd"] == ["B", "C", "D"]
-    memo.put("e", "E", 9)                       # 3 + 9 > 10: the oldest go until it fits
+    memo.put("e", "E", 9)  # 3 + 9 > 10: the oldest go until it fits
     assert len(memo) == 2 and memo.get("d") == "D" and memo.get("e") == "E"
-    memo.put("huge", "H", 11)                   # bigger than the whole memo: not kept
+    memo.put("huge", "H", 11)  # bigger than the whole memo: not kept
     assert memo.get("huge") is None and memo.get("e") == "E"
-    memo.put("e", "E2", 2)                      # replacing an entry gives its room back
+    memo.put("e", "E2", 2)  # replacing an entry gives its room back
     assert memo.get("e") == "E2" and memo._chars == 3
 
 

@@ -60,16 +60,14 @@ def multi_creg() -> QuantumCircuit:
 
 
 def sampler_rt(pubs, options=None):
-    text = codec.encode_payload("sampler", codec.encode_sampler_pubs(pubs), options or {},
-                                max_bytes=MAX)
+    text = codec.encode_payload("sampler", codec.encode_sampler_pubs(pubs), options or {}, max_bytes=MAX)
     job = codec.decode_payload(text, max_bytes=MAX)
     assert job.primitive == "sampler"
     return job
 
 
 def estimator_rt(pubs, options=None):
-    text = codec.encode_payload("estimator", codec.encode_estimator_pubs(pubs), options or {},
-                                max_bytes=MAX)
+    text = codec.encode_payload("estimator", codec.encode_estimator_pubs(pubs), options or {}, max_bytes=MAX)
     job = codec.decode_payload(text.encode(), max_bytes=MAX)
     assert job.primitive == "estimator"
     return job
@@ -141,12 +139,13 @@ def test_empty_bindings_with_a_shape_are_kept():
 def test_estimator_broadcasting_and_precision():
     rng = np.random.default_rng(2)
     values = rng.random((5, 3, 2))
-    obs_col = [[SparsePauliOp.from_list([("ZZ", 1.0), ("XI", -0.5)])],
-               ["ZI"], ["IZ"], ["XX"], ["YY"]]
+    obs_col = [[SparsePauliOp.from_list([("ZZ", 1.0), ("XI", -0.5)])], ["ZI"], ["IZ"], ["XX"], ["YY"]]
     obs_row = [[Pauli("ZZ"), {"XX": 0.25, "YY": 2}, SparseObservable("+0")]]
-    pubs = [EstimatorPub.coerce((ansatz(), obs_col, values, 0.01)),
-            EstimatorPub.coerce((ansatz(), obs_row, values)),
-            EstimatorPub.coerce((ansatz(), "ZZ", [0.1, 0.2], 0))]
+    pubs = [
+        EstimatorPub.coerce((ansatz(), obs_col, values, 0.01)),
+        EstimatorPub.coerce((ansatz(), obs_row, values)),
+        EstimatorPub.coerce((ansatz(), "ZZ", [0.1, 0.2], 0)),
+    ]
     got = estimator_rt(pubs).pubs
     assert [p.shape for p in got] == [(5, 3), (5, 3), ()]
     assert [p.precision for p in got] == [0.01, None, 0.0]
@@ -206,7 +205,7 @@ def test_nested_circuit_wider_than_its_circuit_is_refused():
     """qiskit builds a nested body's bits as declared: 5e8 clbits took 40 s and 8 GB."""
     raw = bytearray(codec._b64decode(codec.encode_circuit(control_flow_circuit()), "x"))
     (first, *_) = nested_header_offsets(bytes(raw))
-    struct.pack_into("!I", raw, first + 9, 500_000_000)          # its num_clbits
+    struct.pack_into("!I", raw, first + 9, 500_000_000)  # its num_clbits
     with pytest.raises(InvalidPayloadError, match="nested circuit .* 500000000 clbits"):
         codec.decode_circuit(qpy_b64(bytes(raw)))
 
@@ -216,10 +215,10 @@ def test_nested_circuits_wider_in_all_than_the_qpy_are_refused():
     so all of them together cannot outgrow the bytes."""
     raw = bytearray(codec._b64decode(codec.encode_circuit(control_flow_circuit(40, 1000, 2)), "x"))
     offsets = nested_header_offsets(bytes(raw))
-    assert len(offsets) == 80                                    # 40 if and 40 else bodies
-    codec.decode_circuit(qpy_b64(bytes(raw)))                    # as written: fine
+    assert len(offsets) == 80  # 40 if and 40 else bodies
+    codec.decode_circuit(qpy_b64(bytes(raw)))  # as written: fine
     for h in offsets:
-        struct.pack_into("!I", raw, h + 5, 1000)                 # as wide as the circuit
+        struct.pack_into("!I", raw, h + 5, 1000)  # as wide as the circuit
     with pytest.raises(InvalidPayloadError, match="bits in all"):
         codec.decode_circuit(qpy_b64(bytes(raw)))
 
@@ -288,8 +287,9 @@ def assert_results_equal(got: PrimitiveResult, want: PrimitiveResult):
 def test_sampler_result_round_trip_from_aer():
     from qiskit_aer.primitives import SamplerV2
 
-    job = sampler_rt([SamplerPub.coerce((multi_creg(), np.linspace(0, 3, 6).reshape(2, 3), 50)),
-                      SamplerPub.coerce(bell())])
+    job = sampler_rt(
+        [SamplerPub.coerce((multi_creg(), np.linspace(0, 3, 6).reshape(2, 3), 50)), SamplerPub.coerce(bell())]
+    )
     result = SamplerV2(seed=7).run(job.pubs, shots=64).result()
     got = codec.decode_result(codec.encode_result(result))
     assert_results_equal(got, result)
@@ -301,9 +301,12 @@ def test_estimator_result_round_trip_from_aer():
     from qiskit_aer.primitives import EstimatorV2
 
     values = np.random.default_rng(3).random((5, 3, 2))
-    job = estimator_rt([EstimatorPub.coerce((ansatz(), [["ZZ"], ["XI"], ["IZ"], ["XX"], ["YY"]],
-                                             values, 0.05)),
-                        EstimatorPub.coerce((ansatz(), [["ZZ", "XX", "IY"]], values))])
+    job = estimator_rt(
+        [
+            EstimatorPub.coerce((ansatz(), [["ZZ"], ["XI"], ["IZ"], ["XX"], ["YY"]], values, 0.05)),
+            EstimatorPub.coerce((ansatz(), [["ZZ", "XX", "IY"]], values)),
+        ]
+    )
     result = EstimatorV2(options={"run_options": {"seed": 5}}).run(job.pubs).result()
     got = codec.decode_result(codec.encode_result(result))
     assert_results_equal(got, result)
@@ -321,11 +324,23 @@ def test_zero_d_estimator_result_keeps_its_shape():
 
 
 def test_result_extra_fields_and_awkward_metadata():
-    data = DataBin(evs=np.arange(6.0).reshape(2, 3), stds=np.zeros((2, 3)),
-                   ensemble_standard_error=np.ones((2, 3)),
-                   counts=np.arange(6, dtype=">i4").reshape(2, 3), note="hello", shape=(2, 3))
-    meta = {"n": np.int64(3), "x": np.float32(0.5), "arr": np.eye(2), "bad": float("nan"),
-            1: (1, 2), "obj": object(), "nested": {"ok": [True, None]}}
+    data = DataBin(
+        evs=np.arange(6.0).reshape(2, 3),
+        stds=np.zeros((2, 3)),
+        ensemble_standard_error=np.ones((2, 3)),
+        counts=np.arange(6, dtype=">i4").reshape(2, 3),
+        note="hello",
+        shape=(2, 3),
+    )
+    meta = {
+        "n": np.int64(3),
+        "x": np.float32(0.5),
+        "arr": np.eye(2),
+        "bad": float("nan"),
+        1: (1, 2),
+        "obj": object(),
+        "nested": {"ok": [True, None]},
+    }
     result = PrimitiveResult([PubResult(data, meta)], {"version": 2, "inf": np.inf})
     got = codec.decode_result(codec.encode_result(result))
     (pub,) = got
@@ -337,12 +352,17 @@ def test_result_extra_fields_and_awkward_metadata():
     assert pub.metadata["arr"] == [[1.0, 0.0], [0.0, 1.0]] and pub.metadata["bad"] == "nan"
     assert pub.metadata["1"] == [1, 2] and isinstance(pub.metadata["obj"], str)
     assert got.metadata == {"version": 2, "inf": "inf"}
-    assert json.loads(codec.encode_result(result))      # strict JSON: no NaN literals
+    assert json.loads(codec.encode_result(result))  # strict JSON: no NaN literals
 
 
 def test_decode_result_rejects_garbage():
-    for bad in ["", "[]", '{"v":1}', '{"v":2,"metadata":{},"pubs":[]}',
-                '{"v":1,"metadata":{},"pubs":[{"kind":"x","shape":[],"metadata":{},"fields":[]}]}']:
+    for bad in [
+        "",
+        "[]",
+        '{"v":1}',
+        '{"v":2,"metadata":{},"pubs":[]}',
+        '{"v":1,"metadata":{},"pubs":[{"kind":"x","shape":[],"metadata":{},"fields":[]}]}',
+    ]:
         with pytest.raises(InvalidPayloadError):
             codec.decode_result(bad)
     assert len(codec.decode_result('{"v":1,"metadata":{},"pubs":[]}')) == 0
@@ -392,7 +412,7 @@ def set_path(obj, path, value):
 
 
 DELETE = object()
-SP = ("pubs", 0)                       # path to the first PUB
+SP = ("pubs", 0)  # path to the first PUB
 ARR = SP + ("params", "data", 0, "array")
 NAN_B64 = base64.b64encode(np.full(12, np.nan).tobytes()).decode()
 GARBAGE_QPY = b"QISKIT\x12\x02\x06\x02" + b"\x00" * 7 + b"\x01pq" + b"\xff" * 200
@@ -416,29 +436,56 @@ CASES = {
     "truncated QPY": ("sampler", SP + ("circuit",), qpy_b64(bell_qpy()[:150]), "truncated"),
     "tiny QPY": ("sampler", SP + ("circuit",), qpy_b64(b"QISK"), "truncated"),
     "QPY of garbage": ("sampler", SP + ("circuit",), qpy_b64(b"garbage" * 20), "not QPY data"),
-    "QPY offset out of bounds": ("sampler", SP + ("circuit",), qpy_b64(GARBAGE_QPY),
-                                 "out of bounds"),
-    "QPY corrupt body": ("sampler", SP + ("circuit",),
-                         qpy_b64(bell_qpy()[:-100] + b"\xee" * 100), "corrupt QPY"),
-    "QPY too many programs": ("sampler", SP + ("circuit",),
-                              qpy_b64(bell_qpy()[:10] + struct.pack("!Q", 2) + bell_qpy()[18:]),
-                              "exactly one circuit"),
-    "QPY future version": ("sampler", SP + ("circuit",), qpy_b64(b"QISKIT\x63" + bell_qpy()[7:]),
-                           "QPY version 99 is not supported"),
-    "QPY old version": ("sampler", SP + ("circuit",), qpy_b64(b"QISKIT\x05" + bell_qpy()[7:]),
-                        "QPY version 5 is not supported"),
-    "QPY header claims 4e9 qubits": ("sampler", SP + ("circuit",),
-                                     with_header(qubits=4_000_000_000),
-                                     "4000000000 qubits"),
-    "QPY header claims 4e9 clbits": ("sampler", SP + ("circuit",),
-                                     with_header(clbits=4_000_000_000),
-                                     "clbits"),
-    "QPY header claims 2^60 instructions": ("sampler", SP + ("circuit",),
-                                            with_header(instrs=2**60), "declares more data"),
-    "QPY header huge metadata": ("sampler", SP + ("circuit",), with_header(meta=2**40),
-                                 "declares more data"),
-    "too wide circuit": ("sampler", SP + ("circuit",), codec.encode_circuit(QuantumCircuit(1001)),
-                         "at most 1000"),
+    "QPY offset out of bounds": ("sampler", SP + ("circuit",), qpy_b64(GARBAGE_QPY), "out of bounds"),
+    "QPY corrupt body": (
+        "sampler",
+        SP + ("circuit",),
+        qpy_b64(bell_qpy()[:-100] + b"\xee" * 100),
+        "corrupt QPY",
+    ),
+    "QPY too many programs": (
+        "sampler",
+        SP + ("circuit",),
+        qpy_b64(bell_qpy()[:10] + struct.pack("!Q", 2) + bell_qpy()[18:]),
+        "exactly one circuit",
+    ),
+    "QPY future version": (
+        "sampler",
+        SP + ("circuit",),
+        qpy_b64(b"QISKIT\x63" + bell_qpy()[7:]),
+        "QPY version 99 is not supported",
+    ),
+    "QPY old version": (
+        "sampler",
+        SP + ("circuit",),
+        qpy_b64(b"QISKIT\x05" + bell_qpy()[7:]),
+        "QPY version 5 is not supported",
+    ),
+    "QPY header claims 4e9 qubits": (
+        "sampler",
+        SP + ("circuit",),
+        with_header(qubits=4_000_000_000),
+        "4000000000 qubits",
+    ),
+    "QPY header claims 4e9 clbits": (
+        "sampler",
+        SP + ("circuit",),
+        with_header(clbits=4_000_000_000),
+        "clbits",
+    ),
+    "QPY header claims 2^60 instructions": (
+        "sampler",
+        SP + ("circuit",),
+        with_header(instrs=2**60),
+        "declares more data",
+    ),
+    "QPY header huge metadata": ("sampler", SP + ("circuit",), with_header(meta=2**40), "declares more data"),
+    "too wide circuit": (
+        "sampler",
+        SP + ("circuit",),
+        codec.encode_circuit(QuantumCircuit(1001)),
+        "at most 1000",
+    ),
     "negative shots": ("sampler", SP + ("shots",), -5, "outside the allowed range"),
     "zero shots": ("sampler", SP + ("shots",), 0, "outside the allowed range"),
     "too many shots": ("sampler", SP + ("shots",), 10_000_001, "outside the allowed range"),
@@ -452,29 +499,45 @@ CASES = {
     "negative dimension": ("sampler", ARR + ("shape",), [-2, 3, 2], "outside the allowed range"),
     "too many dimensions": ("sampler", ARR + ("shape",), [1] * 40, "at most 32"),
     "wrong dtype": ("sampler", ARR + ("dtype",), "|O", "expected one of"),
-    "params shape mismatch": ("sampler", SP + ("params", "shape"), [3, 2],
-                              "not the bindings shape"),
-    "unknown parameter name": ("sampler", SP + ("params", "data", 0, "names"), ["phi", "zz"],
-                               "parameter names"),
-    "duplicated parameter": ("sampler", SP + ("params", "data", 0, "names"), ["phi", "phi"],
-                             "more than once"),
+    "params shape mismatch": ("sampler", SP + ("params", "shape"), [3, 2], "not the bindings shape"),
+    "unknown parameter name": (
+        "sampler",
+        SP + ("params", "data", 0, "names"),
+        ["phi", "zz"],
+        "parameter names",
+    ),
+    "duplicated parameter": (
+        "sampler",
+        SP + ("params", "data", 0, "names"),
+        ["phi", "phi"],
+        "more than once",
+    ),
     "missing parameters": ("sampler", SP + ("params", "data"), [], "parameter names"),
-    "invalid Pauli label": ("estimator", SP + ("observables", "terms", 0), {"ZQ": 1.0},
-                            "invalid Pauli label 'ZQ'"),
-    "coeff not a number": ("estimator", SP + ("observables", "terms", 0), {"ZZ": "1"},
-                           "not a finite number"),
-    "coeff huge int": ("estimator", SP + ("observables", "terms", 0), {"ZZ": 10**400},
-                       "not a finite number"),
+    "invalid Pauli label": (
+        "estimator",
+        SP + ("observables", "terms", 0),
+        {"ZQ": 1.0},
+        "invalid Pauli label 'ZQ'",
+    ),
+    "coeff not a number": ("estimator", SP + ("observables", "terms", 0), {"ZZ": "1"}, "not a finite number"),
+    "coeff huge int": ("estimator", SP + ("observables", "terms", 0), {"ZZ": 10**400}, "not a finite number"),
     "empty observable": ("estimator", SP + ("observables", "terms", 0), {}, "non-empty"),
-    "observables count vs shape": ("estimator", SP + ("observables", "shape"), [4],
-                                   "expected a list of 4"),
-    "observable on wrong qubits": ("estimator", SP + ("observables", "terms", 0), {"ZZZ": 1.0},
-                                   "number of qubits"),
+    "observables count vs shape": ("estimator", SP + ("observables", "shape"), [4], "expected a list of 4"),
+    "observable on wrong qubits": (
+        "estimator",
+        SP + ("observables", "terms", 0),
+        {"ZZZ": 1.0},
+        "number of qubits",
+    ),
     "negative precision": ("estimator", SP + ("precision",), -0.1, "non-negative"),
     "precision as string": ("estimator", SP + ("precision",), "0.1", "non-negative"),
     "sampler pub to estimator": ("estimator", SP + ("shots",), 5, "unknown key 'shots'"),
-    "not broadcastable": ("estimator", SP + ("observables",),
-                          {"shape": [2], "terms": [{"ZZ": 1}, {"XX": 1}]}, "broadcastable"),
+    "not broadcastable": (
+        "estimator",
+        SP + ("observables",),
+        {"shape": [2], "terms": [{"ZZ": 1}, {"XX": 1}]},
+        "broadcastable",
+    ),
 }
 
 
@@ -521,7 +584,7 @@ def test_decoder_max_bytes_counts_utf8_bytes():
     assert codec.decode_payload(text, max_bytes=len(text)).pubs
     with pytest.raises(InvalidPayloadError, match="over the limit"):
         codec.decode_payload(text, max_bytes=len(text) - 1)
-    noisy = text[:-1] + ', "é": 1}'    # non-ASCII: 2 bytes per character
+    noisy = text[:-1] + ', "é": 1}'  # non-ASCII: 2 bytes per character
     with pytest.raises(InvalidPayloadError, match="over the limit"):
         codec.decode_payload(noisy, max_bytes=len(noisy))
 

@@ -31,12 +31,15 @@ from session_broker.core import codec
 from session_broker.errors import InvalidPayloadError
 
 EXAMPLES = int(os.environ.get("SB_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much])
-PER_EXAMPLE_S = 5.0             # a decode takes well under 10 ms; 5 s means a hang
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+PER_EXAMPLE_S = 5.0  # a decode takes well under 10 ms; 5 s means a hang
 MAX_BYTES = 1 << 20
-RSS_GROWTH_LIMIT_KB = 2 << 20   # 2 GiB over the whole module
+RSS_GROWTH_LIMIT_KB = 2 << 20  # 2 GiB over the whole module
 
 
 class Hang(BaseException):
@@ -45,8 +48,10 @@ class Hang(BaseException):
 
 def decode_or_reject(data):
     """The property under test, for one input."""
+
     def on_alarm(signum, frame):
         raise Hang
+
     can_alarm = hasattr(signal, "setitimer")
     if can_alarm:
         previous = signal.signal(signal.SIGALRM, on_alarm)
@@ -133,8 +138,9 @@ def ansatz() -> QuantumCircuit:
 
 def _payload(primitive, pubs) -> dict:
     encode = codec.encode_sampler_pubs if primitive == "sampler" else codec.encode_estimator_pubs
-    text = codec.encode_payload(primitive, encode(pubs), {"seed": 1, "opts": {"a": [1.5]}},
-                                max_bytes=MAX_BYTES)
+    text = codec.encode_payload(
+        primitive, encode(pubs), {"seed": 1, "opts": {"a": [1.5]}}, max_bytes=MAX_BYTES
+    )
     return json.loads(text)
 
 
@@ -142,32 +148,61 @@ measured = ansatz()
 measured.measure_all()
 BASES = [
     _payload("sampler", [bell()]),
-    _payload("sampler", [(measured, np.linspace(0, 1, 12).reshape(2, 3, 2), 100),
-                         (bell(), None, 5)]),
+    _payload("sampler", [(measured, np.linspace(0, 1, 12).reshape(2, 3, 2), 100), (bell(), None, 5)]),
     _payload("sampler", [(rich_circuit(), np.ones((2, 4)), 10)]),
-    _payload("estimator", [(ansatz(), [["ZZ"], [{"XI": 0.5, "IY": -1}]], np.ones((1, 3, 2)), 0.1),
-                           (ansatz(), "+0", [0.1, 0.2])]),
+    _payload(
+        "estimator",
+        [
+            (ansatz(), [["ZZ"], [{"XI": 0.5, "IY": -1}]], np.ones((1, 3, 2)), 0.1),
+            (ansatz(), "+0", [0.1, 0.2]),
+        ],
+    ),
 ]
 
 # --- strategies ------------------------------------------------------------------------------
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=8,
 )
-INTERESTING = [0, 1, 2, -1, 255, 256, 1000, 1001, 65535, 2**31 - 1, 2**31, 2**32 - 1, 2**32,
-               2**63 - 1, 2**63, 2**64 - 1, 10**7, 10**7 + 1, 10**400]
+INTERESTING = [
+    0,
+    1,
+    2,
+    -1,
+    255,
+    256,
+    1000,
+    1001,
+    65535,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+    2**32,
+    2**63 - 1,
+    2**63,
+    2**64 - 1,
+    10**7,
+    10**7 + 1,
+    10**400,
+]
 interesting_numbers = st.sampled_from(INTERESTING) | st.integers() | st.floats() | st.booleans()
-schema_shaped = st.fixed_dictionaries({
-    "v": st.just(1) | json_values,
-    "primitive": st.sampled_from(codec.PRIMITIVES) | json_values,
-    "pubs": st.lists(st.dictionaries(
-        st.sampled_from(["circuit", "params", "shots", "observables", "precision"]),
-        json_values), max_size=3),
-    "options": json_values,
-})
+schema_shaped = st.fixed_dictionaries(
+    {
+        "v": st.just(1) | json_values,
+        "primitive": st.sampled_from(codec.PRIMITIVES) | json_values,
+        "pubs": st.lists(
+            st.dictionaries(
+                st.sampled_from(["circuit", "params", "shots", "observables", "precision"]), json_values
+            ),
+            max_size=3,
+        ),
+        "options": json_values,
+    }
+)
 unstructured = st.one_of(
     st.binary(max_size=1024),
     st.text(max_size=256),
@@ -194,11 +229,11 @@ def _mutate_str(draw, text: str) -> str:
     i = draw(st.integers(0, len(text) - 1))
     how = draw(st.sampled_from(["flip", "truncate", "append", "drop"]))
     if how == "flip":
-        return text[:i] + draw(st.sampled_from("A/+=_-Zz0\x00é")) + text[i + 1:]
+        return text[:i] + draw(st.sampled_from("A/+=_-Zz0\x00é")) + text[i + 1 :]
     if how == "truncate":
         return text[:i]
     if how == "drop":
-        return text[:i] + text[i + 1:]
+        return text[:i] + text[i + 1 :]
     return text + draw(st.text(max_size=8))
 
 
@@ -213,12 +248,12 @@ def _mutate_bytes(rng, raw: bytes) -> bytes:
         how = rng.choice(["byte", "int", "int", "int", "cut", "insert", "truncate"])
         if how == "byte":
             data[i] = rng.randrange(256)
-        elif how == "int":               # QPY's counts and sizes are big-endian 1/2/4/8 bytes
+        elif how == "int":  # QPY's counts and sizes are big-endian 1/2/4/8 bytes
             width = rng.choice([1, 2, 4, 8])
             value = rng.choice(INTERESTING) if rng.random() < 0.7 else rng.getrandbits(8 * width)
-            data[i:i + width] = (value % 2 ** (8 * width)).to_bytes(width, "big")
+            data[i : i + width] = (value % 2 ** (8 * width)).to_bytes(width, "big")
         elif how == "cut":
-            del data[i:i + rng.randrange(1, 16)]
+            del data[i : i + rng.randrange(1, 16)]
         elif how == "insert":
             data[i:i] = rng.randbytes(rng.randrange(1, 16))
         else:

@@ -72,8 +72,10 @@ def _sb_module(name: str) -> types.ModuleType:
 
 def _compose() -> dict:
     if yaml is None:
-        pytest.fail("PyYAML is missing: install the test extras (pip install -e '.[test]') "
-                    "or PyYAML alone (pip install PyYAML)")
+        pytest.fail(
+            "PyYAML is missing: install the test extras (pip install -e '.[test]') "
+            "or PyYAML alone (pip install PyYAML)"
+        )
     return yaml.safe_load(COMPOSE.read_text())
 
 
@@ -108,13 +110,16 @@ def _documented_in_env_example() -> set[str]:
 
 
 # $$, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, $VAR
-_REF = re.compile(r"\$(?:(?P<escaped>\$)"
-                  r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
-                  r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_REF = re.compile(
+    r"\$(?:(?P<escaped>\$)"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 def _interpolate(text: str, env: dict[str, str]) -> str:
     """Compose's variable substitution, enough for this file."""
+
     def sub(m: re.Match) -> str:
         if m["escaped"]:
             return "$"
@@ -127,6 +132,7 @@ def _interpolate(text: str, env: dict[str, str]) -> str:
         if op in (":-", "-") and missing:
             return arg
         return value or ""
+
     return _REF.sub(sub, text)
 
 
@@ -155,8 +161,11 @@ def _broker_services() -> dict[str, dict]:
 
 
 def _worker_services() -> dict[str, dict]:
-    return {name: svc for name, svc in _broker_services().items()
-            if _argv(svc.get("command", []))[:1] == ["worker"]}
+    return {
+        name: svc
+        for name, svc in _broker_services().items()
+        if _argv(svc.get("command", []))[:1] == ["worker"]
+    }
 
 
 def _option(argv: list[str], flag: str) -> str | None:
@@ -202,15 +211,16 @@ def _dockerfile() -> list[tuple[str, str]]:
 @functools.lru_cache(maxsize=1)
 def _accepts_env_file(exe: str) -> bool:
     """--env-file arrived in docker-compose 1.25; older ones only read the environment."""
-    return "--env-file" in subprocess.run([exe, "--help"], capture_output=True, text=True,
-                                          timeout=60).stdout
+    return "--env-file" in subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60).stdout
 
 
 def _docker_compose() -> str:
     exe = shutil.which("docker-compose")
     if exe is None:
-        pytest.fail("docker-compose is not on PATH: install Debian's docker-compose package "
-                    "(apt-get install docker-compose); its `config` command needs no Docker engine")
+        pytest.fail(
+            "docker-compose is not on PATH: install Debian's docker-compose package "
+            "(apt-get install docker-compose); its `config` command needs no Docker engine"
+        )
     return exe
 
 
@@ -223,8 +233,11 @@ def _run_compose_config(env_file: Path, *extra: Path) -> subprocess.CompletedPro
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
             file_env[key.strip()] = value.strip()
-    clean = {k: v for k, v in os.environ.items()
-             if k not in _env_example() and k not in file_env and not k.startswith("COMPOSE_")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _env_example() and k not in file_env and not k.startswith("COMPOSE_")
+    }
     files = [arg for path in (COMPOSE, *extra) for arg in ("-f", str(path))]
     if _accepts_env_file(exe):
         argv = [exe, *files, "--env-file", str(env_file), "config"]
@@ -254,8 +267,9 @@ def test_dockerfile_is_slim_non_root_and_runs_the_cli():
     assert users[-1].split(":")[0] not in ("root", "0"), f"runs as {users[-1]}"
 
     entrypoint = [json.loads(rest) for word, rest in steps if word == "ENTRYPOINT"]
-    assert entrypoint and entrypoint[-1] == ["session-broker"], \
-        "ENTRYPOINT must be the exec form [\"session-broker\"] so compose commands are CLI args"
+    assert entrypoint and entrypoint[-1] == ["session-broker"], (
+        'ENTRYPOINT must be the exec form ["session-broker"] so compose commands are CLI args'
+    )
     assert 'session-broker = "session_broker.ops.cli:main"' in (ROOT / "pyproject.toml").read_text()
 
     cmd = [json.loads(rest) for word, rest in steps if word == "CMD"]
@@ -267,8 +281,11 @@ def test_dockerfile_is_slim_non_root_and_runs_the_cli():
 
 
 def test_dockerignore_keeps_state_and_secrets_out_of_the_context():
-    entries = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()
-               if line.strip() and not line.lstrip().startswith("#")}
+    entries = {
+        line.strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
     for required in (".venv", ".git", ".sb-state", ".env"):
         assert required in entries, f".dockerignore lacks {required}"
     for required in ("tests/artifacts", "benchmarks/results"):
@@ -286,17 +303,20 @@ def test_redis_is_persistent_password_protected_and_health_checked():
     argv = redis["command"] if isinstance(redis["command"], list) else shlex.split(redis["command"])
     assert _option(argv, "--appendonly") == "yes", argv
     password = _option(argv, "--requirepass")
-    assert password and re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", password), \
+    assert password and re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", password), (
         "--requirepass must be ${REDIS_PASSWORD:?message}, so compose refuses an unset password"
-    volumes = [v.get("target") if isinstance(v, dict) else str(v).split(":")[1]
-               for v in redis.get("volumes", [])]
+    )
+    volumes = [
+        v.get("target") if isinstance(v, dict) else str(v).split(":")[1] for v in redis.get("volumes", [])
+    ]
     assert "/data" in volumes, "no volume on /data: the append-only file would not survive"
     test = redis["healthcheck"]["test"]
     test = " ".join(test) if isinstance(test, list) else test
     assert "redis-cli" in test and "ping" in test, test
     env = _environment(redis)
-    assert "-a " in test or env.get("REDISCLI_AUTH", "").startswith("${REDIS_PASSWORD"), \
+    assert "-a " in test or env.get("REDISCLI_AUTH", "").startswith("${REDIS_PASSWORD"), (
         "the healthcheck's redis-cli has no password (-a or REDISCLI_AUTH)"
+    )
 
 
 def test_every_broker_service_runs_our_image_against_the_same_redis():
@@ -306,15 +326,17 @@ def test_every_broker_service_runs_our_image_against_the_same_redis():
         assert _argv(svc.get("entrypoint", ["session-broker"])) == ["session-broker"], name
         url = _interpolate(_environment(svc).get("SESSION_BROKER_URL", ""), _env_example())
         assert url == URL_TEMPLATE.format(password=password), f"{name}: SESSION_BROKER_URL={url!r}"
-        assert _depends_on(svc).get(REDIS_SERVICE) == "service_healthy", \
+        assert _depends_on(svc).get(REDIS_SERVICE) == "service_healthy", (
             f"{name} must wait for a healthy Redis"
+        )
 
 
 def test_workers_cover_two_backends_and_scale():
     workers = _worker_services()
     backends = {name: _option(_argv(svc["command"]), "--backend") for name, svc in workers.items()}
-    assert len(workers) >= 2 and len(set(backends.values())) >= 2, \
+    assert len(workers) >= 2 and len(set(backends.values())) >= 2, (
         f"need worker services for at least two backends, have {backends}"
+    )
     known = set(_sb_module("backends").known_backends())
     for name, svc in workers.items():
         assert backends[name] in known, f"{name}: unknown backend {backends[name]!r}; known: {sorted(known)}"
@@ -323,8 +345,9 @@ def test_workers_cover_two_backends_and_scale():
         # every replica the same Celery node name.
         for key in ("container_name", "ports", "hostname"):
             assert key not in svc, f"{name} sets {key}: `--scale {name}=3` would fail or collide"
-        assert _option(_argv(svc["command"]), "--name") is None, \
+        assert _option(_argv(svc["command"]), "--name") is None, (
             f"{name} fixes --name: replicas must get the default BACKEND-RANDOM@HOST"
+        )
 
 
 def test_flower_and_jobs_page_require_a_login_and_are_published():
@@ -339,14 +362,16 @@ def test_flower_and_jobs_page_require_a_login_and_are_published():
         assert _option(argv, "--address") == "0.0.0.0", f"{name} must listen beyond the container"
         assert _option(argv, "--port") == str(port), argv
         auth = _environment(svc).get("SESSION_BROKER_FLOWER_AUTH", "")
-        assert re.fullmatch(r"\$\{SESSION_BROKER_FLOWER_AUTH:\?[^}]+\}", auth), \
+        assert re.fullmatch(r"\$\{SESSION_BROKER_FLOWER_AUTH:\?[^}]+\}", auth), (
             f"{name}: SESSION_BROKER_FLOWER_AUTH must be ${{SESSION_BROKER_FLOWER_AUTH:?...}} (required)"
+        )
         published = [str(p) for p in svc.get("ports", [])]
         assert any(p.endswith(f":{port}") for p in published), f"{name}: port {port} not published"
     for name, svc in services.items():
         if name not in ("flower", "jobs"):
-            assert "SESSION_BROKER_FLOWER_AUTH" not in _environment(svc), \
+            assert "SESSION_BROKER_FLOWER_AUTH" not in _environment(svc), (
                 f"{name} gets the Flower login without needing it"
+            )
 
 
 def test_producer_runs_the_demo_once_after_redis_and_workers():
@@ -375,10 +400,12 @@ def test_every_command_is_a_valid_session_broker_command():
 def test_every_variable_is_documented_in_env_example():
     used = _variables(_compose())
     documented = _documented_in_env_example()
-    assert not used - documented, \
+    assert not used - documented, (
         f"used in docker-compose.yml but not documented (with a comment) in .env.example: {sorted(used - documented)}"
-    assert not set(_env_example()) - used, \
+    )
+    assert not set(_env_example()) - used, (
         f"documented in .env.example but unused: {sorted(set(_env_example()) - used)}"
+    )
 
 
 def test_env_example_states_the_real_defaults_and_every_setting_is_forwarded():
@@ -389,8 +416,11 @@ def test_env_example_states_the_real_defaults_and_every_setting_is_forwarded():
     assert not set(names) - set(example), f".env.example lacks {sorted(set(names) - set(example))}"
     from_example = config.load_settings({n: example[n] for n in names})
     defaults = config.Settings()
-    wrong = {config.env_name(f): (getattr(from_example, f), getattr(defaults, f))
-             for f in shared if getattr(from_example, f) != getattr(defaults, f)}
+    wrong = {
+        config.env_name(f): (getattr(from_example, f), getattr(defaults, f))
+        for f in shared
+        if getattr(from_example, f) != getattr(defaults, f)
+    }
     assert not wrong, f".env.example (value, built-in default) differ: {wrong}"
     config.load_settings({"SESSION_BROKER_FLOWER_AUTH": example["SESSION_BROKER_FLOWER_AUTH"]})
     for name, svc in _broker_services().items():
@@ -409,14 +439,18 @@ def test_docker_compose_accepts_the_file_with_env_example():
     for name, svc in resolved.items():
         if name != REDIS_SERVICE:
             assert svc["environment"]["SESSION_BROKER_URL"] == URL_TEMPLATE.format(password=password)
-            assert [str(a) for a in svc["command"]] == _argv(services[name]["command"]), \
+            assert [str(a) for a in svc["command"]] == _argv(services[name]["command"]), (
                 f"{name}: our interpolation differs from docker-compose's"
+            )
 
 
-@pytest.mark.parametrize("given, missing", [
-    ({}, "REDIS_PASSWORD"),
-    ({"REDIS_PASSWORD": "0123abcd"}, "SESSION_BROKER_FLOWER_AUTH"),
-])
+@pytest.mark.parametrize(
+    "given, missing",
+    [
+        ({}, "REDIS_PASSWORD"),
+        ({"REDIS_PASSWORD": "0123abcd"}, "SESSION_BROKER_FLOWER_AUTH"),
+    ],
+)
 def test_docker_compose_refuses_to_run_without_the_secrets(tmp_path, given, missing):
     env_file = tmp_path / "partial.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in given.items()))

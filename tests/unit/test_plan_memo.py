@@ -13,19 +13,20 @@ from session_broker.errors import OptionNotSupportedError
 
 
 def _plans(kind, options):
-    return opts.plan("sampler" if kind == "sampler" else "estimator", "aer_simulator", options), \
-        opts.plan_memo(kind, "aer_simulator", options)
+    return opts.plan(
+        "sampler" if kind == "sampler" else "estimator", "aer_simulator", options
+    ), opts.plan_memo(kind, "aer_simulator", options)
 
 
 @pytest.mark.parametrize("kind", ["sampler", "estimator"])
 def test_plan_memo_follows_every_kind_of_change(kind):
-    options = (opts.SamplerOptions() if kind == "sampler" else opts.EstimatorOptions())
+    options = opts.SamplerOptions() if kind == "sampler" else opts.EstimatorOptions()
     changes = [
         lambda o: setattr(o, "default_shots", 100),
-        lambda o: setattr(o, "default_shots", 200),                 # same field, new value
-        lambda o: setattr(o.twirling, "enable_gates", True),        # nested group
+        lambda o: setattr(o, "default_shots", 200),  # same field, new value
+        lambda o: setattr(o.twirling, "enable_gates", True),  # nested group
         lambda o: setattr(o.environment, "job_tags", ["a"]),
-        lambda o: o.environment.job_tags.append("b"),               # a list changed in place
+        lambda o: o.environment.job_tags.append("b"),  # a list changed in place
         lambda o: o.update(max_execution_time=30),
         lambda o: setattr(o.simulator, "seed_simulator", 7),
         lambda o: setattr(o.twirling, "enable_gates", False),
@@ -36,7 +37,7 @@ def test_plan_memo_follows_every_kind_of_change(kind):
         fresh, memo = _plans(kind, options)
         assert memo == fresh
         seen.add(json.dumps([memo.options, memo.runtime], sort_keys=True))
-    assert len(seen) == len(changes)            # every change reached the plan
+    assert len(seen) == len(changes)  # every change reached the plan
 
 
 def test_plan_memo_hands_out_copies():

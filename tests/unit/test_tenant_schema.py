@@ -34,8 +34,19 @@ def test_prefix_grammar_refuses_with_the_variable_and_the_rule(prefix):
     assert "SESSION_BROKER_KEY_PREFIX" in text and "no '.' or ':'" in text, text
 
 
-@pytest.mark.parametrize("auth", ["admin:abc,XYZsecret", "admin:has space", "ad min:pw",
-                                  "admin:", ":pw", "admin", "admin:pässword", "a,b:pw"])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        "admin:abc,XYZsecret",
+        "admin:has space",
+        "ad min:pw",
+        "admin:",
+        ":pw",
+        "admin",
+        "admin:pässword",
+        "a,b:pw",
+    ],
+)
 def test_flower_auth_that_could_be_split_is_refused_without_echoing_it(auth):
     with pytest.raises(ConfigurationError) as info:
         load_settings({"SESSION_BROKER_FLOWER_AUTH": auth})
@@ -50,8 +61,9 @@ def test_flower_auth_accepts_printable_passwords(auth):
 
 
 def test_every_member_of_keys_has_an_access_decision():
-    assert sorted(acl.ACCESS) == acl.key_members(), \
+    assert sorted(acl.ACCESS) == acl.key_members(), (
         "a member of keys.Keys was added or removed: decide who may touch it in acl.ACCESS"
+    )
 
 
 def _sample_names(prefix: str) -> dict[str, list[str]]:
@@ -100,16 +112,25 @@ def test_no_tenant_rule_matches_another_tenants_names(mine):
                 assert not _allowed(patterns, name), (mine, other, member, name)
         channels = [c for role in acl.ROLES for c in acl.channel_rules(mine, role, 0)]
         keys = Keys(other)
-        for channel in (keys.channel(0, keys.mailbox_exchange), keys.result("abc"),
-                        keys.channel(0, keys.event_exchange, "task.x")):
+        for channel in (
+            keys.channel(0, keys.mailbox_exchange),
+            keys.result("abc"),
+            keys.channel(0, keys.event_exchange, "task.x"),
+        ):
             assert not _allowed(channels, channel), (mine, other, channel)
 
 
 def test_producers_cannot_register_workers_or_use_kombu_or_channels():
     rw, ro = acl.key_rules("a", "producer")
     keys = Keys("a")
-    for name in (keys.workers, keys.epoch, keys.config, keys.unacked, keys.mailbox_queue("n"),
-                 keys.bindings(keys.mailbox_exchange)[0]):
+    for name in (
+        keys.workers,
+        keys.epoch,
+        keys.config,
+        keys.unacked,
+        keys.mailbox_queue("n"),
+        keys.bindings(keys.mailbox_exchange)[0],
+    ):
         assert not _allowed(rw, name), name
     assert acl.channel_rules("a", "producer", 0) == []
     words = acl.setuser("a", "producer", 0, "pw")

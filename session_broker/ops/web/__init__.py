@@ -45,10 +45,12 @@ ID = r"^[A-Za-z0-9_.-]{1,64}$"
 REFRESH_S = 2
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
-                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
 }
 LOGIN_HELP = "401: log in with the Flower user and password (SESSION_BROKER_FLOWER_AUTH)\n"
 
@@ -79,8 +81,17 @@ class Pages:
         return hmac.compare_digest(given, self.expected)
 
     def render(self, name: str, http_status: int = 200, **kwargs) -> HTMLResponse:
-        ns = dict(css=self.css, dur=ops.fmt_duration, ts=ops.fmt_time_iso, short_ts=_short_ts,
-                  show=_show, badge=_badge, refresh=None, title="session-broker", now=None)
+        ns = dict(
+            css=self.css,
+            dur=ops.fmt_duration,
+            ts=ops.fmt_time_iso,
+            short_ts=_short_ts,
+            show=_show,
+            badge=_badge,
+            refresh=None,
+            title="session-broker",
+            now=None,
+        )
         ns.update(kwargs)
         loader = self.loader
 
@@ -93,14 +104,22 @@ class Pages:
         return HTMLResponse(body, status_code=http_status, headers=SECURITY_HEADERS)
 
     def fail(self, status: int, message: str) -> HTMLResponse:
-        return self.render("error.html", http_status=status, status=status, message=message,
-                           refresh=REFRESH_S if status == 503 else None,
-                           title=f"{status} · session-broker")
+        return self.render(
+            "error.html",
+            http_status=status,
+            status=status,
+            message=message,
+            refresh=REFRESH_S if status == 503 else None,
+            title=f"{status} · session-broker",
+        )
 
     def redis_down(self, exc: Exception) -> HTMLResponse:
         log.warning("Redis read failed: %s", exc)
-        return self.fail(503, f"Redis at {redact(self.store.settings.url)} did not answer ({exc}); "
-                              f"retrying every {REFRESH_S} s.")
+        return self.fail(
+            503,
+            f"Redis at {redact(self.store.settings.url)} did not answer ({exc}); "
+            f"retrying every {REFRESH_S} s.",
+        )
 
 
 def _show(value) -> str:
@@ -126,10 +145,19 @@ def _overview(store: Store) -> dict:
     workers = ops.worker_rows(store)
     jobs = ops.job_rows(store, limit=25)
     snap = snapshot(store)  # the same numbers as /metrics
-    counts = {"open sessions": snap.open_sessions, "jobs queued": snap.queued,
-              "jobs running": snap.running, "live workers": snap.live_workers}
-    return {"sessions": sessions, "workers": workers, "jobs": jobs, "counts": counts,
-            "now": ops.fmt_time_iso(_now_iso(store))}
+    counts = {
+        "open sessions": snap.open_sessions,
+        "jobs queued": snap.queued,
+        "jobs running": snap.running,
+        "live workers": snap.live_workers,
+    }
+    return {
+        "sessions": sessions,
+        "workers": workers,
+        "jobs": jobs,
+        "counts": counts,
+        "now": ops.fmt_time_iso(_now_iso(store)),
+    }
 
 
 def pages(request: Request) -> Pages:
@@ -156,8 +184,11 @@ def index(p: Pages = Depends(pages)):
 def session_page(sid: str = PathParam(pattern=ID), p: Pages = Depends(pages)):
     try:
         details = ops.session_details(p.store, sid, tick=False)
-        data = {"details": details, "jobs": ops.job_rows(p.store, session=sid, limit=500),
-                "now": ops.fmt_time_iso(_now_iso(p.store))}
+        data = {
+            "details": details,
+            "jobs": ops.job_rows(p.store, session=sid, limit=500),
+            "now": ops.fmt_time_iso(_now_iso(p.store)),
+        }
     except SessionNotFoundError as exc:
         return p.fail(404, str(exc))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -174,8 +205,9 @@ def job_page(jid: str = PathParam(pattern=ID), p: Pages = Depends(pages)):
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         return p.redis_down(exc)
     final = data["job"]["status"] in FINAL_JOB_STATUSES
-    return p.render("job.html", refresh=None if final else REFRESH_S,
-                    title=f"Job {jid} · session-broker", **data)
+    return p.render(
+        "job.html", refresh=None if final else REFRESH_S, title=f"Job {jid} · session-broker", **data
+    )
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
