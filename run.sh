@@ -2,7 +2,8 @@
 # The README's two commands, each doing all the set-up on a fresh machine:
 #   ./run.sh demo   — install, start a local stack if none runs, run the guide's examples
 #   ./run.sh test   — install (with test tools), then run the whole test suite
-# Also: ./run.sh bench [--quick]   ./run.sh up [...]   (anything else is passed to session-broker)
+# Also: ./run.sh check (CI's fast lane)   ./run.sh bench [--quick]   ./run.sh up [...]
+#       (anything else is passed to session-broker)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -49,6 +50,15 @@ case "$cmd" in
     setup test
     exec "$VENV/bin/session-broker" demo "$@"
     ;;
+  check)
+    # the fast lane: lint, format, types, import contracts, unit and Lua tests (about a minute)
+    setup test
+    "$VENV/bin/ruff" check session_broker tasks tests benchmarks
+    "$VENV/bin/ruff" format --check -q session_broker tasks tests benchmarks
+    "$VENV/bin/mypy"
+    "$VENV/bin/lint-imports" --no-cache
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/unit tests/lua "$@"
+    ;;
   test)
     setup test
     system_tools
@@ -59,7 +69,7 @@ case "$cmd" in
     exec "$VENV/bin/python" benchmarks/run.py "$@"
     ;;
   help|-h|--help)
-    sed -n '2,6p' "$0"
+    sed -n '2,7p' "$0"
     ;;
   *)
     setup test
