@@ -1,31 +1,8 @@
-"""The one Celery app, and the task messages our clients write straight into Redis.
-
-Configuration choices, and why:
-- JSON only (``accept_content=["json"]``): pickle on the wire is code execution for anyone
-  who can write to Redis. A pickled message is refused by the worker.
-- Late ack + prefetch multiplier 1: a message leaves Redis only when its job ended, and a
-  worker holds no more messages than it runs. Duplicate deliveries (kombu redelivers after
-  the visibility timeout, even to a live worker) are made harmless by our atomic claim.
-- ``task_reject_on_worker_lost=False``: when a child process dies we decide (``tasks``
-  requeues from our own job record, with a bounded attempt count), not kombu.
-- Task events on demand, ``task_track_started`` off: three events per job cost about a
-  millisecond on a job path of a few, and only a monitor reads them. Workers start with them
-  off; Flower turns them on with Celery's ``enable_events`` while it runs (``tasks.executor``
-  turns them off again when no monitor asks). Our job record already says RUNNING. Our
-  primitive tasks keep their results in the job record, written once, so they set
-  ``ignore_result`` and Celery's result backend (configured, with an expiry) holds nothing
-  for them.
-- Connection retries forever: workers ride out Redis restarts.
-- Every name Celery and kombu give a key, queue, exchange or pub/sub channel comes from
-  ``keys.Keys`` and starts with the tenant's prefix (remote control, events, kombu's unacked
-  bookkeeping and routing tables, results): tenants on one Redis share nothing kombu keeps,
-  and ``acl.py`` can grant each one exactly its own names. Celery has no setting for the
-  names of the remote-control mailbox and reply queues (``<node>.celery.pidbox``), hence
-  ``TenantMailbox``. Not kombu's ``global_keyprefix``: it would rename the queue lists too,
-  which our Lua scripts push to and measure by their Celery names.
-
-Producers do not call ``apply_async``: ``messages.task_message`` builds the exact kombu
-message, and the submit script pushes it in the same atomic step that records the job.
+"""The one Celery app (``celery -A session_broker.celery_app ...``): JSON only, late ack with a
+prefetch of one, our own requeue on a lost worker, task events on demand, every name under
+the tenant's key prefix (``TenantMailbox`` for the remote-control queues). Producers never
+call ``apply_async``: ``core.messages`` builds the message the submit script pushes.
+The reasons for each setting: docs/design.md.
 """
 
 from __future__ import annotations
@@ -110,7 +87,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     app = Celery("session_broker", broker=url, backend=url, set_as_current=True, control=control)
     transport = {
         **high_availability,
-        # kombu's bookkeeping and pub/sub channels under the tenant's prefix (see keys.py)
+        # kombu's bookkeeping and pub/sub channels under the tenant's prefix (see core/keys.py)
         "unacked_key": keys.unacked,
         "unacked_index_key": keys.unacked_index,
         "unacked_mutex_key": keys.unacked_mutex,

@@ -1,4 +1,4 @@
-"""``Session`` and ``Batch``: thin client objects over the state machine in ``state.py``.
+"""``Session`` and ``Batch``: thin client objects over the state machine in ``core/store.py``.
 
 A ``Session`` gets exclusive, consecutive use of one worker of its backend (its jobs go to
 its own queue, which only its pinned worker consumes). A ``Batch`` has the same lifecycle

@@ -1,33 +1,8 @@
-"""The agent: the thread that keeps a worker in step with Redis. It runs in the worker's
-main process, the supervisor (``supervisor.py``), beside the executor that runs the jobs
-(``executor.py``); one agent per executor, one executor per node.
-
-Every ``tick`` (default 0.1 s) it makes one round trip (``Store.worker_tick``):
-
-- heartbeat: refresh the worker's registry key, which expires ``heartbeat_ttl`` after the
-  last beat, so a dead worker disappears within seconds. The supervisor beats, not the
-  executor: a job holding the executor (a long simulation, a frozen process) does not make
-  the worker look dead, and an executor being restarted keeps its node and its pin;
-- pin: if the worker is free and a session of its backend waits, take it (first come,
-  first served); if pinned, apply the session's timers and drop the pin when the session
-  deactivates or closes;
-- then it makes the executor's consumer follow the pin (``Link.follow``): the session's
-  queue while pinned, the backend's shared queue otherwise.
-
-The pin lives in Redis, not in the consumer: a worker that restarts finds its pin again,
-and nothing depends on a remote-control broadcast arriving. Consumer changes are only
-where messages are fetched from; what may *run* is decided by the claim script, so a
-message fetched in the instant around a pin change is put back, never run out of turn.
-
-Twice a heartbeat the agent also reaps dead workers (requeue their running jobs, give back
-the messages their consumer had fetched, give their session to the next worker), applies due
-session timers for every session, and gives back jobs whose fetched message a vanished
-consumer left in kombu's ``unacked`` hash (reading the whole hash over successive sweeps).
-
-Once a heartbeat TTL it squares its own registry with what its executor really holds: after
-Redis restarted from an AOF a moment older than the present (``appendfsync everysec``), the
-run set may list jobs this worker finished long ago. Left alone, such a job stays RUNNING
-forever, its session ``pending_closed``, and the worker can never be pinned again.
+"""The agent: a thread of the supervisor per node that keeps the worker in step with Redis.
+Each tick is one round trip (``worker_tick.lua``): heartbeat, take or follow the pin, and
+free a pin the executor leaves unserved (the liveness bound); twice a heartbeat it reaps dead
+workers, applies due timers and rescues orphaned messages, and once a TTL it reconciles its
+run set with what its executor holds. Why each: docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,7 @@
-"""The executor: a Celery consumer that runs each job in its own process (the solo pool).
-
-Why: with prefork, every job crossed from the consumer process to a pool child and its result
-came back (pickled through a pipe, woken by the pool's own loop): about a millisecond per
-job, on a job path of a few. Here the process that fetches a message runs it. What prefork
-gave us besides — a hard ``max_execution_time`` that stops a job stuck in C++, a poison job
-that kills its process and still ends in ERROR after bounded attempts, a worker that never
-dies of one job — is now the supervisor's (``supervisor.py``), which starts this process,
-watches it and starts it again.
-
-It talks to its supervisor over two pipes, one short line per message (``Link``)::
-
-    executor -> supervisor   ready <queue>                  consuming, after start-up
-                             run <job id> <hard limit s> <delivery tag>   a job starts here
-                             idle                           ... and has ended
-    supervisor -> executor   queue <name>                   consume this queue (the pin)
-
-Task events are on demand (``events_wanted``): off at start, on while a monitor asks for
-them. Flower sends Celery's ``enable_events`` every 5 s while it runs; ``session-broker
-flower`` also keeps ``Keys.monitor`` alive, so a worker that starts while Flower is open
-sends events from its first job. With neither for ``EVENTS_LINGER`` seconds they go off.
-``SESSION_BROKER_TASK_EVENTS=always`` keeps them on (for monitors that ask only once).
+"""The executor: a Celery solo-pool consumer that runs each job in the process that fetched
+it, started and watched by the supervisor (protocol: ``link.py``). It switches queues when
+told (the pin), checks that Celery's node name is its registered one, and keeps task events
+on only while a monitor asks for them (``SESSION_BROKER_EVENTS_LINGER``).
 """
 
 from __future__ import annotations

@@ -1,29 +1,8 @@
-"""The worker's main process: beats for its nodes and keeps one executor running per node.
-
-``session-broker worker --concurrency N`` is this process and N executors (``executor.py``),
-each a Celery solo-pool consumer that runs its jobs itself: one node each, pinned to at most
-one session. This process holds no Celery and no simulator; it runs one ``Agent`` per node
-(heartbeat, pins, sweeps: ``worker.py``) and watches its executors:
-
-- **hard time limit.** The executor says which job it runs and the job's hard limit
-  (``max_execution_time`` + 1 s) before claiming it. A job still running at its deadline is
-  stopped the only way a simulation in C++ can be: its executor is SIGKILLed. The job ends in
-  ERROR (``max_execution_time``), and a new executor starts.
-- **a job that kills its process** (a segfault, the OOM killer, a test's SIGKILL): the job
-  goes back to its queue, or ends in ERROR ``worker_lost`` once it has killed
-  ``SESSION_BROKER_MAX_ATTEMPTS`` executors (``core/lua/executor_lost.lua``); a new executor starts.
-- **the node lives on** while its executor restarts: the agent keeps beating, so the pin
-  stays and no other worker takes the session; the executor comes back consuming the
-  session's queue.
-- **executors die with it.** Each one asks the kernel to SIGKILL it when this process dies
-  (``PR_SET_PDEATHSIG``), so a worker killed with SIGKILL leaves nothing running.
-- **shutdown.** SIGTERM or SIGINT: executors finish their current job (Celery's warm
-  shutdown), then the nodes deregister and hand their sessions on. A second signal stops
-  the executors at once.
-
-An executor that fails ``BOOT_FAILURES`` times in a row before it is ready (a broken
-install, a Redis it cannot use) stops the worker with an error, rather than restarting forever
-behind a heartbeat that says all is well.
+"""The worker's main process (``session-broker worker``): one agent thread per node
+(``agent.py``) and one executor process per node (``executor.py``), watched over a pipe
+(``link.py``). It SIGKILLs an executor past its job's hard time limit, settles the job of an
+executor that died or stalled (``executor_lost.lua``) and starts another, while the node keeps
+beating and keeps its pin; executors die with it. Why this split: docs/design.md.
 """
 
 from __future__ import annotations

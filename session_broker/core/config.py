@@ -1,8 +1,10 @@
-"""Every setting of session-broker, read from the environment in one place.
+"""The operator's settings (``SESSION_BROKER_*``), read from the environment in one place.
 
-Producers, workers, the CLI and the web page all call ``get_settings()``; nothing else
-reads ``os.environ``. A bad value fails at start with a ``ConfigurationError`` that names
-the variable, the value and what is allowed, rather than surfacing later as a hung job.
+Producers, workers, the CLI and the web front call ``get_settings()``; a bad value fails at
+start with a ``ConfigurationError`` that names the variable, the value and what is allowed.
+Not here: the REST API's own settings (``api/settings.py``), and the variables one process
+hands another (the supervisor's to its executors, ``tasks/link.py``; the worker's backend and
+node for the transport).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ and one tenant's names never start with another's; see ``config.KEY_PREFIX``)::
                                 handed to kombu's ``unacked`` hash (reliable fetch, transport.py):
                                 empty but for an instant; a dead worker's is given back by the reaper
     P:workers            hash   node -> backend, for every registered worker (the reaper's list)
-    P:epoch              string pin epoch counter (fencing)
+    P:epoch              string pin counter: numbers each pin for the record (the claim token fences, not this)
     P:config             hash   the operator's system settings, published by workers at start and
                                 again whenever they find it missing (Redis came back empty)
     P:rescue             hash   the unacked rescue's cursor (score, tag): each sweep goes on from

@@ -1,29 +1,7 @@
-"""kombu's Redis transport, hardened against messages no producer of ours wrote.
-
-kombu parses a message's envelope in the worker's event loop: one message with a body
-that is not base64, an envelope that is not a JSON object or a header of the wrong type
-raises there, and Celery stops the whole worker ("Unrecoverable error"). Anyone who can
-push to a queue could stop every worker of a backend with one message.
-
-This transport checks each envelope before kombu sees it. One that is not well formed is
-moved to the dead-letter list ``<prefix>:dead`` (kept short, for operators to inspect) and
-the worker carries on. Well-formed messages go through kombu unchanged; what is inside the
-body (JSON only, a known task, a job id) is then Celery's and our task's to check.
-``celery_app`` registers it for the ``redis://`` and ``rediss://`` schemes.
-
-Reliable fetch. kombu takes a message with ``BRPOP`` and only afterwards records it in its
-``unacked`` hash: a worker killed (or frozen, then killed) between the two steps took the
-message with it, and its job stayed QUEUED for good. A session-broker worker (one started
-by ``session-broker worker``, which names its node in ``SESSION_BROKER_WORKER_NODE``)
-fetches with ``BLMOVE queue -> P:w:<node>:fetch`` instead: the message is in Redis at every
-instant. Handing it to kombu's ``unacked`` hash and taking it off the fetch list are one
-MULTI/EXEC (``QoS.append``). A worker that dies in between leaves it on its fetch list,
-which the reaper gives back (``core/lua/reap_worker.lua``), as it does the jobs the worker ran.
-Cost: the same one blocking command per fetch, and one LREM more inside the MULTI kombu
-already sends; no extra round trip. BLMOVE takes one source list, so a worker reads the
-base list of one queue per poll (round robin over its queues), not kombu's priority
-sub-lists: session-broker never publishes with a priority. Other consumers (Flower,
-``celery`` commands, tests' kombu connections) keep kombu's BRPOP.
+"""kombu's Redis transport, hardened: malformed envelopes go to the dead-letter list
+(``<prefix>:dead``) instead of stopping the worker, and a session-broker worker fetches with
+``BLMOVE`` onto its own fetch list (reliable fetch), so a message is in Redis at every instant.
+Why, and what it costs: docs/design.md, "Nothing lost".
 """
 
 from __future__ import annotations
