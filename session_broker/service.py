@@ -7,7 +7,7 @@ owns the one submit path every primitive uses.
 
 from __future__ import annotations
 
-import json
+import itertools
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -18,6 +18,7 @@ from session_broker.core.config import get_settings, with_url
 from session_broker.core.connection import redis_client
 from session_broker.core.ids import new_id
 from session_broker.core.messages import task_message
+from session_broker.core.read import JobQuery, iter_jobs
 from session_broker.core.store import Store
 from session_broker.inputs import jobs_filters
 from session_broker.job import RuntimeJobV2
@@ -157,46 +158,19 @@ class QiskitRuntimeService:
         naive datetimes are local time, as IBM's client reads them.
         """
         limit, skip, after, before = jobs_filters(limit, skip, created_after, created_before)
-        backend_name = backend_name or backend
-        store = self._store
-        if session_id:
-            ids = store.session_job_ids(session_id)
-            ids = list(reversed(ids)) if descending else ids
-        else:
-            lo, hi = ("-inf" if after is None else after), ("+inf" if before is None else before)
-            ids = (
-                store.redis.zrevrangebyscore(store.keys.jobs, hi, lo)
-                if descending
-                else store.redis.zrangebyscore(store.keys.jobs, lo, hi)
-            )
-        wanted = set(job_tags or [])
-        out = []
-        for chunk in range(0, len(ids), 200):
-            batch = ids[chunk : chunk + 200]
-            pipe = store.redis.pipeline(transaction=False)
-            for jid in batch:
-                pipe.hmget(store.keys.job(jid), "backend", "status", "primitive", "summary", "created")
-            for jid, (be, status, primitive, summary, created) in zip(batch, pipe.execute()):
-                if status is None or (backend_name and be != backend_name):
-                    continue
-                if program_id and primitive != program_id:
-                    continue
-                if pending is not None and (status in ("QUEUED", "RUNNING")) != pending:
-                    continue
-                created = float(created or 0)
-                if (after is not None and created < after) or (before is not None and created > before):
-                    continue
-                if wanted:
-                    tags = json.loads(summary or "{}").get("tags") or []
-                    if not isinstance(tags, list) or not wanted.issubset(tags):
-                        continue
-                if skip:
-                    skip -= 1
-                    continue
-                out.append(RuntimeJobV2.attach(jid, store, service=self))
-                if limit is not None and len(out) >= limit:
-                    return out
-        return out
+        query = JobQuery(
+            session=session_id,
+            backend=backend_name or backend,
+            program=program_id,
+            pending=pending,
+            tags=frozenset(job_tags or ()),
+            after=after,
+            before=before,
+            newest_first=descending,
+        )
+        found = iter_jobs(self._store, query)
+        page = itertools.islice(found, skip, None if limit is None else skip + limit)
+        return [RuntimeJobV2.attach(jid, self._store, service=self) for jid, _ in page]
 
     def usage(self) -> dict:
         """IBM's instance usage: seconds that jobs ran on workers here (no limit)."""

@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from session_broker import backends as catalog
 from session_broker.backends import BrokerBackend
 from session_broker.core.ids import iso, new_id
+from session_broker.core.read import time_left
 from session_broker.core.store import SESSION_STATUS
 from session_broker.errors import InvalidInputError, InvalidMaxTimeError, SessionNotFoundError
 from session_broker.service import QiskitRuntimeService, default_service
@@ -169,13 +170,7 @@ class Session:
     def details(self) -> dict:
         data = self._store.session(self._session_id)
         state = data["state"]
-        left = int(data.get("active_timeout_left", -2))
-        if state == "closed":
-            active_timeout = 0
-        elif not data.get("started_at"):
-            active_timeout = int(data["max_time"])
-        else:
-            active_timeout = max(left, 0)
+        active_timeout = time_left(data, data.get("active_timeout_left"))
         return {
             "id": data["id"],
             "backend_name": data["backend"],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 
 from billiard.exceptions import WorkerLostError
@@ -25,12 +24,12 @@ from celery.worker.request import Request
 from session_broker import backends
 from session_broker.celery_app import app
 from session_broker.core import codec, transport
+from session_broker.core.ids import valid_id
 from session_broker.core.store import Store
 from tasks.link import link
 from tasks.simulate import execute
 
 log = logging.getLogger("session_broker.worker")
-_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 _store: Store | None = None
 _store_pid = 0
@@ -66,7 +65,7 @@ class JobRequest(Request):
     def _job_id(self) -> str | None:
         args = self.args if isinstance(self.args, (list, tuple)) else ()
         jid = args[0] if args else None
-        return jid if isinstance(jid, str) and _JOB_ID.match(jid) else None
+        return jid if isinstance(jid, str) and valid_id(jid) else None
 
     def on_timeout(self, soft, timeout):
         super().on_timeout(soft, timeout)
@@ -99,7 +98,7 @@ class JobTask(Task):
 
 
 def run_job(task: Task, job_id, primitive: str) -> str:
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    if not valid_id(job_id):
         log.error("dropping a %s message with an invalid job id %r", primitive, job_id)
         return "invalid job id"
     s = store()

@@ -24,9 +24,10 @@ from session_broker.api import reader
 from session_broker.api.errors import ApiError, from_broker_error
 from session_broker.api.limits import check_tags
 from session_broker.api.models import JobCreate, TagsUpdate
-from session_broker.api.runtime import Ctx, runtime_ctx, session_of, valid_id
+from session_broker.api.runtime import Ctx, runtime_ctx, session_of
 from session_broker.core import codec
-from session_broker.core.ids import iso
+from session_broker.core.ids import iso, valid_id
+from session_broker.core.read import JobQuery, iter_jobs
 from session_broker.core.store import FINAL_JOB_STATUSES
 from session_broker.errors import SessionBrokerError
 from session_broker.primitives import EstimatorV2, SamplerV2
@@ -287,31 +288,20 @@ def list_jobs(
 ):
     """Newest first (``sort=ASC``: oldest first); ``count`` is the exact number that match."""
     after, before = _ts(created_after, "created_after"), _ts(created_before, "created_before")
-    store = ctx.store
-    if session_id:
-        ids = list(reversed(store.session_job_ids(session_id))) if valid_id(session_id) else []
+    if session_id and not valid_id(session_id):
+        matched: list[tuple[str, dict]] = []
     else:
-        ids = store.redis.zrevrange(store.keys.jobs, 0, -1)
-    pipe = store.redis.pipeline(transaction=False)
-    for jid in ids:
-        pipe.hmget(store.keys.job(jid), JOB_FIELDS)
-    matched = []
-    for jid, values in zip(ids, pipe.execute() if ids else []):
-        rec = {f: v for f, v in zip(JOB_FIELDS, values) if v is not None}
-        if not rec.get("status"):
-            continue
-        created = float(rec.get("created") or 0)
-        if backend and rec.get("backend") != backend or program and rec.get("primitive") != program:
-            continue
-        if pending is not None and (rec["status"] not in FINAL_JOB_STATUSES) != pending:
-            continue
-        if tags and not set(tags) <= set(_tags(_summary(rec))):
-            continue
-        if after is not None and created < after or before is not None and created > before:
-            continue
-        matched.append((jid, rec))
-    if sort == "ASC":
-        matched.reverse()
+        query = JobQuery(
+            session=session_id,
+            backend=backend,
+            program=program,
+            pending=pending,
+            tags=frozenset(tags or ()),
+            after=after,
+            before=before,
+            newest_first=sort != "ASC",
+        )
+        matched = list(iter_jobs(ctx.store, query, JOB_FIELDS))
     page = matched[offset : offset + limit]
     return {
         "jobs": [job_view(j, r) for j, r in page],

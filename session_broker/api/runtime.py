@@ -18,6 +18,7 @@ from session_broker import backends as catalog
 from session_broker.api import devices
 from session_broker.api.errors import ApiError, from_broker_error
 from session_broker.api.models import SessionCreate, SessionUpdate
+from session_broker.core.ids import valid_id
 from session_broker.errors import SessionBrokerError
 from session_broker.session import Batch, Session
 
@@ -115,10 +116,6 @@ def session_of(ctx: Ctx, sid: str) -> Session:
     if not valid_id(sid):
         raise ApiError(404, f"session {sid[:64]!r} does not exist", "not_found")
     return Session.from_id(sid, service=ctx.service)
-
-
-def valid_id(value: str) -> bool:
-    return 0 < len(value) <= 64 and all(c.isalnum() or c in "_.-" for c in value)
 
 
 @router.post("/sessions", tags=["sessions"])

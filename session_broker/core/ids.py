@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import uuid
 from datetime import datetime, timezone
@@ -25,3 +26,12 @@ _HOST = socket.gethostname()
 
 def hostname() -> str:
     return _HOST
+
+
+# The one rule for an id a caller names (job, session): what new_id() makes, and what IBM's
+# and older clients' ids look like. Anything else is refused before it reaches a key name.
+ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def valid_id(value: object) -> bool:
+    return isinstance(value, str) and ID.fullmatch(value) is not None

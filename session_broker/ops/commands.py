@@ -16,6 +16,7 @@ HGETALL/LRANGE/TTL. The ``*_rows``/``*_view`` functions below are shared with th
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -32,6 +33,7 @@ from session_broker.core.config import get_settings
 from session_broker.core.connection import connect as redis_connect
 from session_broker.core.connection import redact
 from session_broker.core.ids import iso
+from session_broker.core.read import JobQuery, iter_jobs, time_left
 from session_broker.core.store import FINAL_JOB_STATUSES, SESSION_STATUS, Store
 from session_broker.errors import BrokerConnectionError, JobNotFoundError, SessionNotFoundError
 
@@ -178,15 +180,6 @@ def _print_json(data, compact: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------- shared views
-def time_left(data: dict, ttl: int | None) -> int:
-    """Seconds the session may still run: the max-time timer's TTL, or max_time if not started."""
-    if data.get("state") == "closed":
-        return 0
-    if not data.get("started_at"):
-        return _int(data.get("max_time"))
-    return max(int(ttl or 0), 0)
-
-
 def session_rows(
     store: Store, limit: int = 50, *, tick: bool = True, ids: list[str] | None = None
 ) -> list[dict]:
@@ -259,24 +252,11 @@ def session_details(store: Store, sid: str, *, tick: bool = True) -> dict:
 
 def job_rows(store: Store, *, session: str | None = None, limit: int = 50) -> list[dict]:
     """Jobs, newest first (all, or one session's). Raises ``SessionNotFoundError``."""
-    if session:
-        ids = store.session_job_ids(session)
-        if not ids and not store.redis.exists(store.keys.session(session)):
-            raise SessionNotFoundError(f"session {session!r} does not exist (or its record expired)")
-        ids = list(reversed(ids))[: max(limit, 1)]
-    else:
-        ids = store.redis.zrevrange(store.keys.jobs, 0, max(limit, 1) - 1)
-    pipe = store.redis.pipeline(transaction=False)
-    for jid in ids:
-        pipe.hmget(store.keys.job(jid), JOB_FIELDS)
+    if session and not store.redis.exists(store.keys.session(session)) and not store.session_job_ids(session):
+        raise SessionNotFoundError(f"session {session!r} does not exist (or its record expired)")
     now = server_now(store)
-    rows = []
-    for jid, values in zip(ids, pipe.execute()):
-        rec = {f: v for f, v in zip(JOB_FIELDS, values) if v is not None}
-        if not rec.get("status"):
-            continue
-        rows.append(_job_dict(jid, rec, now))
-    return rows
+    found = iter_jobs(store, JobQuery(session=session), JOB_FIELDS)
+    return [_job_dict(jid, rec, now) for jid, rec in itertools.islice(found, max(limit, 1))]
 
 
 def _job_dict(jid: str, rec: dict, now: float) -> dict:
