@@ -26,6 +26,7 @@ from session_broker.celery_app import app
 from session_broker.core import codec, transport
 from session_broker.core.ids import valid_id
 from session_broker.core.store import Store
+from session_broker.errors import ErrorCode
 from tasks.link import link
 from tasks.simulate import execute
 
@@ -74,7 +75,7 @@ class JobRequest(Request):
             store().job_lost(
                 jid,
                 self.hostname,
-                "max_execution_time",
+                ErrorCode.MAX_EXECUTION_TIME.value,
                 f"job {jid} exceeded its max_execution_time and was stopped "
                 f"after {timeout:g} s; raise max_execution_time or split the job",
             )
@@ -85,7 +86,7 @@ class JobRequest(Request):
         exc = getattr(exc_info.exception, "exc", exc_info.exception)  # billiard wraps it
         if jid and isinstance(exc, WorkerLostError):
             outcome = store().job_lost(
-                jid, self.hostname, "worker_lost", f"the process running it died ({exc})"
+                jid, self.hostname, ErrorCode.WORKER_LOST.value, f"the process running it died ({exc})"
             )
             log.warning("job %s lost its process: %s", jid, outcome)
 
@@ -124,7 +125,7 @@ def run_job(task: Task, job_id, primitive: str) -> str:
     except codec.InvalidPayloadError as exc:
         status, code, error = "ERROR", "invalid_payload", f"job {job_id} could not be decoded: {exc}"
     except SoftTimeLimitExceeded:
-        status, result, code = "ERROR", "", "max_execution_time"
+        status, result, code = "ERROR", "", ErrorCode.MAX_EXECUTION_TIME
         error = (
             f"job {job_id} exceeded its max_execution_time and was stopped after "
             f"{time.perf_counter() - started:.1f} s; raise max_execution_time or split the job"

@@ -20,6 +20,7 @@ import uuid
 import redis
 
 from session_broker.core.store import Store
+from session_broker.errors import ErrorCode
 from tasks.agent import Agent
 from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR
 
@@ -327,13 +328,15 @@ class Supervisor:
             outcome = self._settle(
                 slot.node,
                 jid,
-                "max_execution_time",
+                ErrorCode.MAX_EXECUTION_TIME.value,
                 f"job {jid} exceeded its max_execution_time and was stopped after "
                 f"{overran[1]:g} s; raise max_execution_time or split the job",
                 tag,
             )
         else:
-            outcome = self._settle(slot.node, jid, "worker_lost", f"the process running it died ({how})", tag)
+            outcome = self._settle(
+                slot.node, jid, ErrorCode.WORKER_LOST.value, f"the process running it died ({how})", tag
+            )
         if jid:
             log.warning(
                 "%s: executor %s while running job %s (%s); starting another", slot.node, how, jid, outcome

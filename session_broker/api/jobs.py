@@ -29,7 +29,7 @@ from session_broker.core import codec
 from session_broker.core.ids import iso, valid_id
 from session_broker.core.read import JobQuery, iter_jobs
 from session_broker.core.store import FINAL_JOB_STATUSES
-from session_broker.errors import SessionBrokerError
+from session_broker.errors import ErrorCode, SessionBrokerError
 from session_broker.primitives import EstimatorV2, SamplerV2
 
 log = logging.getLogger("session_broker.api")
@@ -147,7 +147,7 @@ def job_view(jid: str, rec: dict) -> dict:
     status = rec["status"]
     word = IBM_STATUS.get(status, "Queued")
     reason, code = None, None
-    if status == "ERROR" and rec.get("error_code") == "max_execution_time":
+    if status == "ERROR" and rec.get("error_code") == ErrorCode.MAX_EXECUTION_TIME.value:
         word, code = "Cancelled", REASON_MAX_EXECUTION_TIME
         reason = rec.get("error") or "ran longer than its max_execution_time"
     elif status in ("ERROR", "CANCELLED"):

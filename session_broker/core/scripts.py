@@ -32,6 +32,7 @@ import redis
 from redis.client import Pipeline
 
 from session_broker.core.keys import HISTOGRAM_BOUNDS, Keys
+from session_broker.errors import ErrorCode
 
 # The helpers of lua/lib, in the order they are defined (each uses only those before it).
 LIB = ("clock", "records", "metrics", "jobs", "pins", "timers", "sessions", "messages", "lost")
@@ -203,6 +204,8 @@ def key_header() -> str:
             )
     bounds = ", ".join(repr(b) for b in HISTOGRAM_BOUNDS)
     lines.append(f"local BOUNDS = {{{bounds}}}  -- keys.HISTOGRAM_BOUNDS: bucket upper bounds (s)")
+    codes = ", ".join(f"{c.name} = {lua_string(c.value)}" for c in ErrorCode)
+    lines.append(f"local CODE = {{{codes}}}  -- errors.ErrorCode: a job's error_code")
     return "\n".join(lines) + "\n"
 
 

@@ -88,6 +88,28 @@ def test_bounds_are_the_histogram_bounds(lua):
     assert got == [float(b) for b in HISTOGRAM_BOUNDS]
 
 
+def test_error_codes_are_the_enumeration(lua):
+    from session_broker.errors import ErrorCode
+
+    got = json.loads(eval_header(lua.r, "t", "cjson.encode(CODE)"))
+    assert got == {c.name: c.value for c in ErrorCode}
+
+
+def test_no_error_code_is_written_in_the_lua():
+    """A job's error_code comes from CODE (errors.ErrorCode), never a literal. ('failed' and
+    'cancelled' are also a session's counters, 'first_job_cancelled' a session field: those
+    uses are not codes.)"""
+    from session_broker.errors import ErrorCode
+
+    field = re.compile(r"(s, 'first_job_cancelled'|'first_job_cancelled', '')")
+    for path in sorted(LUA.rglob("*.lua")):
+        text = re.sub(r"--\[\[.*?\]\]", "", path.read_text(), flags=re.DOTALL)
+        for line in text.splitlines():
+            code = field.sub("", line.split("--", 1)[0])
+            for c in set(ErrorCode) - {ErrorCode.FAILED, ErrorCode.CANCELLED}:
+                assert f"'{c.value}'" not in code, f"{path.name}: {line.strip()}"
+
+
 def test_every_transition_is_a_file_with_a_contract():
     assert set(scripts.names()) == TRANSITIONS
     for name in TRANSITIONS:

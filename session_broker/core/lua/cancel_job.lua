@@ -12,7 +12,7 @@ local status = get(j, 'status')
 if status == 'RUNNING' then return 'running' end
 if status ~= 'QUEUED' then return status end
 redis.call('LREM', get(j, 'queue'), 1, get(j, 'message'))
-finish_job_record(jid, 'CANCELLED', 'cancelled', 'job ' .. jid .. ' was cancelled before it ran', num(j, 'ttl'))
+finish_job_record(jid, 'CANCELLED', CODE.CANCELLED, 'job ' .. jid .. ' was cancelled before it ran', num(j, 'ttl'))
 local sid = get(j, 'session')
 if sid ~= '' then
   local s = K.session(sid)

@@ -12,6 +12,6 @@ local state = tick(sid)
 if state == 'closed' then return state end
 local first = get(s, 'first_job')
 if first ~= '' and get(K.job(first), 'status') == 'QUEUED' then redis.call('HSET', s, 'first_job_cancelled', first) end
-fail_queued(sid, 'CANCELLED', 'cancelled', 'session ' .. sid .. ' was cancelled before this job ran')
+fail_queued(sid, 'CANCELLED', CODE.CANCELLED, 'session ' .. sid .. ' was cancelled before this job ran')
 close_now(sid, 'cancelled')
 return 'closed'

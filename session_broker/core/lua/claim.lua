@@ -41,7 +41,7 @@ if sid ~= '' then
   local s = K.session(sid)
   local first = get(s, 'first_job_cancelled')
   if first ~= '' then
-    finish_job_record(jid, 'ERROR', 'first_job_cancelled', 'the first job of session ' .. sid ..
+    finish_job_record(jid, 'ERROR', CODE.FIRST_JOB_CANCELLED, 'the first job of session ' .. sid ..
       ' (' .. first .. ') was cancelled, so every later job of the session fails; open a new session', num(j, 'ttl'))
     redis.call('HINCRBY', s, 'queued', -1)
     redis.call('HINCRBY', s, 'failed', 1)
@@ -52,7 +52,7 @@ if sid ~= '' then
   if ctx == '' then
     redis.call('HSET', s, 'context', context)
   elseif ctx ~= context then
-    finish_job_record(jid, 'ERROR', 'failed', 'worker ' .. node .. ' simulates a different device (' ..
+    finish_job_record(jid, 'ERROR', CODE.FAILED, 'worker ' .. node .. ' simulates a different device (' ..
       context .. ') than the one the session\'s first job fixed (' .. ctx .. ')', num(j, 'ttl'))
     redis.call('HINCRBY', s, 'queued', -1)
     redis.call('HINCRBY', s, 'failed', 1)

@@ -11,7 +11,7 @@ Returns: the number of jobs given back or requeued
 local requeued = give_back_fetched(node, nil)
 local run = K.worker_running(node)
 for _, jid in ipairs(redis.call('SMEMBERS', run)) do
-  if job_lost(jid, node, tonumber(max_attempts), 'worker_lost', 'worker ' .. node .. ' died while running it') == 'requeued' then
+  if job_lost(jid, node, tonumber(max_attempts), CODE.WORKER_LOST, 'worker ' .. node .. ' died while running it') == 'requeued' then
     requeued = requeued + 1
   end
 end

@@ -29,7 +29,7 @@ for _, jid in ipairs(redis.call('SMEMBERS', run)) do
   elseif not holds[jid] then
     local claim = get(j, 'claim')
     if suspects[jid] == claim then
-      job_lost(jid, node, max_attempts, 'worker_lost', 'worker ' .. node ..
+      job_lost(jid, node, max_attempts, CODE.WORKER_LOST, 'worker ' .. node ..
         ' is alive but does not run it (Redis lost the record of its end)')
       requeued = requeued + 1
     else

@@ -37,7 +37,7 @@ if sid ~= '' then
   ttl = num(s, 'ttl')
   local first = get(s, 'first_job_cancelled')
   if first ~= '' then
-    status, code = 'ERROR', 'first_job_cancelled'
+    status, code = 'ERROR', CODE.FIRST_JOB_CANCELLED
     error_message = 'the first job of session ' .. sid .. ' (' .. first ..
       ') was cancelled, so every later job of the session fails; open a new session'
   end

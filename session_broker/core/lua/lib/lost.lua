@@ -7,12 +7,12 @@ local function job_lost(jid, node, max_attempts, code, message)
   if get(j, 'status') ~= 'RUNNING' or get(j, 'worker') ~= node then return 'stale' end
   local sid = get(j, 'session')
   local ttl = num(j, 'ttl')
-  local retry = code == 'worker_lost' and num(j, 'attempts') < max_attempts
+  local retry = code == CODE.WORKER_LOST and num(j, 'attempts') < max_attempts
   if retry then
     redis.call('HSET', j, 'status', 'QUEUED', 'claim', '', 'worker', '', 'requeued_at', NOW)
     repush(jid)
   else
-    if code == 'worker_lost' then
+    if code == CODE.WORKER_LOST then
       message = 'job ' .. jid .. ' killed the worker process running it ' .. get(j, 'attempts') ..
         ' times (limit SESSION_BROKER_MAX_ATTEMPTS=' .. max_attempts .. '); it is not retried: ' .. message
     end
@@ -27,8 +27,8 @@ local function job_lost(jid, node, max_attempts, code, message)
       if get(s, 'state') == 'closed' then
         -- the session was cancelled or expired while this job ran: it may not run again
         local reason = get(s, 'closed_reason')
-        local st, cd = 'CANCELLED', 'cancelled'
-        if reason == 'max_time' then st, cd = 'ERROR', 'session_max_time' end
+        local st, cd = 'CANCELLED', CODE.CANCELLED
+        if reason == 'max_time' then st, cd = 'ERROR', CODE.SESSION_MAX_TIME end
         finish_job_record(jid, st, cd, 'job ' .. jid .. ' lost its worker after session ' .. sid .. ' ended (' .. reason .. ')', ttl)
         redis.call('HINCRBY', s, 'queued', -1)
       end

@@ -27,7 +27,7 @@ local function tick(sid)
     return 'closed'
   end
   if get(s, 'started_at') ~= '' and redis.call('EXISTS', K.timer(sid, 'max')) == 0 then
-    fail_queued(sid, 'ERROR', 'session_max_time',
+    fail_queued(sid, 'ERROR', CODE.SESSION_MAX_TIME,
       'session ' .. sid .. ' reached its max_time of ' .. get(s, 'max_time') ..
       ' s before this job started; submit it to a new session')
     close_now(sid, 'max_time')
