@@ -27,6 +27,7 @@ from session_broker.core import codec, transport
 from session_broker.core.ids import valid_id
 from session_broker.core.store import Store
 from session_broker.errors import ErrorCode
+from tasks import link as inflight
 from tasks.link import link
 from tasks.simulate import execute
 
@@ -34,7 +35,6 @@ log = logging.getLogger("session_broker.worker")
 
 _store: Store | None = None
 _store_pid = 0
-_delivery_tag = ""  # of the message the solo pool runs now (JobRequest.on_accepted)
 
 
 def store() -> Store:
@@ -55,12 +55,13 @@ class JobRequest(Request):
         """The pool takes the job: under the supervisor, say which job runs and its hard
         limit (the solo pool runs it right after this, in this process). Not
         ``execute_using_pool``: Celery replaces that one in the class it builds per task."""
-        global _delivery_tag
-        _delivery_tag = getattr(self._message, "delivery_tag", None) or ""
+        hard, _soft = self.time_limits
+        inflight.current = inflight.InFlight(
+            self._job_id(), getattr(self._message, "delivery_tag", None) or "", float(hard or 0)
+        )
         pipe = link()
         if pipe is not None:
-            hard, _soft = self.time_limits
-            pipe.running(self._job_id(), hard, _delivery_tag)
+            pipe.running(inflight.current)
         super().on_accepted(pid, time_accepted)
 
     def _job_id(self) -> str | None:
@@ -131,12 +132,12 @@ def run_job(task: Task, job_id, primitive: str) -> str:
             f"{time.perf_counter() - started:.1f} s; raise max_execution_time or split the job"
         )
     except Exception as exc:  # an Aer or transpiler failure is the job's, not the worker's
-        status, code = "ERROR", "failed"
+        status, code = "ERROR", ErrorCode.FAILED.value
         error = f"{type(exc).__name__}: {exc}"
         log.warning("job %s failed: %s", job_id, error)
     # the solo pool runs the job in the process that accepted it: its message's tag is known
     # here, and FINISH acknowledges it (one round trip fewer); under prefork kombu acks
-    tag = _delivery_tag if link() is not None else ""
+    tag = inflight.current.delivery_tag if link() is not None else ""
     outcome = s.finish(job_id, token, status, result, code, error, time.perf_counter() - started, ack=tag)
     if tag:
         transport.ACKED_BY_FINISH.add(tag)

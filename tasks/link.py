@@ -11,12 +11,44 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from dataclasses import dataclass
 
 # what the supervisor tells an executor in its environment (read by executor.py)
 ENV_STATUS_FD = "SESSION_BROKER_EXECUTOR_STATUS_FD"
 ENV_COMMAND_FD = "SESSION_BROKER_EXECUTOR_COMMAND_FD"
 ENV_QUEUE = "SESSION_BROKER_EXECUTOR_QUEUE"
 ENV_SUPERVISOR = "SESSION_BROKER_SUPERVISOR_PID"
+
+
+@dataclass
+class InFlight:
+    """The job an executor runs now, as both ends of the pipe know it: its id (None for a
+    message whose job id is not ours), its message's delivery tag (FINISH acknowledges it; a
+    lost executor's is taken out of kombu's unacked hash), and its hard time limit (s, 0 for
+    none). The supervisor adds the deadline it enforces."""
+
+    job_id: str | None
+    delivery_tag: str = ""
+    hard_limit: float = 0.0
+    deadline: float | None = None
+
+    def line(self) -> tuple[str, str, str]:
+        return self.job_id or "-", f"{float(self.hard_limit or 0):g}", self.delivery_tag or "-"
+
+    @classmethod
+    def parse(cls, words: list[str]) -> InFlight:
+        """``run <job id> <hard limit> <delivery tag>`` -> the job, its deadline from now."""
+        job_id, hard, tag = words[1], float(words[2]), words[3]
+        return cls(
+            None if job_id == "-" else job_id,
+            "" if tag == "-" else tag,
+            hard,
+            time.monotonic() + hard if hard > 0 else None,
+        )
+
+
+current = InFlight(None)  # in an executor: the job its solo pool runs now (celery_tasks)
 
 
 class Link:
@@ -31,8 +63,8 @@ class Link:
         with self._lock:  # one write per line: atomic on a pipe (< PIPE_BUF)
             os.write(self.status_fd, line.encode())
 
-    def running(self, job_id: str | None, hard_limit: float | None, delivery_tag) -> None:
-        self.send("run", job_id or "-", f"{float(hard_limit or 0):g}", delivery_tag or "-")
+    def running(self, job: InFlight) -> None:
+        self.send("run", *job.line())
 
     def idle(self) -> None:
         self.send("idle")

@@ -22,7 +22,7 @@ import redis
 from session_broker.core.store import Store
 from session_broker.errors import ErrorCode
 from tasks.agent import Agent
-from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR
+from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, InFlight
 
 log = logging.getLogger("session_broker.worker")
 BOOT_FAILURES = 5
@@ -65,7 +65,7 @@ class Slot:
         self.consuming = ""  # the queue it said it consumes
         self.wanted = ""  # the queue the agent wants consumed
         self.asked, self.asked_at = "", 0.0  # the last queue asked for, and when
-        self.job: tuple[str, str, float | None, float] | None = None  # (id, delivery tag, deadline, limit)
+        self.job: InFlight | None = None  # the job its executor runs now
         self.overran: tuple[str, float] | None = None  # (job id, its limit) killed for time
         self.replaced = ""  # why the agent had this executor killed (an unserved pin)
         self.boot_failures = 0
@@ -91,7 +91,7 @@ class Slot:
 
     def held_job_ids(self) -> list[str]:
         job = self.job
-        return [job[0]] if job and job[0] != "-" else []
+        return [job.job_id] if job and job.job_id else []
 
     def follow(self, queue: str) -> bool:
         """Ask the executor to consume ``queue`` (only); True when that is news to it."""
@@ -189,8 +189,8 @@ class Supervisor:
             now = time.monotonic()
             timeout = 0.5
             for slot in self.slots:
-                if slot.job and slot.job[2] is not None:
-                    timeout = min(timeout, max(slot.job[2] - now, 0.0))
+                if slot.job and slot.job.deadline is not None:
+                    timeout = min(timeout, max(slot.job.deadline - now, 0.0))
                 if slot.restart_at is not None:
                     timeout = min(timeout, max(slot.restart_at - now, 0.0))
             for key, _ in self.selector.select(timeout):
@@ -284,8 +284,7 @@ class Supervisor:
             return
         what = words[0]
         if what == "run" and len(words) == 4:
-            hard = float(words[2])
-            slot.job = (words[1], words[3], time.monotonic() + hard if hard > 0 else None, hard)
+            slot.job = InFlight.parse(words)
         elif what == "idle":
             slot.job = None
         elif what in ("ready", "consuming") and len(words) == 2:
@@ -298,13 +297,13 @@ class Supervisor:
         now = time.monotonic()
         for slot in self.slots:
             job = slot.job
-            if job and job[2] is not None and now >= job[2] and slot.overran is None:
-                slot.overran = (job[0], job[3])
+            if job and job.deadline is not None and now >= job.deadline and slot.overran is None:
+                slot.overran = (job.job_id or "-", job.hard_limit)
                 log.warning(
                     "%s: job %s overran its hard time limit (%g s): stopping its executor (pid %d)",
                     slot.node,
-                    job[0],
-                    job[3],
+                    job.job_id,
+                    job.hard_limit,
                     slot.proc.pid,
                 )
                 slot.proc.kill()
@@ -322,8 +321,8 @@ class Supervisor:
         if self.stopping:
             return
         how = f"was replaced ({replaced})" if replaced else _describe(code)
-        jid = job[0] if job and job[0] != "-" else None
-        tag = job[1] if job and job[1] != "-" else None
+        jid = job.job_id if job else None
+        tag = (job.delivery_tag or None) if job else None
         if overran:
             outcome = self._settle(
                 slot.node,
