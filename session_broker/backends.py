@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from qiskit.providers import BackendV2, Options
 from qiskit.transpiler import Target
 
-from .errors import (
+from session_broker.errors import (
     CircuitTooWideError,
     InvalidInputError,
     NotISAError,
@@ -232,7 +232,7 @@ def _simulator(spec: BackendSpec) -> AerSimulator:
 def aer_threads() -> int:
     """OpenMP threads per simulator (``SESSION_BROKER_AER_THREADS``; 0 = every core). Lower
     it when several pool processes share a host's cores."""
-    from .config import get_settings
+    from session_broker.core.config import get_settings
 
     return get_settings().aer_threads
 
@@ -241,7 +241,7 @@ def check_gpu() -> None:
     """Refuse ``--device GPU`` clearly where this qiskit-aer build or machine has no GPU."""
     from qiskit_aer import AerSimulator
 
-    from .errors import ConfigurationError
+    from session_broker.errors import ConfigurationError
 
     devices = AerSimulator().available_devices()
     if "GPU" not in devices:
