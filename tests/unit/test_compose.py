@@ -274,7 +274,7 @@ def test_dockerfile_is_slim_non_root_and_runs_the_cli():
 
     cmd = [json.loads(rest) for word, rest in steps if word == "CMD"]
     assert cmd and cmd[-1] == ["--help"], cmd
-    parser = _sb_module("cli").build_parser()
+    parser = _sb_module("ops.cli").build_parser()
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args(cmd[-1])
     assert exit_.value.code == 0, "`session-broker --help` must exit 0"
@@ -386,7 +386,7 @@ def test_producer_runs_the_demo_once_after_redis_and_workers():
 
 # ---------------------------------------------------------------------------- compose: CLI
 def test_every_command_is_a_valid_session_broker_command():
-    parser = _sb_module("cli").build_parser()
+    parser = _sb_module("ops.cli").build_parser()
     for name, svc in _broker_services().items():
         argv = _argv(svc.get("command", []))
         shown = "session-broker " + shlex.join(argv)
@@ -409,7 +409,7 @@ def test_every_variable_is_documented_in_env_example():
 
 
 def test_env_example_states_the_real_defaults_and_every_setting_is_forwarded():
-    config = _sb_module("config")
+    config = _sb_module("core.config")
     example = _env_example()
     shared = [f.name for f in dataclasses.fields(config.Settings) if f.name not in NOT_SHARED]
     names = [config.env_name(f) for f in shared]
