@@ -19,9 +19,9 @@ from session_broker import (
     OptionNotSupportedError,
     SamplerV2,
     Session,
-    codec,
 )
 from session_broker.backends import get_spec
+from session_broker.core import codec
 from session_broker.errors import JobCancelledError, JobTimeoutError
 from tests.conftest import make_cluster
 from tests.support.faults import bell_circuit, queue_lengths

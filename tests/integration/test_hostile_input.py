@@ -22,7 +22,8 @@ import time
 import pytest
 from qiskit.primitives.containers import SamplerPub
 
-from session_broker import InvalidPayloadError, SamplerV2, codec
+from session_broker import InvalidPayloadError, SamplerV2
+from session_broker.core import codec
 from session_broker.core.messages import task_message
 from session_broker.core.store import FINAL_JOB_STATUSES
 from session_broker.ops.embedded import wait_for
