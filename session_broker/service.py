@@ -8,6 +8,7 @@ owns the one submit path every primitive uses.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -169,7 +170,9 @@ class QiskitRuntimeService:
             newest_first=descending,
         )
         found = iter_jobs(self._store, query)
-        page = itertools.islice(found, skip, None if limit is None else skip + limit)
+        skip = min(skip, sys.maxsize)  # islice's bounds: a skip or limit past them reads everything
+        stop = None if limit is None or skip + limit > sys.maxsize else skip + limit
+        page = itertools.islice(found, skip, stop)
         return [RuntimeJobV2.attach(jid, self._store, service=self) for jid, _ in page]
 
     def usage(self) -> dict:

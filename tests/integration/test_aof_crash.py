@@ -71,8 +71,8 @@ def test_sessions_closed_just_before_redis_crashes_end_closed(stack, fresh, capl
     aof = stack.state_dir / f"{c.redis_name}-data" / "appendonly.aof"
     watch = AofWatch(str(aof))
     watch.start()
-    c.start_worker(BACKEND, name="aof-a@test")
-    c.start_worker(BACKEND, name="aof-b@test")
+    c.start_worker(BACKEND, name="aof-a@%h")
+    c.start_worker(BACKEND, name="aof-b@%h")
     bell = bell_circuit()
     stop = threading.Event()
     lock = threading.Lock()

@@ -175,3 +175,12 @@ def test_every_call_ends_done_or_is_refused_typed_before_queueing(c):
     check()
     print(f"API fuzz outcomes: {outcomes}")
     assert outcomes["done"] > 0 and outcomes["refused"] > 0
+
+
+def test_jobs_takes_limits_past_a_machine_word(cluster):
+    """Found by the fuzz above: ``jobs(limit=0, skip=2**63)`` overflowed the page's bounds."""
+    service = cluster.service
+    SamplerV2(mode=QASM).run([bell_circuit()], shots=4).result(timeout=120)
+    assert service.jobs(limit=0, skip=2**63) == []
+    assert service.jobs(limit=2**63, skip=0) != []
+    assert service.jobs(limit=2**63, skip=2**64) == []

@@ -103,6 +103,9 @@ def failover_round(stack: Stack, round_: int) -> None:
         f"\nround {round_}: median job {m_before * 1000:.1f} ms before the failover, "
         f"{m_after * 1000:.1f} ms after (no replica left); {len(delivered)} results, all DONE"
     )
-    assert m_after <= 2 * m_before, (m_before, m_after)
+    # the defect: with no replica left, every write waited out WAIT's timeout (1 s) and jobs
+    # took 42-78 s for 40. Within 2x, or (a loaded machine's noise on a few ms) within a tenth
+    # of that timeout of the time before
+    assert m_after <= max(2 * m_before, m_before + 0.1), (m_before, m_after)
     # the processes noticed they had no replica to wait for, and said so
     assert int(c.store.redis.hget(c.store.keys.counts, "replication_degraded") or 0) >= 1

@@ -17,7 +17,7 @@ import redis
 
 from session_broker import SamplerV2, Session
 from session_broker.ops.embedded import wait_for
-from tests.conftest import Cluster, signal_group
+from tests.conftest import HOST, Cluster, signal_group
 from tests.support.faults import (
     BACKEND,
     assert_bell_counts,
@@ -46,7 +46,7 @@ def test_worker_frozen_after_taking_a_message_then_killed_loses_nothing(fresh):
     process, and the SIGKILL that follows destroys it (the issue: 7 of 8 jobs lost). With the
     reliable fetch it sits on the worker's fetch list, and the reaper gives it back."""
     c = fresh()
-    a = c.start_worker(BACKEND, name="frozen-a@test")
+    a = c.start_worker(BACKEND, name="frozen-a@%h")
     queue = c.store.keys.backend_queue(BACKEND)
     sampler = SamplerV2(mode=c.service.backend(BACKEND))
     bell = bell_circuit()
@@ -76,11 +76,11 @@ def test_worker_frozen_after_taking_a_message_then_killed_loses_nothing(fresh):
 
     c.kill_worker(a)
     t0 = time.monotonic()
-    c.start_worker(BACKEND, name="frozen-b@test")
+    c.start_worker(BACKEND, name="frozen-b@%h")
     assert_bell_counts(taken.result(timeout=120), 32)
     rec = c.store.job(jid)
     print(f"[fetch window] job ran on B {time.monotonic() - t0:.1f} s after A was SIGKILLed")
-    assert rec["attempts"] == "1" and rec["worker"] == "frozen-b@test", rec
+    assert rec["attempts"] == "1" and rec["worker"] == f"frozen-b@{HOST}", rec
     assert not c.store.redis.exists(fetch), "the dead worker's fetch list was given back and removed"
 
 
@@ -103,7 +103,7 @@ def test_unacked_rescue_reads_past_a_hundred_older_foreign_entries(fresh):
     orphan_in_unacked(c.url, c.store, job.job_id())
     assert c.store.redis.hlen(c.store.keys.unacked) == 151
 
-    c.start_worker(BACKEND, name="rescue@test")
+    c.start_worker(BACKEND, name="rescue@%h")
     t0 = time.monotonic()
     assert_bell_counts(job.result(timeout=4 * c.settings.heartbeat_ttl + 60), 16)
     print(
@@ -150,7 +150,7 @@ def test_a_bounced_copy_and_the_original_do_not_share_one_unacked_record(fresh):
     second.release()
     assert c.store.redis.hexists(c.store.keys.unacked, copy2.delivery_tag), "the new copy's record survived"
 
-    c.start_worker(BACKEND, name="after-bounce@test")
+    c.start_worker(BACKEND, name="after-bounce@%h")
     assert_bell_counts(job.result(timeout=4 * c.settings.heartbeat_ttl + 60), 16)
     assert c.store.job(jid)["attempts"] == "1"
 
@@ -164,7 +164,7 @@ def test_job_recorded_running_on_a_live_worker_that_does_not_run_it_is_requeued(
     running set with what it really runs: the job runs again, the session closes, and the
     worker can be pinned again."""
     c = fresh()
-    w = c.start_worker(BACKEND, name="recon@test")
+    w = c.start_worker(BACKEND, name="recon@%h")
     bell = bell_circuit()
     session = Session(service=c.service, backend=BACKEND)
     sid = session.session_id
@@ -305,7 +305,7 @@ def test_redis_back_empty_waiters_get_typed_errors_and_workers_republish_setting
 
     port = free_port()
     c = fresh(env={"SESSION_BROKER_INTERACTIVE_TIMEOUT": "60", "SESSION_BROKER_MAX_TIME": "600"}, port=port)
-    w = c.start_worker(BACKEND, name="empty@test")
+    w = c.start_worker(BACKEND, name="empty@%h")
     assert c.store.redis.hget(c.store.keys.config, "max_time") == "600"
     signal_group(w, signal.SIGSTOP)  # the jobs stay queued while producers wait on them
     sampler = SamplerV2(mode=c.service.backend(BACKEND))
