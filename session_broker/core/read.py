@@ -4,6 +4,7 @@ set of filters, one order; each door shapes the rows its own way."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -32,8 +33,6 @@ _FILTER_FIELDS = ("status", "backend", "primitive", "summary", "created")
 
 def job_tags(summary: str | None) -> list[str]:
     """A job's tags, from its summary (the one place they live)."""
-    import json
-
     try:
         tags = json.loads(summary or "{}").get("tags") or []
     except (ValueError, AttributeError):
