@@ -53,6 +53,7 @@ case "$cmd" in
   check)
     # the fast lane: lint, format, types, import contracts, unit and Lua tests (about a minute)
     setup test
+    system_tools  # the compose checks need docker-compose
     "$VENV/bin/ruff" check session_broker tasks tests benchmarks
     "$VENV/bin/ruff" format --check -q session_broker tasks tests benchmarks
     "$VENV/bin/mypy"
