@@ -30,19 +30,23 @@ def percentile(values, q: float) -> float:
 
 
 def summarize(seconds) -> dict:
-    """n, median, p90, p99, mean, min, max of durations given in seconds, as milliseconds."""
+    """n, median, p10, p90, p99, mean, min, max of durations given in seconds, as
+    milliseconds, and the spread: (p90 - p10) / median, how noisy the series is."""
     data = [float(s) for s in seconds]
     if not data:
         return {"n": 0}
     ms = [s * 1000.0 for s in data]
+    median = percentile(ms, 50)
     return {
         "n": len(ms),
-        "median_ms": percentile(ms, 50),
+        "median_ms": median,
+        "p10_ms": percentile(ms, 10),
         "p90_ms": percentile(ms, 90),
         "p99_ms": percentile(ms, 99),
         "mean_ms": sum(ms) / len(ms),
         "min_ms": min(ms),
         "max_ms": max(ms),
+        "spread": (percentile(ms, 90) - percentile(ms, 10)) / median if median > 0 else None,
     }
 
 

@@ -30,7 +30,7 @@ def bench():
 
 def test_importing_run_py_starts_nothing(bench):
     assert callable(bench.main) and bench.MODES["quick"]["s2_jobs"] < bench.MODES["full"]["s2_jobs"]
-    assert bench.MODES["full"]["s2_jobs"] == 1000 and bench.MODES["full"]["s3_flood"] == 500
+    assert bench.MODES["full"]["s2_jobs"] == 300 and bench.MODES["full"]["s3_flood"] == 500
     assert bench.MODES["full"]["s4_sessions"] == [1, 100, 1000]
 
 
@@ -72,6 +72,16 @@ def test_verdicts_respect_direction(bench):
     assert bench.verdict(0.9, 0.8, ">=") == "PASS"
     assert bench.verdict(0.5, 0.8, ">=") == "MISS"
     assert bench.verdict(None, 1, "<=") == "n/a"
+    # a ratio to a spread-out baseline is not judged at all
+    assert bench.verdict(1.2, 1.3, "<=", baseline_spread=0.9) == "NOISY"
+    assert bench.verdict(1.2, 1.3, "<=", baseline_spread=0.1) == "PASS"
+
+
+def test_summarize_reports_the_spread(bench):
+    steady = bench.summarize([0.010] * 9 + [0.011])
+    noisy = bench.summarize([0.005, 0.010, 0.020, 0.040, 0.010])
+    assert steady["spread"] == pytest.approx((steady["p90_ms"] - steady["p10_ms"]) / steady["median_ms"])
+    assert steady["spread"] < 0.2 < bench.NOISY_BASELINE < noisy["spread"]
 
 
 def synthetic_results(bench) -> dict:
@@ -210,10 +220,11 @@ def test_targets_from_synthetic_results(bench):
     results = synthetic_results(bench)
     verdicts = {t["id"]: t["verdict"] for t in results["targets"]}
     assert verdicts == {
+        "baseline": "PASS",
         "latency": "PASS",
         "vs_ibm_local": "PASS",
         "latency_estimator": "MISS",
-        "throughput": "PASS",
+        "throughput": "MISS",  # 1.25x against issue 22's 1.3x
         "flood": "MISS",
         "open_sessions": "PASS",
         "memory_idle": "PASS",
@@ -228,6 +239,11 @@ def test_targets_from_synthetic_results(bench):
     open_sessions = next(t for t in results["targets"] if t["id"] == "open_sessions")
     assert "1000 open sessions" in open_sessions["what"]
     assert open_sessions["value"] == 1.1  # judged on the drift-corrected ratio, not the raw 1.3
+    # a spread-out direct baseline turns the latency verdicts into NOISY, not PASS or MISS
+    noisy = bench.summarize([0.001, 0.002, 0.004])
+    results["scenarios"]["1"]["workloads"]["bell_sampler"]["contenders"]["direct"] = noisy
+    verdicts = {t["id"]: t["verdict"] for t in bench.compute_targets(results)}
+    assert verdicts["baseline"] == "MISS" and verdicts["latency"] == verdicts["vs_ibm_local"] == "NOISY"
     # a run without scenario 2 says n/a rather than inventing a verdict
     del results["scenarios"]["2"]
     assert {t["id"]: t["verdict"] for t in bench.compute_targets(results)}["throughput"] == "n/a"
