@@ -16,11 +16,12 @@ from datetime import datetime
 from session_broker import backends as catalog
 from session_broker.backends import BrokerBackend
 from session_broker.core.config import get_settings, with_url
-from session_broker.core.connection import redis_client
+from session_broker.core.connection import redact, redis_client
 from session_broker.core.ids import new_id
 from session_broker.core.messages import task_message
 from session_broker.core.read import JobQuery, iter_jobs
 from session_broker.core.store import Store
+from session_broker.errors import JobNotFoundError, UnknownBackendError
 from session_broker.inputs import jobs_filters
 from session_broker.job import RuntimeJobV2
 
@@ -110,8 +111,6 @@ class QiskitRuntimeService:
         kwargs.setdefault("operational", True)
         found = self.backends(min_num_qubits=min_num_qubits, filters=filters, **kwargs)
         if not found:
-            from session_broker.errors import UnknownBackendError
-
             asked = ", ".join(
                 f"{k}={v!r}" for k, v in {"min_num_qubits": min_num_qubits, **kwargs}.items() if v is not None
             )
@@ -132,8 +131,6 @@ class QiskitRuntimeService:
     def job(self, job_id: str) -> RuntimeJobV2:
         """Re-attach to any job, from any process."""
         if not isinstance(job_id, str):
-            from session_broker.errors import JobNotFoundError
-
             raise JobNotFoundError(f"job id must be a string, not {type(job_id).__name__}")
         return RuntimeJobV2.attach(job_id, self._store, service=self)
 
@@ -240,8 +237,6 @@ class QiskitRuntimeService:
         return job
 
     def __repr__(self) -> str:
-        from session_broker.core.connection import redact
-
         return f"<QiskitRuntimeService({redact(self.url)!r})>"
 
 
