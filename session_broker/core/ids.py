@@ -16,6 +16,11 @@ def iso(ts: str | float | None) -> str | None:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+def from_iso(text: str) -> float:
+    """The inverse of ``iso``: '2023-10-09T19:37:42.004Z' -> seconds since the epoch."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
 def new_id() -> str:
     """Ids like IBM's: 20 lowercase base32-ish characters."""
     return uuid.uuid4().hex[:20]

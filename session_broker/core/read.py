@@ -21,6 +21,7 @@ class JobQuery:
     backend: str | None = None
     program: str | None = None  # the primitive: "sampler" | "estimator"
     pending: bool | None = None  # True: QUEUED or RUNNING; False: ended
+    status: str | None = None  # exactly this status: QUEUED, RUNNING, DONE, ERROR, CANCELLED
     tags: frozenset[str] = field(default_factory=frozenset)
     after: float | None = None  # created at or after (Redis server seconds)
     before: float | None = None  # created at or before
@@ -77,12 +78,47 @@ def matches(rec: dict[str, str], query: JobQuery) -> bool:
         return False
     if query.pending is not None and (rec["status"] not in FINAL_JOB_STATUSES) != query.pending:
         return False
+    if query.status and rec["status"] != query.status:
+        return False
     created = float(rec.get("created") or 0)
     if query.after is not None and created < query.after:
         return False
     if query.before is not None and created > query.before:
         return False
     return not query.tags or query.tags <= set(job_tags(rec.get("summary")))
+
+
+@dataclass(frozen=True)
+class SessionQuery:
+    """Which sessions (and batches), newest first. Every filter is optional."""
+
+    state: str | None = None  # open, active, inactive, pending_closed, closed
+    backend: str | None = None
+    mode: str | None = None  # "session" | "batch"
+
+
+def iter_sessions(store: Store, query: SessionQuery) -> Iterator[str]:
+    """Ids of the sessions that match, newest first, read ``CHUNK`` at a time."""
+    total = store.redis.zcard(store.keys.sessions)
+    seen: set[str] = set()  # a session opened while we read shifts the ranks by one
+    for start in range(0, total, CHUNK):
+        ids = [
+            i for i in store.redis.zrevrange(store.keys.sessions, start, start + CHUNK - 1) if i not in seen
+        ]
+        seen.update(ids)
+        pipe = store.redis.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hmget(store.keys.session(sid), ("state", "backend", "mode"))
+        for sid, (state, backend, mode) in zip(ids, pipe.execute()):
+            if not state:
+                continue  # expired; the listing is trimmed later
+            if query.state and state != query.state:
+                continue
+            if query.backend and backend != query.backend:
+                continue
+            if query.mode and mode != query.mode:
+                continue
+            yield sid
 
 
 def time_left(session: dict[str, str], max_timer_ttl: int | str | None) -> int:

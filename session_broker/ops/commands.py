@@ -36,6 +36,7 @@ from session_broker.core.ids import iso
 from session_broker.core.read import JobQuery, iter_jobs, time_left
 from session_broker.core.store import FINAL_JOB_STATUSES, SESSION_STATUS, Store
 from session_broker.errors import BrokerConnectionError, JobNotFoundError, SessionNotFoundError
+from session_broker.ops.plots import top_outcomes
 
 EXIT_OK, EXIT_FAIL = 0, 1
 CLEAR = "\x1b[H\x1b[2J"  # cursor home + clear screen
@@ -250,13 +251,24 @@ def session_details(store: Store, sid: str, *, tick: bool = True) -> dict:
     return details
 
 
-def job_rows(store: Store, *, session: str | None = None, limit: int = 50) -> list[dict]:
-    """Jobs, newest first (all, or one session's). Raises ``SessionNotFoundError``."""
+def job_rows(
+    store: Store,
+    *,
+    session: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    query: JobQuery | None = None,
+) -> list[dict]:
+    """Jobs, newest first (all, one session's, or those ``query`` picks), ``limit`` of them
+    after skipping ``offset``. Raises ``SessionNotFoundError``."""
+    query = query or JobQuery(session=session)
+    session = query.session
     if session and not store.redis.exists(store.keys.session(session)) and not store.session_job_ids(session):
         raise SessionNotFoundError(f"session {session!r} does not exist (or its record expired)")
     now = server_now(store)
-    found = iter_jobs(store, JobQuery(session=session), JOB_FIELDS)
-    return [_job_dict(jid, rec, now) for jid, rec in itertools.islice(found, max(limit, 1))]
+    found = iter_jobs(store, query, JOB_FIELDS)
+    page = itertools.islice(found, max(offset, 0), max(offset, 0) + max(limit, 1))
+    return [_job_dict(jid, rec, now) for jid, rec in page]
 
 
 def _job_dict(jid: str, rec: dict, now: float) -> dict:
@@ -307,11 +319,12 @@ def job_view(store: Store, jid: str, *, with_result: bool = True) -> dict:
     return view
 
 
-def result_summary(encoded: str, top: int = 8) -> dict:
+def result_summary(encoded: str, top: int = 8, bars: int = 0) -> dict:
     """A short, JSON-safe account of a stored result.
 
-    Sampler: the first PUB's first register, its ``top`` most frequent outcomes.
-    Estimator: the first PUB's ``evs`` shape and first values (and ``stds``).
+    Sampler: the first PUB's first register, its ``top`` most frequent outcomes (and, with
+    ``bars``, a histogram's bars: every outcome, or the ``bars - 1`` most frequent and
+    "other"). Estimator: the first PUB's ``evs`` shape and first ``top`` values (and ``stds``).
     """
     import numpy as np
     from qiskit.primitives.containers import BitArray
@@ -342,6 +355,8 @@ def result_summary(encoded: str, top: int = 8) -> dict:
             outcomes=len(counts),
             top=[[k, int(v)] for k, v in ranked[:top]],
         )
+        if bars:
+            out["bars"] = [[k, int(v)] for k, v in top_outcomes(counts, bars)]
         return out
     if "evs" in fields:
         evs = np.asarray(data["evs"])

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
+import fastapi_offline
 import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from session_broker.api import identity, jobs, runtime
@@ -31,6 +33,9 @@ from session_broker.errors import ConfigurationError, SessionBrokerError
 from session_broker.ops import web
 
 log = logging.getLogger("session_broker.api")
+# Swagger UI's files, as fastapi-offline ships them (the /docs page must work offline)
+SWAGGER_DIR = Path(fastapi_offline.__file__).parent / "static"
+SWAGGER_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
 API_PREFIXES = ("/api/", "/experimental/", "/identity/", "/v3/")
 
 
@@ -74,7 +79,20 @@ def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
 
     @app.get("/docs", include_in_schema=False)
     def docs(_p=Depends(web.pages)):
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="session-broker API")
+        """Swagger UI from the assets installed with fastapi-offline: no CDN, works offline."""
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="session-broker API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon.png",
+        )
+
+    @app.get("/static/swagger/{name}", include_in_schema=False)
+    def swagger_asset(name: str, _p=Depends(web.pages)):
+        if name not in SWAGGER_ASSETS:
+            return PlainTextResponse("no such asset", status_code=404)
+        return FileResponse(SWAGGER_DIR / name, headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/healthcheck", response_class=PlainTextResponse, tags=["health"])
     def healthcheck():

@@ -76,6 +76,13 @@ def queue_length_keys(queue: str) -> list[str]:
     return [queue, *(f"{queue}{K.KOMBU_PRIORITY_SEP}{p}" for p in K.KOMBU_PRIORITY_STEPS)]
 
 
+def bucket_counts(fields: dict[str, str]) -> list[int]:
+    """A ``P:hist:<name>`` hash -> non-cumulative counts, one per ``HISTOGRAM_BOUNDS`` and a
+    last one for everything above (the Jobs page draws these)."""
+    cumulative = [c for _, c in cumulative_buckets(fields)[0]]
+    return [int(c - p) for c, p in zip(cumulative, [0.0] + cumulative[:-1])]
+
+
 def cumulative_buckets(fields: dict[str, str]) -> tuple[list[tuple[str, float]], float]:
     """A ``P:hist:<name>`` hash -> ([(le, cumulative count), ..., ("+Inf", total)], sum).
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -413,3 +414,95 @@ def test_jobs_page_session_and_job(up, browser, redis_url):
         assert "session_broker_execution_seconds_bucket" in body
     finally:
         session.close()
+
+
+@pytest.mark.timeout(900)
+def test_console_updates_live_filters_pages_and_plots(up, browser, redis_url):
+    """The console: live updates without a reload, filters, search by id, pages, a session
+    timeline, result plots, latency histograms, Swagger UI from local assets."""
+    require_browser()
+    from qiskit import QuantumCircuit
+
+    from session_broker import Batch, QiskitRuntimeService, SamplerV2
+
+    bell = QuantumCircuit(2)
+    bell.h(0)
+    bell.cx(0, 1)
+    bell.measure_all()
+    service = QiskitRuntimeService(redis_url)
+    page = new_page(browser)
+    try:
+        assert page.goto(up.web + "/").status == 200
+        page.wait_for_function("document.getElementById('live-state').textContent.includes('live')")
+        page.evaluate("window.__still_the_same_page = 42")
+
+        # 30 jobs in a batch, one of them tagged; the open page shows them without a reload
+        with Batch(backend=service.backend(BACKEND)) as batch:
+            sampler = SamplerV2(mode=batch)
+            jobs = [sampler.run([bell], shots=100) for _ in range(29)]
+            sampler.options.environment.job_tags = ["console-tag"]
+            tagged = sampler.run([bell], shots=100)
+            for job in [*jobs, tagged]:
+                job.result(timeout=300)
+        page.locator(f"#jobs a[href='/job/{tagged.job_id()}']").wait_for(timeout=60_000)
+        assert page.evaluate("window.__still_the_same_page") == 42, "the page reloaded"
+        assert int(page.evaluate("document.body.dataset.updates")) >= 1
+
+        # pages of 25, newest first: the newest job on page 1, the oldest on page 2
+        assert page.locator("#jobs tbody tr").count() == 25
+        page.locator("#jobs-pager a[rel=next]").click()
+        page.wait_for_url("**jobs_page=1**")
+        page.locator(f"#jobs a[href='/job/{jobs[0].job_id()}']").wait_for()
+
+        # filters: by tag, by session (the batch), by a status nothing has
+        page.goto(f"{up.web}/?tag=console-tag")
+        assert page.locator("#jobs tbody tr").count() == 1
+        assert page.locator(f"#jobs a[href='/job/{tagged.job_id()}']").count() == 1
+        page.goto(f"{up.web}/?session={batch.session_id}&status=DONE")
+        assert (
+            page.locator("#jobs tbody tr").count() == 25
+            and page.locator("#jobs-pager a[rel=next]").count() == 1
+        )
+        page.goto(f"{up.web}/?status=CANCELLED&backend={BACKEND}&session={batch.session_id}")
+        assert "No jobs match these filters" in page.locator("main").inner_text()
+        page.goto(f"{up.web}/?state=closed")
+        assert page.locator(f"#sessions a[href='/session/{batch.session_id}']").count() == 1
+        assert page.locator("#sessions tbody tr:not(.row-st-closed)").count() == 0
+
+        # search by id: a job, a session, nothing
+        page.fill("header input[name=q]", tagged.job_id())
+        page.press("header input[name=q]", "Enter")
+        page.wait_for_url(f"**/job/{tagged.job_id()}")
+        page.fill("header input[name=q]", batch.session_id)
+        page.press("header input[name=q]", "Enter")
+        page.wait_for_url(f"**/session/{batch.session_id}")
+        # the session's timeline: one solid bar per job that ran
+        assert page.locator("#timeline svg rect.ran").count() == 30
+        shot(page, "console-timeline.png", "jobs-timeline.png")
+        page.goto(f"{up.web}/?q=no-such-id")
+        assert page.locator("#not-found").count() == 1
+
+        # result plots: every outcome of a Bell job (00 and 11), one point per expectation value
+        page.goto(f"{up.web}/job/{tagged.job_id()}")
+        assert page.locator("#counts-plot svg rect.pbar").count() == 2
+        est = next(j for j in service.jobs(limit=50) if j.primitive_id == "estimator")
+        page.goto(f"{up.web}/job/{est.job_id()}")
+        assert page.locator("#evs-plot svg circle.pt").count() == 2
+
+        # the latency histograms have bars once jobs ran
+        page.goto(up.web + "/")
+        assert page.locator("#histograms svg").count() == 2
+        assert page.locator("#histograms svg rect.pbar").count() >= 2
+        shot(page, "console-index.png", "jobs-page.png")
+
+        # Swagger UI renders from the front's own files (this machine has no CDN)
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(up.web + "/docs")
+        page.locator(".swagger-ui .info .title").wait_for(timeout=60_000)
+        title = page.locator(".swagger-ui .info .title").inner_text()
+        assert "session-broker" in title and "OAS 3.1" in title  # the spec was fetched and read
+        assert page.locator(".swagger-ui .opblock").count() > 10  # and its operations listed
+        assert all(u.startswith(up.web) for u in requests), [u for u in requests if not u.startswith(up.web)]
+    finally:
+        page.context.close()

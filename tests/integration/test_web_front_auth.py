@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import re
+import urllib.request
 from urllib.parse import urlencode
 
 import pytest
@@ -59,7 +60,9 @@ def kind(path: str) -> str:
         return "bearer"
     if path.startswith(("/api/v1/", "/experimental/api/v1/")):
         return "runtime"
-    if path in ("/", "/metrics", "/docs", "/openapi.json") or path.startswith(("/session/", "/job/")):
+    if path in ("/", "/metrics", "/docs", "/openapi.json", "/events") or path.startswith(
+        ("/session/", "/job/", "/static/")
+    ):
         return "page"
     raise AssertionError(f"route {path} has no known login: add it to this test")
 
@@ -89,6 +92,12 @@ def test_every_route_needs_its_login(server, redis_url):
             ):
                 status, _ = http(method, url, send, headers)
                 assert status == 401, (method, path, headers, status)
+            if path == "/events":  # a stream: the status line is the answer
+                req = urllib.request.Request(url, headers=basic(f"{USER}:{PASSWORD}"))
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+                    assert r.readline().startswith(b"retry:")
+                continue
             status, _ = http(method, url, send, basic(f"{USER}:{PASSWORD}"))
             assert status in (200, 404), (method, path, status)
             continue
