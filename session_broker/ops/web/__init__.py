@@ -27,6 +27,7 @@ import redis
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from prometheus_client import CollectorRegistry, generate_latest
 
 from session_broker.core import keys as K
@@ -85,7 +86,11 @@ class Pages:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BrokerCollector(store))
 
+    def check(self, user: str, password: str) -> bool:
+        return bool(self.expected) and hmac.compare_digest(f"{user}:{password}".encode(), self.expected)
+
     def authorized(self, header: str) -> bool:
+        """The same check on a raw header (the app's error handlers have no dependency)."""
         scheme, _, value = header.partition(" ")
         if not self.expected or scheme.lower() != "basic" or not value:
             return False
@@ -230,10 +235,14 @@ def _overview(store: Store, f: Filters) -> dict:
     }
 
 
-def pages(request: Request) -> Pages:
-    """The login check every page makes (a dependency, so no page can forget it)."""
+_basic = HTTPBasic(auto_error=False, realm="session-broker")
+
+
+def pages(request: Request, given: HTTPBasicCredentials | None = Depends(_basic)) -> Pages:
+    """The login check every page makes (a dependency, so no page can forget it). FastAPI's
+    ``HTTPBasic`` reads the header (a malformed one is its 401); we compare in constant time."""
     p: Pages = request.app.state.front.pages
-    if not p.authorized(request.headers.get("authorization", "")):
+    if given is None or not p.check(given.username, given.password):
         raise NeedLogin()
     return p
 
