@@ -61,10 +61,6 @@ def connect(url: str, redis_class: type[redis.Redis] = redis.Redis, **kwargs: An
 # time each returns what it is given.
 
 
-def text(reply: bytes | str) -> str:
-    return cast(str, reply)
-
-
 def text_or_none(reply: bytes | str | None) -> str | None:
     return cast("str | None", reply)
 
