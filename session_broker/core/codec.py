@@ -40,8 +40,10 @@ import json
 import math
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, NoReturn, TypeAlias, TypedDict, TypeVar
 
 import numpy as np
 from qiskit import QuantumCircuit, qpy
@@ -102,6 +104,67 @@ _RESULT_DTYPE = re.compile(r"[<|][biufc](1|2|4|8|16)")
 # ANSI colours (raw or repr-escaped), escaped newlines and box drawing in QPY's Rust errors.
 _NOISE = re.compile(r"(\x1b|\\x1b)\[[0-9;]*m|\\n|[\u2500-\u257f]+|Backtrace")
 
+# --- the wire's shapes, as the encoders write them (the decoders check what arrives) --------
+
+#: A JSON-safe value (what ``_jsonable`` makes of anything).
+JSONValue: TypeAlias = "None | bool | int | float | str | list[JSONValue] | dict[str, JSONValue]"
+
+
+class ArrayJSON(TypedDict):
+    dtype: str
+    shape: list[int]
+    b64: str
+
+
+class BindingJSON(TypedDict):
+    names: list[str]
+    array: ArrayJSON
+
+
+class BindingsJSON(TypedDict):
+    shape: list[int]
+    data: list[BindingJSON]
+
+
+class ObservablesJSON(TypedDict):
+    shape: list[int]
+    terms: list[dict[str, float]]
+
+
+class SamplerPubJSON(TypedDict):
+    circuit: str
+    params: BindingsJSON
+    shots: int | None
+
+
+class EstimatorPubJSON(TypedDict):
+    circuit: str
+    observables: ObservablesJSON
+    params: BindingsJSON
+    precision: float | None
+
+
+class BitsFieldJSON(TypedDict):
+    name: str
+    type: Literal["bits"]
+    num_bits: int
+    array: ArrayJSON
+
+
+class ArrayFieldJSON(TypedDict):
+    name: str
+    type: Literal["array"]
+    array: ArrayJSON
+
+
+class ValueFieldJSON(TypedDict):
+    name: str
+    type: Literal["json"]
+    value: JSONValue
+
+
+FieldJSON: TypeAlias = "BitsFieldJSON | ArrayFieldJSON | ValueFieldJSON"
+
 
 def _parse_float(text: str) -> float:
     value = float(text)
@@ -110,7 +173,7 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def _reject_constant(name: str):
+def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not allowed")
 
 
@@ -128,7 +191,7 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(_NOISE.sub(' ', str(exc)).split())}"[:300]
 
 
-def _fields(obj, keys: tuple[str, ...], where: str) -> list:
+def _fields(obj: object, keys: tuple[str, ...], where: str) -> list[Any]:
     """The values of exactly ``keys`` of JSON object ``obj`` (no key missing, none extra)."""
     if not isinstance(obj, dict):
         raise _bad(where, f"expected a JSON object, got {type(obj).__name__}")
@@ -141,7 +204,7 @@ def _fields(obj, keys: tuple[str, ...], where: str) -> list:
     return [obj[k] for k in keys]
 
 
-def _int(value, where: str, low: int, high: int) -> int:
+def _int(value: object, where: str, low: int, high: int) -> int:
     if type(value) is not int:  # bool is an int subclass; so is nothing else from JSON
         raise _bad(where, f"expected an integer, got {type(value).__name__}")
     if not low <= value <= high:
@@ -149,7 +212,7 @@ def _int(value, where: str, low: int, high: int) -> int:
     return value
 
 
-def _shape(value, where: str, max_size: int | None) -> tuple[int, ...]:
+def _shape(value: object, where: str, max_size: int | None) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) > MAX_NDIM:
         raise _bad(where, f"expected a list of at most {MAX_NDIM} dimensions")
     shape = tuple(_int(dim, f"{where}[{i}]", 0, 2**62) for i, dim in enumerate(value))
@@ -161,7 +224,7 @@ def _shape(value, where: str, max_size: int | None) -> tuple[int, ...]:
 # --- arrays --------------------------------------------------------------------------------
 
 
-def _enc_array(arr: np.ndarray) -> dict:
+def _enc_array(arr: np.ndarray) -> ArrayJSON:
     """Raw little-endian bytes, base64: no per-element Python objects on either side."""
     dtype = arr.dtype.newbyteorder("<")
     # asarray keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d: evs of shape ())
@@ -170,13 +233,14 @@ def _enc_array(arr: np.ndarray) -> dict:
     return {"dtype": dtype.str, "shape": list(arr.shape), "b64": b64}
 
 
-def _dec_array(obj, where: str, dtypes: tuple[str, ...] | None, max_size: int | None):
+def _dec_array(obj: object, where: str, dtypes: tuple[str, ...] | None, max_size: int | None) -> np.ndarray:
     dtype_str, shape, b64 = _fields(obj, ("dtype", "shape", "b64"), where)
     if dtypes is not None and dtype_str not in dtypes:
         raise _bad(f"{where}.dtype", f"expected one of {list(dtypes)}, got {dtype_str!r:.40}")
     # Canonical little-endian numeric dtypes only (what _enc_array writes): never "O", "V", ...
     if not isinstance(dtype_str, str) or not _RESULT_DTYPE.fullmatch(dtype_str):
         raise _bad(f"{where}.dtype", f"unsupported dtype {dtype_str!r:.40}")
+    dtype: np.dtype[Any] | None
     try:
         dtype = np.dtype(dtype_str)
     except TypeError:
@@ -280,7 +344,7 @@ def _header_overflows(raw: bytes, h: int) -> bool:
     """Whether the circuit header at ``h`` declares more records than the bytes after it."""
     name, _, phase, _, _, meta, regs, instrs, nvars = _QPY_CIRCUIT_HEADER.unpack_from(raw, h)
     rest = len(raw) - h - _QPY_CIRCUIT_HEADER.size
-    return (
+    return bool(
         name + phase + meta > rest
         or instrs * _QPY_MIN_INSTRUCTION > rest
         or regs * _QPY_MIN_REGISTER > rest
@@ -352,8 +416,8 @@ def _load_circuit(data: str, where: str) -> QuantumCircuit:
 # --- PUBs ----------------------------------------------------------------------------------
 
 
-def _enc_bindings(bindings: BindingsArray) -> dict:
-    data = []
+def _enc_bindings(bindings: BindingsArray) -> BindingsJSON:
+    data: list[BindingJSON] = []
     for names, arr in bindings.data.items():
         if not names:  # `[]`, `[[]]`, np.zeros((3, 0)) on a parameterless circuit: the shape
             continue  # is all they carry, and it travels in "shape"
@@ -363,7 +427,7 @@ def _enc_bindings(bindings: BindingsArray) -> dict:
     return {"shape": list(bindings.shape), "data": data}
 
 
-def _circuit_encoder():
+def _circuit_encoder() -> Callable[[QuantumCircuit], str]:
     """encode_circuit, memoised per call by object identity: PUBs often share one circuit."""
     memo: dict[int, tuple[QuantumCircuit, str]] = {}
 
@@ -379,16 +443,19 @@ def _circuit_encoder():
     return encode
 
 
-def _coerce(cls, pub):
+_Pub = TypeVar("_Pub", SamplerPub, EstimatorPub)
+
+
+def _coerce(cls: type[_Pub], pub: object) -> _Pub:
     try:
         return cls.coerce(pub)
     except Exception as exc:
         raise InvalidInputError(f"invalid {cls.__name__}: {exc}") from exc
 
 
-def encode_sampler_pubs(pubs: Sequence[SamplerPub]) -> list[dict]:
+def encode_sampler_pubs(pubs: Sequence[SamplerPub]) -> list[SamplerPubJSON]:
     encode = _circuit_encoder()
-    out = []
+    out: list[SamplerPubJSON] = []
     for pub in map(lambda p: _coerce(SamplerPub, p), pubs):
         if pub.shots is not None and not 0 < pub.shots <= MAX_SHOTS:
             raise InvalidInputError(f"shots must be in 1..{MAX_SHOTS}, got {pub.shots}")
@@ -402,9 +469,9 @@ def encode_sampler_pubs(pubs: Sequence[SamplerPub]) -> list[dict]:
     return out
 
 
-def encode_estimator_pubs(pubs: Sequence[EstimatorPub]) -> list[dict]:
+def encode_estimator_pubs(pubs: Sequence[EstimatorPub]) -> list[EstimatorPubJSON]:
     encode = _circuit_encoder()
-    out = []
+    out: list[EstimatorPubJSON] = []
     for pub in map(lambda p: _coerce(EstimatorPub, p), pubs):
         terms = [{str(k): float(v) for k, v in d.items()} for d in np.asarray(pub.observables).reshape(-1)]
         out.append(
@@ -418,12 +485,13 @@ def encode_estimator_pubs(pubs: Sequence[EstimatorPub]) -> list[dict]:
     return out
 
 
-def _dec_bindings(obj, where: str, circuit: QuantumCircuit) -> BindingsArray:
+def _dec_bindings(obj: object, where: str, circuit: QuantumCircuit) -> BindingsArray:
     shape, entries = _fields(obj, ("shape", "data"), where)
     shape = _shape(shape, f"{where}.shape", MAX_PUB_SIZE)
     if not isinstance(entries, list):
         raise _bad(f"{where}.data", "expected a list")
-    data, seen = {}, set()
+    data: dict[tuple[str, ...], np.ndarray] = {}
+    seen: set[str] = set()
     for i, entry in enumerate(entries):
         at = f"{where}.data[{i}]"
         names, array = _fields(entry, ("names", "array"), at)
@@ -449,7 +517,7 @@ def _dec_bindings(obj, where: str, circuit: QuantumCircuit) -> BindingsArray:
     return BindingsArray(data, shape=shape)
 
 
-def _dec_observables(obj, where: str) -> ObservablesArray:
+def _dec_observables(obj: object, where: str) -> ObservablesArray:
     shape, terms = _fields(obj, ("shape", "terms"), where)
     shape = _shape(shape, f"{where}.shape", MAX_PUB_SIZE)
     if not isinstance(terms, list) or len(terms) != math.prod(shape):
@@ -470,7 +538,7 @@ def _dec_observables(obj, where: str) -> ObservablesArray:
     return ObservablesArray(flat.reshape(shape), copy=False)
 
 
-def _dec_pub(obj, where: str, primitive: str, circuits: BoundedMemo):
+def _dec_pub(obj: object, where: str, primitive: str, circuits: BoundedMemo) -> SamplerPub | EstimatorPub:
     if primitive == "sampler":
         qpy_b64, params, shots = _fields(obj, ("circuit", "params", "shots"), where)
         if shots is not None:
@@ -507,14 +575,14 @@ def _dec_pub(obj, where: str, primitive: str, circuits: BoundedMemo):
 MAX_RESULT_BYTES = 1 << 30  # a sampler job's bit arrays: PUB size x shots x bytes per shot
 
 
-def result_bytes(pubs) -> int:
+def result_bytes(pubs: Iterable[SamplerPub]) -> int:
     """Bytes of the BitArrays a sampler job returns (client and worker check the same bound)."""
     return sum(
         int(np.prod(p.shape, dtype=np.int64)) * int(p.shots) * -(-p.circuit.num_clbits // 8) for p in pubs
     )
 
 
-def check_result_size(pubs) -> None:
+def check_result_size(pubs: Iterable[SamplerPub]) -> None:
     size = result_bytes(pubs)
     if size > MAX_RESULT_BYTES:
         raise InvalidInputError(
@@ -543,7 +611,13 @@ def check_payload(payload: str, *, max_bytes: int) -> None:
         raise InvalidInputError(f"this job would be refused by the worker: {exc}") from None
 
 
-def encode_payload(primitive: str, pubs: list[dict], options: dict, *, max_bytes: int) -> str:
+def encode_payload(
+    primitive: str,
+    pubs: list[SamplerPubJSON] | list[EstimatorPubJSON],
+    options: dict[str, Any],
+    *,
+    max_bytes: int,
+) -> str:
     """Compact JSON text of a job; ``PayloadTooLargeError`` if it is over ``max_bytes``."""
     if primitive not in PRIMITIVES:
         raise InvalidInputError(f"primitive must be one of {PRIMITIVES}, not {primitive!r}")
@@ -562,11 +636,11 @@ def encode_payload(primitive: str, pubs: list[dict], options: dict, *, max_bytes
 @dataclass(frozen=True)
 class DecodedJob:
     primitive: str  # "sampler" | "estimator"
-    pubs: list  # validated SamplerPub or EstimatorPub objects
-    options: dict  # JSON-safe, as sent
+    pubs: list[SamplerPub | EstimatorPub]  # validated
+    options: dict[str, Any]  # JSON-safe, as sent
 
 
-def _parse_json(data, max_bytes: int | None, what: str):
+def _parse_json(data: object, max_bytes: int | None, what: str) -> Any:
     """Size check, then strict UTF-8 and JSON (no NaN/Infinity, no float overflow)."""
     if isinstance(data, str):
         size = len(data) if data.isascii() else len(data.encode("utf-8", "surrogatepass"))
@@ -605,7 +679,7 @@ def decode_payload(data: str | bytes, *, max_bytes: int) -> DecodedJob:
     return _decode_payload(data, max_bytes, BoundedMemo(max_entries=1 << 30, max_chars=1 << 62))
 
 
-def _decode_payload(data, max_bytes: int | None, circuits: BoundedMemo) -> DecodedJob:
+def _decode_payload(data: object, max_bytes: int | None, circuits: BoundedMemo) -> DecodedJob:
     try:
         obj = _parse_json(data, max_bytes, "payload")
         if not isinstance(obj, dict):
@@ -635,7 +709,7 @@ def _decode_payload(data, max_bytes: int | None, circuits: BoundedMemo) -> Decod
 # --- results -------------------------------------------------------------------------------
 
 
-def _jsonable(value, depth: int = 0):
+def _jsonable(value: object, depth: int = 0) -> JSONValue:
     """A JSON-safe copy: numpy to Python, non-finite floats and unknown objects to strings."""
     if value is None or isinstance(value, (bool, str)):
         return value
@@ -655,7 +729,7 @@ def _jsonable(value, depth: int = 0):
         return f"<{type(value).__name__}>"
 
 
-def _enc_field(name: str, value) -> dict:
+def _enc_field(name: str, value: object) -> FieldJSON:
     if isinstance(value, BitArray):
         return {"name": name, "type": "bits", "num_bits": value.num_bits, "array": _enc_array(value.array)}
     if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
@@ -676,7 +750,7 @@ def encode_result(result: PrimitiveResult) -> str:
     return _ENCODER.encode({"v": WIRE_VERSION, "metadata": _jsonable(result.metadata), "pubs": pubs})
 
 
-def _dec_field(obj, where: str):
+def _dec_field(obj: object, where: str) -> tuple[str, Any]:
     if not isinstance(obj, dict) or obj.get("type") not in ("bits", "array", "json"):
         raise _bad(where, "expected a field of type bits, array or json")
     if obj["type"] == "json":
@@ -720,7 +794,7 @@ def decode_result(data: str) -> PrimitiveResult:
         raise InvalidPayloadError(f"invalid result: {_short(exc)}") from None
 
 
-def _with_spans(metadata: dict) -> dict:
+def _with_spans(metadata: dict[str, Any]) -> dict[str, Any]:
     """IBM's ``ExecutionSpans`` in ``metadata["execution"]["execution_spans"]``.
 
     The worker writes each span as ``{"start": ISO, "stop": ISO, "data_slices": {pub index:
@@ -734,8 +808,7 @@ def _with_spans(metadata: dict) -> dict:
     )
     if not isinstance(spans, list):
         return metadata
-    from datetime import datetime
-
+    # lazy: qiskit_ibm_runtime takes a second or more to import, and workers never need it
     from qiskit_ibm_runtime.execution_span import ExecutionSpans, SliceSpan
 
     objects = []

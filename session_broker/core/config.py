@@ -54,6 +54,7 @@ class Settings:
         """How many replicas a submit or a result waits for (``wait_replicas`` resolved)."""
         if self.wait_replicas >= 0:
             return self.wait_replicas
+        # lazy: sentinel imports redis, which light processes (the CLI's --help) never load
         from session_broker.core import sentinel
 
         return 1 if sentinel.is_sentinel(self.url) else 0
@@ -107,6 +108,7 @@ def _bad(field: str, value: object, allowed: str) -> ConfigurationError:
 def validate_url(url: str, field: str = "url") -> str:
     """Accept ``redis://`` and ``rediss://`` URLs (with optional user:password@ and /db), and
     ``sentinel://`` / ``sentinels://`` URLs naming Sentinels and a master (see ``sentinel``)."""
+    # lazy: sentinel imports redis, which light processes (the CLI's --help) never load
     from session_broker.core import sentinel
 
     if sentinel.is_sentinel(url):

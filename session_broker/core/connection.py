@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -37,12 +39,12 @@ def redis_client(settings: Settings, *, typed_errors: bool = False) -> redis.Red
         socket_keepalive=True,
         redis_class=TypedErrorsRedis if typed_errors else redis.Redis,
     )
-    if typed_errors:
+    if isinstance(client, TypedErrorsRedis):  # typed_errors
         client.broker_url = settings.url
     return client
 
 
-def connect(url: str, redis_class: type[redis.Redis] = redis.Redis, **kwargs) -> redis.Redis:
+def connect(url: str, redis_class: type[redis.Redis] = redis.Redis, **kwargs: Any) -> redis.Redis:
     """Every redis-py client we make: ``redis://``, ``rediss://`` (TLS options from the URL)
     or ``sentinel://`` (bound to the current master). ``decode_responses`` unless told."""
     kwargs.setdefault("decode_responses", True)
@@ -51,6 +53,31 @@ def connect(url: str, redis_class: type[redis.Redis] = redis.Redis, **kwargs) ->
     if sentinel.is_sentinel(url):
         return sentinel.client(url, ssl_kwargs, redis_class=redis_class, **kwargs)
     return redis_class.from_url(bare, **kwargs, **ssl_kwargs)
+
+
+# Replies. Every client we make decodes them (``connect``: ``decode_responses=True``; only
+# ``Store.ping``'s client, which reads nothing, does not), so Redis answers str where
+# redis-py's types say ``bytes | str``. These casts are the one place that says so; at run
+# time each returns what it is given.
+
+
+def text_or_none(reply: bytes | str | None) -> str | None:
+    return cast("str | None", reply)
+
+
+def text_map(reply: Mapping[Any, object]) -> dict[str, str]:
+    """A hash reply (HGETALL; CONFIG GET, which redis-py types ``str | None``)."""
+    return cast("dict[str, str]", reply)
+
+
+def text_list(reply: Iterable[object]) -> list[str]:
+    """A list reply of strings (LRANGE, ZRANGE... without scores)."""
+    return cast("list[str]", reply)
+
+
+def text_or_none_list(reply: Iterable[bytes | str | None]) -> list[str | None]:
+    """HMGET's reply: a string or None per field."""
+    return cast("list[str | None]", reply)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -68,7 +95,7 @@ _DOING: ContextVar[str | None] = ContextVar("session_broker_redis_doing", defaul
 
 
 @contextmanager
-def broker_errors(settings: Settings, what: str):
+def broker_errors(settings: Settings, what: str) -> Iterator[None]:
     """Redis's own exceptions -> our typed ones, for the calls producers make.
 
     A producer meets a Redis that is out of memory or gone (after the client's retries) as
@@ -84,7 +111,7 @@ def broker_errors(settings: Settings, what: str):
 
 
 @contextmanager
-def _typed_errors(url: str, what):
+def _typed_errors(url: str, what: str | Callable[[], str]) -> Iterator[None]:
     """The mapping itself; ``what`` is a string or, on hot paths, a callable giving it."""
     try:
         yield
@@ -115,7 +142,7 @@ def _script_names() -> dict[str, str]:
     return {hashlib.sha1(scripts.source(name).encode()).hexdigest(): name for name in scripts.names()}
 
 
-def _doing(args: tuple) -> str:
+def _doing(args: tuple[Any, ...]) -> str:
     """What a failed command was doing: the enclosing ``broker_errors`` block's words, else
     the script's or command's name."""
     what = _DOING.get()
@@ -138,11 +165,12 @@ class TypedErrorsRedis(redis.Redis):
 
     broker_url = ""
 
-    def execute_command(self, *args, **options):
+    def execute_command(self, *args: Any, **options: Any) -> Any:
         with _typed_errors(self.broker_url, lambda: _doing(args)):
-            return super().execute_command(*args, **options)
+            # redis-py leaves execute_command unannotated
+            return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
-    def pipeline(self, transaction=True, shard_hint=None) -> redis.client.Pipeline:
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> redis.client.Pipeline:
         pipe = _TypedErrorsPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
         pipe.broker_url = self.broker_url
         return pipe
@@ -151,11 +179,12 @@ class TypedErrorsRedis(redis.Redis):
 class _TypedErrorsPipeline(redis.client.Pipeline):
     broker_url = ""
 
-    def immediate_execute_command(self, *args, **options):
+    def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
         with _typed_errors(self.broker_url, lambda: _doing(args)):
-            return super().immediate_execute_command(*args, **options)
+            # redis-py leaves immediate_execute_command unannotated
+            return super().immediate_execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
-    def execute(self, raise_on_error: bool = True):
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
         stack = list(self.command_stack)  # execute() empties it, even when it fails
 
         def doing() -> str:
@@ -195,7 +224,7 @@ class Replication:
             self.look()
         return min(self.want, self.connected) if self.connected is not None else self.want
 
-    def acked(self, acked: int, want: int) -> None:
+    def acked(self, acked: int | None, want: int) -> None:
         if acked is not None and int(acked) < want:
             self.look()
 

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from session_broker.core.connection import text_list
 from session_broker.core.store import FINAL_JOB_STATUSES, Store
 
 CHUNK = 200  # job records read per round trip
@@ -55,7 +56,7 @@ def iter_jobs(
     else:
         lo = "-inf" if query.after is None else query.after
         hi = "+inf" if query.before is None else query.before
-        ids = (
+        ids = text_list(
             store.redis.zrevrangebyscore(store.keys.jobs, hi, lo)
             if query.newest_first
             else store.redis.zrangebyscore(store.keys.jobs, lo, hi)

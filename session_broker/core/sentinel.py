@@ -23,11 +23,14 @@ time, and every client above sends every command to it (never to replicas).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
 from redis.connection import SSLConnection
 from redis.sentinel import Sentinel, SentinelManagedConnection
+
+from session_broker.core.urls import split_tls_options
 
 SCHEMES = ("sentinel", "sentinels")
 
@@ -41,7 +44,7 @@ class SentinelURL:
     password: str | None = None
     sentinel_password: str | None = None
     tls: bool = False
-    ssl: dict = field(default_factory=dict)  # ssl_* query options, as for rediss://
+    ssl: dict[str, str] = field(default_factory=dict)  # ssl_* query options, as for rediss://
 
 
 def is_sentinel(url: str) -> bool:
@@ -97,31 +100,35 @@ class _MasterConnection(SentinelManagedConnection):
     asks the Sentinels: after a failover every retry went to the dead master until the
     retries ran out (a producer's ``run()`` failed although the replica was promoted)."""
 
-    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True):
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
         if self._sock is None and retry_socket_connect:
             # connect_to() comes back here with retry_socket_connect=False
-            return self.retry.call_with_retry(self._connect_retry, lambda error: None)
-        return super().connect_check_health(
-            check_health=check_health, retry_socket_connect=retry_socket_connect
-        )
+            self.retry.call_with_retry(self._connect_retry, lambda error: None)
+            return
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
 
 
 class _MasterSSLConnection(_MasterConnection, SSLConnection):
     pass
 
 
-def client(url: str, tls_kwargs: dict, redis_class: type[redis.Redis] = redis.Redis, **kwargs) -> redis.Redis:
+def client(
+    url: str, tls_kwargs: dict[str, Any], redis_class: type[redis.Redis] = redis.Redis, **kwargs: Any
+) -> redis.Redis:
     """A redis-py client (of ``redis_class``) bound to the current master (``kwargs`` as for
     ``redis.Redis``)."""
     parsed = parse(url)
-    sentinel_kwargs = {"socket_connect_timeout": kwargs.get("socket_connect_timeout", 5), "socket_timeout": 5}
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": kwargs.get("socket_connect_timeout", 5),
+        "socket_timeout": 5,
+    }
     if parsed.sentinel_password:
         sentinel_kwargs["password"] = parsed.sentinel_password
     if parsed.tls:  # sentinels://: TLS to the Sentinels and to the master
         kwargs = {**kwargs, "ssl": True, **tls_kwargs}
         sentinel_kwargs.update(ssl=True, **tls_kwargs)
     manager = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
-    return manager.master_for(
+    master: redis.Redis = manager.master_for(
         parsed.master,
         redis_class=redis_class,
         db=parsed.db,
@@ -129,6 +136,7 @@ def client(url: str, tls_kwargs: dict, redis_class: type[redis.Redis] = redis.Re
         password=parsed.password,
         connection_class=_MasterSSLConnection if parsed.tls else _MasterConnection,
     )
+    return master
 
 
 def kombu_url(url: str) -> str:
@@ -136,22 +144,18 @@ def kombu_url(url: str) -> str:
     parsed = parse(url)
     auth = ""
     if parsed.password:
-        from urllib.parse import quote
-
         auth = f"{quote(parsed.username or '', safe='')}:{quote(parsed.password, safe='')}@"
     return ";".join(f"sentinel://{auth}{host}:{port}/{parsed.db}" for host, port in parsed.hosts)
 
 
-def kombu_options(url: str) -> dict:
+def kombu_options(url: str) -> dict[str, Any]:
     """Transport options kombu's sentinel transport and Celery's sentinel backend need."""
     parsed = parse(url)
-    options: dict = {"master_name": parsed.master}
-    sentinel_kwargs: dict = {}
+    options: dict[str, Any] = {"master_name": parsed.master}
+    sentinel_kwargs: dict[str, Any] = {}
     if parsed.sentinel_password:
         sentinel_kwargs["password"] = parsed.sentinel_password
     if parsed.tls:  # the master's TLS comes from broker_use_ssl; the Sentinels' from here
-        from session_broker.core.urls import split_tls_options
-
         sentinel_kwargs.update(ssl=True, **split_tls_options(url)[1])
     if sentinel_kwargs:
         options["sentinel_kwargs"] = sentinel_kwargs

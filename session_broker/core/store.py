@@ -24,6 +24,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import redis.client
@@ -33,7 +34,17 @@ from redis.retry import Retry
 from session_broker.core import keys as K
 from session_broker.core import sentinel
 from session_broker.core.config import Settings, get_settings
-from session_broker.core.connection import Replication, broker_errors, connect, redact, redis_client
+from session_broker.core.connection import (
+    Replication,
+    broker_errors,
+    connect,
+    redact,
+    redis_client,
+    text_list,
+    text_map,
+    text_or_none,
+    text_or_none_list,
+)
 from session_broker.core.ids import hostname
 from session_broker.core.scripts import Scripts
 from session_broker.errors import (
@@ -168,11 +179,12 @@ class Store:
 
         CONFIG GET may be refused (ACL users without ``+config``, managed Redis that renames
         it): then INFO is read instead, and what neither tells is a warning, not a guess."""
-        fatal, warn = [], []
+        fatal: list[str] = []
+        warn: list[str] = []
         cfg: dict[str, str] = {}
         try:
             for name in ("maxmemory", "maxmemory-policy", "appendonly", "save"):
-                cfg.update(self.redis.config_get(name))
+                cfg.update(text_map(self.redis.config_get(name)))
         except redis.ResponseError as exc:  # NOPERM, unknown command (renamed)
             try:
                 info = {**self.redis.info("memory"), **self.redis.info("persistence")}
@@ -265,7 +277,7 @@ class Store:
         payload: str,
         message: str,
         queue: str,
-        summary: dict,
+        summary: dict[str, Any],
     ) -> Submitted:
         """Record a job and queue its message, atomically.
 
@@ -332,7 +344,7 @@ class Store:
     ) -> str:
         """RUNNING -> DONE/ERROR, fenced by the claim token; may close or idle the session.
         ``ack``: the delivery tag of the job's message, acknowledged in the same script."""
-        return self._replicated(
+        outcome: str = self._replicated(
             "finish",
             {
                 "jid": job_id,
@@ -346,8 +358,9 @@ class Store:
             },
             notify=job_id,
         )
+        return outcome
 
-    def _replicated(self, script: str, argv: dict, notify: str | None = None):
+    def _replicated(self, script: str, argv: dict[str, object], notify: str | None = None) -> Any:
         """Run ``script``, then Redis ``WAIT`` on the same connection (one pipeline) until the
         wanted replicas hold the write or ``wait_timeout_ms`` passes. With Sentinel, an
         acknowledged submit or result then survives the master's death: the replica that
@@ -356,7 +369,7 @@ class Store:
         same pipeline (Redis runs a connection's commands in order, WAIT blocking it)."""
         want = self.replication.wanted()
         if not want:
-            return self.scripts.run(script, **argv, **({"quiet": ""} if notify else {}))
+            return self.scripts.run(script, client=None, **argv, **({"quiet": ""} if notify else {}))
         pipe = self.redis.pipeline(transaction=False)
         self.scripts.run(script, client=pipe, **argv, **({"quiet": "1"} if notify else {}))
         pipe.wait(want, self.settings.wait_timeout_ms)
@@ -368,7 +381,7 @@ class Store:
 
     def job_lost(self, job_id: str, node: str, code: str, message: str) -> str:
         """The process running a job died: queue it again, or end it (poison, time limit)."""
-        return self.scripts.run(
+        outcome: str = self.scripts.run(
             "job_lost",
             jid=job_id,
             node=node,
@@ -376,13 +389,14 @@ class Store:
             code=code,
             message=message,
         )
+        return outcome
 
     def executor_lost(
         self, node: str, job_id: str | None, code: str, message: str, delivery_tag: str | None
     ) -> str:
         """An executor died running ``job_id`` (or none): settle the job as ``job_lost`` does and
         take its message out of kombu's unacked hash (see ``core/lua/executor_lost.lua``)."""
-        return self.scripts.run(
+        outcome: str = self.scripts.run(
             "executor_lost",
             node=node,
             max_attempts=self.settings.max_attempts,
@@ -391,6 +405,7 @@ class Store:
             message=message,
             tag=delivery_tag or "",
         )
+        return outcome
 
     def queue_length(self, backend: str) -> int:
         """Jobs waiting in a backend's shared queue plus sessions waiting for one of its workers."""
@@ -406,11 +421,13 @@ class Store:
 
     def update_tags(self, job_id: str, tags: list[str]) -> str:
         """Replace a job's tags (``job.update_tags``): 'ok' or 'not_found'."""
-        return self.scripts.run("update_tags", jid=job_id, tags=json.dumps(tags))
+        outcome: str = self.scripts.run("update_tags", jid=job_id, tags=json.dumps(tags))
+        return outcome
 
     def cancel_job(self, job_id: str) -> str:
         """QUEUED -> CANCELLED (its message is taken off the queue). A running job finishes."""
-        return self.scripts.run("cancel_job", jid=job_id)
+        outcome: str = self.scripts.run("cancel_job", jid=job_id)
+        return outcome
 
     # ---------------------------------------------------------------- sessions: end
     def close_session(self, sid: str) -> str:
@@ -437,10 +454,10 @@ class Store:
 
     def _lasting(self, sid: str, script: str) -> str:
         ended = {"pending_closed": 1, "closed": 2}  # how far a close (1) or a cancel (2) takes it
-        state = self._replicated(script, {"sid": sid})
+        state: str = self._replicated(script, {"sid": sid})
         while state and not self.replication.wanted() and self._fsync_window():
             time.sleep(self._fsync_window())
-            now = self.redis.hget(self.keys.session(sid), "state")
+            now = text_or_none(self.redis.hget(self.keys.session(sid), "state"))
             if now is None or ended.get(now, 0) >= ended.get(state, 0):
                 return state  # it lasted (or Redis lost the whole session: nothing to end)
             log.warning(
@@ -470,17 +487,19 @@ class Store:
 
     def tick(self, sid: str) -> str:
         """Apply the session's expired timers (max time, interactive, open-session)."""
-        return self.scripts.run("tick_session", sid=sid)
+        state: str = self.scripts.run("tick_session", sid=sid)
+        return state
 
     def sweep_deadlines(self, limit: int = 100) -> int:
         """Tick every session whose earliest timer is due. Workers run this continually."""
-        return self.scripts.run("sweep_deadlines", limit=limit)
+        ticked: int = self.scripts.run("sweep_deadlines", limit=limit)
+        return ticked
 
     # ---------------------------------------------------------------- reads
     def session(self, sid: str, *, tick: bool = True) -> dict[str, str]:
         if tick:
             self.tick(sid)
-        data = self.redis.hgetall(self.keys.session(sid))
+        data = text_map(self.redis.hgetall(self.keys.session(sid)))
         if not data:
             raise SessionNotFoundError(f"session {sid!r} does not exist (or its record expired)")
         data["active_timeout_left"] = str(self.redis.ttl(self.keys.timer(sid, "max")))
@@ -489,15 +508,15 @@ class Store:
     def job(self, job_id: str, *fields: str) -> dict[str, str]:
         with broker_errors(self.settings, f"read job {job_id}"):
             if fields:
-                values = self.redis.hmget(self.keys.job(job_id), fields)
+                values = text_or_none_list(self.redis.hmget(self.keys.job(job_id), fields))
                 return {f: v for f, v in zip(fields, values) if v is not None}
-            return self.redis.hgetall(self.keys.job(job_id))
+            return text_map(self.redis.hgetall(self.keys.job(job_id)))
 
     def session_job_ids(self, sid: str) -> list[str]:
-        return self.redis.lrange(self.keys.session_jobs(sid), 0, -1)
+        return text_list(self.redis.lrange(self.keys.session_jobs(sid), 0, -1))
 
     def wait_job(
-        self, job_id: str, timeout: float, *fields: str, latched: list | None = None
+        self, job_id: str, timeout: float, *fields: str, latched: list[bool] | None = None
     ) -> dict[str, str]:
         """Block until the job ended (or ``timeout``), then read ``fields``: one round trip.
 
@@ -531,7 +550,7 @@ class Store:
         return {f: v for f, v in zip(fields, values) if v is not None}
 
     def live_workers(self, backend: str | None = None) -> list[dict[str, str]]:
-        nodes = self.redis.hgetall(self.keys.workers)
+        nodes = text_map(self.redis.hgetall(self.keys.workers))
         pipe = self.redis.pipeline(transaction=False)
         names = [n for n, b in sorted(nodes.items()) if backend is None or b == backend]
         for n in names:
@@ -581,7 +600,8 @@ class Store:
         return bool(self.redis.pexpire(self.keys.worker(node), int(self.settings.heartbeat_ttl * 1000)))
 
     def dead_workers(self) -> list[str]:
-        return self.scripts.run("dead_workers")
+        nodes: list[str] = self.scripts.run("dead_workers")
+        return nodes
 
     def rescue_unacked(self, min_age: float, limit: int = 100) -> tuple[int, int]:
         """Give back jobs whose fetched message was orphaned in kombu's unacked hash.
@@ -611,12 +631,13 @@ class Store:
 
     def reap_worker(self, node: str, keep_pin: bool = False) -> int:
         """Requeue a dead worker's running jobs and give its session to the next worker."""
-        return self.scripts.run(
+        requeued: int = self.scripts.run(
             "reap_worker",
             node=node,
             max_attempts=self.settings.max_attempts,
             keep_pin="1" if keep_pin else "0",
         )
+        return requeued
 
 
 _CHECKED: set[str] = set()  # URLs whose settings this process has checked

@@ -10,7 +10,9 @@ import binascii
 import json
 import logging
 import os
+from queue import Empty  # what kombu's poller waits on (kombu.transport.redis re-uses it)
 from time import monotonic, sleep, time
+from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -18,11 +20,14 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis import exceptions as redis_errors
 
+from session_broker.core.config import get_settings
+from session_broker.core.keys import Keys
+
 log = logging.getLogger("session_broker.worker")
 DEAD_LETTERS_KEPT = 1000
 
 
-def envelope_problem(message) -> str | None:
+def envelope_problem(message: object) -> str | None:
     """Why a raw kombu envelope cannot be delivered safely, or None when it can."""
     if not isinstance(message, dict):
         return f"envelope is a {type(message).__name__}, not an object"
@@ -99,16 +104,19 @@ ACKED_BY_FINISH: set[str] = set()
 
 
 class QoS(kombu_redis.QoS):
-    def ack(self, delivery_tag):
+    def ack(self, delivery_tag: str) -> None:
         if delivery_tag in ACKED_BY_FINISH:
             ACKED_BY_FINISH.discard(delivery_tag)
-            return virtual.QoS.ack(self, delivery_tag)
-        return super().ack(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+            return
+        super().ack(delivery_tag)  # type: ignore[no-untyped-call]  # kombu's QoS is unannotated
 
-    def append(self, message, delivery_tag):
+    def append(self, message: Any, delivery_tag: str) -> None:
         fetched = self.channel._take_fetched()
         if fetched is None:
-            return super().append(message, delivery_tag)
+            # kombu's QoS is unannotated
+            super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
+            return
         # record it as unacked and take it off the fetch list in one MULTI/EXEC: the message
         # is in exactly one of the two at every instant
         delivery = message.delivery_info
@@ -123,15 +131,15 @@ class QoS(kombu_redis.QoS):
 
 class Channel(kombu_redis.Channel):
     # kombu keeps one expiry index of routing tables for everyone; celery_app names ours
-    from_transport_options = kombu_redis.Channel.from_transport_options + ("keyprefix_binding_deadlines",)
+    # kombu's option tuple is inferred as exactly its own 26 names; ours adds one
+    from_transport_options = kombu_redis.Channel.from_transport_options + (  # type: ignore[assignment]
+        "keyprefix_binding_deadlines",
+    )
 
     QoS = QoS
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        from session_broker.core.config import get_settings
-        from session_broker.core.keys import Keys
-
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # kombu's Channel is unannotated
         node = os.environ.get("SESSION_BROKER_WORKER_NODE", "")
         self.fetch_key = Keys(get_settings().key_prefix).worker_fetch(node) if node else None
         self._fetched: str | None = None
@@ -141,9 +149,10 @@ class Channel(kombu_redis.Channel):
         fetched, self._fetched = self._fetched, None
         return fetched
 
-    def _brpop_start(self, timeout=None):
+    def _brpop_start(self, timeout: float | None = None) -> None:
         if self.fetch_key is None:
-            return super()._brpop_start(timeout)
+            super()._brpop_start(timeout)  # type: ignore[no-untyped-call]  # kombu's Channel is unannotated
+            return
         if timeout is None:
             timeout = self.brpop_timeout
         queues = self._queue_cycle.consume(len(self.active_queues))
@@ -151,15 +160,17 @@ class Channel(kombu_redis.Channel):
             return
         self._fetch_queue = queues[0]
         self._in_poll = self.client.connection
-        self._brpop_sent_at = monotonic()
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu declares it None
         self.client.connection.send_command(
             "BLMOVE", queues[0], self.fetch_key, "RIGHT", "LEFT", timeout or 0
         )
 
-    def _brpop_read(self, **options):
+    def _brpop_read(self, **options: Any) -> bool:
         if self.fetch_key is None:
             try:
-                return super()._brpop_read(**options)
+                # kombu's Channel is unannotated
+                delivered: bool = super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+                return delivered
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the item was not JSON text
                 # Only these: a ValueError raised later, inside Celery's handling of a message
                 # kombu already reserved, would leave that message unacked and the worker blocked.
@@ -177,9 +188,9 @@ class Channel(kombu_redis.Channel):
                 # Redis is full (noeviction): BLMOVE is refused like any write. Wait a little
                 # rather than spin, and fetch nothing until memory is back.
                 self._out_of_memory(exc)
-                raise kombu_redis.Empty() from None
+                raise Empty() from None
             if not item:
-                raise kombu_redis.Empty()
+                raise Empty()
             queue, raw = self._fetch_queue, bytes_to_str(item)
             self._queue_cycle.rotate(queue)
             self._fetched = raw
@@ -208,12 +219,12 @@ class Channel(kombu_redis.Channel):
             self._settle_fetched(raw, None)
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # kombu declares it bool, and sets None itself
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
 
-    def _out_of_memory(self, exc) -> None:
+    def _out_of_memory(self, exc: BaseException) -> None:
         now = monotonic()
         if now - getattr(self, "_oom_logged", -60.0) > 30:
             log.error("Redis is out of memory, fetching paused: %s", exc)
@@ -231,10 +242,7 @@ class Channel(kombu_redis.Channel):
                 pipe.rpush(back_to, raw)
             pipe.lrem(self.fetch_key, 1, raw).execute()
 
-    def _dead_letter(self, raw, why: str) -> None:
-        from session_broker.core.config import get_settings
-        from session_broker.core.keys import Keys
-
+    def _dead_letter(self, raw: object, why: str) -> None:
         log.error("refused a message that is not a well-formed task message: %s", why)
         try:
             key = Keys(get_settings().key_prefix).dead
@@ -249,30 +257,27 @@ class Channel(kombu_redis.Channel):
 class Transport(kombu_redis.Transport):
     Channel = Channel
 
-    def _deliver(self, message, queue):
+    def _deliver(self, message: Any, queue: str | None) -> None:
         # Only our task queues carry task messages. Remote-control broadcasts (ping, revoke),
         # their replies and Celery events (what Flower shows) arrive here too and have no
         # task header: they pass untouched.
-        from session_broker.core.config import get_settings
-
         prefix = get_settings().key_prefix
-        if not (queue or "").startswith((f"{prefix}.backend.", f"{prefix}.session.")):
-            return super()._deliver(message, queue)
-        problem = envelope_problem(message)
-        if problem is not None:
-            for channel in self.channels:
-                if isinstance(channel, Channel):
-                    channel._dead_letter(message, problem)
-                    break
-            return
-        return super()._deliver(message, queue)
+        if (queue or "").startswith((f"{prefix}.backend.", f"{prefix}.session.")):
+            problem = envelope_problem(message)
+            if problem is not None:
+                for channel in self.channels:
+                    if isinstance(channel, Channel):
+                        channel._dead_letter(message, problem)
+                        break
+                return
+        super()._deliver(message, queue)  # type: ignore[no-untyped-call]  # kombu's Transport is unannotated
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):
     """Our channel (envelope checks, the tenant's bookkeeping keys) on kombu's Sentinel
     pool: every command goes to the master the Sentinels name, found again after a failover."""
 
-    from_transport_options = tuple(
+    from_transport_options = tuple(  # type: ignore[assignment]  # kombu infers its tuple's exact length
         dict.fromkeys(Channel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options)
     )
 
@@ -282,6 +287,6 @@ class SentinelTransport(Transport):
     Sentinel connection handling."""
 
     Channel = SentinelChannel
-    default_port = 26379
+    default_port = 26379  # type: ignore[assignment]  # kombu's base Transport declares it None
     driver_type = kombu_redis.SentinelTransport.driver_type
     driver_name = kombu_redis.SentinelTransport.driver_name
