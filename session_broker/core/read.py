@@ -103,9 +103,8 @@ def iter_sessions(store: Store, query: SessionQuery) -> Iterator[str]:
     total = store.redis.zcard(store.keys.sessions)
     seen: set[str] = set()  # a session opened while we read shifts the ranks by one
     for start in range(0, total, CHUNK):
-        ids = [
-            i for i in store.redis.zrevrange(store.keys.sessions, start, start + CHUNK - 1) if i not in seen
-        ]
+        ranked = text_list(store.redis.zrevrange(store.keys.sessions, start, start + CHUNK - 1))
+        ids = [i for i in ranked if i not in seen]
         seen.update(ids)
         pipe = store.redis.pipeline(transaction=False)
         for sid in ids:

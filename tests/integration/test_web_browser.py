@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -250,7 +251,6 @@ def poll_page(page, url: str, predicate, timeout: float, what: str, before=None)
 
 def http_get(url: str, auth: bool) -> tuple[int, str]:
     import base64
-    import urllib.error
 
     req = urllib.request.Request(url)
     if auth:
