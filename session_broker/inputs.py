@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from datetime import datetime
 
 import numpy as np
 from qiskit.circuit import QuantumCircuit
@@ -88,8 +89,6 @@ def _epoch(value, name: str) -> float | None:
     """A datetime as epoch seconds; naive ones are local time (as IBM's client reads them)."""
     if value is None:
         return None
-    from datetime import datetime
-
     if not isinstance(value, datetime):
         raise InvalidInputError(f"{name} must be a datetime, not {type(value).__name__}")
     return value.timestamp()  # naive: local time, by Python's own rule

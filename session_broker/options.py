@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ def __getattr__(name: str):
     """IBM's classes, imported on first use: qiskit-ibm-runtime takes about 2 s to import,
     which the CLI and ``import session_broker`` should not pay before they need it."""
     if name in _IBM_NAMES:
+        # lazy: qiskit-ibm-runtime takes ~2 s to import; import session_broker and the CLI must not pay it
         import qiskit_ibm_runtime.options as ibm
 
         return getattr(ibm, name)
@@ -92,6 +93,7 @@ def sampler_randomizations(num_randomizations, shots_per_randomization, shots: i
     rules (its own ``calculate_twirling_shots``), and the PUB's shots always obeyed: where
     both are integers whose product falls short of them, more randomizations of
     ``shots_per_randomization`` each run (the worker keeps the PUB's first ``shots``)."""
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; import session_broker and the CLI must not pay it
     from qiskit_ibm_runtime.executor.calculate_twirling_shots import calculate_twirling_shots
 
     num, per = calculate_twirling_shots(shots, num_randomizations, shots_per_randomization)
@@ -121,12 +123,14 @@ def check_sampler_randomizations(set_options: dict, pubs) -> None:
 def coerce(kind: str, options):
     """``options=`` as IBM's primitives take it: None, a dict (merged over the defaults, so
     nested groups may be partial) or an options object of the primitive's class (copied)."""
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; import session_broker and the CLI must not pay it
     import qiskit_ibm_runtime.options as ibm
 
     cls = ibm.SamplerOptions if kind == "sampler" else ibm.EstimatorOptions
     if options is None:
         return cls()
     if isinstance(options, dict):
+        # lazy: qiskit-ibm-runtime takes ~2 s to import; import session_broker and the CLI must not pay it
         from qiskit_ibm_runtime.options.utils import merge_options_v2
 
         if "seed_simulator" in options:  # session-broker 0.1 took it at the top level
@@ -135,8 +139,6 @@ def coerce(kind: str, options):
             options["simulator"] = {**options.get("simulator", {}), "seed_simulator": seed}
         return cls(**merge_options_v2(cls(), options))
     if isinstance(options, cls):
-        from dataclasses import replace
-
         return replace(options)
     raise TypeError(f"Invalid 'options' type. It can only be a dictionary of {cls}")
 
@@ -320,6 +322,7 @@ def plan_memo(kind: str, backend: str, options) -> Plan:
     ``asdict`` and IBM's deep copies). Options holding anything but plain data (a noise
     model object...) are planned afresh every time; refused options are never memoised.
     """
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; import session_broker and the CLI must not pay it
     from qiskit_ibm_runtime.options.utils import UnsetType
 
     _FIELD_NAMES.setdefault(UnsetType, ())  # IBM's singleton for "not set": no fields

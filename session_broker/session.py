@@ -45,9 +45,9 @@ def parse_max_time(value, system_max: int) -> int:
         match = _MAX_TIME.match(value)
         if not value.strip() or not match or not any(match.groups()):
             raise InvalidMaxTimeError(f"max_time={value!r} is not valid: expected {allowed}")
-        # lazy: qiskit-ibm-runtime takes ~2 s to import; only a string max_time needs it here.
         # IBM's own parser does the arithmetic; our grammar above refuses what it would skip
         # silently ("2h 30x" is 2 h to IBM's parser, an error here).
+        # lazy: qiskit-ibm-runtime takes ~2 s to import; only a string max_time needs it here
         from qiskit_ibm_runtime.utils.converters import hms_to_seconds
 
         seconds = hms_to_seconds(value)

@@ -14,7 +14,11 @@ import sys
 import threading
 import time
 
+import redis
 from celery import signals
+from celery.worker import control
+
+from session_broker.core.store import Store
 
 log = logging.getLogger("session_broker.worker")
 logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs every pass at INFO
@@ -67,8 +71,6 @@ _events: Events | None = None
 
 def _watch_enable_events() -> None:
     """Note every ``enable_events`` a monitor broadcasts (then let Celery's handler run)."""
-    from celery.worker import control
-
     original = control.Panel.data["enable_events"]
     if getattr(original, "_noted", False):
         return
@@ -88,6 +90,7 @@ def _warm(**_):
     """Build the simulator before the first job (the solo pool sends this at start-up)."""
     backend = os.environ.get("SESSION_BROKER_WORKER_BACKEND")
     if backend:
+        # lazy: Qiskit and the Celery app load only after _die_with_parent(): an executor must not outlive its supervisor during those seconds of imports
         from tasks.simulate import warm_up
 
         warm_up(backend)
@@ -111,6 +114,7 @@ def _ready(sender=None, **_):
         # the claim compares Celery's node name with the registry's: they must be one name
         log.critical("executor's Celery node %r is not its registered node %r", consumer.hostname, node)
         os._exit(3)
+    # lazy: Qiskit and the Celery app load only after _die_with_parent(): an executor must not outlive its supervisor during those seconds of imports
     from tasks.celery_tasks import store
 
     _events = Events(consumer, store(), os.environ.get("SESSION_BROKER_TASK_EVENTS") == "always")
@@ -172,10 +176,6 @@ def _wait_registered(node: str) -> None:
     """Fetch nothing before the supervisor's agent has registered the node: the reaper finds
     a dead worker's fetch list through its registration (the supervisor starts executors
     first, to boot them while it checks Redis, and registers meanwhile)."""
-    import redis
-
-    from session_broker.core.store import Store
-
     store = Store()
     key = store.keys.worker(node)
     while True:
@@ -194,6 +194,7 @@ def main() -> None:
     for fd in (link().status_fd, link().command_fd):
         os.set_inheritable(fd, False)  # nothing this process starts keeps the supervisor's pipes
     _watch_enable_events()
+    # lazy: Qiskit and the Celery app load only after _die_with_parent(): an executor must not outlive its supervisor during those seconds of imports
     from session_broker.celery_app import app
 
     node = os.environ["SESSION_BROKER_WORKER_NODE"]

@@ -39,9 +39,18 @@ from typing import Any
 
 import numpy as np
 from qiskit import ClassicalRegister, QuantumCircuit
+from qiskit.circuit import pauli_twirl_2q_gates
 from qiskit.circuit.library import RZGate, XGate, YGate
-from qiskit.primitives.containers import DataBin, EstimatorPub, PubResult, SamplerPub
+from qiskit.primitives.containers import BitArray, DataBin, EstimatorPub, PubResult, SamplerPub
 from qiskit.quantum_info import PauliList
+from qiskit.transpiler import InstructionProperties, PassManager
+from qiskit.transpiler.passes import (
+    ALAPScheduleAnalysis,
+    ASAPScheduleAnalysis,
+    Optimize1qGatesDecomposition,
+    PadDelay,
+    PadDynamicalDecoupling,
+)
 
 from session_broker import backends
 from session_broker.options import sampler_randomizations
@@ -178,6 +187,7 @@ def randomizations(s: Settings, shots: int) -> tuple[int, int]:
     randomization of every shot when nothing is twirled."""
     if not (s.twirl_gates or s.twirl_measure or s.trex):
         return 1, shots
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only twirled jobs need its shot rule
     from qiskit_ibm_runtime.executor.calculate_twirling_shots import calculate_twirling_shots
 
     num, per = calculate_twirling_shots(shots, s.num_randomizations, s.shots_per_randomization)
@@ -224,8 +234,6 @@ def fold_gates(
 def twirl_gates(circuit: QuantumCircuit, target, seed: int) -> QuantumCircuit:
     """One Pauli twirl of every 2q gate (Qiskit's ``pauli_twirl_2q_gates``: random Paulis
     before each gate and the ones that undo them after, folded into the device basis)."""
-    from qiskit.circuit import pauli_twirl_2q_gates
-
     names = [g for g in _TWO_Q if g in circuit.count_ops()]
     if not names:
         return circuit
@@ -237,8 +245,6 @@ def _dd_target(backend: str):
     """The device target plus a ``y`` gate timed as ``x``: Qiskit's DD pass only places gates
     its target has, and IBM's basis has no Y; we insert Y and then write it as X·RZ(pi)
     (RZ is virtual: zero duration, no error), which is what a device would play."""
-    from qiskit.transpiler import InstructionProperties
-
     target = copy.deepcopy(backends.build_target(backend))
     x = target["x"]
     target.add_instruction(
@@ -259,14 +265,6 @@ def schedule(circuit: QuantumCircuit, backend: str, dd: dict | None) -> QuantumC
     Qiskit's ``PadDynamicalDecoupling`` fills them with the sequence (XpXm is X(+pi) X(-pi):
     the same unitary as XX up to a global phase, so it is simulated as XX).
     """
-    from qiskit.transpiler import PassManager
-    from qiskit.transpiler.passes import (
-        ALAPScheduleAnalysis,
-        ASAPScheduleAnalysis,
-        PadDelay,
-        PadDynamicalDecoupling,
-    )
-
     if any(getattr(inst.operation, "blocks", ()) for inst in circuit.data):
         return circuit  # Qiskit's scheduling passes do not see inside control flow
     target = backends.build_target(backend)
@@ -335,9 +333,6 @@ def dd_gate_count(circuit: QuantumCircuit, original: QuantumCircuit) -> int:
 
 
 def _to_isa(circuit: QuantumCircuit, backend: str) -> QuantumCircuit:
-    from qiskit.transpiler import PassManager
-    from qiskit.transpiler.passes import Optimize1qGatesDecomposition
-
     return PassManager([Optimize1qGatesDecomposition(target=backends.build_target(backend))]).run(circuit)
 
 
@@ -418,6 +413,7 @@ def extrapolate(
             model = lambda t, a, ta, b, tb: a * np.exp(-t / ta) + b * np.exp(-t / tb)  # noqa: E731
             p0 = [y[np.argmin(x)] * 0.6 or 1e-3, 1.0, y[np.argmin(x)] * 0.6 or 1e-3, 10.0]
             bounds = ([-np.inf, 1e-6, -np.inf, 1e-6], [np.inf] * 4)
+        # lazy: scipy.optimize is slow to import; only ZNE's exponential fits need it
         from scipy.optimize import curve_fit
 
         popt, pcov = curve_fit(
@@ -754,8 +750,6 @@ def run_sampler(
     """Sample every PUB with DD and/or twirling: each randomization runs its share of the
     shots; measured bits are flipped back (measurement twirling) and the shots concatenated
     in randomization order, so ``data.<creg>`` has exactly the PUB's shots."""
-    from qiskit.primitives.containers import BitArray
-
     rng = _seeds(seed)
     executed = Executed()
     runs = []  # (pub, param, rand, circuit, shots, flips per clbit index)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 
+from starlette.requests import Request
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from session_broker.api.errors import ApiError, error_response
@@ -107,8 +108,6 @@ class RequestGuard:
         await self.app(scope, replay, send)
 
     async def _check_token(self, scope) -> None:
-        from starlette.requests import Request
-
         if self.authority._secret is None:  # first request only: the secret is in Redis
             try:
                 await asyncio.to_thread(self.authority.secret)

@@ -241,6 +241,7 @@ def session_details(store: Store, sid: str, *, tick: bool = True) -> dict:
     It runs ``Session.details`` itself on a bare instance, so the CLI, the Jobs page and the
     Python API can never disagree on its shape. Raises ``SessionNotFoundError``.
     """
+    # lazy: the CLI must not import Qiskit (seconds); only this command needs it
     from session_broker.session import Session
 
     view = Session.__new__(Session)
@@ -326,9 +327,13 @@ def result_summary(encoded: str, top: int = 8, bars: int = 0) -> dict:
     ``bars``, a histogram's bars: every outcome, or the ``bars - 1`` most frequent and
     "other"). Estimator: the first PUB's ``evs`` shape and first ``top`` values (and ``stds``).
     """
+    # lazy: the CLI must not import Qiskit (seconds); only this command needs it
     import numpy as np
+
+    # lazy: the CLI must not import Qiskit (seconds); only this command needs it
     from qiskit.primitives.containers import BitArray
 
+    # lazy: the CLI must not import Qiskit (seconds); only this command needs it
     from session_broker.core import codec
 
     try:

@@ -14,6 +14,14 @@ import pprint
 import time
 from pathlib import Path
 
+from qiskit.circuit.random import random_circuit
+from qiskit.quantum_info import SparsePauliOp
+
+from session_broker import Estimator, Options, QiskitRuntimeService, Sampler, Session
+from session_broker.core.config import DEFAULT_URL, load_settings
+from session_broker.core.store import Store
+from session_broker.ops.embedded import Stack, redis_answers, start_stack
+
 STATE_DIR = Path(".sb-state")
 
 
@@ -31,15 +39,8 @@ def step(title: str) -> None:
 def run_examples() -> None:
     # ---- Prerequisites ---------------------------------------------------------------
     step("Prerequisites: the service")
-    from session_broker import QiskitRuntimeService
-
     service = QiskitRuntimeService()
     print(service, "backends with live workers:", [b.name for b in service.backends()])
-
-    from qiskit.circuit.random import random_circuit
-    from qiskit.quantum_info import SparsePauliOp
-
-    from session_broker import Estimator, Options, Sampler, Session
 
     circuit = random_circuit(2, 2, seed=1).decompose(reps=1)
     observable = SparsePauliOp("IY")
@@ -168,10 +169,6 @@ def run_examples() -> None:
 
 
 def run_demo(state_dir: str = ".sb-state") -> int:
-    from session_broker.core.config import DEFAULT_URL, load_settings
-    from session_broker.core.store import Store
-    from session_broker.ops.embedded import Stack, redis_answers, start_stack
-
     global STATE_DIR
     STATE_DIR = Path(state_dir)
     STATE_DIR.mkdir(parents=True, exist_ok=True)

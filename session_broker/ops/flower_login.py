@@ -16,10 +16,19 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
 import os
 import sys
+import threading
+import time
 
+from celery.bin.celery import main as celery_main
 from tornado.web import RequestHandler, StaticFileHandler, URLSpec
+
+from session_broker.celery_app import app
+from session_broker.core.config import get_settings
+from session_broker.core.store import Store
+from session_broker.errors import ConfigurationError
 
 OPEN = {"/healthcheck"}  # answered without a login: health probes carry no credentials
 
@@ -83,12 +92,6 @@ def keep_events_on() -> None:
     """While this Flower runs: ask every worker for task events now (Flower itself first asks
     after 5 s) and keep ``Keys.monitor`` alive, so that an executor starting meanwhile sends
     events from its first job (workers start with events off: ``celery_app``)."""
-    import logging
-    import time
-
-    from session_broker.celery_app import app
-    from session_broker.core.store import Store
-
     store, asked = Store(), False
     while True:
         try:
@@ -103,22 +106,16 @@ def keep_events_on() -> None:
 
 def main() -> None:
     """``python -m session_broker.ops.flower_login [FLOWER OPTIONS]``: ``celery flower`` for our app."""
-    from session_broker.core.config import get_settings
-    from session_broker.errors import ConfigurationError
-
     auth = get_settings().flower_auth
     if not auth:
         raise ConfigurationError("Flower refuses to start without SESSION_BROKER_FLOWER_AUTH=user:password")
     os.environ["FLOWER_BASIC_AUTH"] = auth  # Flower's own checks (its API wants a login configured)
+    # lazy: Flower's modules read their settings when imported: after FLOWER_BASIC_AUTH is set above
     import flower.urls
 
     protect(flower.urls.handlers, auth)
     # Tornado serves static_path through its own route, ahead of the list above
     flower.urls.settings["static_handler_class"] = guarded(StaticFileHandler, auth)
-    import threading
-
-    from celery.bin.celery import main as celery_main
-
     threading.Thread(target=keep_events_on, name="keep-events-on", daemon=True).start()
 
     sys.argv = ["celery", "-A", "session_broker.celery_app", "flower", *sys.argv[1:]]

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import fastapi_offline
 import redis
+import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from session_broker.api import identity, jobs, runtime
@@ -28,8 +30,10 @@ from session_broker.api.errors import ApiError, error_response, from_broker_erro
 from session_broker.api.limits import RequestGuard, guarded_protocol
 from session_broker.api.settings import ApiSettings, load_api_settings
 from session_broker.api.tenants import Tenants
+from session_broker.core.config import get_settings
 from session_broker.core.store import Store
 from session_broker.errors import ConfigurationError, SessionBrokerError
+from session_broker.ops import commands as ops
 from session_broker.ops import web
 
 log = logging.getLogger("session_broker.api")
@@ -165,8 +169,6 @@ def create_app(store: Store, api: ApiSettings, flower_auth: str) -> FastAPI:
 
 def route_table(app: FastAPI) -> list[tuple[str, str]]:
     """(method, path) of every route the app serves (the login test walks them all)."""
-    from fastapi.routing import APIRoute
-
     out = [(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods]
     for prefix, router in app.state.included:
         out += [(m, prefix + r.path) for r in router.routes if isinstance(r, APIRoute) for m in r.methods]
@@ -197,11 +199,6 @@ def serve(
     require_keys: bool = False,
 ) -> None:
     """Run the web front until SIGTERM/SIGINT."""
-    import uvicorn
-
-    from session_broker.core.config import get_settings
-    from session_broker.ops import commands as ops
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     if bool(certfile) != bool(keyfile):
@@ -226,6 +223,7 @@ def serve(
     except redis.RedisError as exc:  # serve anyway: routes say 503 until Redis is back
         log.warning("Redis does not answer yet: %s", exc)
     # qpy.load must run with qiskit first imported in a thread that lives on: this one
+    # lazy: qpy.load must first run with qiskit imported in a thread that lives on (this one); only serve() needs it
     import qiskit.qpy  # noqa: F401
 
     app = create_app(store, api, settings.flower_auth)

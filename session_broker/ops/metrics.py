@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from session_broker.backends import known_backends
 from session_broker.core import keys as K
 from session_broker.core.store import Store
 
@@ -132,8 +133,6 @@ class Snapshot:
 
 def snapshot(store: Store) -> Snapshot:
     """Read the current state once (``BrokerCollector`` and the Jobs page use it)."""
-    from session_broker.backends import known_backends
-
     keys, r = store.keys, store.redis
     snap = Snapshot()
 
