@@ -14,15 +14,19 @@ block anywhere in the process (with two or more, the choice would be a guess: we
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import threading
 from contextvars import ContextVar
 
+import redis
+
 from session_broker import backends as catalog
 from session_broker.backends import BrokerBackend
-from session_broker.core.ids import iso, new_id
+from session_broker.core.ids import hostname, iso, new_id
 from session_broker.core.read import time_left
-from session_broker.core.store import SESSION_STATUS
+from session_broker.core.store import SESSION_STATUS, Store
 from session_broker.errors import InvalidInputError, InvalidMaxTimeError, SessionNotFoundError
 from session_broker.service import QiskitRuntimeService, default_service
 
@@ -77,6 +81,62 @@ def current_session() -> Session | None:
             "of its own, so pass the session explicitly: SamplerV2(mode=session) / Estimator(session=session)"
         )
     return None
+
+
+class _ProducerBeat:
+    """Keeps ``P:s:<sid>:producer`` alive for every session this process opened and has not
+    closed, so operators can tell an abandoned session (its producer killed inside ``with
+    Session``) from a slow one: ``session-broker sessions``, the Jobs page and a waiting
+    ``result()`` say "producer gone". One daemon thread per process; off the job path."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, Store] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = 0
+        self.ident = f"{hostname()}:{os.getpid()}"
+
+    def add(self, store: Store, sid: str) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # first session, or a forked child: its own thread
+                self._pid, self.ident = os.getpid(), f"{hostname()}:{os.getpid()}"
+                self._sessions.clear()  # a child speaks for its own sessions, not its parent's
+                threading.Thread(target=self._run, name="session-broker-producer-beat", daemon=True).start()
+        pipe = store.redis.pipeline(transaction=False)
+        pipe.hset(store.keys.session(sid), "producer", self.ident)
+        pipe.set(store.keys.session_producer(sid), self.ident, px=_ttl_ms(store))
+        pipe.execute()
+        with self._lock:
+            self._sessions[sid] = store
+        self._wake.set()
+
+    def remove(self, store: Store, sid: str) -> None:
+        with self._lock:
+            self._sessions.pop(sid, None)
+        with contextlib.suppress(redis.RedisError):
+            store.redis.delete(store.keys.session_producer(sid))
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                beats = [st.settings.producer_beat for st in self._sessions.values()]
+            self._wake.wait(min(beats) if beats else None)  # none held: until add() wakes us
+            self._wake.clear()
+            with self._lock:
+                held = list(self._sessions.items())  # after the sleep: a closed one is gone
+            for sid, store in held:
+                with contextlib.suppress(redis.RedisError):  # Redis away: the next beat retries
+                    if store.redis.hget(store.keys.session(sid), "state") in (None, "closed"):
+                        self.remove(store, sid)  # closed by someone else (CLI, timers): nothing to say
+                        continue
+                    store.redis.set(store.keys.session_producer(sid), self.ident, px=_ttl_ms(store))
+
+
+def _ttl_ms(store: Store) -> int:
+    return int(3000 * store.settings.producer_beat)  # three missed refreshes: gone
+
+
+_beat = _ProducerBeat()
 
 
 class Session:
@@ -136,6 +196,7 @@ class Session:
         self._max_time = system_max if max_time is None else parse_max_time(max_time, system_max)
         self._session_id = new_id()
         self._store.open_session(self._session_id, name, self.mode, self._max_time)
+        _beat.add(self._store, self._session_id)
         self._tokens: list = []
 
     # ------------------------------------------------------------------ identity
@@ -201,10 +262,12 @@ class Session:
     def close(self) -> None:
         """Stop accepting jobs; queued and running jobs finish, then the session closes."""
         self._store.close_session(self._session_id)
+        _beat.remove(self._store, self._session_id)
 
     def cancel(self) -> None:
         """Close now: queued jobs are CANCELLED and never run; a running job finishes."""
         self._store.cancel_session(self._session_id)
+        _beat.remove(self._store, self._session_id)
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> Session:

@@ -48,6 +48,9 @@ class Settings:
     # liveness: a pinned session with jobs queued, none running and no claim for this long
     # is taken from its worker, whose executor is replaced (s)
     unserved_pin_timeout: float = 10.0
+    # a producer refreshes "I still run" for each session it opened this often (s); three
+    # missed refreshes and `session-broker sessions` says its producer is gone
+    producer_beat: float = 5.0
 
     @property
     def replicas_wanted(self) -> int:
@@ -93,7 +96,7 @@ _POSITIVE_INT = {
     "max_attempts",
     "heartbeat_misses",
 }
-_POSITIVE_FLOAT = {"heartbeat_interval", "tick", "unserved_pin_timeout"}
+_POSITIVE_FLOAT = {"heartbeat_interval", "tick", "unserved_pin_timeout", "producer_beat"}
 _NON_NEGATIVE_INT = {"aer_threads", "wait_replicas", "wait_timeout_ms"}
 
 

@@ -14,6 +14,9 @@ and one tenant's names never start with another's; see ``config.KEY_PREFIX``)::
     P:s:<sid>:max        string max-time timer; its EXPIRE *is* the timer (set when the first job starts)
     P:s:<sid>:idle       string interactive timer (set when the session goes idle)
     P:s:<sid>:open       string open-session timer (set at creation, gone at the first job)
+    P:s:<sid>:producer   string alive while the process that opened the session runs: it refreshes
+                                it every SESSION_BROKER_PRODUCER_BEAT s (session.py); the session hash's
+                                ``producer`` field says who it was, so a missing key means "gone"
     P.session.<sid>      list   the session's Celery queue (kombu's list; plus priority sub-lists)
     P.backend.<name>     list   a backend's shared Celery queue (non-session and batch jobs)
     P:j:<jid>            hash   job record: status, payload, result, timestamps, worker, error
@@ -92,6 +95,9 @@ class Keys:
 
     def timer(self, sid: str, which: str) -> str:  # which in {"max", "idle", "open"}
         return f"{self.prefix}:s:{sid}:{which}"
+
+    def session_producer(self, sid: str) -> str:
+        return f"{self.prefix}:s:{sid}:producer"
 
     def session_queue(self, sid: str) -> str:
         return f"{self.prefix}.session.{sid}"

@@ -48,6 +48,7 @@ ACCESS: dict[str, tuple[str, str, str] | None] = {
     "session": (RW, RW, R),
     "session_jobs": (RW, RW, R),
     "timer": (RW, RW, R),
+    "session_producer": (RW, RW, R),  # the producer's "I still run" key (under P:s:*, as the session)
     "session_queue": (RW, RW, R),
     "backend_queue": (RW, RW, R),
     "job": (RW, RW, R),

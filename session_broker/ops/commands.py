@@ -59,6 +59,7 @@ SESSION_FIELDS = (
     "cancelled",
     "interactive_timeout",
     "accepting",
+    "producer",
 )
 JOB_FIELDS = (
     "id",
@@ -194,9 +195,10 @@ def session_rows(
     for sid in ids:
         pipe.hmget(store.keys.session(sid), SESSION_FIELDS)
         pipe.ttl(store.keys.timer(sid, "max"))
+        pipe.exists(store.keys.session_producer(sid))
     replies = pipe.execute()
     rows = []
-    for sid, values, ttl in zip(ids, replies[::2], replies[1::2]):
+    for sid, values, ttl, beating in zip(ids, replies[::3], replies[1::3], replies[2::3]):
         data = {f: v for f, v in zip(SESSION_FIELDS, values) if v is not None}
         if not data.get("state"):
             continue  # expired between the listing and the read
@@ -217,9 +219,19 @@ def session_rows(
                 "started": iso(data.get("started_at")),
                 "closed": iso(data.get("closed_at")),
                 "closed_reason": data.get("closed_reason") or None,
+                "producer": producer_state(data, bool(beating)),
             }
         )
     return rows
+
+
+def producer_state(session: dict, beating: bool) -> str | None:
+    """ "alive", "gone" (the process that opened it stopped refreshing its key while the
+    session is not closed: abandoned, or killed inside ``with Session``), or None: closed,
+    or opened by a client that says nothing (IBM's over REST)."""
+    if not session.get("producer") or session.get("state") == "closed":
+        return None
+    return "alive" if beating else "gone"
 
 
 class _NoTick:
@@ -453,6 +465,7 @@ def sessions_table(rows: list[dict]) -> str:
         "DONE",
         "FAILED",
         "CANCELLED",
+        "PRODUCER",
         "CREATED (UTC)",
     ]
     body = [
@@ -469,6 +482,7 @@ def sessions_table(rows: list[dict]) -> str:
             r["done"],
             r["failed"],
             r["cancelled"],
+            r.get("producer") or "-",
             fmt_time_iso(r["created"]),
         ]
         for r in rows
