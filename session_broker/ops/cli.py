@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--backend",
         action="append",
-        help="backend to start workers for (repeatable; default ibmq_qasm_simulator)",
+        help="backend to start workers for (repeatable; default ibmq_qasm_simulator and ibm_algiers, "
+        "the backends the README's examples use)",
     )
     up.add_argument("--workers", type=int, default=1, help="workers per backend (default 1)")
     up.add_argument("--flower-port", type=int, default=5555)
@@ -192,9 +193,9 @@ def cmd_flower(args) -> int:
 
 def cmd_up(args) -> int:
     from session_broker import backends
-    from session_broker.ops.embedded import Stack, start_stack
+    from session_broker.ops.embedded import DEFAULT_BACKENDS, Stack, start_stack
 
-    names = args.backend or ["ibmq_qasm_simulator"]
+    names = args.backend or list(DEFAULT_BACKENDS)
     for name in names:
         backends.get_spec(name)
     stack = Stack(args.state_dir, quiet=True)

@@ -29,6 +29,12 @@ FLOWER_COLUMNS = "--tasks_columns=name,uuid,state,args,received,started,runtime,
 WEB_PORT = 5556
 
 
+# What ``session-broker up`` serves when no --backend is given: the ideal simulator the guide's
+# examples use and the simulated device the README's first example uses, so that every example
+# of the README runs on the stack the Quickstart starts.
+DEFAULT_BACKENDS = ("ibmq_qasm_simulator", "ibm_algiers")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -475,10 +481,11 @@ def start_stack(
 
     store = Store(load_settings())
     store.ping()
-    for name in backend_names:
+    for name in backend_names:  # every worker boots at once; then each backend is waited for
         for i in range(workers):
             stack.start_worker(name, url)
             say(f"[worker] starting a worker for {name} ({i + 1}/{workers})...")
+    for name in backend_names:
         wait_for(lambda name=name: len(store.live_workers(name)) >= workers, 90, f"workers for {name}")
         say(f"[worker] {name}: {workers} worker(s) registered")
     auth = stack.flower_auth()
