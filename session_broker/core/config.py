@@ -48,6 +48,8 @@ class Settings:
     # liveness: a pinned session with jobs queued, none running and no claim for this long
     # is taken from its worker, whose executor is replaced (s)
     unserved_pin_timeout: float = 10.0
+    # a producer waiting in result() logs why the job waits this often (s; session_broker.wait)
+    wait_report_interval: float = 30.0
 
     @property
     def replicas_wanted(self) -> int:
@@ -92,7 +94,7 @@ _POSITIVE_INT = {
     "max_attempts",
     "heartbeat_misses",
 }
-_POSITIVE_FLOAT = {"heartbeat_interval", "tick", "unserved_pin_timeout"}
+_POSITIVE_FLOAT = {"heartbeat_interval", "tick", "unserved_pin_timeout", "wait_report_interval"}
 _NON_NEGATIVE_INT = {"aer_threads", "wait_replicas", "wait_timeout_ms"}
 
 
