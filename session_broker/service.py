@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -45,6 +46,7 @@ class QiskitRuntimeService:
         self._store = Store(self._settings, client=redis_client(self._settings, typed_errors=True))
         self._store.ping()
         self.channel = channel or "local"
+        self._served: dict[str, float] = {}  # backend -> when a live worker was last seen (monotonic)
 
     @property
     def url(self) -> str:
@@ -237,7 +239,22 @@ class QiskitRuntimeService:
             transform=transform,
         )
         job._queued = submitted.status == "QUEUED"
+        if job._queued:
+            self._check_served(backend, job_id)
         return job
+
+    SERVED_FOR = 10.0  # s: a backend seen served is not looked up again for this long
+
+    def _check_served(self, backend: str, job_id: str) -> None:
+        """Warn at once when no live worker serves the backend (reads only; a backend found
+        served is not looked up again for ``SERVED_FOR`` s, so a busy producer pays nothing)."""
+        from session_broker.waits import warn_no_worker
+
+        now = time.monotonic()
+        if now - self._served.get(backend, -self.SERVED_FOR) < self.SERVED_FOR:
+            return
+        if warn_no_worker(self._store, backend, job_id):
+            self._served[backend] = now
 
     def __repr__(self) -> str:
         from session_broker.core.connection import redact
