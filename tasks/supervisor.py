@@ -12,7 +12,6 @@ import os
 import selectors
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ from session_broker.core.store import Store
 from session_broker.errors import ErrorCode
 from tasks.agent import Agent
 from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, InFlight
+from tasks.spawn import child_env, python_code
 
 log = logging.getLogger("session_broker.worker")
 BOOT_FAILURES = 5
@@ -247,8 +247,9 @@ class Supervisor:
         # in this process's group: a signal to the worker's group (a terminal's Ctrl-C, a
         # SIGSTOP for a hung host, SIGKILL) reaches its executors as it reached pool children
         slot.proc = subprocess.Popen(
-            [sys.executable, "-c", "from tasks.executor import main; main()"],
-            env=env,
+            # never with the current directory on sys.path: a user's tasks.py would shadow us
+            python_code("from tasks.executor import main; main()"),
+            env=child_env(env),
             pass_fds=(status_w, command_r),
         )
         os.close(status_w)

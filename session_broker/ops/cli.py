@@ -173,22 +173,19 @@ def cmd_worker(args) -> int:
 def cmd_flower(args) -> int:
     from session_broker.core.config import get_settings
     from session_broker.ops.embedded import FLOWER_COLUMNS, Stack
+    from tasks.spawn import child_env, python_module
 
     settings = get_settings()
     # the login stays in the environment (flower_login.py): argv is visible to every local user
     os.environ["SESSION_BROKER_FLOWER_AUTH"] = settings.flower_auth or Stack().flower_auth()
-    os.execvp(
-        sys.executable,
-        [
-            sys.executable,
-            "-m",
-            "session_broker.ops.flower_login",
-            f"--address={args.address}",
-            f"--port={args.port}",
-            "--persistent=False",
-            FLOWER_COLUMNS,
-        ],
+    argv = python_module(
+        "session_broker.ops.flower_login",
+        f"--address={args.address}",
+        f"--port={args.port}",
+        "--persistent=False",
+        FLOWER_COLUMNS,
     )
+    os.execve(argv[0], argv, child_env(dict(os.environ)))
 
 
 def cmd_up(args) -> int:

@@ -16,12 +16,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+
+from tasks.spawn import child_env, python_module
 
 FLOWER_PORT = 5555
 # Show each task's summary (job, session, backend, PUBs, shots) in Flower's task list
@@ -108,7 +109,7 @@ class Stack:
         out = open(log, "ab") if self.quiet else None
         proc = subprocess.Popen(
             argv,
-            env={**os.environ, **(env or {})},
+            env=child_env({**os.environ, **(env or {})}),
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
@@ -271,9 +272,7 @@ class Stack:
         env: dict | None = None,
         device: str = "CPU",
     ) -> Child:
-        argv = [
-            sys.executable,
-            "-m",
+        argv = python_module(
             "session_broker.ops.cli",
             "worker",
             "--backend",
@@ -282,39 +281,28 @@ class Stack:
             str(concurrency),
             "--device",
             device,
-        ]
+        )
         if name:
             argv += ["--name", name]
         return self.spawn(f"worker-{name or backend}", argv, {"SESSION_BROKER_URL": url, **(env or {})})
 
     def start_flower(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
         # the login goes in the environment, never in argv (ps shows argv to every user)
-        argv = [
-            sys.executable,
-            "-m",
+        argv = python_module(
             "session_broker.ops.flower_login",
             "--address=127.0.0.1",
             f"--port={port}",
             "--purge_offline_workers=10",
             "--persistent=False",
             FLOWER_COLUMNS,
-        ]
+        )
         return self.spawn(
             "flower", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth, **(env or {})}
         )
 
     def start_web(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
         """The one web front (Jobs page, /metrics, IBM's REST API) with this stack's logins."""
-        argv = [
-            sys.executable,
-            "-m",
-            "session_broker.ops.cli",
-            "web",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
+        argv = python_module("session_broker.ops.cli", "web", "--address", "127.0.0.1", "--port", str(port))
         return self.spawn(
             "web",
             argv,
