@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the guide's examples (starts a local stack if none answers)")
     d.add_argument("--state-dir", default=".sb-state")
 
-    b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)")
+    b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py; needs a checkout)")
     b.add_argument("--quick", action="store_true")
     b.add_argument("--workers", type=int, default=2)
 
@@ -213,7 +213,7 @@ def cmd_up(args) -> int:
             say=print,
             ha=args.ha,
         )
-        print(f"\nready. Producers use:  export SESSION_BROKER_URL={url}")
+        print("\n" + ready_line(url, args.ha))
         if not args.no_web:
             from session_broker.api.settings import load_api_settings
             from session_broker.ops.front import recipe
@@ -242,6 +242,15 @@ def cmd_up(args) -> int:
         print("stopped: no process left behind.", flush=True)
 
 
+def ready_line(url: str, ha: bool) -> str:
+    """What ``up`` prints when its stack is up: the exports a producer needs, all of them (with
+    ``--ha`` a producer must also WAIT for a replica, as ``start_stack`` set for this stack)."""
+    exports = [f"SESSION_BROKER_URL={url}"]
+    if ha:
+        exports.append(f"SESSION_BROKER_WAIT_REPLICAS={os.environ.get('SESSION_BROKER_WAIT_REPLICAS', '1')}")
+    return "ready. Producers use:  export " + " ".join(exports)
+
+
 def cmd_demo(args) -> int:
     from session_broker.ops.demo import run_demo
 
@@ -263,11 +272,33 @@ def cmd_api(args) -> int:
     return EXIT_OK
 
 
+def bench_script() -> str | None:
+    """``benchmarks/run.py`` of a checkout: the current directory's, else the one this package
+    was imported from. None from an installed package (benchmarks/ is not installed)."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[2]  # the checkout's root, when it is one
+    for root in (Path.cwd(), here):
+        script = root / "benchmarks" / "run.py"
+        if script.is_file():
+            return str(script)
+    return None
+
+
 def cmd_bench(args) -> int:
     import runpy
 
-    sys.argv = ["benchmarks/run.py", *(["--quick"] if args.quick else []), "--workers", str(args.workers)]
-    runpy.run_path(os.path.join(os.getcwd(), "benchmarks", "run.py"), run_name="__main__")
+    script = bench_script()
+    if script is None:
+        print(
+            "session-broker: `bench` needs a checkout of the repository: the benchmarks "
+            "(benchmarks/run.py) are not part of the installed package. Clone it, then run "
+            "`./run.sh bench` (or `session-broker bench`) from its root",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    sys.argv = [script, *(["--quick"] if args.quick else []), "--workers", str(args.workers)]
+    runpy.run_path(script, run_name="__main__")
     return EXIT_OK
 
 

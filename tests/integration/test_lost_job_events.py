@@ -96,3 +96,20 @@ def test_the_receiver_hears_nothing_else_about_a_job_that_ran(c, events):
     probe = EstimatorV2(mode=BACKEND, options={"max_execution_time": 1}).run([slow_pub(0.05)])
     probe.result(timeout=120)
     assert not events.of(job.job_id(), "task-failed") and not events.of(probe.job_id(), "task-failed")
+
+
+def test_the_worker_banner_names_no_option_the_cli_lacks(c):
+    """Issue 24: Celery's banner said "enable -E to monitor tasks", and `session-broker
+    worker` takes no -E (events come on while a monitor asks)."""
+    from session_broker.ops.cli import build_parser
+
+    log = c.workers[c.node].log
+
+    def banner():
+        text = log.read_text(errors="replace")
+        return next((line for line in text.splitlines() if "task events:" in line), None)
+
+    line = wait_for(banner, 60, "the worker's start-up banner")
+    assert "-E" not in line and "on demand" in line, line
+    worker_help = build_parser()._subparsers._group_actions[0].choices["worker"].format_help()
+    assert " -E" not in worker_help
