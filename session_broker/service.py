@@ -46,7 +46,6 @@ class QiskitRuntimeService:
         self._store = Store(self._settings, client=redis_client(self._settings, typed_errors=True))
         self._store.ping()
         self.channel = channel or "local"
-        self._served: dict[str, float] = {}  # backend -> when a live worker was last seen (monotonic)
 
     @property
     def url(self) -> str:
@@ -250,11 +249,14 @@ class QiskitRuntimeService:
         served is not looked up again for ``SERVED_FOR`` s, so a busy producer pays nothing)."""
         from session_broker.waits import warn_no_worker
 
+        # backend -> when a live worker was last seen (monotonic); made on first use, as
+        # subclasses (the REST API's per-tenant services) build themselves without __init__
+        served: dict[str, float] = self.__dict__.setdefault("_served", {})
         now = time.monotonic()
-        if now - self._served.get(backend, -self.SERVED_FOR) < self.SERVED_FOR:
+        if now - served.get(backend, -self.SERVED_FOR) < self.SERVED_FOR:
             return
         if warn_no_worker(self._store, backend, job_id):
-            self._served[backend] = now
+            served[backend] = now
 
     def __repr__(self) -> str:
         from session_broker.core.connection import redact
