@@ -26,6 +26,7 @@ from session_broker.errors import (
     JobNotFoundError,
     JobTimeoutError,
     MaxExecutionTimeExceededError,
+    NoLiveWorkerWarning,
     NotISAError,
     OptionNotSupportedError,
     PayloadTooLargeError,

@@ -169,6 +169,14 @@ def error_for_code(code: str | None, message: str, job_id: str | None = None) ->
     return _BY_CODE.get(code or "failed", JobFailedError)(message, job_id)
 
 
+# --- warnings ------------------------------------------------------------------------------
+
+
+class NoLiveWorkerWarning(UserWarning):
+    """``run()`` queued a job for a backend that no live worker serves: it waits until one
+    starts (``session-broker worker --backend NAME``)."""
+
+
 # qiskit-ibm-runtime's names for the same things, so ``except RuntimeJobFailureError`` works.
 RuntimeJobFailureError = JobFailedError
 RuntimeJobTimeoutError = JobTimeoutError

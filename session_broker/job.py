@@ -18,6 +18,7 @@ from typing import Any
 
 from qiskit.primitives import BasePrimitiveJob, PrimitiveResult
 
+from session_broker import waits
 from session_broker.core import codec
 from session_broker.core.ids import iso
 from session_broker.core.store import FINAL_JOB_STATUSES, Store
@@ -114,11 +115,14 @@ class RuntimeJobV2(BasePrimitiveJob):
         deadline = None if timeout is None else time.monotonic() + timeout
         fields = ("status", "result", "error_code", "error")
         latched: list = []
+        # no silent waits: every `interval` s of waiting, log why (waits.report)
+        interval = self._store.settings.wait_report_interval
+        report_at = time.monotonic() + interval
         if self._queued and (timeout is None or timeout > 0):
             # run() just queued it: it exists and has not ended, so skip the read that would
             # say so and wait at once (the wait reads the record in its own round trip)
             rec = self._store.wait_job(
-                self._job_id, 5.0 if timeout is None else min(timeout, 5.0), *fields, latched=latched
+                self._job_id, min(5.0, interval, timeout or 5.0), *fields, latched=latched
             )
         else:
             rec = self._store.job(self._job_id, *fields)
@@ -152,9 +156,15 @@ class RuntimeJobV2(BasePrimitiveJob):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise JobTimeoutError(f"job {self._job_id} is still {status} after {timeout} s")
+            now = time.monotonic()
+            if now >= report_at:
+                waits.report(self._store, self._job_id)
+                report_at = now + interval
             # wait on the job's latch and re-read in the same round trip; re-check every 5 s
+            # (and when the next report is due)
+            chunk = min(5.0, max(report_at - now, 0.01))
             rec = self._store.wait_job(
-                self._job_id, 5.0 if left is None else min(left, 5.0), *fields, latched=latched
+                self._job_id, chunk if left is None else min(left, chunk), *fields, latched=latched
             )
 
     def cancel(self) -> bool:

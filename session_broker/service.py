@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -234,7 +235,25 @@ class QiskitRuntimeService:
             transform=transform,
         )
         job._queued = submitted.status == "QUEUED"
+        if job._queued:
+            self._check_served(backend, job_id)
         return job
+
+    SERVED_FOR = 10.0  # s: a backend seen served is not looked up again for this long
+
+    def _check_served(self, backend: str, job_id: str) -> None:
+        """Warn at once when no live worker serves the backend (reads only; a backend found
+        served is not looked up again for ``SERVED_FOR`` s, so a busy producer pays nothing)."""
+        from session_broker.waits import warn_no_worker
+
+        # backend -> when a live worker was last seen (monotonic); made on first use, as
+        # subclasses (the REST API's per-tenant services) build themselves without __init__
+        served: dict[str, float] = self.__dict__.setdefault("_served", {})
+        now = time.monotonic()
+        if now - served.get(backend, -self.SERVED_FOR) < self.SERVED_FOR:
+            return
+        if warn_no_worker(self._store, backend, job_id):
+            served[backend] = now
 
     def __repr__(self) -> str:
         return f"<QiskitRuntimeService({redact(self.url)!r})>"

@@ -187,6 +187,24 @@ def _wait_registered(node: str) -> None:
         time.sleep(0.02)
 
 
+EVENTS_BANNER = (
+    "on demand (on while Flower or another monitor asks; SESSION_BROKER_TASK_EVENTS=always keeps them on)"
+)
+
+
+def _banner_says_how_events_turn_on(app) -> None:
+    """Celery's start-up banner says "task events: OFF (enable -E to monitor tasks in this
+    worker)"; `session-broker worker` takes no -E: events come on when a monitor asks."""
+    base = app.Worker
+
+    class Worker(base):  # type: ignore[misc, valid-type]
+        def startup_info(self, artlines=True):
+            text = super().startup_info(artlines)
+            return text.replace("OFF (enable -E to monitor tasks in this worker)", EVENTS_BANNER)
+
+    app.Worker = Worker
+
+
 def main() -> None:
     """``python -m tasks.executor``: started by the supervisor, never by hand."""
     _die_with_parent()
@@ -199,6 +217,7 @@ def main() -> None:
 
     node = os.environ["SESSION_BROKER_WORKER_NODE"]
     _wait_registered(node)
+    _banner_says_how_events_turn_on(app)
     app.worker_main(
         [
             "worker",

@@ -12,7 +12,6 @@ import os
 import selectors
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ from session_broker.core.store import Store
 from session_broker.errors import ErrorCode
 from tasks.agent import Agent
 from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, InFlight
+from tasks.spawn import child_env, python_code
 
 log = logging.getLogger("session_broker.worker")
 BOOT_FAILURES = 5
@@ -247,8 +247,9 @@ class Supervisor:
         # in this process's group: a signal to the worker's group (a terminal's Ctrl-C, a
         # SIGSTOP for a hung host, SIGKILL) reaches its executors as it reached pool children
         slot.proc = subprocess.Popen(
-            [sys.executable, "-c", "from tasks.executor import main; main()"],
-            env=env,
+            # never with the current directory on sys.path: a user's tasks.py would shadow us
+            python_code("from tasks.executor import main; main()"),
+            env=child_env(env),
             pass_fds=(status_w, command_r),
         )
         os.close(status_w)
@@ -340,6 +341,10 @@ class Supervisor:
             log.warning(
                 "%s: executor %s while running job %s (%s); starting another", slot.node, how, jid, outcome
             )
+            # the executor died before it could tell monitors: tell them (Flower)
+            threading.Thread(
+                target=self.send_task_events, args=(slot.node, jid, how), name="lost-job-events", daemon=True
+            ).start()
         else:
             log.warning("%s: executor %s; starting another", slot.node, how)
         if was_ready or replaced:
@@ -357,6 +362,41 @@ class Supervisor:
             self._on_signal(signal.SIGTERM, None)
             return
         slot.restart_at = time.monotonic() + min(0.5 * 2 ** (slot.boot_failures - 1), 10.0)
+
+    def send_task_events(self, node: str, jid: str, how: str) -> None:
+        """Celery's task event for a job whose executor was killed (time limit) or died, which
+        never sent its own: ``task-failed`` with the error the job record holds (what the Jobs
+        page, the CLI and ``job.result()`` show) once the job has ended, ``task-retried`` when it
+        was requeued to run again. The event names the task and its summary, so a monitor that
+        missed ``task-received`` (events are on only while one asks) still knows what it was.
+        Sent from this node's name, as its executor would have; whether or not a monitor asks
+        (one such event per lost job costs nothing)."""
+        from session_broker.core.store import FINAL_JOB_STATUSES
+        from session_broker.errors import error_for_code
+
+        try:
+            rec = self.store.job(jid, "status", "error", "error_code", "primitive", "session", "backend")
+            reason = rec.get("error") or f"the process running it died ({how}); it runs again"
+            error = error_for_code(rec.get("error_code"), reason, jid)
+            fields = {
+                "uuid": jid,
+                "name": rec.get("primitive") or None,
+                "args": f"job={jid} session={rec.get('session') or '-'} backend={rec.get('backend')}",
+                "kwargs": "{}",
+                "exception": repr(error),
+                "traceback": f"{type(error).__name__}: {error}",
+            }
+            from session_broker.celery_app import app
+
+            with app.connection_for_write() as conn:
+                dispatcher = app.events.Dispatcher(conn, hostname=node, enabled=True)
+                try:
+                    final = rec.get("status") in FINAL_JOB_STATUSES
+                    dispatcher.send("task-failed" if final else "task-retried", **fields)
+                finally:
+                    dispatcher.close()
+        except Exception as exc:  # monitors miss one event; the job itself is settled
+            log.warning("%s: could not send the task event of job %s: %s", node, jid, exc)
 
     def _settle(self, node: str, jid: str | None, code: str, message: str, tag: str | None) -> str:
         """EXECUTOR_LOST, then give back anything else the executor held; retried through a

@@ -51,6 +51,8 @@ class Settings:
     # a producer refreshes "I still run" for each session it opened this often (s); three
     # missed refreshes and `session-broker sessions` says its producer is gone
     producer_beat: float = 5.0
+    # a producer waiting in result() logs why the job waits this often (s; session_broker.wait)
+    wait_report_interval: float = 30.0
 
     @property
     def replicas_wanted(self) -> int:
@@ -96,7 +98,13 @@ _POSITIVE_INT = {
     "max_attempts",
     "heartbeat_misses",
 }
-_POSITIVE_FLOAT = {"heartbeat_interval", "tick", "unserved_pin_timeout", "producer_beat"}
+_POSITIVE_FLOAT = {
+    "heartbeat_interval",
+    "tick",
+    "unserved_pin_timeout",
+    "producer_beat",
+    "wait_report_interval",
+}
 _NON_NEGATIVE_INT = {"aer_threads", "wait_replicas", "wait_timeout_ms"}
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,8 +234,9 @@ class Store:
             raise ConfigurationError(" ; ".join(fatal))
         _CHECKED.add(self.settings.url)
         for text in fatal + warn:
-            log.warning("UNSAFE REDIS SETTING: %s", text)
-            warnings.warn(f"session-broker: {text}", RuntimeWarning, stacklevel=2)
+            if text not in _WARNED:  # one warning a process: one log line (no RuntimeWarning too)
+                _WARNED.add(text)
+                log.warning("UNSAFE REDIS SETTING: %s", text)
         return fatal + warn
 
     # ---------------------------------------------------------------- system settings
@@ -641,3 +641,4 @@ class Store:
 
 
 _CHECKED: set[str] = set()  # URLs whose settings this process has checked
+_WARNED: set[str] = set()  # the warnings this process has logged (each once)

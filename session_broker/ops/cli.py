@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--backend",
         action="append",
-        help="backend to start workers for (repeatable; default ibmq_qasm_simulator)",
+        help="backend to start workers for (repeatable; default ibmq_qasm_simulator and ibm_algiers, "
+        "the backends the README's examples use)",
     )
     up.add_argument("--workers", type=int, default=1, help="workers per backend (default 1)")
     up.add_argument("--flower-port", type=int, default=5555)
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the guide's examples (starts a local stack if none answers)")
     d.add_argument("--state-dir", default=".sb-state")
 
-    b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)")
+    b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py; needs a checkout)")
     b.add_argument("--quick", action="store_true")
     b.add_argument("--workers", type=int, default=2)
 
@@ -172,29 +173,26 @@ def cmd_worker(args) -> int:
 def cmd_flower(args) -> int:
     from session_broker.core.config import get_settings
     from session_broker.ops.embedded import FLOWER_COLUMNS, Stack
+    from tasks.spawn import child_env, python_module
 
     settings = get_settings()
     # the login stays in the environment (flower_login.py): argv is visible to every local user
     os.environ["SESSION_BROKER_FLOWER_AUTH"] = settings.flower_auth or Stack().flower_auth()
-    os.execvp(
-        sys.executable,
-        [
-            sys.executable,
-            "-m",
-            "session_broker.ops.flower_login",
-            f"--address={args.address}",
-            f"--port={args.port}",
-            "--persistent=False",
-            FLOWER_COLUMNS,
-        ],
+    argv = python_module(
+        "session_broker.ops.flower_login",
+        f"--address={args.address}",
+        f"--port={args.port}",
+        "--persistent=False",
+        FLOWER_COLUMNS,
     )
+    os.execve(argv[0], argv, child_env(dict(os.environ)))
 
 
 def cmd_up(args) -> int:
     from session_broker import backends
-    from session_broker.ops.embedded import Stack, start_stack
+    from session_broker.ops.embedded import DEFAULT_BACKENDS, Stack, start_stack
 
-    names = args.backend or ["ibmq_qasm_simulator"]
+    names = args.backend or list(DEFAULT_BACKENDS)
     for name in names:
         backends.get_spec(name)
     stack = Stack(args.state_dir, quiet=True)
@@ -215,7 +213,7 @@ def cmd_up(args) -> int:
             say=print,
             ha=args.ha,
         )
-        print(f"\nready. Producers use:  export SESSION_BROKER_URL={url}")
+        print("\n" + ready_line(url, args.ha))
         if not args.no_web:
             from session_broker.api.settings import load_api_settings
             from session_broker.ops.front import recipe
@@ -244,6 +242,15 @@ def cmd_up(args) -> int:
         print("stopped: no process left behind.", flush=True)
 
 
+def ready_line(url: str, ha: bool) -> str:
+    """What ``up`` prints when its stack is up: the exports a producer needs, all of them (with
+    ``--ha`` a producer must also WAIT for a replica, as ``start_stack`` set for this stack)."""
+    exports = [f"SESSION_BROKER_URL={url}"]
+    if ha:
+        exports.append(f"SESSION_BROKER_WAIT_REPLICAS={os.environ.get('SESSION_BROKER_WAIT_REPLICAS', '1')}")
+    return "ready. Producers use:  export " + " ".join(exports)
+
+
 def cmd_demo(args) -> int:
     from session_broker.ops.demo import run_demo
 
@@ -265,11 +272,33 @@ def cmd_api(args) -> int:
     return EXIT_OK
 
 
+def bench_script() -> str | None:
+    """``benchmarks/run.py`` of a checkout: the current directory's, else the one this package
+    was imported from. None from an installed package (benchmarks/ is not installed)."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[2]  # the checkout's root, when it is one
+    for root in (Path.cwd(), here):
+        script = root / "benchmarks" / "run.py"
+        if script.is_file():
+            return str(script)
+    return None
+
+
 def cmd_bench(args) -> int:
     import runpy
 
-    sys.argv = ["benchmarks/run.py", *(["--quick"] if args.quick else []), "--workers", str(args.workers)]
-    runpy.run_path(os.path.join(os.getcwd(), "benchmarks", "run.py"), run_name="__main__")
+    script = bench_script()
+    if script is None:
+        print(
+            "session-broker: `bench` needs a checkout of the repository: the benchmarks "
+            "(benchmarks/run.py) are not part of the installed package. Clone it, then run "
+            "`./run.sh bench` (or `session-broker bench`) from its root",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    sys.argv = [script, *(["--quick"] if args.quick else []), "--workers", str(args.workers)]
+    runpy.run_path(script, run_name="__main__")
     return EXIT_OK
 
 

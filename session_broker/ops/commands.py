@@ -85,10 +85,12 @@ COUNT_FIELDS = ("queued", "running", "done", "failed", "cancelled")
 
 
 # ---------------------------------------------------------------------- connecting
-def connect() -> Store:
-    """A Store for the CLI, after a PING: ``BrokerConnectionError`` (exit 4) when unreachable."""
+def connect(check: bool = False) -> Store:
+    """A Store for the CLI, after a PING: ``BrokerConnectionError`` (exit 4) when unreachable.
+    ``check``: also warn about unsafe Redis settings (commands that change something; the
+    views only read, and an operator looking at them needs no lecture on every call)."""
     store = quick_store()
-    store.ping()
+    store.ping(check=check)
     return store
 
 
@@ -641,7 +643,7 @@ def workers(args) -> int:
 
 def session(args) -> int:
     """``session-broker session show|close|cancel ID [--wait] [--json]``"""
-    store = connect()
+    store = connect(check=args.action != "show")
     sid = args.id
     with redis_errors(store):
         if args.action == "show":
@@ -783,7 +785,7 @@ def job(args) -> int:
     ``cancel`` exits 1 when the job could not be cancelled (running, or already ended);
     ``wait`` exits 0 when the job ends DONE, 1 when it ends ERROR or CANCELLED.
     """
-    store = connect()
+    store = connect(check=args.action == "cancel")
     jid = args.id
     with redis_errors(store):
         if args.action == "show":

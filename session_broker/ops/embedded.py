@@ -16,17 +16,24 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
+from tasks.spawn import child_env, python_module
+
 FLOWER_PORT = 5555
 # Show each task's summary (job, session, backend, PUBs, shots) in Flower's task list
 FLOWER_COLUMNS = "--tasks_columns=name,uuid,state,args,received,started,runtime,worker"
 WEB_PORT = 5556
+
+
+# What ``session-broker up`` serves when no --backend is given: the ideal simulator the guide's
+# examples use and the simulated device the README's first example uses, so that every example
+# of the README runs on the stack the Quickstart starts.
+DEFAULT_BACKENDS = ("ibmq_qasm_simulator", "ibm_algiers")
 
 
 def free_port() -> int:
@@ -102,7 +109,7 @@ class Stack:
         out = open(log, "ab") if self.quiet else None
         proc = subprocess.Popen(
             argv,
-            env={**os.environ, **(env or {})},
+            env=child_env({**os.environ, **(env or {})}),
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
@@ -265,9 +272,7 @@ class Stack:
         env: dict | None = None,
         device: str = "CPU",
     ) -> Child:
-        argv = [
-            sys.executable,
-            "-m",
+        argv = python_module(
             "session_broker.ops.cli",
             "worker",
             "--backend",
@@ -276,39 +281,28 @@ class Stack:
             str(concurrency),
             "--device",
             device,
-        ]
+        )
         if name:
             argv += ["--name", name]
         return self.spawn(f"worker-{name or backend}", argv, {"SESSION_BROKER_URL": url, **(env or {})})
 
     def start_flower(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
         # the login goes in the environment, never in argv (ps shows argv to every user)
-        argv = [
-            sys.executable,
-            "-m",
+        argv = python_module(
             "session_broker.ops.flower_login",
             "--address=127.0.0.1",
             f"--port={port}",
             "--purge_offline_workers=10",
             "--persistent=False",
             FLOWER_COLUMNS,
-        ]
+        )
         return self.spawn(
             "flower", argv, {"SESSION_BROKER_URL": url, "SESSION_BROKER_FLOWER_AUTH": auth, **(env or {})}
         )
 
     def start_web(self, url: str, port: int, auth: str, env: dict | None = None) -> Child:
         """The one web front (Jobs page, /metrics, IBM's REST API) with this stack's logins."""
-        argv = [
-            sys.executable,
-            "-m",
-            "session_broker.ops.cli",
-            "web",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
+        argv = python_module("session_broker.ops.cli", "web", "--address", "127.0.0.1", "--port", str(port))
         return self.spawn(
             "web",
             argv,
@@ -475,10 +469,11 @@ def start_stack(
 
     store = Store(load_settings())
     store.ping()
-    for name in backend_names:
+    for name in backend_names:  # every worker boots at once; then each backend is waited for
         for i in range(workers):
             stack.start_worker(name, url)
             say(f"[worker] starting a worker for {name} ({i + 1}/{workers})...")
+    for name in backend_names:
         wait_for(lambda name=name: len(store.live_workers(name)) >= workers, 90, f"workers for {name}")
         say(f"[worker] {name}: {workers} worker(s) registered")
     auth = stack.flower_auth()

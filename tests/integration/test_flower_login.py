@@ -149,3 +149,50 @@ def test_a_login_flower_would_split_is_refused_before_it_starts(auth, redis_url)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "SESSION_BROKER_FLOWER_AUTH" in proc.stderr and "','" in proc.stderr, proc.stderr
     assert "XYZsecret" not in proc.stderr + proc.stdout
+
+
+def get_json(url: str):
+    import json
+
+    req = urllib.request.Request(url, headers={"Authorization": f"Basic {b64(GOOD)}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_flower_counts_a_job_killed_at_its_time_limit_as_failed(flower, hold):
+    """Issue 24: the supervisor kills the executor, which never sends task-failed; Flower showed
+    "Unknown task" and Failed 0. Flower's own views (the task's page, the Failed column of
+    its worker list, read as the JSON they render) now show the failure and the task's name."""
+    from session_broker import EstimatorV2, MaxExecutionTimeExceededError
+    from session_broker.core.config import get_settings
+    from session_broker.core.store import Store
+    from tests.conftest import slow_pub
+
+    base, _ = flower
+    node = f"flower-login@{HOST}"
+
+    def failed_count() -> int:
+        rows = get_json(f"{base}/workers?json=1")["data"]
+        return next((int(r.get("task-failed", 0)) for r in rows if r.get("hostname") == node), -1)
+
+    wait_for(lambda: failed_count() >= 0, 60, f"Flower to list {node}")
+    before = failed_count()
+    job = EstimatorV2(mode="ibmq_qasm_simulator", options={"max_execution_time": 1}).run([slow_pub(2)])
+    store = Store(get_settings())
+    hold(store, job.job_id())  # frozen: it overruns its hard limit on any machine
+    with pytest.raises(MaxExecutionTimeExceededError):
+        job.result(timeout=120)
+    error = store.job(job.job_id(), "error")["error"]
+
+    def task_info():
+        try:
+            info = get_json(f"{base}/api/task/info/{job.job_id()}")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:  # Flower has not heard of it (yet)
+                return None
+            raise
+        return info if info.get("state") == "FAILURE" else None
+
+    info = wait_for(task_info, 60, "Flower to show the job as failed")
+    assert info["name"] == "estimator" and error in info["exception"], info
+    wait_for(lambda: failed_count() == before + 1, 30, "Flower's Failed count of the worker to rise")

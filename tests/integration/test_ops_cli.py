@@ -436,3 +436,39 @@ def test_workers_watch_json_until_terminated(cluster):
     docs = [json.loads(line) for line in watch.text().splitlines() if line.strip()]
     assert len(docs) >= 2
     assert all(any(w["node"] == node_of(cluster) for w in doc) for doc in docs)
+
+
+def test_an_unsafe_redis_is_one_warning_a_process_and_none_for_views(cluster, bell_session):
+    """Issue 24: every command printed the same warning twice (a log line and a RuntimeWarning
+    with its source line), views included. The tests' Redis persists nothing."""
+    session, job_ids = bell_session
+    warning = "UNSAFE REDIS SETTING: Redis persists nothing"
+    for argv in (
+        ("sessions",),
+        ("jobs",),
+        ("workers",),
+        ("session", "show", session.session_id),
+        ("job", "show", job_ids[0]),
+        ("job", "wait", job_ids[0]),
+    ):
+        res = cli(cluster.url, *argv)
+        assert res.returncode == 0, res.stderr
+        assert "persists nothing" not in res.stderr + res.stdout, (argv, res.stderr)
+    changes = cli(cluster.url, "job", "cancel", job_ids[0])  # ended: exit 1, but it may write
+    assert changes.returncode == 1, changes.stderr
+    assert changes.stderr.count(warning) == 1 and "RuntimeWarning" not in changes.stderr, changes.stderr
+    producer = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from session_broker import QiskitRuntimeService as S; S(); S(); S().jobs(limit=1)",
+        ],
+        cwd=REPO,
+        env=cli_env(cluster.url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert producer.returncode == 0, producer.stderr
+    assert producer.stderr.count("persists nothing") == 1, producer.stderr
+    assert "RuntimeWarning" not in producer.stderr and warning in producer.stderr, producer.stderr

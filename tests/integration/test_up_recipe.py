@@ -4,8 +4,10 @@ lines into a client process's environment, the constructor into its source."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -123,3 +125,41 @@ def test_the_printed_constructor_recipe_works(up):
     out = client_run(env, constructor)
     counts = json.loads(out.split("RESULT ", 1)[1])["counts"]
     assert sum(counts.values()) == 200 and set(counts) <= {"00", "11"}
+
+
+def readme_examples(section: str = "## Using it") -> list[str]:
+    """The Python code blocks of one README section (up to the next ``## `` heading)."""
+    text = (REPO / "README.md").read_text()
+    body = text.split(f"\n{section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+
+
+def test_the_readmes_examples_run_on_the_stack_up_starts(up, tmp_path):
+    """A new user runs the Quickstart's `up`, then pastes "Using it": every backend those
+    examples name has a live worker (before: `up` served ibmq_qasm_simulator only and the first
+    example, on ibm_algiers, waited for ever), and the first example runs as written."""
+    from session_broker.core.config import load_settings
+    from session_broker.core.store import Store
+
+    blocks = readme_examples()
+    assert len(blocks) >= 2, blocks
+    named = set(re.findall(r"""backend(?:\(|=)\s*["']([a-z0-9_]+)["']""", "".join(blocks)))
+    assert "ibm_algiers" in named and "ibmq_qasm_simulator" in named, named
+    url = next(ln for ln in up if "export SESSION_BROKER_URL=" in ln).split("export SESSION_BROKER_URL=")[1]
+    served = {w.get("backend") for w in Store(load_settings({"SESSION_BROKER_URL": url})).live_workers()}
+    assert named <= served, f"the README's examples use {sorted(named - served)}, which `up` does not serve"
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SESSION_BROKER", "PYTHONPATH"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", blocks[0]],
+        env={**base, "SESSION_BROKER_URL": url, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,  # a deadline: before the fix this example never ended
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert lines[-2] == "In progress, accepting new jobs" and lines[-1] == "Closed", proc.stdout
+    counts = ast.literal_eval(lines[0])  # the printed dict of counts
+    assert sum(counts.values()) == 4000 and counts["00"] + counts["11"] > 3000, counts

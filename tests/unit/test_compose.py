@@ -95,6 +95,23 @@ def _env_example() -> dict[str, str]:
     return values
 
 
+# what a user puts in .env, as .env.example's header says (its own secrets are empty)
+SECRETS = {
+    "REDIS_PASSWORD": "0123456789abcdef0123456789abcdef",
+    "SESSION_BROKER_FLOWER_AUTH": "admin:0f1e2d3c",
+}
+
+
+def _filled_env_example() -> dict[str, str]:
+    return {**_env_example(), **SECRETS}
+
+
+def _filled_env_file(tmp_path: Path) -> Path:
+    env = tmp_path / ".env"
+    env.write_text("".join(f"{k}={v}\n" for k, v in _filled_env_example().items()))
+    return env
+
+
 def _documented_in_env_example() -> set[str]:
     """Variables assigned in .env.example under a comment (an assignment block counts)."""
     documented, commented = set(), False
@@ -322,11 +339,11 @@ def test_redis_is_persistent_password_protected_and_health_checked():
 
 
 def test_every_broker_service_runs_our_image_against_the_same_redis():
-    password = _env_example()["REDIS_PASSWORD"]
+    password = SECRETS["REDIS_PASSWORD"]
     for name, svc in _broker_services().items():
         assert "build" in svc or "image" in svc, name
         assert _argv(svc.get("entrypoint", ["session-broker"])) == ["session-broker"], name
-        url = _interpolate(_environment(svc).get("SESSION_BROKER_URL", ""), _env_example())
+        url = _interpolate(_environment(svc).get("SESSION_BROKER_URL", ""), _filled_env_example())
         assert url == URL_TEMPLATE.format(password=password), f"{name}: SESSION_BROKER_URL={url!r}"
         assert _depends_on(svc).get(REDIS_SERVICE) == "service_healthy", (
             f"{name} must wait for a healthy Redis"
@@ -431,19 +448,30 @@ def test_env_example_states_the_real_defaults_and_every_setting_is_forwarded():
 
 
 # ---------------------------------------------------------------------------- docker-compose v1
-def test_docker_compose_accepts_the_file_with_env_example():
+def test_docker_compose_accepts_the_file_with_env_example_once_its_secrets_are_set(tmp_path):
     services = _services()
-    result = _run_compose_config(ENV_EXAMPLE)
+    result = _run_compose_config(_filled_env_file(tmp_path))
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
     resolved = yaml.safe_load(result.stdout)["services"]
     assert set(resolved) == set(services)
-    password = _env_example()["REDIS_PASSWORD"]
+    password = SECRETS["REDIS_PASSWORD"]
     for name, svc in resolved.items():
         if name != REDIS_SERVICE:
             assert svc["environment"]["SESSION_BROKER_URL"] == URL_TEMPLATE.format(password=password)
             assert [str(a) for a in svc["command"]] == _argv(services[name]["command"]), (
                 f"{name}: our interpolation differs from docker-compose's"
             )
+
+
+def test_docker_compose_refuses_env_example_copied_unchanged():
+    """Issue 24: .env.example's placeholder secrets were accepted as they were. Its secrets
+    are empty now, and compose's ${VAR:?} refuses an empty value as it refuses a missing one."""
+    assert not {k: v for k, v in _env_example().items() if k in SECRETS and v}, (
+        ".env.example must leave its secrets empty: a placeholder would be deployed as the secret"
+    )
+    result = _run_compose_config(ENV_EXAMPLE)
+    assert result.returncode != 0, "docker-compose accepted .env.example's secrets unchanged"
+    assert "REDIS_PASSWORD" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -469,8 +497,7 @@ def test_ha_override_points_every_app_at_three_sentinels(tmp_path):
 
     from session_broker.core import sentinel
 
-    env = tmp_path / ".env"
-    env.write_text((ROOT / ".env.example").read_text())
+    env = _filled_env_file(tmp_path)
     proc = _run_compose_config(env, ROOT / "docker-compose.ha.yml")
     assert proc.returncode == 0, proc.stderr
     services = yaml.safe_load(proc.stdout)["services"]
@@ -486,3 +513,9 @@ def test_ha_override_points_every_app_at_three_sentinels(tmp_path):
         parsed = sentinel.parse(environment["SESSION_BROKER_URL"])
         assert parsed.master == "mymaster" and len(parsed.hosts) == 3, name
         assert str(environment["SESSION_BROKER_WAIT_REPLICAS"]) == "1", name
+
+
+def test_env_example_describes_the_worker_as_it_is():
+    """Issue 24: it still spoke of Celery's prefork pool, which the supervisor replaced."""
+    text = ENV_EXAMPLE.read_text() + COMPOSE.read_text()
+    assert "prefork" not in text and "pool process" not in text
