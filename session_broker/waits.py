@@ -63,10 +63,11 @@ def _age(now: float, then: str | None) -> int | None:
 def _pinned(store: Store, node: str, sid: str, now: float) -> str:
     """What holds ``node``: its pinned session, idle or busy, and how it ends."""
     s = store.redis.hmget(
-        store.keys.session(sid), ["state", "queued", "running", "last_job_completed", "pinned_at"]
+        store.keys.session(sid), ["state", "queued", "running", "last_job_completed", "pinned_at", "producer"]
     )
-    state, queued, running, completed, pinned_at = s
+    state, queued, running, completed, pinned_at, producer = s
     idle_left = store.redis.ttl(store.keys.timer(sid, "idle"))
+    gone = bool(producer) and not store.redis.exists(store.keys.session_producer(sid))
     if int(running or 0) > 0 or int(queued or 0) > 0:
         return (
             f"worker {node} is pinned to session {sid} ({state}, running its jobs: "
@@ -74,6 +75,8 @@ def _pinned(store: Store, node: str, sid: str, now: float) -> str:
         )
     idle = _age(now, completed or pinned_at)
     idle_text = f"idle {idle} s" if idle is not None else "idle"
+    if gone:
+        idle_text += f", its producer {producer} is gone"
     release = f", released in {idle_left} s by its interactive timeout" if idle_left and idle_left > 0 else ""
     return (
         f"worker {node} is pinned to session {sid} ({idle_text}{release}; "

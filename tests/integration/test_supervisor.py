@@ -42,11 +42,15 @@ def test_a_killed_executor_is_replaced_and_the_node_keeps_its_session(fresh, hol
     """Kill the executor mid-job while another worker is idle: the supervisor keeps beating,
     so the session is not handed over; the job runs again on a new executor of the same node."""
     c = fresh()
-    a = c.start_worker(BACKEND, name="keep-a@%h")
+    # This test is about the executor's replacement, not the liveness bound: on a loaded
+    # machine a new executor can take longer than the bound (10 s) to boot, and the liveness
+    # check would then, rightly, move the session to B. Bound raised for these two workers.
+    patient = {"SESSION_BROKER_UNSERVED_PIN_TIMEOUT": "600"}
+    a = c.start_worker(BACKEND, name="keep-a@%h", env=patient)
     with Session(service=c.service, backend=BACKEND) as session:
         sampler = SamplerV2(mode=session)
         assert_bell_counts(sampler.run([bell_circuit()], shots=50).result(timeout=120), 50)
-        b = c.start_worker(BACKEND, name="keep-b@%h")
+        b = c.start_worker(BACKEND, name="keep-b@%h", env=patient)
         victim = EstimatorV2(mode=session).run([slow_pub(2)])
         first = executor_of(a)
         hold(c.store, victim.job_id())  # running on A's executor, frozen

@@ -128,3 +128,44 @@ def test_a_session_job_behind_its_own_jobs_reports_its_place(c, bell, caplog, ho
     held.release()
     assert behind.result(timeout=120)[0].data.meas.num_shots == 10
     session.cancel()
+
+
+def test_a_wait_behind_a_session_whose_producer_died_says_so(c, bell, caplog):
+    """The producer was killed inside ``with Session``: the waiting job's report says so."""
+    import signal
+    import textwrap
+
+    caplog.set_level(logging.INFO, logger="session_broker")
+    worker = c.start_worker(BACKEND)
+    script = textwrap.dedent(
+        f"""
+        import time
+        from qiskit import QuantumCircuit
+        from session_broker import SamplerV2, Session
+        qc = QuantumCircuit(1); qc.measure_all()
+        with Session(backend={BACKEND!r}) as session:
+            SamplerV2(mode=session).run([qc], shots=10).result(timeout=120)
+            print(session.session_id, flush=True)
+            time.sleep(600)
+        """
+    )
+    env = {**os.environ, "SESSION_BROKER_URL": c.url, "SESSION_BROKER_PRODUCER_BEAT": "0.3"}
+    producer = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        sid = producer.stdout.readline().strip()
+        assert sid and c.store.redis.get(c.store.keys.worker_pin(worker.node)) == sid
+    finally:
+        producer.send_signal(signal.SIGKILL)
+        producer.wait(30)
+    wait_for(
+        lambda: not c.store.redis.exists(c.store.keys.session_producer(sid)),
+        30,
+        "the producer's key to lapse",
+    )
+    job = SamplerV2(mode=BACKEND).run([bell], shots=10)
+    said = wait_reports(caplog, job)[-1]
+    assert f"pinned to session {sid}" in said and "is gone" in said, said
+    c.store.cancel_session(sid)
+    assert job.result(timeout=120)[0].data.meas.num_shots == 10
