@@ -236,8 +236,9 @@ def plan(kind: str, backend: str, options) -> Plan:
                 f"option {name}={_short(value)} is not supported: "
                 + (
                     "each backend simulates one fixed device; choose a device backend "
-                    f"({', '.join(n for n in catalog.known_backends() if catalog.get_spec(n).kind == 'device')}) "
-                    "instead of a custom noise model, coupling map or basis"
+                    "(service.backends(simulator=False): ibm_<name> for each fake backend of "
+                    "qiskit_ibm_runtime.fake_provider, e.g. ibm_manila) instead of a custom noise "
+                    "model, coupling map or basis"
                     if name.startswith("simulator.")
                     else "experimental options are not available"
                 )

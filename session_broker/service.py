@@ -74,6 +74,7 @@ class QiskitRuntimeService:
         """
         live = {w.get("backend") for w in self._store.live_workers()} if operational is not None else set()
         out = []
+        name = catalog.canonical(name) if name else name
         for backend in catalog.known_backends():
             spec = catalog.get_spec(backend)
             if name and backend != name:
@@ -93,9 +94,9 @@ class QiskitRuntimeService:
         return out
 
     def backend(self, name: str = "ibmq_qasm_simulator", instance: str | None = None, **_kw) -> BrokerBackend:
-        """The catalog backend ``name`` (its jobs queue until a worker for it is up)."""
-        catalog.get_spec(name)
-        return BrokerBackend(name, service=self)
+        """The catalog backend ``name`` or its alias (``fake_almaden`` is ``ibm_almaden``); its
+        jobs queue until a worker for it is up."""
+        return BrokerBackend(catalog.canonical(name), service=self)
 
     get_backend = backend
 

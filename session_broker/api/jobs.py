@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import PlainTextResponse
 from qiskit_ibm_runtime import RuntimeEncoder
 
+from session_broker import backends as catalog
 from session_broker.api import reader
 from session_broker.api.errors import ApiError, from_broker_error
 from session_broker.api.limits import check_tags
@@ -88,7 +89,7 @@ def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
     try:
         if body.session_id:
             mode = session_of(ctx, body.session_id)
-            if body.backend and body.backend != mode.backend():
+            if body.backend and catalog.ALIASES.get(body.backend, body.backend) != mode.backend():
                 raise ApiError(
                     400,
                     f"backend {body.backend[:64]!r} differs from the session's backend {mode.backend()!r}",

@@ -71,6 +71,7 @@ def list_backends(ctx: Ctx = Depends(runtime_ctx), include_mocks: bool = False):
 
 
 def _known(name: str) -> str:
+    name = catalog.ALIASES.get(name, name)
     if name not in catalog.CATALOG:
         raise ApiError(
             404,
