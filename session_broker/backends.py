@@ -294,6 +294,98 @@ def snapshot_info(name: str) -> dict[str, str] | None:
     }
 
 
+ONLINE_DATE = "2024-01-01T00:00:00Z"
+_NON_GATES = frozenset(
+    {
+        "measure",
+        "reset",
+        "delay",
+        "if_else",
+        "for_loop",
+        "while_loop",
+        "switch_case",
+        "break_loop",
+        "continue_loop",
+    }
+)
+
+
+def _snapshot_file(name: str, kind: str) -> dict:
+    import json
+    from pathlib import Path
+
+    fake = _fake(get_spec(name).snapshot)
+    path = Path(fake.dirname) / (fake.conf_filename if kind == "conf" else fake.props_filename)
+    return json.loads(path.read_text())
+
+
+def _aer_version() -> str:
+    from importlib.metadata import version
+
+    return version("qiskit-aer")
+
+
+@cache
+def configuration_dict(name: str) -> dict:
+    """``name``'s QasmBackendConfiguration as IBM's API serves it (treat as read-only).
+
+    Devices: the snapshot's ``conf_*.json`` as it is, renamed to the catalog name. Ideal
+    backends: generated from the catalog's target (its instruction names, no coupling map,
+    no pulse), ``simulator: true``, the qiskit-aer version as ``backend_version``, and no
+    repetition delay (``dynamic_reprate_enabled: false``, ``rep_delay_range: []``).
+    """
+    spec = get_spec(name)
+    if spec.kind == "device":
+        conf = _snapshot_file(name, "conf")
+        conf["online_date"] = conf.get("online_date") or ONLINE_DATE
+    else:
+        names = sorted(build_target(name).operation_names)
+        conf = {
+            "backend_version": _aer_version(),
+            "n_qubits": spec.num_qubits,
+            "basis_gates": [n for n in names if n not in _NON_GATES],
+            "gates": [],
+            "local": False,
+            "simulator": True,
+            "conditional": True,
+            "open_pulse": False,
+            "memory": True,
+            "max_shots": 10_000_000,
+            "max_experiments": 10_000,
+            "coupling_map": None,
+            "supported_instructions": names,
+            "online_date": ONLINE_DATE,
+            "description": spec.description,
+            "processor_type": {"family": "Aer", "revision": _aer_version(), "segment": spec.method},
+            "dynamic_reprate_enabled": False,
+            "rep_delay_range": [],
+            "default_rep_delay": 0.0,
+            "n_registers": 1,
+            "credits_required": False,
+            "sample_name": spec.method,
+            "meas_levels": [2],
+        }
+    conf["backend_name"] = name
+    return conf
+
+
+@cache
+def properties_dict(name: str) -> dict | None:
+    """``name``'s BackendProperties as IBM's API serves them: the snapshot's ``props_*.json``,
+    renamed; ``None`` for the ideal simulators (IBM's simulators have no properties)."""
+    if get_spec(name).kind != "device":
+        return None
+    props = _snapshot_file(name, "props")
+    props["backend_name"] = name
+    return props
+
+
+def calibration_id(name: str) -> str:
+    """The id of ``name``'s one calibration (its snapshot; a hash of what workers simulate):
+    the only ``calibration_id`` the REST API accepts for it."""
+    return context_fingerprint(name)
+
+
 @cache
 def _aer_basis(method: str) -> frozenset[str]:
     """Every instruction name Aer's ``method`` executes (standard and Aer-specific)."""
@@ -586,9 +678,100 @@ class BrokerBackend(BackendV2):
 
     def __init__(self, name: str, service=None):
         spec = get_spec(canonical(name))
-        super().__init__(provider=None, name=spec.name, description=spec.description)
+        version = configuration_dict(spec.name)["backend_version"]
+        super().__init__(provider=None, name=spec.name, description=spec.description, backend_version=version)
         self._spec = spec
         self.service = service
+
+    # IBMBackend's information API, from the snapshot (devices) or the catalog (ideal) ------
+    def configuration(self):
+        """The backend configuration (``qiskit_ibm_runtime.models.QasmBackendConfiguration``),
+        as ``IBMBackend.configuration()`` returns it."""
+        return _configuration(self._spec.name)
+
+    def properties(self, refresh: bool = False, datetime=None):
+        """The calibration snapshot's ``BackendProperties`` (``qiskit_ibm_runtime.models``);
+        ``None`` for the ideal simulators, as IBM's simulators. There is one calibration:
+        ``datetime`` is checked as IBM checks it and the snapshot returned."""
+        from datetime import datetime as python_datetime
+
+        if not isinstance(refresh, bool):
+            raise TypeError(
+                f"The 'refresh' argument needs to be a boolean. {refresh} is of type  {type(refresh)}"
+            )
+        if datetime is not None and not isinstance(datetime, python_datetime):
+            raise TypeError(f"'{datetime}' is not of type 'datetime'.")
+        return _properties(self._spec.name)
+
+    def status(self):
+        """``qiskit_ibm_runtime.models.BackendStatus``: operational while a worker serves the
+        backend; ``pending_jobs`` is its shared queue's length."""
+        from qiskit_ibm_runtime.models import BackendStatus
+
+        if self.service is not None:
+            store = self.service._store
+        else:  # the default deployment (SESSION_BROKER_URL), as QiskitRuntimeService() reads it
+            from session_broker.core.config import get_settings
+            from session_broker.core.connection import redis_client
+            from session_broker.core.store import Store
+
+            settings = get_settings()
+            store = Store(settings, client=redis_client(settings, typed_errors=True))
+        live = store.live_workers(self.name)
+        return BackendStatus(
+            backend_name=self.name,
+            backend_version=self.backend_version,
+            operational=bool(live),
+            pending_jobs=int(store.queue_length(self.name)),
+            status_msg="active" if live else "internal",
+        )
+
+    def defaults(self, refresh: bool = False) -> None:
+        """Pulse defaults: none (qiskit-ibm-runtime 0.51 removed pulse; IBM's backends no
+        longer have them either)."""
+        return None
+
+    @property
+    def calibration_id(self) -> str | None:
+        return None  # as IBMBackend's unless one is asked for: there is one calibration
+
+    # named by IBM's guides; None where the snapshot (2020's) or an ideal simulator has none
+    @property
+    def processor_type(self) -> dict | None:
+        return getattr(self.configuration(), "processor_type", None)
+
+    @property
+    def supported_instructions(self) -> list[str] | None:
+        return getattr(self.configuration(), "supported_instructions", None)
+
+    @property
+    def rep_delay_range(self) -> list[float] | None:
+        """Seconds, as IBM's configuration converts them; None for ideal simulators."""
+        return getattr(self.configuration(), "rep_delay_range", None) or None
+
+    @property
+    def default_rep_delay(self) -> float | None:
+        return (
+            getattr(self.configuration(), "default_rep_delay", None) if self._spec.kind == "device" else None
+        )
+
+    @property
+    def dtm(self) -> float | None:  # type: ignore[override]
+        return getattr(self.configuration(), "dtm", None)
+
+    @property
+    def meas_map(self) -> list[list[int]] | None:  # type: ignore[override]
+        return getattr(self.configuration(), "meas_map", None)
+
+    def __getattr__(self, name: str):
+        """What IBMBackend finds on its configuration: ``processor_type``,
+        ``supported_instructions``, ``rep_delay_range``, ``default_rep_delay``, ``basis_gates``..."""
+        if name.startswith("_"):
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        try:
+            return getattr(self.configuration(), name)
+        except AttributeError:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'") from None
 
     @property
     def target(self) -> Target:
@@ -634,6 +817,28 @@ class BrokerBackend(BackendV2):
 
     def __hash__(self) -> int:
         return hash(("BrokerBackend", self.name))
+
+
+@cache
+def _configuration(name: str):
+    import copy
+
+    from qiskit_ibm_runtime.models import QasmBackendConfiguration
+    from qiskit_ibm_runtime.utils.backend_decoder import decode_backend_configuration
+
+    raw = copy.deepcopy(configuration_dict(name))
+    decode_backend_configuration(raw)
+    return QasmBackendConfiguration.from_dict(raw)
+
+
+@cache
+def _properties(name: str):
+    import copy
+
+    from qiskit_ibm_runtime.utils.backend_decoder import properties_from_server_data
+
+    raw = properties_dict(name)
+    return None if raw is None else properties_from_server_data(copy.deepcopy(raw), use_fractional_gates=None)
 
 
 def name_of(backend) -> str:
