@@ -27,6 +27,7 @@ from session_broker.errors import (
     JobTimeoutError,
     MaxExecutionTimeExceededError,
     NotISAError,
+    NotOfferedError,
     OptionNotSupportedError,
     PayloadTooLargeError,
     RuntimeInvalidStateError,
@@ -68,7 +69,16 @@ _LAZY = {
     "RuntimeEncoder": "qiskit_ibm_runtime",
     "RuntimeDecoder": "qiskit_ibm_runtime",
 }
-_SUBMODULES = {"batch", "exceptions", "options", "session", "fake_provider"}
+_SUBMODULES = {
+    "batch",
+    "exceptions",
+    "options",
+    "session",
+    "fake_provider",
+    "noise_learner",
+    "circuit",
+    "visualization",
+}
 
 
 def __getattr__(name: str):
