@@ -28,6 +28,7 @@ from session_broker.errors import (
     MaxExecutionTimeExceededError,
     NoLiveWorkerWarning,
     NotISAError,
+    NotOfferedError,
     OptionNotSupportedError,
     PayloadTooLargeError,
     RuntimeInvalidStateError,
@@ -69,7 +70,16 @@ _LAZY = {
     "RuntimeEncoder": "qiskit_ibm_runtime",
     "RuntimeDecoder": "qiskit_ibm_runtime",
 }
-_SUBMODULES = {"batch", "exceptions", "options", "session", "fake_provider"}
+_SUBMODULES = {
+    "batch",
+    "exceptions",
+    "options",
+    "session",
+    "fake_provider",
+    "noise_learner",
+    "circuit",
+    "visualization",
+}
 
 
 def __getattr__(name: str):

@@ -73,13 +73,95 @@ def _device(
     )
 
 
+#: Every fake backend of ``qiskit_ibm_runtime.fake_provider`` (``FakeProviderForBackendV2``):
+#: (class, the name it reports, qubits, backend_version, calibration date). Static, so that
+#: importing the catalog reads no snapshot; tests/unit/test_backends.py checks it against
+#: the installed qiskit-ibm-runtime, so a new or changed snapshot fails there.
+FAKE_BACKENDS: tuple[tuple[str, str, int, str, str], ...] = (
+    ("FakeAachen", "fake_aachen", 156, "2.0.1", "2026-04-17"),
+    ("FakeAlgiers", "fake_algiers", 27, "1.6.16", "2024-02-28"),
+    ("FakeAlmadenV2", "fake_almaden", 20, "1.4.6", "2020-08-10"),
+    ("FakeArmonkV2", "fake_armonk", 1, "2.4.3", "2021-03-15"),
+    ("FakeAthensV2", "fake_athens", 5, "1.3.13", "2021-03-15"),
+    ("FakeAuckland", "fake_auckland", 27, "1.7.6", "2024-05-27"),
+    ("FakeBelemV2", "fake_belem", 5, "1.0.3", "2021-03-15"),
+    ("FakeBerlin", "fake_berlin", 120, "1.0.0", "2026-04-17"),
+    ("FakeBoeblingenV2", "fake_boeblingen", 20, "1.2.9", "2021-02-03"),
+    ("FakeBogotaV2", "fake_bogota", 5, "1.4.10", "2021-03-15"),
+    ("FakeBoston", "fake_boston", 156, "1.0.4", "2026-04-17"),
+    ("FakeBrisbane", "fake_brisbane", 127, "1.1.79", "2025-02-26"),
+    ("FakeBrooklynV2", "fake_brooklyn", 65, "1.2.10", "2021-07-26"),
+    ("FakeBrussels", "fake_brussels", 127, "1.1.428", "2026-04-17"),
+    ("FakeBurlingtonV2", "fake_burlington", 5, "1.1.4", "2020-06-11"),
+    ("FakeCairoV2", "fake_cairo", 27, "1.3.6", "2024-03-25"),
+    ("FakeCambridgeV2", "fake_cambridge", 28, "1.2.0", "2020-07-16"),
+    ("FakeCasablancaV2", "fake_casablanca", 7, "1.1.14", "2021-03-15"),
+    ("FakeCusco", "fake_cusco", 127, "1.2.350", "2025-02-26"),
+    ("FakeEssexV2", "fake_essex", 5, "1.0.2", "2020-08-10"),
+    ("FakeFez", "fake_fez", 156, "1.2.8", "2025-02-26"),
+    ("FakeFractionalBackend", "fake_fractional", 5, "1.0.5", "2021-03-15"),
+    ("FakeGeneva", "fake_geneva", 27, "1.0.0", "2022-06-24"),
+    ("FakeGuadalupeV2", "fake_guadalupe", 16, "1.2.15", "2021-04-20"),
+    ("FakeHanoiV2", "fake_hanoi", 27, "1.3.3", "2025-02-26"),
+    ("FakeJakartaV2", "fake_jakarta", 7, "1.4.8", "2024-05-27"),
+    ("FakeJohannesburgV2", "fake_johannesburg", 20, "1.2.2", "2020-08-09"),
+    ("FakeKawasaki", "fake_kawasaki", 127, "2.1.76", "2025-02-26"),
+    ("FakeKingston", "fake_kingston", 156, "1.0.0", "2026-04-15"),
+    ("FakeKolkataV2", "fake_kolkata", 27, "1.9.9", "2021-12-09"),
+    ("FakeKyiv", "fake_kyiv", 127, "1.20.22", "2025-02-26"),
+    ("FakeKyoto", "fake_kyoto", 127, "1.2.29", "2024-02-28"),
+    ("FakeLagosV2", "fake_lagos", 7, "1.6.6", "2024-05-27"),
+    ("FakeLimaV2", "fake_lima", 5, "1.0.5", "2021-03-15"),
+    ("FakeLondonV2", "fake_london", 5, "1.1.3", "2020-08-10"),
+    ("FakeManhattanV2", "fake_manhattan", 65, "1.13.4", "2021-03-15"),
+    ("FakeManilaV2", "fake_manila", 5, "1.2.6", "2024-05-27"),
+    ("FakeMelbourneV2", "fake_melbourne", 15, "2.3.14", "2021-03-15"),
+    ("FakeMarrakesh", "fake_marrakesh", 156, "1.0.7", "2025-02-26"),
+    ("FakeMiami", "fake_miami", 120, "1.0.3", "2026-04-17"),
+    ("FakeMontrealV2", "fake_montreal", 27, "1.9.5", "2021-03-15"),
+    ("FakeMumbaiV2", "fake_mumbai", 27, "1.4.5", "2021-03-13"),
+    ("FakeNairobiV2", "fake_nairobi", 7, "1.3.5", "2024-05-27"),
+    ("FakeNighthawk", "fake_nighthawk", 120, "1.0.0", "2025-12-08"),
+    ("FakeOsaka", "fake_osaka", 127, "1.0.16", "2024-02-28"),
+    ("FakeOslo", "fake_oslo", 7, "1.0.5", "2022-07-17"),
+    ("FakeOurenseV2", "fake_ourense", 5, "1.3.5", "2021-01-20"),
+    ("FakeParisV2", "fake_paris", 27, "1.7.11", "2021-03-15"),
+    ("FakePeekskill", "fake_peekskill", 27, "2.10.1", "2024-02-28"),
+    ("FakePerth", "fake_perth", 7, "1.2.11", "2024-05-27"),
+    ("FakePittsburgh", "fake_pittsburgh", 156, "1.0.16", "2026-04-17"),
+    ("FakePrague", "fake_prague", 33, "2.0.0", "2023-01-12"),
+    ("FakePoughkeepsieV2", "fake_poughkeepsie", 20, "1.6.6", "2020-02-29"),
+    ("FakeQuebec", "fake_quebec", 127, "1.2.143", "2025-02-26"),
+    ("FakeQuitoV2", "fake_quito", 5, "1.0.8", "2021-03-15"),
+    ("FakeRochesterV2", "fake_rochester", 53, "1.2.0", "2020-07-16"),
+    ("FakeRomeV2", "fake_rome", 5, "1.3.16", "2021-03-15"),
+    ("FakeSantiagoV2", "fake_santiago", 5, "1.3.14", "2021-03-15"),
+    ("FakeSherbrooke", "fake_sherbrooke", 127, "1.6.58", "2025-02-26"),
+    ("FakeSingaporeV2", "fake_singapore", 20, "1.1.13", "2020-08-07"),
+    ("FakeStrasbourg", "fake_strasbourg", 127, "1.3.142", "2026-04-17"),
+    ("FakeSydneyV2", "fake_sydney", 27, "1.0.34", "2021-03-15"),
+    ("FakeTorino", "fake_torino", 133, "1.0.54", "2025-02-26"),
+    ("FakeTorontoV2", "fake_toronto", 27, "1.4.21", "2021-03-15"),
+    ("FakeValenciaV2", "fake_valencia", 5, "1.4.6", "2021-01-20"),
+    ("FakeVigoV2", "fake_vigo", 5, "1.3.6", "2021-01-20"),
+    ("FakeWashingtonV2", "fake_washington", 127, "1.1.0", "2022-04-12"),
+    ("FakeYorktownV2", "fake_yorktown", 5, "2.3.3", "2021-03-15"),
+)
+
+#: Widest device simulated with Aer's automatic method (statevector or density matrix of
+#: the qubits a circuit touches); wider devices use matrix-product states, whose memory grows
+#: with entanglement rather than width.
+_AUTOMATIC_MAX_QUBITS = 32
+
+
 #: Ordered, ideal backends first. Qubit counts of ideal backends follow memory: a dense
 #: complex128 statevector of n qubits takes 16 * 2**n bytes, so 30 qubits need 16 GiB and
-#: 31 would need 32 GiB, more than the 24 GiB of the worker machine. The 32-qubit
-#: "automatic" backends mirror IBM's cloud simulator: Aer picks the stabilizer method for
-#: Clifford circuits (any width), but a non-Clifford circuit over 30 qubits is refused by
-#: Aer at run time with "Insufficient memory". Matrix-product-state memory grows with
-#: entanglement rather than width, hence 100 qubits.
+#: 31 would need 32 GiB, more than the 24 GiB of the worker machine (a density matrix of n
+#: qubits is a statevector of 2n: 15). The 32-qubit "automatic" backends mirror IBM's cloud
+#: simulator: Aer picks the stabilizer method for Clifford circuits (any width), but a
+#: non-Clifford circuit over 30 qubits is refused by Aer at run time with "Insufficient
+#: memory". Matrix-product-state memory grows with entanglement rather than width, hence 100
+#: qubits; stabilizer states grow as n**2, hence the payload cap of 1000.
 CATALOG: dict[str, BackendSpec] = {
     s.name: s
     for s in (
@@ -103,16 +185,56 @@ CATALOG: dict[str, BackendSpec] = {
             100,
             "ideal matrix-product-state simulator for wide, weakly entangled circuits",
         ),
-        _device("ibm_manila", "FakeManilaV2", 5, "2024-05-27", "1.2.6"),
-        _device("ibm_lima", "FakeLimaV2", 5, "2021-03-15", "1.0.5"),
-        _device("ibm_nairobi", "FakeNairobiV2", 7, "2024-05-27", "1.3.5"),
-        _device("ibm_algiers", "FakeAlgiers", 27, "2024-02-28", "1.6.16"),
-        # Eagle and Heron processors. A statevector or density matrix of 127+ qubits cannot
-        # exist; Aer drops idle qubits (truncation), and matrix-product states keep the
-        # typical 100+ qubit tutorial circuits (GHZ chains, shallow layers) in memory.
-        _device("ibm_sherbrooke", "FakeSherbrooke", 127, "2025-02-26", "1.6.58", "matrix_product_state"),
-        _device("ibm_torino", "FakeTorino", 133, "2025-02-26", "1.0.54", "matrix_product_state"),
+        _ideal(
+            "aer_simulator_density_matrix",
+            "density_matrix",
+            15,
+            "ideal density-matrix simulator; 15 qubits = 16 GiB",
+        ),
+        _ideal(
+            "aer_simulator_stabilizer",
+            "stabilizer",
+            1000,
+            "ideal stabilizer (Clifford-only) simulator for wide Clifford circuits",
+        ),
+        # Devices, one per fake backend, named as IBM names the device (ibm_<name>). A
+        # statevector or density matrix of 127+ qubits cannot exist; Aer drops idle qubits
+        # (truncation), and matrix-product states keep the typical 100+ qubit tutorial
+        # circuits (GHZ chains, shallow layers) in memory.
+        *(
+            _device(
+                "ibm_" + fake_name.removeprefix("fake_"),
+                cls,
+                n,
+                calibrated,
+                version,
+                "automatic" if n <= _AUTOMATIC_MAX_QUBITS else "matrix_product_state",
+            )
+            for cls, fake_name, n, version, calibrated in FAKE_BACKENDS
+        ),
     )
+}
+
+#: Other names a backend answers to: the name its fake backend reports (``fake_almaden``),
+#: which IBM's local testing mode and guides use. Clients resolve them (``canonical``);
+#: workers, queues and records use only the catalog name.
+ALIASES: dict[str, str] = {
+    fake_name: "ibm_" + fake_name.removeprefix("fake_") for _, fake_name, *_ in FAKE_BACKENDS
+}
+
+#: A noiseless AerSimulator's method -> the ideal backend that runs its circuits. Unitary
+#: and superoperator simulators cannot sample, tensor networks need a GPU, and the extended
+#: stabilizer samples approximately: a statevector samples the same ideal distribution.
+IDEAL_BY_METHOD: dict[str, str] = {
+    "automatic": "aer_simulator",
+    "statevector": "aer_simulator_statevector",
+    "matrix_product_state": "aer_simulator_mps",
+    "density_matrix": "aer_simulator_density_matrix",
+    "stabilizer": "aer_simulator_stabilizer",
+    "extended_stabilizer": "aer_simulator_statevector",
+    "unitary": "aer_simulator_statevector",
+    "superop": "aer_simulator_statevector",
+    "tensor_network": "aer_simulator_statevector",
 }
 
 _TRANSPILE_OPTIONS = (
@@ -131,11 +253,24 @@ def known_backends() -> list[str]:
 
 
 def get_spec(name: str) -> BackendSpec:
-    """The spec of ``name``; ``UnknownBackendError`` listing the known names otherwise."""
+    """The spec of catalog name ``name``; ``UnknownBackendError`` listing the known names
+    otherwise (and the catalog name, for an alias: workers and queues use only that)."""
     spec = CATALOG.get(name) if isinstance(name, str) else None
     if spec is None:
-        raise UnknownBackendError(f"unknown backend {name!r}; known backends: {', '.join(CATALOG)}")
+        if isinstance(name, str) and name in ALIASES:
+            raise UnknownBackendError(
+                f"backend {name!r} is served as {ALIASES[name]!r}: use that name here (clients accept either)"
+            )
+        raise UnknownBackendError(f"unknown backend {name!r:.80}; known backends: {', '.join(CATALOG)}")
     return spec
+
+
+def canonical(name: str) -> str:
+    """The catalog name for ``name`` or its alias (``fake_almaden`` -> ``ibm_almaden``), as
+    clients resolve a name a user gives; ``UnknownBackendError`` otherwise."""
+    if isinstance(name, str) and name in ALIASES:
+        return ALIASES[name]
+    return get_spec(name).name
 
 
 @cache
@@ -157,6 +292,98 @@ def snapshot_info(name: str) -> dict[str, str] | None:
         "backend_version": str(fake.backend_version),
         "calibrated": props.last_update_date.isoformat() if props is not None else "unknown",
     }
+
+
+ONLINE_DATE = "2024-01-01T00:00:00Z"
+_NON_GATES = frozenset(
+    {
+        "measure",
+        "reset",
+        "delay",
+        "if_else",
+        "for_loop",
+        "while_loop",
+        "switch_case",
+        "break_loop",
+        "continue_loop",
+    }
+)
+
+
+def _snapshot_file(name: str, kind: str) -> dict:
+    import json
+    from pathlib import Path
+
+    fake = _fake(get_spec(name).snapshot)
+    path = Path(fake.dirname) / (fake.conf_filename if kind == "conf" else fake.props_filename)
+    return json.loads(path.read_text())
+
+
+def _aer_version() -> str:
+    from importlib.metadata import version
+
+    return version("qiskit-aer")
+
+
+@cache
+def configuration_dict(name: str) -> dict:
+    """``name``'s QasmBackendConfiguration as IBM's API serves it (treat as read-only).
+
+    Devices: the snapshot's ``conf_*.json`` as it is, renamed to the catalog name. Ideal
+    backends: generated from the catalog's target (its instruction names, no coupling map,
+    no pulse), ``simulator: true``, the qiskit-aer version as ``backend_version``, and no
+    repetition delay (``dynamic_reprate_enabled: false``, ``rep_delay_range: []``).
+    """
+    spec = get_spec(name)
+    if spec.kind == "device":
+        conf = _snapshot_file(name, "conf")
+        conf["online_date"] = conf.get("online_date") or ONLINE_DATE
+    else:
+        names = sorted(build_target(name).operation_names)
+        conf = {
+            "backend_version": _aer_version(),
+            "n_qubits": spec.num_qubits,
+            "basis_gates": [n for n in names if n not in _NON_GATES],
+            "gates": [],
+            "local": False,
+            "simulator": True,
+            "conditional": True,
+            "open_pulse": False,
+            "memory": True,
+            "max_shots": 10_000_000,
+            "max_experiments": 10_000,
+            "coupling_map": None,
+            "supported_instructions": names,
+            "online_date": ONLINE_DATE,
+            "description": spec.description,
+            "processor_type": {"family": "Aer", "revision": _aer_version(), "segment": spec.method},
+            "dynamic_reprate_enabled": False,
+            "rep_delay_range": [],
+            "default_rep_delay": 0.0,
+            "n_registers": 1,
+            "credits_required": False,
+            "sample_name": spec.method,
+            "meas_levels": [2],
+        }
+    conf["backend_name"] = name
+    return conf
+
+
+@cache
+def properties_dict(name: str) -> dict | None:
+    """``name``'s BackendProperties as IBM's API serves them: the snapshot's ``props_*.json``,
+    renamed; ``None`` for the ideal simulators (IBM's simulators have no properties)."""
+    if get_spec(name).kind != "device":
+        return None
+    props = _snapshot_file(name, "props")
+    props["backend_name"] = name
+    return props
+
+
+def calibration_id(name: str) -> str:
+    """The id of ``name``'s one calibration (its snapshot; a hash of what workers simulate):
+    the only ``calibration_id`` the REST API accepts for it."""
+    return context_fingerprint(name)
 
 
 @cache
@@ -282,7 +509,11 @@ def _fingerprint(name: str) -> str:
 
 def _widest_hint(name: str, width: int) -> str:
     kind = CATALOG[name].kind  # an ideal circuit is not helped by a noisy device, nor vice versa
-    fits = [s for s in CATALOG.values() if s.num_qubits >= width and s.name != name and s.kind == kind]
+    fits = [
+        s
+        for s in CATALOG.values()
+        if s.num_qubits >= width and s.name != name and s.kind == kind and s.method != "stabilizer"
+    ]  # the stabilizer backend is wide, but runs only Clifford circuits
     if not fits:
         return "Use a smaller circuit."
     wide = max(fits, key=lambda s: s.num_qubits)
@@ -446,10 +677,101 @@ class BrokerBackend(BackendV2):
     """
 
     def __init__(self, name: str, service=None):
-        spec = get_spec(name)
-        super().__init__(provider=None, name=spec.name, description=spec.description)
+        spec = get_spec(canonical(name))
+        version = configuration_dict(spec.name)["backend_version"]
+        super().__init__(provider=None, name=spec.name, description=spec.description, backend_version=version)
         self._spec = spec
         self.service = service
+
+    # IBMBackend's information API, from the snapshot (devices) or the catalog (ideal) ------
+    def configuration(self):
+        """The backend configuration (``qiskit_ibm_runtime.models.QasmBackendConfiguration``),
+        as ``IBMBackend.configuration()`` returns it."""
+        return _configuration(self._spec.name)
+
+    def properties(self, refresh: bool = False, datetime=None):
+        """The calibration snapshot's ``BackendProperties`` (``qiskit_ibm_runtime.models``);
+        ``None`` for the ideal simulators, as IBM's simulators. There is one calibration:
+        ``datetime`` is checked as IBM checks it and the snapshot returned."""
+        from datetime import datetime as python_datetime
+
+        if not isinstance(refresh, bool):
+            raise TypeError(
+                f"The 'refresh' argument needs to be a boolean. {refresh} is of type  {type(refresh)}"
+            )
+        if datetime is not None and not isinstance(datetime, python_datetime):
+            raise TypeError(f"'{datetime}' is not of type 'datetime'.")
+        return _properties(self._spec.name)
+
+    def status(self):
+        """``qiskit_ibm_runtime.models.BackendStatus``: operational while a worker serves the
+        backend; ``pending_jobs`` is its shared queue's length."""
+        from qiskit_ibm_runtime.models import BackendStatus
+
+        if self.service is not None:
+            store = self.service._store
+        else:  # the default deployment (SESSION_BROKER_URL), as QiskitRuntimeService() reads it
+            from session_broker.core.config import get_settings
+            from session_broker.core.connection import redis_client
+            from session_broker.core.store import Store
+
+            settings = get_settings()
+            store = Store(settings, client=redis_client(settings, typed_errors=True))
+        live = store.live_workers(self.name)
+        return BackendStatus(
+            backend_name=self.name,
+            backend_version=self.backend_version,
+            operational=bool(live),
+            pending_jobs=int(store.queue_length(self.name)),
+            status_msg="active" if live else "internal",
+        )
+
+    def defaults(self, refresh: bool = False) -> None:
+        """Pulse defaults: none (qiskit-ibm-runtime 0.51 removed pulse; IBM's backends no
+        longer have them either)."""
+        return None
+
+    @property
+    def calibration_id(self) -> str | None:
+        return None  # as IBMBackend's unless one is asked for: there is one calibration
+
+    # named by IBM's guides; None where the snapshot (2020's) or an ideal simulator has none
+    @property
+    def processor_type(self) -> dict | None:
+        return getattr(self.configuration(), "processor_type", None)
+
+    @property
+    def supported_instructions(self) -> list[str] | None:
+        return getattr(self.configuration(), "supported_instructions", None)
+
+    @property
+    def rep_delay_range(self) -> list[float] | None:
+        """Seconds, as IBM's configuration converts them; None for ideal simulators."""
+        return getattr(self.configuration(), "rep_delay_range", None) or None
+
+    @property
+    def default_rep_delay(self) -> float | None:
+        return (
+            getattr(self.configuration(), "default_rep_delay", None) if self._spec.kind == "device" else None
+        )
+
+    @property
+    def dtm(self) -> float | None:  # type: ignore[override]
+        return getattr(self.configuration(), "dtm", None)
+
+    @property
+    def meas_map(self) -> list[list[int]] | None:  # type: ignore[override]
+        return getattr(self.configuration(), "meas_map", None)
+
+    def __getattr__(self, name: str):
+        """What IBMBackend finds on its configuration: ``processor_type``,
+        ``supported_instructions``, ``rep_delay_range``, ``default_rep_delay``, ``basis_gates``..."""
+        if name.startswith("_"):
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        try:
+            return getattr(self.configuration(), name)
+        except AttributeError:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'") from None
 
     @property
     def target(self) -> Target:
@@ -497,47 +819,59 @@ class BrokerBackend(BackendV2):
         return hash(("BrokerBackend", self.name))
 
 
-def name_of(backend) -> str:
-    """The catalog name for a backend *object*, as IBM's local testing mode passes them.
+@cache
+def _configuration(name: str):
+    import copy
 
-    ``FakeManilaV2()`` (or any fake backend whose snapshot the catalog simulates) maps to
-    the device simulated from that snapshot; ``AerSimulator.from_backend(FakeManilaV2())``
-    too; a noiseless ``AerSimulator`` maps to the ideal backend with its method. Anything
-    else is refused with the catalog, since we would silently simulate something else.
-    """
-    if isinstance(backend, BrokerBackend):
-        return backend.name
-    snapshots = {spec.snapshot: spec.name for spec in CATALOG.values() if spec.snapshot}
-    fakes = {_fake_name(snap): name for snap, name in snapshots.items()}
-    cls = type(backend).__name__
-    if cls in snapshots:
-        return snapshots[cls]
-    name = getattr(backend, "name", "")
-    name = name() if callable(name) else name
-    if cls == "AerSimulator":
-        inner = str(name).removeprefix("aer_simulator_from(").removesuffix(")")
-        if inner in fakes:
-            return fakes[inner]
-        if getattr(backend.options, "noise_model", None) is None:
-            method = backend.options.method
-            ideal = {
-                "automatic": "aer_simulator",
-                "statevector": "aer_simulator_statevector",
-                "matrix_product_state": "aer_simulator_mps",
-            }
-            if method in ideal:
-                return ideal[method]
-    devices = ", ".join(f"{snap} -> {n}" for snap, n in snapshots.items())
-    raise UnknownBackendError(
-        f"backend object {name or cls!r} ({cls}) is not simulated here. A mode may be a backend "
-        f"name ({', '.join(CATALOG)}), a fake backend whose snapshot the catalog simulates "
-        f"({devices}), an AerSimulator built from one of those, or a noiseless AerSimulator "
-        "(method automatic, statevector or matrix_product_state)"
-    )
+    from qiskit_ibm_runtime.models import QasmBackendConfiguration
+    from qiskit_ibm_runtime.utils.backend_decoder import decode_backend_configuration
+
+    raw = copy.deepcopy(configuration_dict(name))
+    decode_backend_configuration(raw)
+    return QasmBackendConfiguration.from_dict(raw)
 
 
 @cache
-def _fake_name(snapshot: str) -> str:
-    """``fake_manila`` for ``FakeManilaV2``: the name a fake backend (and Aer's copy) reports."""
-    cls = getattr(importlib.import_module("qiskit_ibm_runtime.fake_provider"), snapshot)
-    return cls.backend_name  # a class attribute: no need to load the snapshot
+def _properties(name: str):
+    import copy
+
+    from qiskit_ibm_runtime.utils.backend_decoder import properties_from_server_data
+
+    raw = properties_dict(name)
+    return None if raw is None else properties_from_server_data(copy.deepcopy(raw), use_fractional_gates=None)
+
+
+def name_of(backend) -> str:
+    """The catalog name for a backend *object*, as IBM's local testing mode passes them.
+
+    Any fake backend of ``qiskit_ibm_runtime.fake_provider`` (``FakeAlmadenV2()``) maps to
+    the device simulated from its snapshot; ``AerSimulator.from_backend()`` of one of them
+    or of a backend of ours too; a noiseless ``AerSimulator`` maps to the ideal backend that
+    runs its method's circuits (``IDEAL_BY_METHOD``). Anything else is refused with what is
+    accepted, since we would silently simulate something else.
+    """
+    if isinstance(backend, BrokerBackend):
+        return backend.name
+    cls = type(backend).__name__
+    by_class = {spec.snapshot: spec.name for spec in CATALOG.values() if spec.snapshot}
+    if cls in by_class:
+        return by_class[cls]
+    name = getattr(backend, "name", "")
+    name = str(name() if callable(name) else name)
+    if cls == "AerSimulator":
+        inner = name.removeprefix("aer_simulator_from(").removesuffix(")")
+        if inner != name and (inner in ALIASES or inner in CATALOG):
+            return canonical(inner)
+        options = getattr(backend, "options", None)
+        if getattr(options, "noise_model", None) is None:
+            method = getattr(options, "method", None)
+            if method in IDEAL_BY_METHOD:
+                return IDEAL_BY_METHOD[method]
+    elif name in ALIASES and hasattr(backend, "target"):  # a fake backend of another class
+        return ALIASES[name]
+    raise UnknownBackendError(
+        f"backend object {name[:80] or cls!r} ({cls}) is not simulated here. A mode may be a "
+        f"backend name ({', '.join(CATALOG)}), a fake backend of qiskit_ibm_runtime.fake_provider "
+        "(FakeManilaV2 -> ibm_manila, and so on for each), an AerSimulator.from_backend() of one of "
+        f"those or of a backend of ours, or a noiseless AerSimulator (method {', '.join(IDEAL_BY_METHOD)})"
+    )

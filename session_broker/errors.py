@@ -70,6 +70,10 @@ class OptionNotSupportedError(InvalidInputError):
     """An option has a value this backend cannot honour."""
 
 
+class NotOfferedError(SessionBrokerError, NotImplementedError):
+    """A qiskit-ibm-runtime feature this deployment does not offer (e.g. noise learning)."""
+
+
 class InvalidMaxTimeError(SessionBrokerError, ValueError):
     """``max_time`` is not a positive int of seconds or a ``"2h 30m 40s"`` string in bounds."""
 

@@ -29,8 +29,7 @@ def resolve_mode(mode, kind: str) -> tuple[QiskitRuntimeService, str, Session | 
     if isinstance(mode, Session):
         return mode.service, mode.backend(), mode
     if isinstance(mode, str):
-        catalog.get_spec(mode)
-        name, service = mode, None
+        name, service = catalog.canonical(mode), None
     elif hasattr(mode, "target") or type(mode).__name__ == "AerSimulator":
         name, service = catalog.name_of(mode), getattr(mode, "service", None)
     else:

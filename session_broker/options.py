@@ -238,8 +238,9 @@ def plan(kind: str, backend: str, options) -> Plan:
                 f"option {name}={_short(value)} is not supported: "
                 + (
                     "each backend simulates one fixed device; choose a device backend "
-                    f"({', '.join(n for n in catalog.known_backends() if catalog.get_spec(n).kind == 'device')}) "
-                    "instead of a custom noise model, coupling map or basis"
+                    "(service.backends(simulator=False): ibm_<name> for each fake backend of "
+                    "qiskit_ibm_runtime.fake_provider, e.g. ibm_manila) instead of a custom noise "
+                    "model, coupling map or basis"
                     if name.startswith("simulator.")
                     else "experimental options are not available"
                 )
@@ -525,6 +526,12 @@ class _OptionsData:
         )
     )
     simulator: _Group = field(default_factory=lambda: _Group("simulator", seed_simulator=None))
+    environment: _Group = field(
+        default_factory=lambda: _Group("environment", log_level="WARNING", callback=None, job_tags=None)
+    )
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Options(_OptionsData):
@@ -543,12 +550,13 @@ class Options(_OptionsData):
         "execution",
         "transpilation",
         "simulator",
+        "environment",
     )
 
     def __init__(self, **kwargs):
         super().__init__()
         for key, value in kwargs.items():
-            if isinstance(value, dict) and key in ("execution", "transpilation", "simulator"):
+            if isinstance(value, dict) and key in ("execution", "transpilation", "simulator", "environment"):
                 for sub, v in value.items():
                     setattr(getattr(self, key), sub, v)
             else:
@@ -593,6 +601,19 @@ class Options(_OptionsData):
         if not skip:
             catalog.pass_manager(backend, opt, **transpilation)  # refuses unknown methods now
         seed = check_seed("simulator.seed_simulator", self.simulator.seed_simulator)
+        env = self.environment
+        if env.log_level not in _LOG_LEVELS:
+            raise OptionNotSupportedError(
+                f"environment.log_level={env.log_level!r} must be one of {', '.join(_LOG_LEVELS)}"
+            )
+        if env.callback is not None:
+            raise OptionNotSupportedError(
+                "environment.callback is not supported: jobs here stream no interim results; "
+                "use job.result() (or job.status()) instead"
+            )
+        tags = env.job_tags or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise OptionNotSupportedError(f"environment.job_tags={tags!r} must be a list of strings")
         return {
             "api": "v1",
             "optimization_level": opt,
@@ -602,4 +623,28 @@ class Options(_OptionsData):
             "skip_transpilation": skip,
             "transpilation": transpilation,
             "seed_simulator": seed,
+            "job_tags": list(tags),
+            # jobs log on the worker at the worker's own level (as for V2, recorded, no effect)
+            "log_level": env.log_level,
         }
+
+    def update(self, **fields) -> None:
+        """IBM's V1 ``set_options(**fields)``: a top-level name (``optimization_level``), a
+        group (``execution={"shots": 100}``), or a field of a group by its own name
+        (``shots=4000`` is ``execution.shots``), as IBM's ``merge_options`` finds it."""
+        groups = {g: getattr(self, g) for g in ("execution", "transpilation", "simulator", "environment")}
+        for key, value in fields.items():
+            if key in self._TOP:
+                if key in groups and isinstance(value, dict):
+                    for sub, v in value.items():
+                        setattr(groups[key], sub, v)
+                else:
+                    setattr(self, key, value)
+                continue
+            owners = [g for g in groups.values() if key in g._values]
+            if not owners:
+                known = [f"{g._name}.{k}" for g in groups.values() for k in g._values]
+                raise OptionNotSupportedError(
+                    f"option {key!r} is not supported; supported: {', '.join(self._TOP)}, {', '.join(known)}"
+                )
+            setattr(owners[0], key, value)

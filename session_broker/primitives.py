@@ -245,6 +245,15 @@ class _Dual:
             )
         self._v1_options = v1.coerce_options(value)
 
+    def set_options(self, **fields) -> None:
+        """IBM's V1 ``set_options``: ``set_options(shots=4000)`` sets ``execution.shots``
+        (a field by its own name, a group as a dict, or a top-level option). V2 primitives
+        set options with ``primitive.options.update(...)``, as IBM's."""
+        if not self._v1:
+            self._options.update(**fields)
+            return
+        self._v1_options.update(**fields)
+
 
 class Sampler(_Dual, SamplerV2):
     """``SamplerV2`` (as in qiskit-ibm-runtime 0.51) that also runs the guide's V1 calls:

@@ -22,7 +22,12 @@ from session_broker.core.ids import new_id
 from session_broker.core.messages import task_message
 from session_broker.core.read import JobQuery, iter_jobs
 from session_broker.core.store import Store
-from session_broker.errors import JobNotFoundError, UnknownBackendError
+from session_broker.errors import (
+    InvalidInputError,
+    JobNotFoundError,
+    OptionNotSupportedError,
+    UnknownBackendError,
+)
 from session_broker.inputs import jobs_filters
 from session_broker.job import RuntimeJobV2
 
@@ -63,7 +68,10 @@ class QiskitRuntimeService:
         *,
         simulator: bool | None = None,
         operational: bool | None = True,
-        **_ignored,
+        use_fractional_gates: bool | None = False,
+        calibration_id: str | None = None,
+        include_mocks: bool = False,
+        **kwargs,
     ) -> list[BrokerBackend]:
         """Catalog backends, as IBM's ``service.backends()`` filters them.
 
@@ -72,10 +80,20 @@ class QiskitRuntimeService:
         keeps the ideal simulators, ``simulator=False`` the simulated devices (IBM's guides:
         ``least_busy(operational=True, simulator=False)`` for a device), by
         ``backend.simulator``.
-        ``dynamic_circuits`` keeps backends whose target runs control flow.
+        ``dynamic_circuits`` keeps backends whose target runs control flow. Other keywords
+        are IBM's simple filters: a value an attribute of ``backend.configuration()`` (such
+        as ``dynamic_reprate_enabled=True``, ``open_pulse=False``) or of ``backend.status()``
+        must equal; a name neither has is refused (IBM's would silently match nothing).
+        ``use_fractional_gates`` filters nothing (a backend's target has the fractional gates
+        its snapshot has); ``include_mocks`` is accepted (there are no mock backends).
         """
+        if use_fractional_gates not in (None, False, True):
+            raise InvalidInputError(
+                f"use_fractional_gates must be a bool or None, not {use_fractional_gates!r}"
+            )
         live = {w.get("backend") for w in self._store.live_workers()} if operational is not None else set()
         out = []
+        name = catalog.canonical(name) if name else name
         for backend in catalog.known_backends():
             spec = catalog.get_spec(backend)
             if name and backend != name:
@@ -86,18 +104,69 @@ class QiskitRuntimeService:
                 continue
             if simulator is not None and (spec.kind == "ideal") != bool(simulator):
                 continue
+            if calibration_id is not None and calibration_id != catalog.calibration_id(backend):
+                continue
             obj = BrokerBackend(backend, service=self)
             if dynamic_circuits is not None and ("if_else" in obj.target.operation_names) != dynamic_circuits:
                 continue
-            if filters is not None and not filters(obj):
-                continue
             out.append(obj)
-        return out
+        if kwargs:
+            out = self._simple_filters(out, kwargs)
+        return [b for b in out if filters is None or filters(b)]
 
-    def backend(self, name: str = "ibmq_qasm_simulator", instance: str | None = None, **_kw) -> BrokerBackend:
-        """The catalog backend ``name`` (its jobs queue until a worker for it is up)."""
-        catalog.get_spec(name)
-        return BrokerBackend(name, service=self)
+    _STATUS_FIELDS = ("backend_name", "backend_version", "operational", "pending_jobs", "status_msg")
+
+    def _simple_filters(self, found: list[BrokerBackend], criteria: dict) -> list[BrokerBackend]:
+        """IBM's ``filter_backends``: configuration attributes, else status ones; a name that
+        no backend's configuration or status has is refused with the names there are."""
+        known = set().union(*(vars(catalog._configuration(n)) for n in catalog.known_backends()))
+        unknown = sorted(k for k in criteria if k not in known and k not in self._STATUS_FIELDS)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown backend filter(s) {', '.join(unknown)}: a filter keyword names an attribute of "
+                f"backend.configuration() ({', '.join(sorted(k for k in known if not k.startswith('_')))}) "
+                f"or backend.status() ({', '.join(self._STATUS_FIELDS)}); or pass filters=lambda b: ..."
+            )
+        for key, value in criteria.items():
+            if key in known:
+                found = [b for b in found if getattr(b.configuration(), key, None) == value]
+            else:
+                found = [b for b in found if getattr(b.status(), key, None) == value]
+        return found
+
+    def backend(
+        self,
+        name: str = "ibmq_qasm_simulator",
+        instance: str | None = None,
+        use_fractional_gates: bool | None = False,
+        calibration_id: str | None = None,
+        **_kw,
+    ) -> BrokerBackend:
+        """The catalog backend ``name`` or its alias (``fake_almaden`` is ``ibm_almaden``); its
+        jobs queue until a worker for it is up.
+
+        ``use_fractional_gates=True`` needs a backend whose target has IBM's fractional gates
+        (``rzz``, ``rx``): the ideal simulators and the snapshots that have them; on another
+        device it is refused (its snapshot has none, so they could not be simulated as the
+        device's). ``calibration_id`` must be the backend's one calibration (or None)."""
+        backend = BrokerBackend(catalog.canonical(name), service=self)
+        if use_fractional_gates and not {"rzz", "rx"} <= set(backend.target.operation_names):
+            with_them = [
+                n
+                for n in catalog.known_backends()
+                if {"rzz", "rx"} <= set(catalog.build_target(n).operation_names)
+            ]
+            raise OptionNotSupportedError(
+                f"use_fractional_gates=True: backend {backend.name!r} has no fractional gates (rzz, rx) in "
+                f"its calibration snapshot, so they cannot be simulated as that device's. Backends that "
+                f"have them: {', '.join(with_them)}; or use use_fractional_gates=False"
+            )
+        if calibration_id is not None and calibration_id != catalog.calibration_id(backend.name):
+            raise InvalidInputError(
+                f"calibration_id {calibration_id[:64]!r} does not exist for backend {backend.name!r}: it has "
+                f"one calibration, {catalog.calibration_id(backend.name)!r}; or omit calibration_id"
+            )
+        return backend
 
     get_backend = backend
 

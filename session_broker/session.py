@@ -170,7 +170,7 @@ class Session:
             service = service or backend.service
             name = backend.name
         elif isinstance(backend, str):
-            name = backend
+            name = catalog.canonical(backend)
         elif backend is None:
             raise InvalidInputError(
                 f"{type(self).__name__} needs a backend: a name such as 'ibmq_qasm_simulator' or "

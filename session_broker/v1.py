@@ -37,7 +37,23 @@ def coerce_options(options) -> opts.Options:
 
 
 def setup(prim, backend, session, options) -> None:
-    """Initialise ``prim`` (a ``Sampler``/``Estimator``) for V1: ``backend=``/``session=``."""
+    """Initialise ``prim`` (a ``Sampler``/``Estimator``) for V1: ``backend=``/``session=``.
+
+    As IBM's V1 primitives, ``session=`` may be a backend (an object or a name): the
+    primitive then runs on that backend, outside any session."""
+    if session is not None and not isinstance(session, Session):
+        if backend is not None:
+            raise InvalidInputError(
+                "session= is a backend and backend= is given too: pass the backend once "
+                "(backend=...) or a Session/Batch as session="
+            )
+        if not (
+            isinstance(session, str) or hasattr(session, "target") or type(session).__name__ == "AerSimulator"
+        ):
+            raise InvalidInputError(
+                f"session must be a Session, Batch or backend, not {type(session).__name__}"
+            )
+        session, backend = None, session
     if session is not None and not isinstance(session, Session):
         raise InvalidInputError(f"session must be a Session or Batch, not {type(session).__name__}")
     if session is not None and backend is not None:
@@ -112,7 +128,7 @@ def run_sampler(prim, circuits=None, parameter_values=None, shots=None, **_kw):
             )
     prim._check_circuits((p.circuit for p in coerced), require_isa=options["skip_transpilation"])
     codec.check_result_size(coerced)
-    summary = {"api": "v1", "pubs": len(coerced), "shots": options["shots"]}
+    summary = {"api": "v1", "pubs": len(coerced), "shots": options["shots"], "tags": options["job_tags"]}
     return prim._submit(codec.encode_sampler_pubs(coerced), options, summary, _sampler_v1)
 
 
@@ -130,5 +146,5 @@ def run_estimator(prim, circuits=None, observables=None, parameter_values=None, 
         pubs.append((c, o) if p is None else (c, o, p))
     coerced = coerce_pubs(pubs, lambda p: EstimatorPub.coerce(p, 0.0), "estimator")
     prim._check_circuits((p.circuit for p in coerced), require_isa=options["skip_transpilation"])
-    summary = {"api": "v1", "pubs": len(coerced), "shots": options["shots"]}
+    summary = {"api": "v1", "pubs": len(coerced), "shots": options["shots"], "tags": options["job_tags"]}
     return prim._submit(codec.encode_estimator_pubs(coerced), options, summary, _estimator_v1)

@@ -257,6 +257,20 @@ def _dd_target(backend: str):
 _SEQUENCES = {"XX": ("X", "X"), "XpXm": ("X", "X"), "XY4": ("X", "Y", "X", "Y")}
 
 
+def _durations_known(circuit: QuantumCircuit, target) -> bool:
+    """Whether ``target`` gives a duration for every instruction of ``circuit`` (what the
+    scheduling passes need)."""
+    for inst in circuit.data:
+        name = inst.operation.name
+        if name in ("delay", "barrier"):
+            continue
+        qargs = tuple(circuit.find_bit(q).index for q in inst.qubits)
+        props = target[name].get(qargs) if name in target else None
+        if props is None or props.duration is None:
+            return False
+    return True
+
+
 def schedule(circuit: QuantumCircuit, backend: str, dd: dict | None) -> QuantumCircuit:
     """Schedule with the device's durations and fill every idle window.
 
@@ -268,6 +282,8 @@ def schedule(circuit: QuantumCircuit, backend: str, dd: dict | None) -> QuantumC
     if any(getattr(inst.operation, "blocks", ()) for inst in circuit.data):
         return circuit  # Qiskit's scheduling passes do not see inside control flow
     target = backends.build_target(backend)
+    if not _durations_known(circuit, target):
+        return circuit  # the oldest snapshots (2020) give no measure or reset durations
     method = (dd or {}).get("scheduling_method", "alap")
     analysis = ASAPScheduleAnalysis if method == "asap" else ALAPScheduleAnalysis
     if not dd:

@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 from qiskit.primitives import PrimitiveResult, PubResult
-from qiskit.primitives.containers import DataBin, EstimatorPub, SamplerPub
+from qiskit.primitives.containers import DataBin, EstimatorPub, SamplerPub, SamplerPubResult
 from qiskit.primitives.containers.observables_array import ObservablesArray
 from qiskit.quantum_info import SparsePauliOp
 from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
@@ -82,7 +82,7 @@ def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
                     )
                     for p in pubs
                 ]
-            result = aer_sampler(backend, seed)._run(pubs)
+            result = _ibm_sampler_metadata(aer_sampler(backend, seed)._run(pubs))
     elif v1:
         result = _estimate_v1(backend, seed, pubs, options.get("shots"))
     else:
@@ -159,6 +159,20 @@ def _span(start: datetime, stop: datetime, result, pubs) -> dict:
             shape.append(int(pub.shots))
         slices[str(i)] = [shape, 0, int(np.prod(shape, dtype=np.int64))]
     return {"start": start.isoformat(), "stop": stop.isoformat(), "data_slices": slices}
+
+
+def _ibm_sampler_metadata(result: PrimitiveResult) -> PrimitiveResult:
+    """Aer's sampler PUB results with IBM's per-PUB metadata: only ``circuit_metadata`` (not
+    Aer's ``shots`` and ``simulator_metadata``; the shots are in the BitArrays)."""
+    return PrimitiveResult(
+        [
+            SamplerPubResult(
+                pub.data, metadata={"circuit_metadata": pub.metadata.get("circuit_metadata", {})}
+            )
+            for pub in result
+        ],
+        metadata=result.metadata,
+    )
 
 
 def _with_ibm_fields(result: PrimitiveResult) -> PrimitiveResult:

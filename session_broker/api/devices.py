@@ -16,70 +16,19 @@ Status comes from the live workers registered in Redis and the backend's queue l
 
 from __future__ import annotations
 
-import json
 from functools import cache
-from pathlib import Path
 
 from session_broker import backends as catalog
 from session_broker.core.store import Store
 
-ONLINE_DATE = "2024-01-01T00:00:00Z"
-_NON_GATES = {
-    "measure",
-    "reset",
-    "delay",
-    "if_else",
-    "for_loop",
-    "while_loop",
-    "switch_case",
-    "break_loop",
-    "continue_loop",
-}
-
-
-def _snapshot_file(name: str, kind: str) -> dict:
-    fake = catalog._fake(catalog.get_spec(name).snapshot)
-    path = Path(fake.dirname) / (fake.conf_filename if kind == "conf" else fake.props_filename)
-    return json.loads(path.read_text())
+ONLINE_DATE = catalog.ONLINE_DATE
 
 
 @cache
 def configuration(name: str) -> dict:
-    """The QasmBackendConfiguration dict the client builds ``backend(name)`` from."""
-    spec = catalog.get_spec(name)
-    if spec.kind == "device":
-        conf = _snapshot_file(name, "conf")
-        conf["online_date"] = conf.get("online_date") or ONLINE_DATE
-    else:
-        target = catalog.build_target(name)
-        names = sorted(target.operation_names)
-        conf = {
-            "backend_version": "1.0.0",
-            "n_qubits": spec.num_qubits,
-            "basis_gates": [n for n in names if n not in _NON_GATES],
-            "gates": [],
-            "local": False,
-            "conditional": True,
-            "open_pulse": False,
-            "memory": True,
-            "max_shots": 10_000_000,
-            "max_experiments": 10_000,
-            "coupling_map": None,
-            "supported_instructions": names,
-            "online_date": ONLINE_DATE,
-            "description": spec.description,
-            "processor_type": {"family": "Aer", "revision": 1},
-            "dynamic_reprate_enabled": False,
-            "rep_delay_range": [0.0, 500.0],
-            "default_rep_delay": 250.0,
-            "n_registers": 1,
-            "credits_required": False,
-            "sample_name": spec.method,
-            "meas_levels": [2],
-        }
-    conf["backend_name"] = name
-    conf["simulator"] = False  # see the module docstring
-    return conf
+    """The QasmBackendConfiguration dict the client builds ``backend(name)`` from: the
+    catalog's (``backends.configuration_dict``), with ``simulator: false`` (module docstring)."""
+    return {**catalog.configuration_dict(name), "simulator": False}
 
 
 @cache
@@ -89,19 +38,18 @@ def properties(name: str) -> dict:
     Not ``{}``: the client caches only a non-empty answer, and asks for it again three
     times before every job otherwise."""
     spec = catalog.get_spec(name)
-    if spec.kind != "device":
-        zero = [{"date": ONLINE_DATE, "name": "readout_error", "unit": "", "value": 0.0}]
-        return {
-            "backend_name": name,
-            "backend_version": "1.0.0",
-            "last_update_date": ONLINE_DATE,
-            "qubits": [zero for _ in range(spec.num_qubits)],
-            "gates": [],
-            "general": [],
-        }
-    props = _snapshot_file(name, "props")
-    props["backend_name"] = name
-    return props
+    props = catalog.properties_dict(name)
+    if props is not None:
+        return props
+    zero = [{"date": ONLINE_DATE, "name": "readout_error", "unit": "", "value": 0.0}]
+    return {
+        "backend_name": name,
+        "backend_version": configuration(name)["backend_version"],
+        "last_update_date": ONLINE_DATE,
+        "qubits": [zero for _ in range(spec.num_qubits)],
+        "gates": [],
+        "general": [],
+    }
 
 
 def status(store: Store, name: str) -> dict:

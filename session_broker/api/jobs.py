@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import PlainTextResponse
 from qiskit_ibm_runtime import RuntimeEncoder
 
+from session_broker import backends as catalog
 from session_broker.api import reader
 from session_broker.api.errors import ApiError, from_broker_error
 from session_broker.api.limits import check_tags
@@ -88,7 +89,7 @@ def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
     try:
         if body.session_id:
             mode = session_of(ctx, body.session_id)
-            if body.backend and body.backend != mode.backend():
+            if body.backend and catalog.ALIASES.get(body.backend, body.backend) != mode.backend():
                 raise ApiError(
                     400,
                     f"backend {body.backend[:64]!r} differs from the session's backend {mode.backend()!r}",
@@ -105,9 +106,13 @@ def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
         raise ApiError(400, f"options not accepted: {str(exc)[:300]}", "invalid_options") from None
     # the job is recorded: from here on, never an error status (a retry would submit twice)
     try:
-        ctx.store.redis.hset(ctx.store.keys.job(job.job_id()), "api_private", "1" if body.private else "0")
-    except Exception:  # noqa: BLE001 - the flag is cosmetic; the job is what matters
-        log.warning("could not store the private flag of job %s", job.job_id(), exc_info=True)
+        # params as submitted: GET /jobs/{id} returns them (job.inputs), as IBM's API does
+        ctx.store.redis.hset(
+            ctx.store.keys.job(job.job_id()),
+            mapping={"api_private": "1" if body.private else "0", "api_params": json.dumps(body.params)},
+        )
+    except Exception:  # noqa: BLE001 - cosmetic next to the job, which is what matters
+        log.warning("could not store the private flag and params of job %s", job.job_id(), exc_info=True)
     return {"id": job.job_id(), "backend": body.backend or mode.backend(), "session_id": body.session_id}
 
 
@@ -174,8 +179,18 @@ def job_view(jid: str, rec: dict) -> dict:
 
 
 @router.get("/jobs/{jid}", tags=["jobs"])
-def get_job(jid: str, ctx: Ctx = Depends(runtime_ctx), exclude_params: bool = True):
-    return job_view(jid, _record(ctx, jid, hold=True))
+def get_job(jid: str, ctx: Ctx = Depends(runtime_ctx), exclude_params: bool = False):
+    """IBM's job, with its ``params`` as submitted unless ``exclude_params=true`` (over REST;
+    a job submitted through the Python API has ``{}`` here: its inputs are ``job.inputs``
+    there)."""
+    view = job_view(jid, _record(ctx, jid, hold=True))
+    if not exclude_params:
+        raw = ctx.store.job(jid, "api_params").get("api_params")
+        try:
+            view["params"] = json.loads(raw) if raw else {}
+        except ValueError:
+            view["params"] = {}
+    return view
 
 
 @router.get("/jobs/{jid}/results", tags=["jobs"])
@@ -193,6 +208,13 @@ def job_results(jid: str, ctx: Ctx = Depends(runtime_ctx)):
     raw = ctx.store.job(jid, "result").get("result")
     if raw is None:
         raise ApiError(404, f"the result of job {jid} has expired", "not_found")
+    # private=True: IBM's results can be read once (its client tests rely on it)
+    if rec.get("api_private") == "1" and not ctx.store.redis.hsetnx(ctx.store.keys.job(jid), "api_read", "1"):
+        raise ApiError(
+            404,
+            f"job {jid} is private (private=True): its results were read once and are not kept",
+            "not_found",
+        )
     text = json.dumps(codec.decode_result(raw), cls=RuntimeEncoder)
     return Response(text, media_type="application/json")
 

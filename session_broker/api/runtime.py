@@ -71,6 +71,7 @@ def list_backends(ctx: Ctx = Depends(runtime_ctx), include_mocks: bool = False):
 
 
 def _known(name: str) -> str:
+    name = catalog.ALIASES.get(name, name)
     if name not in catalog.CATALOG:
         raise ApiError(
             404,
@@ -80,14 +81,28 @@ def _known(name: str) -> str:
     return name
 
 
+def _calibrated(name: str, calibration_id: str | None) -> str:
+    """``name``, if ``calibration_id`` is absent or its one calibration's (IBM answers an
+    unknown calibration id with an error, not the current calibration)."""
+    name = _known(name)
+    if calibration_id is not None and calibration_id != catalog.calibration_id(name):
+        raise ApiError(
+            404,
+            f"calibration {calibration_id[:64]!r} of backend {name!r} does not exist; it has one "
+            f"calibration, {catalog.calibration_id(name)!r} (its snapshot), or omit calibration_id",
+            "calibration_not_found",
+        )
+    return name
+
+
 @router.get("/backends/{name}/configuration", tags=["backends"])
-def backend_configuration(name: str, ctx: Ctx = Depends(runtime_ctx)):
-    return devices.configuration(_known(name))
+def backend_configuration(name: str, ctx: Ctx = Depends(runtime_ctx), calibration_id: str | None = None):
+    return devices.configuration(_calibrated(name, calibration_id))
 
 
 @router.get("/backends/{name}/properties", tags=["backends"])
-def backend_properties(name: str, ctx: Ctx = Depends(runtime_ctx)):
-    return devices.properties(_known(name))
+def backend_properties(name: str, ctx: Ctx = Depends(runtime_ctx), calibration_id: str | None = None):
+    return devices.properties(_calibrated(name, calibration_id))
 
 
 @router.get("/backends/{name}/status", tags=["backends"])

@@ -378,12 +378,17 @@ def _nested_headers(raw: bytes, top: int) -> list[int]:
             found.append(h)
     if not found:
         return []
+    # qiskit reads a nested circuit from exactly the `size` bytes its record declares, so a
+    # record too small for a circuit header holds none (a 127-qubit circuit's qubit indices
+    # and UUIDs otherwise look like records, and their "headers" like lying ones).
     reachable = np.zeros(n + 9, bool)
-    tag = (a[: n - 8] == ord("q")) & (np.ndarray((n - 8,), ">u8", raw, 1, (1,)) <= n)
+    param_size = np.ndarray((n - 8,), ">u8", raw, 1, (1,))
+    tag = (a[: n - 8] == ord("q")) & (param_size >= size) & (param_size <= n)
     reachable[np.flatnonzero(tag) + 9] = True  # INSTRUCTION_PARAM 'q'
     k = n - 35  # CUSTOM_CIRCUIT_INST_DEF_V2
     starts = np.arange(k) + 36 + np.ndarray((k,), ">u2", raw, 0, (1,))
-    ok = (a[11 : 11 + k] == 1) & (np.ndarray((k,), ">u8", raw, 12, (1,)) <= n) & (starts < n)
+    def_size = np.ndarray((k,), ">u8", raw, 12, (1,))
+    ok = (a[11 : 11 + k] == 1) & (def_size >= size) & (def_size <= n) & (starts < n)
     reachable[starts[ok]] = True
     return [h for h in found if reachable[h]]
 

@@ -278,7 +278,9 @@ def test_results_have_ibms_execution_spans_and_per_pub_metadata(c):
     assert isinstance(spans, ExecutionSpans) and spans.pub_idxs == [0, 1]
     assert spans.start <= spans.stop and spans[0].size == 30
     assert result[0].metadata["circuit_metadata"] == {"label": "bell"}
-    assert result[1].metadata["shots"] == 10
+    # IBM's sampler PUB metadata is circuit_metadata alone (not Aer's shots, simulator_metadata)
+    assert result[0].metadata == {"circuit_metadata": {"label": "bell"}}
+    assert result[1].metadata == result[0].metadata and result[1].data.meas.num_shots == 10
     assert result.metadata["version"] == 2 and result.metadata["session_broker"]["backend"] == QASM
     est = EstimatorV2(mode=backend).run([(bell(False), ["ZZ", "XX"])]).result(timeout=90)
     np.testing.assert_allclose(est[0].data.ensemble_standard_error, est[0].data.stds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 from qiskit import QuantumCircuit
@@ -33,7 +34,25 @@ from session_broker.errors import (
 )
 
 IDEAL = [n for n, s in CATALOG.items() if s.kind == "ideal"]
+#: Ideal backends that run any standard gate (not only Clifford ones)
+UNIVERSAL = [n for n in IDEAL if CATALOG[n].method != "stabilizer"]
 DEVICES = [n for n, s in CATALOG.items() if s.kind == "device"]
+#: Devices whose simulators the fast lane builds (each one's noise model takes 0.1-20 s):
+#: every processor family and basis (u1/u2/u3, cx, ecr, cz, measure_2, fractional), 1 to 156
+#: qubits. tests/integration/test_fake_backends.py (slow) builds the rest.
+SOME_DEVICES = [
+    "ibm_manila",
+    "ibm_lima",
+    "ibm_nairobi",
+    "ibm_algiers",
+    "ibm_sherbrooke",
+    "ibm_torino",
+    "ibm_almaden",
+    "ibm_armonk",
+    "ibm_fractional",
+    "ibm_prague",
+    "ibm_boston",
+]
 
 
 def bell() -> QuantumCircuit:
@@ -81,7 +100,7 @@ def test_spec_is_frozen():
         get_spec("aer_simulator").num_qubits = 99  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("name", list(CATALOG))
+@pytest.mark.parametrize("name", IDEAL + SOME_DEVICES)
 def test_every_entry_builds_target_and_simulator(name):
     spec = get_spec(name)
     target = build_target(name)
@@ -125,6 +144,84 @@ def test_unknown_backend_lists_known_names(bad):
         check_circuit(bad, bell(), require_isa=False)
     with pytest.raises(UnknownBackendError):
         pass_manager(bad, 1)
+
+
+# --- every fake backend ------------------------------------------------------------------
+
+
+def test_the_catalog_has_every_fake_backend_of_the_installed_client():
+    """FAKE_BACKENDS is static (importing the catalog reads no snapshot): it must list every
+    fake backend of qiskit_ibm_runtime.fake_provider, with its name, width and version."""
+    from qiskit_ibm_runtime.fake_provider import FakeProviderForBackendV2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fake_nighthawk warns that its errors are not typical
+        fakes = FakeProviderForBackendV2().backends()
+        got = [
+            (
+                type(f).__name__,
+                f.name,
+                f.num_qubits,
+                f.backend_version,
+                f.properties().last_update_date.date().isoformat(),
+            )
+            for f in fakes
+        ]
+    assert sorted(got) == sorted(backends.FAKE_BACKENDS)
+    assert len(DEVICES) == len(fakes) >= 60
+
+
+@pytest.mark.parametrize("cls, fake_name, n", [row[:3] for row in backends.FAKE_BACKENDS])
+def test_every_fake_backend_resolves_by_name_and_object(cls, fake_name, n):
+    """``service.backend("fake_almaden")`` / ``"ibm_almaden"`` and ``mode=FakeAlmadenV2()``
+    all name one device, whose target and width are the snapshot's."""
+    from qiskit_ibm_runtime import fake_provider
+
+    name = "ibm_" + fake_name.removeprefix("fake_")
+    assert backends.canonical(fake_name) == backends.canonical(name) == name
+    fake = getattr(fake_provider, cls)()
+    assert backends.name_of(fake) == name
+    b = BrokerBackend(fake_name)
+    assert b.name == name and b.num_qubits == n == fake.num_qubits
+    assert b.target is build_target(name) and b.target.num_qubits == n
+    assert set(b.target.operation_names) == set(fake.target.operation_names)
+    spec = get_spec(name)
+    assert spec.method == ("automatic" if n <= 32 else "matrix_product_state")
+    assert f"calibrated {backends.snapshot_info(name)['calibrated'][:10]}" in spec.description
+    with pytest.raises(UnknownBackendError, match=f"served as '{name}'"):
+        get_spec(fake_name)  # a worker, queue or record uses only the catalog name
+
+
+def test_aer_simulators_of_any_method_or_from_any_backend_map_to_a_backend():
+    from qiskit_aer import AerSimulator
+    from qiskit_ibm_runtime.fake_provider import FakeAlmadenV2
+
+    for method, name in backends.IDEAL_BY_METHOD.items():
+        if method in AerSimulator().available_methods():
+            assert backends.name_of(AerSimulator(method=method)) == name
+        check_circuit(name, bell(), require_isa=True)
+    assert backends.name_of(AerSimulator(method="stabilizer")) == "aer_simulator_stabilizer"
+    assert backends.name_of(AerSimulator.from_backend(FakeAlmadenV2())) == "ibm_almaden"
+    # the service's own backend objects, as IBM's guides pass service.backend(...)
+    assert backends.name_of(AerSimulator.from_backend(BrokerBackend("ibm_algiers"))) == "ibm_algiers"
+    assert backends.name_of(AerSimulator.from_backend(BrokerBackend("fake_torino"))) == "ibm_torino"
+    with pytest.raises(UnknownBackendError, match="noiseless AerSimulator"):
+        backends.name_of(AerSimulator(noise_model=simulator("ibm_manila").options.noise_model))
+
+
+def test_stabilizer_backend_runs_wide_clifford_circuits():
+    qc = QuantumCircuit(400, name="ghz400")
+    qc.h(0)
+    for q in range(399):
+        qc.cx(q, q + 1)
+    qc.measure_all()
+    check_circuit("aer_simulator_stabilizer", qc, require_isa=True)
+    counts = simulator("aer_simulator_stabilizer").run(qc, shots=50, seed_simulator=3).result().get_counts()
+    assert set(counts) <= {"0" * 400, "1" * 400} and sum(counts.values()) == 50
+    t = QuantumCircuit(1, name="t")
+    t.t(0)
+    with pytest.raises(NotISAError, match="'t'"):
+        check_circuit("aer_simulator_stabilizer", t, require_isa=True)
 
 
 # --- ISA and width checks ----------------------------------------------------------------
@@ -187,7 +284,7 @@ def test_ideal_isa_accepts_what_aer_runs():
     qc.barrier()
     qc.append(UnitaryGate([[0, 1], [1, 0]]), [0])
     qc.measure_all()
-    for name in IDEAL:
+    for name in UNIVERSAL:
         check_circuit(name, qc, require_isa=True)
         assert simulator(name).run(qc, shots=10).result().success
     rccx = QuantumCircuit(3, name="rccx")
@@ -210,7 +307,7 @@ def test_too_wide_circuit(name):
     with pytest.raises(CircuitTooWideError) as info:
         check_circuit(name, wide(n + 8), require_isa=False)
     device = get_spec(name).kind == "device"
-    wider = "ibm_torino, 133" if device else "aer_simulator_mps, 100"
+    wider = "ibm_aachen, 156" if device else "aer_simulator_mps, 100"  # the first of the widest
     verb = "uses" if get_spec(name).fixed_width else "acts on"
     assert str(info.value) == (
         f"circuit 'c' {verb} {n + 8} qubits; backend '{name}' has {n}. "
@@ -248,7 +345,13 @@ def test_too_wide_for_widest_backend():
 
 @pytest.mark.parametrize("name", IDEAL)
 def test_ideal_transpile_runs_on_aer_without_widening(name):
-    qc = random_circuit(5, 5, measure=True, seed=11)
+    if CATALOG[name].method == "stabilizer":
+        from qiskit.quantum_info import random_clifford
+
+        qc = QuantumCircuit(5, 5).compose(random_clifford(5, seed=11).to_circuit())
+        qc.measure(range(5), range(5))
+    else:
+        qc = random_circuit(5, 5, measure=True, seed=11)
     isa = generate_preset_pass_manager(backend=BrokerBackend(name), optimization_level=1).run(qc)
     assert isa.num_qubits == 5, "no ancilla widening to the backend's 30-100 qubits"
     assert set(isa.count_ops()) <= set(build_target(name).operation_names)

@@ -223,6 +223,24 @@ def test_nested_circuits_wider_in_all_than_the_qpy_are_refused():
         codec.decode_circuit(qpy_b64(bytes(raw)))
 
 
+@pytest.mark.parametrize("backend", ["FakeSherbrooke", "FakeTorino"])
+def test_large_isa_circuits_pass_the_nested_circuit_check(backend):
+    """IBM's guides' most common path: a 127-qubit ansatz transpiled for a 127- or 133-qubit
+    device. Its qubit indices and parameter UUIDs once looked like nested-circuit records
+    ("a nested circuit (byte 31643) declares 0 qubits ... or more data than the QPY holds")."""
+    from qiskit import transpile
+    from qiskit.circuit.library import efficient_su2
+    from qiskit_ibm_runtime import fake_provider
+
+    qc = efficient_su2(127, entanglement="linear")
+    qc.measure_all()
+    device = getattr(fake_provider, backend)()
+    isa = transpile(qc, backend=device, optimization_level=1, seed_transpiler=1)
+    assert isa.num_qubits == device.num_qubits
+    (got,) = sampler_rt([SamplerPub.coerce((isa, np.zeros(qc.num_parameters)))], options={}).pubs
+    assert got.circuit == isa
+
+
 def test_decode_circuit_round_trip_and_rejection():
     qc = multi_creg()
     assert codec.decode_circuit(codec.encode_circuit(qc)) == qc

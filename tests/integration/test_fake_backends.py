@@ -1,0 +1,91 @@
+"""Every fake backend of qiskit-ibm-runtime is a backend here (issue 25): by the name IBM's
+fake backend reports (``fake_almaden``) or the device's (``ibm_almaden``), as a mode object
+(``FakeAlmadenV2()``, ``AerSimulator.from_backend(...)``, a noiseless ``AerSimulator`` of
+any method), and served by a worker started with its name. The whole list resolves and
+builds in tests/unit/test_backends.py; here a representative few run a Bell job on real
+workers: a 1-qubit Canary, the u1/u2/u3 basis of the oldest snapshots, a 156-qubit Heron r3
+with measure_2, and the stabilizer simulator.
+"""
+
+from __future__ import annotations
+
+import pytest
+from qiskit import QuantumCircuit
+from qiskit.transpiler import generate_preset_pass_manager
+from qiskit_aer import AerSimulator
+
+from session_broker import QiskitRuntimeService, SamplerV2, Session
+from session_broker import backends as catalog
+from session_broker.fake_provider import FakeAlmadenV2, FakeArmonkV2
+from tests.conftest import make_cluster
+from tests.support.faults import bell_circuit
+
+SERVED = ("ibm_armonk", "ibm_almaden", "ibm_boston", "aer_simulator_stabilizer")
+
+
+@pytest.fixture(scope="module")
+def c(stack, redis_url):
+    cluster = make_cluster(stack, redis_url)
+    for backend in SERVED:
+        cluster.start_worker(backend, wait=False)
+    for node in list(cluster.workers):
+        cluster.wait_registered(node, timeout=240)
+    return cluster
+
+
+def counts_of(mode, circuit, shots=200) -> dict:
+    return SamplerV2(mode=mode).run([circuit], shots=shots).result(timeout=300)[0].data.meas.get_counts()
+
+
+def test_fake_backends_by_either_name_and_as_objects_run_a_bell_job(c):
+    service = QiskitRuntimeService(c.url)
+    almaden = service.backend("fake_almaden")  # the name IBM's fake backend reports
+    assert almaden.name == "ibm_almaden" and almaden.num_qubits == FakeAlmadenV2().num_qubits == 20
+    isa = generate_preset_pass_manager(backend=almaden, optimization_level=1, seed_transpiler=1).run(
+        bell_circuit()
+    )
+    assert {"u2", "cx"} & set(isa.count_ops())  # the 2020 snapshot's u1/u2/u3 basis
+    counts = counts_of(FakeAlmadenV2(), isa)  # IBM's guides: mode=FakeAlmadenV2()
+    assert sum(counts.values()) == 200 and counts.get("00", 0) + counts.get("11", 0) > 150
+    assert service.jobs(backend_name="ibm_almaden", limit=1)[0].status() == "DONE"
+
+    one = QuantumCircuit(1, name="x")
+    one.x(0)
+    one.measure_all()
+    armonk = service.backend("ibm_armonk")
+    isa = generate_preset_pass_manager(backend=armonk, optimization_level=1).run(one)
+    counts = counts_of(AerSimulator.from_backend(FakeArmonkV2()), isa)
+    assert sum(counts.values()) == 200 and counts.get("1", 0) > 150
+
+
+def test_a_156_qubit_heron_runs_from_the_services_own_backend_object(c):
+    service = QiskitRuntimeService(c.url)
+    boston = service.backend("ibm_boston")
+    assert boston.num_qubits == 156 and "measure_2" in boston.target.operation_names
+    isa = generate_preset_pass_manager(backend=boston, optimization_level=1, seed_transpiler=1).run(
+        bell_circuit()
+    )
+    with Session(backend=AerSimulator.from_backend(boston)) as session:  # IBM's local-mode recipe
+        assert session.backend() == "ibm_boston"
+        counts = counts_of(session, isa)
+    assert sum(counts.values()) == 200 and counts.get("00", 0) + counts.get("11", 0) > 150
+
+
+def test_a_stabilizer_aer_simulator_runs_a_wide_clifford_circuit(c):
+    ghz = QuantumCircuit(200, name="ghz200")
+    ghz.h(0)
+    for q in range(199):
+        ghz.cx(q, q + 1)
+    ghz.measure_all()
+    counts = counts_of(AerSimulator(method="stabilizer"), ghz, shots=50)
+    assert set(counts) <= {"0" * 200, "1" * 200} and sum(counts.values()) == 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n, s in catalog.CATALOG.items() if s.kind == "device"])
+def test_every_device_builds_its_simulator(name):
+    """What a worker started with ``--backend NAME`` builds first (0.1-20 s each, about 5
+    minutes in all; the unit tests build a representative few)."""
+    sim = catalog.simulator(name)
+    assert sim.num_qubits == catalog.get_spec(name).num_qubits
+    assert sim.options.noise_model is not None and not sim.options.noise_model.is_ideal()
