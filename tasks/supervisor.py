@@ -423,6 +423,10 @@ def start_worker(
 ) -> int:
     """``session-broker worker``: a supervisor and ``concurrency`` executors (blocks; returns
     the exit status)."""
+    # lazy: the catalog imports Qiskit; check() loads it in this process anyway
+    from session_broker.backends import ALIASES
+
+    backend = ALIASES.get(backend, backend)  # fake_almaden is served as ibm_almaden, as clients name it
     return Supervisor(backend, concurrency=concurrency, name=name, device=device, loglevel=loglevel).run()
 
 
