@@ -2,7 +2,7 @@
 
 IBM's ``NoiseLearner`` learns the Pauli-Lindblad noise of a device's layers on the device
 (for PEA and PEC). The devices here are Aer simulations of fixed calibration snapshots, and
-neither PEA nor PEC is built (the README's mitigation section), so a learned noise model
+neither PEA nor PEC is built (docs/user-guide.md, mitigation), so a learned noise model
 would have no use: ``NoiseLearner(...)`` raises ``NotOfferedError`` at once, saying so,
 rather than a guide failing later with ``ModuleNotFoundError`` or an unknown program.
 """

@@ -36,7 +36,7 @@ class QiskitRuntimeService:
     """Connect to ``url`` (default ``SESSION_BROKER_URL``, else ``redis://localhost:6379/0``).
 
     ``channel``, ``token`` and ``instance`` are accepted so IBM code runs unchanged; access
-    control here is Redis's own (password, TLS, ACL users): see the README's trust model.
+    control here is Redis's own (password, TLS, ACL users): see docs/operator-guide.md, Security and the trust model.
     """
 
     def __init__(

@@ -241,7 +241,7 @@ class Supervisor:
             ENV_SUPERVISOR: str(os.getpid()),
             "SESSION_BROKER_EXECUTOR_LOGLEVEL": self.loglevel,
             # Aer's OpenMP threads otherwise spin for a while after each parallel region: on
-            # a small machine they take the CPU the producer and Redis need (see README)
+            # a small machine they take the CPU the producer and Redis need (docs/internals.md, Performance)
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive"),
         }
         # in this process's group: a signal to the worker's group (a terminal's Ctrl-C, a

@@ -163,3 +163,48 @@ def test_the_readmes_examples_run_on_the_stack_up_starts(up, tmp_path):
     assert lines[-2] == "In progress, accepting new jobs" and lines[-1] == "Closed", proc.stdout
     counts = ast.literal_eval(lines[0])  # the printed dict of counts
     assert sum(counts.values()) == 4000 and counts["00"] + counts["11"] > 3000, counts
+
+
+def docs_python_blocks() -> list[tuple[str, str]]:
+    """(file, code) of every ```python block in the README and docs/*.md."""
+    files = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return [
+        (p.name, code)
+        for p in files
+        for code in re.findall(r"```python\n(.*?)```", p.read_text(), flags=re.S)
+    ]
+
+
+def test_every_python_block_of_the_docs_runs_on_the_stack_up_starts(up, tmp_path):
+    """Docs by audience, every code block run: our API's blocks as written, on `up`'s stack;
+    IBM's client's block (the REST constructor) with the key, instance and address `up`
+    printed in place of KEY, CRN and the default port, then a session job through it."""
+    blocks = docs_python_blocks()
+    ours = [(f, b) for f, b in blocks if not b.startswith("from qiskit_ibm_runtime")]
+    ibm = [(f, b) for f, b in blocks if (f, b) not in ours]
+    assert len(ours) >= 3 and len(ibm) >= 1, blocks
+    url = next(ln for ln in up if "export SESSION_BROKER_URL=" in ln).split("export SESSION_BROKER_URL=")[1]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SESSION_BROKER", "PYTHONPATH"))}
+    for where, code in ours:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**base, "SESSION_BROKER_URL": url, "PYTHONPATH": str(REPO)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert proc.returncode == 0, f"{where}:\n{code}\n{proc.stderr[-3000:]}"
+
+    env = exports(up, "IBM's own client")
+    web = env["IAM_URL"]
+    key = next(ln for ln in up if "token='" in ln).split("token='", 1)[1].split("'", 1)[0]
+    crn = next(ln for ln in up if "instance='" in ln).split("instance='", 1)[1].split("'", 1)[0]
+    for where, code in ibm:
+        constructor = code.split("service = ", 1)[1].replace("http://127.0.0.1:5556", web)
+        constructor = constructor.replace("token=KEY", f"token={key!r}").replace(
+            "instance=CRN", f"instance={crn!r}"
+        )
+        out = client_run(env, " ".join(constructor.split()))
+        counts = json.loads(out.split("RESULT ", 1)[1])["counts"]
+        assert sum(counts.values()) == 200 and set(counts) <= {"00", "11"}, (where, counts)

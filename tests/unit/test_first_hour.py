@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_readmes_api_keys_example_is_accepted():
     from session_broker.api.settings import parse_keys
 
-    literal = re.findall(r"SESSION_BROKER_API_KEYS=([^\s$`'\"][^\s`]*)", (ROOT / "README.md").read_text())
-    assert literal, "the README shows no SESSION_BROKER_API_KEYS=... example"
+    docs = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    literal = re.findall(r"SESSION_BROKER_API_KEYS=([^\s$`'\"][^\s`]*)", docs)
+    assert literal, "the docs show no SESSION_BROKER_API_KEYS=... example"
     for value in literal:
         keys = parse_keys(value)  # raised ConfigurationError: "key1" is under 8 characters
         assert len(keys) == len(value.split(",")), value

@@ -153,6 +153,6 @@ def test_recipe_hashes_passwords_and_needs_a_valid_tenant(tmp_path):
 
 
 def test_the_readme_recipe_is_the_tools_output():
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    guide = (Path(__file__).parents[2] / "docs" / "operator-guide.md").read_text()
     block = "\n".join("  " + line for line in acl.recipe("acme", 0))
-    assert block in readme, "README's ACL recipe drifted: paste `session-broker acl acme` again"
+    assert block in guide, "the operator guide's ACL recipe drifted: paste `session-broker acl acme` again"
