@@ -1,4 +1,6 @@
-"""The operator's settings (``SESSION_BROKER_*``), read from the environment in one place.
+"""The operator's settings (``SESSION_BROKER_*``), read from the environment in one place
+(pydantic-settings: ``Settings()`` reads the process environment; ``load_settings(mapping)``
+reads a given one).
 
 Producers, workers, the CLI and the web front call ``get_settings()``; a bad value fails at
 start with a ``ConfigurationError`` that names the variable, the value and what is allowed.
@@ -12,18 +14,25 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
+
+from pydantic import ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from session_broker.errors import ConfigurationError
 
 DEFAULT_URL = "redis://localhost:6379/0"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The whole configuration. Field ``x`` comes from ``SESSION_BROKER_X``."""
+class Settings(BaseSettings):
+    """The whole configuration. Field ``x`` comes from ``SESSION_BROKER_X``; every value is
+    checked by ``_coerce`` (its rule, and a ``ConfigurationError`` naming the variable)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SESSION_BROKER_", frozen=True, extra="ignore", env_ignore_empty=True
+    )
 
     url: str = DEFAULT_URL
     max_time: int = 28800  # the system's max session length (s); a session may ask for less
@@ -68,6 +77,39 @@ class Settings:
     def heartbeat_ttl(self) -> float:
         """Seconds after a worker's last beat at which it counts as dead."""
         return self.heartbeat_interval * self.heartbeat_misses
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:  # our rule's own error, not pydantic's wrapping of it
+            raise _unwrap(exc) from None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_text(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, str) and info.field_name:
+            return _coerce(info.field_name, value.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.interactive_timeout > self.max_time:
+            raise _bad(
+                "interactive_timeout",
+                self.interactive_timeout,
+                f"at most SESSION_BROKER_MAX_TIME ({self.max_time})",
+            )
+        return self
+
+
+def _unwrap(exc: ValidationError) -> ConfigurationError:
+    for err in exc.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigurationError):
+            return cause
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err.get("loc") else "?"
+    return ConfigurationError(f"{env_name(field)}={err.get('input')!r} is not valid: {err['msg']}")
 
 
 # A prefix has no "." or ":": every name we derive is the prefix then one of those two, so
@@ -193,24 +235,17 @@ def _coerce(field: str, raw: str) -> object:
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-    """Build settings from ``environ`` (default: the process environment) plus overrides."""
+    """Build settings from ``environ`` (default: the process environment) plus overrides.
+    Every field is passed explicitly, so a given mapping is the only environment read."""
     environ = os.environ if environ is None else environ
     values: dict[str, object] = {}
-    for f in fields(Settings):
-        raw = environ.get(env_name(f.name))
-        if raw is not None and raw != "":
-            values[f.name] = _coerce(f.name, raw.strip())
+    for name, spec in Settings.model_fields.items():
+        raw = environ.get(env_name(name))
+        values[name] = raw if raw is not None and raw.strip() != "" else spec.default
     for name, value in overrides.items():
         if value is not None:
-            values[name] = _coerce(name, str(value))
-    settings = Settings(**values)  # type: ignore[arg-type]  # each value coerced for its field
-    if settings.interactive_timeout > settings.max_time:
-        raise _bad(
-            "interactive_timeout",
-            settings.interactive_timeout,
-            f"at most SESSION_BROKER_MAX_TIME ({settings.max_time})",
-        )
-    return settings
+            values[name] = str(value)
+    return Settings(**values)
 
 
 @lru_cache(maxsize=1)
@@ -220,4 +255,4 @@ def get_settings() -> Settings:
 
 
 def with_url(settings: Settings, url: str | None) -> Settings:
-    return settings if not url else replace(settings, url=validate_url(url))
+    return settings if not url else settings.model_copy(update={"url": validate_url(url)})
