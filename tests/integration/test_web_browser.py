@@ -506,3 +506,59 @@ def test_console_updates_live_filters_pages_and_plots(up, browser, redis_url):
         assert all(u.startswith(up.web) for u in requests), [u for u in requests if not u.startswith(up.web)]
     finally:
         page.context.close()
+
+
+@pytest.mark.timeout(600)
+def test_flower_shows_a_job_killed_at_its_time_limit_as_failed(up, browser, redis_url, hold):
+    """Issue 24, seen in the browser: the supervisor kills the executor of a job that overran
+    its hard limit; Flower's task list, the task's page and the worker's Failed count show it."""
+    require_browser()
+    from session_broker import EstimatorV2, MaxExecutionTimeExceededError, QiskitRuntimeService
+    from session_broker.core.config import load_settings
+    from session_broker.core.store import Store
+    from tests.conftest import slow_pub
+
+    page = new_page(browser)
+
+    def failed_of_our_worker(p) -> int | None:
+        headers = [h.strip() for h in p.locator("#workers-table thead th").all_inner_texts()]
+        if "Failed" not in headers:
+            return None
+        col = headers.index("Failed")
+        for row in p.locator("#workers-table tbody tr").all():
+            cells = row.locator("td").all_inner_texts()
+            if len(cells) > col and BACKEND in cells[0]:
+                return int(cells[col].strip() or 0)
+        return None
+
+    try:
+        poll_page(
+            page, f"{up.flower}/workers", lambda p: failed_of_our_worker(p) is not None, 120, "the workers"
+        )
+        before = failed_of_our_worker(page)
+        job = EstimatorV2(
+            mode=QiskitRuntimeService(redis_url).backend(BACKEND), options={"max_execution_time": 1}
+        ).run([slow_pub(2)])
+        hold(Store(load_settings({"SESSION_BROKER_URL": redis_url})), job.job_id())  # overruns anywhere
+        with pytest.raises(MaxExecutionTimeExceededError):
+            job.result(timeout=120)
+        jid = job.job_id()
+
+        def listed_as_failed(p) -> bool:
+            rows = p.locator("tr", has=p.get_by_text(jid))
+            return rows.count() > 0 and "FAILURE" in rows.first.inner_text()
+
+        poll_page(page, f"{up.flower}/tasks", listed_as_failed, 120, "the killed job as FAILURE")
+        assert "estimator" in page.locator("tr", has=page.get_by_text(jid)).first.inner_text()
+        page.goto(f"{up.flower}/task/{jid}")
+        assert "FAILURE" in page.content() and "max_execution_time" in page.content()
+        shot(page, "flower-task-failed.png")
+        poll_page(
+            page,
+            f"{up.flower}/workers",
+            lambda p: (failed_of_our_worker(p) or 0) > before,
+            120,
+            "the worker's Failed count to rise",
+        )
+    finally:
+        page.context.close()
