@@ -65,10 +65,21 @@ _LAZY = {
     "SamplerOptions": "session_broker.options",
     "EstimatorOptions": "session_broker.options",
     "OptionsV2": "session_broker.options",
+    "Executor": "session_broker.executor",
+    "ExecutorOptions": "session_broker.executor",
+    "QuantumProgram": "session_broker.executor",
     "RuntimeEncoder": "qiskit_ibm_runtime",
     "RuntimeDecoder": "qiskit_ibm_runtime",
 }
-_SUBMODULES = {"batch", "exceptions", "options", "session", "fake_provider"}
+_SUBMODULES = {
+    "batch",
+    "exceptions",
+    "options",
+    "session",
+    "fake_provider",
+    "executor_sampler",
+    "executor_estimator",
+}
 
 
 def __getattr__(name: str):
