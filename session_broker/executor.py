@@ -67,7 +67,12 @@ class Executor:
             program = QuantumProgram.from_(program)
         _check_options(self.options)
         params = QUANTUM_PROGRAM_PARAMS_CONVERTERS[self._SCHEMA_VERSION].encoder(program, self.options)
-        inputs = params.model_dump(mode="json")
+        return self.submit_params(params.model_dump(mode="json"))
+
+    def submit_params(self, inputs: dict) -> RuntimeJobV2:
+        """Queue a program given as IBM's executor inputs (``ParamsModel`` v2.0 JSON, what
+        IBM's client sends to program ``executor``; the REST API's door), with this
+        executor's ``max_execution_time``, ``environment.job_tags`` and simulator seed."""
         met = execution_time(
             self.options.max_execution_time or self.options.environment.max_execution_time, self._session
         )
@@ -76,12 +81,18 @@ class Executor:
         limit = self._service._store.settings.max_payload_bytes
         payload = wire.encode_executor_payload(inputs, options, max_bytes=limit)
         wire.check_executor_payload(payload, max_bytes=limit)  # the worker's decoder, here and now
+        program = inputs["quantum_program"]  # valid: the decoder just read it
         job = self._service._submit(
             primitive=self._PROGRAM_ID,
             backend=self._backend_name,
             session=self._session,
             payload=payload,
-            summary={"api": "executor", "tags": tags, "pubs": len(program.items), "shots": program.shots},
+            summary={
+                "api": "executor",
+                "tags": tags,
+                "pubs": len(program["items"]),
+                "shots": program["shots"],
+            },
             max_execution_time=met,
         )
         job._inputs = inputs
@@ -89,22 +100,13 @@ class Executor:
 
 
 def _check_options(options: ExecutorOptions) -> None:
-    """Every option is honoured or refused by name (as the V2 primitives' options are)."""
-    refused = []
+    """Every option is honoured or refused by name (as the V2 primitives' options are); the
+    execution options the program carries are checked by the worker's decoder."""
     if options.simulator.layer_noise_model is not None:
-        refused.append("simulator.layer_noise_model (each backend simulates its device's own noise model)")
-    if options.execution.scheduler_timing or options.execution.stretch_values:
-        refused.append("execution.scheduler_timing / stretch_values (no pulse schedule is simulated)")
-    if not options.execution.init_qubits:
-        refused.append("execution.init_qubits=False (every simulated shot starts in |0>)")
-    if options.experimental:
-        refused.append(f"experimental={options.experimental!r:.80}")
-    if refused:
         raise OptionNotSupportedError(
-            "Executor options not supported here: "
-            + "; ".join(refused)
-            + ". Supported: simulator.seed_simulator, max_execution_time, environment.job_tags; "
-            "execution.rep_delay is accepted and has no effect"
+            "simulator.layer_noise_model is not supported here: each backend simulates its "
+            "device's own noise model. Supported: simulator.seed_simulator, max_execution_time, "
+            "environment.job_tags; execution.rep_delay is accepted and has no effect"
         )
 
 

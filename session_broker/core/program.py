@@ -253,6 +253,13 @@ def _load(params: dict[str, Any], options: dict[str, Any]) -> ExecutorJob:
         raise codec._bad(
             "params.options.init_qubits", "False is not served: every simulated shot starts in |0>"
         )
+    if model.options.scheduler_timing or model.options.stretch_values:
+        raise codec._bad(
+            "params.options.scheduler_timing/stretch_values",
+            "True is not served: no pulse schedule is simulated",
+        )
+    if model.options.experimental:
+        raise codec._bad("params.options.experimental", f"{model.options.experimental!r:.80} is not served")
     program, _ = quantum_program_from_2_0(model)
     for i, item in enumerate(program.items):
         samplex = getattr(item, "samplex", None)

@@ -108,8 +108,16 @@ def test_executor_estimator_zz_of_bell_is_one(xc):
 def test_client_refuses_unsupported_options(xc):
     from session_broker import OptionNotSupportedError
 
-    with pytest.raises(OptionNotSupportedError, match="init_qubits"):
-        Executor(mode=BACKEND, options={"execution": {"init_qubits": False}}).run(bell_program())
+    for options, what in [
+        ({"execution": {"init_qubits": False}}, "init_qubits"),
+        ({"execution": {"scheduler_timing": True}}, "scheduler_timing"),
+        ({"experimental": {"x": 1}}, "experimental"),
+    ]:
+        with pytest.raises(InvalidInputError, match=what):
+            Executor(mode=BACKEND, options=options).run(bell_program())
+    noise = {"simulator": {"layer_noise_model": []}}
+    with pytest.raises(OptionNotSupportedError, match="layer_noise_model"):
+        Executor(mode=BACKEND, options=noise).run(bell_program())
     with pytest.raises(InvalidInputError, match="dry_run"):
         Executor(mode=BACKEND).run(bell_program(), dry_run=True)
 
