@@ -19,17 +19,22 @@ from session_broker.core import program as wire
 from session_broker.core.store import FINAL_JOB_STATUSES
 from session_broker.executor_estimator import Estimator
 from session_broker.executor_sampler import Sampler
+from session_broker.ops.commands import result_summary
 from session_broker.ops.embedded import wait_for
 from tests.conftest import make_cluster
 from tests.support.faults import BACKEND, assert_bell_counts, bell_circuit, plant_job
 
 SHOTS = 2000
+DEVICE = "ibm_manila"
 
 
 @pytest.fixture(scope="module")
 def xc(stack, redis_url):
     c = make_cluster(stack, redis_url)
-    c.start_worker(BACKEND, name="executor-0@%h")
+    c.start_worker(BACKEND, name="executor-0@%h", wait=False)
+    c.start_worker(DEVICE, name="executor-dev@%h", wait=False)
+    for node in list(c.workers):
+        c.wait_registered(node)
     return c
 
 
@@ -59,6 +64,10 @@ def test_executor_runs_a_quantum_program(xc, mode_cls):
     assert xc.store.job(job.job_id(), "primitive")["primitive"] == "executor"
     assert len(result.metadata.chunk_timing) == 1
     assert job.inputs["quantum_program"]["shots"] == SHOTS
+    # the Jobs page and the CLI summarize it as a sampler's counts
+    summary = result_summary(xc.store.job(job.job_id(), "result")["result"])
+    assert summary["kind"] == "sampler" and summary["shots"] == SHOTS, summary
+    assert {outcome for outcome, _ in summary["top"]} == {"00", "11"}, summary
 
 
 def test_executor_by_backend_name_and_parameters(xc):
@@ -92,6 +101,25 @@ def test_executor_sampler_twirled_runs_a_samplex(xc):
     assert isinstance(result, PrimitiveResult)
     counts = result[0].data.meas.get_counts()
     assert set(counts) <= {"00", "11"} and sum(counts.values()) == 256
+
+
+def test_on_a_noisy_device_twirled_sampler_and_executor(xc):
+    """A device worker: its noise model shows (a few 01/10), twirling runs as a samplex."""
+    from qiskit.transpiler import generate_preset_pass_manager
+
+    backend = xc.service.backend(DEVICE)
+    isa = generate_preset_pass_manager(optimization_level=1, backend=backend).run(bell_circuit())
+    options = {"twirling": {"enable_gates": True, "num_randomizations": 8, "shots_per_randomization": 250}}
+    with Session(backend=backend) as session:
+        result = Sampler(mode=session, options=options).run([isa]).result(timeout=120)
+        program = QuantumProgram(shots=2000)
+        program.append_circuit_item(isa)
+        bits = Executor(mode=session).run(program).result(timeout=120)[0]["meas"]
+    counts = result[0].data.meas.get_counts()
+    assert sum(counts.values()) == 2000
+    assert counts.get("00", 0) + counts.get("11", 0) > 1600, counts
+    assert bits.shape == (2000, 2)
+    assert 0 < int((bits[:, 0] != bits[:, 1]).sum()) < 400  # noise, but a Bell state still
 
 
 def test_executor_estimator_zz_of_bell_is_one(xc):
