@@ -17,6 +17,7 @@ from qiskit_ibm_runtime.options_models.executor import ExecutorOptions
 from qiskit_ibm_runtime.quantum_program import QuantumProgram
 from qiskit_ibm_runtime.quantum_program.params_converters import QUANTUM_PROGRAM_PARAMS_CONVERTERS
 
+from session_broker import backends as catalog
 from session_broker.core import program as wire
 from session_broker.errors import InvalidInputError, OptionNotSupportedError
 from session_broker.inputs import execution_time
@@ -80,7 +81,9 @@ class Executor:
         options = {"seed_simulator": self.options.simulator.seed_simulator, "max_execution_time": met}
         limit = self._service._store.settings.max_payload_bytes
         payload = wire.encode_executor_payload(inputs, options, max_bytes=limit)
-        wire.check_executor_payload(payload, max_bytes=limit)  # the worker's decoder, here and now
+        decoded = wire.check_executor_payload(payload, max_bytes=limit)  # the worker's decoder, here and now
+        for item in decoded.program.items:  # width, as for the primitives (ISA: the worker's Aer)
+            catalog.check_circuit(self._backend_name, item.circuit, require_isa=False)
         program = inputs["quantum_program"]  # valid: the decoder just read it
         job = self._service._submit(
             primitive=self._PROGRAM_ID,

@@ -72,10 +72,10 @@ def encode_executor_payload(params: dict[str, Any], options: dict[str, Any], *, 
     return text
 
 
-def check_executor_payload(payload: str, *, max_bytes: int) -> None:
+def check_executor_payload(payload: str, *, max_bytes: int) -> ExecutorJob:
     """The worker's decoder, run by the client before queueing (one validation, shared)."""
     try:
-        decode_executor_payload(payload, max_bytes=max_bytes)
+        return decode_executor_payload(payload, max_bytes=max_bytes)
     except InvalidPayloadError as exc:
         raise InvalidInputError(f"this job would be refused by the worker: {exc}") from None
 
@@ -115,6 +115,10 @@ def decode_params(params: object, options: object = None) -> ExecutorJob:
     except InvalidPayloadError:
         raise
     except Exception as exc:
+        raise InvalidPayloadError(f"invalid payload: params: {codec._short(exc)}") from None
+    except BaseException as exc:  # a Rust panic (QPY's reader) surfaces as pyo3's PanicException
+        if type(exc).__name__ != "PanicException":
+            raise
         raise InvalidPayloadError(f"invalid payload: params: {codec._short(exc)}") from None
 
 
