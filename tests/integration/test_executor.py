@@ -123,6 +123,18 @@ def test_on_a_noisy_device_twirled_sampler_and_executor(xc):
     assert 0 < int((bits[:, 0] != bits[:, 1]).sum()) < 400  # noise, but a Bell state still
 
 
+def test_executor_estimator_on_a_noisy_device_with_ibms_default_mitigation(xc):
+    from qiskit.transpiler import generate_preset_pass_manager
+
+    backend = xc.service.backend(DEVICE)
+    bell = bell_circuit().remove_final_measurements(inplace=False)
+    isa = generate_preset_pass_manager(optimization_level=1, backend=backend).run(bell)
+    obs = SparsePauliOp("ZZ").apply_layout(isa.layout)
+    result = Estimator(mode=backend).run([(isa, obs)], precision=0.05).result(timeout=180)
+    assert isinstance(result, PrimitiveResult)
+    assert 0.6 < float(result[0].data.evs) < 1.2, result[0].data.evs
+
+
 def test_executor_estimator_zz_of_bell_is_one(xc):
     bell = bell_circuit().remove_final_measurements(inplace=False)
     with Batch(backend=xc.service.backend(BACKEND)) as batch:
