@@ -67,6 +67,9 @@ _LAZY = {
     "SamplerOptions": "session_broker.options",
     "EstimatorOptions": "session_broker.options",
     "OptionsV2": "session_broker.options",
+    "Executor": "session_broker.executor",
+    "ExecutorOptions": "session_broker.executor",
+    "QuantumProgram": "session_broker.executor",
     "RuntimeEncoder": "qiskit_ibm_runtime",
     "RuntimeDecoder": "qiskit_ibm_runtime",
 }
@@ -79,6 +82,8 @@ _SUBMODULES = {
     "noise_learner",
     "circuit",
     "visualization",
+    "executor_sampler",
+    "executor_estimator",
 }
 
 

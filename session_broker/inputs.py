@@ -12,9 +12,9 @@ from datetime import datetime
 import numpy as np
 from qiskit.circuit import QuantumCircuit
 
-from session_broker.errors import InvalidInputError
+from session_broker.errors import InvalidInputError, InvalidMaxTimeError
 
-__all__ = ["coerce_pubs", "jobs_filters", "non_negative", "positive_int"]
+__all__ = ["coerce_pubs", "execution_time", "jobs_filters", "non_negative", "positive_int"]
 
 
 def positive_int(value, name: str) -> int | None:
@@ -24,6 +24,16 @@ def positive_int(value, name: str) -> int | None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise InvalidInputError(f"{name}={value!r} must be a positive int")
     return int(value)
+
+
+def execution_time(value, session) -> int | None:
+    """``max_execution_time`` checked: a positive int, below the session's ``max_time``."""
+    met = positive_int(value, "max_execution_time")
+    if met and session is not None and met >= session.max_time:
+        raise InvalidMaxTimeError(
+            f"max_execution_time={met} s must be less than the session's max_time ({session.max_time} s)"
+        )
+    return met
 
 
 def non_negative(value, name: str) -> float | None:

@@ -148,7 +148,11 @@ class RuntimeJobV2(BasePrimitiveJob):
                 )
                 continue
             if status == "DONE":
-                result = codec.decode_result(rec["result"])
+                result = (
+                    _decode_program_result(rec["result"])
+                    if self.primitive_id == "executor"
+                    else codec.decode_result(rec["result"])
+                )
                 self._result = self._transform(result) if self._transform else result
                 return self._result
             if status in FINAL_JOB_STATUSES:
@@ -239,6 +243,8 @@ class RuntimeJobV2(BasePrimitiveJob):
                 f"the inputs of job {self._job_id} are no longer stored: a job's payload is "
                 "deleted when it ends; use the job object that run() returned"
             )
+        if self.primitive_id == "executor":  # IBM's executor inputs: the params model's JSON
+            return dict(json.loads(payload)["params"])
         job = codec.decode_payload(payload, max_bytes=None)
         ibm = job.options.get("ibm") or {"options": {k: v for k, v in job.options.items() if k != "api"}}
         return {"pubs": job.pubs, **ibm}
@@ -274,3 +280,19 @@ class RuntimeJobV2(BasePrimitiveJob):
 
 
 RuntimeJob = RuntimeJobV2
+
+
+def _decode_program_result(raw: str) -> Any:
+    """An executor job's stored result (IBM's ``QuantumProgramResultModel`` v2.0 JSON), read
+    as IBM's client reads it: ``ExecutorResultDecoder`` (pydantic), then the client-side
+    decoder its semantic role names (``executor_sampler``/``executor_estimator``: a
+    ``PrimitiveResult``); a plain ``Executor`` program stays a ``QuantumProgramResult``."""
+    from functools import reduce
+
+    from qiskit_ibm_runtime.decoders.defaults import DEFAULT_DECODERS
+
+    return reduce(
+        lambda result, decoder: decoder.decode(result) if decoder.is_applicable(result) else result,
+        DEFAULT_DECODERS["executor"],
+        raw,
+    )

@@ -30,8 +30,8 @@ from session_broker import options as opts
 from session_broker import v1
 from session_broker.core import codec
 from session_broker.core.memo import BoundedMemo
-from session_broker.errors import InvalidInputError, InvalidMaxTimeError
-from session_broker.inputs import coerce_pubs, non_negative, positive_int
+from session_broker.errors import InvalidInputError
+from session_broker.inputs import coerce_pubs, execution_time, non_negative, positive_int
 from session_broker.job import RuntimeJobV2
 from session_broker.modes import resolve_mode
 from session_broker.session import Session
@@ -93,13 +93,7 @@ class _Primitive:
         return pubs_json
 
     def _check_time(self, max_execution_time) -> int | None:
-        met = positive_int(max_execution_time, "max_execution_time")
-        if met and self._session is not None and met >= self._session.max_time:
-            raise InvalidMaxTimeError(
-                f"max_execution_time={met} s must be less than the session's "
-                f"max_time ({self._session.max_time} s)"
-            )
-        return met
+        return execution_time(max_execution_time, self._session)
 
     def _submit(
         self, pubs_json: list[dict], options: dict, summary: dict, transform=None, inputs: dict | None = None

@@ -1,4 +1,4 @@
-"""The two Celery tasks workers execute: ``sampler`` and ``estimator``.
+"""The Celery tasks workers execute: ``sampler``, ``estimator`` and ``executor``.
 
 One job, on a worker: claim it (atomic; may say "not yours" or "already ended"), decode
 its payload from the job record, run it on the warm simulator, store the result with the
@@ -23,12 +23,13 @@ from celery.worker.request import Request
 
 from session_broker import backends
 from session_broker.celery_app import app
-from session_broker.core import codec, transport
+from session_broker.core import codec, program, transport
 from session_broker.core.ids import valid_id
 from session_broker.core.store import Store
 from session_broker.errors import ErrorCode
 from tasks import link as inflight
 from tasks.link import link
+from tasks.program import execute_program
 from tasks.simulate import execute
 
 log = logging.getLogger("session_broker.worker")
@@ -114,13 +115,8 @@ def run_job(task: Task, job_id, primitive: str) -> str:
     started = time.perf_counter()
     status, result, code, error = "DONE", "", "", ""
     try:
-        job = codec.decode_payload(payload, max_bytes=s.settings.max_payload_bytes)
-        if job.primitive != primitive:
-            raise codec.InvalidPayloadError(
-                f"payload is for {job.primitive!r} but was sent to the {primitive!r} task"
-            )
-        result = codec.encode_result(execute(backend, job))
-        limit = job.options.get("max_execution_time")
+        result, options = _run(backend, payload, primitive, s.settings.max_payload_bytes)
+        limit = options.get("max_execution_time")
         if limit and time.perf_counter() - started > float(limit):
             raise SoftTimeLimitExceeded()
     except codec.InvalidPayloadError as exc:
@@ -153,6 +149,19 @@ def run_job(task: Task, job_id, primitive: str) -> str:
     return status
 
 
+def _run(backend: str, payload, primitive: str, max_bytes: int) -> tuple[str, dict]:
+    """Decode and run one job: (its result's JSON, its options)."""
+    if primitive == program.PRIMITIVE:
+        job = program.decode_executor_payload(payload, max_bytes=max_bytes)
+        return execute_program(backend, job), job.options
+    decoded = codec.decode_payload(payload, max_bytes=max_bytes)
+    if decoded.primitive != primitive:
+        raise codec.InvalidPayloadError(
+            f"payload is for {decoded.primitive!r} but was sent to the {primitive!r} task"
+        )
+    return codec.encode_result(execute(backend, decoded)), decoded.options
+
+
 @app.task(name="sampler", base=JobTask, bind=True)
 def sampler(self, job_id, **summary):
     """Run a Sampler job (V2 or V1). Arguments: the job id, plus a summary for Flower."""
@@ -163,6 +172,12 @@ def sampler(self, job_id, **summary):
 def estimator(self, job_id, **summary):
     """Run an Estimator job (V2 or V1). Arguments: the job id, plus a summary for Flower."""
     return run_job(self, job_id, "estimator")
+
+
+@app.task(name="executor", base=JobTask, bind=True)
+def executor(self, job_id, **summary):
+    """Run an Executor job (IBM's QuantumProgram). Arguments: the job id, plus a summary."""
+    return run_job(self, job_id, "executor")
 
 
 _BACKEND = os.environ.get("SESSION_BROKER_WORKER_BACKEND", "")

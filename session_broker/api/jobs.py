@@ -31,6 +31,7 @@ from session_broker.core.ids import iso, valid_id
 from session_broker.core.read import JobQuery, iter_jobs
 from session_broker.core.store import FINAL_JOB_STATUSES
 from session_broker.errors import ErrorCode, SessionBrokerError
+from session_broker.executor import Executor
 from session_broker.primitives import EstimatorV2, SamplerV2
 
 log = logging.getLogger("session_broker.api")
@@ -68,12 +69,14 @@ router = APIRouter()
 # ---------------------------------------------------------------------- jobs: submit
 @router.post("/jobs", tags=["jobs"])
 def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
+    if body.program_id == "executor":
+        return create_executor_job(body, ctx)
     primitive_cls = PROGRAMS.get(body.program_id)
     if primitive_cls is None:
         raise ApiError(
             400,
             f"program {body.program_id[:64]!r} is not served here; programs: "
-            "sampler, estimator (SamplerV2/EstimatorV2)",
+            "sampler, estimator (SamplerV2/EstimatorV2), executor (Executor, QuantumProgram)",
             "unknown_program",
         )
     pubs, options = reader.read_params(body.program_id, body.params)
@@ -113,6 +116,30 @@ def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
         )
     except Exception:  # noqa: BLE001 - cosmetic next to the job, which is what matters
         log.warning("could not store the private flag and params of job %s", job.job_id(), exc_info=True)
+    return {"id": job.job_id(), "backend": body.backend or mode.backend(), "session_id": body.session_id}
+
+
+def create_executor_job(body: JobCreate, ctx: Ctx) -> dict:
+    """Program ``executor``: the params are IBM's ``ParamsModel`` v2.0 JSON, checked by the
+    worker's own decoder (``Executor.submit_params``) before anything is queued; the job's
+    tags and ``cost`` (its max_execution_time) come as the client sends them, at the top."""
+    options = {"environment": {"job_tags": _checked_tags(ctx, body.tags)}, "max_execution_time": body.cost}
+    try:
+        if body.session_id:
+            mode = session_of(ctx, body.session_id)
+            if body.backend and body.backend != mode.backend():
+                raise ApiError(
+                    400, f"backend {body.backend[:64]!r} differs from the session's", "backend_mismatch"
+                )
+        elif body.backend:
+            mode = ctx.service.backend(body.backend)
+        else:
+            raise ApiError(400, "a job outside a session needs a backend", "missing_backend")
+        job = Executor(mode=mode, options=options).submit_params(body.params)
+    except SessionBrokerError as exc:
+        raise from_broker_error(exc) from None
+    except (TypeError, ValueError) as exc:  # options IBM's ExecutorOptions refuses
+        raise ApiError(400, f"options not accepted: {str(exc)[:300]}", "invalid_options") from None
     return {"id": job.job_id(), "backend": body.backend or mode.backend(), "session_id": body.session_id}
 
 
@@ -215,6 +242,8 @@ def job_results(jid: str, ctx: Ctx = Depends(runtime_ctx)):
             f"job {jid} is private (private=True): its results were read once and are not kept",
             "not_found",
         )
+    if rec.get("primitive") == "executor":  # IBM's QuantumProgramResultModel: the client decodes it
+        return Response(raw, media_type="application/json")
     text = json.dumps(codec.decode_result(raw), cls=RuntimeEncoder)
     return Response(text, media_type="application/json")
 

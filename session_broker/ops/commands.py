@@ -351,14 +351,17 @@ def result_summary(encoded: str, top: int = 8, bars: int = 0) -> dict:
     from session_broker.core import codec
 
     try:
-        result = codec.decode_result(encoded)
+        if encoded.startswith('{"schema_version"'):  # an executor job's QuantumProgramResultModel
+            pubs, data = _program_data(encoded)
+        else:
+            result = codec.decode_result(encoded)
+            pubs, data = len(result), result[0].data if len(result) else None
     except Exception as exc:  # a result we cannot read is shown, not raised
         return {"kind": "unreadable", "error": str(exc)[:300]}
-    out: dict = {"pubs": len(result)}
-    if not len(result):
+    out: dict = {"pubs": pubs}
+    if data is None:
         out["kind"] = "empty"
         return out
-    data = result[0].data
     fields = list(data.keys())
     out["fields"] = fields
     bits = [(name, value) for name, value in data.items() if isinstance(value, BitArray)]
@@ -385,6 +388,22 @@ def result_summary(encoded: str, top: int = 8, bars: int = 0) -> dict:
         return out
     out["kind"] = "other"
     return out
+
+
+def _program_data(encoded: str) -> tuple[int, dict | None]:
+    """(items, the first item's data) of an executor result, read by IBM's decoder; its
+    boolean (shots x bits) arrays as ``BitArray``s, so they summarize as a sampler's."""
+    from qiskit.primitives.containers import BitArray
+    from qiskit_ibm_runtime.decoders.executor.decoder import ExecutorResultDecoder
+
+    result = ExecutorResultDecoder.decode(encoded)
+    if not len(result):
+        return 0, None
+    data = {}
+    for name, value in result[0].items():
+        bits = value.dtype == bool and value.ndim >= 2
+        data[name] = BitArray.from_bool_array(value, order="little") if bits else value
+    return len(result), data
 
 
 def _num(value):

@@ -40,6 +40,7 @@ from session_broker import (
 )
 from session_broker.core.config import load_settings
 from session_broker.core.store import Store
+from tests.support.circuits import ghz
 from tests.support.faults import queue_lengths
 
 QASM = "ibmq_qasm_simulator"
@@ -75,15 +76,6 @@ def param3() -> QuantumCircuit:
 
 def param3_measured() -> QuantumCircuit:
     qc = param3()
-    qc.measure_all()
-    return qc
-
-
-def wide(n: int) -> QuantumCircuit:
-    qc = QuantumCircuit(n)
-    qc.h(0)
-    for i in range(n - 1):
-        qc.cx(i, i + 1)
     qc.measure_all()
     return qc
 
@@ -287,17 +279,17 @@ CASES = [
         "malformed",
     ),
     # --- circuits against the backend
-    ("too_wide_for_qasm", lambda s: sampler(s).run([wide(33)]), CircuitTooWideError, "33 qubits"),
+    ("too_wide_for_qasm", lambda s: sampler(s).run([ghz(33)]), CircuitTooWideError, "33 qubits"),
     (
         "too_wide_for_qasm_with_idle_qubits",
         lambda s: sampler(s).run([_idle_wide(40)]),
         CircuitTooWideError,
         "uses 40 qubits; backend 'ibmq_qasm_simulator' has 32",
     ),
-    ("too_wide_for_device", lambda s: sampler(s, DEVICE).run([wide(6)]), CircuitTooWideError, "has 5"),
+    ("too_wide_for_device", lambda s: sampler(s, DEVICE).run([ghz(6)]), CircuitTooWideError, "has 5"),
     (
         "too_wide_v1",
-        lambda s: Sampler(backend=s.backend(DEVICE)).run(wide(7)),
+        lambda s: Sampler(backend=s.backend(DEVICE)).run(ghz(7)),
         CircuitTooWideError,
         "7 qubits",
     ),

@@ -32,10 +32,7 @@ def flow(server):
         f'''
     svc = service()
     backend = svc.backend("{BACKEND}")
-    pm = generate_preset_pass_manager(optimization_level=1, backend=backend)
-    isa = pm.run(bell())
-    ghz = QuantumCircuit(2); ghz.h(0); ghz.cx(0, 1)
-    ghz_isa = pm.run(ghz)
+    isa, ghz_isa = isa_bell_and_ghz(backend)
     out = {{}}
     with Session(backend=backend) as session:
         out["sid"] = session.session_id
@@ -328,3 +325,73 @@ def test_one_set_of_tags_whichever_door(server, cluster):
     assert [j.job_id() for j in service.jobs(job_tags=["rest-c"], limit=None)] == [out["other_id"]]
     for jid in (out["rest_id"], out["other_id"]):
         assert "api_tags" not in cluster.job(jid)  # one store: the job's summary
+
+
+# ---------------------------------------------------------------------- the executor program
+# Issue 25: IBM's Executor with a QuantumProgram, and its executor-based Sampler/Estimator,
+# in job, session and batch mode; the jobs are ordinary executor records.
+@pytest.fixture(scope="module")
+def executor_flow(server):
+    return run_client(
+        server,
+        f'''
+    from qiskit_ibm_runtime import Executor, QuantumProgram
+    from qiskit_ibm_runtime.executor_estimator import Estimator as XEstimator
+    from qiskit_ibm_runtime.executor_sampler import Sampler as XSampler
+
+    backend = service().backend("{BACKEND}")
+    isa, ghz_isa = isa_bell_and_ghz(backend)
+    program = QuantumProgram(shots=400)
+    program.append_circuit_item(isa)
+
+    def bits_of(result):
+        bits = result[0]["meas"]
+        return {{"type": type(result).__name__, "shape": list(bits.shape),
+                 "agree": bool((bits[:, 0] == bits[:, 1]).all()), "ones": int(bits[:, 0].sum())}}
+
+    out = {{}}
+    job = Executor(mode=backend).run(program)
+    out["job_mode"] = bits_of(job.result())
+    out["job_id"] = job.job_id()
+    with Session(backend=backend) as session:
+        out["session_id"] = session.session_id
+        out["session"] = bits_of(Executor(mode=session).run(program).result())
+        counts = XSampler(mode=session).run([isa], shots=300).result()[0].data.meas.get_counts()
+        out["sampler_counts"] = counts
+    with Batch(backend=backend) as batch:
+        obs = SparsePauliOp("ZZ").apply_layout(ghz_isa.layout)
+        res = XEstimator(mode=batch).run([(ghz_isa, obs)], precision=0.02).result()
+        out["estimator"] = {{"type": type(res).__name__, "ev": float(res[0].data.evs)}}
+    bad = QuantumProgram(shots=10)
+    bad.append_circuit_item(isa)
+    try:
+        Executor(mode=backend, options={{"execution": {{"init_qubits": False}}}}).run(bad)
+        out["refused"] = None
+    except Exception as exc:
+        out["refused"] = f"{{type(exc).__name__}}: {{exc}}"
+    emit(**out)
+    ''',
+    )
+
+
+def test_executor_in_job_session_and_batch_mode(executor_flow):
+    for key in ("job_mode", "session"):
+        got = executor_flow[key]
+        assert got["type"] == "QuantumProgramResult" and got["shape"] == [400, 2] and got["agree"], got
+        assert 120 < got["ones"] < 280, got
+    counts = executor_flow["sampler_counts"]
+    assert set(counts) <= {"00", "11"} and sum(counts.values()) == 300, counts
+    assert executor_flow["estimator"]["type"] == "PrimitiveResult"
+    assert executor_flow["estimator"]["ev"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_a_refused_program_is_a_400_naming_the_field(executor_flow):
+    assert "init_qubits" in (executor_flow["refused"] or ""), executor_flow["refused"]
+
+
+def test_the_rest_job_is_an_ordinary_executor_record(executor_flow, cluster):
+    rec = cluster.job(executor_flow["job_id"])
+    assert rec["primitive"] == "executor" and rec["status"] == "DONE"
+    result = cluster.service.job(executor_flow["job_id"]).result()
+    assert type(result).__name__ == "QuantumProgramResult" and result[0]["meas"].shape == (400, 2)
+    assert cluster.store.session_job_ids(executor_flow["session_id"])

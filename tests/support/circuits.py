@@ -48,3 +48,15 @@ def slow_pub(seconds: float, qubits: int = 14):
     obs = SparsePauliOp("Z" * qubits)
     n = max(1, math.ceil(seconds / binding_seconds(qc, obs)))
     return (qc, obs, np.linspace(0, 1, n).reshape(n, 1))
+
+
+def ghz(n: int):
+    """An n-qubit GHZ circuit, measured (h, then a chain of cx)."""
+    from qiskit import QuantumCircuit
+
+    qc = QuantumCircuit(n)
+    qc.h(0)
+    for i in range(n - 1):
+        qc.cx(i, i + 1)
+    qc.measure_all()
+    return qc

@@ -138,6 +138,12 @@ def bell():
     qc = QuantumCircuit(2); qc.h(0); qc.cx(0, 1); qc.measure_all()
     return qc
 
+def isa_bell_and_ghz(backend):
+    """A measured Bell circuit and an unmeasured one (for <ZZ>), transpiled for ``backend``."""
+    pm = generate_preset_pass_manager(optimization_level=1, backend=backend)
+    ghz = QuantumCircuit(2); ghz.h(0); ghz.cx(0, 1)
+    return pm.run(bell()), pm.run(ghz)
+
 def slow_pub(backend, seconds, qubits=14):
     """tests/support/circuits.py's slow PUB, transpiled for the client's backend."""
     import importlib.util
