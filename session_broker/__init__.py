@@ -6,6 +6,8 @@ The public API, re-exported from its modules; change the import line of IBM code
     from session_broker import QiskitRuntimeService, Session, Batch, SamplerV2, EstimatorV2
 """
 
+import importlib
+
 from session_broker.errors import (
     BackendMismatchError,
     BrokerConnectionError,
@@ -88,8 +90,6 @@ _SUBMODULES = {
 
 
 def __getattr__(name: str):
-    import importlib
-
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     elif name in _SUBMODULES:

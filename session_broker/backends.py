@@ -17,17 +17,31 @@ warm worker pays once per backend.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
+import json
+import os
 from dataclasses import dataclass
+from datetime import datetime as python_datetime
 from functools import cache, lru_cache
+from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qiskit import QuantumCircuit
+from qiskit.circuit import controlflow as cf
+from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.providers import BackendV2, Options
-from qiskit.transpiler import Target
+from qiskit.transpiler import Target, TranspilerError
+from qiskit.transpiler.preset_passmanagers import generate_preset_pass_manager
 
+from session_broker.core.config import get_settings
+from session_broker.core.connection import redis_client
+from session_broker.core.store import Store
 from session_broker.errors import (
     CircuitTooWideError,
+    ConfigurationError,
     InvalidInputError,
     NotISAError,
     OptionNotSupportedError,
@@ -311,17 +325,12 @@ _NON_GATES = frozenset(
 
 
 def _snapshot_file(name: str, kind: str) -> dict:
-    import json
-    from pathlib import Path
-
     fake = _fake(get_spec(name).snapshot)
     path = Path(fake.dirname) / (fake.conf_filename if kind == "conf" else fake.props_filename)
     return json.loads(path.read_text())
 
 
 def _aer_version() -> str:
-    from importlib.metadata import version
-
     return version("qiskit-aer")
 
 
@@ -389,6 +398,7 @@ def calibration_id(name: str) -> str:
 @cache
 def _aer_basis(method: str) -> frozenset[str]:
     """Every instruction name Aer's ``method`` executes (standard and Aer-specific)."""
+    # lazy: qiskit-aer loads in about a second; only building a simulator needs it (the client lists backends without it)
     from qiskit_aer import AerSimulator
 
     return frozenset(AerSimulator(method=method).configuration().basis_gates)
@@ -408,9 +418,6 @@ def build_target(name: str) -> Target:
 def _build_target(spec: BackendSpec) -> Target:
     if spec.kind == "device":
         return _fake(spec.snapshot).target
-    from qiskit.circuit import controlflow as cf
-    from qiskit.circuit.library import get_standard_gate_name_mapping
-
     target = Target(description=spec.description, num_qubits=spec.num_qubits)
     aer = _aer_basis(spec.method) | {"measure", "reset", "delay"}
     for gate_name, gate in get_standard_gate_name_mapping().items():
@@ -439,8 +446,7 @@ def simulator(name: str) -> AerSimulator:
 
 @cache
 def _simulator(spec: BackendSpec) -> AerSimulator:
-    import os
-
+    # lazy: qiskit-aer loads in about a second; only building a simulator needs it (the client lists backends without it)
     from qiskit_aer import AerSimulator
 
     # `session-broker worker --device GPU` sets this for the worker and its pool processes
@@ -459,16 +465,13 @@ def _simulator(spec: BackendSpec) -> AerSimulator:
 def aer_threads() -> int:
     """OpenMP threads per simulator (``SESSION_BROKER_AER_THREADS``; 0 = every core). Lower
     it when several pool processes share a host's cores."""
-    from session_broker.core.config import get_settings
-
     return get_settings().aer_threads
 
 
 def check_gpu() -> None:
     """Refuse ``--device GPU`` clearly where this qiskit-aer build or machine has no GPU."""
+    # lazy: qiskit-aer loads in about a second; only building a simulator needs it (the client lists backends without it)
     from qiskit_aer import AerSimulator
-
-    from session_broker.errors import ConfigurationError
 
     devices = AerSimulator().available_devices()
     if "GPU" not in devices:
@@ -490,6 +493,7 @@ def context_fingerprint(name: str) -> str:
 
 @cache
 def _fingerprint(name: str) -> str:
+    # lazy: qiskit-aer loads in about a second; only building a simulator needs it (the client lists backends without it)
     import qiskit_aer
 
     spec = CATALOG[name]
@@ -545,8 +549,6 @@ def check_circuit(name: str, circuit, *, require_isa: bool) -> None:
     instruction supported by its target on those qubits (basis and coupling map), as IBM
     requires; an ideal backend only needs instructions Aer executes.
     """
-    from qiskit import QuantumCircuit
-
     spec = get_spec(name)
     if not isinstance(circuit, QuantumCircuit):
         raise InvalidInputError(f"expected a QuantumCircuit, got {type(circuit).__name__}")
@@ -657,9 +659,6 @@ def pass_manager(name: str, optimization_level: int, **transpilation) -> StagedP
 
 @lru_cache(maxsize=64)
 def _pass_manager(name: str, level: int, options: tuple) -> StagedPassManager:
-    from qiskit.transpiler import TranspilerError
-    from qiskit.transpiler.preset_passmanagers import generate_preset_pass_manager
-
     kwargs = dict(options)
     if "initial_layout" in kwargs:
         kwargs["initial_layout"] = list(kwargs["initial_layout"])
@@ -693,8 +692,6 @@ class BrokerBackend(BackendV2):
         """The calibration snapshot's ``BackendProperties`` (``qiskit_ibm_runtime.models``);
         ``None`` for the ideal simulators, as IBM's simulators. There is one calibration:
         ``datetime`` is checked as IBM checks it and the snapshot returned."""
-        from datetime import datetime as python_datetime
-
         if not isinstance(refresh, bool):
             raise TypeError(
                 f"The 'refresh' argument needs to be a boolean. {refresh} is of type  {type(refresh)}"
@@ -706,15 +703,12 @@ class BrokerBackend(BackendV2):
     def status(self):
         """``qiskit_ibm_runtime.models.BackendStatus``: operational while a worker serves the
         backend; ``pending_jobs`` is its shared queue's length."""
+        # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
         from qiskit_ibm_runtime.models import BackendStatus
 
         if self.service is not None:
             store = self.service._store
         else:  # the default deployment (SESSION_BROKER_URL), as QiskitRuntimeService() reads it
-            from session_broker.core.config import get_settings
-            from session_broker.core.connection import redis_client
-            from session_broker.core.store import Store
-
             settings = get_settings()
             store = Store(settings, client=redis_client(settings, typed_errors=True))
         live = store.live_workers(self.name)
@@ -821,9 +815,10 @@ class BrokerBackend(BackendV2):
 
 @cache
 def _configuration(name: str):
-    import copy
-
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from qiskit_ibm_runtime.models import QasmBackendConfiguration
+
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from qiskit_ibm_runtime.utils.backend_decoder import decode_backend_configuration
 
     raw = copy.deepcopy(configuration_dict(name))
@@ -833,8 +828,7 @@ def _configuration(name: str):
 
 @cache
 def _properties(name: str):
-    import copy
-
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from qiskit_ibm_runtime.utils.backend_decoder import properties_from_server_data
 
     raw = properties_dict(name)

@@ -14,6 +14,7 @@ import numbers
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import reduce
 from typing import Any
 
 from qiskit.primitives import BasePrimitiveJob, PrimitiveResult
@@ -287,8 +288,7 @@ def _decode_program_result(raw: str) -> Any:
     as IBM's client reads it: ``ExecutorResultDecoder`` (pydantic), then the client-side
     decoder its semantic role names (``executor_sampler``/``executor_estimator``: a
     ``PrimitiveResult``); a plain ``Executor`` program stays a ``QuantumProgramResult``."""
-    from functools import reduce
-
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from qiskit_ibm_runtime.decoders.defaults import DEFAULT_DECODERS
 
     return reduce(

@@ -30,6 +30,7 @@ from session_broker.errors import (
 )
 from session_broker.inputs import jobs_filters
 from session_broker.job import RuntimeJobV2
+from session_broker.waits import warn_no_worker
 
 
 class QiskitRuntimeService:
@@ -313,8 +314,6 @@ class QiskitRuntimeService:
     def _check_served(self, backend: str, job_id: str) -> None:
         """Warn at once when no live worker serves the backend (reads only; a backend found
         served is not looked up again for ``SERVED_FOR`` s, so a busy producer pays nothing)."""
-        from session_broker.waits import warn_no_worker
-
         # backend -> when a live worker was last seen (monotonic); made on first use, as
         # subclasses (the REST API's per-tenant services) build themselves without __init__
         served: dict[str, float] = self.__dict__.setdefault("_served", {})

@@ -15,7 +15,10 @@ from session_broker.core import program as wire
 
 
 def execute_program(backend: str, job: wire.ExecutorJob) -> str:
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only executor jobs need it
     from qiskit_ibm_runtime.fake_provider.executor.run_quantum_program import run_quantum_program
+
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only executor jobs need it
     from qiskit_ibm_runtime.options_models.simulator import SimulatorOptions
 
     for item in job.program.items:  # IBM's runner lifts Aer's width limit: ours holds

@@ -11,7 +11,10 @@ before importing anything of ours.
 
 from __future__ import annotations
 
+import os
+import site
 import sys
+from pathlib import Path
 
 SAFE_PATH_FLAG = sys.version_info >= (3, 11)  # python -P
 
@@ -38,10 +41,6 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
     imported from unless that is an installed site directory: a checkout run as ``python -m
     session_broker.ops.cli ...`` from its root found itself through the current directory,
     which the child no longer searches."""
-    import os
-    import site
-    from pathlib import Path
-
     root = str(Path(__file__).resolve().parents[1])
     sites = [*site.getsitepackages(), site.getusersitepackages()]
     if root in {str(Path(p).resolve()) for p in sites}:

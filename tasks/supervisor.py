@@ -17,9 +17,11 @@ import time
 import uuid
 
 import redis
+from celery.utils.nodenames import default_nodename, host_format
 
-from session_broker.core.store import Store
-from session_broker.errors import ErrorCode
+from session_broker.celery_app import app
+from session_broker.core.store import FINAL_JOB_STATUSES, Store
+from session_broker.errors import ConfigurationError, ErrorCode, error_for_code
 from tasks.agent import Agent
 from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, InFlight
 from tasks.spawn import child_env, python_code
@@ -33,9 +35,6 @@ def node_name(name: str) -> str:
     """``--name`` as Celery's own ``celery worker -n`` expands it (``%h`` host, ``%n`` its
     first label, ``%d`` the domain; a name without ``@`` is a host, as in Celery). Done once,
     here, so the registry, the pin, the queues and the executor's Celery node are one name."""
-    from celery.utils.nodenames import default_nodename, host_format
-
-    from session_broker.errors import ConfigurationError
 
     try:
         node = host_format(default_nodename(name))
@@ -172,6 +171,7 @@ class Supervisor:
 
     def check(self) -> None:
         """The backend exists, a GPU is there if asked for, Redis answers and is safe to use."""
+        # lazy: the catalog imports Qiskit: loaded by check(), once, not by the CLI that imports this module
         from session_broker import backends
 
         backends.get_spec(self.backend)
@@ -371,9 +371,6 @@ class Supervisor:
         missed ``task-received`` (events are on only while one asks) still knows what it was.
         Sent from this node's name, as its executor would have; whether or not a monitor asks
         (one such event per lost job costs nothing)."""
-        from session_broker.core.store import FINAL_JOB_STATUSES
-        from session_broker.errors import error_for_code
-
         try:
             rec = self.store.job(jid, "status", "error", "error_code", "primitive", "session", "backend")
             reason = rec.get("error") or f"the process running it died ({how}); it runs again"
@@ -386,8 +383,6 @@ class Supervisor:
                 "exception": repr(error),
                 "traceback": f"{type(error).__name__}: {error}",
             }
-            from session_broker.celery_app import app
-
             with app.connection_for_write() as conn:
                 dispatcher = app.events.Dispatcher(conn, hostname=node, enabled=True)
                 try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 
+import anyio
 from fastapi import APIRouter, Depends, Request, Response
 
 from session_broker import backends as catalog
@@ -41,8 +42,6 @@ async def runtime_ctx(request: Request) -> Ctx:
     known, and FastAPI would run a plain one in the thread pool (one more hop per request)."""
     front = request.app.state.front
     if front.authority._secret is None:  # first request only: the secret comes from Redis
-        import anyio
-
         await anyio.to_thread.run_sync(front.authority.secret)
     return Ctx(request)
 

@@ -244,6 +244,8 @@ def _check_qpy_programs(raw: bytes, where: str) -> None:
 def _load(params: dict[str, Any], options: dict[str, Any]) -> ExecutorJob:
     # lazy: IBM's client takes a second or more to import; only executor jobs need it
     from ibm_quantum_schemas.executor.version_2_0 import ParamsModel
+
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from qiskit_ibm_runtime.quantum_program.converters.converters_2_0 import quantum_program_from_2_0
 
     model = ParamsModel.model_validate(params)
@@ -290,7 +292,10 @@ def encode_program_result(result: Any, sizes: list[int], started: datetime, stop
     """IBM's ``QuantumProgramResultModel`` v2.0 JSON for ``result`` (a ``QuantumProgramResult``):
     the inverse of IBM's ``quantum_program_result_from_2_0``. One chunk span covers the whole
     program (``sizes``: each item's number of elements)."""
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from ibm_quantum_schemas.common import CompressedTensorModel
+
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from ibm_quantum_schemas.executor.version_2_0 import (
         ChunkPart,
         ChunkSpan,
@@ -299,6 +304,8 @@ def encode_program_result(result: Any, sizes: list[int], started: datetime, stop
         QuantumProgramResultItemModel,
         QuantumProgramResultModel,
     )
+
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from qiskit_ibm_runtime.quantum_program.converters.converters_2_0 import passthrough_data_to_2_0
 
     items = [

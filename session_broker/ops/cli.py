@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import runpy
 import signal
 import sys
 import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
@@ -127,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from session_broker.errors import (
         BrokerConnectionError,
         ConfigurationError,
@@ -156,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------- commands
 def cmd_worker(args) -> int:
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from session_broker.core.config import get_settings
 
     get_settings()
@@ -163,6 +168,7 @@ def cmd_worker(args) -> int:
         print("session-broker: --concurrency must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     # the supervisor checks the backend, the GPU and Redis while its executors boot
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from tasks.supervisor import start_worker
 
     return start_worker(
@@ -171,8 +177,13 @@ def cmd_worker(args) -> int:
 
 
 def cmd_flower(args) -> int:
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from session_broker.core.config import get_settings
+
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from session_broker.ops.embedded import FLOWER_COLUMNS, Stack
+
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from tasks.spawn import child_env, python_module
 
     settings = get_settings()
@@ -189,7 +200,10 @@ def cmd_flower(args) -> int:
 
 
 def cmd_up(args) -> int:
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from session_broker import backends
+
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from session_broker.ops.embedded import DEFAULT_BACKENDS, Stack, start_stack
 
     names = args.backend or list(DEFAULT_BACKENDS)
@@ -215,7 +229,10 @@ def cmd_up(args) -> int:
         )
         print("\n" + ready_line(url, args.ha))
         if not args.no_web:
+            # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
             from session_broker.api.settings import load_api_settings
+
+            # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
             from session_broker.ops.front import recipe
 
             print(
@@ -252,6 +269,7 @@ def ready_line(url: str, ha: bool) -> str:
 
 
 def cmd_demo(args) -> int:
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from session_broker.ops.demo import run_demo
 
     return run_demo(args.state_dir)
@@ -259,6 +277,7 @@ def cmd_demo(args) -> int:
 
 def cmd_web(args) -> int:
     """The one web front (Jobs page, /metrics and the REST API), its pages behind a login."""
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from session_broker.ops.front import serve
 
     serve(args.address, args.port, require_pages=True)
@@ -266,6 +285,7 @@ def cmd_web(args) -> int:
 
 
 def cmd_api(args) -> int:
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from session_broker.ops.front import serve
 
     serve(args.host, args.port, args.certfile, args.keyfile, require_keys=True)
@@ -275,8 +295,6 @@ def cmd_api(args) -> int:
 def bench_script() -> str | None:
     """``benchmarks/run.py`` of a checkout: the current directory's, else the one this package
     was imported from. None from an installed package (benchmarks/ is not installed)."""
-    from pathlib import Path
-
     here = Path(__file__).resolve().parents[2]  # the checkout's root, when it is one
     for root in (Path.cwd(), here):
         script = root / "benchmarks" / "run.py"
@@ -286,8 +304,6 @@ def bench_script() -> str | None:
 
 
 def cmd_bench(args) -> int:
-    import runpy
-
     script = bench_script()
     if script is None:
         print(
@@ -303,15 +319,16 @@ def cmd_bench(args) -> int:
 
 
 def cmd_acl(args) -> int:
-    from pathlib import Path
-    from urllib.parse import urlsplit
-
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from session_broker.core.config import get_settings
+
+    # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
     from session_broker.ops.acl import recipe
 
     db = args.db if args.db is not None else int(urlsplit(get_settings().url).path.lstrip("/") or 0)
     passwords = None
     if args.password_file:
+        # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
         from session_broker.ops.acl import read_passwords
 
         passwords = read_passwords(Path(args.password_file))
@@ -321,6 +338,7 @@ def cmd_acl(args) -> int:
 
 def _ops(name):
     def run(args):
+        # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
         from session_broker.ops import commands as ops
 
         return getattr(ops, name)(args)

