@@ -9,7 +9,6 @@ producer's would: the same ``Session``, ``SamplerV2``, ``RuntimeJobV2`` and subm
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 
 from session_broker.core.config import Settings
 from session_broker.core.store import Store
@@ -37,6 +36,6 @@ class Tenants:
         with self._lock:
             svc = self._services.get(prefix)
             if svc is None:
-                svc = TenantService(replace(self.settings, key_prefix=prefix), self.client)
+                svc = TenantService(self.settings.model_copy(update={"key_prefix": prefix}), self.client)
                 self._services[prefix] = svc
             return svc

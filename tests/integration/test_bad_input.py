@@ -334,7 +334,19 @@ CASES = [
         BackendMismatchError,
         "session runs on 'ibmq_qasm_simulator'",
     ),
-    ("v1_session_wrong_type", lambda s: Estimator(session="abc"), InvalidInputError, "Session or Batch"),
+    (
+        "v1_session_wrong_type",
+        lambda s: Estimator(session=42),
+        InvalidInputError,
+        "Session, Batch or backend",
+    ),
+    # IBM's V1 primitives take a backend as session=, so a string is a backend's name
+    (
+        "v1_session_unknown_backend",
+        lambda s: Estimator(session="abc"),
+        UnknownBackendError,
+        "unknown backend 'abc'",
+    ),
     # --- max_time
     (
         "max_time_bare_digits",

@@ -248,9 +248,8 @@ def test_tenant_key_uses_its_own_prefix(server, cluster, stack):
         key=TENANT_KEY,
     )
     assert out["status"] == "Pending"
-    from dataclasses import replace
 
-    tenant = Store(replace(cluster.settings, key_prefix="tenant1"))
+    tenant = Store(cluster.settings.model_copy(update={"key_prefix": "tenant1"}))
     assert tenant.session(out["sid"], tick=False)["backend"] == BACKEND
     assert not cluster.store.redis.exists(cluster.store.keys.session(out["sid"]))
     wait_for(lambda: tenant.session(out["sid"], tick=False)["state"] == "closed", 30, "cancel")

