@@ -153,6 +153,8 @@ def test_up_ha_stack_follows_a_failover_workers_flower_and_web_front(tmp_path):
             "session_broker.ops.cli",
             "up",
             "--ha",
+            "--backend",  # one backend is what this test needs; a second worker only costs time
+            "ibmq_qasm_simulator",
             "--flower-port",
             str(flower),
             "--web-port",
@@ -196,7 +198,8 @@ def test_up_ha_stack_follows_a_failover_workers_flower_and_web_front(tmp_path):
     try:
         out = read_until_ready(up)
         assert "three Sentinels" in out and "SESSION_BROKER_WAIT_REPLICAS=1" in out, out
-        ready = next(line for line in out.splitlines() if line.startswith("ready."))
+        ready = next((line for line in out.splitlines() if line.startswith("ready.")), None)
+        assert ready, f"`up --ha` printed no ready line (exit {up.poll()}):\n{out}"
         assert "SESSION_BROKER_WAIT_REPLICAS=1" in ready, ready  # the line producers copy
         url = out.split("export SESSION_BROKER_URL=")[1].split()[0]
         assert url.startswith("sentinel://") and "master=mymaster" in url

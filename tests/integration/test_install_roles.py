@@ -1,5 +1,5 @@
 """Packaging by role, from real installs: a fresh venv with the bare package (a producer) and
-one with ``[worker]``, each installed from this checkout with ``pip`` and the tested
+one with ``[worker]``, each installed from a wheel of this checkout with ``pip`` and the tested
 versions (constraints.txt), nothing borrowed from the test venv. The worker venv runs a real
 worker (started outside the checkout), the producer venv submits a job to it."""
 
@@ -54,19 +54,32 @@ def installed(venv: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def producer_venv(tmp_path_factory):
-    return make_venv(tmp_path_factory.mktemp("producer") / "venv", str(REPO))
+def venvs(tmp_path_factory):
+    """(producer venv, worker venv), installed side by side: pip mostly waits on its cache."""
+    from concurrent.futures import ThreadPoolExecutor
 
-
-@pytest.fixture(scope="module")
-def worker_venv(tmp_path_factory):
-    return make_venv(tmp_path_factory.mktemp("worker") / "venv", f"{REPO}[worker]")
+    where = tmp_path_factory.mktemp("roles")
+    # one wheel of this checkout, built once (two builds in one source tree would clash)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(where / "dist")],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = next((where / "dist").glob("session_broker-*.whl"))
+    with ThreadPoolExecutor(2) as pool:
+        producer = pool.submit(make_venv, where / "producer", str(wheel))
+        worker = pool.submit(make_venv, where / "worker", f"{wheel}[worker]")
+        return producer.result(), worker.result()
 
 
 @pytest.mark.timeout(1800)
 def test_a_producer_install_is_the_lightest_and_a_worker_install_runs_a_worker(
-    producer_venv, worker_venv, stack, redis_url, tmp_path
+    venvs, stack, redis_url, tmp_path
 ):
+    producer_venv, worker_venv = venvs
     producer, worker = installed(producer_venv), installed(worker_venv)
     assert "session-broker" in producer and "session-broker" in worker
     assert not producer & {*HEAVY, "celery", "kombu"}, producer & {*HEAVY, "celery", "kombu"}
@@ -97,7 +110,7 @@ def test_a_producer_install_is_the_lightest_and_a_worker_install_runs_a_worker(
         script = textwrap.dedent(
             f"""
             import session_broker, sys
-            assert "/venv/" in session_broker.__file__, session_broker.__file__
+            assert "/producer/lib/" in session_broker.__file__, session_broker.__file__
             from qiskit import QuantumCircuit
             from session_broker import QiskitRuntimeService, SamplerV2, Session
             qc = QuantumCircuit(2); qc.h(0); qc.cx(0, 1); qc.measure_all()

@@ -189,7 +189,7 @@ def hostile_params(case: str) -> tuple[str, dict, str]:
         params["options"] = {"no_such_option": 1}
         return "sampler", params, "no_such_option"
     if case == "unknown-program":
-        return "executor", params, "sampler, estimator"
+        return "noise-learner", params, "sampler, estimator (SamplerV2/EstimatorV2), executor"
     if case == "unknown-key":
         params["callback"] = "x"
         return "sampler", params, "unknown keys"
