@@ -20,7 +20,7 @@ BEAT = "0.3"  # the producer's refresh interval here (default 5 s): gone after 3
 def test_a_killed_producer_is_marked_gone_and_a_closed_session_is_not(cluster):
     script = textwrap.dedent(
         f"""
-        import sys, time
+        import signal, sys
         from qiskit import QuantumCircuit
         from session_broker import QiskitRuntimeService, SamplerV2, Session
         qc = QuantumCircuit(2); qc.h(0); qc.cx(0, 1); qc.measure_all()
@@ -31,7 +31,7 @@ def test_a_killed_producer_is_marked_gone_and_a_closed_session_is_not(cluster):
         with Session(backend="ibmq_qasm_simulator", service=service) as session:
             SamplerV2(mode=session).run([qc], shots=10).result(timeout=120)
             print("OPEN", session.session_id, flush=True)
-            time.sleep(600)  # killed in here, as a user's Ctrl-\\ or an OOM kill would
+            signal.pause()  # killed in here, as a user's Ctrl-\\ or an OOM kill would
         """
     )
     env = {**os.environ, "SESSION_BROKER_PRODUCER_BEAT": BEAT, "SESSION_BROKER_URL": cluster.url}

@@ -139,14 +139,14 @@ def test_a_wait_behind_a_session_whose_producer_died_says_so(c, bell, caplog):
     worker = c.start_worker(BACKEND)
     script = textwrap.dedent(
         f"""
-        import time
+        import signal
         from qiskit import QuantumCircuit
         from session_broker import SamplerV2, Session
         qc = QuantumCircuit(1); qc.measure_all()
         with Session(backend={BACKEND!r}) as session:
             SamplerV2(mode=session).run([qc], shots=10).result(timeout=120)
             print(session.session_id, flush=True)
-            time.sleep(600)
+            signal.pause()  # killed in here
         """
     )
     env = {**os.environ, "SESSION_BROKER_URL": c.url, "SESSION_BROKER_PRODUCER_BEAT": "0.3"}
