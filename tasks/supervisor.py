@@ -20,11 +20,12 @@ import redis
 from celery.utils.nodenames import default_nodename, host_format
 
 from session_broker.celery_app import app
+from session_broker.core.spawn import child_env, python_code
 from session_broker.core.store import FINAL_JOB_STATUSES, Store
 from session_broker.errors import ConfigurationError, ErrorCode, error_for_code
-from tasks.agent import Agent
-from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, InFlight
-from tasks.spawn import child_env, python_code
+
+from .agent import Agent
+from .link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, InFlight
 
 log = logging.getLogger("session_broker.worker")
 BOOT_FAILURES = 5
@@ -248,7 +249,7 @@ class Supervisor:
         # SIGSTOP for a hung host, SIGKILL) reaches its executors as it reached pool children
         slot.proc = subprocess.Popen(
             # never with the current directory on sys.path: a user's tasks.py would shadow us
-            python_code("from tasks.executor import main; main()"),
+            python_code(f"from {__package__}.executor import main; main()"),
             env=child_env(env),
             pass_fds=(status_w, command_r),
         )
