@@ -96,54 +96,49 @@ class _ProducerBeat:
     """Keeps ``P:s:<sid>:producer`` alive for every session this process opened and has not
     closed, so operators can tell an abandoned session (its producer killed inside ``with
     Session``) from a slow one: ``session-broker sessions``, the Jobs page and a waiting
-    ``result()`` say "producer gone". One daemon thread per process; off the job path."""
+    ``result()`` say "producer gone". One daemon thread per Redis client (a Redis that is away
+    stalls only its own sessions' beats, for as long as its client retries); off the job path."""
 
     def __init__(self) -> None:
-        self._sessions: dict[str, Store] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lines: dict[object, _BeatLine] = {}  # Redis client -> its sessions and thread
         self.ident = f"{hostname()}:{os.getpid()}"
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
-        """A forked child: a fresh lock (the parent's beat thread may have held it at the
+        """A forked child: a fresh lock (a beat thread may have held the parent's at the
         fork), none of the parent's sessions, no thread until its own first session."""
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._sessions = {}
-        self._thread = None
+        self._lines = {}
         self.ident = f"{hostname()}:{os.getpid()}"
 
     def add(self, store: Store, sid: str) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="session-broker-producer-beat", daemon=True
-                )
-                self._thread.start()
         pipe = store.redis.pipeline(transaction=False)
         pipe.hset(store.keys.session(sid), "producer", self.ident)
         pipe.set(store.keys.session_producer(sid), self.ident, px=_ttl_ms(store))
         pipe.execute()
         with self._lock:
-            self._sessions[sid] = store
-        self._wake.set()
+            line = self._lines.get(store.redis)
+            if line is None or not line.thread.is_alive():  # the first, or one that died
+                line = _BeatLine(self, store, line.sessions if line else {})
+                self._lines[store.redis] = line
+            line.sessions[sid] = store
+        line.wake.set()
 
     def remove(self, store: Store, sid: str) -> None:
         with self._lock:
-            self._sessions.pop(sid, None)
+            line = self._lines.get(store.redis)
+            if line is not None:
+                line.sessions.pop(sid, None)
         with contextlib.suppress(redis.RedisError, SessionBrokerError):
             store.redis.delete(store.keys.session_producer(sid))
 
-    def _run(self) -> None:
+    def run(self, line: _BeatLine) -> None:
         while True:
+            line.wake.wait(line.interval if line.sessions else None)  # none held: until add()
+            line.wake.clear()
             with self._lock:
-                beats = [st.settings.producer_beat for st in self._sessions.values()]
-            self._wake.wait(min(beats) if beats else None)  # none held: until add() wakes us
-            self._wake.clear()
-            with self._lock:
-                held = list(self._sessions.items())  # after the sleep: a closed one is gone
+                held = list(line.sessions.items())  # after the sleep: a closed one is gone
             for sid, store in held:
                 try:
                     if store.redis.hget(store.keys.session(sid), "state") in (None, "closed"):
@@ -152,6 +147,19 @@ class _ProducerBeat:
                     store.redis.set(store.keys.session_producer(sid), self.ident, px=_ttl_ms(store))
                 except Exception as exc:  # noqa: BLE001 - Redis away or full (our typed errors too): the next beat retries; the thread must live on
                     log.debug("producer beat for session %s failed: %s", sid, exc)
+
+
+class _BeatLine:
+    """The sessions of one Redis client and the thread that beats for them."""
+
+    def __init__(self, beat: _ProducerBeat, store: Store, sessions: dict[str, Store]) -> None:
+        self.sessions = sessions
+        self.interval = store.settings.producer_beat
+        self.wake = threading.Event()
+        self.thread = threading.Thread(
+            target=beat.run, args=(self,), name="session-broker-producer-beat", daemon=True
+        )
+        self.thread.start()
 
 
 def _ttl_ms(store: Store) -> int:

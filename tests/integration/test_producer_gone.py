@@ -82,15 +82,23 @@ def test_a_closing_session_is_not_marked_gone():
     assert producer_state({"state": "active", "accepting": "1"}, beating=False) is None  # REST
 
 
-def test_the_beat_outlives_a_redis_that_refuses_writes(fresh, monkeypatch):
+def test_the_beat_outlives_a_redis_that_refuses_writes(fresh, stack, monkeypatch):
     """Redis full (``maxmemory``: every write refused, our client raises its typed error)
-    for longer than the key lives: the beat thread lives on and the key comes back."""
+    for longer than the key lives: the beat thread lives on and the key comes back. Another
+    Redis of this process is gone for good meanwhile: its client's retries (about 40 s a
+    call) must not hold up the beats of the sessions on this one."""
     from session_broker import QiskitRuntimeService, Session
     from session_broker.core.config import get_settings
 
-    cluster = fresh()
     monkeypatch.setenv("SESSION_BROKER_PRODUCER_BEAT", BEAT)
     get_settings.cache_clear()
+    gone = fresh()
+    Session(backend="ibmq_qasm_simulator", service=QiskitRuntimeService(gone.url))
+    child = next(ch for ch in stack.children if ch.name == gone.redis_name)
+    stack.stop_child(child)
+    stack.children.remove(child)
+
+    cluster = fresh()
     service = QiskitRuntimeService(cluster.url)
     session = Session(backend="ibmq_qasm_simulator", service=service)
     key, r = service._store.keys.session_producer(session.session_id), cluster.store.redis
