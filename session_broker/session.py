@@ -145,6 +145,10 @@ class _ProducerBeat:
                         self.remove(store, sid)  # closed by someone else (CLI, timers): nothing to say
                         continue
                     store.redis.set(store.keys.session_producer(sid), self.ident, px=_ttl_ms(store))
+                    with self._lock:
+                        closed_meanwhile = sid not in line.sessions
+                    if closed_meanwhile:  # remove() ran (and deleted the key) before our SET: undo it
+                        store.redis.delete(store.keys.session_producer(sid))
                 except Exception as exc:  # noqa: BLE001 - Redis away or full (our typed errors too): the next beat retries; the thread must live on
                     log.debug("producer beat for session %s failed: %s", sid, exc)
 
