@@ -2,7 +2,8 @@
 Each tick is one round trip (``worker_tick.lua``): heartbeat, take or follow the pin, and
 free a pin the executor leaves unserved (the liveness bound); twice a heartbeat it reaps dead
 workers, applies due timers and rescues orphaned messages, and once a TTL it reconciles its
-run set with what its executor holds. Why each: docs/design.md.
+run set with what its executor holds and refreshes its copy of the instances' settings (put
+back if Redis lost them). Why each: docs/design.md.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Agent(threading.Thread):
         self._fetch_seen: list[str] = []
         self._next_reconcile = 0.0
         self._oom_warned = False
+        self._instances = "{}"
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -153,6 +155,9 @@ class Agent(threading.Thread):
             log.warning("gave back %d job(s) whose message a vanished consumer held", rescued)
         if time.monotonic() >= self._next_reconcile:
             self.reconcile()
+            # the operator's instances, kept here so that a Redis that came back empty gets
+            # them back (as K.config: core/lua/restore_instances.lua)
+            self._instances = self.store.keep_instances(self._instances)
             self._next_reconcile = time.monotonic() + self.settings.heartbeat_ttl
 
     def reconcile(self) -> None:

@@ -31,6 +31,7 @@ def test_a_heartbeat_registers_the_worker_and_restores_the_settings(lua):
         "interactive_timeout": "60",
         "open_session_timeout": "300",
         "result_ttl": "3600",
+        "fair_share_half_life": "604800",
     }
 
 

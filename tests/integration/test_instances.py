@@ -1,0 +1,174 @@
+"""Instances (issue 23) against real workers: what a job, a session and a batch record, the
+typed errors, usage limits at submit and their period, and fair share between instances.
+
+One module Redis and two ideal-simulator workers. Job lengths are sized from a binding timed
+on this machine (``slow_pub``), so no figure depends on its speed."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from session_broker import Batch, EstimatorV2, QiskitRuntimeService, Session
+from session_broker.core.instances import InstanceSettings
+from session_broker.errors import (
+    InstanceLimitError,
+    UnknownInstanceError,
+    UsageLimitReachedError,
+)
+from session_broker.ops.embedded import wait_for
+from tests.conftest import make_cluster, slow_pub
+
+BACKEND = "ibmq_qasm_simulator"
+
+
+@pytest.fixture(scope="module")
+def c(stack, redis_url):
+    cl = make_cluster(stack, redis_url)
+    cl.start_worker(BACKEND)
+    cl.start_worker(BACKEND)
+    return cl
+
+
+def service(c, instance: str | None) -> QiskitRuntimeService:
+    return QiskitRuntimeService(c.url, instance=instance)
+
+
+def test_without_instances_the_instance_is_ignored_as_before(c):
+    svc = service(c, "crn:v1:bluemix:public:quantum-computing:us-east:a/x:physics-lab::")
+    assert svc.active_instance() is None
+    job = EstimatorV2(mode=svc.backend(BACKEND)).run([slow_pub(0.01)])
+    job.result(timeout=60)
+    assert c.job(job.job_id()).get("instance") == ""
+    assert "instance" not in svc.usage()
+
+
+def test_jobs_sessions_and_batches_record_their_instance_and_unknown_ones_are_refused(c):
+    c.store.set_instance("physics-lab", InstanceSettings(share=2))
+    c.store.set_instance("chem-lab", InstanceSettings())
+    with pytest.raises(UnknownInstanceError, match="'nope'.*chem-lab, physics-lab"):
+        service(c, "nope")
+    svc = service(c, "physics-lab")
+    # IBM's CRN of an instance names it in its 8th field
+    assert (
+        service(c, "crn:v1:bluemix:public:quantum-computing:us-east:a/x:chem-lab::").active_instance()
+        == "chem-lab"
+    )
+    pub = slow_pub(0.01)
+    plain = EstimatorV2(mode=svc.backend(BACKEND)).run([pub])
+    with Session(backend=BACKEND, service=svc) as session:
+        in_session = EstimatorV2(mode=session).run([pub])
+        in_session.result(timeout=60)
+        assert c.session(session.session_id)["instance"] == "physics-lab"
+    with Batch(backend=BACKEND, service=svc) as batch:
+        in_batch = EstimatorV2(mode=batch).run([pub])
+        in_batch.result(timeout=60)
+        assert c.session(batch.session_id)["instance"] == "physics-lab"
+    plain.result(timeout=60)
+    for job in (plain, in_session, in_batch):
+        assert c.job(job.job_id())["instance"] == "physics-lab"
+    (row,) = c.store.instance_report("physics-lab")
+    assert row["jobs"] == 3 and row["total"] > 0
+
+
+def test_an_instance_past_its_limit_is_refused_another_runs_and_after_the_reset_it_runs_again(c):
+    # a period far longer than the test (one that ended mid-test would reset the usage)
+    c.store.set_instance("capped", InstanceSettings(usage_limit=2, period="1000000000"))
+    c.store.set_instance("free", InstanceSettings())
+    capped, free = service(c, "capped"), service(c, "free")
+    pub = slow_pub(0.7)
+    sampler = EstimatorV2(mode=capped.backend(BACKEND))
+    longest = 0.0
+    for _ in range(8):  # 0.7 s a job: the limit is passed by the third or fourth
+        try:
+            job = sampler.run([pub])
+        except UsageLimitReachedError as exc:
+            refused = exc
+            break
+        job.result(timeout=120)
+        longest = max(longest, float(job.usage()))
+    else:
+        pytest.fail("never refused")
+    assert refused.instance == "capped" and refused.limit == 2 and refused.reset_at is not None
+    assert "capped" in str(refused) and "2 s" in str(refused) and "resets at" in str(refused)
+    assert 2 <= refused.used <= 2 + longest
+    usage = capped.usage()
+    assert usage["usage_limit_seconds"] == 2 and usage["usage_limit_reached"] is True
+    assert usage["usage_remaining_seconds"] == 0 and usage["usage_consumed_seconds"] == pytest.approx(
+        refused.used, abs=0.01
+    )
+    # another instance still runs
+    EstimatorV2(mode=free.backend(BACKEND)).run([slow_pub(0.01)]).result(timeout=60)
+    # sessions of the capped instance are refused at open too
+    with pytest.raises(UsageLimitReachedError):
+        Session(backend=BACKEND, service=capped)
+    # a 2-second period: the usage counts from zero in the next one
+    c.store.set_instance("capped", InstanceSettings(usage_limit=2, period="2"))
+    job = wait_for(lambda: _try_run(sampler), 10, "the capped instance's next period")
+    job.result(timeout=60)
+
+
+def _try_run(sampler):
+    try:
+        return sampler.run([slow_pub(0.01)])
+    except UsageLimitReachedError:
+        return None
+
+
+def test_max_sessions_and_max_session_time(c):
+    c.store.set_instance("small", InstanceSettings(max_sessions=1, max_session_time=60))
+    svc = service(c, "small")
+    with pytest.raises(InstanceLimitError, match="at most 60 s"):
+        Session(backend=BACKEND, service=svc, max_time=120)
+    first = Session(backend=BACKEND, service=svc)
+    assert first.max_time == 60  # the default is lowered to the instance's cap
+    with pytest.raises(InstanceLimitError, match="1 sessions open"):
+        Session(backend=BACKEND, service=svc)
+    Batch(backend=BACKEND, service=svc).close()  # batches are not capped
+    first.cancel()
+    Session(backend=BACKEND, service=svc).cancel()
+
+
+def test_the_operators_commands(c):
+    from tests.integration.test_ops_cli import cli, cli_json
+
+    res = cli(c.url, "instance", "set", "course", "--share", "3", "--usage-limit", "90m", "--period", "week")
+    assert res.returncode == 0 and "instance course created" in res.stdout, res.stderr
+    res = cli(c.url, "instance", "set", "course", "--max-sessions", "4", "--max-session-time", "1h")
+    assert res.returncode == 0 and "changed" in res.stdout, res.stderr
+    (row,) = [r for r in cli_json(c.url, "instances") if r["name"] == "course"]
+    assert (row["share"], row["usage_limit_seconds"], row["period"]) == (3, 5400, "week")
+    assert (row["max_sessions"], row["max_session_time"], row["usage_seconds"]) == (4, 3600, 0)
+    assert row["period_resets_at"].endswith("T00:00:00+00:00")
+    table = cli(c.url, "instances").stdout
+    assert "INSTANCE" in table and "course" in table and "1h 30m" in table.replace("1h30m", "1h 30m")
+    bad = cli(c.url, "instance", "set", "course", "--period", "fortnight")
+    assert bad.returncode == 2 and "day, week or month" in bad.stderr
+    assert cli(c.url, "instance", "rm", "course").returncode == 0
+    assert cli(c.url, "instance", "rm", "course").returncode == 2
+    assert "course" not in [r["name"] for r in cli_json(c.url, "instances")]
+
+
+def test_fair_share_orders_waiting_batch_jobs_by_usage_per_share(c):
+    """The issue's test: A and B share 1, C share 2; A submits 40 batch jobs, then B 40, then
+    C 40, all of one cost. Among the first 40 to finish, A and B have at least 7 each and C at
+    least 14 (first come, first served would give A nearly all 40)."""
+    for name, share in (("fair-a", 1), ("fair-b", 1), ("fair-c", 2)):
+        c.store.set_instance(name, InstanceSettings(share=share))
+    pub = slow_pub(0.15)
+    jobs: dict[str, list] = {}
+    for name in ("fair-a", "fair-b", "fair-c"):
+        with Batch(backend=BACKEND, service=service(c, name)) as batch:
+            estimator = EstimatorV2(mode=batch)
+            jobs[name] = [estimator.run([pub]) for _ in range(40)]
+    for job in (j for js in jobs.values() for j in js):
+        job.result(timeout=300)
+    finished = sorted((float(c.job(j.job_id())["finished"]), name) for name, js in jobs.items() for j in js)
+    first = Counter(name for _, name in finished[:40])
+    print("first 40 finished:", dict(first))
+    assert first["fair-a"] >= 7 and first["fair-b"] >= 7 and first["fair-c"] >= 14, first
+    for name, n in (("fair-a", 40), ("fair-b", 40), ("fair-c", 40)):
+        (row,) = c.store.instance_report(name)
+        assert row["jobs"] == n and row["held"] == 0
+        assert row["total"] == pytest.approx(sum(float(j.usage()) for j in jobs[name]), abs=0.01)
