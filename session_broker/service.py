@@ -256,7 +256,8 @@ class QiskitRuntimeService:
         """Jobs, as IBM's ``service.jobs()`` filters them (``backend=`` is ``backend_name=``).
 
         ``pending`` means QUEUED or RUNNING; ``job_tags`` keeps jobs that have all of them;
-        naive datetimes are local time, as IBM's client reads them.
+        ``instance`` keeps the jobs of that instance (a name or its CRN); naive datetimes are
+        local time, as IBM's client reads them.
         """
         limit, skip, after, before = jobs_filters(limit, skip, created_after, created_before)
         query = JobQuery(
@@ -264,6 +265,7 @@ class QiskitRuntimeService:
             backend=backend_name or backend,
             program=program_id,
             pending=pending,
+            instance=instance_from(instance) or None,
             tags=frozenset(job_tags or ()),
             after=after,
             before=before,
@@ -318,6 +320,10 @@ class QiskitRuntimeService:
             f"job={job_id} session={sid or '-'} backend={backend} "
             f"pubs={summary.get('pubs')} shots={summary.get('shots')}"
         )
+        if self._instance:  # Flower shows the instance among the task's arguments
+            flower["instance"] = self._instance
+            argsrepr += f" instance={self._instance}"
+
         # Aer runs in C++, which a soft limit cannot interrupt: the hard limit (1 s later)
         # kills the pool process, and the worker records the job as ERROR (tasks.JobRequest).
         soft = float(max_execution_time) if max_execution_time else None

@@ -432,12 +432,29 @@ class Store:
         return outcome
 
     def queue_length(self, backend: str) -> int:
-        """Jobs waiting in a backend's shared queue plus sessions waiting for one of its workers."""
+        """Jobs waiting in a backend's shared queue (and, with instances, in its held lines)
+        plus sessions waiting for one of its workers."""
         pipe = self.redis.pipeline(transaction=False)
         for key in self.keys.queue_keys(self.keys.backend_queue(backend))[:4]:
             pipe.llen(key)
         pipe.llen(self.keys.waiting(backend))
-        return sum(pipe.execute())
+        waiting: int = sum(pipe.execute())
+        return waiting + self.held_lengths([backend]).get(backend, 0)
+
+    def held_lengths(self, backends: list[str]) -> dict[str, int]:
+        """Jobs held in the instances' lines of each backend (two round trips)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for backend in backends:
+            pipe.smembers(self.keys.held_instances(backend))
+        lines = [(b, n) for b, names in zip(backends, pipe.execute()) for n in text_list(list(names))]
+        if not lines:
+            return {}
+        for backend, name in lines:
+            pipe.llen(self.keys.held(backend, name))
+        out: dict[str, int] = {}
+        for (backend, _), n in zip(lines, pipe.execute()):
+            out[backend] = out.get(backend, 0) + int(n)
+        return out
 
     def usage_seconds(self) -> float:
         """Seconds every job ever ran on a worker (the execution histogram's sum)."""

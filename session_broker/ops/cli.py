@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="list jobs")
     table_opts(jobs)
     jobs.add_argument("--session")
+    jobs.add_argument("--instance", help="only the jobs of this instance")
     jobs.add_argument("--limit", type=int, default=50)
 
     job = sub.add_parser("job", help="show or cancel a job")

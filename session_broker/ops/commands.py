@@ -71,6 +71,7 @@ SESSION_FIELDS = (
 )
 JOB_FIELDS = (
     "id",
+    "instance",
     "session",
     "mode",
     "backend",
@@ -312,6 +313,7 @@ def _job_dict(jid: str, rec: dict, now: float) -> dict:
         "primitive": rec.get("primitive"),
         "status": rec.get("status"),
         "session": rec.get("session") or None,
+        "instance": rec.get("instance") or None,
         "mode": rec.get("mode") or None,
         "backend": rec.get("backend"),
         "worker": rec.get("worker") or None,
@@ -543,6 +545,9 @@ def jobs_table(rows: list[dict]) -> str:
         "RAN",
         "ERROR",
     ]
+    with_instance = any(r.get("instance") for r in rows)  # a column only where instances are used
+    if with_instance:
+        headers.append("INSTANCE")
     body = [
         [
             r["id"],
@@ -559,6 +564,7 @@ def jobs_table(rows: list[dict]) -> str:
             fmt_duration(r["run_seconds"]),
             _shorten(r["error"], 60),
         ]
+        + ([r.get("instance") or "-"] if with_instance else [])
         for r in rows
     ]
     return render_table(headers, body, right={"PUBS", "SHOTS", "ATTEMPTS", "QUEUED", "RAN"})
@@ -655,15 +661,19 @@ def sessions(args) -> int:
 
 
 def jobs(args) -> int:
-    """``session-broker jobs [--session ID] [--limit N] [--json] [--watch]``"""
+    """``session-broker jobs [--session ID] [--instance NAME] [--limit N] [--json] [--watch]``"""
     store = connect()
     sid = getattr(args, "session", None)
+    instance = getattr(args, "instance", None)
     limit = getattr(args, "limit", 50)
     title = f"jobs of session {sid}" if sid else f"jobs (newest {limit})"
+    if instance:
+        title += f" of instance {instance}"
     if sid:  # an unknown session is exit code 3 at once, also with --watch
         with redis_errors(store):
             job_rows(store, session=sid, limit=1)
-    return _show(store, args, title, lambda: job_rows(store, session=sid, limit=limit), jobs_table)
+    query = JobQuery(session=sid, instance=instance or None)
+    return _show(store, args, title, lambda: job_rows(store, query=query, limit=limit), jobs_table)
 
 
 def workers(args) -> int:

@@ -6,6 +6,8 @@ on this machine (``slow_pub``), so no figure depends on its speed."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections import Counter
 
 import pytest
@@ -14,6 +16,7 @@ from session_broker import Batch, EstimatorV2, QiskitRuntimeService, Session
 from session_broker.core.instances import InstanceSettings
 from session_broker.errors import (
     InstanceLimitError,
+    NoLiveWorkerWarning,
     UnknownInstanceError,
     UsageLimitReachedError,
 )
@@ -70,6 +73,25 @@ def test_jobs_sessions_and_batches_record_their_instance_and_unknown_ones_are_re
         assert c.job(job.job_id())["instance"] == "physics-lab"
     (row,) = c.store.instance_report("physics-lab")
     assert row["jobs"] == 3 and row["total"] > 0
+    # service.jobs(instance=...) and job.instance, as IBM's client has them
+    listed = {j.job_id() for j in svc.jobs(instance="physics-lab", limit=None)}
+    assert {plain.job_id(), in_session.job_id(), in_batch.job_id()} <= listed
+    assert not listed & {j.job_id() for j in svc.jobs(instance="chem-lab", limit=None)}
+    assert svc.job(plain.job_id()).instance == "physics-lab"
+    # Flower shows the instance among a task's arguments (a job queued where no worker runs)
+    with pytest.warns(NoLiveWorkerWarning):
+        waiting = EstimatorV2(mode=svc.backend("aer_simulator_mps")).run([pub])
+    body = json.loads(base64.b64decode(json.loads(c.job(waiting.job_id())["message"])["body"]))
+    assert body[1]["instance"] == "physics-lab"
+    assert "instance=physics-lab" in json.loads(c.job(waiting.job_id())["message"])["headers"]["argsrepr"]
+    assert waiting.cancel()
+    # the CLI's listing, filtered by instance
+    from tests.integration.test_ops_cli import cli_json
+
+    rows = cli_json(c.url, "jobs", "--instance", "physics-lab", "--limit", "100")
+    assert {r["id"] for r in rows} == listed | {waiting.job_id()} and {r["instance"] for r in rows} == {
+        "physics-lab"
+    }
 
 
 def test_an_instance_past_its_limit_is_refused_another_runs_and_after_the_reset_it_runs_again(c):
@@ -172,3 +194,70 @@ def test_fair_share_orders_waiting_batch_jobs_by_usage_per_share(c):
         (row,) = c.store.instance_report(name)
         assert row["jobs"] == n and row["held"] == 0
         assert row["total"] == pytest.approx(sum(float(j.usage()) for j in jobs[name]), abs=0.01)
+
+
+def test_the_stock_client_names_its_instance_by_crn_and_an_api_key_may_be_tied_to_one(c, stack):
+    from tests.support.rest import CRN, KEY, ApiServer, http, run_client
+
+    def crn_of(name: str) -> str:
+        parts = CRN.split(":")
+        parts[7] = name
+        return ":".join(parts)
+
+    c.store.set_instance("rest-a", InstanceSettings())
+    c.store.set_instance("rest-b", InstanceSettings())
+    c.store.set_instance("rest-capped", InstanceSettings(usage_limit=0))
+    bound = "bound-key-0123456789"
+    server = ApiServer(stack, c.url, keys=f"{KEY},{bound}#rest-b").start()
+    try:
+        out = run_client(
+            server,
+            f'''
+        svc = service()
+        backend = svc.backend("{BACKEND}")
+        isa, _ = isa_bell_and_ghz(backend)
+        job = SamplerV2(mode=backend).run([isa], shots=10)
+        job.result()
+        capped = QiskitRuntimeService(channel="ibm_quantum_platform", token=os.environ["SB_KEY"],
+                                      instance="{crn_of("rest-capped")}", url=os.environ["SB_SERVER"],
+                                      url_resolver=lambda url, *_: f"{{url}}/api/v1")
+        try:
+            SamplerV2(mode=capped.backend("{BACKEND}")).run([isa], shots=10)
+            refused = None
+        except Exception as exc:
+            refused = f"{{type(exc).__name__}}: {{exc}}"
+        emit(job=job.job_id(), usage=svc.usage(), capped_usage=capped.usage(), refused=refused)
+        ''',
+            extra_env={"SB_CRN": crn_of("rest-a")},
+        )
+        assert c.job(out["job"])["instance"] == "rest-a"
+        assert out["usage"]["usage_consumed_seconds"] > 0 and out["usage"]["usage_limit_reached"] is False
+        assert out["capped_usage"]["usage_limit_reached"] is True
+        assert out["capped_usage"]["usage_remaining_seconds"] == 0
+        refused = out["refused"]
+        assert refused.startswith("IBMRuntimeError") and "403" in refused, refused
+        assert "rest-capped" in refused and "has reached its usage limit of 0 s" in refused, refused
+        tied = run_client(
+            server,
+            f'''
+        svc = service()
+        job = SamplerV2(mode=svc.backend("{BACKEND}")).run([isa_bell_and_ghz(svc.backend("{BACKEND}"))[0]], shots=10)
+        job.result()
+        emit(job=job.job_id())
+        ''',
+            key=bound,
+        )
+        assert c.job(tied["job"])["instance"] == "rest-b"
+        # the operators' view: the Jobs page (instances card, filter, column) and /metrics
+        login = {"Authorization": "Basic " + base64.b64encode(b"admin:secret").decode()}
+        status, page = http("GET", f"{server.url}/?instance=rest-a", headers=login)
+        assert status == 200 and 'id="instances"' in page and "rest-capped" in page
+        assert out["job"] in page and tied["job"] not in page  # the filter: rest-a's jobs only
+        assert "<th>Instance</th>" in page
+        status, metrics = http("GET", f"{server.url}/metrics", headers=login)
+        assert status == 200
+        assert 'session_broker_instance_usage_limit_seconds{instance="rest-capped"} 0.0' in metrics
+        assert 'session_broker_instance_share{instance="rest-a"} 1.0' in metrics
+        assert 'session_broker_instance_usage_seconds_total{instance="rest-a"}' in metrics
+    finally:
+        server.stop()
