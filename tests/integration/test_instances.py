@@ -261,3 +261,49 @@ def test_the_stock_client_names_its_instance_by_crn_and_an_api_key_may_be_tied_t
         assert 'session_broker_instance_usage_seconds_total{instance="rest-a"}' in metrics
     finally:
         server.stop()
+
+
+def test_a_greedy_instance_with_five_sessions_does_not_keep_another_instances_session_waiting(c):
+    """Five sessions of one instance on two workers: two are pinned, three wait. Another
+    instance's new session, in line behind them, gets the first worker a greedy session frees
+    (within one job and one scheduler tick): it has used less per share."""
+    c.store.set_instance("greedy", InstanceSettings())
+    c.store.set_instance("modest", InstanceSettings())
+    greedy, modest = service(c, "greedy"), service(c, "modest")
+    pub = slow_pub(0.4)
+    sessions = [Session(backend=BACKEND, service=greedy) for _ in range(5)]
+    jobs = [EstimatorV2(mode=s).run([pub]) for s in sessions]
+    wait_for(
+        lambda: sum(c.job(j.job_id())["status"] == "RUNNING" for j in jobs) == 2,
+        60,
+        "two greedy sessions to run",
+    )
+    late = Session(backend=BACKEND, service=modest)
+    late_job = EstimatorV2(mode=late).run([slow_pub(0.01)])
+    for s in sessions:
+        s.close()  # each closes when its job ends, freeing its worker
+    late_job.result(timeout=120)
+    late.close()
+    for j in jobs:
+        j.result(timeout=120)
+    rec = {j.job_id(): c.job(j.job_id()) for j in jobs}
+    first_free = min(float(r["finished"]) for r in rec.values())
+    started = float(c.job(late_job.job_id())["running"])
+    waiting = sorted(float(r["running"]) for r in rec.values())[2:]  # the three that waited in line
+    assert started < min(waiting), (started, waiting)  # first in line though it came last
+    assert started - first_free < 0.4 + 1.0, started - first_free  # one job plus a tick, with slack
+
+
+def test_workers_put_the_instances_back_when_redis_comes_back_empty(c):
+    """Last in the module: it empties the module's Redis. The instances the earlier tests set
+    (seconds ago: more than a heartbeat TTL, so every worker holds a copy) come back."""
+    before = c.store.instances()
+    assert len(before) >= 5
+    c.store.redis.flushall()
+    wait_for(
+        lambda: c.store.instances() == before, 3 * c.settings.heartbeat_ttl + 10, "the instances to come back"
+    )
+    # and they work: a job of one of them runs and is counted
+    job = EstimatorV2(mode=service(c, "physics-lab").backend(BACKEND)).run([slow_pub(0.01)])
+    job.result(timeout=60)
+    assert c.job(job.job_id())["instance"] == "physics-lab"
