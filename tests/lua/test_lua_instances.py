@@ -165,3 +165,22 @@ def test_the_report_lists_usage_waiting_work_and_sessions(lua):
     (row,) = json.loads(lua.run("instance_report", instance=""))
     assert row["name"] == "A" and row["used"] == 2.5 and row["held"] == 1 and row["sessions"] == 1
     assert row["reset"] % 86400 == 0
+
+
+def test_held_jobs_still_run_after_the_last_instance_is_removed(lua):
+    configure(lua, "A")
+    for n in range(3):
+        lua.submit(f"A{n}", instance="A")
+    assert lua.run("instance_rm", instance="A") == 1
+    assert lua.submit("x", instance="A") == ["ok", "QUEUED"]  # no instance configured: as before
+    assert sorted(run_next(lua) for _ in range(4)) == ["A0", "A1", "A2", "x"]
+    assert not lua.r.exists(lua.k.held_instances(lua.backend))
+
+
+def test_a_free_worker_feeds_its_queue_from_the_held_lines(lua):
+    configure(lua, "A")
+    for n in range(2):
+        lua.submit(f"A{n}", instance="A")
+    lua.r.delete(lua.k.backend_queue(lua.backend))  # say a requeue raced: the queue is empty
+    lua.tick("w1")
+    assert lua.r.llen(lua.k.backend_queue(lua.backend)) == 1

@@ -16,7 +16,7 @@ Returns: {'run', payload, claim, session, epoch} or {'skip', reason}
 local j = K.job(jid)
 if redis.call('EXISTS', j) == 0 then return {'skip', 'unknown job'} end
 -- a message left the backend's queue: move the next held one there (fair share, instances)
-if get(j, 'mode') ~= 'session' and instances_on() then feed(get(j, 'backend')) end
+if get(j, 'mode') ~= 'session' and holding(get(j, 'backend')) then feed(get(j, 'backend')) end
 local status = get(j, 'status')
 if status ~= 'QUEUED' then return {'skip', 'job is ' .. status} end
 local sid, mode = get(j, 'session'), get(j, 'mode')

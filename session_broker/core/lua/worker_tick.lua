@@ -93,7 +93,7 @@ if pin == '' and consuming ~= '0' and stalled == '' and redis.call('SCARD', run)
     end
   end
 end
-if pin == '' and instances_on() then feed(backend) end
+if pin == '' and holding(backend) then feed(backend) end
 redis.call('HSET', w, 'pin', pin)
 local epoch = ''
 if pin ~= '' then epoch = get(K.session(pin), 'epoch') end

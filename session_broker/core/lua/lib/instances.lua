@@ -127,6 +127,12 @@ local function instance_used(name, seconds, charged)
   redis.call('HSET', h, 'avg', avg)
 end
 
+-- Whether jobs of the backend wait in held lines (they are fed to workers even after the last
+-- instance is removed: nothing stays held).
+local function holding(backend)
+  return redis.call('EXISTS', K.held_instances(backend)) == 1
+end
+
 -- Keep one message in the backend's queue while jobs are held: the oldest held job of the
 -- instance with the lowest decayed usage per share moves there (workers take it with their
 -- reliable fetch, as any message). It is charged the instance's mean job length at once, so
