@@ -710,6 +710,22 @@ def instance_rows(store: Store) -> list[dict]:
     return rows
 
 
+def instance_usage_points(store: Store, jobs: int = 500) -> dict[str, list[tuple[float, float]]]:
+    """Each instance's usage over its newest ``jobs`` finished jobs: (finished at, seconds used
+    so far in that window), for the Jobs page's plot."""
+    found = iter_jobs(store, JobQuery(pending=False), ("instance", "finished", "usage"))
+    runs = sorted(
+        (float(rec["finished"]), rec["instance"], float(rec.get("usage") or 0))
+        for _, rec in itertools.islice(found, jobs)
+        if rec.get("instance") and rec.get("finished")
+    )
+    out: dict[str, list[tuple[float, float]]] = {}
+    for finished, name, used in runs:
+        series = out.setdefault(name, [])
+        series.append((finished, (series[-1][1] if series else 0.0) + used))
+    return out
+
+
 def instances_table(rows: list[dict]) -> str:
     if not rows:
         return "no instances configured (session-broker instance set NAME --share W --usage-limit SECONDS)"

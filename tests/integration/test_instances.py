@@ -254,6 +254,7 @@ def test_the_stock_client_names_its_instance_by_crn_and_an_api_key_may_be_tied_t
         assert status == 200 and 'id="instances"' in page and "rest-capped" in page
         assert out["job"] in page and tied["job"] not in page  # the filter: rest-a's jobs only
         assert "<th>Instance</th>" in page
+        assert 'id="instance-usage"' in page and 'class="plot usage"' in page  # usage over time
         status, metrics = http("GET", f"{server.url}/metrics", headers=login)
         assert status == 200
         assert 'session_broker_instance_usage_limit_seconds{instance="rest-capped"} 0.0' in metrics

@@ -213,6 +213,7 @@ def _overview(store: Store, f: Filters) -> dict:
     sessions = ops.session_rows(store, tick=False, ids=sids[:PAGE_SIZE])
     jobs = ops.job_rows(store, query=f.job_query(), offset=f.jobs_page * PAGE_SIZE, limit=PAGE_SIZE + 1)
     snap = snapshot(store)  # the same numbers as /metrics
+    instances = snap.instances and ops.instance_rows(store)
     return {
         "sessions": sessions,
         "sessions_more": len(sids) > PAGE_SIZE,
@@ -234,7 +235,12 @@ def _overview(store: Store, f: Filters) -> dict:
             ),
         },
         "backends": sorted({w.get("backend") or "" for w in ops.worker_rows(store)} - {""}),
-        "instances": ops.instance_rows(store),
+        "instances": instances,
+        "instance_usage": plots.usage_lines(
+            ops.instance_usage_points(store) if instances else {},
+            ops.server_now(store),
+            "usage of each instance over its newest finished jobs",
+        ),
         "now": _now(store),
     }
 
