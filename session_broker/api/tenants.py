@@ -33,19 +33,26 @@ class Tenants:
         self.settings = settings
         self.client = client
         self._services: dict[str, TenantService] = {}
+        self._named: dict[tuple[str, str], TenantService] = {}
         self._lock = threading.Lock()
 
     def service(self, prefix: str | None, instance: str = "") -> TenantService:
-        """The tenant's service; with ``instance``, one whose work counts against it (checked
-        on each call: an instance the operator removed is refused at once)."""
+        """The tenant's service; with ``instance``, one whose work counts against it. The name
+        is checked once (then kept); an instance the operator removes later is refused by the
+        submit and session-open scripts themselves."""
         prefix = prefix or self.settings.key_prefix
         with self._lock:
             svc = self._services.get(prefix)
             if svc is None:
                 svc = TenantService(self.settings.model_copy(update={"key_prefix": prefix}), self.client)
                 self._services[prefix] = svc
-        if not instance:
-            return svc
-        named = TenantService(svc._settings, self.client)
-        named._instance = named._check_instance(instance)
+            if not instance:
+                return svc
+            named = self._named.get((prefix, instance))
+        if named is None:
+            named = TenantService(svc._settings, self.client)
+            named._instance = named._check_instance(instance)  # UnknownInstanceError: not kept
+            if named._instance:  # with no instance configured it is ignored: asked again next time
+                with self._lock:
+                    named = self._named.setdefault((prefix, instance), named)
         return named
