@@ -21,6 +21,7 @@ from session_broker.errors import (
     UsageLimitReachedError,
 )
 from session_broker.ops.embedded import wait_for
+from session_broker.waits import why_waiting
 from tests.conftest import make_cluster, slow_pub
 
 BACKEND = "ibmq_qasm_simulator"
@@ -184,6 +185,9 @@ def test_fair_share_orders_waiting_batch_jobs_by_usage_per_share(c):
         with Batch(backend=BACKEND, service=service(c, name)) as batch:
             estimator = EstimatorV2(mode=batch)
             jobs[name] = [estimator.run([pub]) for _ in range(40)]
+    # a waiting job says where it waits: its place in its instance's line
+    _, why = why_waiting(c.store, jobs["fair-c"][-1].job_id())
+    assert "in the line of instance 'fair-c'" in why, why
     for job in (j for js in jobs.values() for j in js):
         job.result(timeout=300)
     finished = sorted((float(c.job(j.job_id())["finished"]), name) for name, js in jobs.items() for j in js)
