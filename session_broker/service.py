@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from session_broker import backends as catalog
 from session_broker.backends import BrokerBackend
@@ -394,7 +394,7 @@ def instance_usage(store: Store, name: str) -> dict:
         "usage_limit_reached": limit is not None and used >= limit,
         "usage_remaining_seconds": None if limit is None else max(limit - used, 0.0),
         "usage_period": row["settings"].period,
-        "usage_period_resets_at": datetime.fromtimestamp(float(row["reset"]), timezone.utc).isoformat(),
+        "usage_period_resets_at": datetime.fromtimestamp(float(row["reset"]), UTC).isoformat(),
     }
 
 

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -725,7 +725,7 @@ def instance_error(kind: str, detail: str, instance: str) -> SessionBrokerError:
     name = parts[0]
     if kind == "usage_limit":
         limit, used, reset = float(parts[1]), float(parts[2]), float(parts[3])
-        when = datetime.fromtimestamp(reset, timezone.utc)
+        when = datetime.fromtimestamp(reset, UTC)
         return UsageLimitReachedError(
             f"instance {name!r} has reached its usage limit of {limit:g} s for the period (used "
             f"{used:.1f} s); new jobs are refused until the period resets at "

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -697,7 +697,7 @@ def instance_rows(store: Store) -> list[dict]:
                 "usage_seconds": round(float(r["used"]), 3),
                 "usage_remaining_seconds": None if limit is None else max(limit - float(r["used"]), 0.0),
                 "usage_limit_reached": limit is not None and float(r["used"]) >= limit,
-                "period_resets_at": datetime.fromtimestamp(float(r["reset"]), timezone.utc).isoformat(),
+                "period_resets_at": datetime.fromtimestamp(float(r["reset"]), UTC).isoformat(),
                 "total_seconds": round(float(r["total"]), 3),
                 "jobs": int(r["jobs"]),
                 "fair_share_usage": round(float(r["fair"]), 3),
