@@ -92,6 +92,7 @@ class WorkerTick:
     epoch: str
     stalled: str = ""
     released: str = ""
+    instances: str = ""  # the instances' change counter ('' when none are kept in Redis)
 
 
 @dataclass
@@ -646,7 +647,7 @@ class Store:
         ``unserved_pin_timeout`` is taken from this node and that executor reported stalled
         (see ``core/lua/worker_tick.lua``)."""
         s = self.settings
-        pin, epoch, stalled, released = self.scripts.run(
+        pin, epoch, stalled, released, instances = self.scripts.run(
             "worker_tick",
             node=node,
             backend=backend,
@@ -661,7 +662,7 @@ class Store:
             executor=executor,
             unserved_after=s.unserved_pin_timeout,
         )
-        return WorkerTick(pin, epoch, stalled, released)
+        return WorkerTick(pin, epoch, stalled, released, instances)
 
     def keep_alive(self, node: str) -> bool:
         """Refresh only the registry entry's expiry. For a Redis that refuses writes (out of

@@ -144,7 +144,9 @@ def test_sessions_are_capped_and_a_default_max_time_is_lowered(lua):
 
 
 def test_workers_put_the_instances_back_when_redis_lost_them(lua):
+    assert lua.tick("w1")[4] == ""  # none kept in Redis
     configure(lua, "A", share=3)
+    assert lua.tick("w1")[4] == "1"  # the change counter: the agent refreshes its copy at once
     copy = lua.run("restore_instances", copy="{}")
     assert json.loads(json.loads(copy)["A"])["share"] == 3
     lua.r.flushdb()

@@ -25,7 +25,9 @@ ARGV: node, backend, ttl_ms, host, pid, started, concurrency, device,
   consuming       '0' while the worker's consumer is not started: it takes no session
   executor        the ready executor's pid ('' while none is ready)
   unserved_after  seconds a pin may go unserved (SESSION_BROKER_UNSERVED_PIN_TIMEOUT)
-Returns: {pin (session id or ''), epoch, stalled executor to replace or '', session released or ''}
+Returns: {pin (session id or ''), epoch, stalled executor to replace or '', session released or '',
+  instances: K.instances' change counter, '' when the hash is missing (the agent then refreshes
+  or puts back its copy of the instances at once: restore_instances.lua)}
 ]]
 local unserved = tonumber(unserved_after)
 if redis.call('EXISTS', K.config) == 0 then
@@ -97,4 +99,4 @@ if pin == '' and holding(backend) then feed(backend) end
 redis.call('HSET', w, 'pin', pin)
 local epoch = ''
 if pin ~= '' then epoch = get(K.session(pin), 'epoch') end
-return {pin, epoch, stalled, released}
+return {pin, epoch, stalled, released, redis.call('HGET', K.instances, '.') or ''}
