@@ -1,7 +1,8 @@
 --[[
 restore_instances: a worker's copy of the instances' settings goes back into K.instances when
 the hash is missing (Redis came back empty), as worker_tick does for K.config; then it reads
-the hash for the worker's next copy. Run once a heartbeat TTL by each worker's agent.
+the hash for the worker's next copy. Run by each worker's agent when its heartbeat sees the
+instances' change counter change or vanish (worker_tick.lua), and once a heartbeat TTL.
 
 KEYS: none (every key is built from the prefix P = ARGV[1] by K: one Redis, not a cluster)
 ARGV: copy
