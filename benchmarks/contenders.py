@@ -34,6 +34,17 @@ def bell(measure: bool = True):
     return qc
 
 
+def ghz(n: int):
+    """An n-qubit star GHZ state, measured: a job of one cost, repeated (the fair-share flood)."""
+    from qiskit import QuantumCircuit
+
+    qc = QuantumCircuit(n)
+    qc.h(0)
+    qc.cx([0] * (n - 1), list(range(1, n)))
+    qc.measure_all()
+    return qc
+
+
 def zz():
     from qiskit.quantum_info import SparsePauliOp
 

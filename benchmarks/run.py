@@ -17,6 +17,8 @@ writes by hand, ``plain_celery.py``), ``ibm_local`` (qiskit-ibm-runtime local mo
 
 Scenarios: 1 sequential latency, 2 pipelined throughput, 3 iterative loop under a flood
 from another process, 4 cost of many open sessions (latency, Redis memory), 5 workers,
+7 fair share (three instances, shares 1/1/2, flooding two workers: achieved against configured
+share, and the plain-job latency with instances configured against without),
 6 IBM's stock client through the REST API (``session-broker api``) next to the Python API.
 The pure helpers at the top (percentiles, ratios, tables, JSON) are unit-tested on
 synthetic data by ``tests/unit/test_bench_smoke.py``.
@@ -41,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from benchmarks.common import RESULTS, fmt, format_table, log, machine_info, percentile, ratio, summarize  # noqa: E402  (after the sys.path line above)
 
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
 CONTENDERS = ("direct", "plain_celery", "ibm_local", "sb_job", "sb_session")
 
 
@@ -185,6 +187,24 @@ def compute_targets(results: dict) -> list[dict]:
         s6.get("ratio_rest_to_python"),
         4.0,
         "<=",
+    )
+    # issue 23: fair share within 5 points of the configured shares, latency within noise
+    s7 = sc.get("7", {})
+    add(
+        "fair_share",
+        "instances' achieved usage share vs configured (most points off)",
+        s7.get("max_points_off"),
+        5.0,
+        "<=",
+        "",
+    )
+    add(
+        "instances_latency",
+        "plain Bell job latency with instances configured vs without (median)",
+        s7.get("latency_ratio_with_to_without"),
+        1.15,
+        "<=",
+        baseline_spread=s7.get("latency", {}).get("without_instances", {}).get("spread"),
     )
     return out
 
@@ -419,6 +439,27 @@ def render(results: dict) -> str:
                 f"vs the Python API (ratio {fmt(s.get('ratio_rest_to_python'), 'x')})",
             )
         )
+    if "7" in sc:
+        s = sc["7"]
+        rows = [
+            [
+                r["instance"],
+                r["share"],
+                fmt(r["configured_pct"], "%", 1),
+                fmt(r["achieved_pct"], "%", 1),
+                fmt(r["points_off"], "", 1),
+                fmt(r["usage_s"], "s", 1),
+            ]
+            for r in s.get("rows", [])
+        ]
+        parts.append(
+            format_table(
+                ["instance", "share", "configured", "achieved", "points off", "usage"],
+                rows,
+                f"Scenario 7 - fair share, {s.get('seconds')} s flood of two workers; plain Bell job "
+                f"with instances / without: {fmt(s.get('latency_ratio_with_to_without'), 'x')}",
+            )
+        )
     targets = results.get("targets") or compute_targets(results)
     rows = [
         [
@@ -473,6 +514,8 @@ MODES = {
         "s4_reps": 40,
         "s4_memory_sessions": 1000,
         "s5_jobs": 200,
+        "s7_seconds": 20,
+        "s7_reps": 20,
     },
     "full": {
         "s6_reps": 100,
@@ -489,6 +532,8 @@ MODES = {
         "s4_reps": 100,
         "s4_memory_sessions": 1000,
         "s5_jobs": 1000,
+        "s7_seconds": 120,  # issue 23: a 2-minute flood
+        "s7_reps": 60,
     },
 }
 
@@ -1059,11 +1104,11 @@ class Bench:
         return {"title": "workers", "direct_jobs_per_s": direct_rate, "rows": rows}
 
     # ------------------------------------------------------------------ driver
-    WORKERS_FOR = {1: 2, 2: 1, 3: 2, 4: 1, 5: 1, 6: 1}
+    WORKERS_FOR = {1: 2, 2: 1, 3: 2, 4: 1, 5: 1, 6: 1, 7: 2}
 
     def run(self, scenarios: list[int]) -> dict:
         # order by worker count (fewest restarts); results are keyed by number anyway
-        order = sorted(scenarios, key=lambda s: {2: 0, 4: 1, 5: 2, 6: 3, 1: 4, 3: 5}[s])
+        order = sorted(scenarios, key=lambda s: {2: 0, 4: 1, 5: 2, 6: 3, 1: 4, 3: 5, 7: 6}[s])
         self.first_workers = min(self.WORKERS_FOR[order[0]], self.args.workers)
         t_all = time.perf_counter()
         log(f"starting the stack (state and logs in {self.state_dir})")
@@ -1174,6 +1219,97 @@ class Bench:
             "contenders": contenders,
             "ratio_rest_to_python": ratio(
                 contenders["ibm_client_rest"]["median_ms"], contenders["sb_session"]["median_ms"]
+            ),
+        }
+
+    # ------------------------------------------------------------------ scenario 7
+    S7_SHARES = {"bench-a": 1, "bench-b": 1, "bench-c": 2}
+    S7_BACKLOG = 8  # jobs each instance keeps waiting during the flood
+
+    def scenario7(self) -> dict:
+        """Fair share: three instances keep work waiting on two workers for s7_seconds; each
+        one's usage over the window against its share. Then the plain-job latency with
+        instances configured against without (blocks alternated, same worker)."""
+        from session_broker import QiskitRuntimeService, SamplerV2
+        from session_broker.core.instances import InstanceSettings
+
+        C, cfg = self.C, self.cfg
+        self.ensure_sb_workers(2)
+        bell, work = C.bell(), C.ghz(12)
+
+        def set_instances(on: bool) -> None:
+            for name, share in self.S7_SHARES.items():
+                if on:
+                    self.store.set_instance(name, InstanceSettings(share=share))
+                else:
+                    self.store.remove_instance(name)
+
+        # latency: one plain Bell job at a time, blocks without / with instances, alternated
+        plain = SamplerV2(mode=self.service.backend(self.C_BACKEND))
+        without, with_, direct = [], [], []
+        for block in range(4):
+            on = block % 2 == 1
+            set_instances(on)
+            sampler = (
+                SamplerV2(mode=QiskitRuntimeService(self.url, instance="bench-a").backend(self.C_BACKEND))
+                if on
+                else plain
+            )
+            for _ in range(cfg["s7_reps"] // 4):
+                t0 = time.perf_counter()
+                sampler.run([bell], shots=1024).result()
+                (with_ if on else without).append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                self.direct.sample(bell, 1024)
+                direct.append(time.perf_counter() - t0)
+        # the flood: each instance keeps S7_BACKLOG jobs waiting; usage counted over the window
+        set_instances(True)
+        samplers = {
+            name: SamplerV2(mode=QiskitRuntimeService(self.url, instance=name).backend(self.C_BACKEND))
+            for name in self.S7_SHARES
+        }
+        outstanding: dict[str, list] = {name: [] for name in self.S7_SHARES}
+        before = {r["name"]: float(r["total"]) for r in self.store.instance_report()}
+        t_end = time.monotonic() + cfg["s7_seconds"]
+        log(f"s7: three instances flood two workers for {cfg['s7_seconds']} s")
+        while time.monotonic() < t_end:
+            for name, sampler in samplers.items():
+                outstanding[name] = [j for j in outstanding[name] if not j.in_final_state()]
+                while len(outstanding[name]) < self.S7_BACKLOG:
+                    outstanding[name].append(sampler.run([work], shots=4096))
+            time.sleep(0.05)
+        after = {r["name"]: float(r["total"]) for r in self.store.instance_report()}
+        for jobs in outstanding.values():
+            for job in jobs:
+                job.result(timeout=600)
+        set_instances(False)
+        used = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in self.S7_SHARES}
+        total_used, total_share = sum(used.values()) or 1.0, sum(self.S7_SHARES.values())
+        rows = [
+            {
+                "instance": name,
+                "share": share,
+                "configured_pct": 100.0 * share / total_share,
+                "achieved_pct": 100.0 * used[name] / total_used,
+                "usage_s": used[name],
+            }
+            for name, share in self.S7_SHARES.items()
+        ]
+        for r in rows:
+            r["points_off"] = r["achieved_pct"] - r["configured_pct"]
+        base = summarize(direct)
+        return {
+            "title": "fair share between instances",
+            "seconds": cfg["s7_seconds"],
+            "rows": rows,
+            "max_points_off": max(abs(r["points_off"]) for r in rows),
+            "latency": {
+                "direct": with_ratios(base, base),
+                "without_instances": with_ratios(summarize(without), base),
+                "with_instances": with_ratios(summarize(with_), base),
+            },
+            "latency_ratio_with_to_without": ratio(
+                summarize(with_)["median_ms"], summarize(without)["median_ms"]
             ),
         }
 

@@ -11,6 +11,7 @@ written for IBM's package catches the same things here.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import Enum
 
 
@@ -84,6 +85,39 @@ class UnknownBackendError(SessionBrokerError, ValueError):
 
 class BackendMismatchError(SessionBrokerError, ValueError):
     """A primitive's backend differs from the backend of its session."""
+
+
+# --- instances -----------------------------------------------------------------------------
+
+
+class UnknownInstanceError(SessionBrokerError, ValueError):
+    """The instance named by the producer (``QiskitRuntimeService(instance=...)``, the REST
+    API's Service-CRN) is not configured here; the message names those that are."""
+
+
+class InstanceLimitError(SessionBrokerError):
+    """An instance's cap refused the request: its usage limit, its number of open sessions
+    or its longest session (``session-broker instance set``). ``instance`` names it."""
+
+    def __init__(self, message: str, instance: str = ""):
+        super().__init__(message)
+        self.instance = instance
+
+
+class UsageLimitReachedError(InstanceLimitError):
+    """The instance used its usage limit for the period: new jobs are refused until the
+    period resets (``reset_at``, a UTC datetime); jobs already queued or running finish."""
+
+    def __init__(
+        self,
+        message: str,
+        instance: str = "",
+        limit: float = 0.0,
+        used: float = 0.0,
+        reset_at: datetime | None = None,
+    ):
+        super().__init__(message, instance)
+        self.limit, self.used, self.reset_at = limit, used, reset_at
 
 
 # --- sessions ------------------------------------------------------------------------------

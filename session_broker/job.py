@@ -252,7 +252,8 @@ class RuntimeJobV2(BasePrimitiveJob):
 
     @property
     def instance(self) -> str | None:
-        return None
+        """The instance the job counts against (IBM's ``job.instance``), or None."""
+        return self._store.job(self._job_id, "instance").get("instance") or None
 
     @property
     def private(self) -> bool:

@@ -12,16 +12,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from session_broker import backends as catalog
 from session_broker.backends import BrokerBackend
 from session_broker.core.config import get_settings, with_url
 from session_broker.core.connection import redact, redis_client
 from session_broker.core.ids import new_id
+from session_broker.core.instances import instance_from
 from session_broker.core.messages import task_message
 from session_broker.core.read import JobQuery, iter_jobs
-from session_broker.core.store import Store
+from session_broker.core.store import Store, instance_error
 from session_broker.errors import (
     InvalidInputError,
     JobNotFoundError,
@@ -57,6 +58,33 @@ class QiskitRuntimeService:
         self._store = Store(self._settings, client=redis_client(self._settings, typed_errors=True))
         self._store.ping()
         self.channel = channel or "local"
+        self._instance = self._check_instance(instance)
+
+    def _check_instance(self, instance: str | None) -> str:
+        """The instance this service's jobs and sessions count against: '' while the deployment
+        has none configured (``instance`` is then ignored, as before instances existed); an
+        unknown one is refused, naming those there are."""
+        name = instance_from(instance)
+        if not name:
+            return ""
+        known = self._store.instances()
+        if not known:
+            return ""
+        if name not in known:
+            raise instance_error("unknown_instance", ",".join(known), name)
+        return name
+
+    @property
+    def _instance(self) -> str:
+        return self.__dict__.get("_instance_name", "")
+
+    @_instance.setter
+    def _instance(self, name: str) -> None:
+        self.__dict__["_instance_name"] = name
+
+    def active_instance(self) -> str | None:
+        """The instance this service's work counts against (IBM's name), or None."""
+        return self._instance or None
 
     @property
     def url(self) -> str:
@@ -228,7 +256,8 @@ class QiskitRuntimeService:
         """Jobs, as IBM's ``service.jobs()`` filters them (``backend=`` is ``backend_name=``).
 
         ``pending`` means QUEUED or RUNNING; ``job_tags`` keeps jobs that have all of them;
-        naive datetimes are local time, as IBM's client reads them.
+        ``instance`` keeps the jobs of that instance (a name or its CRN); naive datetimes are
+        local time, as IBM's client reads them.
         """
         limit, skip, after, before = jobs_filters(limit, skip, created_after, created_before)
         query = JobQuery(
@@ -236,6 +265,7 @@ class QiskitRuntimeService:
             backend=backend_name or backend,
             program=program_id,
             pending=pending,
+            instance=instance_from(instance) or None,
             tags=frozenset(job_tags or ()),
             after=after,
             before=before,
@@ -248,7 +278,11 @@ class QiskitRuntimeService:
         return [RuntimeJobV2.attach(jid, self._store, service=self) for jid, _ in page]
 
     def usage(self) -> dict:
-        """IBM's instance usage: seconds that jobs ran on workers here (no limit)."""
+        """IBM's instance usage: with an instance, its consumed, limit and remaining seconds
+        in the current period (and when it resets); without, seconds that jobs ran on workers
+        here (no limit)."""
+        if self._instance:
+            return instance_usage(self._store, self._instance)
         return {
             "usage_consumed_seconds": self._store.usage_seconds(),
             "usage_limit_seconds": None,
@@ -286,6 +320,10 @@ class QiskitRuntimeService:
             f"job={job_id} session={sid or '-'} backend={backend} "
             f"pubs={summary.get('pubs')} shots={summary.get('shots')}"
         )
+        if self._instance:  # Flower shows the instance among the task's arguments
+            flower["instance"] = self._instance
+            argsrepr += f" instance={self._instance}"
+
         # Aer runs in C++, which a soft limit cannot interrupt: the hard limit (1 s later)
         # kills the pool process, and the worker records the job as ERROR (tasks.JobRequest).
         soft = float(max_execution_time) if max_execution_time else None
@@ -298,7 +336,9 @@ class QiskitRuntimeService:
             soft_time_limit=soft,
             time_limit=soft + 1 if soft else None,
         )
-        submitted = store.submit(job_id, sid, backend, primitive, payload, message, queue, summary)
+        submitted = store.submit(
+            job_id, sid, backend, primitive, payload, message, queue, summary, instance=self._instance
+        )
         job = RuntimeJobV2(
             job_id,
             store,
@@ -329,6 +369,33 @@ class QiskitRuntimeService:
 
     def __repr__(self) -> str:
         return f"<QiskitRuntimeService({redact(self.url)!r})>"
+
+
+def instance_usage(store: Store, name: str) -> dict:
+    """IBM's usage fields for one instance (``service.usage()``, REST ``/instances/usage``)."""
+    rows = store.instance_report(name)
+    if not rows:
+        return {
+            "instance": name,
+            "usage_consumed_seconds": 0.0,
+            "usage_limit_seconds": None,
+            "usage_allocation_seconds": None,
+            "usage_limit_reached": False,
+            "usage_remaining_seconds": None,
+        }
+    row = rows[0]
+    limit = row["settings"].usage_limit
+    used = float(row["used"])
+    return {
+        "instance": name,
+        "usage_consumed_seconds": used,
+        "usage_limit_seconds": limit,
+        "usage_allocation_seconds": limit,
+        "usage_limit_reached": limit is not None and used >= limit,
+        "usage_remaining_seconds": None if limit is None else max(limit - used, 0.0),
+        "usage_period": row["settings"].period,
+        "usage_period_resets_at": datetime.fromtimestamp(float(row["reset"]), UTC).isoformat(),
+    }
 
 
 _default: QiskitRuntimeService | None = None

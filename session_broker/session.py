@@ -229,7 +229,14 @@ class Session:
             return
         self._max_time = system_max if max_time is None else parse_max_time(max_time, system_max)
         self._session_id = new_id()
-        self._store.open_session(self._session_id, name, self.mode, self._max_time)
+        self._max_time = self._store.open_session(
+            self._session_id,
+            name,
+            self.mode,
+            self._max_time,
+            instance=self._service._instance,
+            explicit=max_time is not None,
+        )
         if self._service.beats_producer:
             _beat.add(self._store, self._session_id)
         self._tokens: list = []

@@ -84,11 +84,15 @@ def _pinned(store: Store, node: str, sid: str, now: float) -> str:
     )
 
 
-def _place(store: Store, queue: str, job_id: str) -> str:
+def _place(store: Store, queue: str, job_id: str, head_left: bool = False) -> str:
     """Where the job is in ``queue`` (1 = served next), in words. kombu pushes on the left,
-    workers take from the right; only the next ``SCAN_LIMIT`` entries are read."""
+    workers take from the right (an instance's held line is served from the left:
+    ``head_left``); only the next ``SCAN_LIMIT`` entries are read."""
     length = store.redis.llen(queue)
-    entries = store.redis.lrange(queue, -SCAN_LIMIT, -1)
+    if head_left:
+        entries = list(reversed(store.redis.lrange(queue, 0, SCAN_LIMIT - 1)))
+    else:
+        entries = store.redis.lrange(queue, -SCAN_LIMIT, -1)
     for i, entry in enumerate(reversed(entries)):
         if job_id in entry:
             return f"number {i + 1} of {length} in"
@@ -99,7 +103,19 @@ def _place(store: Store, queue: str, job_id: str) -> str:
 
 def why_waiting(store: Store, job_id: str) -> tuple[int, str] | None:
     """(log level, why the job has not ended yet), or None once it has ended (or is gone)."""
-    rec = store.job(job_id, "status", "backend", "session", "mode", "queue", "worker", "running", "created")
+    rec = store.job(
+        job_id,
+        "status",
+        "backend",
+        "session",
+        "mode",
+        "queue",
+        "worker",
+        "running",
+        "created",
+        "held",
+        "instance",
+    )
     status = rec.get("status")
     if status not in ("QUEUED", "RUNNING"):
         return None
@@ -133,6 +149,11 @@ def why_waiting(store: Store, job_id: str) -> tuple[int, str] | None:
         return logging.WARNING, f"{head}: session {sid} is in line for a worker of backend {backend!r}"
     pinned = [(w.get("node", ""), w.get("pin", "")) for w in workers if w.get("pin")]
     where = f"{_place(store, rec.get('queue', ''), job_id)} the queue of backend {backend!r}"
+    if rec.get("held"):  # instances: it waits in its instance's line for its fair-share turn
+        where = (
+            f"{_place(store, rec['held'], job_id, head_left=True)} the line of instance {rec.get('instance') or '(none)'!r} "
+            f"for backend {backend!r}, served by fair share between instances"
+        )
     if len(pinned) == len(workers):
         held = "; ".join(_pinned(store, node, pin, now_s) for node, pin in pinned)
         return logging.WARNING, (

@@ -2,7 +2,8 @@
 Each tick is one round trip (``worker_tick.lua``): heartbeat, take or follow the pin, and
 free a pin the executor leaves unserved (the liveness bound); twice a heartbeat it reaps dead
 workers, applies due timers and rescues orphaned messages, and once a TTL it reconciles its
-run set with what its executor holds. Why each: docs/design.md.
+run set with what its executor holds; once a TTL too (outside the sweep) it refreshes its
+copy of the instances' settings, put back if Redis lost them. Why each: docs/design.md.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class Agent(threading.Thread):
         self._fetch_seen: list[str] = []
         self._next_reconcile = 0.0
         self._oom_warned = False
+        self._instances = "{}"
+        self._next_instances = 0.0
+        self._instances_seen = ""
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -98,6 +102,8 @@ class Agent(threading.Thread):
                     self.redis_run_id = self.store.redis.info("server").get("run_id")
                     log.info("agent connected; pin=%r", self.pin)
                 self.follow_pin()
+                if beat.instances != self._instances_seen or time.monotonic() >= self._next_instances:
+                    self.keep_instances(beat.instances)
                 if time.monotonic() >= next_sweep:
                     self.sweep()
                     next_sweep = time.monotonic() + max(self.settings.heartbeat_interval / 2, 0.2)
@@ -154,6 +160,17 @@ class Agent(threading.Thread):
         if time.monotonic() >= self._next_reconcile:
             self.reconcile()
             self._next_reconcile = time.monotonic() + self.settings.heartbeat_ttl
+
+    def keep_instances(self, seen: str) -> None:
+        """Refresh our copy of the operator's instances when the heartbeat saw them change
+        (their change counter, ``seen``) or vanish (Redis came back empty: the copy goes back,
+        as worker_tick does for K.config; core/lua/restore_instances.lua), and once a TTL."""
+        self._next_instances = time.monotonic() + self.settings.heartbeat_ttl
+        try:
+            self._instances = self.store.keep_instances(self._instances)
+            self._instances_seen = seen
+        except redis.ResponseError as exc:  # e.g. out of memory: the next beat tries again
+            log.warning("could not refresh the instances' settings: %s", exc)
 
     def reconcile(self) -> None:
         """Requeue jobs our run set lists but this process does not run (see the module doc)."""

@@ -25,6 +25,7 @@ from fastapi import Request
 
 from session_broker.api.errors import ApiError
 from session_broker.api.settings import ApiKey, ApiSettings, digest
+from session_broker.core.instances import NAME
 
 ISSUER = "session-broker"
 
@@ -125,10 +126,37 @@ class Authority:
             )
         key = self.verify(token.strip())
         crn = request.headers.get("service-crn", "")
-        if not hmac.compare_digest(crn.encode("utf-8", "replace"), self.api.instance.encode()):
+        if hmac.compare_digest(crn.encode("utf-8", "replace"), self.api.instance.encode()):
+            request.state.instance = ""
+            return key
+        named = self.named_instance(crn)
+        if named is None:
             raise ApiError(
                 403,
-                f"Service-CRN does not name this server's instance; the instance here is {self.api.instance}",
+                f"Service-CRN does not name this server's instance; the instance here is "
+                f"{self.api.instance} (or, for one of its instances NAME, that CRN with NAME "
+                "in its instance field, or NAME itself)",
                 "instance_mismatch",
             )
+        request.state.instance = named
         return key
+
+    def named_instance(self, crn: str) -> str | None:
+        """The instance a Service-CRN names: the server's CRN with another instance field
+        (``crn:v1:...:a/<account>:<NAME>::``), or a bare instance name; None for neither."""
+        if crn.startswith("crn:"):
+            mine, theirs = self.api.instance.split(":"), crn.split(":")
+            if len(mine) != len(theirs) or len(mine) < 8:
+                return None
+            if mine[:7] != theirs[:7] or mine[8:] != theirs[8:] or not NAME.fullmatch(theirs[7]):
+                return None
+            return theirs[7]
+        return crn if NAME.fullmatch(crn) else None
+
+    def crn_of(self, name: str) -> str:
+        """The CRN of instance ``name``: the server's with ``name`` in its instance field."""
+        parts = self.api.instance.split(":")
+        if len(parts) < 8:
+            return self.api.instance
+        parts[7] = name
+        return ":".join(parts)

@@ -45,6 +45,14 @@ def from_broker_error(exc: E.SessionBrokerError) -> ApiError:
         return ApiError(413, str(exc), "payload_too_large")
     if isinstance(exc, E.OptionNotSupportedError):
         return ApiError(400, str(exc), "option_not_supported")
+    if isinstance(exc, E.UsageLimitReachedError):
+        # IBM's client warns first (its usage check: usage_limit_reached, none remaining), then
+        # raises IBMRuntimeError("Failed to run program: ...") with this message
+        return ApiError(403, str(exc), "usage_limit_reached")
+    if isinstance(exc, E.InstanceLimitError):
+        return ApiError(403, str(exc), "instance_limit")
+    if isinstance(exc, E.UnknownInstanceError):
+        return ApiError(403, str(exc), "instance_not_found")
     if isinstance(exc, E.BrokerConnectionError):
         return ApiError(503, str(exc), "redis_unavailable")
     return ApiError(400, str(exc), type(exc).__name__)

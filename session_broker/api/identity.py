@@ -72,18 +72,27 @@ def _bearer(request: Request):
 
 @router.post("/v3/resources/search", tags=["global search"])
 def search(body: SearchRequest, request: Request):
-    """The one instance this server answers for, as Global Search lists it."""
-    _bearer(request)
-    crn = request.app.state.front.api.instance
+    """The instances this server answers for, as Global Search lists them: its own CRN and
+    one per configured instance (its CRN: the server's with the name in its instance field)."""
+    key = _bearer(request)
+    front = request.app.state.front
+    names = [("session-broker", front.api.instance)]
+    if key.instance:  # a key tied to an instance sees that one
+        names = [(key.instance, front.authority.crn_of(key.instance))]
+    else:
+        names += [
+            (n, front.authority.crn_of(n)) for n in front.tenants.service(key.prefix)._store.instances()
+        ]
     return {
         "items": [
             {
                 "crn": crn,
-                "name": "session-broker",
+                "name": name,
                 "service_plan_unique_id": "session-broker",
                 "tags": [],
                 "doc": {"extensions": {"session_broker": True}},
             }
+            for name, crn in names
         ],
         "limit": 100,
     }

@@ -20,7 +20,7 @@ from session_broker.api import devices
 from session_broker.api.errors import ApiError, from_broker_error
 from session_broker.api.models import SessionCreate, SessionUpdate
 from session_broker.core.ids import valid_id
-from session_broker.errors import SessionBrokerError
+from session_broker.errors import SessionBrokerError, UnknownInstanceError
 from session_broker.session import Batch, Session
 
 log = logging.getLogger("session_broker.api")
@@ -33,7 +33,24 @@ class Ctx:
         front = request.app.state.front
         key = front.authority.check_request(request)
         self.front = front
-        self.service = front.tenants.service(key.prefix)
+        named = request.state.instance
+        if key.instance and named and named != key.instance:
+            raise ApiError(
+                403,
+                f"this API key is tied to instance {key.instance!r}; Service-CRN names {named!r}",
+                "instance_mismatch",
+            )
+        self.instance = key.instance or named
+        try:
+            self.service = front.tenants.service(key.prefix, self.instance)
+        except UnknownInstanceError as exc:
+            raise ApiError(403, str(exc), "instance_not_found") from None
+        if named and not self.service._instance:  # no instance configured: only the server's CRN
+            raise ApiError(
+                403,
+                f"Service-CRN does not name this server's instance; the instance here is {front.api.instance}",
+                "instance_mismatch",
+            )
         self.store = self.service._store
 
 
@@ -112,6 +129,13 @@ def backend_status(name: str, ctx: Ctx = Depends(runtime_ctx)):
 
 @router.get("/instances/usage", tags=["instances"])
 def instance_usage(ctx: Ctx = Depends(runtime_ctx)):
+    if ctx.service._instance:  # IBM's fields for the instance, in its current period
+        usage = ctx.service.usage()
+        return {
+            "instance_id": ctx.front.authority.crn_of(ctx.service._instance),
+            "plan_id": "session-broker",
+            **usage,
+        }
     used = ctx.store.usage_seconds()  # every job's run time (the execution histogram's sum)
     return {
         "instance_id": ctx.front.api.instance,

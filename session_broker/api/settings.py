@@ -8,6 +8,8 @@ they hold secrets that workers must never see.
   the key itself). Either may end in ``@PREFIX``: that key's jobs and sessions then live
   under the Redis key prefix (tenant) PREFIX instead of the server's own. PREFIX follows
   the rule of ``SESSION_BROKER_KEY_PREFIX`` (``config.KEY_PREFIX``), checked at start.
+  Either may end in ``#INSTANCE`` (after any ``@PREFIX``): that key's jobs and sessions
+  count against that instance, whatever instance its client names.
 * ``SESSION_BROKER_API_INSTANCE``: the instance CRN the server answers for.
 * ``SESSION_BROKER_API_SECRET``: the HS256 secret tokens are signed with; when unset, one
   is generated once and kept in Redis, so restarts and replicas accept each other's tokens.
@@ -24,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 from session_broker.core.config import validate_prefix
+from session_broker.core.instances import NAME_RULE, validate_name
 from session_broker.errors import ConfigurationError
 
 DEFAULT_INSTANCE = "crn:v1:bluemix:public:quantum-computing:us-east:a/session-broker:local::"
@@ -39,6 +42,7 @@ def digest(key: str) -> str:
 class ApiKey:
     sha256: str  # hex digest of the key
     prefix: str | None  # tenant: the Redis key prefix, None = the server's
+    instance: str | None = None  # the one instance the key may use (None: the one its client names)
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,17 @@ def parse_keys(raw: str) -> tuple[ApiKey, ...]:
     for n, item in enumerate(p.strip() for p in raw.split(",")):
         if not item:
             continue
-        key, prefix = item, None
+        key, prefix, instance = item, None, None
+        if "#" in item:
+            # KEY#INSTANCE or KEY@PREFIX#INSTANCE: the key's jobs count against that instance
+            item, _, instance = item.rpartition("#")
+            key = item
+            try:
+                validate_name(instance)
+            except ConfigurationError:
+                raise ConfigurationError(
+                    f"SESSION_BROKER_API_KEYS entry {n + 1}: the instance after '#' is not valid: {NAME_RULE}"
+                ) from None
         if "@" in item:
             key, _, prefix = item.rpartition("@")
             # the same rule as SESSION_BROKER_KEY_PREFIX: "a.session" would be served tenant
@@ -137,7 +151,7 @@ def parse_keys(raw: str) -> tuple[ApiKey, ...]:
                     f"SESSION_BROKER_API_KEYS entry {n + 1}: an API key needs at least 8 characters"
                 )
             hexdigest = digest(key)
-        out.append(ApiKey(hexdigest, prefix))
+        out.append(ApiKey(hexdigest, prefix, instance))
     return tuple(out)
 
 

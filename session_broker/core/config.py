@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     producer_beat: float = 5.0
     # a producer waiting in result() logs why the job waits this often (s; session_broker.wait)
     wait_report_interval: float = 30.0
+    # SESSION_BROKER_FAIR_SHARE_HALF_LIFE: fair share between instances; an instance's usage
+    # counts half after this long (s), as
+    # Slurm's PriorityDecayHalfLife (default 7 days)
+    fair_share_half_life: int = 604800
 
     @property
     def replicas_wanted(self) -> int:
@@ -139,6 +143,7 @@ _POSITIVE_INT = {
     "visibility_timeout",
     "max_attempts",
     "heartbeat_misses",
+    "fair_share_half_life",
 }
 _POSITIVE_FLOAT = {
     "heartbeat_interval",

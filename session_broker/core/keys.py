@@ -44,6 +44,19 @@ and one tenant's names never start with another's; see ``config.KEY_PREFIX``)::
     P:hist:<name>        hash   histogram buckets (le -> count, sum, count) for queue_wait,
                                 execution and session_idle seconds (Prometheus histograms)
     P:dead               list   task messages the transport refused as malformed (newest first)
+    P:instances          hash   instance name -> its settings (JSON: share, usage_limit, period,
+                                max_sessions, max_session_time), set by ``session-broker instance
+                                set``; field ``.`` counts changes, so the hash outlives its last
+                                instance and a missing hash means "Redis came back empty" (workers
+                                then put back the copy they hold)
+    P:i:<name>           hash   an instance's usage: ``used`` seconds in the period starting
+                                ``period`` (the limit's), ``total`` seconds ever, ``fair`` (decayed
+                                usage for fair share) as of ``fair_at``, ``avg`` seconds a job
+    P:i:<name>:sessions  set    the instance's sessions (mode session) not closed: --max-sessions
+    P:held:<backend>:<name>  list   a backend's batch and plain jobs of one instance waiting for
+                                their turn (messages); FEED (lib/instances.lua) moves the fairest
+                                instance's oldest into P.backend.<backend> as workers take jobs
+    P:held:<backend>     set    instances with jobs held for the backend
 
 Celery's and kombu's names, set from here by ``celery_app`` so that they too are the tenant's
 (nothing kombu or Celery keeps is shared between prefixes)::
@@ -175,6 +188,23 @@ class Keys:
     @property
     def dead(self) -> str:
         return f"{self.prefix}:dead"
+
+    # instances (shares, usage limits, fair share)
+    @property
+    def instances(self) -> str:
+        return f"{self.prefix}:instances"
+
+    def instance_usage(self, name: str) -> str:
+        return f"{self.prefix}:i:{name}"
+
+    def instance_sessions(self, name: str) -> str:
+        return f"{self.prefix}:i:{name}:sessions"
+
+    def held(self, backend: str, name: str) -> str:
+        return f"{self.prefix}:held:{backend}:{name}"
+
+    def held_instances(self, backend: str) -> str:
+        return f"{self.prefix}:held:{backend}"
 
     # Celery's and kombu's names (see the schema above; celery_app.py applies them)
     @property

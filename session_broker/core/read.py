@@ -23,6 +23,7 @@ class JobQuery:
     program: str | None = None  # the primitive: "sampler" | "estimator"
     pending: bool | None = None  # True: QUEUED or RUNNING; False: ended
     status: str | None = None  # exactly this status: QUEUED, RUNNING, DONE, ERROR, CANCELLED
+    instance: str | None = None  # the instance the job counts against
     tags: frozenset[str] = field(default_factory=frozenset)
     after: float | None = None  # created at or after (Redis server seconds)
     before: float | None = None  # created at or before
@@ -30,7 +31,7 @@ class JobQuery:
 
 
 # what a filter needs to read, besides what the caller asks for
-_FILTER_FIELDS = ("status", "backend", "primitive", "summary", "created")
+_FILTER_FIELDS = ("status", "backend", "primitive", "summary", "created", "instance")
 
 
 def job_tags(summary: str | None) -> list[str]:
@@ -91,6 +92,8 @@ def matches(rec: dict[str, str], query: JobQuery) -> bool:
     if query.backend and rec.get("backend") != query.backend:
         return False
     if query.program and rec.get("primitive") != query.program:
+        return False
+    if query.instance and rec.get("instance", "") != query.instance:
         return False
     if query.pending is not None and (rec["status"] not in FINAL_JOB_STATUSES) != query.pending:
         return False

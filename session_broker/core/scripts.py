@@ -35,7 +35,7 @@ from session_broker.core.keys import HISTOGRAM_BOUNDS, Keys
 from session_broker.errors import ErrorCode
 
 # The helpers of lua/lib, in the order they are defined (each uses only those before it).
-LIB = ("clock", "records", "metrics", "jobs", "pins", "timers", "sessions", "messages", "lost")
+LIB = ("clock", "records", "metrics", "jobs", "pins", "timers", "sessions", "messages", "instances", "lost")
 
 _LUA_KEYWORDS = frozenset(
     {

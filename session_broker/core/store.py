@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -45,14 +46,19 @@ from session_broker.core.connection import (
     text_or_none_list,
 )
 from session_broker.core.ids import hostname
+from session_broker.core.instances import COUNTER, InstanceSettings, validate_name
 from session_broker.core.scripts import Scripts
 from session_broker.errors import (
     BackendMismatchError,
     BrokerConnectionError,
     ConfigurationError,
+    InstanceLimitError,
     JobNotFoundError,
+    SessionBrokerError,
     SessionClosedError,
     SessionNotFoundError,
+    UnknownInstanceError,
+    UsageLimitReachedError,
 )
 
 log = logging.getLogger("session_broker")
@@ -86,6 +92,7 @@ class WorkerTick:
     epoch: str
     stalled: str = ""
     released: str = ""
+    instances: str = ""  # the instances' change counter ('' when none are kept in Redis)
 
 
 @dataclass
@@ -240,7 +247,13 @@ class Store:
         return fatal + warn
 
     # ---------------------------------------------------------------- system settings
-    SYSTEM_FIELDS = ("max_time", "interactive_timeout", "open_session_timeout", "result_ttl")
+    SYSTEM_FIELDS = (
+        "max_time",
+        "interactive_timeout",
+        "open_session_timeout",
+        "result_ttl",
+        "fair_share_half_life",
+    )
 
     def publish_config(self) -> None:
         """Workers publish the operator's settings; sessions take their timers from here."""
@@ -252,11 +265,14 @@ class Store:
         return {f: int(published.get(f) or getattr(self.settings, f)) for f in self.SYSTEM_FIELDS}
 
     # ---------------------------------------------------------------- sessions: birth
-    def open_session(self, sid: str, backend: str, mode: str, max_time: int) -> None:
-        """A new session is ``open``: no worker yet; its open-session timer starts now."""
+    def open_session(
+        self, sid: str, backend: str, mode: str, max_time: int, instance: str = "", explicit: bool = True
+    ) -> int:
+        """A new session is ``open``: no worker yet; its open-session timer starts now.
+        Returns its max_time (an instance's ``max_session_time`` may lower a default one)."""
         s = self.settings
         with broker_errors(s, f"open session {sid}"):
-            self.scripts.run(
+            res = self.scripts.run(
                 "open_session",
                 sid=sid,
                 backend=backend,
@@ -265,7 +281,12 @@ class Store:
                 interactive_timeout=s.interactive_timeout,
                 open_session_timeout=s.open_session_timeout,
                 ttl=s.result_ttl,
+                instance=instance,
+                explicit="1" if explicit else "0",
             )
+        if res[0] != "ok":
+            raise instance_error(res[1], res[2], instance)
+        return int(float(res[1]))
 
     # ---------------------------------------------------------------- jobs: submit
     def submit(
@@ -278,6 +299,7 @@ class Store:
         message: str,
         queue: str,
         summary: dict[str, Any],
+        instance: str = "",
     ) -> Submitted:
         """Record a job and queue its message, atomically.
 
@@ -298,6 +320,7 @@ class Store:
                     "queue": queue,
                     "ttl": self.settings.result_ttl,
                     "summary": json.dumps(summary, separators=(",", ":")),
+                    "instance": instance,
                 },
             )
         if res[0] == "ok":
@@ -310,6 +333,8 @@ class Store:
                 f"this primitive targets backend {backend!r} but its session runs on {detail!r}; "
                 "a session has exactly one backend: open a new session for another backend"
             )
+        if kind in INSTANCE_ERRORS:
+            raise instance_error(kind, detail, instance)
         if kind == "closed":
             state, _, reason = detail.partition(":")
             why = f" ({reason.replace('_', ' ')})" if reason else ""
@@ -408,16 +433,62 @@ class Store:
         return outcome
 
     def queue_length(self, backend: str) -> int:
-        """Jobs waiting in a backend's shared queue plus sessions waiting for one of its workers."""
+        """Jobs waiting in a backend's shared queue (and, with instances, in its held lines)
+        plus sessions waiting for one of its workers."""
         pipe = self.redis.pipeline(transaction=False)
         for key in self.keys.queue_keys(self.keys.backend_queue(backend))[:4]:
             pipe.llen(key)
         pipe.llen(self.keys.waiting(backend))
-        return sum(pipe.execute())
+        waiting: int = sum(pipe.execute())
+        return waiting + self.held_lengths([backend]).get(backend, 0)
+
+    def held_lengths(self, backends: list[str]) -> dict[str, int]:
+        """Jobs held in the instances' lines of each backend (two round trips)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for backend in backends:
+            pipe.smembers(self.keys.held_instances(backend))
+        lines = [(b, n) for b, names in zip(backends, pipe.execute()) for n in text_list(list(names))]
+        if not lines:
+            return {}
+        for backend, name in lines:
+            pipe.llen(self.keys.held(backend, name))
+        out: dict[str, int] = {}
+        for (backend, _), n in zip(lines, pipe.execute()):
+            out[backend] = out.get(backend, 0) + int(n)
+        return out
 
     def usage_seconds(self) -> float:
         """Seconds every job ever ran on a worker (the execution histogram's sum)."""
         return float(self.redis.hget(self.keys.histogram("execution"), "sum") or 0.0)
+
+    # ---------------------------------------------------------------- instances
+    def set_instance(self, name: str, settings: InstanceSettings) -> str:
+        """Create or replace an instance's settings: 'created' or 'changed'."""
+        outcome: str = self.scripts.run(
+            "instance_set", instance=validate_name(name), settings=settings.to_json()
+        )
+        return outcome
+
+    def remove_instance(self, name: str) -> bool:
+        return bool(self.scripts.run("instance_rm", instance=name))
+
+    def instances(self) -> dict[str, InstanceSettings]:
+        """The configured instances' settings, by name."""
+        raw = text_map(self.redis.hgetall(self.keys.instances))
+        return {n: InstanceSettings.from_json(v) for n, v in sorted(raw.items()) if n != COUNTER}
+
+    def instance_report(self, name: str = "") -> list[dict[str, Any]]:
+        """Each instance's settings and usage (``core/lua/instance_report.lua``)."""
+        rows: list[dict[str, Any]] = json.loads(self.scripts.run("instance_report", instance=name)) or []
+        for row in rows:
+            row["settings"] = InstanceSettings.from_json(row["settings"])
+        return rows
+
+    def keep_instances(self, copy: str) -> str:
+        """Put ``copy`` (this worker's last copy) back when Redis lost the instances; returns
+        the copy to keep now (``core/lua/restore_instances.lua``)."""
+        now: str = self.scripts.run("restore_instances", copy=copy or "{}")
+        return now
 
     def update_tags(self, job_id: str, tags: list[str]) -> str:
         """Replace a job's tags (``job.update_tags``): 'ok' or 'not_found'."""
@@ -576,7 +647,7 @@ class Store:
         ``unserved_pin_timeout`` is taken from this node and that executor reported stalled
         (see ``core/lua/worker_tick.lua``)."""
         s = self.settings
-        pin, epoch, stalled, released = self.scripts.run(
+        pin, epoch, stalled, released, instances = self.scripts.run(
             "worker_tick",
             node=node,
             backend=backend,
@@ -591,7 +662,7 @@ class Store:
             executor=executor,
             unserved_after=s.unserved_pin_timeout,
         )
-        return WorkerTick(pin, epoch, stalled, released)
+        return WorkerTick(pin, epoch, stalled, released, instances)
 
     def keep_alive(self, node: str) -> bool:
         """Refresh only the registry entry's expiry. For a Redis that refuses writes (out of
@@ -638,6 +709,44 @@ class Store:
             keep_pin="1" if keep_pin else "0",
         )
         return requeued
+
+
+INSTANCE_ERRORS = frozenset({"unknown_instance", "usage_limit", "max_sessions", "max_session_time"})
+
+
+def instance_error(kind: str, detail: str, instance: str) -> SessionBrokerError:
+    """A Lua script's refusal of an instance (see ``INSTANCE_ERRORS``) as our typed error."""
+    if kind == "unknown_instance":
+        known = ", ".join(detail.split(",")) if detail else "none"
+        return UnknownInstanceError(
+            f"instance {instance!r} is not configured here; the instances are: {known} "
+            "(QiskitRuntimeService(instance=NAME); the operator adds one with `session-broker instance set NAME`)"
+        )
+    parts = detail.split("|")
+    name = parts[0]
+    if kind == "usage_limit":
+        limit, used, reset = float(parts[1]), float(parts[2]), float(parts[3])
+        when = datetime.fromtimestamp(reset, UTC)
+        return UsageLimitReachedError(
+            f"instance {name!r} has reached its usage limit of {limit:g} s for the period (used "
+            f"{used:.1f} s); new jobs are refused until the period resets at "
+            f"{when.isoformat(timespec='seconds')} (jobs already queued or running finish)",
+            instance=name,
+            limit=limit,
+            used=used,
+            reset_at=when,
+        )
+    if kind == "max_sessions":
+        return InstanceLimitError(
+            f"instance {name!r} already has {parts[1]} sessions open, its limit (max-sessions): "
+            "close one, or use a Batch (batches are not capped)",
+            instance=name,
+        )
+    return InstanceLimitError(
+        f"instance {name!r} allows sessions of at most {parts[1]} s (max-session-time): ask for "
+        "a shorter max_time, or leave it out to get that",
+        instance=name,
+    )
 
 
 _CHECKED: set[str] = set()  # URLs whose settings this process has checked

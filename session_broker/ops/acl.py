@@ -69,6 +69,11 @@ ACCESS: dict[str, tuple[str, str, str] | None] = {
     "epoch": (NONE, RW, R),
     "histogram": (NONE, RW, R),
     "dead": (NONE, RW, R),
+    "instances": (R, RW, R),  # set by the operator (session-broker instance set), read by submits
+    "instance_usage": (RW, RW, R),  # a submit's feed charges the fair-share usage
+    "instance_sessions": (RW, RW, R),  # opening and closing a session
+    "held": (RW, RW, R),  # a submit holds a batch job in its instance's line
+    "held_instances": (RW, RW, R),
     "monitor": (NONE, R, RW),
     "default_queue": (NONE, RW, R),
     "mailbox_queue": (NONE, RW, NONE),

@@ -3,7 +3,8 @@
 Commands: ``up`` (the whole stack on one machine; ``--ha`` with Sentinel), ``worker``,
 ``flower``, ``api`` (the one web front: IBM's REST API, the Jobs page and /metrics), ``web``
 (the same front, the Jobs page's login required), ``demo``, ``bench``, the operator's views
-(``sessions``, ``session``, ``jobs``, ``job``, ``workers``) and ``acl`` (a tenant's Redis ACL
+(``sessions``, ``session``, ``jobs``, ``job``, ``workers``, ``instances``), ``instance``
+(set or remove an instance) and ``acl`` (a tenant's Redis ACL
 users). Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 not found, 4 Redis
 unreachable.
 """
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="list jobs")
     table_opts(jobs)
     jobs.add_argument("--session")
+    jobs.add_argument("--instance", help="only the jobs of this instance")
     jobs.add_argument("--limit", type=int, default=50)
 
     job = sub.add_parser("job", help="show or cancel a job")
@@ -116,6 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     workers = sub.add_parser("workers", help="list live workers")
     table_opts(workers)
+
+    inst = sub.add_parser("instance", help="set or remove an instance (shares, usage limits)")
+    inst_sub = inst.add_subparsers(dest="action", required=True, metavar="ACTION")
+    iset = inst_sub.add_parser(
+        "set", help="create an instance or change its settings (omitted ones keep theirs)"
+    )
+    iset.add_argument("name")
+    iset.add_argument("--share", type=float, help="its weight in fair share (default 1)")
+    iset.add_argument(
+        "--usage-limit", help="seconds of execution per period (8h, 90m... ; 'none' for no limit)"
+    )
+    iset.add_argument("--period", help="day, week or month (UTC), or a length in seconds (default month)")
+    iset.add_argument("--max-sessions", help="sessions open at once (batches are not counted; 'none')")
+    iset.add_argument("--max-session-time", help="the longest session max_time (8h, 30m ...; 'none')")
+    irm = inst_sub.add_parser("rm", help="remove an instance (its usage record stays)")
+    irm.add_argument("name")
+
+    instances = sub.add_parser(
+        "instances", help="list instances: share, limit, usage in the period, waiting work"
+    )
+    table_opts(instances)
 
     acl = sub.add_parser("acl", help="print the Redis ACL users (producer, worker, web) of a tenant")
     acl.add_argument("tenant", help="the tenant's SESSION_BROKER_KEY_PREFIX")
@@ -359,6 +382,8 @@ COMMANDS = {
     "jobs": _ops("jobs"),
     "job": _ops("job"),
     "workers": _ops("workers"),
+    "instance": _ops("instance"),
+    "instances": _ops("instances"),
     "acl": cmd_acl,
 }
 

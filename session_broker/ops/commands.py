@@ -24,6 +24,8 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -33,9 +35,15 @@ from session_broker.core.config import get_settings
 from session_broker.core.connection import connect as redis_connect
 from session_broker.core.connection import redact
 from session_broker.core.ids import iso
+from session_broker.core.instances import InstanceSettings, parse_duration, validate_name
 from session_broker.core.read import JobQuery, iter_jobs, time_left
 from session_broker.core.store import FINAL_JOB_STATUSES, SESSION_STATUS, Store
-from session_broker.errors import BrokerConnectionError, JobNotFoundError, SessionNotFoundError
+from session_broker.errors import (
+    BrokerConnectionError,
+    ConfigurationError,
+    JobNotFoundError,
+    SessionNotFoundError,
+)
 from session_broker.ops.plots import top_outcomes
 
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -63,6 +71,7 @@ SESSION_FIELDS = (
 )
 JOB_FIELDS = (
     "id",
+    "instance",
     "session",
     "mode",
     "backend",
@@ -304,6 +313,7 @@ def _job_dict(jid: str, rec: dict, now: float) -> dict:
         "primitive": rec.get("primitive"),
         "status": rec.get("status"),
         "session": rec.get("session") or None,
+        "instance": rec.get("instance") or None,
         "mode": rec.get("mode") or None,
         "backend": rec.get("backend"),
         "worker": rec.get("worker") or None,
@@ -535,6 +545,9 @@ def jobs_table(rows: list[dict]) -> str:
         "RAN",
         "ERROR",
     ]
+    with_instance = any(r.get("instance") for r in rows)  # a column only where instances are used
+    if with_instance:
+        headers.append("INSTANCE")
     body = [
         [
             r["id"],
@@ -551,6 +564,7 @@ def jobs_table(rows: list[dict]) -> str:
             fmt_duration(r["run_seconds"]),
             _shorten(r["error"], 60),
         ]
+        + ([r.get("instance") or "-"] if with_instance else [])
         for r in rows
     ]
     return render_table(headers, body, right={"PUBS", "SHOTS", "ATTEMPTS", "QUEUED", "RAN"})
@@ -647,21 +661,137 @@ def sessions(args) -> int:
 
 
 def jobs(args) -> int:
-    """``session-broker jobs [--session ID] [--limit N] [--json] [--watch]``"""
+    """``session-broker jobs [--session ID] [--instance NAME] [--limit N] [--json] [--watch]``"""
     store = connect()
     sid = getattr(args, "session", None)
+    instance = getattr(args, "instance", None)
     limit = getattr(args, "limit", 50)
     title = f"jobs of session {sid}" if sid else f"jobs (newest {limit})"
+    if instance:
+        title += f" of instance {instance}"
     if sid:  # an unknown session is exit code 3 at once, also with --watch
         with redis_errors(store):
             job_rows(store, session=sid, limit=1)
-    return _show(store, args, title, lambda: job_rows(store, session=sid, limit=limit), jobs_table)
+    query = JobQuery(session=sid, instance=instance or None)
+    return _show(store, args, title, lambda: job_rows(store, query=query, limit=limit), jobs_table)
 
 
 def workers(args) -> int:
     """``session-broker workers [--json] [--watch]``"""
     store = connect()
     return _show(store, args, "workers", lambda: worker_rows(store), workers_table)
+
+
+def instance_rows(store: Store) -> list[dict]:
+    """Each instance's settings and usage (``session-broker instances``, the Jobs page, /metrics)."""
+    rows = []
+    for r in store.instance_report():
+        s = r["settings"]
+        limit = s.usage_limit
+        rows.append(
+            {
+                "name": r["name"],
+                "share": s.share,
+                "usage_limit_seconds": limit,
+                "period": s.period,
+                "usage_seconds": round(float(r["used"]), 3),
+                "usage_remaining_seconds": None if limit is None else max(limit - float(r["used"]), 0.0),
+                "usage_limit_reached": limit is not None and float(r["used"]) >= limit,
+                "period_resets_at": datetime.fromtimestamp(float(r["reset"]), UTC).isoformat(),
+                "total_seconds": round(float(r["total"]), 3),
+                "jobs": int(r["jobs"]),
+                "fair_share_usage": round(float(r["fair"]), 3),
+                "held_jobs": int(r["held"]),
+                "sessions": int(r["sessions"]),
+                "max_sessions": s.max_sessions,
+                "max_session_time": s.max_session_time,
+            }
+        )
+    return rows
+
+
+def instance_usage_points(store: Store, jobs: int = 500) -> dict[str, list[tuple[float, float]]]:
+    """Each instance's usage over its newest ``jobs`` finished jobs: (finished at, seconds used
+    so far in that window), for the Jobs page's plot."""
+    found = iter_jobs(store, JobQuery(pending=False), ("instance", "finished", "usage"))
+    runs = sorted(
+        (float(rec["finished"]), rec["instance"], float(rec.get("usage") or 0))
+        for _, rec in itertools.islice(found, jobs)
+        if rec.get("instance") and rec.get("finished")
+    )
+    out: dict[str, list[tuple[float, float]]] = {}
+    for finished, name, used in runs:
+        series = out.setdefault(name, [])
+        series.append((finished, (series[-1][1] if series else 0.0) + used))
+    return out
+
+
+def instances_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no instances configured (session-broker instance set NAME --share W --usage-limit SECONDS)"
+    headers = ["INSTANCE", "SHARE", "LIMIT", "PERIOD", "USED", "RESETS", "FAIR USAGE", "WAITING", "SESSIONS"]
+    body = []
+    for r in rows:
+        limit = r["usage_limit_seconds"]
+        most = r["max_sessions"]
+        body.append(
+            [
+                r["name"],
+                f"{r['share']:g}",
+                "-" if limit is None else fmt_duration(limit),
+                r["period"] if not r["period"].isdigit() else f"{r['period']}s",
+                fmt_duration(r["usage_seconds"]) + (" (limit)" if r["usage_limit_reached"] else ""),
+                fmt_time_iso(r["period_resets_at"]),
+                f"{r['fair_share_usage']:.1f}s",
+                r["held_jobs"],
+                f"{r['sessions']}/{most}" if most else r["sessions"],
+            ]
+        )
+    return render_table(headers, body, right={"SHARE", "WAITING", "SESSIONS"})
+
+
+def instances(args) -> int:
+    """``session-broker instances [--json] [--watch]``"""
+    store = connect()
+    return _show(store, args, "instances", lambda: instance_rows(store), instances_table)
+
+
+def _optional(value: str | None, parse: Callable[[str], Any], old: Any) -> Any:
+    """An option of ``instance set``: omitted keeps ``old``, 'none' clears it."""
+    if value is None:
+        return old
+    if value.strip().lower() in ("none", "-", ""):
+        return None
+    return parse(value)
+
+
+def instance(args) -> int:
+    """``session-broker instance set NAME [--share W] [--usage-limit S] [--period P]
+    [--max-sessions N] [--max-session-time T]`` and ``session-broker instance rm NAME``."""
+    store = connect(check=True)
+    with redis_errors(store):
+        if args.action == "rm":
+            if not store.remove_instance(args.name):
+                raise ConfigurationError(f"instance {args.name!r} is not configured")
+            print(f"instance {args.name} removed")
+            return EXIT_OK
+        old = store.instances().get(validate_name(args.name)) or InstanceSettings()
+        new = InstanceSettings(
+            share=old.share if args.share is None else args.share,
+            usage_limit=_optional(args.usage_limit, lambda v: float(parse_duration(v)), old.usage_limit),
+            period=old.period if args.period is None else args.period,
+            max_sessions=_optional(args.max_sessions, _whole, old.max_sessions),
+            max_session_time=_optional(args.max_session_time, parse_duration, old.max_session_time),
+        )
+        outcome = store.set_instance(args.name, new)
+    print(f"instance {args.name} {outcome}: {new.to_json()}")
+    return EXIT_OK
+
+
+def _whole(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ConfigurationError(f"{text!r} is not a whole number")
+    return int(text)
 
 
 def session(args) -> int:

@@ -14,7 +14,8 @@ Metrics (``P`` below is the key prefix, ``SESSION_BROKER_KEY_PREFIX``, default `
     after ``result_ttl``), backend and mode (``session`` or ``batch``).
 ``session_broker_queue_length{backend}`` (gauge)
     Messages waiting in a backend's shared Celery queue (``P.backend.<name>``; non-session
-    and batch jobs), for every catalog backend and every backend with a registered worker.
+    and batch jobs), for every catalog backend and every backend with a registered worker;
+    with instances, plus the jobs held in their instance's line for that backend.
 ``session_broker_session_queue_length{session,backend}`` (gauge)
     Messages waiting in the queue of each session (mode ``session``) that is not closed
     (``P.session.<sid>``).
@@ -35,6 +36,19 @@ Metrics (``P`` below is the key prefix, ``SESSION_BROKER_KEY_PREFIX``, default `
 ``session_broker_session_idle_seconds`` (histogram)
     Time a session's worker waited between the end of one job and the start of the next
     (the gap a client's think time adds to a session).
+
+``session_broker_instance_usage_seconds{instance}`` (gauge)
+    Each instance's usage (workers' execution time) in its current period.
+``session_broker_instance_usage_limit_seconds{instance}`` (gauge)
+    Each instance's usage limit per period (instances that have one).
+``session_broker_instance_usage_seconds_total{instance}`` (counter)
+    Each instance's usage ever (``P:i:<name>`` ``total``).
+``session_broker_instance_share{instance}`` (gauge)
+    Each instance's share (its weight in fair share).
+``session_broker_instance_fair_share_usage_seconds{instance}`` (gauge)
+    Each instance's decayed usage, which orders waiting work (lowest per share first).
+``session_broker_instance_waiting_jobs{instance}`` (gauge)
+    Batch and plain jobs of each instance held in its line, waiting for their turn.
 
 The three histograms have the buckets ``keys.HISTOGRAM_BOUNDS`` (seconds, 0.001 to 1800,
 then ``+Inf``); the Lua scripts store non-cumulative counts per bucket in ``P:hist:<name>``
@@ -63,6 +77,12 @@ METRIC_NAMES = (
     "session_broker_jobs_current",
     "session_broker_workers",
     *(f"session_broker_{name}_seconds" for name in K.HISTOGRAMS),
+    "session_broker_instance_usage_seconds",
+    "session_broker_instance_usage_limit_seconds",
+    "session_broker_instance_usage_seconds_total",
+    "session_broker_instance_share",
+    "session_broker_instance_fair_share_usage_seconds",
+    "session_broker_instance_waiting_jobs",
 )
 
 _HELP = {
@@ -121,6 +141,7 @@ class Snapshot:
     running: int = 0  # jobs RUNNING now
     workers: Counter = field(default_factory=Counter)  # (backend, "true"|"false") -> live workers
     histograms: dict = field(default_factory=dict)  # name -> raw P:hist:<name> hash
+    instances: list = field(default_factory=list)  # Store.instance_report() rows
 
     @property
     def open_sessions(self) -> int:
@@ -162,6 +183,7 @@ def snapshot(store: Store) -> Snapshot:
         (set(known_backends()) | set(registered.values()) | {w.get("backend", "") for w in workers}) - {""}
     )
 
+    held = store.held_lengths(backends)
     pipe = r.pipeline(transaction=False)
     for backend in backends:
         for key in queue_length_keys(keys.backend_queue(backend)):
@@ -178,7 +200,7 @@ def snapshot(store: Store) -> Snapshot:
 
     per_queue = len(queue_length_keys("q"))
     for backend in backends:
-        snap.queues[backend] = sum(next(replies) for _ in range(per_queue))
+        snap.queues[backend] = sum(next(replies) for _ in range(per_queue)) + held.get(backend, 0)
     for sid, backend in live_session_queues:
         snap.session_queues.append((sid, backend, sum(next(replies) for _ in range(per_queue))))
     running_ids: set[str] = set()
@@ -193,6 +215,7 @@ def snapshot(store: Store) -> Snapshot:
     # (where batch jobs, counted by their batch already, also wait).
     snap.queued += max(sum(snap.queues.values()) - batch_queued, 0)
     snap.running += _running_outside_sessions(store, running_ids)
+    snap.instances = store.instance_report()
 
     for w in workers:  # both series for every backend with a live worker, zeros included
         backend = w.get("backend", "")
@@ -252,6 +275,8 @@ class BrokerCollector:
         }
         for name in K.HISTOGRAMS:
             fams[name] = HistogramMetricFamily(f"session_broker_{name}_seconds", _HELP.get(name, name))
+        for name, kind, text in _INSTANCE_METRICS:
+            fams[name] = kind(f"session_broker_instance_{name}", text, labels=["instance"])
         return fams
 
     def collect(self):
@@ -274,7 +299,31 @@ class BrokerCollector:
         for name, fields in snap.histograms.items():
             buckets, total = cumulative_buckets(fields)
             fams[name].add_metric([], buckets, total)
+        for row in snap.instances:
+            label, s = [row["name"]], row["settings"]
+            fams["usage_seconds"].add_metric(label, float(row["used"]))
+            if s.usage_limit is not None:
+                fams["usage_limit_seconds"].add_metric(label, float(s.usage_limit))
+            fams["usage_seconds_total"].add_metric(label, float(row["total"]))
+            fams["share"].add_metric(label, float(s.share))
+            fams["fair_share_usage_seconds"].add_metric(label, float(row["fair"]))
+            fams["waiting_jobs"].add_metric(label, float(row["held"]))
         yield from fams.values()
+
+
+# name (after session_broker_instance_), family, help
+_INSTANCE_METRICS = (
+    (
+        "usage_seconds",
+        GaugeMetricFamily,
+        "An instance's usage (workers' execution time) in its current period",
+    ),
+    ("usage_limit_seconds", GaugeMetricFamily, "An instance's usage limit per period"),
+    ("usage_seconds_total", CounterMetricFamily, "An instance's usage ever"),
+    ("share", GaugeMetricFamily, "An instance's share (its weight in fair share)"),
+    ("fair_share_usage_seconds", GaugeMetricFamily, "An instance's decayed usage, which orders waiting work"),
+    ("waiting_jobs", GaugeMetricFamily, "Batch and plain jobs of an instance held in its line"),
+)
 
 
 def _running_outside_sessions(store: Store, running_ids: set[str]) -> int:

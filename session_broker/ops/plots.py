@@ -213,3 +213,44 @@ def timeline(spans: Sequence[Span], now: float, label: str) -> Markup:
             f"{_num(t)} s</text>"
         )
     return _svg(W, height, body, label, "timeline")
+
+
+PALETTE = ("#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#c62828", "#5d4037", "#546e7a")
+
+
+def usage_lines(points: dict[str, Sequence[tuple[float, float]]], now: float, label: str) -> Markup:
+    """Each instance's usage over time: one step line per instance of (time, seconds used
+    so far, counted from the window's start), the x axis in seconds before ``now``."""
+    drawn = {name: sorted(p) for name, p in points.items() if p}
+    if not drawn:
+        return Markup('<p class="empty">No finished job of an instance yet.</p>')
+    start = min(p[0][0] for p in drawn.values())
+    span = max(now - start, 1e-3)
+    top = max(p[-1][1] for p in drawn.values()) or 1.0
+
+    def x(t: float) -> float:
+        return PAD_L + (W - PAD_L - 10) * (t - start) / span
+
+    def y(v: float) -> float:
+        return H - PAD_B - (H - PAD_B - PAD_T) * v / top
+
+    body = [_axes(top, "seconds used")]
+    for i, (name, pts) in enumerate(sorted(drawn.items())):
+        colour = PALETTE[i % len(PALETTE)]
+        path, last = [f"{x(start):.1f},{y(0):.1f}"], 0.0
+        for t, v in pts:
+            path += [f"{x(t):.1f},{y(last):.1f}", f"{x(t):.1f},{y(v):.1f}"]
+            last = v
+        path.append(f"{x(now):.1f},{y(last):.1f}")
+        body.append(
+            f'<polyline class="line" style="stroke:{colour}" points="{" ".join(path)}">'
+            f"<title>{escape(name)}: {escape(_num(last))} s</title></polyline>"
+        )
+        body.append(
+            f'<text class="tick" x="{PAD_L + 8 + 110 * i}" y="{H - 6}" style="fill:{colour}">{escape(name)}</text>'
+        )
+    body.append(
+        f'<text class="tick" x="{PAD_L}" y="{H - PAD_B + 16}">-{escape(_seconds(span))}</text>'
+        f'<text class="tick" x="{W - 10}" y="{H - PAD_B + 16}" text-anchor="end">now</text>'
+    )
+    return _svg(W, H, body, label, "usage")

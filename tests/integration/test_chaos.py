@@ -7,7 +7,10 @@ Bounded in time and count, and seeded: the seed is printed, and ``SB_CHAOS_SEED=
 replays the same choices of victims, kinds of fault and delays (the machine's timing is
 not replayable; the choices are). ``SB_CHAOS_SECONDS`` sets the length of the chaos phase:
 20 s in CI; the README's figures come from runs of 60 s (10 sessions x 30 jobs plus 300
-loose jobs, as in issue 14). Run with ``-s`` to see the figures.
+loose jobs, as in issue 14). Run with ``-s`` to see the figures. ``SB_CHAOS_INSTANCES=1`` runs it
+with three instances configured (shares 1, 1, 2; each session and the loose jobs in one), so
+the held lines and the fair-share feed are under the same faults; it then also checks that
+each instance's usage total is the sum of its jobs' usage.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from tests.conftest import signal_group
 from tests.support.faults import BACKEND, bell_circuit, log_text, wait_final
 
 SECONDS = float(os.environ.get("SB_CHAOS_SECONDS", "20"))
+INSTANCES = os.environ.get("SB_CHAOS_INSTANCES", "") == "1"
+SHARES = {"chaos-a": 1, "chaos-b": 1, "chaos-c": 2}
 WORKERS = 3
 STALE = "ran to completion here but its record had moved on"
 
@@ -84,7 +89,10 @@ def allowed_without_expiry(key: str, p: str, live: set[str]) -> bool:
         f"{p}:unacked",
         f"{p}:unacked_index",
         f"{p}:kombu.binding_deadlines",
+        f"{p}:instances",
     }:
+        return True
+    if key.startswith(f"{p}:i:") and not key.endswith(":sessions"):  # an instance's usage record
         return True
     if key.startswith((f"_kombu.binding.{p}.session.", f"_kombu.binding_permanent.{p}.session.")):
         return False
@@ -113,6 +121,14 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
     bell = bell_circuit()
     ghz = ghz_circuit(12)  # every 4th job: longer, so kills also land mid-job
     svc = c.service
+    services = [svc]
+    if INSTANCES:
+        from session_broker import QiskitRuntimeService
+        from session_broker.core.instances import InstanceSettings
+
+        for name, share in SHARES.items():
+            c.store.set_instance(name, InstanceSettings(share=share))
+        services = [QiskitRuntimeService(c.url, instance=name) for name in SHARES]
     jobs: list[str] = []
     sessions: list[str] = []
     lock = threading.Lock()
@@ -126,7 +142,7 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
     def session_producer(i: int) -> None:
         r = random.Random(seed * 1000 + i)
         try:
-            s = Session(service=svc, backend=BACKEND)
+            s = Session(service=services[i % len(services)], backend=BACKEND)
             with lock:
                 sessions.append(s.session_id)
             sampler = SamplerV2(mode=s)
@@ -144,7 +160,7 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
     def loose_producer() -> None:
         r = random.Random(seed * 1000 + 999)
         try:
-            sampler = SamplerV2(mode=svc.backend(BACKEND))
+            sampler = SamplerV2(mode=services[-1].backend(BACKEND))
             for k in range(n_loose):
                 jid = (
                     sampler.run([ghz], shots=4096) if k % 4 == 3 else sampler.run([bell], shots=16)
@@ -264,4 +280,14 @@ def test_chaos_kills_lose_nothing_and_double_nothing(fresh):
     except TimeoutError:
         raise AssertionError(f"keys without an expiry: {leaks()[:20]}") from None
     assert all(w.alive() for w in live)
+    if INSTANCES:  # usage totals equal the sum of the jobs' usage, per instance
+        by_instance: dict[str, float] = {}
+        for r in recs.values():
+            by_instance[r.get("instance") or ""] = by_instance.get(r.get("instance") or "", 0.0) + float(
+                r["usage"]
+            )
+        for row in c.store.instance_report():
+            assert row["total"] == pytest.approx(by_instance.get(row["name"], 0.0), abs=0.01), row
+            assert row["held"] == 0, row
+        print(f"[chaos] usage by instance: {by_instance}")
     print(f"[chaos] seed {seed}: nothing lost, nothing run twice, no session on two workers, counts {counts}")

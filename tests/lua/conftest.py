@@ -36,7 +36,13 @@ class Lua:
         return sec + usec / 1e6
 
     # ------------------------------------------------------------------ set-ups
-    def open(
+    def open(self, sid: str = "s1", **kw) -> str:
+        """A new session (``open_raw``'s arguments by name), which must be accepted."""
+        res = self.open_raw(sid, **kw)
+        assert res[0] == "ok", res
+        return sid
+
+    def open_raw(
         self,
         sid: str = "s1",
         mode: str = "session",
@@ -45,21 +51,21 @@ class Lua:
         interactive_timeout: int = 60,
         open_timeout: int = 300,
         ttl: int = 3600,
-    ) -> str:
-        assert (
-            self.run(
-                "open_session",
-                sid=sid,
-                backend=backend,
-                mode=mode,
-                max_time=max_time,
-                interactive_timeout=interactive_timeout,
-                open_session_timeout=open_timeout,
-                ttl=ttl,
-            )
-            == "ok"
+        instance: str = "",
+        explicit: str = "1",
+    ):
+        return self.run(
+            "open_session",
+            sid=sid,
+            backend=backend,
+            mode=mode,
+            max_time=max_time,
+            interactive_timeout=interactive_timeout,
+            open_session_timeout=open_timeout,
+            ttl=ttl,
+            instance=instance,
+            explicit=explicit,
         )
-        return sid
 
     def message(self, jid: str, tag: str | None = None) -> str:
         """A kombu envelope of a job, as the client queues it (compact JSON)."""
@@ -83,6 +89,7 @@ class Lua:
         ttl: int = 3600,
         queue: str | None = None,
         tags=(),
+        instance: str = "",
     ):
         return self.run(
             "submit",
@@ -95,6 +102,7 @@ class Lua:
             queue=queue or self.queue_of(sid),
             ttl=ttl,
             summary=json.dumps({"tags": list(tags)}),
+            instance=instance,
         )
 
     def tick(
@@ -120,6 +128,7 @@ class Lua:
             interactive_timeout=60,
             open_session_timeout=300,
             result_ttl=3600,
+            fair_share_half_life=604800,
             consuming=consuming,
             executor=executor,
             unserved_after=unserved_after,
@@ -128,7 +137,9 @@ class Lua:
     def claim(self, jid: str, node: str = "w1", context: str = "ctx"):
         return self.run("claim", jid=jid, node=node, pid=4242, context=context)
 
-    def finish(self, jid: str, claim: str, status: str = "DONE", tag: str = "", quiet: str = ""):
+    def finish(
+        self, jid: str, claim: str, status: str = "DONE", tag: str = "", quiet: str = "", usage: str = "0.5"
+    ):
         return self.run(
             "finish",
             jid=jid,
@@ -137,7 +148,7 @@ class Lua:
             result="R",
             error_code="",
             error_message="",
-            usage="0.5",
+            usage=usage,
             tag=tag,
             quiet=quiet,
         )

@@ -34,6 +34,10 @@ TRANSITIONS = {
     "reconcile_worker",
     "dead_workers",
     "update_tags",
+    "instance_set",
+    "instance_rm",
+    "instance_report",
+    "restore_instances",
 }
 
 

@@ -14,7 +14,7 @@ def pinned(lua, sid="s1", node="w1"):
     """A session with one queued job, pinned to ``node`` by its heartbeat."""
     lua.open(sid)
     assert lua.submit("j1", sid) == ["ok", "QUEUED"]
-    pin, epoch, _, _ = lua.tick(node)
+    pin, epoch, *_ = lua.tick(node)
     assert pin == sid
     return epoch
 

@@ -21,7 +21,7 @@ def unacked(lua, tag: str, jid: str, age: float = 100) -> None:
 
 # ------------------------------------------------------------------ worker_tick
 def test_a_heartbeat_registers_the_worker_and_restores_the_settings(lua):
-    assert lua.tick("w1", ttl_ms=5000) == ["", "", "", ""]
+    assert lua.tick("w1", ttl_ms=5000) == ["", "", "", "", ""]
     w = lua.r.hgetall(lua.k.worker("w1"))
     assert (w["node"], w["backend"], w["host"], w["pin"]) == ("w1", lua.backend, "h", "")
     assert 0 < lua.r.pttl(lua.k.worker("w1")) <= 5000
@@ -31,12 +31,13 @@ def test_a_heartbeat_registers_the_worker_and_restores_the_settings(lua):
         "interactive_timeout": "60",
         "open_session_timeout": "300",
         "result_ttl": "3600",
+        "fair_share_half_life": "604800",
     }
 
 
 def test_a_free_worker_takes_the_waiting_session(lua):
     queued_session(lua)
-    pin, epoch, stalled, released = lua.tick("w1")
+    pin, epoch, stalled, released, _ = lua.tick("w1")
     assert (pin, stalled, released) == ("s1", "", "")
     assert epoch == lua.r.get(lua.k.epoch) == "1"
     assert lua.r.get(lua.k.worker_pin("w1")) == "s1"
@@ -71,7 +72,7 @@ def test_an_unserved_pin_is_freed_and_its_executor_marked_stalled(lua):
     # nothing served the pin for longer than the bound
     past = lua.now() - 60
     lua.r.hset(lua.k.session("s1"), mapping={"served_at": past, "pinned_at": past})
-    pin, _, stalled, released = lua.tick("w1", executor="100", unserved_after=10)
+    pin, _, stalled, released, _ = lua.tick("w1", executor="100", unserved_after=10)
     assert (pin, stalled, released) == ("", "100", "s1")
     s = lua.session("s1")
     assert (s["worker"], s["lost_worker"], s["waiting"]) == ("", "w1", "1")
@@ -81,7 +82,7 @@ def test_an_unserved_pin_is_freed_and_its_executor_marked_stalled(lua):
     assert lua.r.lindex(lua.k.session_queue("s1"), -1) == lua.message("j1", "j1.1")
     assert lua.r.hget(lua.k.counts, "unserved_pins") == "1"
     # while the stalled executor is the ready one, the node takes no session
-    assert lua.tick("w1", executor="100") == ["", "", "100", ""]
+    assert lua.tick("w1", executor="100") == ["", "", "100", "", ""]
     # another executor is ready: the mark goes and the node may take a session again
     assert lua.tick("w1", executor="200")[:3] == ["s1", "2", ""]
     assert not lua.r.exists(lua.k.worker_stalled("w1"))

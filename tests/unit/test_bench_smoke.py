@@ -230,6 +230,8 @@ def test_targets_from_synthetic_results(bench):
         "memory_idle": "PASS",
         "memory_closed": "MISS",
         "rest_client": "n/a",
+        "fair_share": "n/a",
+        "instances_latency": "n/a",
     }
     # ahead of IBM's local mode: our ratio over theirs, both to the same direct calls
     vs_ibm = next(t for t in results["targets"] if t["id"] == "vs_ibm_local")
@@ -281,11 +283,44 @@ def test_format_table_aligns_columns(bench):
     assert lines[2].startswith("|--")
 
 
+def test_fair_share_scenario_is_judged_and_rendered(bench):
+    s = bench.summarize
+    base = s([0.002] * 3)
+    rows = [
+        {
+            "instance": n,
+            "share": sh,
+            "configured_pct": c,
+            "achieved_pct": a,
+            "points_off": a - c,
+            "usage_s": 10.0,
+        }
+        for n, sh, c, a in (("a", 1, 25.0, 27.0), ("b", 1, 25.0, 24.0), ("c", 2, 50.0, 49.0))
+    ]
+    results = {
+        "mode": "quick",
+        "meta": {},
+        "scenarios": {
+            "7": {
+                "seconds": 20,
+                "rows": rows,
+                "max_points_off": 2.0,
+                "latency": {"without_instances": bench.with_ratios(s([0.010] * 3), base)},
+                "latency_ratio_with_to_without": 1.3,
+            }
+        },
+    }
+    verdicts = {t["id"]: t["verdict"] for t in bench.compute_targets(results)}
+    assert verdicts["fair_share"] == "PASS" and verdicts["instances_latency"] == "MISS"
+    text = bench.render(results)
+    assert "Scenario 7 - fair share" in text and "27.0%" in text
+
+
 def test_scenario_selection(bench):
     assert bench.parse_scenarios("3,1") == [1, 3]
-    assert bench.parse_scenarios(None) == [1, 2, 3, 4, 5, 6]
+    assert bench.parse_scenarios(None) == [1, 2, 3, 4, 5, 6, 7]
     with pytest.raises(Exception):
-        bench.parse_scenarios("7")
+        bench.parse_scenarios("8")
 
 
 def test_mitigation_table_judges_each_circuit_against_its_first_row():

@@ -82,3 +82,13 @@ def test_every_console_template_compiles():
     assert {"base.html", "index.html", "session.html", "job.html", "jobs_table.html"} <= set(names)
     for name in names:
         env.get_template(name)  # a syntax error raises here
+
+
+def test_usage_lines_draw_one_step_line_per_instance():
+    svg = parse(
+        plots.usage_lines({"a": [(10.0, 1.0), (20.0, 3.0)], "b": [(15.0, 2.0)], "c": []}, 30.0, "usage")
+    )
+    lines = [e for e in svg.iter() if e.tag.endswith("polyline")]
+    assert len(lines) == 2
+    assert "a: 3 s" in "".join(e.text or "" for e in svg.iter())
+    assert "No finished job" in str(plots.usage_lines({}, 0.0, "usage"))

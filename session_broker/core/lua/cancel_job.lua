@@ -1,6 +1,6 @@
 --[[
 cancel_job: QUEUED -> CANCELLED, its message taken off its queue. A running job is left to
-finish. Cancelling a session's first job makes every later job of the session fail.
+finish. A job still in its instance's held line is taken off that. Cancelling a session's first job makes every later job of the session fail.
 
 KEYS: none (every key is built from the prefix P = ARGV[1] by K: one Redis, not a cluster)
 ARGV: jid
@@ -12,6 +12,9 @@ local status = get(j, 'status')
 if status == 'RUNNING' then return 'running' end
 if status ~= 'QUEUED' then return status end
 redis.call('LREM', get(j, 'queue'), 1, get(j, 'message'))
+if get(j, 'held') ~= '' and redis.call('LREM', get(j, 'held'), 1, get(j, 'message')) == 1 then
+  redis.call('HINCRBY', K.instance_usage(get(j, 'instance')), 'held', -1)
+end
 finish_job_record(jid, 'CANCELLED', CODE.CANCELLED, 'job ' .. jid .. ' was cancelled before it ran', num(j, 'ttl'))
 local sid = get(j, 'session')
 if sid ~= '' then

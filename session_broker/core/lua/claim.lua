@@ -4,7 +4,8 @@ on the session's worker, and a pinned worker runs its session's jobs and nothing
 message fetched by any other worker goes back to the head of its queue. Starting a
 session's first job makes the session 'active', sets started_at and starts the max-time
 timer; it also fixes the session's device context (a worker simulating another device
-fails the job).
+fails the job). With instances, a job taken off its backend's queue makes FEED move the next
+held job there (lib/instances.lua).
 
 KEYS: none (every key is built from the prefix P = ARGV[1] by K: one Redis, not a cluster)
 ARGV: jid, node, pid, context
@@ -14,6 +15,8 @@ Returns: {'run', payload, claim, session, epoch} or {'skip', reason}
 ]]
 local j = K.job(jid)
 if redis.call('EXISTS', j) == 0 then return {'skip', 'unknown job'} end
+-- a message left the backend's queue: move the next held one there (fair share, instances)
+if get(j, 'mode') ~= 'session' and holding(get(j, 'backend')) then feed(get(j, 'backend')) end
 local status = get(j, 'status')
 if status ~= 'QUEUED' then return {'skip', 'job is ' .. status} end
 local sid, mode = get(j, 'session'), get(j, 'mode')

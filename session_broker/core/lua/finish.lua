@@ -13,6 +13,8 @@ ARGV: jid, claim, status, result, error_code, error_message, usage, tag, quiet
   tag      the delivery tag of the job's message ('' = none)
   quiet    '1': leave the waiters asleep; the caller sends WAIT then NOTIFY in the same
            pipeline, so a producer is woken only once a replica holds the result
+With instances, the measured usage is added to the job's instance (its period's usage, its
+total, its decayed fair-share usage less the estimate charged when it left its held line).
 Returns: 'ok' | 'stale'
 ]]
 local j = K.job(jid)
@@ -24,6 +26,11 @@ local node = get(j, 'worker')
 redis.call('SREM', K.worker_running(node), jid)
 redis.call('HSET', j, 'result', result, 'usage', usage)
 observe('execution', NOW - num(j, 'running'))
+local inst = get(j, 'instance')
+if inst ~= '' or get(j, 'charged') ~= '' then
+  instance_used(inst, tonumber(usage) or 0, tonumber(get(j, 'charged')) or 0)
+  redis.call('HSET', j, 'charged', '')
+end
 finish_job_record(jid, status, error_code, error_message, num(j, 'ttl'), quiet == '1')
 local sid = get(j, 'session')
 if sid ~= '' then

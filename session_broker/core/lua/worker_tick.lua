@@ -3,7 +3,9 @@ worker_tick: one heartbeat of a worker's agent: refresh the registry entry, foll
 the pin, and take the next waiting session when free. It also puts the operator's settings
 back into K.config when they are missing (Redis came back empty): otherwise new sessions
 would silently get the clients' defaults. A worker whose consumer is not started yet
-(consuming = '0') beats but takes no session.
+(consuming = '0') beats but takes no session. With instances, the next session comes from the
+instance with the lowest decayed usage per share (next_waiting), and a free worker feeds its
+backend's queue from the held lines (feed): lib/instances.lua.
 
 Liveness: a pin must be *served*, not just held by a worker that beats. A session pinned
 here that has jobs queued, none running, and no pin, claim, finish or requeue for
@@ -16,19 +18,22 @@ ready. The caller replaces the stalled executor. Counted in K.counts as unserved
 
 KEYS: none (every key is built from the prefix P = ARGV[1] by K: one Redis, not a cluster)
 ARGV: node, backend, ttl_ms, host, pid, started, concurrency, device,
-      max_time, interactive_timeout, open_session_timeout, result_ttl,
+      max_time, interactive_timeout, open_session_timeout, result_ttl, fair_share_half_life,
       consuming, executor, unserved_after
   ttl_ms          the registry entry's life (ms): it expires when the beats stop
   max_time .. result_ttl   the operator's settings, put back when K.config is missing
   consuming       '0' while the worker's consumer is not started: it takes no session
   executor        the ready executor's pid ('' while none is ready)
   unserved_after  seconds a pin may go unserved (SESSION_BROKER_UNSERVED_PIN_TIMEOUT)
-Returns: {pin (session id or ''), epoch, stalled executor to replace or '', session released or ''}
+Returns: {pin (session id or ''), epoch, stalled executor to replace or '', session released or '',
+  instances: K.instances' change counter, '' when the hash is missing (the agent then refreshes
+  or puts back its copy of the instances at once: restore_instances.lua)}
 ]]
 local unserved = tonumber(unserved_after)
 if redis.call('EXISTS', K.config) == 0 then
   redis.call('HSET', K.config, 'max_time', max_time, 'interactive_timeout', interactive_timeout,
-    'open_session_timeout', open_session_timeout, 'result_ttl', result_ttl)
+    'open_session_timeout', open_session_timeout, 'result_ttl', result_ttl,
+    'fair_share_half_life', fair_share_half_life)
 end
 local w = K.worker(node)
 redis.call('HSET', w, 'node', node, 'backend', backend, 'host', host, 'pid', pid,
@@ -74,7 +79,7 @@ if stalled == executor then stalled = executor else stalled = '' end
 if pin == '' and consuming ~= '0' and stalled == '' and redis.call('SCARD', run) == 0 then
   local line = K.waiting(backend)
   while true do
-    local sid = redis.call('LPOP', line)
+    local sid = next_waiting(line)
     if not sid then break end
     local s = K.session(sid)
     redis.call('HSET', s, 'waiting', '0')
@@ -90,7 +95,8 @@ if pin == '' and consuming ~= '0' and stalled == '' and redis.call('SCARD', run)
     end
   end
 end
+if pin == '' and holding(backend) then feed(backend) end
 redis.call('HSET', w, 'pin', pin)
 local epoch = ''
 if pin ~= '' then epoch = get(K.session(pin), 'epoch') end
-return {pin, epoch, stalled, released}
+return {pin, epoch, stalled, released, redis.call('HGET', K.instances, '.') or ''}

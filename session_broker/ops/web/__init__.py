@@ -158,6 +158,7 @@ class Filters:
         self.backend = pick("backend")
         self.session = pick("session") if valid_id(pick("session")) else ""
         self.tag = pick("tag")
+        self.instance = pick("instance")
         self.state = pick("state", SESSION_STATES)
         self.jobs_page = _page(q.get("jobs_page"))
         self.sessions_page = _page(q.get("sessions_page"))
@@ -169,6 +170,7 @@ class Filters:
             "backend": self.backend,
             "session": self.session,
             "tag": self.tag,
+            "instance": self.instance,
             "state": self.state,
         }
 
@@ -177,6 +179,7 @@ class Filters:
             session=self.session or None,
             backend=self.backend or None,
             status=self.status or None,
+            instance=self.instance or None,
             tags=frozenset([self.tag]) if self.tag else frozenset(),
         )
 
@@ -210,6 +213,7 @@ def _overview(store: Store, f: Filters) -> dict:
     sessions = ops.session_rows(store, tick=False, ids=sids[:PAGE_SIZE])
     jobs = ops.job_rows(store, query=f.job_query(), offset=f.jobs_page * PAGE_SIZE, limit=PAGE_SIZE + 1)
     snap = snapshot(store)  # the same numbers as /metrics
+    instances = snap.instances and ops.instance_rows(store)
     return {
         "sessions": sessions,
         "sessions_more": len(sids) > PAGE_SIZE,
@@ -231,6 +235,12 @@ def _overview(store: Store, f: Filters) -> dict:
             ),
         },
         "backends": sorted({w.get("backend") or "" for w in ops.worker_rows(store)} - {""}),
+        "instances": instances,
+        "instance_usage": plots.usage_lines(
+            ops.instance_usage_points(store) if instances else {},
+            ops.server_now(store),
+            "usage of each instance over its newest finished jobs",
+        ),
         "now": _now(store),
     }
 

@@ -13,6 +13,7 @@ local function close_now(sid, reason)
   release_pin(sid)
   if get(s, 'mode') == 'session' then drop_queue(K.session_queue(sid)) end
   redis.call('ZREM', K.deadlines, sid)
+  if get(s, 'instance') ~= '' then redis.call('SREM', K.instance_sessions(get(s, 'instance')), sid) end
   redis.call('EXPIRE', s, ttl)
   redis.call('EXPIRE', K.session_jobs(sid), ttl)
 end
