@@ -404,14 +404,47 @@ def _aer_basis(method: str) -> frozenset[str]:
     return frozenset(AerSimulator(method=method).configuration().basis_gates)
 
 
-def build_target(name: str) -> Target:
+def build_target(name: str, fractional: bool | None = True) -> Target:
     """The transpiler target of ``name`` (cached; treat it as read-only).
 
     Ideal: all-to-all, the standard gates Aer's method runs natively plus measure, reset,
     delay and control flow, so ``generate_preset_pass_manager(backend=...)`` output runs on
-    Aer without further transpilation. Device: the calibration snapshot's target.
+    Aer without further transpilation. Device: the calibration snapshot's target; with
+    ``fractional=False``, a snapshot with IBM's fractional gates (``has_fractional_gates``)
+    loses them, as ``service.backend(name, use_fractional_gates=False)`` builds it at IBM.
     """
-    return _build_target(get_spec(name))
+    spec = get_spec(name)
+    if fractional is False and has_fractional_gates(spec.name):
+        return _target_without_fractional_gates(spec)
+    return _build_target(spec)
+
+
+FRACTIONAL_FEATURE = frozenset({"rzz", "rx"})
+
+
+def has_fractional_gates(name: str) -> bool:
+    """A device whose snapshot has IBM's fractional gates (``rzz``, ``rx``: Heron's feature
+    that ``use_fractional_gates`` switches). The 2019-2020 snapshots' ``u2``/``u3`` basis gates
+    are not this feature: IBM's filter would drop them too, leaving those retired devices no
+    single-qubit basis, so they keep them."""
+    spec = get_spec(name)
+    return spec.kind == "device" and bool(FRACTIONAL_FEATURE & set(_build_target(spec).operation_names))
+
+
+@cache
+def _target_without_fractional_gates(spec: BackendSpec) -> Target:
+    """IBM's ``convert_to_target(..., include_fractional_gates=False)`` of the snapshot: what
+    IBMBackend builds for ``use_fractional_gates=False`` (every gate ``is_fractional_gate``
+    names: ``rzz``, ``rx`` on the snapshots that have them)."""
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
+    from qiskit_ibm_runtime.utils.backend_converter import convert_to_target
+
+    return convert_to_target(
+        configuration=_configuration(spec.name, False),
+        properties=_properties(spec.name, False),
+        include_control_flow=True,
+        include_fractional_gates=False,
+    )
 
 
 @cache
@@ -675,18 +708,21 @@ class BrokerBackend(BackendV2):
     ``generate_preset_pass_manager``; it cannot run circuits itself.
     """
 
-    def __init__(self, name: str, service=None):
+    def __init__(self, name: str, service=None, use_fractional_gates: bool | None = None):
         spec = get_spec(canonical(name))
         version = configuration_dict(spec.name)["backend_version"]
         super().__init__(provider=None, name=spec.name, description=spec.description, backend_version=version)
         self._spec = spec
         self.service = service
+        # IBM's: False drops the fractional gates of a snapshot that has them (target,
+        # configuration, properties); True and None keep them (``has_fractional_gates``)
+        self._fractional = use_fractional_gates
 
     # IBMBackend's information API, from the snapshot (devices) or the catalog (ideal) ------
     def configuration(self):
         """The backend configuration (``qiskit_ibm_runtime.models.QasmBackendConfiguration``),
         as ``IBMBackend.configuration()`` returns it."""
-        return _configuration(self._spec.name)
+        return _configuration(self._spec.name, self._fractional)
 
     def properties(self, refresh: bool = False, datetime=None):
         """The calibration snapshot's ``BackendProperties`` (``qiskit_ibm_runtime.models``);
@@ -698,7 +734,7 @@ class BrokerBackend(BackendV2):
             )
         if datetime is not None and not isinstance(datetime, python_datetime):
             raise TypeError(f"'{datetime}' is not of type 'datetime'.")
-        return _properties(self._spec.name)
+        return _properties(self._spec.name, self._fractional)
 
     def status(self):
         """``qiskit_ibm_runtime.models.BackendStatus``: operational while a worker serves the
@@ -769,7 +805,13 @@ class BrokerBackend(BackendV2):
 
     @property
     def target(self) -> Target:
-        return build_target(self._spec.name)
+        return build_target(self._spec.name, self._fractional)
+
+    @property
+    def use_fractional_gates(self) -> bool | None:
+        """What ``service.backend(..., use_fractional_gates=)`` asked for (IBM keeps it in
+        ``backend.options``)."""
+        return self._fractional
 
     @property
     def max_circuits(self):
@@ -814,25 +856,33 @@ class BrokerBackend(BackendV2):
 
 
 @cache
-def _configuration(name: str):
+def _configuration(name: str, fractional: bool | None = True):
+    """IBM's configuration object; ``fractional=False`` on a backend that
+    ``has_fractional_gates`` drops them from it, as IBM's decoder does."""
     # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from qiskit_ibm_runtime.models import QasmBackendConfiguration
 
     # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
-    from qiskit_ibm_runtime.utils.backend_decoder import decode_backend_configuration
+    from qiskit_ibm_runtime.utils.backend_decoder import (
+        decode_backend_configuration,
+        filter_raw_configuration,
+    )
 
     raw = copy.deepcopy(configuration_dict(name))
+    if fractional is False and has_fractional_gates(name):
+        filter_raw_configuration(raw, use_fractional_gates=False)
     decode_backend_configuration(raw)
     return QasmBackendConfiguration.from_dict(raw)
 
 
 @cache
-def _properties(name: str):
+def _properties(name: str, fractional: bool | None = True):
     # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from qiskit_ibm_runtime.utils.backend_decoder import properties_from_server_data
 
     raw = properties_dict(name)
-    return None if raw is None else properties_from_server_data(copy.deepcopy(raw), use_fractional_gates=None)
+    keep = False if fractional is False and has_fractional_gates(name) else None
+    return None if raw is None else properties_from_server_data(copy.deepcopy(raw), use_fractional_gates=keep)
 
 
 def name_of(backend) -> str:

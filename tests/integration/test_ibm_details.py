@@ -270,3 +270,20 @@ def test_stock_client_inputs_of_every_program_queued_and_ended(server, c):
         assert status == 200 and "params" not in body, (jid, status, body)
         status, body = http("GET", f"{server.url}/api/v1/jobs/{jid}?exclude_params=false", headers=headers)
         assert status == 200 and body["params"], (jid, status, body)
+
+
+def test_stock_client_fractional_targets_match_ours(server, c):
+    """Over REST the stock client filters the configuration itself: its ``ibm_fractional``
+    targets for each ``use_fractional_gates`` are the ones ``service.backend`` builds here."""
+    out = run_client(
+        server,
+        """
+    svc = service()
+    emit(**{str(flag): sorted(svc.backend("ibm_fractional", use_fractional_gates=flag).target.operation_names)
+            for flag in (False, True)})
+    """,
+    )
+    service = QiskitRuntimeService(c.url)
+    for flag in (False, True):
+        ours = set(service.backend("ibm_fractional", use_fractional_gates=flag).target.operation_names)
+        assert set(out[str(flag)]) == ours, (flag, out[str(flag)], sorted(ours))
