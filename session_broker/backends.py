@@ -488,11 +488,38 @@ def _simulator(spec: BackendSpec) -> AerSimulator:
     if spec.kind == "device":
         if spec.method != "automatic":
             options["method"] = spec.method
-        return AerSimulator.from_backend(_fake(spec.snapshot), **options)
+        sim = AerSimulator.from_backend(_fake(spec.snapshot), **options)
+        noise = sim.options.noise_model
+        noise._custom_noise_passes = [memoized_noise_pass(p) for p in noise._custom_noise_passes]
+        return sim
     # Ideal circuits with final measurements sample from one state: parallel shots only
     # add OpenMP start-up to every small job (Bell on 2 cores: 3.0 -> 2.0 ms), while the
     # statevector itself still uses every thread (20 qubits: unchanged).
     return AerSimulator(method=spec.method, max_parallel_shots=1, **options)
+
+
+def memoized_noise_pass(original, transform=None):
+    """Aer's delay relaxation pass (``RelaxationNoisePass``, which Aer runs in Python on every
+    circuit with delays) returning one error object per (instruction, duration, qubits): the
+    same channels, built once, and Aer moves each distinct error into the circuit's noise
+    model once instead of once per delay (a scheduled 127-qubit circuit has hundreds). With
+    ``transform``, each error is transformed once (``tasks/wide.py``: Pauli-twirled)."""
+    # lazy: qiskit-aer loads in about a second; only building a simulator needs it
+    from qiskit_aer.noise.passes import LocalNoisePass
+
+    func = original._func
+    memo: dict = {}
+
+    def error_of(op, qubits):
+        key = (op.name, op.duration, getattr(op, "unit", None), tuple(qubits))
+        if key not in memo:
+            if len(memo) > 50_000:  # delays of every length a long-lived worker met
+                memo.clear()
+            error = func(op, qubits)
+            memo[key] = error if error is None or transform is None else transform(error)
+        return memo[key]
+
+    return LocalNoisePass(error_of, op_types=original._ops, method=original._method)
 
 
 def aer_threads() -> int:
