@@ -827,7 +827,7 @@ def run_sampler(
     executed.twirled_circuits = len(runs) if (s.twirl_gates or s.twirl_measure) else 0
     results = []
     k = 0
-    for pub, nrand, _per, _pshape, nparams in plans:
+    for pub, nrand, _per, pshape, nparams in plans:  # each PUB's own shape
         circuit = pub.circuit
         regs = {}
         for creg in circuit.cregs:

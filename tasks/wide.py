@@ -7,13 +7,15 @@ channels. Aer applies a Kraus channel to an MPS by computing its probabilities a
 restoring the canonical form along the whole chain (``MPS::apply_kraus`` ->
 ``propagate_to_neighbors``: a run of SVDs), for every noisy instruction of every shot. On a
 100-qubit GHZ circuit with 99 observables at resilience level 1 with DD (IBM's "Hello world"
-guide) that is 8,192 trajectories of about 1,500 Kraus channels each, each channel about
-100 SVDs: py-spy showed 97 % of the time there, and the job ran for more than 8 minutes
-without finishing.
+guide) that is 8,192 trajectories of about 3,000 noisy instructions each, each Kraus channel
+up to 100 SVDs: py-spy put 95 % of the simulation's time there, and the job ran for more
+than 8 minutes without finishing.
 
-What: above ``WIDE`` active qubits, a device on the MPS method runs with the same noise
-model *Pauli-twirled*: each gate, delay and reset error becomes the Pauli channel with the
-same Pauli fidelities (the diagonal of its chi matrix), readout errors unchanged. A Pauli
+What: up to ``NARROW`` active qubits, a circuit runs on the density-matrix method with the
+exact model (Aer drops the idle qubits: one evolution, every shot sampled from it); above
+that, with the same noise model *Pauli-twirled*: each gate, delay and reset error becomes the
+Pauli channel with the same Pauli fidelities (the diagonal of its chi matrix), readout
+errors unchanged. A Pauli
 channel is a mixture of unitaries: Aer samples it without touching the rest of the chain, and
 a Clifford circuit (GHZ, DD, Pauli twirls) runs on the stabilizer method. What is dropped is
 the channel's non-Pauli part (amplitude damping's drift towards |0>): the process fidelity of
@@ -21,8 +23,8 @@ every error and every Pauli observable's decay are kept, which is also what IBM'
 twirling makes of a device's noise. ``tests/integration/test_wide_devices.py`` checks the two
 models agree on a circuit narrow enough to run both.
 
-Where: ``mitigation._execute`` (every estimator and twirled/DD sampler job on a device) and
-``simulate`` (the plain sampler) ask ``route`` which simulator runs each circuit.
+Where: ``mitigation._execute`` asks ``route`` which simulator runs each circuit; every
+estimator job on a device and every sampler job on an MPS device runs through it.
 """
 
 from __future__ import annotations

@@ -122,3 +122,39 @@ def test_the_pauli_twirled_model_gives_the_exact_models_correlations():
     e, p = correlators(exact.result().get_counts(), chain), correlators(pauli.result().get_counts(), chain)
     assert 0.6 < e < ideal and 0.6 < p < ideal, (e, p)  # noisy, and not noise-dominated
     assert abs(e - p) < 0.04, (e, p)  # each mean of 7 correlators: shot noise about 0.01
+
+
+def test_sampler_pubs_of_different_shapes_and_a_dynamic_circuit_on_the_large_device():
+    """The plain sampler on an MPS device runs through ``mitigation.run_sampler`` (each
+    circuit by its width): a PUB with two parameter sets beside a dynamic circuit keeps each
+    PUB's own shape (the result assembly used the last PUB's shape for every PUB)."""
+    from qiskit.circuit import Parameter
+    from qiskit.primitives.containers import SamplerPub
+
+    chain = good_chain(2)
+    pm = generate_preset_pass_manager(
+        optimization_level=1, backend=backends.BrokerBackend(EAGLE), initial_layout=chain
+    )
+    theta = Parameter("t")
+    rotated = QuantumCircuit(2, 2)
+    rotated.ry(theta, 0)
+    rotated.cx(0, 1)
+    rotated.measure([0, 1], [0, 1])
+    dynamic = QuantumCircuit(2, 2)
+    dynamic.h(0)
+    dynamic.measure(0, 0)
+    with dynamic.if_test((dynamic.clbits[0], 1)):
+        dynamic.x(1)
+    dynamic.measure(1, 1)
+    pubs = [
+        SamplerPub.coerce((pm.run(rotated), np.array([[0.0], [np.pi]])), shots=300),
+        SamplerPub.coerce(pm.run(dynamic), shots=300),
+    ]
+    s = mitigation.settings("sampler", EAGLE, {})
+    results, executed = mitigation.run_sampler(EAGLE, pubs, s, 7)
+    assert executed.routes == {"density_matrix": 3}
+    first, second = results
+    assert first.data.c.shape == (2,) and second.data.c.shape == ()
+    assert first.data.c[0].get_counts().get("00", 0) > 240 and first.data.c[1].get_counts().get("11", 0) > 240
+    agree = second.data.c.get_counts()
+    assert agree.get("00", 0) + agree.get("11", 0) > 270, agree  # the feed-forward copies the bit
