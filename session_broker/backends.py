@@ -431,6 +431,34 @@ def has_fractional_gates(name: str) -> bool:
     return spec.kind == "device" and bool(FRACTIONAL_FEATURE & set(_build_target(spec).operation_names))
 
 
+def refuse_dropped_fractional_gates(backend, circuits) -> None:
+    """IBM's client checks a job's circuits against its backend object's target: a circuit
+    with ``rzz``/``rx`` sent through a backend obtained with ``use_fractional_gates=False``
+    (whose target lacks them) is refused, although the device's worker could run it."""
+    if not isinstance(backend, BrokerBackend) or backend.use_fractional_gates is not False:
+        return
+    if not has_fractional_gates(backend.name):
+        return
+    for circuit in circuits:
+        found = sorted(FRACTIONAL_FEATURE & set(_op_names(circuit)))
+        if found:
+            raise NotISAError(
+                f"circuit {circuit.name!r} uses {', '.join(found)}, which backend {backend.name!r} "
+                f"obtained with use_fractional_gates=False does not support (as IBM's client "
+                f"refuses it); get the backend with service.backend({backend.name!r}, "
+                "use_fractional_gates=True), or transpile for this one"
+            )
+
+
+def _op_names(circuit) -> set[str]:
+    names = set()
+    for inst in circuit.data:
+        names.add(inst.operation.name)
+        for block in getattr(inst.operation, "blocks", ()):
+            names |= _op_names(block)
+    return names
+
+
 @cache
 def _target_without_fractional_gates(spec: BackendSpec) -> Target:
     """IBM's ``convert_to_target(..., include_fractional_gates=False)`` of the snapshot: what

@@ -524,3 +524,25 @@ def test_use_fractional_gates_false_drops_them_as_ibms_backend_does(redis_url):
     assert {"u2", "u3"} <= set(service.backend("ibm_almaden").target.operation_names)
     with pytest.raises(InvalidInputError, match="use_fractional_gates must be a bool"):
         service.backend("ibm_fractional", use_fractional_gates="no")
+
+
+def test_a_job_with_rzz_through_a_backend_without_fractional_gates_is_refused(redis_url):
+    """IBM's client checks PUBs against the backend object's target: rzz through
+    ``use_fractional_gates=False`` is refused before anything is queued; True sends it."""
+    from qiskit.circuit.library import RZZGate
+
+    from session_broker import QiskitRuntimeService, SamplerV2, Session
+
+    service = QiskitRuntimeService(redis_url)
+    with_them = service.backend("ibm_fractional", use_fractional_gates=True)
+    qc = QuantumCircuit(2)
+    qc.append(RZZGate(0.3), [0, 1])
+    qc.measure_all()
+    isa = generate_preset_pass_manager(backend=with_them, optimization_level=1).run(qc)
+    assert "rzz" in isa.count_ops()
+    without = service.backend("ibm_fractional")
+    with pytest.raises(NotISAError, match="rzz.*use_fractional_gates=False.*use_fractional_gates=True"):
+        SamplerV2(mode=without).run([isa])
+    with pytest.raises(NotISAError, match="rzz"):
+        SamplerV2(mode=Session(backend=without)).run([isa])
+    assert service._store.queue_length("ibm_fractional") == 0  # nothing was queued
