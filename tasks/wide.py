@@ -96,7 +96,7 @@ def pauli_twirl(error):
 
 def simulator(backend: str):
     """The backend's simulator with its noise model Pauli-twirled (built once per process,
-    on the first wide job: about 15 s on a 127-qubit device)."""
+    on the first wide job: 10-45 s on a 127- or 133-qubit device, counted in that job)."""
     return _simulator(backends.get_spec(backend))
 
 
