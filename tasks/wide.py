@@ -34,6 +34,10 @@ from functools import cache
 
 import numpy as np
 from qiskit import QuantumCircuit
+from qiskit.quantum_info import Chi, pauli_basis
+from qiskit_aer import AerSimulator
+from qiskit_aer.noise import pauli_error
+from qiskit_aer.utils import transform_noise_model
 
 from session_broker import backends
 
@@ -83,10 +87,6 @@ def route(backend: str, circuit: QuantumCircuit) -> str:
 
 def pauli_twirl(error):
     """The Pauli channel with ``error``'s Pauli fidelities (its chi matrix's diagonal)."""
-    # lazy: qiskit-aer loads in about a second; only wide jobs need it
-    from qiskit.quantum_info import Chi, pauli_basis
-    from qiskit_aer.noise import pauli_error
-
     n = error.num_qubits
     probs = np.clip(Chi(error).data.diagonal().real / 2**n, 0.0, None)
     probs = probs / probs.sum()
@@ -101,11 +101,7 @@ def simulator(backend: str):
 
 
 @cache
-def _simulator(spec: backends.BackendSpec):
-    # lazy: qiskit-aer loads in about a second; only wide jobs need it
-    from qiskit_aer import AerSimulator
-    from qiskit_aer.utils import transform_noise_model
-
+def _simulator(spec: backends.BackendSpec) -> AerSimulator:
     exact = backends.simulator(spec.name)
     noise = exact.options.noise_model
     twirled = transform_noise_model(noise, pauli_twirl)
