@@ -64,7 +64,8 @@ case "$cmd" in
   test)
     setup test
     system_tools
-    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+    # the slowest tests are listed at the end: CI runs near its 20-minute limit
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=20 "$@"
     ;;
   bench)
     setup bench

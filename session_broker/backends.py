@@ -797,17 +797,25 @@ class BrokerBackend(BackendV2):
         # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
         from qiskit_ibm_runtime.models import BackendStatus
 
-        if self.service is not None:
-            store = self.service._store
-        else:  # the default deployment (SESSION_BROKER_URL), as QiskitRuntimeService() reads it
+        own = (
+            self.service is None
+        )  # the default deployment (SESSION_BROKER_URL), as QiskitRuntimeService() reads it
+        if own:
             settings = get_settings()
             store = Store(settings, client=redis_client(settings, typed_errors=True))
-        live = store.live_workers(self.name)
+        else:
+            store = self.service._store
+        try:
+            live = store.live_workers(self.name)
+            pending = int(store.queue_length(self.name))
+        finally:
+            if own:
+                store.redis.close()  # a client per call: its connections go with it
         return BackendStatus(
             backend_name=self.name,
             backend_version=self.backend_version,
             operational=bool(live),
-            pending_jobs=int(store.queue_length(self.name)),
+            pending_jobs=pending,
             status_msg="active" if live else "internal",
         )
 

@@ -18,6 +18,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from session_broker.core import sentinel
 from session_broker.core.config import Settings, get_settings
 from session_broker.core.keys import Keys
+from session_broker.core.spawn import worker_package
 from session_broker.core.urls import split_tls_options
 
 # kombu's Redis transport, hardened against malformed envelopes (see transport.py)
@@ -136,7 +137,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_enable_remote_control=True,
         worker_consumer="session_broker.celery_app:Consumer",
-        imports=["tasks.celery_tasks", "tasks.executor"],
+        imports=[f"{worker_package()}.celery_tasks", f"{worker_package()}.executor"],
         timezone="UTC",
     )
     if tls:

@@ -13,7 +13,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
 
@@ -274,7 +274,7 @@ class RuntimeJobV2(BasePrimitiveJob):
     @property
     def creation_date(self) -> datetime | None:
         created = self._store.job(self._job_id, "created").get("created")
-        return datetime.fromtimestamp(float(created), tz=timezone.utc) if created else None
+        return datetime.fromtimestamp(float(created), tz=UTC) if created else None
 
     def __repr__(self) -> str:
         return f"<RuntimeJobV2('{self._job_id}', '{self.primitive_id}')>"

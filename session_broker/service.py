@@ -40,6 +40,10 @@ class QiskitRuntimeService:
     control here is Redis's own (password, TLS, ACL users): see docs/operator-guide.md, Security and the trust model.
     """
 
+    # this process is the producer of the sessions it opens, and says so while it lives
+    # (session._ProducerBeat); the REST front is not: its sessions' producers are its clients
+    beats_producer = True
+
     def __init__(
         self,
         url: str | None = None,

@@ -15,6 +15,7 @@ block anywhere in the process (with two or more, the choice would be a guess: we
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import threading
@@ -27,14 +28,22 @@ from session_broker.backends import BrokerBackend
 from session_broker.core.ids import hostname, iso, new_id
 from session_broker.core.read import time_left
 from session_broker.core.store import SESSION_STATUS, Store
-from session_broker.errors import InvalidInputError, InvalidMaxTimeError, SessionNotFoundError
+from session_broker.errors import (
+    InvalidInputError,
+    InvalidMaxTimeError,
+    SessionBrokerError,
+    SessionNotFoundError,
+)
 from session_broker.service import QiskitRuntimeService, default_service
 
+log = logging.getLogger(__name__)
 _current: ContextVar[Session | None] = ContextVar("session_broker_session", default=None)
 _entered: list[Session] = []
 _entered_lock = threading.Lock()
 
-_MAX_TIME = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
+# IBM's grammar (hms_to_seconds reads "\d+[dhms]" parts): no space inside a part, "1 h" is
+# refused here with what is allowed rather than by IBM's parser with an empty message
+_MAX_TIME = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 
 
 def parse_max_time(value, system_max: int) -> int:
@@ -87,49 +96,70 @@ class _ProducerBeat:
     """Keeps ``P:s:<sid>:producer`` alive for every session this process opened and has not
     closed, so operators can tell an abandoned session (its producer killed inside ``with
     Session``) from a slow one: ``session-broker sessions``, the Jobs page and a waiting
-    ``result()`` say "producer gone". One daemon thread per process; off the job path."""
+    ``result()`` say "producer gone". One daemon thread per Redis client (a Redis that is away
+    stalls only its own sessions' beats, for as long as its client retries); off the job path."""
 
     def __init__(self) -> None:
-        self._sessions: dict[str, Store] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._pid = 0
+        self._lines: dict[object, _BeatLine] = {}  # Redis client -> its sessions and thread
+        self.ident = f"{hostname()}:{os.getpid()}"
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        """A forked child: a fresh lock (a beat thread may have held the parent's at the
+        fork), none of the parent's sessions, no thread until its own first session."""
+        self._lock = threading.Lock()
+        self._lines = {}
         self.ident = f"{hostname()}:{os.getpid()}"
 
     def add(self, store: Store, sid: str) -> None:
-        with self._lock:
-            if self._pid != os.getpid():  # first session, or a forked child: its own thread
-                self._pid, self.ident = os.getpid(), f"{hostname()}:{os.getpid()}"
-                self._sessions.clear()  # a child speaks for its own sessions, not its parent's
-                threading.Thread(target=self._run, name="session-broker-producer-beat", daemon=True).start()
         pipe = store.redis.pipeline(transaction=False)
         pipe.hset(store.keys.session(sid), "producer", self.ident)
         pipe.set(store.keys.session_producer(sid), self.ident, px=_ttl_ms(store))
         pipe.execute()
         with self._lock:
-            self._sessions[sid] = store
-        self._wake.set()
+            line = self._lines.get(store.redis)
+            if line is None or not line.thread.is_alive():  # the first, or one that died
+                line = _BeatLine(self, store, line.sessions if line else {})
+                self._lines[store.redis] = line
+            line.sessions[sid] = store
+        line.wake.set()
 
     def remove(self, store: Store, sid: str) -> None:
         with self._lock:
-            self._sessions.pop(sid, None)
-        with contextlib.suppress(redis.RedisError):
+            line = self._lines.get(store.redis)
+            if line is not None:
+                line.sessions.pop(sid, None)
+        with contextlib.suppress(redis.RedisError, SessionBrokerError):
             store.redis.delete(store.keys.session_producer(sid))
 
-    def _run(self) -> None:
+    def run(self, line: _BeatLine) -> None:
         while True:
+            line.wake.wait(line.interval if line.sessions else None)  # none held: until add()
+            line.wake.clear()
             with self._lock:
-                beats = [st.settings.producer_beat for st in self._sessions.values()]
-            self._wake.wait(min(beats) if beats else None)  # none held: until add() wakes us
-            self._wake.clear()
-            with self._lock:
-                held = list(self._sessions.items())  # after the sleep: a closed one is gone
+                held = list(line.sessions.items())  # after the sleep: a closed one is gone
             for sid, store in held:
-                with contextlib.suppress(redis.RedisError):  # Redis away: the next beat retries
+                try:
                     if store.redis.hget(store.keys.session(sid), "state") in (None, "closed"):
                         self.remove(store, sid)  # closed by someone else (CLI, timers): nothing to say
                         continue
                     store.redis.set(store.keys.session_producer(sid), self.ident, px=_ttl_ms(store))
+                except Exception as exc:  # noqa: BLE001 - Redis away or full (our typed errors too): the next beat retries; the thread must live on
+                    log.debug("producer beat for session %s failed: %s", sid, exc)
+
+
+class _BeatLine:
+    """The sessions of one Redis client and the thread that beats for them."""
+
+    def __init__(self, beat: _ProducerBeat, store: Store, sessions: dict[str, Store]) -> None:
+        self.sessions = sessions
+        self.interval = store.settings.producer_beat
+        self.wake = threading.Event()
+        self.thread = threading.Thread(
+            target=beat.run, args=(self,), name="session-broker-producer-beat", daemon=True
+        )
+        self.thread.start()
 
 
 def _ttl_ms(store: Store) -> int:
@@ -197,7 +227,8 @@ class Session:
         self._max_time = system_max if max_time is None else parse_max_time(max_time, system_max)
         self._session_id = new_id()
         self._store.open_session(self._session_id, name, self.mode, self._max_time)
-        _beat.add(self._store, self._session_id)
+        if self._service.beats_producer:
+            _beat.add(self._store, self._session_id)
         self._tokens: list = []
 
     # ------------------------------------------------------------------ identity

@@ -27,10 +27,11 @@ from session_broker.core import codec, program, transport
 from session_broker.core.ids import valid_id
 from session_broker.core.store import Store
 from session_broker.errors import ErrorCode
-from tasks import link as inflight
-from tasks.link import link
-from tasks.program import execute_program
-from tasks.simulate import execute
+
+from . import link as inflight
+from .link import link
+from .program import execute_program
+from .simulate import execute
 
 log = logging.getLogger("session_broker.worker")
 

@@ -23,7 +23,7 @@ from session_broker.core.store import Store
 log = logging.getLogger("session_broker.worker")
 logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs every pass at INFO
 
-from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, link, open_link  # noqa: E402
+from .link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, link, open_link  # noqa: E402
 
 # seconds events stay on after the last request for them (Flower asks every 5 s)
 EVENTS_LINGER = float(os.environ.get("SESSION_BROKER_EVENTS_LINGER", "15"))
@@ -91,7 +91,7 @@ def _warm(**_):
     backend = os.environ.get("SESSION_BROKER_WORKER_BACKEND")
     if backend:
         # lazy: Qiskit and the Celery app load only after _die_with_parent(): an executor must not outlive its supervisor during those seconds of imports
-        from tasks.simulate import warm_up
+        from .simulate import warm_up
 
         warm_up(backend)
 
@@ -115,7 +115,7 @@ def _ready(sender=None, **_):
         log.critical("executor's Celery node %r is not its registered node %r", consumer.hostname, node)
         os._exit(3)
     # lazy: Qiskit and the Celery app load only after _die_with_parent(): an executor must not outlive its supervisor during those seconds of imports
-    from tasks.celery_tasks import store
+    from .celery_tasks import store
 
     _events = Events(consumer, store(), os.environ.get("SESSION_BROKER_TASK_EVENTS") == "always")
     _events.apply()  # a monitor already open: events from the first job
@@ -206,7 +206,7 @@ def _banner_says_how_events_turn_on(app) -> None:
 
 
 def main() -> None:
-    """``python -m tasks.executor``: started by the supervisor, never by hand."""
+    """The executor process: started by the supervisor, never by hand."""
     _die_with_parent()
     open_link(int(os.environ[ENV_STATUS_FD]), int(os.environ[ENV_COMMAND_FD]))
     for fd in (link().status_fd, link().command_fd):

@@ -8,7 +8,7 @@ as IBM's ``QuantumProgramResultModel`` v2.0 JSON, which IBM's client decodes its
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from session_broker import backends
 from session_broker.core import program as wire
@@ -24,8 +24,8 @@ def execute_program(backend: str, job: wire.ExecutorJob) -> str:
     for item in job.program.items:  # IBM's runner lifts Aer's width limit: ours holds
         backends.check_circuit(backend, item.circuit, require_isa=False)
     options = SimulatorOptions(seed_simulator=job.options.get("seed_simulator"))
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     result = run_quantum_program(backends.simulator(backend), job.program, options)
-    stopped = datetime.now(timezone.utc)
+    stopped = datetime.now(UTC)
     sizes = [int(item.size()) for item in job.program.items]
     return wire.encode_program_result(result, sizes, started, stopped)

@@ -14,7 +14,7 @@ Two APIs arrive here:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 
 import numpy as np
@@ -27,7 +27,8 @@ from qiskit_aer.primitives import SamplerV2 as AerSamplerV2
 
 from session_broker import backends
 from session_broker.core.codec import MAX_RESULT_BYTES, DecodedJob, result_bytes
-from tasks import mitigation
+
+from . import mitigation
 
 
 @lru_cache(maxsize=64)
@@ -57,7 +58,7 @@ def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
     v1 = options.get("api") == "v1"
     if v1 and not options.get("skip_transpilation"):
         pubs = _transpile(backend, pubs, options)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     ours = {"backend": backend, "resilience_level": options.get("resilience_level", 0)}
     no_effect = list(options.get("no_effect", []))
     techniques: dict = {}
@@ -111,7 +112,7 @@ def execute(backend: str, job: DecodedJob) -> PrimitiveResult:
                 "values of the simulated state, no readout and no shots, so "
                 "measurement twirling, TREX and ZNE did not run on them"
             )
-    stopped = datetime.now(timezone.utc)
+    stopped = datetime.now(UTC)
     if v1 and options.get("resilience_level"):  # V1 accepts it on ideal backends only
         ours["resilience"] = "ideal simulator: no noise to mitigate; results are exact up to sampling"
     if no_effect:

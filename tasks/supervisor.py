@@ -20,11 +20,12 @@ import redis
 from celery.utils.nodenames import default_nodename, host_format
 
 from session_broker.celery_app import app
-from session_broker.core.store import FINAL_JOB_STATUSES, Store
+from session_broker.core.spawn import child_env, python_code
+from session_broker.core.store import Store
 from session_broker.errors import ConfigurationError, ErrorCode, error_for_code
-from tasks.agent import Agent
-from tasks.link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, InFlight
-from tasks.spawn import child_env, python_code
+
+from .agent import Agent
+from .link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, InFlight
 
 log = logging.getLogger("session_broker.worker")
 BOOT_FAILURES = 5
@@ -248,7 +249,7 @@ class Supervisor:
         # SIGSTOP for a hung host, SIGKILL) reaches its executors as it reached pool children
         slot.proc = subprocess.Popen(
             # never with the current directory on sys.path: a user's tasks.py would shadow us
-            python_code("from tasks.executor import main; main()"),
+            python_code(f"from {__package__}.executor import main; main()"),
             env=child_env(env),
             pass_fds=(status_w, command_r),
         )
@@ -341,10 +342,14 @@ class Supervisor:
             log.warning(
                 "%s: executor %s while running job %s (%s); starting another", slot.node, how, jid, outcome
             )
-            # the executor died before it could tell monitors: tell them (Flower)
-            threading.Thread(
-                target=self.send_task_events, args=(slot.node, jid, how), name="lost-job-events", daemon=True
-            ).start()
+            if outcome in ("requeued", "failed"):  # not 'stale': someone else settled it
+                # the executor died before it could tell monitors: tell them (Flower)
+                threading.Thread(
+                    target=self.send_task_events,
+                    args=(slot.node, jid, how, outcome),
+                    name="lost-job-events",
+                    daemon=True,
+                ).start()
         else:
             log.warning("%s: executor %s; starting another", slot.node, how)
         if was_ready or replaced:
@@ -363,14 +368,16 @@ class Supervisor:
             return
         slot.restart_at = time.monotonic() + min(0.5 * 2 ** (slot.boot_failures - 1), 10.0)
 
-    def send_task_events(self, node: str, jid: str, how: str) -> None:
+    def send_task_events(self, node: str, jid: str, how: str, outcome: str) -> None:
         """Celery's task event for a job whose executor was killed (time limit) or died, which
         never sent its own: ``task-failed`` with the error the job record holds (what the Jobs
         page, the CLI and ``job.result()`` show) once the job has ended, ``task-retried`` when it
         was requeued to run again. The event names the task and its summary, so a monitor that
         missed ``task-received`` (events are on only while one asks) still knows what it was.
         Sent from this node's name, as its executor would have; whether or not a monitor asks
-        (one such event per lost job costs nothing)."""
+        (one such event per lost job costs nothing). ``outcome`` is what the settling said
+        ('requeued': retried; else failed): the record read later may already say DONE, as
+        another executor ran the requeued job meanwhile."""
         try:
             rec = self.store.job(jid, "status", "error", "error_code", "primitive", "session", "backend")
             reason = rec.get("error") or f"the process running it died ({how}); it runs again"
@@ -386,8 +393,7 @@ class Supervisor:
             with app.connection_for_write() as conn:
                 dispatcher = app.events.Dispatcher(conn, hostname=node, enabled=True)
                 try:
-                    final = rec.get("status") in FINAL_JOB_STATUSES
-                    dispatcher.send("task-failed" if final else "task-retried", **fields)
+                    dispatcher.send("task-retried" if outcome == "requeued" else "task-failed", **fields)
                 finally:
                     dispatcher.close()
         except Exception as exc:  # monitors miss one event; the job itself is settled

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import PlainTextResponse
@@ -25,7 +25,7 @@ from session_broker.api import reader
 from session_broker.api.errors import ApiError, from_broker_error
 from session_broker.api.limits import check_tags
 from session_broker.api.models import JobCreate, TagsUpdate
-from session_broker.api.runtime import Ctx, runtime_ctx, session_of
+from session_broker.api.runtime import Ctx, _calibrated, runtime_ctx, session_of
 from session_broker.core import codec
 from session_broker.core.ids import iso, valid_id
 from session_broker.core.read import JobQuery, iter_jobs
@@ -69,6 +69,8 @@ router = APIRouter()
 # ---------------------------------------------------------------------- jobs: submit
 @router.post("/jobs", tags=["jobs"])
 def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
+    if body.calibration_id is not None and body.backend:  # as GET .../configuration: IBM errors
+        _calibrated(catalog.ALIASES.get(body.backend, body.backend), body.calibration_id)
     if body.program_id == "executor":
         return create_executor_job(body, ctx)
     primitive_cls = PROGRAMS.get(body.program_id)
@@ -325,7 +327,7 @@ def _ts(value: str | None, name: str) -> float | None:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ApiError(400, f"{name}={value[:40]!r} is not an ISO-8601 time") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 @router.get("/jobs", tags=["jobs"])

@@ -18,6 +18,8 @@ from session_broker.service import QiskitRuntimeService
 class TenantService(QiskitRuntimeService):
     """A service bound to given settings and a shared Redis client (no ping per tenant)."""
 
+    beats_producer = False  # REST clients say nothing of their liveness: their sessions show "-"
+
     def __init__(self, settings: Settings, client):  # noqa: D401 - deliberately no super()
         self._settings = settings
         self._store = Store(settings, client=client)

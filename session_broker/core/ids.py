@@ -5,20 +5,20 @@ from __future__ import annotations
 import re
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def iso(ts: str | float | None) -> str | None:
     """Redis server seconds -> '2023-10-09T19:37:42.004Z' (the guide's format), or None."""
     if ts in (None, ""):
         return None
-    dt = datetime.fromtimestamp(float(ts), tz=timezone.utc)
+    dt = datetime.fromtimestamp(float(ts), tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def from_iso(text: str) -> float:
     """The inverse of ``iso``: '2023-10-09T19:37:42.004Z' -> seconds since the epoch."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def new_id() -> str:

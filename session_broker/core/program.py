@@ -170,7 +170,9 @@ def _screen_tree(node: object, where: str, budget: list[int], depth: int) -> Non
     if depth > _MAX_DEPTH:
         raise codec._bad(where, f"nested deeper than {_MAX_DEPTH}")
     if isinstance(node, dict):
-        if isinstance(node.get("data"), str) and "dtype" in node:
+        # every string ``data`` is inflated within the budget, ``dtype`` or not: IBM's
+        # tensor models default it (f64), so a tensor may come without one
+        if isinstance(node.get("data"), str):
             _inflate(node["data"], f"{where}.data", budget)
         if isinstance(node.get("samplex_json"), str):
             _screen_samplex(node["samplex_json"], f"{where}.samplex_json", 0)

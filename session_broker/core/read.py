@@ -49,20 +49,7 @@ def iter_jobs(
     and the fields the filters read. Records are read ``CHUNK`` at a time, so a caller that
     stops early (a page) reads little more than it shows."""
     wanted = tuple(dict.fromkeys((*_FILTER_FIELDS, *fields)))
-    if query.session:
-        ids = store.session_job_ids(query.session)
-        if query.newest_first:
-            ids = list(reversed(ids))
-    else:
-        lo = "-inf" if query.after is None else query.after
-        hi = "+inf" if query.before is None else query.before
-        ids = text_list(
-            store.redis.zrevrangebyscore(store.keys.jobs, hi, lo)
-            if query.newest_first
-            else store.redis.zrangebyscore(store.keys.jobs, lo, hi)
-        )
-    for start in range(0, len(ids), CHUNK):
-        batch = ids[start : start + CHUNK]
+    for batch in _job_id_chunks(store, query):
         pipe = store.redis.pipeline(transaction=False)
         for jid in batch:
             pipe.hmget(store.keys.job(jid), wanted)
@@ -70,6 +57,34 @@ def iter_jobs(
             rec = {f: v for f, v in zip(wanted, values) if v is not None}
             if rec.get("status") and matches(rec, query):
                 yield jid, rec
+
+
+def _job_id_chunks(store: Store, query: JobQuery) -> Iterator[list[str]]:
+    """The matching window's job ids, ``CHUNK`` at a time: a page (the Jobs page refreshes
+    live) reads a chunk or two of ids, not every id of the last day's jobs."""
+    if query.session:
+        ids = store.session_job_ids(query.session)
+        if query.newest_first:
+            ids = list(reversed(ids))
+        for start in range(0, len(ids), CHUNK):
+            yield ids[start : start + CHUNK]
+        return
+    lo = "-inf" if query.after is None else query.after
+    hi = "+inf" if query.before is None else query.before
+    seen: set[str] = set()  # a job submitted while we read shifts the ranks by one
+    offset = 0
+    while True:
+        ranked = text_list(
+            store.redis.zrevrangebyscore(store.keys.jobs, hi, lo, start=offset, num=CHUNK)
+            if query.newest_first
+            else store.redis.zrangebyscore(store.keys.jobs, lo, hi, start=offset, num=CHUNK)
+        )
+        if not ranked:
+            return
+        offset += len(ranked)
+        fresh = [jid for jid in ranked if jid not in seen]
+        seen.update(fresh)
+        yield fresh
 
 
 def matches(rec: dict[str, str], query: JobQuery) -> bool:

@@ -169,9 +169,9 @@ def cmd_worker(args) -> int:
         return EXIT_USAGE
     # the supervisor checks the backend, the GPU and Redis while its executors boot
     # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
-    from tasks.supervisor import start_worker
+    from session_broker.core.spawn import worker_module
 
-    return start_worker(
+    return worker_module("supervisor").start_worker(
         args.backend, concurrency=args.concurrency, name=args.name, device=args.device, loglevel=args.loglevel
     )
 
@@ -181,10 +181,10 @@ def cmd_flower(args) -> int:
     from session_broker.core.config import get_settings
 
     # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
-    from session_broker.ops.embedded import FLOWER_COLUMNS, Stack
+    from session_broker.core.spawn import child_env, python_module
 
     # lazy: the CLI loads a command's modules only when it runs: --help and the read-only views stay free of Celery, Qiskit and the web stack
-    from tasks.spawn import child_env, python_module
+    from session_broker.ops.embedded import FLOWER_COLUMNS, Stack
 
     settings = get_settings()
     # the login stays in the environment (flower_login.py): argv is visible to every local user

@@ -229,9 +229,10 @@ def session_rows(
 
 def producer_state(session: dict, beating: bool) -> str | None:
     """ "alive", "gone" (the process that opened it stopped refreshing its key while the
-    session is not closed: abandoned, or killed inside ``with Session``), or None: closed,
-    or opened by a client that says nothing (IBM's over REST)."""
-    if not session.get("producer") or session.get("state") == "closed":
+    session still accepts jobs: abandoned, or killed inside ``with Session``), or None:
+    closed or closing (it no longer waits for its producer: queued jobs drain, then it
+    closes), or opened by a client that says nothing (IBM's over REST)."""
+    if not session.get("producer") or session.get("state") == "closed" or session.get("accepting") == "0":
         return None
     return "alive" if beating else "gone"
 

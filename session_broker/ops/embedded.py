@@ -25,8 +25,8 @@ import redis
 
 from session_broker.core.config import DEFAULT_URL, get_settings, load_settings
 from session_broker.core.connection import connect, redact
+from session_broker.core.spawn import child_env, python_module
 from session_broker.core.store import Store
-from tasks.spawn import child_env, python_module
 
 FLOWER_PORT = 5555
 # Show each task's summary (job, session, backend, PUBs, shots) in Flower's task list

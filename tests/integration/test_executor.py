@@ -219,6 +219,11 @@ def lying_qpy(params: dict) -> None:
 HOSTILE = {
     "zlib bomb in circuits": (lambda p: set_circuits(p, bomb()), "decompresses to more than"),
     "zlib bomb in a tensor": (lambda p: set_args(p, bomb()), "decompresses to more than"),
+    # IBM's tensor model defaults dtype to f64: a tensor without it is inflated all the same
+    "zlib bomb in a tensor without dtype": (
+        lambda p: (set_args(p, bomb()), p["quantum_program"]["items"][0]["circuit_arguments"].pop("dtype")),
+        "decompresses to more than",
+    ),
     "circuits not zlib": (lambda p: set_circuits(p, base64.b64encode(b"QISKIT" * 10).decode()), "not zlib"),
     "QPY header lies": (lying_qpy, "qubits"),
     "shots a string": (lambda p: set_shots(p, "many"), "shots"),

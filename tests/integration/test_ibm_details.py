@@ -208,6 +208,10 @@ def test_stock_client_inputs_calibration_id_and_private_results(server, c):
         status, body = http("GET", f"{base}/{kind}?calibration_id=invalid_id", headers=headers)
         assert status == 404 and "calibration" in str(body), (kind, status, body)
         assert http("GET", f"{base}/{kind}", headers=headers)[0] == 200
+    # a job for a calibration the backend does not have is refused before it is queued
+    job = {"program_id": "sampler", "backend": "ibm_manila", "calibration_id": "invalid_id", "params": {}}
+    status, body = http("POST", f"{server.url}/api/v1/jobs", headers=headers, body=job)
+    assert status == 404 and "calibration 'invalid_id'" in str(body), (status, body)
 
 
 def test_stock_client_inputs_of_every_program_queued_and_ended(server, c):

@@ -1,7 +1,8 @@
 """Packaging by role, from real installs: a fresh venv with the bare package (a producer) and
 one with ``[worker]``, each installed from a wheel of this checkout with ``pip`` and the tested
 versions (constraints.txt), nothing borrowed from the test venv. The worker venv runs a real
-worker (started outside the checkout), the producer venv submits a job to it."""
+worker (started outside the checkout, in a Celery project's directory with its own
+``tasks.py``), the producer venv submits a job to it and still imports the user's ``tasks``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,12 @@ def venvs(tmp_path_factory):
     )
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next((where / "dist").glob("session_broker-*.whl"))
+    with zipfile.ZipFile(wheel) as zipped:
+        tops = {
+            name.split("/")[0] for name in zipped.namelist() if not name.split("/")[0].endswith(".dist-info")
+        }
+    # nothing top-level that a user's `tasks` module could shadow or be shadowed by
+    assert tops == {"session_broker", "session_broker_tasks"}, tops
     with ThreadPoolExecutor(2) as pool:
         producer = pool.submit(make_venv, where / "producer", str(wheel))
         worker = pool.submit(make_venv, where / "worker", f"{wheel}[worker]")
@@ -85,10 +93,27 @@ def test_a_producer_install_is_the_lightest_and_a_worker_install_runs_a_worker(
     assert not producer & {*HEAVY, "celery", "kombu"}, producer & {*HEAVY, "celery", "kombu"}
     assert "celery" in worker and not worker & set(HEAVY), worker & set(HEAVY)
 
+    # the worker's code under its own name; no `tasks` anywhere on an installed sys.path
+    probe = subprocess.run(
+        [
+            str(worker_venv / "bin" / "python"),
+            "-P",
+            "-c",
+            "import session_broker_tasks.supervisor; import tasks",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert "No module named 'tasks'" in probe.stderr, probe.stderr[-2000:]
+
     c = make_cluster(stack, redis_url)
     name = f"installed-{uuid.uuid4().hex[:6]}@%h"
     elsewhere = tmp_path / "project"  # not the checkout: only the installed package is there
     elsewhere.mkdir()
+    (elsewhere / "tasks.py").write_text("USERS_OWN = True\n")  # every Celery tutorial has one
     child = subprocess.Popen(
         [
             str(worker_venv / "bin" / "session-broker"),
@@ -109,8 +134,9 @@ def test_a_producer_install_is_the_lightest_and_a_worker_install_runs_a_worker(
         c.wait_registered(node_name(name), timeout=180)
         script = textwrap.dedent(
             f"""
-            import session_broker, sys
+            import session_broker, sys, tasks
             assert "/producer/lib/" in session_broker.__file__, session_broker.__file__
+            assert tasks.USERS_OWN, tasks.__file__  # the user's tasks module, not ours
             from qiskit import QuantumCircuit
             from session_broker import QiskitRuntimeService, SamplerV2, Session
             qc = QuantumCircuit(2); qc.h(0); qc.cx(0, 1); qc.measure_all()

@@ -88,13 +88,21 @@ def test_a_job_whose_executor_died_is_task_failed_too(c, events, hold):
     assert failed["hostname"] == c.node and str(raised.value) in failed["exception"], failed
 
 
-def test_the_receiver_hears_nothing_else_about_a_job_that_ran(c, events):
+def test_the_receiver_hears_nothing_else_about_a_job_that_ran(c, events, hold):
     """The check can fail: a job that ends normally (events off, no monitor) sends no
-    task-failed, so the events above came from the killed jobs."""
+    task-failed, so the events above came from the killed jobs. Asserted once a later
+    killed job's event has been heard: anything sent about the earlier jobs came before it."""
     job = EstimatorV2(mode=BACKEND).run([slow_pub(0.05)])
     job.result(timeout=120)
     probe = EstimatorV2(mode=BACKEND, options={"max_execution_time": 1}).run([slow_pub(0.05)])
     probe.result(timeout=120)
+    killed = EstimatorV2(mode=BACKEND).run([slow_pub(2)])
+    held = hold(c.store, killed.job_id())
+    os.kill(held.pid, signal.SIGKILL)
+    held.frozen = False
+    with pytest.raises(WorkerLostError):
+        killed.result(timeout=120)
+    wait_for(lambda: events.of(killed.job_id(), "task-failed"), 30, "task-failed of the killed job")
     assert not events.of(job.job_id(), "task-failed") and not events.of(probe.job_id(), "task-failed")
 
 

@@ -14,7 +14,7 @@ import time
 from session_broker.ops.embedded import wait_for
 from tests.integration.test_ops_cli import cli, cli_json
 
-BEAT = "0.3"  # the producer's refresh interval here (default 5 s): gone after 3 missed
+BEAT = "1"  # the producer's refresh interval here (default 5 s): gone after 3 missed
 
 
 def test_a_killed_producer_is_marked_gone_and_a_closed_session_is_not(cluster):
@@ -49,8 +49,9 @@ def test_a_killed_producer_is_marked_gone_and_a_closed_session_is_not(cluster):
 
         assert producer_of(sid) == "alive"
         assert producer_of(closed_sid) is None  # closed: nothing to say about its producer
-        # it keeps refreshing: its key never lapses over five refresh intervals (it lasts three)
-        key, end = cluster.store.keys.session_producer(sid), time.monotonic() + 5 * float(BEAT)
+        # it keeps refreshing: its key never lapses over three refresh intervals (it lasts three:
+        # only a stall of the producer's beat thread longer than 3 s would fail this)
+        key, end = cluster.store.keys.session_producer(sid), time.monotonic() + 3 * float(BEAT)
         while time.monotonic() < end:
             assert cluster.store.redis.exists(key), "the live producer's key lapsed"
             time.sleep(0.05)
@@ -65,3 +66,49 @@ def test_a_killed_producer_is_marked_gone_and_a_closed_session_is_not(cluster):
     res = cli(cluster.url, "session", "cancel", sid)
     assert res.returncode == 0, res.stderr
     assert producer_of(sid) is None  # closed now
+
+
+def test_a_closing_session_is_not_marked_gone():
+    """Closed by its producer with jobs still queued (leaving ``with`` early): it drains and
+    closes on its own and no longer waits for the producer, so nothing says "gone" (the
+    hint would be to cancel the jobs the contract says must drain)."""
+    from session_broker.ops.commands import producer_state
+
+    base = {"producer": "host:1", "state": "active", "accepting": "1"}
+    assert producer_state(base, beating=False) == "gone"
+    assert producer_state(base, beating=True) == "alive"
+    assert producer_state({**base, "state": "pending_closed", "accepting": "0"}, beating=False) is None
+    assert producer_state({**base, "state": "closed", "accepting": "0"}, beating=False) is None
+    assert producer_state({"state": "active", "accepting": "1"}, beating=False) is None  # REST
+
+
+def test_the_beat_outlives_a_redis_that_refuses_writes(fresh, stack, monkeypatch):
+    """Redis full (``maxmemory``: every write refused, our client raises its typed error)
+    for longer than the key lives: the beat thread lives on and the key comes back. Another
+    Redis of this process is gone for good meanwhile: its client's retries (about 40 s a
+    call) must not hold up the beats of the sessions on this one."""
+    from session_broker import QiskitRuntimeService, Session
+    from session_broker.core.config import get_settings
+
+    monkeypatch.setenv("SESSION_BROKER_PRODUCER_BEAT", BEAT)
+    get_settings.cache_clear()
+    gone = fresh()
+    Session(backend="ibmq_qasm_simulator", service=QiskitRuntimeService(gone.url))
+    child = next(ch for ch in stack.children if ch.name == gone.redis_name)
+    stack.stop_child(child)
+    stack.children.remove(child)
+
+    cluster = fresh()
+    service = QiskitRuntimeService(cluster.url)
+    session = Session(backend="ibmq_qasm_simulator", service=service)
+    key, r = service._store.keys.session_producer(session.session_id), cluster.store.redis
+    try:
+        wait_for(lambda: r.exists(key), 10, "the producer's first beat")
+        r.config_set("maxmemory", 1)
+        wait_for(lambda: not r.exists(key), 30, "the key to lapse while Redis refuses writes")
+        r.config_set("maxmemory", 0)
+        wait_for(lambda: r.exists(key), 30, "the beat to set the key again once Redis takes writes")
+    finally:
+        r.config_set("maxmemory", 0)
+        session.cancel()
+        get_settings.cache_clear()

@@ -90,6 +90,9 @@ def test_session_flow_with_the_constructor_recipe(flow, cluster):
     # leaving `with` is close(): the idle session closes at once
     assert flow["after"] == "Closed"
     assert "usage_consumed_seconds" in flow["usage"]
+    # the web front is not the producer of its sessions: nothing claims their liveness
+    assert not cluster.store.session(flow["sid"], tick=False).get("producer")
+    assert not cluster.store.redis.exists(cluster.store.keys.session_producer(flow["sid"]))
 
 
 def test_one_job_one_record_whichever_door(flow, cluster):

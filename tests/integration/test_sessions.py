@@ -148,7 +148,25 @@ def test_max_time_valid_forms(value, seconds):
 
 
 @pytest.mark.parametrize(
-    "value", ["90", "2h xyz", "-5m", "1.5h", 0, -1, True, False, "", "m", 1.5, None, "30m 2h", 28801]
+    "value",
+    [
+        "90",
+        "2h xyz",
+        "-5m",
+        "1.5h",
+        0,
+        -1,
+        True,
+        False,
+        "",
+        "m",
+        1.5,
+        None,
+        "30m 2h",
+        28801,
+        "1 h",
+        "5 m 3 s",
+    ],
 )
 def test_max_time_invalid_forms(c, value):
     if value is None:

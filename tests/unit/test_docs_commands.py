@@ -11,10 +11,10 @@ from __future__ import annotations
 import itertools
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from session_broker.ops.cli import build_parser
 

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tasks.spawn import python_module
+from session_broker.core.spawn import python_module
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import base64
 import io
 import json
 import struct
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -64,7 +64,7 @@ def test_the_result_encoder_is_read_back_by_ibms_decoder():
     data = [{"meas": np.array([[True, False], [False, True]])}, {"c": np.zeros((3, 4, 1), bool)}]
     result = QuantumProgramResult(data, passthrough_data={"post": {"x": np.arange(3.0)}, "v": 1})
     result._semantic_role = "sampler_v2"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     decoded = ExecutorResultDecoder.decode(wire.encode_program_result(result, [1, 3], now, now))
     assert isinstance(decoded, QuantumProgramResult) and decoded._semantic_role == "sampler_v2"
     assert np.array_equal(decoded[0]["meas"], data[0]["meas"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import spawn
+from session_broker.core import spawn
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = "import tasks, tasks.link; print(tasks.__file__)"
