@@ -404,14 +404,75 @@ def _aer_basis(method: str) -> frozenset[str]:
     return frozenset(AerSimulator(method=method).configuration().basis_gates)
 
 
-def build_target(name: str) -> Target:
+def build_target(name: str, fractional: bool | None = True) -> Target:
     """The transpiler target of ``name`` (cached; treat it as read-only).
 
     Ideal: all-to-all, the standard gates Aer's method runs natively plus measure, reset,
     delay and control flow, so ``generate_preset_pass_manager(backend=...)`` output runs on
-    Aer without further transpilation. Device: the calibration snapshot's target.
+    Aer without further transpilation. Device: the calibration snapshot's target; with
+    ``fractional=False``, a snapshot with IBM's fractional gates (``has_fractional_gates``)
+    loses them, as ``service.backend(name, use_fractional_gates=False)`` builds it at IBM.
     """
-    return _build_target(get_spec(name))
+    spec = get_spec(name)
+    if fractional is False and has_fractional_gates(spec.name):
+        return _target_without_fractional_gates(spec)
+    return _build_target(spec)
+
+
+FRACTIONAL_FEATURE = frozenset({"rzz", "rx"})
+
+
+def has_fractional_gates(name: str) -> bool:
+    """A device whose snapshot has IBM's fractional gates (``rzz``, ``rx``: Heron's feature
+    that ``use_fractional_gates`` switches). The 2019-2020 snapshots' ``u2``/``u3`` basis gates
+    are not this feature: IBM's filter would drop them too, leaving those retired devices no
+    single-qubit basis, so they keep them."""
+    spec = get_spec(name)
+    return spec.kind == "device" and bool(FRACTIONAL_FEATURE & set(_build_target(spec).operation_names))
+
+
+def refuse_dropped_fractional_gates(backend, circuits) -> None:
+    """IBM's client checks a job's circuits against its backend object's target: a circuit
+    with ``rzz``/``rx`` sent through a backend obtained with ``use_fractional_gates=False``
+    (whose target lacks them) is refused, although the device's worker could run it."""
+    if not isinstance(backend, BrokerBackend) or backend.use_fractional_gates is not False:
+        return
+    if not has_fractional_gates(backend.name):
+        return
+    for circuit in circuits:
+        found = sorted(FRACTIONAL_FEATURE & set(_op_names(circuit)))
+        if found:
+            raise NotISAError(
+                f"circuit {circuit.name!r} uses {', '.join(found)}, which backend {backend.name!r} "
+                f"obtained with use_fractional_gates=False does not support (as IBM's client "
+                f"refuses it); get the backend with service.backend({backend.name!r}, "
+                "use_fractional_gates=True), or transpile for this one"
+            )
+
+
+def _op_names(circuit) -> set[str]:
+    names = set()
+    for inst in circuit.data:
+        names.add(inst.operation.name)
+        for block in getattr(inst.operation, "blocks", ()):
+            names |= _op_names(block)
+    return names
+
+
+@cache
+def _target_without_fractional_gates(spec: BackendSpec) -> Target:
+    """IBM's ``convert_to_target(..., include_fractional_gates=False)`` of the snapshot: what
+    IBMBackend builds for ``use_fractional_gates=False`` (every gate ``is_fractional_gate``
+    names: ``rzz``, ``rx`` on the snapshots that have them)."""
+    # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
+    from qiskit_ibm_runtime.utils.backend_converter import convert_to_target
+
+    return convert_to_target(
+        configuration=_configuration(spec.name, False),
+        properties=_properties(spec.name, False),
+        include_control_flow=True,
+        include_fractional_gates=False,
+    )
 
 
 @cache
@@ -455,11 +516,38 @@ def _simulator(spec: BackendSpec) -> AerSimulator:
     if spec.kind == "device":
         if spec.method != "automatic":
             options["method"] = spec.method
-        return AerSimulator.from_backend(_fake(spec.snapshot), **options)
+        sim = AerSimulator.from_backend(_fake(spec.snapshot), **options)
+        noise = sim.options.noise_model
+        noise._custom_noise_passes = [memoized_noise_pass(p) for p in noise._custom_noise_passes]
+        return sim
     # Ideal circuits with final measurements sample from one state: parallel shots only
     # add OpenMP start-up to every small job (Bell on 2 cores: 3.0 -> 2.0 ms), while the
     # statevector itself still uses every thread (20 qubits: unchanged).
     return AerSimulator(method=spec.method, max_parallel_shots=1, **options)
+
+
+def memoized_noise_pass(original, transform=None):
+    """Aer's delay relaxation pass (``RelaxationNoisePass``, which Aer runs in Python on every
+    circuit with delays) returning one error object per (instruction, duration, qubits): the
+    same channels, built once, and Aer moves each distinct error into the circuit's noise
+    model once instead of once per delay (a scheduled 127-qubit circuit has hundreds). With
+    ``transform``, each error is transformed once (``tasks/wide.py``: Pauli-twirled)."""
+    # lazy: qiskit-aer loads in about a second; only building a simulator needs it
+    from qiskit_aer.noise.passes import LocalNoisePass
+
+    func = original._func
+    memo: dict = {}
+
+    def error_of(op, qubits):
+        key = (op.name, op.duration, getattr(op, "unit", None), tuple(qubits))
+        if key not in memo:
+            if len(memo) > 50_000:  # delays of every length a long-lived worker met
+                memo.clear()
+            error = func(op, qubits)
+            memo[key] = error if error is None or transform is None else transform(error)
+        return memo[key]
+
+    return LocalNoisePass(error_of, op_types=original._ops, method=original._method)
 
 
 def aer_threads() -> int:
@@ -675,18 +763,21 @@ class BrokerBackend(BackendV2):
     ``generate_preset_pass_manager``; it cannot run circuits itself.
     """
 
-    def __init__(self, name: str, service=None):
+    def __init__(self, name: str, service=None, use_fractional_gates: bool | None = None):
         spec = get_spec(canonical(name))
         version = configuration_dict(spec.name)["backend_version"]
         super().__init__(provider=None, name=spec.name, description=spec.description, backend_version=version)
         self._spec = spec
         self.service = service
+        # IBM's: False drops the fractional gates of a snapshot that has them (target,
+        # configuration, properties); True and None keep them (``has_fractional_gates``)
+        self._fractional = use_fractional_gates
 
     # IBMBackend's information API, from the snapshot (devices) or the catalog (ideal) ------
     def configuration(self):
         """The backend configuration (``qiskit_ibm_runtime.models.QasmBackendConfiguration``),
         as ``IBMBackend.configuration()`` returns it."""
-        return _configuration(self._spec.name)
+        return _configuration(self._spec.name, self._fractional)
 
     def properties(self, refresh: bool = False, datetime=None):
         """The calibration snapshot's ``BackendProperties`` (``qiskit_ibm_runtime.models``);
@@ -698,7 +789,7 @@ class BrokerBackend(BackendV2):
             )
         if datetime is not None and not isinstance(datetime, python_datetime):
             raise TypeError(f"'{datetime}' is not of type 'datetime'.")
-        return _properties(self._spec.name)
+        return _properties(self._spec.name, self._fractional)
 
     def status(self):
         """``qiskit_ibm_runtime.models.BackendStatus``: operational while a worker serves the
@@ -777,7 +868,13 @@ class BrokerBackend(BackendV2):
 
     @property
     def target(self) -> Target:
-        return build_target(self._spec.name)
+        return build_target(self._spec.name, self._fractional)
+
+    @property
+    def use_fractional_gates(self) -> bool | None:
+        """What ``service.backend(..., use_fractional_gates=)`` asked for (IBM keeps it in
+        ``backend.options``)."""
+        return self._fractional
 
     @property
     def max_circuits(self):
@@ -822,25 +919,33 @@ class BrokerBackend(BackendV2):
 
 
 @cache
-def _configuration(name: str):
+def _configuration(name: str, fractional: bool | None = True):
+    """IBM's configuration object; ``fractional=False`` on a backend that
+    ``has_fractional_gates`` drops them from it, as IBM's decoder does."""
     # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from qiskit_ibm_runtime.models import QasmBackendConfiguration
 
     # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
-    from qiskit_ibm_runtime.utils.backend_decoder import decode_backend_configuration
+    from qiskit_ibm_runtime.utils.backend_decoder import (
+        decode_backend_configuration,
+        filter_raw_configuration,
+    )
 
     raw = copy.deepcopy(configuration_dict(name))
+    if fractional is False and has_fractional_gates(name):
+        filter_raw_configuration(raw, use_fractional_gates=False)
     decode_backend_configuration(raw)
     return QasmBackendConfiguration.from_dict(raw)
 
 
 @cache
-def _properties(name: str):
+def _properties(name: str, fractional: bool | None = True):
     # lazy: qiskit-ibm-runtime takes ~2 s to import; only this path needs it
     from qiskit_ibm_runtime.utils.backend_decoder import properties_from_server_data
 
     raw = properties_dict(name)
-    return None if raw is None else properties_from_server_data(copy.deepcopy(raw), use_fractional_gates=None)
+    keep = False if fractional is False and has_fractional_gates(name) else None
+    return None if raw is None else properties_from_server_data(copy.deepcopy(raw), use_fractional_gates=keep)
 
 
 def name_of(backend) -> str:

@@ -48,6 +48,12 @@ class _Primitive:
     def _setup(self, mode, options):
         self._service, self._backend, self._session = resolve_mode(mode, type(self).__name__)
         self._options = opts.coerce(self._kind, options)
+        # the backend object the job was given (its target is what IBM's client checks against)
+        self._backend_object = (
+            mode
+            if isinstance(mode, catalog.BrokerBackend)
+            else getattr(self._session, "_backend_object", None)
+        )
 
     @property
     def mode(self):
@@ -76,6 +82,7 @@ class _Primitive:
         keep their order: a circuit's own refusal (too wide, not ISA) comes before ``then``'s
         (the sampler's result size) and before the encoder's, as when checks ran first.
         """
+        catalog.refuse_dropped_fractional_gates(self._backend_object, [p.circuit for p in coerced])
         try:
             pubs_json = encode(coerced)
         except InvalidInputError:

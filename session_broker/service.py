@@ -117,8 +117,9 @@ class QiskitRuntimeService:
         are IBM's simple filters: a value an attribute of ``backend.configuration()`` (such
         as ``dynamic_reprate_enabled=True``, ``open_pulse=False``) or of ``backend.status()``
         must equal; a name neither has is refused (IBM's would silently match nothing).
-        ``use_fractional_gates`` filters nothing (a backend's target has the fractional gates
-        its snapshot has); ``include_mocks`` is accepted (there are no mock backends).
+        ``use_fractional_gates`` is IBM's: ``False`` (the default) drops the fractional gates
+        (``rzz``, ``rx``) from the backends whose snapshot has them, ``True``/``None`` keeps
+        them (see ``backend()``); ``include_mocks`` is accepted (there are no mock backends).
         """
         if use_fractional_gates not in (None, False, True):
             raise InvalidInputError(
@@ -139,7 +140,7 @@ class QiskitRuntimeService:
                 continue
             if calibration_id is not None and calibration_id != catalog.calibration_id(backend):
                 continue
-            obj = BrokerBackend(backend, service=self)
+            obj = BrokerBackend(backend, service=self, use_fractional_gates=use_fractional_gates)
             if dynamic_circuits is not None and ("if_else" in obj.target.operation_names) != dynamic_circuits:
                 continue
             out.append(obj)
@@ -181,8 +182,17 @@ class QiskitRuntimeService:
         ``use_fractional_gates=True`` needs a backend whose target has IBM's fractional gates
         (``rzz``, ``rx``): the ideal simulators and the snapshots that have them; on another
         device it is refused (its snapshot has none, so they could not be simulated as the
-        device's). ``calibration_id`` must be the backend's one calibration (or None)."""
-        backend = BrokerBackend(catalog.canonical(name), service=self)
+        device's). ``False`` (IBM's default) drops them from a snapshot that has them
+        (``ibm_fractional``): its target, ``configuration()`` and ``properties()`` lack
+        ``rzz``/``rx``, as IBMBackend's do; ``None`` keeps them. The ideal simulators keep every
+        gate Aer runs whatever the flag. ``calibration_id`` must be the backend's one calibration (or None)."""
+        if use_fractional_gates not in (None, False, True):
+            raise InvalidInputError(
+                f"use_fractional_gates must be a bool or None, not {use_fractional_gates!r}"
+            )
+        backend = BrokerBackend(
+            catalog.canonical(name), service=self, use_fractional_gates=use_fractional_gates
+        )
         if use_fractional_gates and not {"rzz", "rx"} <= set(backend.target.operation_names):
             with_them = [
                 n

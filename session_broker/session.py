@@ -200,6 +200,7 @@ class Session:
             raise InvalidInputError(
                 "Session takes (backend, max_time) positionally; pass service= and other arguments by keyword"
             )
+        self._backend_object = backend if isinstance(backend, BrokerBackend) else None  # its target
         if isinstance(backend, BrokerBackend):
             service = service or backend.service
             name = backend.name

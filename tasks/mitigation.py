@@ -55,6 +55,8 @@ from qiskit.transpiler.passes import (
 from session_broker import backends
 from session_broker.options import sampler_randomizations
 
+from . import wide
+
 #: 2-qubit gates of IBM's ISAs; each is its own inverse, so a fold G -> G G G stays ISA.
 _TWO_Q = ("cx", "ecr", "cz")
 EXTRAPOLATORS = (
@@ -492,6 +494,8 @@ class Executed:
     folded_2q_gates: list = field(default_factory=list)  # per noise factor, first circuit
     twirled_circuits: int = 0
     trex_circuits: int = 0
+    #: large devices: circuits per simulation route (``wide.route``), e.g. {"stabilizer": 64}
+    routes: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -569,7 +573,7 @@ def run_estimator(
     cal = _trex_calibration(backend, s, runs, rng, plans) if s.trex else None
     circuits = [run.circuit for run in runs] + (cal[0] if cal else [])
     shots = [run.shots for run in runs] + (cal[1] if cal else [])
-    counts = _execute(backend, circuits, shots, seed)
+    counts = _execute(backend, circuits, shots, seed, routes=executed.routes)
     executed.circuits = len(circuits)
     executed.shots = int(sum(shots))
     executed.twirled_circuits = sum(1 for _ in runs) if (s.twirl_gates or s.twirl_measure) else 0
@@ -597,21 +601,36 @@ def _finish_no_dd(circuit, backend, s):
     return _finish(circuit, backend, plain)
 
 
-def _execute(backend: str, circuits: list, shots: list[int], seed: int | None, memory: bool = False) -> list:
+def _execute(
+    backend: str,
+    circuits: list,
+    shots: list[int],
+    seed: int | None,
+    memory: bool = False,
+    routes: dict | None = None,
+) -> list:
     """Run every circuit on the backend's simulator in one call per distinct shot count
-    (Aer seeds circuit i of a call with seed + i: the same numbers twice). Counts, or with
+    (Aer seeds circuit i of a call with seed + i: the same numbers twice); on a large device
+    each circuit runs as ``wide.route`` says (density matrix when narrow, the Pauli-twirled
+    noise model when wide). Counts, or with
     ``memory`` each shot's bitstring."""
     if not circuits:
         return []
-    sim = backends.simulator(backend)
     out: list = [None] * len(circuits)
-    by_shots: dict[int, list[int]] = {}
+    by_shots: dict[tuple[int, str], list[int]] = {}
     for i, n in enumerate(shots):
-        by_shots.setdefault(int(n), []).append(i)
-    for n, idx in sorted(by_shots.items()):
-        kwargs = {"shots": n, "memory": memory}
+        by_shots.setdefault((int(n), wide.route(backend, circuits[i])), []).append(i)
+    for (n, how), idx in sorted(by_shots.items()):
+        if routes is not None and how != "exact":
+            routes[how] = routes.get(how, 0) + len(idx)
+        kwargs: dict = {"shots": n, "memory": memory}
         if seed is not None:
             kwargs["seed_simulator"] = int(seed) + n
+        sim = backends.simulator(backend)
+        if how == "density_matrix":  # narrow, on a large device (tasks/wide.py)
+            kwargs["method"] = how
+        elif how != "exact":  # wide, on a large device: the Pauli-twirled noise model
+            sim, kwargs["method"] = wide.simulator(backend), how
         result = sim.run([circuits[i] for i in idx], **kwargs).result()
         for j, i in enumerate(idx):
             if not memory:
@@ -800,13 +819,15 @@ def run_sampler(
                 if s.dd and not executed.dd_gates:
                     executed.dd_gates = dd_gate_count(final, _finish_no_dd(body, backend, s))
                 runs.append((p, pi, r, final, per, flips))
-    counts_mem = _execute(backend, [r[3] for r in runs], [r[4] for r in runs], seed, memory=True)
+    counts_mem = _execute(
+        backend, [r[3] for r in runs], [r[4] for r in runs], seed, memory=True, routes=executed.routes
+    )
     executed.circuits = len(runs)
     executed.shots = int(sum(r[4] for r in runs))
     executed.twirled_circuits = len(runs) if (s.twirl_gates or s.twirl_measure) else 0
     results = []
     k = 0
-    for pub, nrand, _per, _pshape, nparams in plans:
+    for pub, nrand, _per, pshape, nparams in plans:  # each PUB's own shape
         circuit = pub.circuit
         regs = {}
         for creg in circuit.cregs:

@@ -109,16 +109,22 @@ def create_job(body: JobCreate, ctx: Ctx = Depends(runtime_ctx)):
         raise from_broker_error(exc) from None
     except (TypeError, ValueError, AttributeError) as exc:  # options our primitives refuse
         raise ApiError(400, f"options not accepted: {str(exc)[:300]}", "invalid_options") from None
+    return _recorded(ctx, body, job.job_id(), body.backend or mode.backend())
+
+
+def _recorded(ctx: Ctx, body: JobCreate, jid: str, backend: str) -> dict:
+    """The answer to a submit, once the job is recorded, whatever its program: its private
+    flag and its params as submitted go beside the record, so that ``GET /jobs/{id}``
+    returns them (``job.inputs``), as IBM's API does, queued or ended."""
     # the job is recorded: from here on, never an error status (a retry would submit twice)
     try:
-        # params as submitted: GET /jobs/{id} returns them (job.inputs), as IBM's API does
         ctx.store.redis.hset(
-            ctx.store.keys.job(job.job_id()),
+            ctx.store.keys.job(jid),
             mapping={"api_private": "1" if body.private else "0", "api_params": json.dumps(body.params)},
         )
     except Exception:  # noqa: BLE001 - cosmetic next to the job, which is what matters
-        log.warning("could not store the private flag and params of job %s", job.job_id(), exc_info=True)
-    return {"id": job.job_id(), "backend": body.backend or mode.backend(), "session_id": body.session_id}
+        log.warning("could not store the private flag and params of job %s", jid, exc_info=True)
+    return {"id": jid, "backend": backend, "session_id": body.session_id}
 
 
 def create_executor_job(body: JobCreate, ctx: Ctx) -> dict:
@@ -142,7 +148,7 @@ def create_executor_job(body: JobCreate, ctx: Ctx) -> dict:
         raise from_broker_error(exc) from None
     except (TypeError, ValueError) as exc:  # options IBM's ExecutorOptions refuses
         raise ApiError(400, f"options not accepted: {str(exc)[:300]}", "invalid_options") from None
-    return {"id": job.job_id(), "backend": body.backend or mode.backend(), "session_id": body.session_id}
+    return _recorded(ctx, body, job.job_id(), body.backend or mode.backend())
 
 
 # ---------------------------------------------------------------------- jobs: read

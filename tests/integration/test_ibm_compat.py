@@ -399,9 +399,15 @@ def test_service_from_a_second_process_sees_tags(c):
     assert json.loads(out) == [["far"], "DONE", True]
 
 
-def test_eagle_device_runs_a_wide_isa_circuit_and_least_busy_finds_it(c):
+@pytest.fixture(scope="module")
+def eagle(c):
+    """One 127-qubit worker for the module."""
     node = c.start_worker("ibm_sherbrooke", wait=False).node
     c.wait_registered(node, timeout=240)
+    return node
+
+
+def test_eagle_device_runs_a_wide_isa_circuit_and_least_busy_finds_it(c, eagle):
     service = QiskitRuntimeService(c.url)
     backend = service.least_busy(min_num_qubits=127)
     assert backend.name == "ibm_sherbrooke" and backend.num_qubits == 127
@@ -417,3 +423,29 @@ def test_eagle_device_runs_a_wide_isa_circuit_and_least_busy_finds_it(c):
     assert sum(counts.values()) == 400 and len(counts) > 2
     assert all(len(bits) == 12 for bits in counts)
     assert service.jobs(backend_name="ibm_sherbrooke", limit=1)[0].status() == "DONE"
+
+
+def test_eagle_noisy_estimator_with_trex_and_dd_on_a_wide_circuit_finishes(c, eagle):
+    """IBM's "Hello world" job shape (a GHZ, one Z_0 Z_i observable per qubit, resilience 1
+    with XY4 DD) on 12 active qubits of the 127-qubit device: wider than the density-matrix
+    route, so it runs with the Pauli-twirled noise model (tasks/wide.py). No timing is
+    asserted; a deadline only so that a regression fails instead of hanging."""
+    backend = QiskitRuntimeService(c.url).backend("ibm_sherbrooke")
+    n = 12
+    ghz = QuantumCircuit(n)
+    ghz.h(0)
+    for q in range(n - 1):
+        ghz.cx(q, q + 1)
+    isa = generate_preset_pass_manager(backend=backend, optimization_level=1).run(ghz)
+    observables = [
+        SparsePauliOp("Z" + "I" * i + "Z" + "I" * (n - 2 - i)).apply_layout(isa.layout) for i in range(n - 1)
+    ]
+    options = {"resilience_level": 1, "dynamical_decoupling": {"enable": True, "sequence_type": "XY4"}}
+    job = EstimatorV2(mode=backend, options=options).run([(isa, observables)], precision=1 / 16)
+    result = job.result(timeout=600)
+    evs = result[0].data.evs
+    assert evs.shape == (n - 1,) and np.all(np.isfinite(evs))
+    executed = result.metadata["session_broker"]["executed"]
+    assert executed["routes"].get("stabilizer", 0) >= 1, executed
+    assert executed["trex_circuits"] > 0 and executed["dd_gates"] > 0, executed
+    assert result.metadata["resilience"]["measure_mitigation"] is True

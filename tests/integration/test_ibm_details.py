@@ -212,3 +212,82 @@ def test_stock_client_inputs_calibration_id_and_private_results(server, c):
     job = {"program_id": "sampler", "backend": "ibm_manila", "calibration_id": "invalid_id", "params": {}}
     status, body = http("POST", f"{server.url}/api/v1/jobs", headers=headers, body=job)
     assert status == 404 and "calibration 'invalid_id'" in str(body), (status, body)
+
+
+def test_stock_client_inputs_of_every_program_queued_and_ended(server, c):
+    """``job.inputs`` is the params as submitted for sampler, estimator and executor jobs:
+    while queued (on ``ibm_lagos``, which no worker serves) and once ended."""
+    out = run_client(
+        server,
+        f'''
+    from qiskit_ibm_runtime import Executor, QuantumProgram
+    svc = service()
+    out = {{"queued": {{}}}}
+    lagos = svc.backend("ibm_lagos")
+    isa, ghz_isa = isa_bell_and_ghz(lagos)
+    program = QuantumProgram(shots=77)
+    program.append_circuit_item(isa)
+    queued = {{
+        "executor": Executor(mode=lagos).run(program),
+        "sampler": SamplerV2(mode=lagos).run([isa], shots=55),
+        "estimator": EstimatorV2(mode=lagos).run([(ghz_isa, SparsePauliOp("ZZ").apply_layout(ghz_isa.layout))]),
+    }}
+    for name, job in queued.items():
+        out["queued"][name] = {{"status": str(job.status()), "keys": sorted(svc.job(job.job_id()).inputs),
+                                "own": sorted(job.inputs)}}
+    def program_of(inputs):  # the client decodes the params it gets back (RuntimeDecoder)
+        qp = inputs["quantum_program"]
+        return {{"type": type(qp).__name__, "shots": qp.shots, "items": len(qp.items)}}
+
+    out["queued_program"] = program_of(svc.job(queued["executor"].job_id()).inputs)
+    out["queued_ids"] = {{name: job.job_id() for name, job in queued.items()}}
+    for job in queued.values():
+        job.cancel()
+    qasm = svc.backend("{QASM}")
+    isa, _ = isa_bell_and_ghz(qasm)
+    program = QuantumProgram(shots=66)
+    program.append_circuit_item(isa)
+    done = Executor(mode=qasm).run(program)
+    done.result()
+    again = svc.job(done.job_id())
+    out["done_status"] = str(again.status())
+    out["done_program"] = program_of(again.inputs)
+    out["done_id"] = done.job_id()
+    emit(**out)
+    ''',
+    )
+    for name in ("executor", "sampler", "estimator"):
+        got = out["queued"][name]
+        assert got["status"] == "QUEUED", (name, got)
+        assert got["keys"] and got["keys"] == got["own"], (name, got)
+    assert "quantum_program" in out["queued"]["executor"]["keys"]
+    assert "pubs" in out["queued"]["sampler"]["keys"] and "pubs" in out["queued"]["estimator"]["keys"]
+    assert out["queued_program"] == {"type": "QuantumProgram", "shots": 77, "items": 1}
+    assert out["done_status"] == "DONE" and out["done_program"] == {
+        "type": "QuantumProgram",
+        "shots": 66,
+        "items": 1,
+    }
+    headers = auth_headers(get_token(server))
+    for jid in (out["done_id"], *out["queued_ids"].values()):
+        status, body = http("GET", f"{server.url}/api/v1/jobs/{jid}?exclude_params=true", headers=headers)
+        assert status == 200 and "params" not in body, (jid, status, body)
+        status, body = http("GET", f"{server.url}/api/v1/jobs/{jid}?exclude_params=false", headers=headers)
+        assert status == 200 and body["params"], (jid, status, body)
+
+
+def test_stock_client_fractional_targets_match_ours(server, c):
+    """Over REST the stock client filters the configuration itself: its ``ibm_fractional``
+    targets for each ``use_fractional_gates`` are the ones ``service.backend`` builds here."""
+    out = run_client(
+        server,
+        """
+    svc = service()
+    emit(**{str(flag): sorted(svc.backend("ibm_fractional", use_fractional_gates=flag).target.operation_names)
+            for flag in (False, True)})
+    """,
+    )
+    service = QiskitRuntimeService(c.url)
+    for flag in (False, True):
+        ours = set(service.backend("ibm_fractional", use_fractional_gates=flag).target.operation_names)
+        assert set(out[str(flag)]) == ours, (flag, out[str(flag)], sorted(ours))

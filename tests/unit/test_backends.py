@@ -483,3 +483,66 @@ def test_import_is_cheap():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_use_fractional_gates_false_drops_them_as_ibms_backend_does(redis_url):
+    """IBM's ``use_fractional_gates=False`` (its default) leaves ``rzz``/``rx`` out of a
+    fractional snapshot's target and configuration; True and None keep them. The ideal
+    simulators and the old u2/u3 snapshots are not touched."""
+    from qiskit.circuit.library import RZZGate
+
+    from session_broker import QiskitRuntimeService
+
+    service = QiskitRuntimeService(redis_url)
+    plain = service.backend("ibm_fractional")  # IBM's default is False
+    assert not {"rzz", "rx"} & set(plain.target.operation_names)
+    assert not {"rzz", "rx"} & set(plain.configuration().basis_gates)
+    assert plain.use_fractional_gates is False
+    for flag in (True, None):
+        kept = service.backend("ibm_fractional", use_fractional_gates=flag)
+        assert {"rzz", "rx"} <= set(kept.target.operation_names), flag
+        assert {"rzz", "rx"} <= set(kept.configuration().basis_gates), flag
+    full = build_target("ibm_fractional")
+    assert set(full.operation_names) - set(plain.target.operation_names) == {"rzz", "rx"}
+
+    def props(target, op):
+        return {q: (p.duration, p.error) for q, p in target[op].items()}
+
+    assert props(plain.target, "cx") == props(full, "cx") and plain.target.dt == full.dt  # calibration kept
+    assert [b.name for b in service.backends(name="ibm_fractional", operational=None)][0] == "ibm_fractional"
+    listed = service.backends(name="ibm_fractional", operational=None)[0]
+    assert "rzz" not in listed.target.operation_names
+    qc = QuantumCircuit(2)
+    qc.append(RZZGate(0.3), [0, 1])
+    isa = generate_preset_pass_manager(backend=plain, optimization_level=1).run(qc)
+    assert "rzz" not in isa.count_ops() and "rx" not in isa.count_ops()
+    with_them = generate_preset_pass_manager(
+        backend=service.backend("ibm_fractional", use_fractional_gates=True), optimization_level=1
+    ).run(qc)
+    assert "rzz" in with_them.count_ops()
+    assert {"rzz", "rx"} <= set(service.backend("ibmq_qasm_simulator").target.operation_names)
+    assert {"u2", "u3"} <= set(service.backend("ibm_almaden").target.operation_names)
+    with pytest.raises(InvalidInputError, match="use_fractional_gates must be a bool"):
+        service.backend("ibm_fractional", use_fractional_gates="no")
+
+
+def test_a_job_with_rzz_through_a_backend_without_fractional_gates_is_refused(redis_url):
+    """IBM's client checks PUBs against the backend object's target: rzz through
+    ``use_fractional_gates=False`` is refused before anything is queued; True sends it."""
+    from qiskit.circuit.library import RZZGate
+
+    from session_broker import QiskitRuntimeService, SamplerV2, Session
+
+    service = QiskitRuntimeService(redis_url)
+    with_them = service.backend("ibm_fractional", use_fractional_gates=True)
+    qc = QuantumCircuit(2)
+    qc.append(RZZGate(0.3), [0, 1])
+    qc.measure_all()
+    isa = generate_preset_pass_manager(backend=with_them, optimization_level=1).run(qc)
+    assert "rzz" in isa.count_ops()
+    without = service.backend("ibm_fractional")
+    with pytest.raises(NotISAError, match="rzz.*use_fractional_gates=False.*use_fractional_gates=True"):
+        SamplerV2(mode=without).run([isa])
+    with pytest.raises(NotISAError, match="rzz"):
+        SamplerV2(mode=Session(backend=without)).run([isa])
+    assert service._store.queue_length("ibm_fractional") == 0  # nothing was queued
