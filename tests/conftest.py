@@ -176,6 +176,21 @@ def bell():
 __all__ = ["ARTIFACTS", "Cluster", "FAST", "HOST", "make_cluster", "node_name", "wait_for"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """The device sweep (``test_fake_backends``: two minutes of CPU building all 68 noisy
+    simulators) starts in the background as soon as it is collected, at low priority; its
+    test collects the outcome when its turn comes. CI's run stays under its 20 minutes."""
+    sweep = [i for i in items if i.name == "test_every_device_builds_its_simulator_and_runs_a_bell_job"]
+    if sweep and not config.option.collectonly:
+        config.device_sweep = sweep[0].module.start_sweep()
+
+
+def pytest_unconfigure(config):
+    background = getattr(config, "device_sweep", None)
+    if background is not None:
+        background[0].terminate()
+
+
 from tests.support.circuits import binding_seconds, slow_pub  # noqa: E402, F401 - re-exported for the test modules
 
 
