@@ -83,6 +83,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     if sentinel.is_sentinel(settings.url):
         url, high_availability = sentinel.kombu_url(settings.url), sentinel.kombu_options(settings.url)
     keys = Keys(settings.key_prefix)
+    worker = worker_package()  # tasks (a checkout) or session_broker_tasks (installed)
     mailbox = type("TenantMailbox", (TenantMailbox,), {"keys": keys})
     control = type("TenantControl", (Control,), {"Mailbox": mailbox})
     app = Celery("session_broker", broker=url, backend=url, set_as_current=True, control=control)
@@ -137,7 +138,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_enable_remote_control=True,
         worker_consumer="session_broker.celery_app:Consumer",
-        imports=[f"{worker_package()}.celery_tasks", f"{worker_package()}.executor"],
+        imports=[f"{worker}.celery_tasks", f"{worker}.executor"],
         timezone="UTC",
     )
     if tls:

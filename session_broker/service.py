@@ -44,6 +44,7 @@ class QiskitRuntimeService:
     # this process is the producer of the sessions it opens, and says so while it lives
     # (session._ProducerBeat); the REST front is not: its sessions' producers are its clients
     beats_producer = True
+    _instance = ""  # the instance its work counts against; '' for none (set in __init__)
 
     def __init__(
         self,
@@ -73,14 +74,6 @@ class QiskitRuntimeService:
         if name not in known:
             raise instance_error("unknown_instance", ",".join(known), name)
         return name
-
-    @property
-    def _instance(self) -> str:
-        return self.__dict__.get("_instance_name", "")
-
-    @_instance.setter
-    def _instance(self, name: str) -> None:
-        self.__dict__["_instance_name"] = name
 
     def active_instance(self) -> str | None:
         """The instance this service's work counts against (IBM's name), or None."""
