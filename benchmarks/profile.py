@@ -49,9 +49,16 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 # with these arguments. Each runs beside the shipped worker, jobs interleaved.
 VARIANTS = {
     "shipped": (
-        "as shipped: supervisor + solo executor, task events on demand (off), OMP_WAIT_POLICY=passive",
+        "as shipped: supervisor + executor with the lean job consumer, task events on demand (off), "
+        "OMP_WAIT_POLICY=passive",
         "cli",
         {},
+    ),
+    "celery_path": (
+        "jobs through Celery's request path (solo pool: kombu's unacked record, request, tracer), "
+        "as before issue 22 (SESSION_BROKER_JOB_PATH=celery)",
+        "cli",
+        {"SESSION_BROKER_JOB_PATH": "celery"},
     ),
     "before": (
         "before issue 13: one process, prefork pool child, task events on, "

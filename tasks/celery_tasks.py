@@ -25,7 +25,7 @@ from session_broker import backends
 from session_broker.celery_app import app
 from session_broker.core import codec, program, transport
 from session_broker.core.ids import valid_id
-from session_broker.core.store import Store
+from session_broker.core.store import Claim, Store
 from session_broker.errors import ErrorCode
 
 from . import link as inflight
@@ -112,6 +112,17 @@ def run_job(task: Task, job_id, primitive: str) -> str:
     if not claim.run:
         log.info("job %s not run here: %s", job_id, claim.reason)
         return claim.reason
+    # the solo pool runs the job in the process that accepted it: its message's tag is known
+    # here, and FINISH acknowledges it (one round trip fewer); under prefork kombu acks
+    tag = inflight.current.delivery_tag if link() is not None else ""
+    return run_claimed(s, job_id, claim, primitive, backend, ack=tag)
+
+
+def run_claimed(s: Store, job_id: str, claim: Claim, primitive: str, backend: str, ack: str = "") -> str:
+    """Run a claimed job and FINISH it: the job's status, or 'stale' when FINISH found that
+    its record had moved on. Both job paths
+    end here: Celery's (``run_job``) and the executor's lean consumer (``consumer.py``).
+    ``ack``: the delivery tag FINISH acknowledges in kombu's unacked hash ('' = none)."""
     payload, token = claim.payload, claim.claim
     started = time.perf_counter()
     status, result, code, error = "DONE", "", "", ""
@@ -132,12 +143,9 @@ def run_job(task: Task, job_id, primitive: str) -> str:
         status, code = "ERROR", ErrorCode.FAILED.value
         error = f"{type(exc).__name__}: {exc}"
         log.warning("job %s failed: %s", job_id, error)
-    # the solo pool runs the job in the process that accepted it: its message's tag is known
-    # here, and FINISH acknowledges it (one round trip fewer); under prefork kombu acks
-    tag = inflight.current.delivery_tag if link() is not None else ""
-    outcome = s.finish(job_id, token, status, result, code, error, time.perf_counter() - started, ack=tag)
-    if tag:
-        transport.ACKED_BY_FINISH.add(tag)
+    outcome = s.finish(job_id, token, status, result, code, error, time.perf_counter() - started, ack=ack)
+    if ack:
+        transport.ACKED_BY_FINISH.add(ack)
     if outcome == "stale":
         # the record moved on while we ran (requeued after we were taken for dead, or Redis
         # lost our claim): the fence kept our result out. The chaos test counts these lines.

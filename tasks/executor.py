@@ -1,7 +1,10 @@
-"""The executor: a Celery solo-pool consumer that runs each job in the process that fetched
-it, started and watched by the supervisor (protocol: ``link.py``). It switches queues when
-told (the pin), checks that Celery's node name is its registered one, and keeps task events
-on only while a monitor asks for them (``SESSION_BROKER_EVENTS_LINGER``).
+"""The executor: one process per node, started and watched by the supervisor (protocol:
+``link.py``). Its jobs come through the lean consumer (``consumer.py``, a thread); Celery runs
+in the main thread for everything else: remote control (``celery inspect`` reports the lean
+consumer's queue and job) and task events, on only while a monitor asks for them
+(``SESSION_BROKER_EVENTS_LINGER``). It switches queues when told (the pin) and checks that
+Celery's node name is its registered one. ``SESSION_BROKER_JOB_PATH=celery`` runs jobs through
+Celery's own request path instead (solo pool; the benchmark's comparison).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from .link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, link
 
 # seconds events stay on after the last request for them (Flower asks every 5 s)
 EVENTS_LINGER = float(os.environ.get("SESSION_BROKER_EVENTS_LINGER", "15"))
+# "lean" (consumer.py) or "celery" (Celery's request path, solo pool: what it was before)
+JOB_PATH = os.environ.get("SESSION_BROKER_JOB_PATH", "lean")
 
 
 # ---------------------------------------------------------------------- events on demand
@@ -67,6 +72,7 @@ class Events:
 
 
 _events: Events | None = None
+_jobs = None  # the lean consumer (consumer.JobConsumer), once ready
 
 
 def _watch_enable_events() -> None:
@@ -82,6 +88,58 @@ def _watch_enable_events() -> None:
 
     enable_events._noted = True
     control.Panel.data["enable_events"] = enable_events
+
+
+def _lean_remote_control() -> None:
+    """Celery's remote control speaks of the lean consumer as it spoke of Celery's own:
+    ``inspect active_queues`` / ``active`` (Flower's Broker and worker pages) report the queue
+    it consumes and the job it runs; ``control cancel_consumer`` of that queue stops it
+    fetching (behind the supervisor's back, as before: the liveness check then replaces the
+    executor); ``add_consumer`` is refused, as an executor consumes the one queue its pin
+    names."""
+    panel = control.Panel.data
+    if getattr(panel["active_queues"], "_lean", False):
+        return
+    queues, active, cancel, add = (
+        panel["active_queues"],
+        panel["active"],
+        panel["cancel_consumer"],
+        panel["add_consumer"],
+    )
+
+    def active_queues(state):
+        if _jobs is None:
+            return queues(state)
+        if not _jobs.wanted:
+            return []
+        amqp = state.consumer.app.amqp
+        queue = amqp.queues.get(_jobs.wanted) or amqp.queues.new_missing(_jobs.wanted)
+        return [dict(queue.as_dict(recurse=True))]
+
+    def active_requests(state, safe=False, **kwargs):
+        return active(state, safe=safe, **kwargs) + (_jobs.active() if _jobs is not None else [])
+
+    def cancel_consumer(state, queue, **kwargs):
+        if _jobs is None or queue != _jobs.wanted:
+            return cancel(state, queue, **kwargs)
+        _jobs.switch("")
+        return control.ok(f"no longer consuming from {queue}")
+
+    def add_consumer(state, queue, *args, **kwargs):
+        if _jobs is None:
+            return add(state, queue, *args, **kwargs)
+        return control.nok(
+            f"a session-broker executor consumes one queue, the one its pin names "
+            f"({_jobs.wanted or 'none now'}); sessions move workers, not add_consumer"
+        )
+
+    active_queues._lean = True
+    panel.update(
+        active_queues=active_queues,
+        active=active_requests,
+        cancel_consumer=cancel_consumer,
+        add_consumer=add_consumer,
+    )
 
 
 # ---------------------------------------------------------------------- Celery hooks
@@ -120,15 +178,42 @@ def _ready(sender=None, **_):
     _events = Events(consumer, store(), os.environ.get("SESSION_BROKER_TASK_EVENTS") == "always")
     _events.apply()  # a monitor already open: events from the first job
     queue = os.environ.get(ENV_QUEUE, "")
+    if JOB_PATH == "lean":
+        _start_lean_consumer(consumer, node, queue)
     threading.Thread(target=_follow_commands, args=(consumer,), name="executor-commands", daemon=True).start()
     threading.Thread(target=_events_loop, name="executor-events", daemon=True).start()
     link().send("ready", queue)
 
 
+def _start_lean_consumer(consumer, node: str, queue: str) -> None:
+    """Jobs from now on come through the lean consumer: Celery's consumer stops consuming the
+    task queue it started on (before its loop's first fetch: this runs in ``on_ready``)."""
+    global _jobs
+    # lazy: Qiskit and the Celery app load only after _die_with_parent() (consumer.py imports both)
+    from .consumer import JobConsumer
+
+    events = _events
+    _jobs = JobConsumer(node, queue, events_on=lambda: events is not None and events.on())
+    for name in [q.name for q in consumer.task_consumer.queues]:
+        consumer.cancel_task_queue(name)
+        consumer.app.amqp.queues.pop(name, None)
+    threading.Thread(target=_jobs.run, name="executor-jobs", daemon=True).start()
+
+
+@signals.worker_shutting_down.connect
+def _stop_jobs(**_):
+    """Celery's warm shutdown: the lean consumer takes no new job (``main`` waits for it)."""
+    if _jobs is not None:
+        _jobs.stop()
+
+
 def _follow_commands(consumer) -> None:
     for words in link().commands():
         if len(words) == 2 and words[0] == "queue":
-            consumer.call_soon(_switch, consumer, words[1])
+            if _jobs is not None:
+                _jobs.switch(words[1])  # it says "consuming" once its next fetch is from there
+            else:
+                consumer.call_soon(_switch, consumer, words[1])
     # the supervisor is gone (PR_SET_PDEATHSIG kills us too; this is the belt to its braces)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -212,12 +297,22 @@ def main() -> None:
     for fd in (link().status_fd, link().command_fd):
         os.set_inheritable(fd, False)  # nothing this process starts keeps the supervisor's pipes
     _watch_enable_events()
+    _lean_remote_control()
     # lazy: Qiskit and the Celery app load only after _die_with_parent(): an executor must not outlive its supervisor during those seconds of imports
     from session_broker.celery_app import app
 
     node = os.environ["SESSION_BROKER_WORKER_NODE"]
     _wait_registered(node)
     _banner_says_how_events_turn_on(app)
+    try:
+        _run_celery(app, node)
+    finally:
+        if _jobs is not None:  # a warm shutdown: the job in hand ends first
+            _jobs.stop()
+            _jobs.finished.wait()
+
+
+def _run_celery(app, node: str) -> None:
     app.worker_main(
         [
             "worker",

@@ -345,13 +345,14 @@ class Store:
         raise RuntimeError(f"job id collision: {detail}")
 
     # ---------------------------------------------------------------- jobs: on a worker
-    def claim(self, job_id: str, node: str, pid: int, context: str) -> Claim:
+    def claim(self, job_id: str, node: str, pid: int, context: str, fetched: str = "") -> Claim:
         """QUEUED -> RUNNING, only if this worker may run it now (see ``core/lua/claim.lua``).
 
         Starting a session's first job makes the session ``active``, sets ``started_at``
         and starts the max-time timer; it also fixes the session's device context.
+        ``fetched``: the message text the lean consumer holds on the worker's fetch list.
         """
-        res = self.scripts.run("claim", jid=job_id, node=node, pid=pid, context=context)
+        res = self.scripts.run("claim", jid=job_id, node=node, pid=pid, context=context, fetched=fetched)
         if res[0] == "run":
             return Claim(True, payload=res[1], claim=res[2], session=res[3], epoch=res[4])
         return Claim(False, reason=res[1])

@@ -29,21 +29,27 @@ DEAD_LETTERS_KEPT = 1000
 
 def envelope_problem(message: object) -> str | None:
     """Why a raw kombu envelope cannot be delivered safely, or None when it can."""
+    return read_envelope(message)[0]
+
+
+def read_envelope(message: object) -> tuple[str | None, list[Any] | None]:
+    """(why a raw kombu envelope cannot be delivered safely, or None when it can; its decoded
+    protocol-2 body ``[args, kwargs, embed]`` when its content type is JSON)."""
     if not isinstance(message, dict):
-        return f"envelope is a {type(message).__name__}, not an object"
+        return f"envelope is a {type(message).__name__}, not an object", None
     props = message.get("properties")
     if not isinstance(props, dict):
-        return "properties missing or not an object"
+        return "properties missing or not an object", None
     if not isinstance(props.get("delivery_tag"), str):
-        return "properties.delivery_tag missing or not a string"
+        return "properties.delivery_tag missing or not a string", None
     if not isinstance(props.get("delivery_info", {}), dict):
-        return "properties.delivery_info not an object"
+        return "properties.delivery_info not an object", None
     headers = message.get("headers")
     if not isinstance(headers, dict):
-        return "headers missing or not an object"
+        return "headers missing or not an object", None
     for name in ("task", "id"):
         if not isinstance(headers.get(name), str):
-            return f"headers.{name} missing or not a string"
+            return f"headers.{name} missing or not a string", None
     limits = headers.get("timelimit", [None, None])
     if limits is not None and not (
         isinstance(limits, list)
@@ -52,39 +58,39 @@ def envelope_problem(message: object) -> str | None:
             v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0) for v in limits
         )
     ):
-        return "headers.timelimit is not [hard, soft] seconds"
+        return "headers.timelimit is not [hard, soft] seconds", None
     for name in ("eta", "expires", "group", "chord", "callbacks", "errbacks", "chain"):
         if headers.get(name) is not None:
-            return f"headers.{name} is set: session-broker tasks never use it"
+            return f"headers.{name} is set: session-broker tasks never use it", None
     if not isinstance(headers.get("retries", 0), int):
-        return "headers.retries is not an integer"
+        return "headers.retries is not an integer", None
     for name in ("argsrepr", "kwargsrepr", "root_id", "parent_id", "origin", "shadow"):
         if not isinstance(headers.get(name), (str, type(None))):
-            return f"headers.{name} is not a string"
+            return f"headers.{name} is not a string", None
     for name in ("content-type", "content-encoding"):
         if not isinstance(message.get(name), str):
-            return f"{name} missing or not a string"
+            return f"{name} missing or not a string", None
     body = message.get("body")
     if not isinstance(body, str):
-        return "body missing or not a string"
+        return "body missing or not a string", None
     encoding = props.get("body_encoding")
     if encoding == "base64":
         try:
             raw = binascii.a2b_base64(body.encode("ascii"), strict_mode=True)
         except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
-            return f"body is not valid base64 ({exc})"
+            return f"body is not valid base64 ({exc})", None
     elif encoding is None:
         raw = body.encode("utf-8", "surrogatepass")
     else:
-        return f"unsupported body_encoding {encoding!r}"
+        return f"unsupported body_encoding {encoding!r}", None
     if message["content-type"] != "application/json":
-        return None  # Celery refuses (and acknowledges) content types other than JSON itself
+        return None, None  # Celery refuses (and acknowledges) content types other than JSON itself
     # Celery's protocol 2 body: [args, kwargs, embed]. Anything else raises in Celery after
     # the message is reserved, where it would stay unacknowledged and block the worker.
     try:
         decoded = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        return f"body is not JSON ({exc})"
+        return f"body is not JSON ({exc})", None
     if not (
         isinstance(decoded, list)
         and len(decoded) == 3
@@ -92,10 +98,20 @@ def envelope_problem(message: object) -> str | None:
         and isinstance(decoded[1], dict)
         and isinstance(decoded[2], (dict, type(None)))
     ):
-        return "body is not [args, kwargs, embed] (Celery protocol 2)"
+        return "body is not [args, kwargs, embed] (Celery protocol 2)", None
     if decoded[2] and any(v is not None for v in decoded[2].values()):
-        return "body embeds callbacks, errbacks, a chain or a chord: session-broker tasks never use them"
-    return None
+        return (
+            "body embeds callbacks, errbacks, a chain or a chord: session-broker tasks never use them",
+            None,
+        )
+    return None, decoded
+
+
+def dead_letter(pipe: Any, keys: Keys, raw: object, why: str) -> Any:
+    """Queue on ``pipe`` the record of a refused message in the dead-letter list (the newest
+    ``DEAD_LETTERS_KEPT`` are kept); the caller executes it."""
+    text = json.dumps({"why": why, "message": raw}, default=repr)[:65536]
+    return pipe.lpush(keys.dead, text).ltrim(keys.dead, 0, DEAD_LETTERS_KEPT - 1)
 
 
 # Delivery tags whose unacked entry our FINISH script already removed (tasks.celery_tasks):
@@ -245,11 +261,8 @@ class Channel(kombu_redis.Channel):
     def _dead_letter(self, raw: object, why: str) -> None:
         log.error("refused a message that is not a well-formed task message: %s", why)
         try:
-            key = Keys(get_settings().key_prefix).dead
-            text = json.dumps({"why": why, "message": raw}, default=repr)[:65536]
             with self.conn_or_acquire() as client:
-                client.lpush(key, text)
-                client.ltrim(key, 0, DEAD_LETTERS_KEPT - 1)
+                dead_letter(client.pipeline(), Keys(get_settings().key_prefix), raw, why).execute()
         except Exception:  # never let bookkeeping of garbage stop a worker
             log.exception("could not record the refused message")
 

@@ -134,8 +134,8 @@ class Lua:
             unserved_after=unserved_after,
         )
 
-    def claim(self, jid: str, node: str = "w1", context: str = "ctx"):
-        return self.run("claim", jid=jid, node=node, pid=4242, context=context)
+    def claim(self, jid: str, node: str = "w1", context: str = "ctx", fetched: str = ""):
+        return self.run("claim", jid=jid, node=node, pid=4242, context=context, fetched=fetched)
 
     def finish(
         self, jid: str, claim: str, status: str = "DONE", tag: str = "", quiet: str = "", usage: str = "0.5"

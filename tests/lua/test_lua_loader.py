@@ -139,18 +139,21 @@ def test_every_script_compiles_within_luas_limits(lua):
 
 def test_the_binding_line_follows_the_contract():
     c = scripts.contract("claim")
-    assert c.argv == ("jid", "node", "pid", "context")
-    assert scripts.binding(c) == "local jid, node, pid, context = ARGV[2], ARGV[3], ARGV[4], ARGV[5]"
+    assert c.argv == ("jid", "node", "pid", "context", "fetched")
+    assert (
+        scripts.binding(c)
+        == "local jid, node, pid, context, fetched = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]"
+    )
     assert "local P = ARGV[1]" in scripts.source("claim")
 
 
 def test_arguments_are_checked_by_name(lua):
-    with pytest.raises(TypeError, match="missing node, pid, context"):
+    with pytest.raises(TypeError, match="missing node, pid, context, fetched"):
         lua.run("claim", jid="j")
     with pytest.raises(TypeError, match="unknown bogus"):
-        lua.run("claim", jid="j", node="n", pid=1, context="c", bogus=1)
+        lua.run("claim", jid="j", node="n", pid=1, context="c", fetched="", bogus=1)
     with pytest.raises(TypeError, match="None"):
-        lua.run("claim", jid=None, node="n", pid=1, context="c")
+        lua.run("claim", jid=None, node="n", pid=1, context="c", fetched="")
     with pytest.raises(ValueError, match="no Lua script"):
         lua.run("nope")
 

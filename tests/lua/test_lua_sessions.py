@@ -111,6 +111,25 @@ def test_a_pinned_worker_runs_nothing_but_its_session(lua):
     assert lua.job("free")["status"] == "QUEUED"
 
 
+def test_the_message_the_lean_consumer_fetched_leaves_its_fetch_list_whatever_the_claim_says(lua):
+    """The lean consumer (tasks/consumer.py) keeps a fetched message on the worker's fetch
+    list until CLAIM: run (the running set stands for it), bounced (a fresh copy is pushed),
+    refused (the record says why): in each case the fetched copy goes, and only it."""
+    pinned(lua, node="w1")
+    lua.submit("free")
+    fetch = lua.k.worker_fetch
+    outcomes = []
+    for jid, node in (("j1", "w2"), ("free", "w1"), ("j1", "w1"), ("j1", "w1"), ("gone", "w1")):
+        text = lua.message(jid) if jid != "gone" else '{"headers":{"id":"gone"}}'
+        lua.r.lpush(fetch(node), "other", text)
+        outcomes.append(lua.claim(jid, node, fetched=text)[:2])
+        assert lua.r.lrange(fetch(node), 0, -1) == ["other"], (jid, node)
+        lua.r.delete(fetch(node))
+    assert [o[0] for o in outcomes] == ["skip", "skip", "run", "skip", "skip"]
+    assert outcomes[0][1] == "session pinned elsewhere" and outcomes[3][1] == "job is RUNNING"
+    assert lua.job("free")["status"] == "QUEUED" and lua.r.llen(lua.k.backend_queue(lua.backend)) >= 1
+
+
 def test_claim_refusals(lua):
     assert lua.claim("nope") == ["skip", "unknown job"]
     lua.submit("j1")

@@ -5,14 +5,19 @@ message fetched by any other worker goes back to the head of its queue. Starting
 session's first job makes the session 'active', sets started_at and starts the max-time
 timer; it also fixes the session's device context (a worker simulating another device
 fails the job). With instances, a job taken off its backend's queue makes FEED move the next
-held job there (lib/instances.lua).
+held job there (lib/instances.lua). A message the lean consumer fetched onto the worker's
+fetch list leaves it here, whatever the outcome: from now on the running set (run), a fresh
+copy (repush) or the record (skip) stands for it.
 
 KEYS: none (every key is built from the prefix P = ARGV[1] by K: one Redis, not a cluster)
-ARGV: jid, node, pid, context
+ARGV: jid, node, pid, context, fetched
   context  the worker's device fingerprint
+  fetched  the message text to take off the worker's fetch list ('' = none: Celery's path,
+           where kombu's unacked hash holds it)
 Returns: {'run', payload, claim, session, epoch} or {'skip', reason}
   claim    the claim token (node/attempt) that fences FINISH and JOB_LOST
 ]]
+if fetched ~= '' then redis.call('LREM', K.worker_fetch(node), 1, fetched) end
 local j = K.job(jid)
 if redis.call('EXISTS', j) == 0 then return {'skip', 'unknown job'} end
 -- a message left the backend's queue: move the next held one there (fair share, instances)

@@ -1,0 +1,319 @@
+"""The lean job consumer: how an executor takes its job messages, outside Celery's request path.
+
+One thread per executor. Per job: ``BLMOVE`` the next message of the one queue it consumes
+onto the worker's fetch list (so the message is in Redis at every instant), check the
+envelope (a bad one goes to the dead-letter list), CLAIM (which also takes the message off
+the fetch list: from then on the worker's running set stands for it), run, FINISH. Three
+round trips, where Celery's path added kombu's unacked bookkeeping, a request object, the
+tracer and a pool hand-over. The messages stay Celery protocol-2 messages in kombu's lists,
+so plain Celery producers, ``celery inspect`` (which reports this consumer's queue and job)
+and Flower (task events, sent from here while a monitor asks) keep working; Celery itself
+still runs in the executor's main thread for remote control and events. Why, and what it
+bought: docs/design.md, "The lean job path".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from session_broker import backends
+from session_broker.celery_app import app
+from session_broker.core import transport
+from session_broker.core.ids import valid_id
+
+from . import link as inflight
+from .celery_tasks import node_backend, run_claimed, store
+from .link import link
+
+log = logging.getLogger("session_broker.worker")
+
+JOB_TASKS = ("sampler", "estimator", "executor")
+BLOCK = 1.0  # s one fetch blocks; a switch of queues interrupts it (CLIENT UNBLOCK) where allowed
+RETRY = 0.5  # s between fetches while Redis is away
+
+
+@dataclass(frozen=True)
+class Message:
+    """A job message, read from its envelope: what the claim, the supervisor and events need."""
+
+    raw: str
+    job_id: str
+    task: str
+    task_id: str
+    hard_limit: float
+    headers: dict[str, Any]
+    delivery_info: dict[str, Any]
+
+
+def read(raw: str, time_limit: float | None) -> Message | str:
+    """A fetched message's envelope -> the job message, or why it is refused."""
+    try:
+        envelope = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"envelope is not JSON ({exc})"
+    problem, body = transport.read_envelope(envelope)
+    if problem is not None:
+        return problem
+    if body is None:
+        return f"content type {envelope['content-type']!r} is refused: session-broker tasks take JSON"
+    headers = envelope["headers"]
+    if headers["task"] not in JOB_TASKS:
+        return f"task {headers['task']!r} is not one of session-broker's ({', '.join(JOB_TASKS)})"
+    args, kwargs = body[0], body[1]
+    if len(args) != 1 or "job_id" in kwargs:
+        return f"task {headers['task']!r} takes one argument, the job id ({len(args)} given)"
+    job_id = args[0]
+    if not isinstance(job_id, str) or not valid_id(job_id):
+        return f"the argument {str(job_id)[:80]!r} is not a job id"
+    hard = (headers.get("timelimit") or [None, None])[0] or time_limit or 0.0
+    return Message(
+        raw,
+        job_id,
+        headers["task"],
+        headers["id"],
+        float(hard),
+        headers,
+        envelope["properties"].get("delivery_info") or {},
+    )
+
+
+class JobConsumer:
+    """The executor's job loop (``run``, in its own thread). ``switch`` (from the command
+    thread) changes the queue it consumes; ``stop`` ends it after the job in hand."""
+
+    def __init__(self, node: str, queue: str, *, events_on: Callable[[], bool] = lambda: False):
+        self.node, self.wanted, self.queue = node, queue, ""
+        self.store = store()
+        self.fetch_key = self.store.keys.worker_fetch(node)
+        self.client = self.store.redis.client()  # one connection of its own: it blocks on BLMOVE
+        self.client_id: int | None = None
+        self.can_unblock = True  # CLIENT UNBLOCK: refused to a tenant's ACL user
+        self.events_on = events_on  # whether a monitor asks for task events now
+        self._dispatcher: Any = None  # this thread's own (Celery's is its loop's)
+        self.context = backends.context_fingerprint(node_backend())
+        self.stopping, self.finished = threading.Event(), threading.Event()
+        self.current: tuple[Message, float] | None = None  # what ``celery inspect active`` shows
+        self._lock = threading.Lock()
+        self.app = app
+        self.time_limit = app.conf.task_time_limit
+
+    # ---------------------------------------------------------------- other threads
+    def switch(self, queue: str) -> None:
+        """Consume ``queue`` from the next fetch on ('' = none); interrupt a fetch blocked on
+        another."""
+        with self._lock:
+            self.wanted = queue
+        if queue != self.queue:
+            self._unblock()
+
+    def stop(self) -> None:
+        """Take no new job (the one in hand ends first); ``finished`` is set once out."""
+        self.stopping.set()
+        self._unblock()
+
+    def _unblock(self) -> None:
+        with self._lock:
+            client_id = self.client_id
+        if client_id is None or not self.can_unblock:
+            return
+        try:
+            self.store.redis.client_unblock(client_id)
+        except redis.ResponseError:  # an ACL user may not: the fetch ends within BLOCK
+            self.can_unblock = False
+        except redis.RedisError:
+            pass
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            # the executor would stay up consuming nothing: end it, the supervisor settles
+            # what it held and starts another
+            log.critical("%s: the job consumer failed; the executor exits", self.node, exc_info=True)
+            os._exit(3)
+        finally:
+            self.finished.set()
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                raw = self.fetch()
+            except redis.ResponseError as exc:
+                if "OOM" not in str(exc):
+                    raise
+                log.error("Redis is out of memory, fetching paused: %s", exc)
+                time.sleep(RETRY)
+                continue
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning("%s: cannot fetch from Redis (%s); retrying", self.node, exc)
+                with self._lock:
+                    self.client_id = None
+                time.sleep(RETRY)
+                continue
+            if raw is None:
+                continue
+            try:
+                self.handle(raw)
+            except Exception:
+                # the job stays RUNNING in the running set, held by nobody: the reconcile
+                # requeues it; the loop goes on
+                log.exception("%s: the job path failed; the reconcile settles what it held", self.node)
+                time.sleep(RETRY)
+
+    def fetch(self) -> str | None:
+        """One message of the wanted queue moved onto the fetch list, or None."""
+        with self._lock:
+            queue = self.wanted
+            if self.client_id is None and self.can_unblock:
+                self.client_id = int(self.client.client_id())
+        if queue != self.queue:
+            self.queue = queue
+            pipe = link()
+            if pipe is not None and queue:
+                pipe.send("consuming", queue)
+        if not queue:  # an operator's `celery control cancel_consumer`: nothing to fetch from
+            self.stopping.wait(BLOCK)
+            return None
+        raw = self.client.blmove(queue, self.fetch_key, BLOCK, "RIGHT", "LEFT")
+        return raw if raw is None or isinstance(raw, str) else raw.decode("utf-8", "surrogateescape")
+
+    def handle(self, raw: str) -> None:
+        message = read(raw, self.time_limit)
+        if isinstance(message, str):
+            self.refuse(raw, message)
+            return
+        pipe = link()
+        job = inflight.InFlight(message.job_id, "", message.hard_limit)
+        inflight.current = job
+        if pipe is not None:
+            pipe.running(job)  # the supervisor enforces the hard limit, settles the job if we die
+        try:
+            self.run_one(message)
+        finally:
+            self.current = None
+            inflight.current = inflight.InFlight(None)
+            if pipe is not None:
+                pipe.idle()
+
+    def run_one(self, message: Message) -> None:
+        s, jid = self.store, message.job_id
+        dispatcher = self.dispatcher()
+        self.event(dispatcher, "task-received", message)
+        try:
+            claim = s.claim(jid, self.node, os.getpid(), self.context, fetched=message.raw)
+        except redis.RedisError as exc:
+            # the message is still on the fetch list: put it back in its queue, or leave it
+            # there for the reconcile (Redis away), which gives it back while the job waits
+            log.warning("%s: could not claim job %s (%s); giving its message back", self.node, jid, exc)
+            self.give_back(message)
+            return
+        if not claim.run:
+            log.info("job %s not run here: %s", jid, claim.reason)
+            self.event(dispatcher, "task-succeeded", message, result=repr(claim.reason), runtime=0.0)
+            return
+        started = time.perf_counter()
+        self.current = (message, time.time())
+        self.event(dispatcher, "task-started", message)
+        status = run_claimed(s, jid, claim, message.task, node_backend())
+        self.event(
+            dispatcher, "task-succeeded", message, result=repr(status), runtime=time.perf_counter() - started
+        )
+
+    def give_back(self, message: Message) -> None:
+        try:
+            self.store.redis.pipeline().rpush(self.queue, message.raw).lrem(
+                self.fetch_key, 1, message.raw
+            ).execute()
+        except redis.RedisError as exc:
+            log.warning(
+                "%s: left job %s's message on the fetch list for the reconcile: %s",
+                self.node,
+                message.job_id,
+                exc,
+            )
+            time.sleep(RETRY)
+
+    def refuse(self, raw: str, why: str) -> None:
+        log.error("refused a message that is not a well-formed task message: %s", why)
+        try:
+            pipe = transport.dead_letter(self.store.redis.pipeline(), self.store.keys, raw, why)
+            pipe.lrem(self.fetch_key, 1, raw).execute()
+        except redis.RedisError:  # never let bookkeeping of garbage stop a worker
+            log.exception("could not record the refused message (the reconcile drops it)")
+
+    # ---------------------------------------------------------------- monitors
+    def dispatcher(self) -> Any:
+        """This thread's Celery event dispatcher while a monitor asks for task events, else None."""
+        if not self.events_on():
+            return None
+        if self._dispatcher is None:
+            try:
+                self._dispatcher = self.app.events.Dispatcher(
+                    self.app.connection_for_write(), hostname=self.node, enabled=True
+                )
+            except Exception as exc:
+                log.warning("could not open the task-event channel: %s", exc)
+        return self._dispatcher
+
+    def event(self, dispatcher: Any, kind: str, message: Message, **fields: Any) -> None:
+        """Celery's task event, as its worker would send it (only while a monitor asks)."""
+        if dispatcher is None:
+            return
+        h = message.headers
+        if kind == "task-received":
+            fields.update(
+                name=message.task,
+                args=h.get("argsrepr") or "",
+                kwargs=h.get("kwargsrepr") or "{}",
+                root_id=h.get("root_id"),
+                parent_id=h.get("parent_id"),
+                retries=h.get("retries", 0),
+                eta=None,
+                expires=None,
+            )
+        try:
+            dispatcher.send(kind, uuid=message.task_id, **fields)
+        except Exception as exc:  # a monitor misses an event; the job goes on
+            log.warning("could not send %s for job %s: %s", kind, message.job_id, exc)
+            self._dispatcher = None
+            try:
+                dispatcher.close()
+            except Exception:  # already broken
+                pass
+
+    def active(self) -> list[dict[str, Any]]:
+        """The job running now, as ``celery inspect active`` lists a request."""
+        current = self.current
+        if current is None:
+            return []
+        message, since = current
+        h = message.headers
+        return [
+            {
+                "id": message.task_id,
+                "name": message.task,
+                "args": h.get("argsrepr") or "",
+                "kwargs": h.get("kwargsrepr") or "{}",
+                "type": message.task,
+                "hostname": self.node,
+                "time_start": since,
+                "acknowledged": True,
+                "delivery_info": {
+                    "exchange": message.delivery_info.get("exchange", ""),
+                    "routing_key": message.delivery_info.get("routing_key", self.queue),
+                    "priority": 0,
+                    "redelivered": False,
+                },
+                "worker_pid": os.getpid(),
+            }
+        ]

@@ -1,0 +1,126 @@
+"""Issue 22: an executor takes its jobs through the lean consumer (``tasks/consumer.py``), not
+Celery's request path. What Celery gave operators and producers must still hold: ``celery
+inspect`` names the queue a worker serves and the job it runs, a plain Celery producer's
+message runs, a warm shutdown lets the job in hand finish, and Celery's own path is still
+there (``SESSION_BROKER_JOB_PATH=celery``). The chaos, fault and hostile-input tests run on
+the lean path unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from session_broker import EstimatorV2, SamplerV2, Session
+from session_broker.ops.embedded import wait_for
+from tests.conftest import slow_pub
+from tests.integration.test_hostile_input import bell_payload
+from tests.support.faults import assert_bell_counts, bell_circuit, plant_job
+
+BACKEND = "ibmq_qasm_simulator"
+
+
+def celery(c, *args: str) -> str | None:
+    """What an operator types: ``celery -A session_broker.celery_app ...`` against this Redis
+    (None: no node replied, as while an executor is still starting)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "session_broker.celery_app", *args],
+        env={**os.environ, **c.env, "SESSION_BROKER_URL": c.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if out.returncode == 69 and "No nodes replied" in out.stderr:
+        return None
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def served_queues(c, node: str) -> list[str] | None:
+    text = celery(c, "inspect", "active_queues", "-d", node, "--json")
+    return None if text is None else [q["name"] for q in json.loads(text)[node]]
+
+
+def test_celery_inspect_names_the_queue_the_lean_consumer_serves(fresh):
+    """Flower's Broker page and ``celery inspect active_queues`` read what a worker consumes:
+    the backend's queue while free, its session's queue while pinned, and back again."""
+    c = fresh()
+    w = c.start_worker(BACKEND, name="lean-queues@%h")
+    backend_queue = c.store.keys.backend_queue(BACKEND)
+    wait_for(lambda: served_queues(c, w.node) == [backend_queue], 60, "the backend's queue")
+    with Session(service=c.service, backend=BACKEND) as session:
+        assert_bell_counts(SamplerV2(mode=session).run([bell_circuit()], shots=10).result(timeout=120), 10)
+        session_queue = c.store.keys.session_queue(session.session_id)
+        assert served_queues(c, w.node) == [session_queue]
+    wait_for(lambda: served_queues(c, w.node) == [backend_queue], 60, "the backend's queue again after close")
+
+
+def test_celery_inspect_active_lists_the_job_running_now(fresh):
+    from session_broker.celery_app import make_app
+
+    c = fresh()
+    w = c.start_worker(BACKEND, name="lean-active@%h")
+    app = make_app(c.settings)
+    job = EstimatorV2(mode=c.service.backend(BACKEND)).run([slow_pub(4)])
+
+    def listed():
+        rec = c.store.job(job.job_id(), "status")
+        assert rec.get("status") in ("QUEUED", "RUNNING"), f"job ended ({rec}) before it was listed"
+        replies = app.control.inspect(destination=[w.node], timeout=5).active() or {}
+        return [a for a in replies.get(w.node, []) if a["id"] == job.job_id()]
+
+    (active,) = wait_for(listed, 60, "celery inspect active to list the running job")
+    assert active["name"] == "estimator" and active["hostname"] == w.node
+    assert active["delivery_info"]["routing_key"] == c.store.keys.backend_queue(BACKEND)
+    assert active["worker_pid"] == int(c.store.job(job.job_id())["pid"])
+    job.result(timeout=300)
+    assert app.control.inspect(destination=[w.node], timeout=5).active() == {w.node: []}
+
+
+def test_a_plain_celery_producers_message_runs_on_the_lean_path(fresh):
+    """``apply_async`` writes Celery's own message (a task id of its own, its own headers) into
+    our queue: the lean consumer runs the job its argument names."""
+    from session_broker.celery_app import make_app
+
+    c = fresh()
+    c.start_worker(BACKEND, name="lean-plain@%h")
+    app = make_app(c.settings)
+    jid = plant_job(c.store, payload=bell_payload(), push=False)
+    result = app.send_task(
+        "sampler", args=[jid], kwargs={"backend": BACKEND}, queue=c.store.keys.backend_queue(BACKEND)
+    )
+    assert result.id != jid
+    rec = wait_for(
+        lambda: (lambda r: r if r.get("status") in ("DONE", "ERROR") else None)(c.store.job(jid)),
+        120,
+        "the planted job to run",
+    )
+    assert rec["status"] == "DONE" and rec["attempts"] == "1", rec
+    assert c.store.redis.llen(c.store.keys.worker_fetch(rec["worker"])) == 0
+
+
+def test_a_warm_shutdown_lets_the_job_in_hand_finish(fresh):
+    """SIGTERM (``systemctl stop``, compose down): the lean consumer takes no new job, the one
+    running ends DONE once, and the worker exits and deregisters."""
+    c = fresh()
+    w = c.start_worker(BACKEND, name="lean-warm@%h")
+    job = EstimatorV2(mode=c.service.backend(BACKEND)).run([slow_pub(3)])
+    wait_for(lambda: c.store.job(job.job_id(), "status").get("status") == "RUNNING", 60, "the job to run")
+    c.stop_worker(w, grace=120)
+    rec = c.store.job(job.job_id())
+    assert rec["status"] == "DONE" and rec["attempts"] == "1", rec
+    assert not c.store.redis.hexists(c.store.keys.workers, w.node)
+
+
+@pytest.mark.parametrize("path", ["celery"])
+def test_celerys_own_job_path_still_runs_jobs(fresh, path):
+    """The benchmark's comparison (``--profile``, variant celery_path) runs on it."""
+    c = fresh()
+    c.start_worker(BACKEND, name="celery-path@%h", env={"SESSION_BROKER_JOB_PATH": path})
+    with Session(service=c.service, backend=BACKEND) as session:
+        jobs = [SamplerV2(mode=session).run([bell_circuit()], shots=10) for _ in range(3)]
+        for job in jobs:
+            assert_bell_counts(job.result(timeout=120), 10)
