@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 from billiard.exceptions import WorkerLostError
 from celery import Task
@@ -118,16 +119,38 @@ def run_job(task: Task, job_id, primitive: str) -> str:
     return run_claimed(s, job_id, claim, primitive, backend, ack=tag)
 
 
+@dataclass(frozen=True)
+class Ended:
+    """How a claimed job ended here, before FINISH records it."""
+
+    status: str
+    result: str
+    code: str
+    error: str
+    usage: float
+
+
 def run_claimed(s: Store, job_id: str, claim: Claim, primitive: str, backend: str, ack: str = "") -> str:
     """Run a claimed job and FINISH it: the job's status, or 'stale' when FINISH found that
-    its record had moved on. Both job paths
-    end here: Celery's (``run_job``) and the executor's lean consumer (``consumer.py``).
-    ``ack``: the delivery tag FINISH acknowledges in kombu's unacked hash ('' = none)."""
-    payload, token = claim.payload, claim.claim
+    its record had moved on. ``ack``: the delivery tag FINISH acknowledges in kombu's unacked
+    hash ('' = none)."""
+    ended = execute_claimed(s, job_id, claim, primitive, backend)
+    outcome = s.finish(
+        job_id, claim.claim, ended.status, ended.result, ended.code, ended.error, ended.usage, ack=ack
+    )
+    if ack:
+        transport.ACKED_BY_FINISH.add(ack)
+    return settled(job_id, claim, ended, outcome)
+
+
+def execute_claimed(s: Store, job_id: str, claim: Claim, primitive: str, backend: str) -> Ended:
+    """Decode and run a claimed job on the warm simulator (both job paths: Celery's,
+    ``run_claimed``, and the lean consumer's, ``consumer.py``). Never raises for the job's
+    own failure: a bad payload, an Aer error or the time limit is an ERROR."""
     started = time.perf_counter()
     status, result, code, error = "DONE", "", "", ""
     try:
-        result, options = _run(backend, payload, primitive, s.settings.max_payload_bytes)
+        result, options = _run(backend, claim.payload, primitive, s.settings.max_payload_bytes)
         limit = options.get("max_execution_time")
         if limit and time.perf_counter() - started > float(limit):
             raise SoftTimeLimitExceeded()
@@ -143,19 +166,21 @@ def run_claimed(s: Store, job_id: str, claim: Claim, primitive: str, backend: st
         status, code = "ERROR", ErrorCode.FAILED.value
         error = f"{type(exc).__name__}: {exc}"
         log.warning("job %s failed: %s", job_id, error)
-    outcome = s.finish(job_id, token, status, result, code, error, time.perf_counter() - started, ack=ack)
-    if ack:
-        transport.ACKED_BY_FINISH.add(ack)
+    return Ended(status, result, code, error, time.perf_counter() - started)
+
+
+def settled(job_id: str, claim: Claim, ended: Ended, outcome: str) -> str:
+    """FINISH's outcome, in words: the job's status, or 'stale'."""
     if outcome == "stale":
         # the record moved on while we ran (requeued after we were taken for dead, or Redis
         # lost our claim): the fence kept our result out. The chaos test counts these lines.
         log.warning(
             "job %s ran to completion here but its record had moved on (claim %s): result dropped",
             job_id,
-            token,
+            claim.claim,
         )
         return "stale"
-    return status
+    return ended.status
 
 
 def _run(backend: str, payload, primitive: str, max_bytes: int) -> tuple[str, dict]:

@@ -31,7 +31,7 @@ from session_broker.core import transport
 from session_broker.core.ids import valid_id
 
 from . import link as inflight
-from .celery_tasks import node_backend, run_claimed, store
+from .celery_tasks import execute_claimed, node_backend, settled, store
 from .link import link
 
 log = logging.getLogger("session_broker.worker")
@@ -102,6 +102,7 @@ class JobConsumer:
         self.context = backends.context_fingerprint(node_backend())
         self.stopping, self.finished = threading.Event(), threading.Event()
         self.current: tuple[Message, float] | None = None  # what ``celery inspect active`` shows
+        self.next: str | None = None  # a message FINISH fetched with the last job's end
         self._lock = threading.Lock()
         self.app = app
         self.time_limit = app.conf.task_time_limit
@@ -136,6 +137,8 @@ class JobConsumer:
     def run(self) -> None:
         try:
             self._loop()
+            if self.next is not None:  # stopped with a message in hand: back to its queue
+                self.give_back(self.next, self.queue)
         except BaseException:
             # the executor would stay up consuming nothing: end it, the supervisor settles
             # what it held and starts another
@@ -147,7 +150,7 @@ class JobConsumer:
     def _loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                raw = self.fetch()
+                raw, self.next = self.next or self.fetch(), None
             except redis.ResponseError as exc:
                 if "OOM" not in str(exc):
                     raise
@@ -215,7 +218,7 @@ class JobConsumer:
             # the message is still on the fetch list: put it back in its queue, or leave it
             # there for the reconcile (Redis away), which gives it back while the job waits
             log.warning("%s: could not claim job %s (%s); giving its message back", self.node, jid, exc)
-            self.give_back(message)
+            self.give_back(message.raw, self.queue)
             return
         if not claim.run:
             log.info("job %s not run here: %s", jid, claim.reason)
@@ -224,23 +227,37 @@ class JobConsumer:
         started = time.perf_counter()
         self.current = (message, time.time())
         self.event(dispatcher, "task-started", message)
-        status = run_claimed(s, jid, claim, message.task, node_backend())
+        ended = execute_claimed(s, jid, claim, message.task, node_backend())
+        # FINISH, and fetch the next message in the same round trip (a backlog's next job
+        # costs no fetch of its own); none once told to stop or to consume another queue
+        if self.stopping.is_set() or not self.queue or self.wanted != self.queue:
+            outcome = s.finish(
+                jid, claim.claim, ended.status, ended.result, ended.code, ended.error, ended.usage
+            )
+        else:
+            outcome, self.next = s.finish_and_fetch(
+                jid,
+                claim.claim,
+                ended.status,
+                ended.result,
+                ended.code,
+                ended.error,
+                ended.usage,
+                self.queue,
+                self.fetch_key,
+            )
+        status = settled(jid, claim, ended, outcome)
         self.event(
             dispatcher, "task-succeeded", message, result=repr(status), runtime=time.perf_counter() - started
         )
 
-    def give_back(self, message: Message) -> None:
+    def give_back(self, raw: str, queue: str) -> None:
+        """A fetched message not claimed: back to the head of ``queue``, off the fetch list
+        (Redis away: the reconcile gives it back while its job waits)."""
         try:
-            self.store.redis.pipeline().rpush(self.queue, message.raw).lrem(
-                self.fetch_key, 1, message.raw
-            ).execute()
+            self.store.redis.pipeline().rpush(queue, raw).lrem(self.fetch_key, 1, raw).execute()
         except redis.RedisError as exc:
-            log.warning(
-                "%s: left job %s's message on the fetch list for the reconcile: %s",
-                self.node,
-                message.job_id,
-                exc,
-            )
+            log.warning("%s: left a fetched message on the fetch list for the reconcile: %s", self.node, exc)
             time.sleep(RETRY)
 
     def refuse(self, raw: str, why: str) -> None:

@@ -301,4 +301,14 @@ class Scripts:
         if registered is None:
             registered = self._registered[script] = self.client.register_script(source(script))
         args: list[Any] = [self.prefix, *(argv[a] for a in c.argv)]
+        if isinstance(client, Pipeline):
+            # EVALSHA alone: redis-py's own way adds a SCRIPT EXISTS round trip to every
+            # pipeline; the caller loads the script (``load``) and runs again on NOSCRIPT
+            return client.evalsha(registered.sha, 0, *args)
         return registered(keys=[], args=args, client=client)
+
+    def load(self, *scripts: str) -> None:
+        """Load scripts into Redis (after a pipeline's EVALSHA met NOSCRIPT: a restarted or
+        failed-over Redis forgets them)."""
+        for script in scripts:
+            self.client.script_load(source(script))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -370,40 +371,95 @@ class Store:
     ) -> str:
         """RUNNING -> DONE/ERROR, fenced by the claim token; may close or idle the session.
         ``ack``: the delivery tag of the job's message, acknowledged in the same script."""
-        outcome: str = self._replicated(
-            "finish",
-            {
-                "jid": job_id,
-                "claim": claim,
-                "status": status,
-                "result": result,
-                "error_code": error_code,
-                "error_message": error,
-                "usage": f"{usage:.6f}",
-                "tag": ack or "",
-            },
-            notify=job_id,
-        )
+        argv = self._finish_argv(job_id, claim, status, result, error_code, error, usage, ack)
+        outcome: str = self._replicated("finish", argv, notify=job_id)
         return outcome
 
+    def finish_and_fetch(
+        self,
+        job_id: str,
+        claim: str,
+        status: str,
+        result: str,
+        error_code: str,
+        error: str,
+        usage: float,
+        queue: str,
+        fetch_list: str,
+    ) -> tuple[str, str | None]:
+        """FINISH, and in the same round trip move the next message of ``queue`` (if any) onto
+        ``fetch_list``: the lean consumer's next job, fetched without a round trip of its own
+        (``tasks/consumer.py``). Returns (FINISH's outcome, that message or None)."""
+        outcome, fetched = self._replicated_then(
+            "finish",
+            self._finish_argv(job_id, claim, status, result, error_code, error, usage, ""),
+            notify=job_id,
+            then=lambda pipe: pipe.lmove(queue, fetch_list, "RIGHT", "LEFT"),
+        )
+        return outcome, fetched
+
+    @staticmethod
+    def _finish_argv(
+        job_id: str, claim: str, status: str, result: str, error_code: str, error: str, usage: float, ack: str
+    ) -> dict[str, object]:
+        return {
+            "jid": job_id,
+            "claim": claim,
+            "status": status,
+            "result": result,
+            "error_code": error_code,
+            "error_message": error,
+            "usage": f"{usage:.6f}",
+            "tag": ack or "",
+        }
+
     def _replicated(self, script: str, argv: dict[str, object], notify: str | None = None) -> Any:
+        """``_replicated_then`` without a command after it: the script's reply."""
+        return self._replicated_then(script, argv, notify)[0]
+
+    def _replicated_then(
+        self,
+        script: str,
+        argv: dict[str, object],
+        notify: str | None = None,
+        then: Callable[[redis.client.Pipeline], object] | None = None,
+    ) -> tuple[Any, Any]:
         """Run ``script``, then Redis ``WAIT`` on the same connection (one pipeline) until the
         wanted replicas hold the write or ``wait_timeout_ms`` passes. With Sentinel, an
         acknowledged submit or result then survives the master's death: the replica that
         Sentinel promotes (the most up to date) has it. ``notify``: a job whose waiters the
         script left asleep (FINISH's quiet flag); NOTIFY wakes them after the WAIT, in the
-        same pipeline (Redis runs a connection's commands in order, WAIT blocking it)."""
+        same pipeline (Redis runs a connection's commands in order, WAIT blocking it).
+        ``then``: one more command queued last on the same pipeline. Returns (the script's
+        reply, that command's reply, or None when it failed: the script's work stands)."""
         want = self.replication.wanted()
-        if not want:
-            return self.scripts.run(script, client=None, **argv, **({"quiet": ""} if notify else {}))
+        if not want and then is None:
+            return self.scripts.run(script, client=None, **argv, **({"quiet": ""} if notify else {})), None
         pipe = self.redis.pipeline(transaction=False)
-        self.scripts.run(script, client=pipe, **argv, **({"quiet": "1"} if notify else {}))
-        pipe.wait(want, self.settings.wait_timeout_ms)
-        if notify:
-            self.scripts.run("notify", client=pipe, jid=notify)
-        result, acked, *_ = pipe.execute()
-        self.replication.acked(acked, want)
-        return result
+        self.scripts.run(script, client=pipe, **argv, **({"quiet": "1" if want else ""} if notify else {}))
+        if want:
+            pipe.wait(want, self.settings.wait_timeout_ms)
+            if notify:
+                self.scripts.run("notify", client=pipe, jid=notify)
+        if then is not None:
+            then(pipe)
+        replies = pipe.execute(raise_on_error=False)
+        after = replies.pop() if then is not None else None
+        if isinstance(after, Exception):  # e.g. out of memory: the script's work stands
+            log.warning("the command after %s failed: %s", script, after)
+            after = None
+        if isinstance(replies[0], redis.exceptions.NoScriptError):
+            # Redis forgot its scripts (a restart, a failover): the script did not run
+            self.scripts.load(script, *(["notify"] if notify else []))
+            return self._replicated_then(script, argv, notify)[0], after
+        if want and notify and isinstance(replies[2], redis.exceptions.NoScriptError):
+            replies[2] = self.scripts.run("notify", jid=notify)  # loads it
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        if want:
+            self.replication.acked(replies[1], want)
+        return replies[0], after
 
     def job_lost(self, job_id: str, node: str, code: str, message: str) -> str:
         """The process running a job died: queue it again, or end it (poison, time limit)."""
