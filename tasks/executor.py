@@ -26,12 +26,18 @@ from session_broker.core.store import Store
 log = logging.getLogger("session_broker.worker")
 logging.getLogger("qiskit").setLevel(logging.WARNING)  # the transpiler logs every pass at INFO
 
-from .link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, link, open_link  # noqa: E402
+from .link import (  # noqa: E402
+    ENV_COMMAND_FD,
+    ENV_QUEUE,
+    ENV_STATUS_FD,
+    ENV_SUPERVISOR,
+    job_path,
+    link,
+    open_link,
+)
 
 # seconds events stay on after the last request for them (Flower asks every 5 s)
 EVENTS_LINGER = float(os.environ.get("SESSION_BROKER_EVENTS_LINGER", "15"))
-# "lean" (consumer.py) or "celery" (Celery's request path, solo pool: what it was before)
-JOB_PATH = os.environ.get("SESSION_BROKER_JOB_PATH", "lean")
 
 
 # ---------------------------------------------------------------------- events on demand
@@ -178,7 +184,7 @@ def _ready(sender=None, **_):
     _events = Events(consumer, store(), os.environ.get("SESSION_BROKER_TASK_EVENTS") == "always")
     _events.apply()  # a monitor already open: events from the first job
     queue = os.environ.get(ENV_QUEUE, "")
-    if JOB_PATH == "lean":
+    if job_path() == "lean":
         _start_lean_consumer(consumer, node, queue)
     threading.Thread(target=_follow_commands, args=(consumer,), name="executor-commands", daemon=True).start()
     threading.Thread(target=_events_loop, name="executor-events", daemon=True).start()

@@ -14,11 +14,26 @@ import threading
 import time
 from dataclasses import dataclass
 
+from session_broker.errors import ConfigurationError
+
 # what the supervisor tells an executor in its environment (read by executor.py)
 ENV_STATUS_FD = "SESSION_BROKER_EXECUTOR_STATUS_FD"
 ENV_COMMAND_FD = "SESSION_BROKER_EXECUTOR_COMMAND_FD"
 ENV_QUEUE = "SESSION_BROKER_EXECUTOR_QUEUE"
 ENV_SUPERVISOR = "SESSION_BROKER_SUPERVISOR_PID"
+ENV_JOB_PATH = "SESSION_BROKER_JOB_PATH"
+JOB_PATHS = ("lean", "celery")  # the lean consumer (consumer.py), or Celery's request path
+
+
+def job_path() -> str:
+    """How executors take jobs (``SESSION_BROKER_JOB_PATH``); the supervisor checks it at start."""
+    path = os.environ.get(ENV_JOB_PATH, "lean") or "lean"
+    if path not in JOB_PATHS:
+        raise ConfigurationError(
+            f"{ENV_JOB_PATH}={path!r} is not a job path: use 'lean' (the default: the executor's "
+            "lean consumer) or 'celery' (Celery's request path, slower)"
+        )
+    return path
 
 
 @dataclass

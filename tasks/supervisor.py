@@ -25,7 +25,7 @@ from session_broker.core.store import Store
 from session_broker.errors import ConfigurationError, ErrorCode, error_for_code
 
 from .agent import Agent
-from .link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, InFlight
+from .link import ENV_COMMAND_FD, ENV_QUEUE, ENV_STATUS_FD, ENV_SUPERVISOR, InFlight, job_path
 
 log = logging.getLogger("session_broker.worker")
 BOOT_FAILURES = 5
@@ -176,6 +176,7 @@ class Supervisor:
         from session_broker import backends
 
         backends.get_spec(self.backend)
+        job_path()  # a typo'd SESSION_BROKER_JOB_PATH stops the worker here, saying what is allowed
         if self.device == "GPU":
             backends.check_gpu()
         self.store.ping(check=False)
