@@ -211,6 +211,7 @@ class JobConsumer:
     def run_one(self, message: Message) -> None:
         s, jid = self.store, message.job_id
         dispatcher = self.dispatcher()
+        log.info("Task %s[%s] received", message.task, message.task_id)  # Celery's own log lines
         self.event(dispatcher, "task-received", message)
         try:
             claim = s.claim(jid, self.node, os.getpid(), self.context, fetched=message.raw)
@@ -247,9 +248,9 @@ class JobConsumer:
                 self.fetch_key,
             )
         status = settled(jid, claim, ended, outcome)
-        self.event(
-            dispatcher, "task-succeeded", message, result=repr(status), runtime=time.perf_counter() - started
-        )
+        runtime = time.perf_counter() - started
+        log.info("Task %s[%s] succeeded in %.6fs: %r", message.task, message.task_id, runtime, status)
+        self.event(dispatcher, "task-succeeded", message, result=repr(status), runtime=runtime)
 
     def give_back(self, raw: str, queue: str) -> None:
         """A fetched message not claimed: back to the head of ``queue``, off the fetch list

@@ -64,7 +64,7 @@ def test_celery_inspect_active_lists_the_job_running_now(fresh):
     c = fresh()
     w = c.start_worker(BACKEND, name="lean-active@%h")
     app = make_app(c.settings)
-    job = EstimatorV2(mode=c.service.backend(BACKEND)).run([slow_pub(4)])
+    job = EstimatorV2(mode=c.service.backend(BACKEND)).run([slow_pub(10)])
 
     def listed():
         rec = c.store.job(job.job_id(), "status")
