@@ -106,6 +106,14 @@ class ConsumerLink:
         requests = list(state.reserved_requests) + list(state.active_requests)
         return sorted({r._job_id() for r in requests if getattr(r, "_job_id", None) and r._job_id()})
 
+    def executor_id(self) -> str:
+        """No executor process to name: this worker's consumer is its own main process."""
+        return ""
+
+    def replace(self, executor: str, why: str) -> bool:
+        """Nothing to replace (the liveness check's stalled mark names no executor here)."""
+        return False
+
     def follow(self, queue: str) -> bool:
         from tasks.executor import switch_queues
 

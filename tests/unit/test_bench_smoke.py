@@ -361,3 +361,23 @@ def test_mitigation_table_judges_each_circuit_against_its_first_row():
     assert "target" not in rows[5] and rows[5]["error_vs_level0"] == 1.0
     table = render(results)
     assert "MISSED" in table and "1 + DD XX" in table and table.count("\n| ") == 7
+
+
+def test_the_profiles_legacy_worker_gives_the_agent_everything_it_asks_of_its_link():
+    """``benchmarks/variant_worker.py`` runs the agent over a ``ConsumerLink`` instead of the
+    supervisor's ``Slot``; an agent that asks its link something new broke the profile's
+    legacy variants silently (it never registered)."""
+    import re
+    from pathlib import Path
+
+    from benchmarks.variant_worker import ConsumerLink
+    from tasks.supervisor import Slot
+
+    asked = set(
+        re.findall(r"self\.link\.(\w+)", (Path(__file__).parents[2] / "tasks" / "agent.py").read_text())
+    )
+    assert asked, "the agent's use of its link was not found"
+    slot = Slot("n@h")
+    for name in sorted(asked):
+        assert hasattr(slot, name), f"Slot lacks {name}: the test reads agent.py wrongly"
+        assert hasattr(ConsumerLink, name), f"benchmarks/variant_worker.py's ConsumerLink lacks {name}"
