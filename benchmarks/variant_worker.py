@@ -131,7 +131,8 @@ def install_tracing(directory: Path) -> None:
 
     fetch: kombu's BRPOP read returned the message (main process); received: Celery built
     the Request (main); dispatch: the Request is handed to the pool (main, after the
-    task-received event); prerun / postrun: the task starts / ends in the pool child.
+    task-received event); prerun / postrun: the task starts / ends in the pool child. On the
+    lean job path all four are the moment its fetch returned.
     """
     import time
 
@@ -182,6 +183,27 @@ def install_tracing(directory: Path) -> None:
     @signals.task_postrun.connect(weak=False)
     def _postrun(task_id=None, **_):
         write(task_id, "postrun", f"{time.time():.6f}")
+
+    # The lean job path (issue 22) has no request, no pool hand-over and no tracer: its fetch
+    # is the moment its BLMOVE returned (handle() starts), and the three Celery steps after it
+    # take no time. Connected before the executor's own worker_ready receiver, which starts
+    # the lean consumer; imported only then, as the executor imports Qiskit only then.
+    @signals.worker_ready.connect(weak=False)
+    def _lean(**_):
+        from session_broker.core.spawn import worker_module
+
+        consumer = worker_module("consumer").JobConsumer
+        handle = consumer.handle
+
+        def traced(self, raw):
+            now = f"{time.time():.6f}"
+            message = worker_module("consumer").read(raw, None)
+            if not isinstance(message, str):
+                for step in ("fetch", "received", "dispatch", "prerun"):
+                    write(message.job_id, step, now)
+            return handle(self, raw)
+
+        consumer.handle = traced
 
 
 if __name__ == "__main__":

@@ -195,18 +195,15 @@ class JobConsumer:
         if isinstance(message, str):
             self.refuse(raw, message)
             return
-        pipe = link()
-        job = inflight.InFlight(message.job_id, "", message.hard_limit)
-        inflight.current = job
-        if pipe is not None:
-            pipe.running(job)  # the supervisor enforces the hard limit, settles the job if we die
         try:
             self.run_one(message)
         finally:
             self.current = None
-            inflight.current = inflight.InFlight(None)
-            if pipe is not None:
-                pipe.idle()
+            if inflight.current.job_id is not None:
+                inflight.current = inflight.InFlight(None)
+                pipe = link()
+                if pipe is not None:
+                    pipe.idle()
 
     def run_one(self, message: Message) -> None:
         s, jid = self.store, message.job_id
@@ -225,6 +222,14 @@ class JobConsumer:
             log.info("job %s not run here: %s", jid, claim.reason)
             self.event(dispatcher, "task-succeeded", message, result=repr(claim.reason), runtime=0.0)
             return
+        # Told after the claim, not before: the supervisor's wake-up then overlaps the job
+        # instead of delaying its claim. It enforces the hard limit from here, and settles the
+        # job if this process dies; dying before this line, the job is in the run set, which
+        # the supervisor's settling requeues too (executor_lost, then reap_worker).
+        inflight.current = job = inflight.InFlight(jid, "", message.hard_limit)
+        pipe = link()
+        if pipe is not None:
+            pipe.running(job)
         started = time.perf_counter()
         self.current = (message, time.time())
         self.event(dispatcher, "task-started", message)
