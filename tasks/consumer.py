@@ -152,9 +152,9 @@ class JobConsumer:
             try:
                 raw, self.next = self.next or self.fetch(), None
             except redis.ResponseError as exc:
-                if "OOM" not in str(exc):
-                    raise
-                log.error("Redis is out of memory, fetching paused: %s", exc)
+                # out of memory (BLMOVE writes), or a queue key someone made another type:
+                # say so and try again, rather than end the executor into a restart loop
+                log.error("%s: Redis refused the fetch from %s, paused: %s", self.node, self.queue, exc)
                 time.sleep(RETRY)
                 continue
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -178,7 +178,10 @@ class JobConsumer:
         with self._lock:
             queue = self.wanted
             if self.client_id is None and self.can_unblock:
-                self.client_id = int(self.client.client_id())
+                try:
+                    self.client_id = int(self.client.client_id())
+                except redis.ResponseError:  # an ACL without CLIENT: switches wait for BLOCK
+                    self.can_unblock = False
         if queue != self.queue:
             self.queue = queue
             pipe = link()

@@ -129,3 +129,24 @@ def test_celerys_own_job_path_still_runs_jobs(fresh, path):
         jobs = [SamplerV2(mode=session).run([bell_circuit()], shots=10) for _ in range(3)]
         for job in jobs:
             assert_bell_counts(job.result(timeout=120), 10)
+
+
+def test_a_queue_key_of_the_wrong_type_pauses_the_consumer_and_does_not_end_it(fresh):
+    """Anyone who can write to Redis can make a queue's key a string: BLMOVE then answers
+    WRONGTYPE. The lean consumer says so and tries again; it must not end its executor into
+    a restart loop, and it serves the queue again once the key is a list."""
+    import psutil
+
+    from tests.support.faults import log_text
+
+    c = fresh()
+    w = c.start_worker(BACKEND, name="lean-wrongtype@%h")
+    queue = c.store.keys.backend_queue(BACKEND)
+    sampler = SamplerV2(mode=c.service.backend(BACKEND))
+    assert_bell_counts(sampler.run([bell_circuit()], shots=10).result(timeout=120), 10)
+    (executor,) = psutil.Process(w.proc.pid).children()
+    c.store.redis.set(queue, "not a list")
+    wait_for(lambda: "Redis refused the fetch" in log_text(w.log), 60, "the consumer to report the refusal")
+    c.store.redis.delete(queue)
+    assert_bell_counts(sampler.run([bell_circuit()], shots=10).result(timeout=120), 10)
+    assert [p.pid for p in psutil.Process(w.proc.pid).children()] == [executor.pid]
