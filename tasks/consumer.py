@@ -28,6 +28,7 @@ import redis
 from session_broker import backends
 from session_broker.celery_app import app
 from session_broker.core import transport
+from session_broker.core.connection import redis_client
 from session_broker.core.ids import valid_id
 
 from . import link as inflight
@@ -94,9 +95,14 @@ class JobConsumer:
         self.node, self.wanted, self.queue = node, queue, ""
         self.store = store()
         self.fetch_key = self.store.keys.worker_fetch(node)
-        self.client = self.store.redis.client()  # one connection of its own: it blocks on BLMOVE
-        self.client_id: int | None = None
-        self.can_unblock = True  # CLIENT UNBLOCK: refused to a tenant's ACL user
+        # one connection of its own (it blocks on BLMOVE), named so that a switch can find it
+        # whatever reconnects redis-py made, and reading replies as bytes: a message that is
+        # not UTF-8 text is refused here, not an error that ends the executor
+        self.name = f"sb-fetch:{node}:{os.getpid()}"
+        self.client = redis_client(
+            self.store.settings, decode_responses=False, client_name=self.name
+        ).client()
+        self.can_unblock = True  # CLIENT LIST / UNBLOCK: refused to a tenant's ACL user
         self.events_on = events_on  # whether a monitor asks for task events now
         self._dispatcher: Any = None  # this thread's own (Celery's is its loop's)
         self.context = backends.context_fingerprint(node_backend())
@@ -117,17 +123,19 @@ class JobConsumer:
             self._unblock()
 
     def stop(self) -> None:
-        """Take no new job (the one in hand ends first); ``finished`` is set once out."""
+        """Take no new job (the one in hand ends first); ``finished`` is set once out. Called
+        from Celery's signal handler: the Redis call that ends a blocked fetch runs apart."""
         self.stopping.set()
-        self._unblock()
+        threading.Thread(target=self._unblock, name="executor-jobs-stop", daemon=True).start()
 
     def _unblock(self) -> None:
-        with self._lock:
-            client_id = self.client_id
-        if client_id is None or not self.can_unblock:
+        """End a BLMOVE this consumer's connection is blocked in (else it ends within BLOCK)."""
+        if not self.can_unblock:
             return
         try:
-            self.store.redis.client_unblock(client_id)
+            for client in self.store.redis.client_list():
+                if client.get("name") == self.name:
+                    self.store.redis.client_unblock(int(client["id"]))
         except redis.ResponseError:  # an ACL user may not: the fetch ends within BLOCK
             self.can_unblock = False
         except redis.RedisError:
@@ -159,12 +167,13 @@ class JobConsumer:
                 continue
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 log.warning("%s: cannot fetch from Redis (%s); retrying", self.node, exc)
-                with self._lock:
-                    self.client_id = None
                 time.sleep(RETRY)
                 continue
             if raw is None:
                 continue
+            if self.stopping.is_set():  # fetched as the warm shutdown began: not ours to run
+                self.next = raw
+                break
             try:
                 self.handle(raw)
             except Exception:
@@ -177,11 +186,6 @@ class JobConsumer:
         """One message of the wanted queue moved onto the fetch list, or None."""
         with self._lock:
             queue = self.wanted
-            if self.client_id is None and self.can_unblock:
-                try:
-                    self.client_id = int(self.client.client_id())
-                except redis.ResponseError:  # an ACL without CLIENT: switches wait for BLOCK
-                    self.can_unblock = False
         if queue != self.queue:
             self.queue = queue
             pipe = link()
@@ -190,8 +194,17 @@ class JobConsumer:
         if not queue:  # an operator's `celery control cancel_consumer`: nothing to fetch from
             self.stopping.wait(BLOCK)
             return None
-        raw = self.client.blmove(queue, self.fetch_key, BLOCK, "RIGHT", "LEFT")
-        return raw if raw is None or isinstance(raw, str) else raw.decode("utf-8", "surrogateescape")
+        return self.text(self.client.blmove(queue, self.fetch_key, BLOCK, "RIGHT", "LEFT"))
+
+    def text(self, raw: bytes | None) -> str | None:
+        """A fetched message as text; one that is not UTF-8 is refused (dead letter) here."""
+        if raw is None:
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.refuse(raw, f"message is not UTF-8 text ({exc})")
+            return None
 
     def handle(self, raw: str) -> None:
         message = read(raw, self.time_limit)
@@ -220,6 +233,7 @@ class JobConsumer:
             # there for the reconcile (Redis away), which gives it back while the job waits
             log.warning("%s: could not claim job %s (%s); giving its message back", self.node, jid, exc)
             self.give_back(message.raw, self.queue)
+            time.sleep(RETRY)  # a claim that fails every time must not spin on Redis
             return
         if not claim.run:
             log.info("job %s not run here: %s", jid, claim.reason)
@@ -244,7 +258,7 @@ class JobConsumer:
                 jid, claim.claim, ended.status, ended.result, ended.code, ended.error, ended.usage
             )
         else:
-            outcome, self.next = s.finish_and_fetch(
+            outcome, fetched = s.finish_and_fetch(
                 jid,
                 claim.claim,
                 ended.status,
@@ -254,7 +268,9 @@ class JobConsumer:
                 ended.usage,
                 self.queue,
                 self.fetch_key,
+                self.client,
             )
+            self.next = self.text(fetched)
         status = settled(jid, claim, ended, outcome)
         runtime = time.perf_counter() - started
         log.info("Task %s[%s] succeeded in %.6fs: %r", message.task, message.task_id, runtime, status)
@@ -269,7 +285,7 @@ class JobConsumer:
             log.warning("%s: left a fetched message on the fetch list for the reconcile: %s", self.node, exc)
             time.sleep(RETRY)
 
-    def refuse(self, raw: str, why: str) -> None:
+    def refuse(self, raw: str | bytes, why: str) -> None:
         log.error("refused a message that is not a well-formed task message: %s", why)
         try:
             pipe = transport.dead_letter(self.store.redis.pipeline(), self.store.keys, raw, why)

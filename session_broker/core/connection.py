@@ -27,10 +27,11 @@ from session_broker.errors import BrokerConnectionError, BrokerOutOfMemoryError
 log = logging.getLogger("session_broker")
 
 
-def redis_client(settings: Settings, *, typed_errors: bool = False) -> redis.Redis:
+def redis_client(settings: Settings, *, typed_errors: bool = False, **kwargs: Any) -> redis.Redis:
     """A redis-py client for our own keys: retries through short outages (Redis restarts,
     a Sentinel failover). With ``typed_errors`` (producers: ``QiskitRuntimeService``), every
-    command, script and pipeline raises our typed errors (``TypedErrorsRedis``)."""
+    command, script and pipeline raises our typed errors (``TypedErrorsRedis``). ``kwargs``:
+    more connection options (``decode_responses=False``, ``client_name``)."""
     client = connect(
         settings.url,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 40),
@@ -38,6 +39,7 @@ def redis_client(settings: Settings, *, typed_errors: bool = False) -> redis.Red
         socket_connect_timeout=5,
         socket_keepalive=True,
         redis_class=TypedErrorsRedis if typed_errors else redis.Redis,
+        **kwargs,
     )
     if isinstance(client, TypedErrorsRedis):  # typed_errors
         client.broker_url = settings.url

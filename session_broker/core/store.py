@@ -386,17 +386,21 @@ class Store:
         usage: float,
         queue: str,
         fetch_list: str,
-    ) -> tuple[str, str | None]:
+        client: redis.Redis,
+    ) -> tuple[str, bytes | None]:
         """FINISH, and in the same round trip move the next message of ``queue`` (if any) onto
         ``fetch_list``: the lean consumer's next job, fetched without a round trip of its own
-        (``tasks/consumer.py``). Returns (FINISH's outcome, that message or None)."""
+        (``tasks/consumer.py``). Runs on ``client``, the consumer's connection, which reads
+        replies as bytes: a message that is not UTF-8 text is the consumer's to refuse, not
+        an error here. Returns (FINISH's outcome, that message or None)."""
         outcome, fetched = self._replicated_then(
             "finish",
             self._finish_argv(job_id, claim, status, result, error_code, error, usage, ""),
             notify=job_id,
             then=lambda pipe: pipe.lmove(queue, fetch_list, "RIGHT", "LEFT"),
+            client=client,
         )
-        return outcome, fetched
+        return outcome.decode() if isinstance(outcome, bytes) else outcome, fetched
 
     @staticmethod
     def _finish_argv(
@@ -423,6 +427,7 @@ class Store:
         argv: dict[str, object],
         notify: str | None = None,
         then: Callable[[redis.client.Pipeline], object] | None = None,
+        client: redis.Redis | None = None,
     ) -> tuple[Any, Any]:
         """Run ``script``, then Redis ``WAIT`` on the same connection (one pipeline) until the
         wanted replicas hold the write or ``wait_timeout_ms`` passes. With Sentinel, an
@@ -431,11 +436,12 @@ class Store:
         script left asleep (FINISH's quiet flag); NOTIFY wakes them after the WAIT, in the
         same pipeline (Redis runs a connection's commands in order, WAIT blocking it).
         ``then``: one more command queued last on the same pipeline. Returns (the script's
-        reply, that command's reply, or None when it failed: the script's work stands)."""
+        reply, that command's reply, or None when it failed: the script's work stands).
+        ``client``: the connection to use instead of ours (the pipeline then)."""
         want = self.replication.wanted()
         if not want and then is None:
             return self.scripts.run(script, client=None, **argv, **({"quiet": ""} if notify else {})), None
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = (client or self.redis).pipeline(transaction=False)
         self.scripts.run(script, client=pipe, **argv, **({"quiet": "1" if want else ""} if notify else {}))
         if want:
             pipe.wait(want, self.settings.wait_timeout_ms)
