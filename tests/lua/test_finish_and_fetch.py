@@ -3,6 +3,8 @@ lean consumer's end of a job, issue 22), against a real redis-server."""
 
 from __future__ import annotations
 
+import redis
+
 from session_broker.core.config import load_settings
 from session_broker.core.store import Store
 from tests.lua.conftest import PREFIX
@@ -22,7 +24,15 @@ def store_of(lua) -> Store:
 
 
 def finish_next(store: Store, lua, jid: str, claim: str, queue: str, node: str = "w1"):
-    return store.finish_and_fetch(jid, claim, "DONE", "R", "", "", 0.5, queue, lua.k.worker_fetch(node))
+    """FINISH + the next message, on a connection reading bytes (the lean consumer's): the
+    message comes back as bytes, decoded here for the comparisons."""
+    kw = lua.r.connection_pool.connection_kwargs
+    with redis.Redis(host=kw["host"], port=kw["port"]) as raw:
+        outcome, fetched = store.finish_and_fetch(
+            jid, claim, "DONE", "R", "", "", 0.5, queue, lua.k.worker_fetch(node), raw
+        )
+    assert fetched is None or isinstance(fetched, bytes)
+    return outcome, (fetched.decode() if fetched is not None else None)
 
 
 def test_the_next_message_comes_with_the_finish(lua):
