@@ -158,7 +158,8 @@ class JobConsumer:
     def _loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                raw, self.next = self.next or self.fetch(), None
+                raw, self.next = self.next, None
+                raw = raw or self.fetch()
             except redis.ResponseError as exc:
                 # out of memory (BLMOVE writes), or a queue key someone made another type:
                 # say so and try again, rather than end the executor into a restart loop
@@ -172,6 +173,8 @@ class JobConsumer:
             if raw is None:
                 continue
             if self.stopping.is_set():  # fetched as the warm shutdown began: not ours to run
+                if self.next is not None:
+                    self.give_back(self.next, self.queue)
                 self.next = raw
                 break
             try:
@@ -194,7 +197,17 @@ class JobConsumer:
         if not queue:  # an operator's `celery control cancel_consumer`: nothing to fetch from
             self.stopping.wait(BLOCK)
             return None
-        return self.text(self.client.blmove(queue, self.fetch_key, BLOCK, "RIGHT", "LEFT"))
+        # Nothing is in hand here, so anything already on the fetch list was stranded: a
+        # command redis-py sent again after losing its reply (a blip, a failover) moved one
+        # message more. The oldest is taken first, in the same round trip as the fetch.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lindex(self.fetch_key, -1).blmove(queue, self.fetch_key, BLOCK, "RIGHT", "LEFT")
+        stranded, raw = pipe.execute()
+        if stranded is None:
+            return self.text(raw)
+        log.warning("%s: a message was left on the fetch list; taking it first", self.node)
+        self.next = self.text(raw)
+        return self.text(stranded)
 
     def text(self, raw: bytes | None) -> str | None:
         """A fetched message as text; one that is not UTF-8 is refused (dead letter) here."""

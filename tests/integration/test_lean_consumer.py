@@ -60,9 +60,9 @@ def test_celery_inspect_names_the_queue_the_lean_consumer_serves(fresh):
 
 def test_celery_inspect_active_lists_the_job_running_now(fresh):
     """While a job runs, ``inspect active`` (Flower's worker page) lists it, and not after.
-    Celery's thread answers between the job's own Python steps; a simulation that keeps the
-    GIL for long can delay a reply past the inspect timeout, so the test tries up to five
-    jobs and needs one listed while running (Celery's solo pool answered none mid-job)."""
+    Aer keeps the GIL during one simulation call, so Celery's thread answers between a
+    job's calls: the job here is 60 short PUBs (one long call would leave no gap; Celery's
+    solo pool answered nothing mid-job). Up to five jobs, one must be listed while running."""
     from session_broker.celery_app import make_app
 
     c = fresh()
@@ -71,7 +71,7 @@ def test_celery_inspect_active_lists_the_job_running_now(fresh):
     estimator = EstimatorV2(mode=c.service.backend(BACKEND))
     seen = None
     for _ in range(5):
-        job = estimator.run([slow_pub(5)])
+        job = estimator.run([slow_pub(0.05)] * 60)
         while seen is None and c.store.job(job.job_id(), "status").get("status") in ("QUEUED", "RUNNING"):
             replies = app.control.inspect(destination=[w.node], timeout=2).active() or {}
             listed = [a for a in replies.get(w.node, []) if a["id"] == job.job_id()]
@@ -185,4 +185,29 @@ def test_a_message_that_is_not_utf8_is_dead_lettered_and_the_executor_lives_on(f
     wait_for(dead, 60, "the three messages in the dead-letter list")
     assert_bell_counts(sampler.run([bell_circuit()], shots=10).result(timeout=120), 10)
     assert [p.pid for p in psutil.Process(w.proc.pid).children()] == [executor.pid]
+    assert c.store.redis.llen(c.store.keys.worker_fetch(w.node)) == 0
+
+
+def test_a_message_stranded_on_the_fetch_list_is_taken_at_the_next_fetch(fresh):
+    """redis-py sends a command again when it lost the reply (a blip, a failover): a second
+    BLMOVE or LMOVE then moves one message more onto the fetch list, where the consumer does
+    not know of it. Its next fetch takes the oldest such message first, in the fetch's own
+    round trip: the job runs at once, not after the reconcile gives its message back."""
+    from tests.support.faults import log_text
+
+    c = fresh()
+    w = c.start_worker(BACKEND, name="lean-stranded@%h")
+    assert_bell_counts(
+        SamplerV2(mode=c.service.backend(BACKEND)).run([bell_circuit()], shots=10).result(timeout=120), 10
+    )
+    jid = plant_job(c.store, payload=bell_payload(), push=False)
+    c.store.redis.lpush(c.store.keys.worker_fetch(w.node), c.store.job(jid)["message"])
+    rec = wait_for(
+        lambda: (lambda r: r if r.get("status") in ("DONE", "ERROR") else None)(c.store.job(jid)),
+        60,
+        "the stranded job to run",
+    )
+    assert rec["status"] == "DONE" and rec["attempts"] == "1", rec
+    assert not rec.get("requeued_at"), "the reconcile gave it back: the fetch did not take it"
+    assert "left on the fetch list; taking it first" in log_text(w.log)
     assert c.store.redis.llen(c.store.keys.worker_fetch(w.node)) == 0
