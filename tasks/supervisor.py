@@ -223,6 +223,9 @@ class Supervisor:
         """A clean exit deregisters at once and hands any pinned session to another worker."""
         for agent in self.agents:
             agent.stop()
+            # a tick still in flight (a slow Redis on a loaded host) would beat after the
+            # reap and bring the registry entry back for a TTL: let it end first
+            agent.join(timeout=30)
             try:
                 agent.store.reap_worker(agent.node)
                 log.info("deregistered %s", agent.node)
