@@ -12,13 +12,14 @@ import os
 import subprocess
 import sys
 
-import pytest
+import redis
 
 from session_broker import EstimatorV2, SamplerV2, Session
 from session_broker.ops.embedded import wait_for
 from tests.conftest import slow_pub
 from tests.integration.test_hostile_input import bell_payload
-from tests.support.faults import assert_bell_counts, bell_circuit, plant_job
+from tests.integration.test_supervisor import executor_of
+from tests.support.faults import assert_bell_counts, bell_circuit, log_text, plant_job
 
 BACKEND = "ibmq_qasm_simulator"
 
@@ -128,11 +129,10 @@ def test_a_warm_shutdown_lets_the_job_in_hand_finish(fresh):
     assert not c.store.redis.hexists(c.store.keys.workers, w.node)
 
 
-@pytest.mark.parametrize("path", ["celery"])
-def test_celerys_own_job_path_still_runs_jobs(fresh, path):
+def test_celerys_own_job_path_still_runs_jobs(fresh):
     """The benchmark's comparison (``--profile``, variant celery_path) runs on it."""
     c = fresh()
-    c.start_worker(BACKEND, name="celery-path@%h", env={"SESSION_BROKER_JOB_PATH": path})
+    c.start_worker(BACKEND, name="celery-path@%h", env={"SESSION_BROKER_JOB_PATH": "celery"})
     with Session(service=c.service, backend=BACKEND) as session:
         jobs = [SamplerV2(mode=session).run([bell_circuit()], shots=10) for _ in range(3)]
         for job in jobs:
@@ -143,21 +143,17 @@ def test_a_queue_key_of_the_wrong_type_pauses_the_consumer_and_does_not_end_it(f
     """Anyone who can write to Redis can make a queue's key a string: BLMOVE then answers
     WRONGTYPE. The lean consumer says so and tries again; it must not end its executor into
     a restart loop, and it serves the queue again once the key is a list."""
-    import psutil
-
-    from tests.support.faults import log_text
-
     c = fresh()
     w = c.start_worker(BACKEND, name="lean-wrongtype@%h")
     queue = c.store.keys.backend_queue(BACKEND)
     sampler = SamplerV2(mode=c.service.backend(BACKEND))
     assert_bell_counts(sampler.run([bell_circuit()], shots=10).result(timeout=120), 10)
-    (executor,) = psutil.Process(w.proc.pid).children()
+    executor = executor_of(w)
     c.store.redis.set(queue, "not a list")
     wait_for(lambda: "Redis refused the fetch" in log_text(w.log), 60, "the consumer to report the refusal")
     c.store.redis.delete(queue)
     assert_bell_counts(sampler.run([bell_circuit()], shots=10).result(timeout=120), 10)
-    assert [p.pid for p in psutil.Process(w.proc.pid).children()] == [executor.pid]
+    assert executor_of(w).pid == executor.pid
 
 
 def test_a_message_that_is_not_utf8_is_dead_lettered_and_the_executor_lives_on(fresh):
@@ -165,15 +161,11 @@ def test_a_message_that_is_not_utf8_is_dead_lettered_and_the_executor_lives_on(f
     it refuses such a message (dead letter) rather than fail decoding it and end its
     executor (each restart dropped the message unrecorded, and a stream of them kept the
     worker restarting)."""
-    import psutil
-
     c = fresh()
     w = c.start_worker(BACKEND, name="lean-bytes@%h")
     sampler = SamplerV2(mode=c.service.backend(BACKEND))
     assert_bell_counts(sampler.run([bell_circuit()], shots=10).result(timeout=120), 10)
-    (executor,) = psutil.Process(w.proc.pid).children()
-    import redis
-
+    executor = executor_of(w)
     with redis.Redis.from_url(c.url) as r:  # bytes as they are, not text
         for _ in range(3):
             r.lpush(c.store.keys.backend_queue(BACKEND), b'{"body": "\xff\xfe"}')
@@ -184,7 +176,7 @@ def test_a_message_that_is_not_utf8_is_dead_lettered_and_the_executor_lives_on(f
 
     wait_for(dead, 60, "the three messages in the dead-letter list")
     assert_bell_counts(sampler.run([bell_circuit()], shots=10).result(timeout=120), 10)
-    assert [p.pid for p in psutil.Process(w.proc.pid).children()] == [executor.pid]
+    assert executor_of(w).pid == executor.pid
     assert c.store.redis.llen(c.store.keys.worker_fetch(w.node)) == 0
 
 
@@ -193,8 +185,6 @@ def test_a_message_stranded_on_the_fetch_list_is_taken_at_the_next_fetch(fresh):
     BLMOVE or LMOVE then moves one message more onto the fetch list, where the consumer does
     not know of it. Its next fetch takes the oldest such message first, in the fetch's own
     round trip: the job runs at once, not after the reconcile gives its message back."""
-    from tests.support.faults import log_text
-
     c = fresh()
     w = c.start_worker(BACKEND, name="lean-stranded@%h")
     assert_bell_counts(
